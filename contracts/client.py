@@ -1,0 +1,188 @@
+"""Python client for strategy services.
+
+This module needs ``nats-py`` (a dependency of the ``mbx`` package); the rest of ``contracts``
+needs only pydantic. Any NATS client in any language can do the same from the AsyncAPI
+document in ``contracts/schemas/asyncapi.yaml``.
+
+    async with MbxClient.connect("nats://127.0.0.1:4222") as mbx:
+        ack = await mbx.submit(intent)
+        report = await mbx.wait_for_terminal(intent.intent_id, timeout=10)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from contracts.messages import ExecutionReport, Fill, OrderIntent, RouteDecision
+from contracts.subjects import INTENT_ID_HEADER, MSG_ID_HEADER, STRATEGY_ID_HEADER, Subjects
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NatsClient
+    from nats.aio.msg import Msg
+    from nats.js import JetStreamContext
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitAck:
+    """JetStream's acknowledgement of a published intent."""
+
+    stream: str
+    sequence: int
+    duplicate: bool
+    """True when JetStream already had this intent id: the intent is not queued twice."""
+
+
+class IntentTracker:
+    """Collects the route decisions and execution reports of one intent.
+
+    Create it (``MbxClient.track``) before submitting, so nothing is missed.
+    """
+
+    def __init__(self, intent_id: str) -> None:
+        self.intent_id = intent_id
+        self.routes: list[RouteDecision] = []
+        self.reports: list[ExecutionReport] = []
+        self._terminal = asyncio.Event()
+        self._subs: list[Any] = []
+
+    def _on_route(self, route: RouteDecision) -> None:
+        self.routes.append(route)
+
+    def _on_report(self, report: ExecutionReport) -> None:
+        self.reports.append(report)
+        if report.final:
+            self._terminal.set()
+
+    @property
+    def terminal(self) -> ExecutionReport | None:
+        """The final report, once there is one."""
+        return next((r for r in reversed(self.reports) if r.final), None)
+
+    async def wait(self, timeout: float) -> ExecutionReport:
+        """Wait for the final report; ``TimeoutError`` if none comes in time."""
+        await asyncio.wait_for(self._terminal.wait(), timeout)
+        report = self.terminal
+        assert report is not None
+        return report
+
+    async def close(self) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
+        self._subs.clear()
+
+
+class MbxClient:
+    """Publish order intents and follow what happens to them."""
+
+    def __init__(self, nc: NatsClient, subjects: Subjects | None = None, publish_timeout: float = 5.0) -> None:
+        self._nc = nc
+        self._js: JetStreamContext = nc.jetstream(timeout=publish_timeout)
+        self.subjects = subjects or Subjects()
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls, url: str = "nats://127.0.0.1:4222", *, prefix: str = "mbx", **options: Any
+    ) -> AsyncIterator[MbxClient]:
+        """Connect to NATS; the connection is drained when the block ends."""
+        import nats  # noqa: PLC0415  (kept out of ``import contracts``)
+
+        nc = await nats.connect(url, **options)
+        try:
+            yield cls(nc, Subjects(prefix))
+        finally:
+            await nc.drain()
+
+    async def submit(self, intent: OrderIntent) -> SubmitAck:
+        """Publish an intent with its dedup header and wait for JetStream to store it."""
+        ack = await self._js.publish(
+            self.subjects.intent(intent.strategy_id),
+            intent.model_dump_json().encode(),
+            headers={
+                MSG_ID_HEADER: intent.intent_id,
+                INTENT_ID_HEADER: intent.intent_id,
+                STRATEGY_ID_HEADER: intent.strategy_id,
+            },
+        )
+        return SubmitAck(stream=ack.stream, sequence=ack.seq, duplicate=bool(ack.duplicate))
+
+    async def track(self, intent_id: str) -> IntentTracker:
+        """Start following one intent's routes and reports (call before ``submit``)."""
+        tracker = IntentTracker(intent_id)
+
+        def matches(msg: Msg) -> bool:
+            return (msg.headers or {}).get(INTENT_ID_HEADER) == intent_id
+
+        tracker._subs.append(await self._subscribe(f"{self.subjects.prefix}.routes.>", RouteDecision,
+                                                   tracker._on_route, matches))
+        tracker._subs.append(await self._subscribe(f"{self.subjects.prefix}.exec.>", ExecutionReport,
+                                                   tracker._on_report, matches))
+        return tracker
+
+    async def submit_and_wait(self, intent: OrderIntent, timeout: float = 30.0) -> IntentTracker:
+        """Submit an intent and wait for its terminal report."""
+        tracker = await self.track(intent.intent_id)
+        try:
+            await self.submit(intent)
+            await tracker.wait(timeout)
+        finally:
+            await tracker.close()
+        return tracker
+
+    async def subscribe_strategy(
+        self,
+        strategy_id: str,
+        *,
+        on_route: Callable[[RouteDecision], Any] | None = None,
+        on_report: Callable[[ExecutionReport], Any] | None = None,
+        on_fill: Callable[[Fill], Any] | None = None,
+    ) -> list[Any]:
+        """Live routes, reports and fills of one strategy (core NATS: from now on, no replay).
+
+        Returns the subscriptions; unsubscribe them when done.
+        """
+
+        def matches(msg: Msg) -> bool:
+            return (msg.headers or {}).get(STRATEGY_ID_HEADER) == strategy_id
+
+        subs = []
+        p = self.subjects.prefix
+        if on_route:
+            subs.append(await self._subscribe(f"{p}.routes.>", RouteDecision, on_route, matches))
+        if on_report:
+            subs.append(await self._subscribe(f"{p}.exec.>", ExecutionReport, on_report, matches))
+        if on_fill:
+            subs.append(await self._subscribe(f"{p}.fills.>", Fill, on_fill, matches))
+        return subs
+
+    async def _subscribe(
+        self, subject: str, model: type[M], callback: Callable[[M], Any], matches: Callable[[Msg], bool]
+    ) -> Any:
+        async def handle(msg: Msg) -> None:
+            if not matches(msg):
+                return
+            try:
+                result = callback(model.model_validate_json(msg.data))
+            except ValidationError:
+                return  # Not ours to judge: the workers dead-letter bad messages.
+            if asyncio.iscoroutine(result):
+                await result
+
+        return await self._nc.subscribe(subject, cb=handle)
+
+    async def __aenter__(self) -> MbxClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._nc.drain()

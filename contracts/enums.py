@@ -1,0 +1,95 @@
+"""Closed vocabularies of the wire contract.
+
+Every enum is a ``StrEnum``: its values are the exact strings that travel on the wire, so
+clients in other languages can match on them directly.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class BrokerName(StrEnum):
+    """A trading broker mbx can route to."""
+
+    ALPACA = "alpaca"
+    ROBINHOOD = "robinhood"
+    COINBASE = "coinbase"
+    SCHWAB = "schwab"
+    IBKR = "ibkr"
+
+
+class AssetClass(StrEnum):
+    """What is being traded."""
+
+    EQUITY = "equity"
+    CRYPTO = "crypto"
+    OPTION = "option"
+
+
+class Side(StrEnum):
+    """Direction of an order."""
+
+    BUY = "buy"
+    SELL = "sell"
+
+
+class OrderType(StrEnum):
+    """How the order is priced."""
+
+    MARKET = "market"
+    LIMIT = "limit"
+    STOP = "stop"
+    STOP_LIMIT = "stop_limit"
+
+
+class TimeInForce(StrEnum):
+    """How long the order stays working."""
+
+    DAY = "day"
+    GTC = "gtc"
+    IOC = "ioc"
+    FOK = "fok"
+
+
+class OrderStatus(StrEnum):
+    """Lifecycle state of an order at a broker (FIX-style, plus ``unknown``).
+
+    ``unknown`` means the outcome of a submission is ambiguous (a timeout after sending); mbx
+    resolves it by looking the order up at the broker before anything is retried.
+    """
+
+    NEW = "new"
+    SUBMITTED = "submitted"
+    ACCEPTED = "accepted"
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True when no further report will follow for this order."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {
+        OrderStatus.FILLED,
+        OrderStatus.CANCELLED,
+        OrderStatus.REJECTED,
+        OrderStatus.EXPIRED,
+        OrderStatus.FAILED,
+    }
+)
+
+
+class DeadLetterStage(StrEnum):
+    """The worker stage that gave up on a message."""
+
+    ROUTER = "router"
+    EXECUTOR = "executor"
+    AGGREGATOR = "aggregator"

@@ -1,0 +1,347 @@
+"""The messages mbx exchanges on NATS.
+
+All messages are frozen pydantic models that reject unknown fields. Money and quantities are
+``Decimal`` and travel as JSON strings (``"10.5"``), so no precision is lost between languages.
+Every message carries ``message_id`` (the JetStream ``Nats-Msg-Id`` it is published with),
+``correlation_id`` (the intent id it belongs to), a timezone-aware ``created_at`` and
+``schema_version``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Self
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from contracts.enums import (
+    AssetClass,
+    BrokerName,
+    DeadLetterStage,
+    OrderStatus,
+    OrderType,
+    Side,
+    TimeInForce,
+)
+
+SCHEMA_VERSION = 1
+
+IntentId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=48,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
+        description=(
+            "Unique id of the order intent, chosen by the strategy. It is the JetStream "
+            "deduplication key (Nats-Msg-Id) and the client order id at the broker, so reuse "
+            "it only to retry the same order. At most 48 characters (the safe limit at Alpaca): "
+            "letters, digits and _ . : -"
+        ),
+    ),
+]
+StrategyId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Id of the strategy service; one NATS subject token (letters, digits, _ and -).",
+    ),
+]
+Symbol = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=32,
+        pattern=r"^[A-Z0-9][A-Z0-9 ./_-]*$",
+        description="Instrument symbol in upper case: AAPL, BRK.B, BTC-USD, or an OCC option symbol.",
+    ),
+]
+PositiveDecimal = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
+NonNegativeDecimal = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+
+
+def _new_message_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Message(BaseModel):
+    """Fields every mbx message carries."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+
+    message_id: str = Field(
+        default_factory=_new_message_id,
+        min_length=1,
+        max_length=200,
+        description="Unique id of this message; published as the Nats-Msg-Id header.",
+    )
+    correlation_id: str = Field(
+        default="",
+        max_length=200,
+        description="The intent id this message belongs to (empty for broker-wide messages).",
+    )
+    created_at: AwareDatetime = Field(
+        default_factory=_now, description="When the message was created (timezone-aware, UTC)."
+    )
+    schema_version: int = Field(default=SCHEMA_VERSION, ge=1, description="Wire schema version.")
+
+
+class OrderIntent(Message):
+    """An order a strategy wants executed; mbx picks the broker.
+
+    Publish it to ``mbx.orders.intent.<strategy_id>`` with header ``Nats-Msg-Id: <intent_id>``.
+    Give either ``quantity`` (fractional allowed) or ``notional`` (a dollar amount), not both.
+    ``limit_price`` is required for limit and stop_limit orders, ``stop_price`` for stop and
+    stop_limit orders. ``message_id`` and ``correlation_id`` default to ``intent_id``.
+    """
+
+    intent_id: IntentId
+    strategy_id: StrategyId
+    symbol: Symbol
+    asset_class: AssetClass = Field(description="equity, crypto or option.")
+    side: Side = Field(description="buy or sell.")
+    quantity: PositiveDecimal | None = Field(
+        default=None, description="Units to trade; fractional quantities are allowed."
+    )
+    notional: PositiveDecimal | None = Field(
+        default=None, description="Dollar amount to trade instead of a quantity."
+    )
+    order_type: OrderType = Field(default=OrderType.MARKET, description="market, limit, stop or stop_limit.")
+    limit_price: PositiveDecimal | None = Field(default=None, description="Limit price (limit, stop_limit).")
+    stop_price: PositiveDecimal | None = Field(default=None, description="Stop trigger price (stop, stop_limit).")
+    time_in_force: TimeInForce = Field(
+        default=TimeInForce.DAY, description="day, gtc, ioc or fok; defaults to day (gtc for crypto)."
+    )
+    broker: BrokerName | None = Field(
+        default=None, description="Preferred broker; honoured when it is enabled and eligible."
+    )
+    metadata: dict[str, str] = Field(
+        default_factory=dict, max_length=32, description="Free-form tags kept with the order."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ids_default_to_intent_id(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("intent_id"):
+            data = dict(data)
+            data.setdefault("message_id", data["intent_id"])
+            data.setdefault("correlation_id", data["intent_id"])
+            if data.get("asset_class") == AssetClass.CRYPTO and data.get("time_in_force") is None:
+                # Crypto trades around the clock and its venues have no "day" orders.
+                data["time_in_force"] = TimeInForce.GTC
+        return data
+
+    @model_validator(mode="after")
+    def _check_order_shape(self) -> Self:
+        if (self.quantity is None) == (self.notional is None):
+            raise ValueError("give exactly one of quantity or notional")
+        needs_limit = self.order_type in (OrderType.LIMIT, OrderType.STOP_LIMIT)
+        needs_stop = self.order_type in (OrderType.STOP, OrderType.STOP_LIMIT)
+        if needs_limit and self.limit_price is None:
+            raise ValueError(f"limit_price is required for {self.order_type} orders")
+        if not needs_limit and self.limit_price is not None:
+            raise ValueError(f"limit_price is not allowed for {self.order_type} orders")
+        if needs_stop and self.stop_price is None:
+            raise ValueError(f"stop_price is required for {self.order_type} orders")
+        if not needs_stop and self.stop_price is not None:
+            raise ValueError(f"stop_price is not allowed for {self.order_type} orders")
+        return self
+
+    @property
+    def is_fractional(self) -> bool:
+        """True for a dollar-amount order or a quantity that is not a whole number."""
+        if self.notional is not None:
+            return True
+        assert self.quantity is not None
+        return self.quantity != self.quantity.to_integral_value()
+
+
+class CancelRequest(Message):
+    """Ask mbx to cancel a working order. Publish to ``mbx.orders.cancel.<strategy_id>``."""
+
+    intent_id: IntentId
+    strategy_id: StrategyId
+    reason: str = Field(default="", max_length=500, description="Why the strategy cancels.")
+
+
+class CandidateScore(BaseModel):
+    """How one eligible broker scored for an intent."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    broker: BrokerName
+    estimated_fee: NonNegativeDecimal = Field(description="Estimated total fee in USD.")
+    expected_latency_ms: float = Field(ge=0, description="Expected time to fill, milliseconds.")
+    fill_score: float = Field(ge=0, le=1, description="Measured fill quality, 0 (worst) to 1 (best).")
+    cost_score: float = Field(ge=0, le=1, description="1 - normalised fee.")
+    speed_score: float = Field(ge=0, le=1, description="1 - normalised latency.")
+    total: float = Field(ge=0, le=1, description="Weighted sum of the component scores.")
+
+
+class ExcludedBroker(BaseModel):
+    """A broker that was not eligible for an intent, and why."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    broker: BrokerName
+    reason_code: str = Field(description="Machine-readable reason, e.g. disabled, unsupported_asset.")
+    reason: str = Field(description="Human-readable explanation.")
+
+
+class RouteDecision(Message):
+    """Where the router sent an intent, and why. Published to ``mbx.routes.<broker>``."""
+
+    intent_id: IntentId
+    strategy_id: StrategyId
+    broker: BrokerName = Field(description="The broker that will execute this attempt.")
+    attempt: int = Field(default=1, ge=1, description="1 for the first route, +1 per failover.")
+    intent: OrderIntent = Field(description="The intent being routed, as received.")
+    rule: str = Field(description="The rule that decided the broker, e.g. default:equity.")
+    reason: str = Field(description="Why this broker was chosen, in words.")
+    candidates: tuple[CandidateScore, ...] = Field(
+        default=(), description="Every eligible broker with its score breakdown, best first."
+    )
+    excluded: tuple[ExcludedBroker, ...] = Field(
+        default=(), description="Every broker that was not eligible, with the reason."
+    )
+    fallback_chain: tuple[BrokerName, ...] = Field(
+        default=(), description="Brokers to try next, in order, if this one fails."
+    )
+    failover_from: BrokerName | None = Field(
+        default=None, description="The broker that failed before this attempt, if any."
+    )
+    config_version: int = Field(default=0, ge=0, description="Version of the routing config used.")
+
+
+class ExecutionReport(Message):
+    """The state of an order at a broker. Published to ``mbx.exec.<broker>.<status>``.
+
+    ``broker`` is empty when the router rejected the intent before choosing one; such reports
+    go to ``mbx.exec.unrouted.rejected``. ``report_seq`` increases with every report for the
+    same order, so consumers can ignore a stale report that arrives late.
+    """
+
+    intent_id: IntentId
+    strategy_id: StrategyId
+    broker: BrokerName | None
+    status: OrderStatus
+    attempt: int = Field(default=1, ge=1)
+    report_seq: int = Field(default=1, ge=0, description="Per-order report sequence number.")
+    client_order_id: str = Field(default="", description="Id mbx gave the broker (the intent id).")
+    broker_order_id: str = Field(default="", description="The broker's own order id.")
+    symbol: Symbol
+    asset_class: AssetClass
+    side: Side
+    order_type: OrderType = OrderType.MARKET
+    quantity: NonNegativeDecimal | None = None
+    notional: NonNegativeDecimal | None = None
+    filled_quantity: NonNegativeDecimal = Decimal(0)
+    leaves_quantity: NonNegativeDecimal = Decimal(0)
+    average_price: NonNegativeDecimal | None = None
+    fees: NonNegativeDecimal = Decimal(0)
+    reason_code: str = Field(default="", description="Machine-readable reason for a rejection or failure.")
+    reason: str = Field(default="", description="Human-readable reason.")
+    final: bool = Field(
+        default=False,
+        description=(
+            "True on the report that ends the intent: a terminal status after which no other "
+            "attempt will follow (a rejection that fails over to another broker is not final)."
+        ),
+    )
+
+
+class Fill(Message):
+    """One execution of (part of) an order. Published to ``mbx.fills.<broker>.<symbol>``."""
+
+    fill_id: str = Field(min_length=1, max_length=200)
+    intent_id: IntentId
+    strategy_id: StrategyId
+    broker: BrokerName
+    broker_order_id: str
+    symbol: Symbol
+    asset_class: AssetClass
+    side: Side
+    quantity: PositiveDecimal
+    price: PositiveDecimal
+    fee: NonNegativeDecimal = Decimal(0)
+    executed_at: AwareDatetime = Field(default_factory=_now)
+
+
+class FailoverEvent(Message):
+    """An attempt failed in a way that another broker may succeed. Published to
+    ``mbx.failover.<broker>`` (the failed broker); the router issues the next attempt."""
+
+    intent_id: IntentId
+    strategy_id: StrategyId
+    failed_broker: BrokerName
+    attempt: int = Field(ge=1, description="The attempt that failed.")
+    reason_code: str
+    reason: str
+    decision: RouteDecision = Field(description="The decision that failed, with its fallback chain.")
+
+
+class AccountSnapshot(BaseModel):
+    """Account values at one broker."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    account_id: str
+    currency: str = "USD"
+    cash: Decimal
+    buying_power: Decimal
+    portfolio_value: Decimal
+
+
+class PositionLine(BaseModel):
+    """One position at one broker."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    symbol: Symbol
+    asset_class: AssetClass
+    quantity: Decimal
+    average_cost: NonNegativeDecimal
+    market_price: NonNegativeDecimal
+    market_value: Decimal
+    unrealized_pnl: Decimal
+
+
+class PositionSnapshot(Message):
+    """Account and positions at one broker. Published to ``mbx.positions.<broker>``."""
+
+    broker: BrokerName
+    account: AccountSnapshot
+    positions: tuple[PositionLine, ...] = ()
+
+
+class BrokerStatus(Message):
+    """Health of one broker as seen by its executor. Published to ``mbx.status.<broker>``."""
+
+    broker: BrokerName
+    connected: bool
+    latency_ms: float = Field(ge=0, description="Recent latency (EWMA), milliseconds.")
+    error_rate: float = Field(ge=0, le=1, description="Share of recent requests that failed.")
+    rate_limit_headroom: float = Field(ge=0, le=1, description="Share of the rate budget left.")
+    last_seen: AwareDatetime = Field(default_factory=_now)
+
+
+class DeadLetter(Message):
+    """A message a worker could not process, kept for inspection and replay.
+    Published to ``mbx.dlq.<stage>``."""
+
+    stage: DeadLetterStage
+    original_subject: str
+    original_headers: dict[str, str] = Field(default_factory=dict)
+    payload: str = Field(description="The original payload, decoded as UTF-8 with replacement.")
+    payload_b64: str = Field(description="The original payload bytes, base64-encoded.")
+    error: str = Field(description="Why the message was dead-lettered.")
+    delivery_count: int = Field(ge=0)
+    stream_sequence: int | None = None

@@ -1,0 +1,185 @@
+"""Every NATS subject, JetStream stream and durable consumer mbx uses, in one place.
+
+The prefix defaults to ``mbx``; a deployment may choose another (streams are then named
+``<PREFIX>_ORDERS`` and so on, so several deployments can share one NATS server).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from contracts.enums import BrokerName, DeadLetterStage, OrderStatus
+
+DEFAULT_PREFIX = "mbx"
+UNROUTED = "unrouted"
+"""Broker token of reports about intents the router rejected before choosing a broker."""
+
+INTENT_ID_HEADER = "Mbx-Intent-Id"
+STRATEGY_ID_HEADER = "Mbx-Strategy-Id"
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+_TOKEN_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def symbol_token(symbol: str) -> str:
+    """Turn a symbol into one subject token: ``BRK.B`` -> ``BRK_B``, ``BTC-USD`` stays."""
+    return _TOKEN_UNSAFE.sub("_", symbol)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """A JetStream stream, independent of any client library."""
+
+    name: str
+    subjects: tuple[str, ...]
+    max_age_seconds: float
+    duplicate_window_seconds: float = 120.0
+    max_msgs_per_subject: int = -1
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    """A durable pull consumer, independent of any client library."""
+
+    stream: str
+    durable: str
+    filter_subjects: tuple[str, ...]
+    max_deliver: int = 5
+    ack_wait_seconds: float = 30.0
+    max_ack_pending: int = 2000
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Subjects:
+    """Subject builders for one prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+    _streams: dict[str, StreamSpec] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", self.prefix):
+            raise ValueError(f"subject prefix {self.prefix!r} must be one token of letters, digits, _ or -")
+        p = self.prefix
+        streams = {
+            "ORDERS": StreamSpec(
+                self.stream_name("ORDERS"),
+                (f"{p}.orders.>",),
+                max_age_seconds=7 * 86400,
+                duplicate_window_seconds=3600,
+                description="Order intents and cancel requests from strategy services.",
+            ),
+            "ROUTES": StreamSpec(
+                self.stream_name("ROUTES"),
+                (f"{p}.routes.>",),
+                max_age_seconds=7 * 86400,
+                duplicate_window_seconds=3600,
+                description="Route decisions, one subject per broker.",
+            ),
+            "EXECUTIONS": StreamSpec(
+                self.stream_name("EXECUTIONS"),
+                (f"{p}.exec.>", f"{p}.fills.>", f"{p}.failover.>"),
+                max_age_seconds=7 * 86400,
+                duplicate_window_seconds=3600,
+                description="Execution reports, fills and failover events.",
+            ),
+            "POSITIONS": StreamSpec(
+                self.stream_name("POSITIONS"),
+                (f"{p}.positions.>", f"{p}.status.>"),
+                max_age_seconds=86400,
+                max_msgs_per_subject=1,
+                description="Latest position snapshot and status per broker.",
+            ),
+            "DLQ": StreamSpec(
+                self.stream_name("DLQ"),
+                (f"{p}.dlq.>",),
+                max_age_seconds=30 * 86400,
+                description="Dead letters, kept for inspection and replay.",
+            ),
+        }
+        object.__setattr__(self, "_streams", streams)
+
+    # Streams and consumers ------------------------------------------------------------------
+
+    def stream_name(self, base: str) -> str:
+        return base if self.prefix == DEFAULT_PREFIX else f"{self.prefix.upper()}_{base}"
+
+    @property
+    def streams(self) -> tuple[StreamSpec, ...]:
+        return tuple(self._streams.values())
+
+    def stream(self, base: str) -> StreamSpec:
+        return self._streams[base]
+
+    def router_consumer(self) -> ConsumerSpec:
+        return ConsumerSpec(
+            stream=self.stream_name("ORDERS"),
+            durable="router",
+            filter_subjects=(f"{self.prefix}.orders.intent.>",),
+            description="The router's share of order intents.",
+        )
+
+    def executor_consumer(self, broker: BrokerName) -> ConsumerSpec:
+        return ConsumerSpec(
+            stream=self.stream_name("ROUTES"),
+            durable=f"executor-{broker}",
+            filter_subjects=(self.route(broker),),
+            description=f"Route decisions for {broker}, shared by its executor replicas.",
+        )
+
+    def aggregator_consumers(self) -> tuple[ConsumerSpec, ...]:
+        return (
+            ConsumerSpec(
+                stream=self.stream_name("ROUTES"),
+                durable="aggregator-routes",
+                filter_subjects=(f"{self.prefix}.routes.>",),
+                max_ack_pending=10000,
+            ),
+            ConsumerSpec(
+                stream=self.stream_name("EXECUTIONS"),
+                durable="aggregator-executions",
+                filter_subjects=(f"{self.prefix}.exec.>", f"{self.prefix}.fills.>", f"{self.prefix}.failover.>"),
+                max_ack_pending=10000,
+            ),
+        )
+
+    # Subjects -------------------------------------------------------------------------------
+
+    def intent(self, strategy_id: str) -> str:
+        return f"{self.prefix}.orders.intent.{strategy_id}"
+
+    def cancel(self, strategy_id: str) -> str:
+        return f"{self.prefix}.orders.cancel.{strategy_id}"
+
+    def route(self, broker: BrokerName | str) -> str:
+        return f"{self.prefix}.routes.{broker}"
+
+    def execution(self, broker: BrokerName | str | None, status: OrderStatus | str) -> str:
+        return f"{self.prefix}.exec.{broker or UNROUTED}.{status}"
+
+    def fill(self, broker: BrokerName | str, symbol: str) -> str:
+        return f"{self.prefix}.fills.{broker}.{symbol_token(symbol)}"
+
+    def failover(self, broker: BrokerName | str) -> str:
+        return f"{self.prefix}.failover.{broker}"
+
+    def positions(self, broker: BrokerName | str) -> str:
+        return f"{self.prefix}.positions.{broker}"
+
+    def status(self, broker: BrokerName | str) -> str:
+        return f"{self.prefix}.status.{broker}"
+
+    def dlq(self, stage: DeadLetterStage | str) -> str:
+        return f"{self.prefix}.dlq.{stage}"
+
+    def api(self, name: str) -> str:
+        return f"{self.prefix}.api.{name}"
+
+    def kind(self, subject: str) -> str:
+        """The message kind of a subject: ``orders``, ``routes``, ``exec``, ``fills``, ..."""
+        parts = subject.split(".")
+        if len(parts) < 2 or parts[0] != self.prefix:
+            return ""
+        return parts[1]

@@ -1,0 +1,1 @@
+"""The aggregator: writes everything that comes back to Postgres, idempotently, in batches."""

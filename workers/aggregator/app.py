@@ -1,0 +1,30 @@
+"""Composition root of the aggregator worker."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from workers.aggregator.handlers import AggregatorHandlers
+from workers.aggregator.persistence import AuditStore
+from workers.runtime import Worker
+from workers.settings import Settings
+
+
+class AggregatorWorker(Worker):
+    """A worker that owns a database engine and disposes of it on stop."""
+
+    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+        super().__init__("aggregator", settings)
+        self.engine = engine
+
+    async def stop(self) -> None:
+        await super().stop()
+        await self.engine.dispose()
+
+
+def build_aggregator(settings: Settings, engine: AsyncEngine, batch_size: int = 200) -> AggregatorWorker:
+    worker = AggregatorWorker(settings, engine)
+    handlers = AggregatorHandlers(worker, AuditStore(engine))
+    for spec in settings.subjects.aggregator_consumers():
+        worker.subscribe(spec, handlers.handler_for(spec), batch_size=batch_size, batch=True)
+    return worker

@@ -1,0 +1,84 @@
+"""The aggregator's I/O edge: decode a batch, persist it in one transaction, then ack.
+
+Poison messages are dead-lettered one by one and the rest of the batch goes on. When the batch
+transaction fails, each message is retried alone, so one bad row cannot hold back the others;
+a message that keeps failing is naked with delay and finally dead-lettered.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+
+from contracts import ConsumerSpec, DeadLetterStage, ExecutionReport, FailoverEvent, Fill, Message, RouteDecision
+from workers.aggregator.persistence import AuditStore, Envelope
+from workers.runtime import IncomingMessage, PoisonMessage, Worker, batch_messages, parse
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+log = structlog.get_logger("mbx.aggregator")
+
+MODELS: dict[str, type[Message]] = {
+    "routes": RouteDecision,
+    "exec": ExecutionReport,
+    "fills": Fill,
+    "failover": FailoverEvent,
+}
+
+
+class AggregatorHandlers:
+    def __init__(self, worker: Worker, store: AuditStore) -> None:
+        self.worker = worker
+        self.store = store
+
+    def decode(self, msg: Msg) -> Envelope:
+        model = MODELS.get(self.worker.subjects.kind(msg.subject))
+        if model is None:
+            raise PoisonMessage(f"the aggregator has no handler for subject {msg.subject}")
+        return Envelope(msg.subject, parse(model, msg.data))
+
+    def handler_for(self, spec: ConsumerSpec):  # noqa: ANN201  (FastStream inspects the returned signature)
+        async def on_batch(message: IncomingMessage) -> None:
+            await self.persist_batch(spec, batch_messages(message))
+
+        return on_batch
+
+    async def persist_batch(self, spec: ConsumerSpec, msgs: list[Msg] | tuple[Msg, ...] | object) -> None:
+        started = time.perf_counter()
+        good: list[tuple[Msg, Envelope]] = []
+        for msg in msgs:  # type: ignore[attr-defined]
+            try:
+                good.append((msg, self.decode(msg)))
+            except PoisonMessage as exc:
+                await self.worker.deliver(DeadLetterStage.AGGREGATOR, spec, msg, _raise(exc))
+        if not good:
+            return
+        try:
+            applied = await self.store.apply([e for _, e in good])
+        except Exception as exc:  # noqa: BLE001  (isolate the failing message below)
+            log.warning("batch failed, retrying one by one", size=len(good), error=f"{type(exc).__name__}: {exc}")
+            for msg, envelope in good:
+                await self.worker.deliver(DeadLetterStage.AGGREGATOR, spec, msg, _apply_one(self.store, envelope))
+            return
+        for msg, _ in good:
+            await msg.ack()
+        log.info("batch persisted", size=len(good), new=applied,
+                 duration_ms=round((time.perf_counter() - started) * 1000, 2))
+
+
+def _raise(exc: Exception):  # noqa: ANN202
+    async def process(_msg: Msg) -> str:
+        raise exc
+
+    return process
+
+
+def _apply_one(store: AuditStore, envelope: Envelope):  # noqa: ANN202
+    async def process(_msg: Msg) -> str:
+        applied = await store.apply([envelope])
+        return "persisted" if applied else "duplicate"
+
+    return process

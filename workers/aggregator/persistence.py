@@ -1,0 +1,186 @@
+"""Postgres writes of the aggregator: one transaction per batch, inbox dedup inside it.
+
+``apply`` records each message id in ``inbox`` and applies only the ids that were new, all in
+one transaction, so a redelivered or replayed message changes nothing. Within a batch, the
+newest report per order wins (``report_seq``), and a stale report never overwrites a newer one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from contracts import ExecutionReport, Fill, Message, RouteDecision
+from workers.db.models import InboxMessage, MultiBrokerRoute, Order, TradeLog
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A decoded bus message with the subject it arrived on."""
+
+    subject: str
+    message: Message
+
+
+class AuditStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def apply(self, batch: list[Envelope]) -> int:
+        """Persist a batch in one transaction; returns how many messages were new."""
+        if not batch:
+            return 0
+        async with self.engine.begin() as conn:
+            fresh = await self._claim(conn, batch)
+            if not fresh:
+                return 0
+            routes = [e.message for e in fresh if isinstance(e.message, RouteDecision)]
+            reports = [e.message for e in fresh if isinstance(e.message, ExecutionReport)]
+            fills = [e.message for e in fresh if isinstance(e.message, Fill)]
+            if routes:
+                await self._insert_routes(conn, routes)
+            if reports:
+                await self._upsert_reports(conn, reports)
+            if fills:
+                await self._insert_fills(conn, fills)
+            return len(fresh)
+
+    async def _claim(self, conn: AsyncConnection, batch: list[Envelope]) -> list[Envelope]:
+        unique: dict[str, Envelope] = {}
+        for envelope in batch:
+            unique.setdefault(envelope.message.message_id, envelope)
+        stmt = (
+            insert(InboxMessage)
+            .values([{"message_id": mid, "subject": e.subject} for mid, e in unique.items()])
+            .on_conflict_do_nothing(index_elements=["message_id"])
+            .returning(InboxMessage.message_id)
+        )
+        new_ids = set((await conn.execute(stmt)).scalars())
+        return [e for mid, e in unique.items() if mid in new_ids]
+
+    async def _insert_routes(self, conn: AsyncConnection, routes: list[RouteDecision]) -> None:
+        route_rows = {(r.intent_id, r.attempt): _route_row(r) for r in routes}
+        await conn.execute(
+            insert(MultiBrokerRoute).values(list(route_rows.values())).on_conflict_do_nothing(
+                index_elements=["intent_id", "attempt"]
+            )
+        )
+        order_rows = {(str(r.broker), r.intent_id): _order_row_from_route(r) for r in routes}
+        await conn.execute(
+            insert(Order).values(list(order_rows.values())).on_conflict_do_nothing(
+                index_elements=["broker_name", "client_order_id"]
+            )
+        )
+
+    async def _upsert_reports(self, conn: AsyncConnection, reports: list[ExecutionReport]) -> None:
+        newest: dict[tuple[str | None, str], ExecutionReport] = {}
+        for r in reports:
+            key = (str(r.broker) if r.broker else None, r.client_order_id)
+            if key not in newest or newest[key].report_seq < r.report_seq:
+                newest[key] = r
+        stmt = insert(Order).values([_order_row_from_report(r) for r in newest.values()])
+        excluded = stmt.excluded
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["broker_name", "client_order_id"],
+                set_={
+                    "broker_order_id": func.coalesce(func.nullif(excluded.broker_order_id, ""),
+                                                     Order.broker_order_id),
+                    "status": excluded.status,
+                    "quantity": func.coalesce(excluded.quantity, Order.quantity),
+                    "filled_quantity": excluded.filled_quantity,
+                    "average_price": excluded.average_price,
+                    "fees": excluded.fees,
+                    "report_seq": excluded.report_seq,
+                    "reason": excluded.reason,
+                    "updated_at": func.now(),
+                },
+                where=Order.report_seq < excluded.report_seq,
+            )
+        )
+
+    async def _insert_fills(self, conn: AsyncConnection, fills: list[Fill]) -> None:
+        rows = {f.fill_id: _fill_row(f) for f in fills}
+        await conn.execute(
+            insert(TradeLog).values(list(rows.values())).on_conflict_do_nothing(index_elements=["fill_id"])
+        )
+
+
+def _route_row(r: RouteDecision) -> dict[str, Any]:
+    best = r.candidates[0] if r.candidates else None
+    return {
+        "intent_id": r.intent_id,
+        "strategy_id": r.strategy_id,
+        "broker_name": str(r.broker),
+        "attempt": r.attempt,
+        "rule": r.rule,
+        "score": best.total if best else None,
+        "estimated_fee": best.estimated_fee if best else None,
+        "fallback_chain": [str(b) for b in r.fallback_chain],
+        "failover_from": str(r.failover_from) if r.failover_from else None,
+        "decision": r.model_dump(mode="json", include={"reason", "candidates", "excluded", "config_version",
+                                                       "message_id"}),
+        "decided_at": r.created_at,
+    }
+
+
+def _order_row_from_route(r: RouteDecision) -> dict[str, Any]:
+    i = r.intent
+    return {
+        "intent_id": r.intent_id,
+        "strategy_id": r.strategy_id,
+        "broker_name": str(r.broker),
+        "client_order_id": i.intent_id,
+        "attempt": r.attempt,
+        "symbol": i.symbol,
+        "asset_class": str(i.asset_class),
+        "side": str(i.side),
+        "order_type": str(i.order_type),
+        "quantity": i.quantity,
+        "notional": i.notional,
+        "status": "new",
+        "report_seq": 0,
+    }
+
+
+def _order_row_from_report(r: ExecutionReport) -> dict[str, Any]:
+    return {
+        "intent_id": r.intent_id,
+        "strategy_id": r.strategy_id,
+        "broker_name": str(r.broker) if r.broker else None,
+        "client_order_id": r.client_order_id,
+        "broker_order_id": r.broker_order_id,
+        "attempt": r.attempt,
+        "symbol": r.symbol,
+        "asset_class": str(r.asset_class),
+        "side": str(r.side),
+        "order_type": str(r.order_type),
+        "quantity": r.quantity,
+        "notional": r.notional,
+        "filled_quantity": r.filled_quantity,
+        "average_price": r.average_price,
+        "fees": r.fees,
+        "status": str(r.status),
+        "report_seq": r.report_seq,
+        "reason": r.reason or None,
+    }
+
+
+def _fill_row(f: Fill) -> dict[str, Any]:
+    return {
+        "fill_id": f.fill_id,
+        "intent_id": f.intent_id,
+        "strategy_id": f.strategy_id,
+        "broker_name": str(f.broker),
+        "broker_order_id": f.broker_order_id,
+        "symbol": f.symbol,
+        "side": str(f.side),
+        "quantity": f.quantity,
+        "price": f.price,
+        "fee": f.fee,
+        "executed_at": f.executed_at,
+    }

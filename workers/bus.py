@@ -1,0 +1,180 @@
+"""NATS JetStream plumbing shared by the workers: topology, publishing, dead letters.
+
+Stream and consumer *definitions* live in ``contracts.subjects``; this module applies them with
+nats-py. ``pull_subscribe`` only creates a durable when it is missing, so changed consumer
+settings are applied here explicitly at start-up.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
+
+from contracts import (
+    INTENT_ID_HEADER,
+    MSG_ID_HEADER,
+    STRATEGY_ID_HEADER,
+    ConsumerSpec,
+    DeadLetter,
+    DeadLetterStage,
+    Message,
+    StreamSpec,
+    Subjects,
+)
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+    from nats.js import JetStreamContext
+
+log = structlog.get_logger("mbx.bus")
+
+PUBLISH_TIMEOUT = 5.0
+
+
+def stream_config(spec: StreamSpec) -> StreamConfig:
+    return StreamConfig(
+        name=spec.name,
+        subjects=list(spec.subjects),
+        description=spec.description or None,
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=spec.max_age_seconds,
+        duplicate_window=spec.duplicate_window_seconds,
+        max_msgs_per_subject=spec.max_msgs_per_subject,
+        discard=DiscardPolicy.OLD,
+        num_replicas=1,
+    )
+
+
+def consumer_config(spec: ConsumerSpec) -> ConsumerConfig:
+    subjects = list(spec.filter_subjects)
+    return ConsumerConfig(
+        durable_name=spec.durable,
+        description=spec.description or None,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=spec.ack_wait_seconds,
+        max_deliver=spec.max_deliver,
+        max_ack_pending=spec.max_ack_pending,
+        filter_subject=subjects[0] if len(subjects) == 1 else None,
+        filter_subjects=subjects if len(subjects) > 1 else None,
+    )
+
+
+async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
+    """Create every stream, or update it to the current definition."""
+    for spec in subjects.streams:
+        config = stream_config(spec)
+        try:
+            await js.stream_info(spec.name)
+        except NotFoundError:
+            await js.add_stream(config)
+            log.info("stream created", stream=spec.name)
+        else:
+            await js.update_stream(config)
+
+
+async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
+    """Create the durable consumer, or apply the current settings to the existing one."""
+    config = consumer_config(spec)
+    try:
+        await js.consumer_info(spec.stream, spec.durable)
+    except NotFoundError:
+        await js.add_consumer(spec.stream, config)
+        log.info("consumer created", stream=spec.stream, consumer=spec.durable)
+    else:
+        # add_consumer with an existing durable name updates it in place (CONSUMER.CREATE
+        # accepts changes to editable fields such as max_deliver and ack_wait).
+        await js.add_consumer(spec.stream, config)
+
+
+def headers_for(message: Message, intent_id: str = "", strategy_id: str = "") -> dict[str, str]:
+    """JetStream dedup header plus the routing headers subscribers filter on cheaply."""
+    headers = {MSG_ID_HEADER: message.message_id}
+    if intent_id:
+        headers[INTENT_ID_HEADER] = intent_id
+    if strategy_id:
+        headers[STRATEGY_ID_HEADER] = strategy_id
+    return headers
+
+
+async def publish(js: JetStreamContext, subject: str, message: Message, *, intent_id: str = "",
+                  strategy_id: str = "") -> bool:
+    """Publish with the message id as ``Nats-Msg-Id`` and wait for the PubAck.
+
+    Returns True when JetStream had already stored this message id (a deduplicated retry).
+    """
+    ack = await js.publish(
+        subject,
+        message.model_dump_json().encode(),
+        headers=headers_for(message, intent_id, strategy_id),
+        timeout=PUBLISH_TIMEOUT,
+    )
+    return bool(ack.duplicate)
+
+
+def delivery_count(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:  # noqa: BLE001  (a core message has no metadata; count it as one delivery)
+        return 1
+
+
+def stream_sequence(msg: Msg) -> int | None:
+    try:
+        return int(msg.metadata.sequence.stream)
+    except Exception:  # noqa: BLE001  (same as above)
+        return None
+
+
+def make_dead_letter(stage: DeadLetterStage, msg: Msg, error: str) -> DeadLetter:
+    headers: dict[str, Any] = dict(msg.headers or {})
+    seq = stream_sequence(msg)
+    identity = {"stream_sequence": seq} if seq is not None else {}
+    letter_id = f"dlq-{stage}-{_stream_name(msg)}-{seq}" if seq is not None else uuid.uuid4().hex
+    return DeadLetter(
+        message_id=letter_id,
+        correlation_id=str(headers.get(INTENT_ID_HEADER, "")),
+        stage=stage,
+        original_subject=msg.subject,
+        original_headers={str(k): str(v) for k, v in headers.items()},
+        payload=msg.data.decode("utf-8", errors="replace"),
+        payload_b64=base64.b64encode(msg.data).decode("ascii"),
+        error=error[:2000],
+        delivery_count=delivery_count(msg),
+        **identity,
+    )
+
+
+def _stream_name(msg: Msg) -> str:
+    try:
+        return str(msg.metadata.stream)
+    except Exception:  # noqa: BLE001  (core message)
+        return "core"
+
+
+async def dead_letter(js: JetStreamContext, subjects: Subjects, stage: DeadLetterStage, msg: Msg, error: str) -> None:
+    """Copy a message to ``<prefix>.dlq.<stage>`` (waiting for the PubAck), then ack the original.
+
+    The copy's id is derived from the original's stream sequence, so a crash between the copy
+    and the ack cannot create a second dead letter for the same delivery.
+    """
+    letter = make_dead_letter(stage, msg, error)
+    await publish(js, subjects.dlq(stage), letter, intent_id=letter.correlation_id,
+                  strategy_id=str((msg.headers or {}).get(STRATEGY_ID_HEADER, "")))
+    await msg.ack()
+    log.warning("dead-lettered", stage=str(stage), subject=msg.subject, error=error[:300],
+                deliveries=letter.delivery_count)

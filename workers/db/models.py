@@ -1,0 +1,196 @@
+"""The mbx schema. One database for every broker; ``broker_name`` on every trading row.
+
+Migrations in ``migrations/`` create exactly this; a test runs Alembic's check to keep them in
+step.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+Money = Numeric(28, 10)
+Quantity = Numeric(28, 10)
+BrokerCol = String(20)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSONB, list[Any]: JSONB}
+
+
+def _now() -> Any:
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class MultiBrokerConnection(Base):
+    """Connection state of each broker (10 columns, as the PRD specifies)."""
+
+    __tablename__ = "multi_broker_connections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    broker_name: Mapped[str] = mapped_column(BrokerCol, nullable=False, unique=True)
+    status: Mapped[str] = mapped_column(String(20), nullable=False, server_default="disconnected")
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="true")
+    asset_types: Mapped[list[Any]] = mapped_column(nullable=False, server_default="[]")
+    fee_schedule: Mapped[dict[str, Any]] = mapped_column(nullable=False, server_default="{}")
+    priority: Mapped[int] = mapped_column(Integer, nullable=False, server_default="100")
+    last_connected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = _now()
+
+
+class MultiBrokerRoute(Base):
+    """Append-only log of routing decisions (12 columns, as the PRD specifies).
+
+    ``decision`` holds the whole explanation: every candidate's score breakdown, every excluded
+    broker with its reason, the reason in words and the config version.
+    """
+
+    __tablename__ = "multi_broker_routes"
+    __table_args__ = (
+        UniqueConstraint("intent_id", "attempt"),
+        Index(None, "broker_name", "decided_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    intent_id: Mapped[str] = mapped_column(String(48), nullable=False)
+    strategy_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    broker_name: Mapped[str] = mapped_column(BrokerCol, nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    rule: Mapped[str] = mapped_column(String(100), nullable=False)
+    score: Mapped[float | None] = mapped_column()
+    estimated_fee: Mapped[Decimal | None] = mapped_column(Money)
+    fallback_chain: Mapped[list[Any]] = mapped_column(nullable=False)
+    failover_from: Mapped[str | None] = mapped_column(BrokerCol)
+    decision: Mapped[dict[str, Any]] = mapped_column(nullable=False)
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class Order(Base):
+    """Latest state of each order at each broker. ``broker_name`` is NULL only for an intent the
+    router rejected before choosing a broker."""
+
+    __tablename__ = "orders"
+    __table_args__ = (
+        UniqueConstraint("broker_name", "client_order_id", postgresql_nulls_not_distinct=True),
+        Index(None, "broker_name", "symbol"),
+        Index(None, "broker_name", "status"),
+        Index(None, "intent_id"),
+        Index(None, "strategy_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    intent_id: Mapped[str] = mapped_column(String(48), nullable=False)
+    strategy_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    broker_name: Mapped[str | None] = mapped_column(BrokerCol)
+    client_order_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    broker_order_id: Mapped[str | None] = mapped_column(String(64))
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1")
+    symbol: Mapped[str] = mapped_column(String(32), nullable=False)
+    asset_class: Mapped[str] = mapped_column(String(10), nullable=False)
+    side: Mapped[str] = mapped_column(String(4), nullable=False)
+    order_type: Mapped[str] = mapped_column(String(12), nullable=False)
+    quantity: Mapped[Decimal | None] = mapped_column(Quantity)
+    notional: Mapped[Decimal | None] = mapped_column(Money)
+    filled_quantity: Mapped[Decimal] = mapped_column(Quantity, nullable=False, server_default="0")
+    average_price: Mapped[Decimal | None] = mapped_column(Money)
+    fees: Mapped[Decimal] = mapped_column(Money, nullable=False, server_default="0")
+    status: Mapped[str] = mapped_column(String(20), nullable=False)
+    report_seq: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class Position(Base):
+    """Latest position per broker and symbol."""
+
+    __tablename__ = "positions"
+    __table_args__ = (UniqueConstraint("broker_name", "symbol"), Index(None, "symbol"))
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    broker_name: Mapped[str] = mapped_column(BrokerCol, nullable=False)
+    symbol: Mapped[str] = mapped_column(String(32), nullable=False)
+    asset_class: Mapped[str] = mapped_column(String(10), nullable=False)
+    quantity: Mapped[Decimal] = mapped_column(Quantity, nullable=False)
+    average_cost: Mapped[Decimal] = mapped_column(Money, nullable=False)
+    market_price: Mapped[Decimal | None] = mapped_column(Money)
+    market_value: Mapped[Decimal | None] = mapped_column(Money)
+    unrealized_pnl: Mapped[Decimal | None] = mapped_column(Money)
+    updated_at: Mapped[datetime] = _now()
+
+
+class TradeLog(Base):
+    """Append-only log of fills."""
+
+    __tablename__ = "trade_logs"
+    __table_args__ = (
+        Index(None, "broker_name", "symbol"),
+        Index(None, "intent_id"),
+        Index(None, "executed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    fill_id: Mapped[str] = mapped_column(String(200), nullable=False, unique=True)
+    intent_id: Mapped[str] = mapped_column(String(48), nullable=False)
+    strategy_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    broker_name: Mapped[str] = mapped_column(BrokerCol, nullable=False)
+    broker_order_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    symbol: Mapped[str] = mapped_column(String(32), nullable=False)
+    side: Mapped[str] = mapped_column(String(4), nullable=False)
+    quantity: Mapped[Decimal] = mapped_column(Quantity, nullable=False)
+    price: Mapped[Decimal] = mapped_column(Money, nullable=False)
+    fee: Mapped[Decimal] = mapped_column(Money, nullable=False, server_default="0")
+    executed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class BrokerAccount(Base):
+    """Latest account values per broker."""
+
+    __tablename__ = "broker_accounts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    broker_name: Mapped[str] = mapped_column(BrokerCol, nullable=False, unique=True)
+    account_id: Mapped[str] = mapped_column(String(50), nullable=False)
+    currency: Mapped[str] = mapped_column(String(3), nullable=False, server_default="USD")
+    cash: Mapped[Decimal] = mapped_column(Money, nullable=False)
+    buying_power: Mapped[Decimal] = mapped_column(Money, nullable=False)
+    portfolio_value: Mapped[Decimal] = mapped_column(Money, nullable=False)
+    updated_at: Mapped[datetime] = _now()
+
+
+class InboxMessage(Base):
+    """Ids of bus messages already applied; written in the same transaction as their effects,
+    so a redelivered message changes nothing."""
+
+    __tablename__ = "inbox"
+
+    message_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(255), nullable=False)
+    received_at: Mapped[datetime] = _now()

@@ -1,0 +1,1 @@
+"""Embedded servers for development and tests: nats-server and PostgreSQL from their wheels."""

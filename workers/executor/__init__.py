@@ -1,0 +1,1 @@
+"""The executor: places routed orders at one broker and reports what happens."""

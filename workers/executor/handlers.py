@@ -1,0 +1,65 @@
+"""The executor's I/O edge: decode a route, place the order, publish reports and fills, ack."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+
+from contracts import ConsumerSpec, DeadLetterStage, ExecutionReport, Fill, OrderStatus, RouteDecision
+from workers.bus import publish
+from workers.executor.reports import fill_message, report
+from workers.runtime import IncomingMessage, PoisonMessage, Worker, parse
+from workers.venues.base import Venue, VenueAmbiguous, VenueOrder, VenueRejected
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+
+class ExecutorHandlers:
+    def __init__(self, worker: Worker, spec: ConsumerSpec, venue: Venue) -> None:
+        self.worker = worker
+        self.spec = spec
+        self.venue = venue
+
+    async def on_route(self, message: IncomingMessage) -> None:
+        await self.worker.deliver(DeadLetterStage.EXECUTOR, self.spec, message.raw_message, self.execute)
+
+    async def execute(self, msg: Msg) -> str:
+        decision = parse(RouteDecision, msg.data)
+        structlog.contextvars.bind_contextvars(intent_id=decision.intent_id, broker=str(decision.broker))
+        if decision.broker != self.venue.broker:
+            raise PoisonMessage(f"route for {decision.broker} reached the {self.venue.broker} executor")
+        client_order_id = decision.intent.intent_id
+        try:
+            order = await self.venue.place_order(decision.intent, client_order_id)
+        except VenueRejected as exc:
+            await self._emit(decision, report(decision, OrderStatus.REJECTED, 1, reason_code=exc.reason_code,
+                                              reason=exc.reason, final=True))
+            return f"rejected:{exc.reason_code}"
+        except VenueAmbiguous:
+            # The order may exist at the broker: find it before anything else happens. If it is
+            # not there, the error propagates and the route is redelivered (the same client
+            # order id makes the retry safe).
+            found = await self.venue.find_order(client_order_id)
+            if found is None:
+                raise
+            order = found
+        await self._emit_order(decision, order)
+        return str(order.status)
+
+    async def _emit_order(self, decision: RouteDecision, order: VenueOrder) -> None:
+        await self._emit(decision, report(decision, OrderStatus.ACCEPTED, 1, order, final=False))
+        for fill in order.fills:
+            await self._emit(decision, fill_message(decision, order, fill))
+        if order.status is not OrderStatus.ACCEPTED:
+            await self._emit(decision, report(decision, order.status, 2, order))
+
+    async def _emit(self, decision: RouteDecision, message: ExecutionReport | Fill) -> None:
+        subjects = self.worker.subjects
+        if isinstance(message, Fill):
+            subject = subjects.fill(message.broker, message.symbol)
+        else:
+            subject = subjects.execution(message.broker, message.status)
+        await publish(self.worker.js, subject, message, intent_id=decision.intent_id,
+                      strategy_id=decision.strategy_id)

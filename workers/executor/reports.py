@@ -1,0 +1,62 @@
+"""Build execution reports and fills from a venue's view of an order. Pure.
+
+Message ids are derived from the intent, broker, attempt and report sequence, so a redelivered
+route republishes the very same ids and JetStream drops the copies.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from contracts import ExecutionReport, Fill, OrderStatus, RouteDecision
+from workers.venues.base import VenueFill, VenueOrder
+
+
+def report(decision: RouteDecision, status: OrderStatus, seq: int, order: VenueOrder | None = None, *,
+           reason_code: str = "", reason: str = "", final: bool | None = None) -> ExecutionReport:
+    intent = decision.intent
+    return ExecutionReport(
+        message_id=f"exec-{intent.intent_id}-{decision.broker}-{decision.attempt}-{seq}",
+        correlation_id=intent.intent_id,
+        intent_id=intent.intent_id,
+        strategy_id=intent.strategy_id,
+        broker=decision.broker,
+        status=status,
+        attempt=decision.attempt,
+        report_seq=seq,
+        client_order_id=intent.intent_id,
+        broker_order_id=order.broker_order_id if order else "",
+        symbol=intent.symbol,
+        asset_class=intent.asset_class,
+        side=intent.side,
+        order_type=intent.order_type,
+        quantity=order.quantity if order else intent.quantity,
+        notional=intent.notional,
+        filled_quantity=order.filled_quantity if order else Decimal(0),
+        leaves_quantity=order.leaves_quantity if order else (intent.quantity or Decimal(0)),
+        average_price=order.average_price if order else None,
+        fees=order.fees if order else Decimal(0),
+        reason_code=reason_code,
+        reason=reason,
+        final=status.is_terminal if final is None else final,
+    )
+
+
+def fill_message(decision: RouteDecision, order: VenueOrder, fill: VenueFill) -> Fill:
+    intent = decision.intent
+    return Fill(
+        message_id=f"fill-{decision.broker}-{fill.fill_id}",
+        correlation_id=intent.intent_id,
+        fill_id=f"{decision.broker}:{fill.fill_id}",
+        intent_id=intent.intent_id,
+        strategy_id=intent.strategy_id,
+        broker=decision.broker,
+        broker_order_id=order.broker_order_id,
+        symbol=intent.symbol,
+        asset_class=intent.asset_class,
+        side=intent.side,
+        quantity=fill.quantity,
+        price=fill.price,
+        fee=fill.fee,
+        executed_at=fill.executed_at,
+    )

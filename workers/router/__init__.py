@@ -1,0 +1,1 @@
+"""The router: validates intents, picks a broker, publishes route decisions."""

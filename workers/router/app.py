@@ -1,0 +1,15 @@
+"""Composition root of the router worker."""
+
+from __future__ import annotations
+
+from workers.router.handlers import RouterHandlers
+from workers.runtime import Worker
+from workers.settings import MbxConfig, Settings
+
+
+def build_router(settings: Settings, config: MbxConfig) -> Worker:
+    worker = Worker("router", settings)
+    spec = settings.subjects.router_consumer()
+    handlers = RouterHandlers(worker, spec, config)
+    worker.subscribe(spec, handlers.on_intent, batch_size=64)
+    return worker

@@ -1,0 +1,68 @@
+"""The router's I/O edge: decode an intent, decide, publish the decision, ack."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+
+from contracts import ConsumerSpec, DeadLetterStage, ExecutionReport, OrderIntent, OrderStatus, RouteDecision
+from workers.bus import publish
+from workers.router.rules import Rejection, route
+from workers.runtime import IncomingMessage, PoisonMessage, Worker, parse
+from workers.settings import MbxConfig
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+
+class RouterHandlers:
+    def __init__(self, worker: Worker, spec: ConsumerSpec, config: MbxConfig) -> None:
+        self.worker = worker
+        self.spec = spec
+        self.config = config
+
+    async def on_intent(self, message: IncomingMessage) -> None:
+        await self.worker.deliver(DeadLetterStage.ROUTER, self.spec, message.raw_message, self.route_intent)
+
+    async def route_intent(self, msg: Msg) -> str:
+        intent = parse(OrderIntent, msg.data)
+        structlog.contextvars.bind_contextvars(intent_id=intent.intent_id)
+        subject_strategy = msg.subject.rsplit(".", 1)[-1]
+        if subject_strategy != intent.strategy_id:
+            raise PoisonMessage(
+                f"subject strategy {subject_strategy!r} does not match payload strategy_id {intent.strategy_id!r}"
+            )
+        outcome = route(intent, self.config)
+        subjects = self.worker.subjects
+        if isinstance(outcome, RouteDecision):
+            structlog.contextvars.bind_contextvars(broker=str(outcome.broker))
+            await publish(self.worker.js, subjects.route(outcome.broker), outcome,
+                          intent_id=intent.intent_id, strategy_id=intent.strategy_id)
+            return f"routed:{outcome.broker}"
+        report = rejection_report(intent, outcome)
+        await publish(self.worker.js, subjects.execution(None, OrderStatus.REJECTED), report,
+                      intent_id=intent.intent_id, strategy_id=intent.strategy_id)
+        return f"rejected:{outcome.reason_code}"
+
+
+def rejection_report(intent: OrderIntent, rejection: Rejection) -> ExecutionReport:
+    details = "; ".join(f"{e.broker}: {e.reason}" for e in rejection.excluded)
+    return ExecutionReport(
+        message_id=f"exec-{intent.intent_id}-router-rejected",
+        correlation_id=intent.intent_id,
+        intent_id=intent.intent_id,
+        strategy_id=intent.strategy_id,
+        broker=None,
+        status=OrderStatus.REJECTED,
+        client_order_id=intent.intent_id,
+        symbol=intent.symbol,
+        asset_class=intent.asset_class,
+        side=intent.side,
+        order_type=intent.order_type,
+        quantity=intent.quantity,
+        notional=intent.notional,
+        reason_code=rejection.reason_code,
+        reason=f"{rejection.reason} ({details})",
+        final=True,
+    )

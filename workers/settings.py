@@ -1,0 +1,221 @@
+"""Runtime settings (environment, prefix ``MBX_``) and the YAML deployment config.
+
+``Settings`` says where things are (NATS, Postgres, the config file); ``MbxConfig`` says how to
+trade (brokers, risk, routing weights). Both are built once in an entry point and passed down.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from contracts import BrokerName, Subjects
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = REPO_ROOT / "config" / "mbx.yaml"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the bad key."""
+
+
+class Settings(BaseSettings):
+    """Where mbx runs. Every field can be set as ``MBX_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MBX_", extra="ignore")
+
+    nats_url: str | None = Field(default=None, description="NATS server URL; unset = embedded server.")
+    database_url: str | None = Field(default=None, description="Postgres URL; unset = embedded server.")
+    config_file: Path | None = Field(default=None, description="YAML config; unset = config/mbx.yaml.")
+    subject_prefix: str = Field(default="mbx", description="First token of every subject.")
+    data_dir: Path = Field(default=REPO_ROOT / ".mbx", description="Where the embedded servers keep data.")
+    log_level: str = "INFO"
+    log_format: Literal["auto", "console", "json"] = "auto"
+    durability: Literal["dev", "production"] = Field(
+        default="dev",
+        description="Embedded NATS fsync policy: dev = JetStream default (2 min), production = always.",
+    )
+
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects(self.subject_prefix)
+
+    def sqlalchemy_url(self) -> str:
+        """The database URL with the psycopg (v3) driver, which SQLAlchemy needs spelled out."""
+        if not self.database_url:
+            raise ConfigError("database_url: not set (MBX_DATABASE_URL, or run `mbx up`)")
+        return to_sqlalchemy_url(self.database_url)
+
+
+def to_sqlalchemy_url(url: str) -> str:
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    raise ConfigError(f"database_url: {url.split('@')[-1]!r} is not a postgresql:// URL")
+
+
+# The YAML config ------------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerConfig(_Strict):
+    """One broker account."""
+
+    enabled: bool = True
+    allocation_percent: Decimal = Field(default=Decimal(1), ge=0, le=1, description="Share of capital, 0..1.")
+    paper_trading: bool = True
+    priority: int = Field(default=100, ge=0, description="Lower is preferred when scores tie.")
+    credentials: dict[str, SecretStr] = Field(default_factory=dict)
+
+
+class DatabaseConfig(_Strict):
+    url: str | None = None
+
+
+class RiskConfig(_Strict):
+    max_broker_allocation: Decimal = Field(default=Decimal("0.8"), gt=0, le=1)
+    min_broker_diversification: int = Field(default=1, ge=1)
+
+
+class RoutingWeights(_Strict):
+    cost: float = Field(default=0.4, ge=0)
+    speed: float = Field(default=0.3, ge=0)
+    fill: float = Field(default=0.3, ge=0)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> Self:
+        total = self.cost + self.speed + self.fill
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"cost + speed + fill must be 1, got {total:g}")
+        return self
+
+
+class RoutingConfig(_Strict):
+    weights: RoutingWeights = Field(default_factory=RoutingWeights)
+
+
+class MbxConfig(_Strict):
+    """The deployment config, in the shape of the multi-broker YAML file."""
+
+    brokers: dict[BrokerName, BrokerConfig] = Field(
+        default_factory=lambda: {name: BrokerConfig() for name in BrokerName}
+    )
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    risk: RiskConfig = Field(default_factory=RiskConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+
+    @model_validator(mode="after")
+    def _live_needs_credentials(self) -> Self:
+        for name, broker in self.brokers.items():
+            if broker.enabled and not broker.paper_trading:
+                raise ValueError(
+                    f"brokers.{name}.paper_trading: live trading is not available in this version; "
+                    "only simulated (paper) brokers run"
+                )
+        return self
+
+    def enabled_brokers(self) -> list[BrokerName]:
+        return [name for name in BrokerName if name in self.brokers and self.brokers[name].enabled]
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(node: Any, path: str, missing: list[str]) -> Any:
+    """Replace ``${VAR}`` with the environment's value; remember what is unset."""
+    if isinstance(node, dict):
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k), missing) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v, f"{path}[{i}]", missing) for i, v in enumerate(node)]
+    if isinstance(node, str):
+
+        def sub(m: re.Match[str]) -> str:
+            value = os.environ.get(m.group(1))
+            if value is None:
+                missing.append(f"{path}: environment variable {m.group(1)} is not set")
+                return ""
+            return value
+
+        return _ENV_REF.sub(sub, node)
+    return node
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"] if part != "[key]")
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{key}: {msg}" if key else msg)
+    return "; ".join(lines)
+
+
+def parse_config(raw: Any, source: str = "config") -> MbxConfig:
+    """Validate a config mapping; ``ConfigError`` names every bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    missing: list[str] = []
+    expanded = _expand_env(raw, "", missing)
+    # Unset variables only matter for brokers that will really use their credentials.
+    try:
+        config = MbxConfig.model_validate(expanded)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_format_validation_error(exc)}") from None
+    needed = [m for m in missing if not _belongs_to_paper_broker(m, config)]
+    if needed:
+        raise ConfigError(f"{source}: " + "; ".join(needed))
+    return config
+
+
+def _belongs_to_paper_broker(message: str, config: MbxConfig) -> bool:
+    parts = message.split(".", 2)
+    if len(parts) < 2 or parts[0] != "brokers":
+        return False
+    try:
+        broker = config.brokers.get(BrokerName(parts[1]))
+    except ValueError:
+        return False
+    return broker is not None and (broker.paper_trading or not broker.enabled)
+
+
+def load_config(path: Path | None) -> MbxConfig:
+    """Read the YAML config file; defaults when no file is given and the default is absent."""
+    if path is None:
+        if not DEFAULT_CONFIG_FILE.exists():
+            return MbxConfig()
+        path = DEFAULT_CONFIG_FILE
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    return parse_config(raw, str(path))
+
+
+def load_settings() -> tuple[Settings, MbxConfig]:
+    """Build settings from the environment and the config they point at."""
+    try:
+        settings = Settings()
+        settings.subjects  # noqa: B018  (validates the prefix now, not at first publish)
+    except (ValidationError, ValueError) as exc:
+        raise ConfigError(f"environment: {exc}") from None
+    config = load_config(settings.config_file)
+    if settings.database_url is None and config.database.url:
+        settings = settings.model_copy(update={"database_url": config.database.url})
+    return settings, config

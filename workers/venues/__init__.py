@@ -1,0 +1,1 @@
+"""Broker adapters ("venues" in code, to keep clear of FastStream's NATS broker)."""

@@ -1,0 +1,100 @@
+"""The venue adapter protocol and the errors adapters translate broker failures into.
+
+Nothing above an adapter knows a broker SDK's exception types: adapters raise these instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol
+
+from contracts import BrokerName, OrderIntent, OrderStatus
+from workers.venues.capabilities import VenueCapabilities
+
+
+class VenueError(Exception):
+    """Base of all venue failures."""
+
+
+class VenueRejected(VenueError):
+    """The broker definitively refused the order. ``order_specific`` rejections (bad quantity,
+    unknown symbol) fail at any broker; the others (no buying power, unsupported) may succeed
+    elsewhere."""
+
+    def __init__(self, reason_code: str, reason: str, *, order_specific: bool) -> None:
+        super().__init__(reason)
+        self.reason_code = reason_code
+        self.reason = reason
+        self.order_specific = order_specific
+
+
+class VenueUnavailable(VenueError):
+    """The request provably did not reach the broker (connection refused, 429): safe to retry."""
+
+
+class VenueAmbiguous(VenueError):
+    """The request may have reached the broker (timeout after sending): look the order up
+    before anything is retried."""
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    symbol: str
+    bid: Decimal
+    ask: Decimal
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class VenueFill:
+    fill_id: str
+    quantity: Decimal
+    price: Decimal
+    fee: Decimal
+    executed_at: datetime
+
+
+@dataclass(slots=True)
+class VenueOrder:
+    """An order as the broker knows it."""
+
+    broker_order_id: str
+    client_order_id: str
+    status: OrderStatus
+    quantity: Decimal
+    filled_quantity: Decimal = Decimal(0)
+    average_price: Decimal | None = None
+    fees: Decimal = Decimal(0)
+    fills: list[VenueFill] = field(default_factory=list)
+    reason: str = ""
+
+    @property
+    def leaves_quantity(self) -> Decimal:
+        if self.status.is_terminal:
+            return Decimal(0)
+        return max(self.quantity - self.filled_quantity, Decimal(0))
+
+
+class Venue(Protocol):
+    """What every broker adapter provides (real or simulated)."""
+
+    @property
+    def broker(self) -> BrokerName: ...
+
+    @property
+    def capabilities(self) -> VenueCapabilities: ...
+
+    async def connect(self) -> None: ...
+
+    async def disconnect(self) -> None: ...
+
+    @property
+    def is_connected(self) -> bool: ...
+
+    async def place_order(self, intent: OrderIntent, client_order_id: str) -> VenueOrder: ...
+
+    async def find_order(self, client_order_id: str) -> VenueOrder | None: ...
+
+    async def get_quote(self, symbol: str) -> Quote: ...

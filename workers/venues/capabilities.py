@@ -1,0 +1,98 @@
+"""What each broker supports, from ../shared/reference/broker-apis.md (section 1).
+
+Used by the router's eligibility check and by the simulated venues. Where the reference marks a
+fact unverified we keep the conservative choice and say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from contracts import AssetClass, BrokerName, OrderType, TimeInForce
+
+ALL_TYPES = frozenset(OrderType)
+ALL_TIF = frozenset(TimeInForce)
+
+
+@dataclass(frozen=True, slots=True)
+class AssetSupport:
+    order_types: frozenset[OrderType]
+    time_in_force: frozenset[TimeInForce]
+    fractional: bool
+    notional: bool
+
+
+@dataclass(frozen=True, slots=True)
+class VenueCapabilities:
+    broker: BrokerName
+    assets: dict[AssetClass, AssetSupport]
+    has_client_order_id: bool
+    rate_limit_per_minute: int
+
+    def support_for(self, asset: AssetClass) -> AssetSupport | None:
+        return self.assets.get(asset)
+
+
+CAPABILITIES: dict[BrokerName, VenueCapabilities] = {
+    BrokerName.ALPACA: VenueCapabilities(
+        BrokerName.ALPACA,
+        {
+            AssetClass.EQUITY: AssetSupport(ALL_TYPES, ALL_TIF, fractional=True, notional=True),
+            AssetClass.OPTION: AssetSupport(frozenset({OrderType.MARKET, OrderType.LIMIT}),
+                                            frozenset({TimeInForce.DAY}), fractional=False, notional=False),
+            AssetClass.CRYPTO: AssetSupport(frozenset({OrderType.MARKET, OrderType.LIMIT, OrderType.STOP_LIMIT}),
+                                            frozenset({TimeInForce.GTC, TimeInForce.IOC}), fractional=True,
+                                            notional=True),
+        },
+        has_client_order_id=True,
+        rate_limit_per_minute=200,
+    ),
+    BrokerName.ROBINHOOD: VenueCapabilities(
+        BrokerName.ROBINHOOD,
+        {
+            AssetClass.EQUITY: AssetSupport(ALL_TYPES, frozenset({TimeInForce.DAY, TimeInForce.GTC}),
+                                            fractional=True, notional=True),
+            AssetClass.OPTION: AssetSupport(frozenset({OrderType.MARKET, OrderType.LIMIT}),
+                                            frozenset({TimeInForce.DAY, TimeInForce.GTC}), fractional=False,
+                                            notional=False),
+            AssetClass.CRYPTO: AssetSupport(frozenset({OrderType.MARKET, OrderType.LIMIT}),
+                                            frozenset({TimeInForce.GTC, TimeInForce.IOC}), fractional=True,
+                                            notional=True),
+        },
+        has_client_order_id=True,
+        rate_limit_per_minute=32,  # about 8 orders per 15 s observed; undocumented
+    ),
+    BrokerName.COINBASE: VenueCapabilities(
+        BrokerName.COINBASE,
+        {
+            AssetClass.CRYPTO: AssetSupport(frozenset({OrderType.MARKET, OrderType.LIMIT, OrderType.STOP_LIMIT}),
+                                            frozenset({TimeInForce.GTC, TimeInForce.IOC, TimeInForce.FOK}),
+                                            fractional=True, notional=True),
+        },
+        has_client_order_id=True,
+        rate_limit_per_minute=1800,  # 30 requests/s private REST
+    ),
+    BrokerName.SCHWAB: VenueCapabilities(
+        BrokerName.SCHWAB,
+        {
+            # Fractional shares (Stock Slices) are not available through the API.
+            AssetClass.EQUITY: AssetSupport(ALL_TYPES, ALL_TIF, fractional=False, notional=False),
+            AssetClass.OPTION: AssetSupport(ALL_TYPES, ALL_TIF, fractional=False, notional=False),
+        },
+        has_client_order_id=False,
+        rate_limit_per_minute=120,
+    ),
+    BrokerName.IBKR: VenueCapabilities(
+        BrokerName.IBKR,
+        {
+            # Fractional equity needs an account permission and is unverified: not offered.
+            AssetClass.EQUITY: AssetSupport(ALL_TYPES, ALL_TIF, fractional=False, notional=False),
+            AssetClass.OPTION: AssetSupport(ALL_TYPES, ALL_TIF, fractional=False, notional=False),
+            AssetClass.CRYPTO: AssetSupport(frozenset({OrderType.MARKET, OrderType.LIMIT}),
+                                            frozenset({TimeInForce.DAY, TimeInForce.GTC, TimeInForce.IOC}),
+                                            fractional=True, notional=True),
+        },
+        has_client_order_id=True,
+        rate_limit_per_minute=2700,  # 45 messages/s, ib_async's self-throttle
+    ),
+}

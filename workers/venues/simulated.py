@@ -1,0 +1,151 @@
+"""Simulated brokers for paper trading and tests.
+
+Prices come from one deterministic quote model shared by every venue, so cross-broker
+comparisons are consistent. Fees follow each broker's published schedule (entry tier) from
+../shared/reference/broker-apis.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from datetime import UTC, datetime
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
+
+from contracts import AssetClass, BrokerName, OrderIntent, OrderStatus, OrderType, Side
+from workers.venues.base import Quote, VenueFill, VenueOrder, VenueRejected
+from workers.venues.capabilities import CAPABILITIES, VenueCapabilities
+
+CENT = Decimal("0.01")
+QTY_STEP = Decimal("0.000000001")
+OPTION_MULTIPLIER = Decimal(100)
+
+
+class QuoteModel:
+    """A stable mid price per symbol, derived from the symbol itself, with a fixed spread."""
+
+    def __init__(self, spread_bps: Decimal = Decimal(2)) -> None:
+        self.spread_bps = spread_bps
+
+    def mid(self, symbol: str) -> Decimal:
+        digest = int.from_bytes(hashlib.sha256(symbol.encode()).digest()[:4], "big")
+        if symbol.endswith("-USD"):  # crypto pairs trade at larger prices
+            return (Decimal(1000) + Decimal(digest % 6_000_000) / 100).quantize(CENT)
+        return (Decimal(5) + Decimal(digest % 50_000) / 100).quantize(CENT)
+
+    def quote(self, symbol: str) -> Quote:
+        mid = self.mid(symbol)
+        half = (mid * self.spread_bps / Decimal(20_000)).quantize(Decimal("0.0001"), ROUND_HALF_UP)
+        half = max(half, Decimal("0.0001"))
+        return Quote(symbol, mid - half, mid + half, datetime.now(UTC))
+
+
+def estimate_fee(broker: BrokerName, asset: AssetClass, quantity: Decimal, price: Decimal) -> Decimal:
+    """Fee in USD for one execution at the broker's entry-tier schedule."""
+    value = quantity * price * (OPTION_MULTIPLIER if asset is AssetClass.OPTION else 1)
+    fee = Decimal(0)
+    if asset is AssetClass.CRYPTO:
+        rate = {
+            BrokerName.ALPACA: Decimal("0.0025"),
+            BrokerName.COINBASE: Decimal("0.012"),
+            BrokerName.ROBINHOOD: Decimal(0),  # spread only
+            BrokerName.IBKR: Decimal("0.0018"),
+        }.get(broker, Decimal(0))
+        fee = value * rate
+        if broker is BrokerName.IBKR:
+            fee = min(max(fee, Decimal("1.75")), value * Decimal("0.01"))
+    elif asset is AssetClass.OPTION:
+        per_contract = {BrokerName.SCHWAB: Decimal("0.65"), BrokerName.IBKR: Decimal("0.65")}.get(broker, Decimal(0))
+        fee = quantity * per_contract
+        if broker is BrokerName.IBKR:
+            fee = max(fee, Decimal(1))
+    elif broker is BrokerName.IBKR:
+        fee = min(max(quantity * Decimal("0.005"), Decimal(1)), value * Decimal("0.01"))
+    return fee.quantize(CENT, ROUND_HALF_UP)
+
+
+class SimulatedVenue:
+    """An in-memory broker. A repeated client order id returns the original order."""
+
+    def __init__(self, broker: BrokerName, quotes: QuoteModel | None = None) -> None:
+        self._broker = broker
+        self._quotes = quotes or QuoteModel()
+        self._orders: dict[str, VenueOrder] = {}
+        self._ids = itertools.count(1)
+        self._connected = False
+
+    @property
+    def broker(self) -> BrokerName:
+        return self._broker
+
+    @property
+    def capabilities(self) -> VenueCapabilities:
+        return CAPABILITIES[self._broker]
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected
+
+    async def connect(self) -> None:
+        self._connected = True
+
+    async def disconnect(self) -> None:
+        self._connected = False
+
+    async def get_quote(self, symbol: str) -> Quote:
+        return self._quotes.quote(symbol)
+
+    async def find_order(self, client_order_id: str) -> VenueOrder | None:
+        return self._orders.get(client_order_id)
+
+    @property
+    def orders(self) -> list[VenueOrder]:
+        """The broker's own book (tests count duplicates here)."""
+        return list(self._orders.values())
+
+    async def place_order(self, intent: OrderIntent, client_order_id: str) -> VenueOrder:
+        existing = self._orders.get(client_order_id)
+        if existing is not None:
+            return existing
+        support = self.capabilities.support_for(intent.asset_class)
+        if support is None:
+            raise VenueRejected("unsupported_asset", f"{self._broker} does not trade {intent.asset_class}",
+                                order_specific=False)
+        quote = self._quotes.quote(intent.symbol)
+        buying = intent.side is Side.BUY
+        touch = quote.ask if buying else quote.bid
+        quantity = intent.quantity if intent.quantity is not None else self._quantity_for(intent, touch)
+        if quantity <= 0:
+            raise VenueRejected("invalid_quantity", "the notional buys less than the smallest unit",
+                                order_specific=True)
+        order = VenueOrder(
+            broker_order_id=f"{self._broker}-{next(self._ids):08d}",
+            client_order_id=client_order_id,
+            status=OrderStatus.ACCEPTED,
+            quantity=quantity,
+        )
+        self._orders[client_order_id] = order
+        if self._marketable(intent, touch):
+            price = touch  # a marketable order fills at the touch, even with a better limit
+            fee = estimate_fee(self._broker, intent.asset_class, quantity, price)
+            now = datetime.now(UTC)
+            order.fills.append(VenueFill(f"{order.broker_order_id}-1", quantity, price, fee, now))
+            order.filled_quantity = quantity
+            order.average_price = price
+            order.fees = fee
+            order.status = OrderStatus.FILLED
+        return order
+
+    @staticmethod
+    def _quantity_for(intent: OrderIntent, price: Decimal) -> Decimal:
+        assert intent.notional is not None
+        return (intent.notional / price).quantize(QTY_STEP, ROUND_DOWN)
+
+    @staticmethod
+    def _marketable(intent: OrderIntent, touch: Decimal) -> bool:
+        if intent.order_type is OrderType.MARKET:
+            return True
+        if intent.order_type is OrderType.LIMIT:
+            assert intent.limit_price is not None
+            return intent.limit_price >= touch if intent.side is Side.BUY else intent.limit_price <= touch
+        return False  # stop orders wait for their trigger, which the simulation does not move to
