@@ -1,0 +1,309 @@
+"""``mbx``: the operator command line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+
+from contracts import AssetClass, BrokerName, OrderIntent, OrderType, Side, TimeInForce
+from workers.logs import configure_logging
+from workers.settings import ConfigError, MbxConfig, Settings, load_settings
+
+app = typer.Typer(help="mbx: smart multi-broker execution.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+console = Console()
+err = Console(stderr=True)
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+async def _quiet(_exc: Exception) -> None:
+    """nats-py prints a traceback per failed attempt unless given an error callback."""
+
+
+# Fail fast when the server is not there: two attempts, no endless reconnect loop.
+ONE_SHOT_CONNECT: dict[str, Any] = {
+    "connect_timeout": 2, "max_reconnect_attempts": 1, "reconnect_time_wait": 0.2, "error_cb": _quiet,
+}
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def settings_and_config() -> tuple[Settings, MbxConfig]:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        fail(f"invalid configuration: {exc}", EXIT_USAGE)
+
+
+def resolve_nats_url(settings: Settings) -> str:
+    """MBX_NATS_URL, else the running ``mbx up`` stack, else the default local port."""
+    if settings.nats_url:
+        return settings.nats_url
+    from workers.devstack.stack import read_stack  # noqa: PLC0415
+
+    stack = read_stack(settings.data_dir)
+    return str(stack["nats_url"]) if stack else "nats://127.0.0.1:4222"
+
+
+def resolve_database_url(settings: Settings) -> str:
+    if settings.database_url:
+        return settings.database_url
+    from workers.devstack.stack import read_stack  # noqa: PLC0415
+
+    stack = read_stack(settings.data_dir)
+    if stack:
+        return str(stack["database_url"])
+    fail("no database: set MBX_DATABASE_URL, or start the stack with `make run` (or `mbx up`)")
+
+
+@app.command()
+def up(
+    nats_port: Annotated[int, typer.Option(help="Port of the embedded nats-server.")] = 4222,
+    pg_port: Annotated[int, typer.Option(help="Port of the embedded PostgreSQL.")] = 54329,
+    production_durability: Annotated[bool, typer.Option(
+        "--production-durability", help="Embedded NATS fsyncs every write (sync_interval: always).")] = False,
+) -> None:
+    """Start NATS, PostgreSQL and every worker; Ctrl-C stops it all.
+
+    Example: mbx up --nats-port 4333
+    """
+    settings, config = settings_and_config()
+    if production_durability:
+        settings = settings.model_copy(update={"durability": "production"})
+    from workers.devstack.stack import Stack, read_stack  # noqa: PLC0415
+
+    running = read_stack(settings.data_dir)
+    if running:
+        fail(f"mbx is already running (pid {running['pid']}, NATS {running['nats_url']}); stop it with `mbx down`")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        code = Stack(settings, config, nats_port=nats_port, pg_port=pg_port, console=console).run()
+    except RuntimeError as exc:
+        fail(str(exc))
+    raise typer.Exit(code)
+
+
+@app.command()
+def down(timeout: Annotated[float, typer.Option(help="Seconds to wait for a clean stop.")] = 60) -> None:
+    """Stop the stack that `mbx up` started (from any terminal).
+
+    Example: mbx down
+    """
+    import os  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from workers.devstack.stack import read_stack  # noqa: PLC0415
+
+    settings, _ = settings_and_config()
+    stack = read_stack(settings.data_dir)
+    if not stack:
+        console.print("mbx is not running")
+        return
+    pid = int(str(stack["pid"]))
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            console.print("stopped")
+            return
+        time.sleep(0.2)
+    fail(f"mbx (pid {pid}) did not stop within {timeout:.0f}s")
+
+
+@app.command()
+def worker(
+    kind: Annotated[str, typer.Argument(help="router, executor or aggregator.")],
+    broker: Annotated[BrokerName | None, typer.Option(help="The executor's broker.")] = None,
+) -> None:
+    """Run one worker in the foreground (what `mbx up` and compose start).
+
+    Example: MBX_NATS_URL=nats://127.0.0.1:4222 mbx worker executor --broker alpaca
+    """
+    settings, config = settings_and_config()
+    configure_logging(settings.log_level, settings.log_format)
+    if kind not in ("router", "executor", "aggregator"):
+        fail(f"unknown worker {kind!r}: use router, executor or aggregator", EXIT_USAGE)
+    if kind == "executor" and broker is None:
+        fail("an executor needs --broker (one of: " + ", ".join(BrokerName) + ")", EXIT_USAGE)
+    from workers.entry import build_worker, run_until_signalled  # noqa: PLC0415
+
+    settings = settings.model_copy(update={"nats_url": resolve_nats_url(settings)})
+    if kind == "aggregator":
+        settings = settings.model_copy(update={"database_url": resolve_database_url(settings)})
+    try:
+        asyncio.run(run_until_signalled(build_worker(kind, settings, config, broker)))
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+@app.command()
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    downgrade: Annotated[bool, typer.Option("--downgrade", help="Downgrade to the revision instead.")] = False,
+) -> None:
+    """Apply database migrations (to MBX_DATABASE_URL or the running stack's database).
+
+    Example: mbx migrate            (upgrade to head)
+             mbx migrate base --downgrade
+    """
+    from workers.db import migrate as migrations  # noqa: PLC0415
+
+    settings, _ = settings_and_config()
+    url = resolve_database_url(settings)
+    try:
+        if downgrade:
+            migrations.downgrade(url, revision)
+        else:
+            migrations.upgrade(url, revision)
+    except Exception as exc:  # noqa: BLE001  (report, don't trace back)
+        fail(f"migration failed: {type(exc).__name__}: {exc}")
+    console.print(f"database is at {'downgraded to ' if downgrade else ''}{revision}")
+
+
+@app.command()
+def schemas(check: Annotated[bool, typer.Option("--check", help="Fail if the files are out of date.")] = False) -> None:
+    """Write the JSON Schemas and the AsyncAPI document into contracts/schemas/.
+
+    Example: mbx schemas --check
+    """
+    from workers.schemas import write_schemas  # noqa: PLC0415
+
+    stale = write_schemas(check=check)
+    if check and stale:
+        fail("out of date: " + ", ".join(stale) + " (run `make schemas`)")
+    console.print("schemas are up to date" if check else "schemas written to contracts/schemas/")
+
+
+def _decimal(value: str | None, name: str) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        return Decimal(value)
+    except InvalidOperation:
+        fail(f"--{name}: {value!r} is not a number", EXIT_USAGE)
+
+
+@app.command()
+def submit(
+    symbol: Annotated[str | None, typer.Option(help="Symbol, e.g. AAPL or BTC-USD.")] = None,
+    quantity: Annotated[str | None, typer.Option(help="Units (fractional allowed).")] = None,
+    notional: Annotated[str | None, typer.Option(help="Dollar amount instead of a quantity.")] = None,
+    side: Annotated[Side, typer.Option(help="buy or sell.")] = Side.BUY,
+    asset_class: Annotated[AssetClass, typer.Option(help="equity, crypto or option.")] = AssetClass.EQUITY,
+    order_type: Annotated[OrderType, typer.Option(help="market, limit, stop, stop_limit.")] = OrderType.MARKET,
+    limit_price: Annotated[str | None, typer.Option(help="Limit price.")] = None,
+    stop_price: Annotated[str | None, typer.Option(help="Stop price.")] = None,
+    tif: Annotated[TimeInForce | None, typer.Option(help="day, gtc, ioc, fok (default day; gtc for crypto).")] = None,
+    broker: Annotated[BrokerName | None, typer.Option(help="Preferred broker.")] = None,
+    strategy: Annotated[str, typer.Option(help="Strategy id the order is sent as.")] = "cli",
+    intent_id: Annotated[str | None, typer.Option(help="Intent id (default: generated).")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Read the intent from a JSON or YAML file.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the final report.")] = 15.0,
+) -> None:
+    """Send one order intent and print its route and final report.
+
+    Example: mbx submit --symbol AAPL --quantity 10
+             mbx submit --symbol BTC-USD --asset-class crypto --notional 250
+             mbx submit --file intent.yaml
+    """
+    settings, _ = settings_and_config()
+    if file is not None:
+        raw = _read_intent_file(file)
+    else:
+        if symbol is None:
+            fail("give --symbol (and --quantity or --notional), or --file", EXIT_USAGE)
+        raw = {
+            "intent_id": intent_id or f"{strategy}-{uuid.uuid4().hex[:12]}",
+            "strategy_id": strategy, "symbol": symbol.upper(), "asset_class": asset_class, "side": side,
+            "quantity": _decimal(quantity, "quantity"), "notional": _decimal(notional, "notional"),
+            "order_type": order_type, "limit_price": _decimal(limit_price, "limit-price"),
+            "stop_price": _decimal(stop_price, "stop-price"), "time_in_force": tif, "broker": broker,
+        }
+        raw = {k: v for k, v in raw.items() if v is not None}
+    try:
+        intent = OrderIntent.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'intent'}: {e['msg']}" for e in exc.errors())
+        fail(f"invalid order: {problems}", EXIT_USAGE)
+    url = resolve_nats_url(settings)
+    code = asyncio.run(_submit(intent, url, settings.subject_prefix, timeout))
+    raise typer.Exit(code)
+
+
+def _read_intent_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+    except OSError as exc:
+        fail(f"{path}: {exc.strerror}", EXIT_USAGE)
+    except yaml.YAMLError as exc:
+        fail(f"{path}: not valid JSON or YAML ({exc})", EXIT_USAGE)
+    if not isinstance(data, dict):
+        fail(f"{path}: expected one intent as a mapping", EXIT_USAGE)
+    return data
+
+
+async def _submit(intent: OrderIntent, url: str, prefix: str, timeout: float) -> int:
+    from contracts.client import MbxClient  # noqa: PLC0415
+
+    try:
+        async with MbxClient.connect(url, prefix=prefix, **ONE_SHOT_CONNECT) as client:
+            tracker = await client.track(intent.intent_id)
+            ack = await client.submit(intent)
+            dup = " (duplicate: this intent id was already submitted)" if ack.duplicate else ""
+            console.print(f"submitted [bold]{intent.intent_id}[/bold] to {ack.stream} seq {ack.sequence}{dup}")
+            try:
+                final = await tracker.wait(timeout)
+            except TimeoutError:
+                for route in tracker.routes:
+                    _print_route(route)
+                err.print(f"[yellow]no final report within {timeout:g}s[/yellow]; the order may still be working")
+                return EXIT_FAILURE
+            finally:
+                await tracker.close()
+    except (OSError, TimeoutError) as exc:
+        fail(f"cannot reach NATS at {url} ({type(exc).__name__}). Start the stack with `make run` "
+             "(or `mbx up`), or set MBX_NATS_URL.")
+    except Exception as exc:  # noqa: BLE001  (nats-py raises its own family for unreachable servers)
+        if type(exc).__module__.startswith("nats"):
+            fail(f"cannot reach NATS at {url} ({type(exc).__name__}: {exc}). Start the stack with `make run` "
+                 "(or `mbx up`), or set MBX_NATS_URL.")
+        raise
+    for route in tracker.routes:
+        _print_route(route)
+    status = str(final.status)
+    colour = "green" if status == "filled" else "red" if status in ("rejected", "failed") else "yellow"
+    filled = f" {final.filled_quantity} @ {final.average_price}" if final.average_price is not None else ""
+    fees = f", fees {final.fees}" if final.fees else ""
+    where = final.broker or "no broker"
+    console.print(f"[{colour}]{status}[/{colour}] at {where}{filled}{fees}"
+                  + (f" ({final.reason})" if final.reason else ""))
+    return EXIT_OK if status in ("filled", "accepted", "partially_filled", "cancelled") else EXIT_FAILURE
+
+
+def _print_route(route: Any) -> None:
+    chain = ", ".join(route.fallback_chain) or "none"
+    console.print(f"routed to [bold]{route.broker}[/bold] (attempt {route.attempt}, rule {route.rule}): "
+                  f"{route.reason}; fallback: {chain}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

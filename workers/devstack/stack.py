@@ -1,0 +1,192 @@
+"""``mbx up``: the whole system on one machine, stopped cleanly on Ctrl-C or SIGTERM.
+
+Servers are embedded unless ``MBX_NATS_URL`` / ``MBX_DATABASE_URL`` point elsewhere. Workers
+run as separate processes in their own sessions, so Ctrl-C reaches only this supervisor, which
+stops the workers first (letting them finish in-flight messages) and the servers last. Every
+child also gets the kernel's parent-death signal, so even a killed supervisor leaves nothing
+running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+from rich.console import Console
+from rich.table import Table
+
+from workers.bus import ensure_streams
+from workers.db.migrate import upgrade
+from workers.devstack.nats import EmbeddedNats
+from workers.devstack.postgres import EmbeddedPostgres
+from workers.devstack.processes import spawn, stop
+from workers.logs import redact_url
+from workers.settings import MbxConfig, Settings
+
+STACK_FILE = "stack.json"
+RESTART_DELAY = 2.0
+
+
+def stack_file(data_dir: Path) -> Path:
+    return data_dir / STACK_FILE
+
+
+def read_stack(data_dir: Path) -> dict[str, object] | None:
+    """What a running ``mbx up`` wrote about itself, if it is still running."""
+    path = stack_file(data_dir)
+    try:
+        info = json.loads(path.read_text())
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return None
+    return dict(info)
+
+
+@dataclass
+class WorkerProcess:
+    name: str
+    args: list[str]
+    log_file: Path
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    died_at: float | None = None
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    config: MbxConfig
+    nats_port: int = 4222
+    pg_port: int = 54329
+    console: Console = field(default_factory=lambda: Console(stderr=False))
+    nats: EmbeddedNats | None = None
+    postgres: EmbeddedPostgres | None = None
+    workers: list[WorkerProcess] = field(default_factory=list)
+    _stopping: bool = False
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            nats_url, database_url = self._start_servers()
+            self.console.print("[bold]applying migrations[/bold]")
+            upgrade(database_url)
+            asyncio.run(_ensure_topology(nats_url, self.settings))
+            self._start_workers(nats_url, database_url)
+            self._announce(nats_url, database_url)
+            self._supervise()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.shutdown()
+        return 0
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if not self._stopping:
+            self._stopping = True
+            raise KeyboardInterrupt
+
+    def _start_servers(self) -> tuple[str, str]:
+        data = self.settings.data_dir
+        nats_url = self.settings.nats_url
+        if not nats_url:
+            profile = "sync_interval: always" if self.settings.durability == "production" else "default fsync (2 min)"
+            self.console.print(f"[bold]starting nats-server[/bold] (JetStream, {profile})")
+            self.nats = EmbeddedNats(data / "nats", port=self.nats_port,
+                                     sync_always=self.settings.durability == "production")
+            self.nats.start()
+            nats_url = self.nats.url
+        database_url = self.settings.database_url
+        if not database_url:
+            self.console.print("[bold]starting PostgreSQL[/bold] (first start runs initdb)")
+            self.postgres = EmbeddedPostgres(data / "postgres", port=self.pg_port)
+            self.postgres.start()
+            database_url = self.postgres.url()
+        return nats_url, database_url
+
+    def _start_workers(self, nats_url: str, database_url: str) -> None:
+        logs = self.settings.data_dir / "logs"
+        base = [sys.executable, "-m", "workers", "worker"]
+        self.workers = [WorkerProcess("router", [*base, "router"], logs / "router.log")]
+        for broker in self.config.enabled_brokers():
+            self.workers.append(WorkerProcess(f"executor-{broker}", [*base, "executor", "--broker", str(broker)],
+                                              logs / f"executor-{broker}.log"))
+        self.workers.append(WorkerProcess("aggregator", [*base, "aggregator"], logs / "aggregator.log"))
+        env = {**os.environ, "MBX_NATS_URL": nats_url, "MBX_DATABASE_URL": database_url, "MBX_LOG_FORMAT": "json"}
+        self._env = env
+        for worker in self.workers:
+            worker.proc = spawn(worker.args, worker.log_file, env=env)
+
+    def _announce(self, nats_url: str, database_url: str) -> None:
+        data = self.settings.data_dir
+        stack_file(data).write_text(json.dumps({
+            "pid": os.getpid(), "nats_url": nats_url, "database_url": database_url,
+            "workers": {w.name: w.proc.pid for w in self.workers if w.proc},
+        }, indent=2))
+        table = Table(title="mbx is running", show_header=True)
+        table.add_column("component")
+        table.add_column("where")
+        table.add_row("NATS (JetStream)", nats_url)
+        table.add_row("PostgreSQL", redact_url(database_url))
+        for w in self.workers:
+            table.add_row(w.name, f"pid {w.proc.pid if w.proc else '-'}, log {w.log_file}")
+        self.console.print(table)
+        self.console.print("Send an order from another terminal:  [bold].venv/bin/mbx submit --symbol AAPL "
+                           "--quantity 10[/bold]")
+        self.console.print("Stop everything with Ctrl-C.")
+
+    def _supervise(self) -> None:
+        while not self._stopping:
+            for worker in self.workers:
+                proc = worker.proc
+                if proc is None or proc.poll() is None:
+                    continue
+                now = time.monotonic()
+                if worker.died_at is None:
+                    worker.died_at = now
+                    self.console.print(f"[red]{worker.name} exited with code {proc.returncode}[/red]; "
+                                       f"restarting (log: {worker.log_file})")
+                elif now - worker.died_at >= RESTART_DELAY:
+                    worker.proc = spawn(worker.args, worker.log_file, env=self._env)
+                    worker.restarts += 1
+                    worker.died_at = None
+            time.sleep(0.25)
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        self.console.print("[bold]stopping[/bold] workers")
+        for worker in self.workers:
+            if worker.proc is not None and worker.proc.poll() is None:
+                worker.proc.send_signal(signal.SIGTERM)
+        for worker in self.workers:
+            if worker.proc is not None:
+                stop(worker.proc, timeout=20)
+        if self.postgres is not None:
+            self.console.print("[bold]stopping[/bold] PostgreSQL")
+            self.postgres.stop()
+        if self.nats is not None:
+            self.console.print("[bold]stopping[/bold] nats-server")
+            self.nats.stop()
+        stack_file(self.settings.data_dir).unlink(missing_ok=True)
+        self.console.print("stopped; nothing is left running")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+async def _ensure_topology(nats_url: str, settings: Settings) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        await ensure_streams(nc.jetstream(), settings.subjects)
+    finally:
+        await nc.close()
+
+
+__all__ = ["Stack", "read_stack", "stack_file"]
