@@ -7,23 +7,25 @@ Delivery policy (the same for every stage):
   deliveries the message is dead-lettered with the last error;
 - success: ack after everything the handler published was acknowledged by JetStream.
 
-Every subscriber uses ``AckPolicy.MANUAL``: FastStream's JetStream default terminates a message
-on any error, which would drop an order silently.
+Acks are explicit everywhere (never FastStream's JetStream default, which terminates a message on
+any error and would drop an order silently).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
-from faststream import AckPolicy, Context
-from faststream.nats import JStream, NatsBroker, PullSub
+from faststream.nats import NatsBroker
 from pydantic import BaseModel, ValidationError
 
 from contracts import ConsumerSpec, DeadLetterStage
-from workers.bus import consumer_config, dead_letter, delivery_count, ensure_consumer, ensure_streams
+from workers.bus import dead_letter, delivery_count, ensure_consumer, ensure_streams
 from workers.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
@@ -34,8 +36,10 @@ log = structlog.get_logger("mbx.worker")
 
 M = TypeVar("M", bound=BaseModel)
 
-# The FastStream message object (single or batch), injected without type casting.
-IncomingMessage = Annotated[Any, Context("message")]
+PULL_WAIT = 0.5
+"""Seconds a pending pull request waits for a first message (and the longest ``stop`` waits)."""
+DRAIN_WAIT = 0.1
+"""Seconds to wait for messages ``num_pending`` promised (another replica may have taken them)."""
 
 
 class PoisonMessage(Exception):
@@ -58,8 +62,25 @@ def retry_delay(deliveries: int) -> float:
     return float(min(30.0, 0.5 * 2 ** max(deliveries - 1, 0)))
 
 
+@dataclass
+class _Subscription:
+    spec: ConsumerSpec
+    handle: Callable[[list[Msg]], Awaitable[None]]
+    batch_size: int
+
+
 class Worker:
-    """A FastStream NATS broker plus the topology it needs; ``start`` and ``stop`` it."""
+    """A NATS connection (owned by a FastStream ``NatsBroker``), the topology it needs, and one
+    pull loop per durable consumer. ``start`` and ``stop`` it.
+
+    The pull loop is ours rather than FastStream's ``PullSub`` for two measured reasons:
+    nats-py's ``fetch(n)`` keeps waiting to fill the batch once a first message arrives (adding
+    up to the pull timeout to every hop), and stopping a FastStream subscriber cancels a pending
+    pull request that the server may still answer, stranding that message until ``ack_wait``.
+    Here a pending ``fetch(1)`` returns on the first message, the message's ``num_pending``
+    tells whether more are waiting (then fetched at once, up to the batch size), and ``stop``
+    lets the current fetch finish and its messages be handled before disconnecting.
+    """
 
     def __init__(self, name: str, settings: Settings) -> None:
         if not settings.nats_url:
@@ -68,13 +89,15 @@ class Worker:
         self.subjects = settings.subjects
         self.broker = NatsBroker(
             settings.nats_url,
-            ack_policy=AckPolicy.MANUAL,
             graceful_timeout=15.0,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             logger=None,
         )
-        self._consumers: list[ConsumerSpec] = []
+        self._subscriptions: list[_Subscription] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pulls: list[JetStreamContext.PullSubscription] = []
+        self._stopping = asyncio.Event()
         self._js: JetStreamContext | None = None
 
     @property
@@ -83,32 +106,64 @@ class Worker:
             raise RuntimeError(f"{self.name} is not started")
         return self._js
 
-    def subscribe(self, spec: ConsumerSpec, handler: Callable[..., Awaitable[None]], *, batch_size: int,
-                  batch: bool = False) -> None:
-        """Attach a handler to a durable pull consumer (created or updated at start-up)."""
-        self._consumers.append(spec)
-        self.broker.subscriber(
-            spec.filter_subjects[0],
-            stream=JStream(spec.stream, declare=False),
-            durable=spec.durable,
-            config=consumer_config(spec),
-            pull_sub=PullSub(batch_size=batch_size, timeout=1.0, batch=batch),
-            ack_policy=AckPolicy.MANUAL,
-        )(handler)
+    def subscribe(self, spec: ConsumerSpec, handler: Callable[[Msg], Awaitable[Any]], *, batch_size: int) -> None:
+        """Handle each message of a durable consumer; a fetched batch is handled concurrently."""
+
+        async def handle(msgs: list[Msg]) -> None:
+            await asyncio.gather(*(handler(m) for m in msgs))
+
+        self._subscriptions.append(_Subscription(spec, handle, batch_size))
+
+    def subscribe_batch(self, spec: ConsumerSpec, handler: Callable[[list[Msg]], Awaitable[None]], *,
+                        batch_size: int) -> None:
+        """Handle each fetched batch of a durable consumer at once (one transaction per batch)."""
+        self._subscriptions.append(_Subscription(spec, handler, batch_size))
 
     async def start(self) -> None:
         await self.broker.connect()
         self._js = self.broker.connection.jetstream(timeout=5.0)
         await ensure_streams(self._js, self.subjects)
-        for spec in self._consumers:
-            await ensure_consumer(self._js, spec)
-        await self.broker.start()
+        self._stopping.clear()
+        for sub in self._subscriptions:
+            await ensure_consumer(self._js, sub.spec)
+            pull = await self._js.pull_subscribe_bind(sub.spec.durable, sub.spec.stream)
+            self._pulls.append(pull)
+            self._tasks.append(asyncio.create_task(self._pull_loop(sub, pull), name=f"{self.name}:{sub.spec.durable}"))
         log.info("worker started", worker=self.name)
 
     async def stop(self) -> None:
+        self._stopping.set()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        # Unsubscribe before the broker drains the connection: a drained pull subscription
+        # waits forever on its internal queue.
+        for pull in self._pulls:
+            with contextlib.suppress(Exception):
+                await pull.unsubscribe()
+        self._pulls.clear()
         await self.broker.stop()
         self._js = None
         log.info("worker stopped", worker=self.name)
+
+    async def _pull_loop(self, sub: _Subscription, pull: JetStreamContext.PullSubscription) -> None:
+        while not self._stopping.is_set():
+            try:
+                msgs = await pull.fetch(1, timeout=PULL_WAIT)
+                waiting = _num_pending(msgs[-1])
+                if waiting and sub.batch_size > 1:
+                    with contextlib.suppress(TimeoutError):
+                        msgs += await pull.fetch(min(sub.batch_size - 1, waiting), timeout=DRAIN_WAIT)
+            except TimeoutError:
+                continue
+            except Exception as exc:  # noqa: BLE001  (connection trouble: wait and pull again)
+                log.warning("pull failed", consumer=sub.spec.durable, error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                await sub.handle(msgs)
+            except Exception:  # noqa: BLE001  (unacked messages are redelivered after ack_wait)
+                log.exception("handler failed", consumer=sub.spec.durable)
 
     async def deliver(self, stage: DeadLetterStage, spec: ConsumerSpec, msg: Msg,
                       process: Callable[[Msg], Awaitable[str]]) -> str:
@@ -150,7 +205,8 @@ class Worker:
         return "dead_letter"
 
 
-def batch_messages(message: Any) -> Sequence[Msg]:
-    """The nats-py messages inside a FastStream batch message."""
-    raw = message.raw_message
-    return list(raw) if isinstance(raw, list) else [raw]
+def _num_pending(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_pending)
+    except Exception:  # noqa: BLE001  (no metadata: assume nothing is waiting)
+        return 0

@@ -26,5 +26,5 @@ def build_aggregator(settings: Settings, engine: AsyncEngine, batch_size: int = 
     worker = AggregatorWorker(settings, engine)
     handlers = AggregatorHandlers(worker, AuditStore(engine))
     for spec in settings.subjects.aggregator_consumers():
-        worker.subscribe(spec, handlers.handler_for(spec), batch_size=batch_size, batch=True)
+        worker.subscribe_batch(spec, handlers.handler_for(spec), batch_size=batch_size)
     return worker

@@ -8,13 +8,14 @@ a message that keeps failing is naked with delay and finally dead-lettered.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import structlog
 
 from contracts import ConsumerSpec, DeadLetterStage, ExecutionReport, FailoverEvent, Fill, Message, RouteDecision
 from workers.aggregator.persistence import AuditStore, Envelope
-from workers.runtime import IncomingMessage, PoisonMessage, Worker, batch_messages, parse
+from workers.runtime import PoisonMessage, Worker, parse
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -40,16 +41,16 @@ class AggregatorHandlers:
             raise PoisonMessage(f"the aggregator has no handler for subject {msg.subject}")
         return Envelope(msg.subject, parse(model, msg.data))
 
-    def handler_for(self, spec: ConsumerSpec):  # noqa: ANN201  (FastStream inspects the returned signature)
-        async def on_batch(message: IncomingMessage) -> None:
-            await self.persist_batch(spec, batch_messages(message))
+    def handler_for(self, spec: ConsumerSpec) -> Callable[[list[Msg]], Awaitable[None]]:
+        async def on_batch(msgs: list[Msg]) -> None:
+            await self.persist_batch(spec, msgs)
 
         return on_batch
 
-    async def persist_batch(self, spec: ConsumerSpec, msgs: list[Msg] | tuple[Msg, ...] | object) -> None:
+    async def persist_batch(self, spec: ConsumerSpec, msgs: list[Msg]) -> None:
         started = time.perf_counter()
         good: list[tuple[Msg, Envelope]] = []
-        for msg in msgs:  # type: ignore[attr-defined]
+        for msg in msgs:
             try:
                 good.append((msg, self.decode(msg)))
             except PoisonMessage as exc:
@@ -69,14 +70,14 @@ class AggregatorHandlers:
                  duration_ms=round((time.perf_counter() - started) * 1000, 2))
 
 
-def _raise(exc: Exception):  # noqa: ANN202
+def _raise(exc: Exception) -> Callable[[Msg], Awaitable[str]]:
     async def process(_msg: Msg) -> str:
         raise exc
 
     return process
 
 
-def _apply_one(store: AuditStore, envelope: Envelope):  # noqa: ANN202
+def _apply_one(store: AuditStore, envelope: Envelope) -> Callable[[Msg], Awaitable[str]]:
     async def process(_msg: Msg) -> str:
         applied = await store.apply([envelope])
         return "persisted" if applied else "duplicate"

@@ -9,7 +9,7 @@ import structlog
 from contracts import ConsumerSpec, DeadLetterStage, ExecutionReport, Fill, OrderStatus, RouteDecision
 from workers.bus import publish
 from workers.executor.reports import fill_message, report
-from workers.runtime import IncomingMessage, PoisonMessage, Worker, parse
+from workers.runtime import PoisonMessage, Worker, parse
 from workers.venues.base import Venue, VenueAmbiguous, VenueOrder, VenueRejected
 
 if TYPE_CHECKING:
@@ -22,8 +22,8 @@ class ExecutorHandlers:
         self.spec = spec
         self.venue = venue
 
-    async def on_route(self, message: IncomingMessage) -> None:
-        await self.worker.deliver(DeadLetterStage.EXECUTOR, self.spec, message.raw_message, self.execute)
+    async def on_route(self, msg: Msg) -> None:
+        await self.worker.deliver(DeadLetterStage.EXECUTOR, self.spec, msg, self.execute)
 
     async def execute(self, msg: Msg) -> str:
         decision = parse(RouteDecision, msg.data)

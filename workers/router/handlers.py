@@ -9,7 +9,7 @@ import structlog
 from contracts import ConsumerSpec, DeadLetterStage, ExecutionReport, OrderIntent, OrderStatus, RouteDecision
 from workers.bus import publish
 from workers.router.rules import Rejection, route
-from workers.runtime import IncomingMessage, PoisonMessage, Worker, parse
+from workers.runtime import PoisonMessage, Worker, parse
 from workers.settings import MbxConfig
 
 if TYPE_CHECKING:
@@ -22,8 +22,8 @@ class RouterHandlers:
         self.spec = spec
         self.config = config
 
-    async def on_intent(self, message: IncomingMessage) -> None:
-        await self.worker.deliver(DeadLetterStage.ROUTER, self.spec, message.raw_message, self.route_intent)
+    async def on_intent(self, msg: Msg) -> None:
+        await self.worker.deliver(DeadLetterStage.ROUTER, self.spec, msg, self.route_intent)
 
     async def route_intent(self, msg: Msg) -> str:
         intent = parse(OrderIntent, msg.data)

@@ -49,7 +49,10 @@ def smart_default(intent: OrderIntent) -> tuple[BrokerName, str]:
 def exclusion(intent: OrderIntent, broker: BrokerName, config: MbxConfig) -> ExcludedBroker | None:
     """Why ``broker`` cannot take ``intent``, or None when it can."""
     broker_config = config.brokers.get(broker)
-    if broker_config is None or not broker_config.enabled:
+    if broker_config is None:
+        return ExcludedBroker(broker=broker, reason_code="not_configured",
+                              reason=f"{broker} is not in the config's brokers section")
+    if not broker_config.enabled:
         return ExcludedBroker(broker=broker, reason_code="disabled", reason=f"{broker} is not enabled")
     support = CAPABILITIES[broker].support_for(intent.asset_class)
     if support is None:

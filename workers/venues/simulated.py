@@ -8,7 +8,7 @@ comparisons are consistent. Fees follow each broker's published schedule (entry 
 from __future__ import annotations
 
 import hashlib
-import itertools
+import uuid
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 
@@ -71,7 +71,6 @@ class SimulatedVenue:
         self._broker = broker
         self._quotes = quotes or QuoteModel()
         self._orders: dict[str, VenueOrder] = {}
-        self._ids = itertools.count(1)
         self._connected = False
 
     @property
@@ -119,7 +118,8 @@ class SimulatedVenue:
             raise VenueRejected("invalid_quantity", "the notional buys less than the smallest unit",
                                 order_specific=True)
         order = VenueOrder(
-            broker_order_id=f"{self._broker}-{next(self._ids):08d}",
+            # Unique across venue instances and restarts, as a real broker's order ids are.
+            broker_order_id=f"{self._broker}-{uuid.uuid4().hex[:20]}",
             client_order_id=client_order_id,
             status=OrderStatus.ACCEPTED,
             quantity=quantity,

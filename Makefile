@@ -1,0 +1,53 @@
+# mbx: `make run` starts everything, `make test` runs the tests. `make help` lists the rest.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mbx needs Python 3.11 or newer; set PYTHON=python3.x")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+.PHONY: install
+install: $(STAMP) ## Create .venv and install mbx with its dev tools
+
+.PHONY: run
+run: install ## Run the whole system on embedded NATS and PostgreSQL (Ctrl-C stops it)
+	$(BIN)/mbx up
+
+.PHONY: test
+test: install ## Run the tests (starts its own nats-server and PostgreSQL)
+	$(BIN)/python -m pytest
+
+.PHONY: lint
+lint: install ## ruff and mypy --strict on contracts/ and workers/
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy contracts workers
+
+.PHONY: fmt
+fmt: install ## Format and auto-fix with ruff
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+.PHONY: migrate
+migrate: install ## Apply migrations to MBX_DATABASE_URL (or the running stack's database)
+	$(BIN)/mbx migrate
+
+.PHONY: schemas
+schemas: install ## Regenerate contracts/schemas/ (JSON Schemas and AsyncAPI)
+	$(BIN)/mbx schemas
+
+.PHONY: clean
+clean: ## Remove the virtualenv, caches and the embedded servers' data (.mbx/)
+	rm -rf $(VENV) .mbx .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,108 @@
+"""Session-wide real servers; per-test in-process workers (asyncio tasks, not processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import nats
+import pytest
+from nats.aio.client import Client as NatsClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts import BrokerName
+from tests.servers import Servers, session_servers
+from workers.db.engine import make_engine
+from workers.db.migrate import upgrade
+from workers.entry import build_worker
+from workers.executor.app import build_executor
+from workers.runtime import Worker
+from workers.settings import MbxConfig, Settings
+from workers.venues.simulated import SimulatedVenue
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    with session_servers(tmp_path_factory.mktemp("servers")) as found:
+        upgrade(found.database_url)
+        yield found
+
+
+@pytest.fixture
+def settings(servers: Servers, tmp_path: Path) -> Settings:
+    return Settings(nats_url=servers.nats_url, database_url=servers.database_url, data_dir=tmp_path,
+                    config_file=None)
+
+
+@pytest.fixture
+async def nc(servers: Servers) -> AsyncIterator[NatsClient]:
+    client = await nats.connect(servers.nats_url)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def db(servers: Servers) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(servers.database_url, pool_size=2)
+    yield engine
+    await engine.dispose()
+
+
+async def eventually(check: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.05) -> T:
+    """Poll ``check`` until it returns something truthy; fail with the last value at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
+
+
+async def fetch_all(db: AsyncEngine, sql: str, **params: Any) -> list[Any]:
+    async with db.connect() as conn:
+        return list((await conn.execute(text(sql), params)).mappings().all())
+
+
+class Pipeline:
+    """Router, one executor per broker and the aggregator, running in this event loop."""
+
+    def __init__(self, settings: Settings, config: MbxConfig) -> None:
+        self.venues = {b: SimulatedVenue(b) for b in BrokerName}
+        self.workers: list[Worker] = [build_worker("router", settings, config)]
+        self.workers += [build_executor(settings, b, self.venues[b]) for b in config.enabled_brokers()]
+        self.workers.append(build_worker("aggregator", settings, config))
+
+    async def start(self) -> None:
+        for worker in self.workers:
+            await worker.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(worker.stop() for worker in self.workers))
+
+
+@pytest.fixture
+async def start_pipeline(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[Pipeline]]]:
+    started: list[Pipeline] = []
+
+    async def start(config: MbxConfig | None = None) -> Pipeline:
+        pipeline = Pipeline(settings, config or MbxConfig())
+        await pipeline.start()
+        started.append(pipeline)
+        return pipeline
+
+    yield start
+    for pipeline in started:
+        await pipeline.stop()
+
+
+@pytest.fixture
+async def pipeline(start_pipeline: Callable[..., Awaitable[Pipeline]]) -> Pipeline:
+    return await start_pipeline()
