@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from contracts import BrokerName, Subjects
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG_FILE = REPO_ROOT / "config" / "mbx.yaml"
+DEFAULT_CONFIG_FILE = REPO_ROOT / "mbx.yaml"
 
 
 class ConfigError(Exception):
@@ -33,7 +33,7 @@ class Settings(BaseSettings):
 
     nats_url: str | None = Field(default=None, description="NATS server URL; unset = embedded server.")
     database_url: str | None = Field(default=None, description="Postgres URL; unset = embedded server.")
-    config_file: Path | None = Field(default=None, description="YAML config; unset = config/mbx.yaml.")
+    config_file: Path | None = Field(default=None, description="YAML config; unset = mbx.yaml in the repo.")
     subject_prefix: str = Field(default="mbx", description="First token of every subject.")
     data_dir: Path = Field(default=REPO_ROOT / ".mbx", description="Where the embedded servers keep data.")
     log_level: str = "INFO"

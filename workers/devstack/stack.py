@@ -130,6 +130,8 @@ class Stack:
         stack_file(data).write_text(json.dumps({
             "pid": os.getpid(), "nats_url": nats_url, "database_url": database_url,
             "workers": {w.name: w.proc.pid for w in self.workers if w.proc},
+            "servers": {name: server.proc.pid for name, server in (("nats", self.nats), ("postgres", self.postgres))
+                        if server is not None and server.proc is not None},
         }, indent=2))
         table = Table(title="mbx is running", show_header=True)
         table.add_column("component")

@@ -1,0 +1,75 @@
+"""`mbx up` as a user runs it: separate processes, embedded servers, Ctrl-C, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from workers.devstack.processes import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes; it only waits for its parent to reap it.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return dict(json.loads(path.read_text()))
+        if proc.poll() is not None:
+            raise AssertionError(f"mbx up exited early with {proc.returncode}")
+        time.sleep(0.1)
+    raise AssertionError("mbx up did not come up in time")
+
+
+def test_up_runs_the_system_submit_fills_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
+    """The README's `make run` flow: up, submit 10 AAPL from another terminal, Ctrl-C."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MBX_")}
+    env.update({"MBX_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"})
+    nats_port, pg_port = free_port(), free_port()
+    log = (tmp_path / "up.log").open("wb")
+    up = subprocess.Popen([sys.executable, "-m", "workers", "up", "--nats-port", str(nats_port),
+                           "--pg-port", str(pg_port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        stack = wait_for(tmp_path / "data" / "stack.json", up, timeout=120)
+        assert stack["nats_url"] == f"nats://127.0.0.1:{nats_port}"
+        pids = [*dict(stack["workers"]).values(), *dict(stack["servers"]).values()]  # type: ignore[call-overload]
+        assert len(pids) == 9  # router, five executors, aggregator, nats-server, postgres
+
+        submit = subprocess.run([sys.executable, "-m", "workers", "submit", "--symbol", "AAPL", "--quantity", "10"],
+                                env=env, capture_output=True, text=True, timeout=60)
+        assert submit.returncode == 0, submit.stdout + submit.stderr
+        assert "routed to alpaca" in submit.stdout
+        assert "filled at alpaca 10 @" in submit.stdout
+
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+        log.close()
+    deadline = time.monotonic() + 10
+    while any(alive(int(p)) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [p for p in pids if alive(int(p))] == []
+    assert not (tmp_path / "data" / "stack.json").exists()
+    assert "nothing is left running" in (tmp_path / "up.log").read_text()

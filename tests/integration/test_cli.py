@@ -1,0 +1,98 @@
+"""The `mbx` command line, driven as a user would, against the session's real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Pipeline
+from tests.servers import Servers
+from workers.devstack.processes import free_port
+
+pytestmark = pytest.mark.integration
+
+
+async def mbx(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, str]:
+    """Run `python -m workers <args>` without blocking the in-process workers."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "workers", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+@pytest.fixture
+def cli_env(servers: Servers) -> dict[str, str]:
+    return {"MBX_NATS_URL": servers.nats_url, "MBX_DATABASE_URL": servers.database_url}
+
+
+async def test_submit_prints_the_route_and_the_fill(pipeline: Pipeline, cli_env: dict[str, str]) -> None:
+    """`mbx submit` for 10 AAPL shows the route to alpaca and the fill."""
+    code, out = await mbx("submit", "--symbol", "AAPL", "--quantity", "10", env=cli_env)
+    assert code == 0, out
+    assert "routed to alpaca" in out
+    assert "rule default:equity" in out
+    assert "filled at alpaca 10 @" in out
+
+
+async def test_submit_reads_an_intent_file(pipeline: Pipeline, cli_env: dict[str, str], tmp_path: Path) -> None:
+    """An intent in YAML (or JSON) is sent as written."""
+    intent = tmp_path / "intent.yaml"
+    intent.write_text("intent_id: file-intent-" + os.urandom(4).hex() + "\nstrategy_id: filebot\n"
+                      "symbol: ETH-USD\nasset_class: crypto\nside: sell\nquantity: '0.25'\n")
+    code, out = await mbx("submit", "--file", str(intent), env=cli_env)
+    assert code == 0, out
+    assert "routed to coinbase" in out
+    assert "filled at coinbase 0.25 @" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["submit", "--symbol", "AAPL"], "give exactly one of quantity or notional"),
+        (["submit", "--symbol", "AAPL", "--quantity", "ten"], "--quantity: 'ten' is not a number"),
+        (["submit", "--quantity", "1"], "give --symbol"),
+        (["submit", "--symbol", "AAPL", "--quantity", "1", "--order-type", "limit"], "limit_price is required"),
+        (["worker", "executor"], "an executor needs --broker"),
+        (["worker", "scheduler"], "unknown worker 'scheduler'"),
+    ],
+)
+async def test_usage_errors_exit_2_with_a_reason_and_no_traceback(args: list[str], message: str) -> None:
+    """Bad input is explained, not traced back."""
+    code, out = await mbx(*args, env={"MBX_NATS_URL": "nats://127.0.0.1:1"})
+    assert code == 2, out
+    assert message in " ".join(out.split())
+    assert "Traceback" not in out
+
+
+async def test_unreachable_nats_names_the_url_and_how_to_start_it() -> None:
+    """With no server listening, submit says which URL it tried and how to start the stack."""
+    url = f"nats://127.0.0.1:{free_port()}"
+    code, out = await mbx("submit", "--symbol", "AAPL", "--quantity", "1", env={"MBX_NATS_URL": url})
+    flat = " ".join(out.split())
+    assert code == 1
+    assert f"cannot reach NATS at {url}" in flat
+    assert "make run" in flat
+    assert "Traceback" not in out
+
+
+async def test_invalid_config_file_fails_at_start_naming_the_key(tmp_path: Path) -> None:
+    """A typo in the YAML config stops the command with the bad key named."""
+    config = tmp_path / "mbx.yaml"
+    config.write_text("brokers:\n  alpaca:\n    enabeld: true\n")
+    code, out = await mbx("worker", "router", env={"MBX_CONFIG_FILE": str(config)})
+    assert code == 2
+    assert "brokers.alpaca.enabeld: unknown key" in " ".join(out.split())
+
+
+async def test_schemas_check_passes_on_the_committed_files() -> None:
+    """`mbx schemas --check` is what CI-minded users run; it agrees with the repo."""
+    code, out = await mbx("schemas", "--check")
+    assert code == 0, out

@@ -1,0 +1,99 @@
+"""Delivery guarantees on a real server: idempotent persistence, retries, dead letters."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from nats.aio.client import Client as NatsClient
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts import BrokerName, OrderStatus
+from tests.builders import make_intent, make_route
+from tests.conftest import eventually, fetch_all
+from tests.integration.test_walking_skeleton import dead_letters
+from workers.aggregator.persistence import AuditStore, Envelope
+from workers.bus import publish
+from workers.executor.app import build_executor
+from workers.executor.reports import fill_message, report
+from workers.settings import Settings
+from workers.venues.base import VenueUnavailable
+from workers.venues.simulated import SimulatedVenue
+
+pytestmark = pytest.mark.integration
+
+
+async def test_replaying_a_batch_changes_nothing(db: AsyncEngine) -> None:
+    """The inbox makes a second apply of the same messages a no-op, row for row."""
+    intent = make_intent()
+    route = make_route(intent)
+    venue = SimulatedVenue(BrokerName.ALPACA)
+    order = await venue.place_order(intent, intent.intent_id)
+    batch = [
+        Envelope("mbx.routes.alpaca", route),
+        Envelope("mbx.exec.alpaca.accepted", report(route, OrderStatus.ACCEPTED, 1, order, final=False)),
+        Envelope("mbx.fills.alpaca.AAPL", fill_message(route, order, order.fills[0])),
+        Envelope("mbx.exec.alpaca.filled", report(route, OrderStatus.FILLED, 2, order)),
+    ]
+    store = AuditStore(db)
+    assert await store.apply(batch) == 4
+
+    async def snapshot() -> list[Any]:
+        return [await fetch_all(db, f"SELECT * FROM {t} WHERE intent_id = :i ORDER BY id", i=intent.intent_id)
+                for t in ("orders", "multi_broker_routes", "trade_logs")]
+
+    before = await snapshot()
+    assert await store.apply(batch) == 0
+    assert await store.apply(list(reversed(batch))) == 0
+    assert await snapshot() == before
+    [row] = before[0]
+    assert (row["status"], row["filled_quantity"], row["report_seq"]) == ("filled", Decimal(10), 2)
+
+
+async def test_a_stale_report_never_overwrites_a_newer_one(db: AsyncEngine) -> None:
+    """Reports applied out of order leave the order in its latest state."""
+    intent = make_intent()
+    route = make_route(intent)
+    order = await SimulatedVenue(BrokerName.ALPACA).place_order(intent, intent.intent_id)
+    store = AuditStore(db)
+    await store.apply([Envelope("mbx.exec.alpaca.filled", report(route, OrderStatus.FILLED, 2, order))])
+    await store.apply([Envelope("mbx.exec.alpaca.accepted", report(route, OrderStatus.ACCEPTED, 1, order))])
+    [row] = await fetch_all(db, "SELECT status FROM orders WHERE intent_id = :i", i=intent.intent_id)
+    assert row["status"] == "filled"
+
+
+class DownVenue(SimulatedVenue):
+    """A broker whose API cannot be reached: every placement fails before sending."""
+
+    def __init__(self) -> None:
+        super().__init__(BrokerName.IBKR)
+        self.attempts = 0
+
+    async def place_order(self, intent: Any, client_order_id: str) -> Any:
+        self.attempts += 1
+        raise VenueUnavailable("connection refused")
+
+
+async def test_transient_failures_are_retried_then_dead_lettered(settings: Settings, nc: NatsClient) -> None:
+    """A route that keeps failing is retried max_deliver times with delay, then dead-lettered."""
+    venue = DownVenue()
+    worker = build_executor(settings, BrokerName.IBKR, venue)
+    await worker.start()
+    try:
+        route = make_route(broker=BrokerName.IBKR)
+        await publish(nc.jetstream(), "mbx.routes.ibkr", route, intent_id=route.intent_id)
+
+        async def letter() -> Any:
+            found = [d for d in await dead_letters(nc, "executor") if d.correlation_id == route.intent_id]
+            return found[0] if found else None
+
+        dead = await eventually(letter, timeout=20)
+    finally:
+        await worker.stop()
+    max_deliver = settings.subjects.executor_consumer(BrokerName.IBKR).max_deliver
+    assert venue.attempts == max_deliver
+    assert dead.delivery_count == max_deliver
+    assert "gave up after 5 deliveries" in dead.error
+    assert "connection refused" in dead.error
+    assert dead.original_subject == "mbx.routes.ibkr"

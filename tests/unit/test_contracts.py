@@ -1,0 +1,150 @@
+"""The wire contract: what strategy services in any language can rely on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from decimal import Decimal
+
+import pytest
+from pydantic import ValidationError
+
+import contracts
+from contracts import AssetClass, ExecutionReport, OrderIntent, OrderStatus, Subjects, TimeInForce, symbol_token
+from tests.builders import intent_payload, make_intent, make_route
+from workers.schemas import MODELS, write_schemas
+
+DOCUMENTED_JSON = """{"intent_id": "strat1-000042", "strategy_id": "strat1", "symbol": "AAPL",
+ "asset_class": "equity", "side": "buy", "quantity": "10", "order_type": "market",
+ "time_in_force": "day"}"""
+
+
+def test_documented_intent_json_is_accepted_with_ids_defaulting_to_the_intent_id() -> None:
+    """The JSON other-language clients publish validates as is."""
+    intent = OrderIntent.model_validate_json(DOCUMENTED_JSON)
+    assert intent.quantity == Decimal("10")
+    assert intent.message_id == intent.correlation_id == "strat1-000042"
+    assert intent.created_at.tzinfo is not None
+    assert intent.schema_version == 1
+
+
+def test_intent_round_trips_through_json_with_decimals_as_strings() -> None:
+    """Quantities travel as strings so no precision is lost."""
+    intent = make_intent(quantity="0.123456789")
+    wire = json.loads(intent.model_dump_json())
+    assert wire["quantity"] == "0.123456789"
+    assert OrderIntent.model_validate_json(intent.model_dump_json()) == intent
+
+
+def test_messages_are_frozen_and_reject_unknown_fields() -> None:
+    """A typo in a field name is an error, not a silently ignored field."""
+    with pytest.raises(ValidationError, match="extra"):
+        OrderIntent.model_validate(intent_payload(qty="10"))
+    intent = make_intent()
+    with pytest.raises(ValidationError):
+        intent.symbol = "MSFT"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"quantity": None}, "exactly one of quantity or notional"),
+        ({"notional": "100"}, "exactly one of quantity or notional"),
+        ({"quantity": "0"}, "greater than 0"),
+        ({"quantity": "NaN"}, "finite"),
+        ({"order_type": "limit"}, "limit_price is required"),
+        ({"order_type": "stop"}, "stop_price is required"),
+        ({"order_type": "stop_limit", "limit_price": "10"}, "stop_price is required"),
+        ({"limit_price": "10"}, "limit_price is not allowed"),
+        ({"asset_class": "bond"}, "equity"),
+        ({"side": "short"}, "buy"),
+        ({"time_in_force": "gtd"}, "day"),
+        ({"broker": "etrade"}, "alpaca"),
+        ({"intent_id": "has space"}, "pattern"),
+        ({"intent_id": "x" * 49}, "at most 48"),
+        ({"strategy_id": "a.b"}, "pattern"),
+        ({"symbol": "aapl"}, "pattern"),
+    ],
+)
+def test_invalid_intents_fail_validation_with_a_reason(overrides: dict[str, object], message: str) -> None:
+    """Every malformed intent is refused with a message that says what is wrong."""
+    with pytest.raises(ValidationError, match=message):
+        OrderIntent.model_validate(intent_payload(**overrides))
+
+
+def test_order_shapes_with_the_right_prices_are_accepted() -> None:
+    """Limit, stop and stop-limit orders validate when they carry their prices."""
+    assert make_intent(order_type="limit", limit_price="101.5").limit_price == Decimal("101.5")
+    assert make_intent(order_type="stop", stop_price="99").stop_price == Decimal("99")
+    both = make_intent(order_type="stop_limit", stop_price="99", limit_price="98.5")
+    assert (both.stop_price, both.limit_price) == (Decimal("99"), Decimal("98.5"))
+
+
+def test_crypto_time_in_force_defaults_to_gtc_and_equity_to_day() -> None:
+    """Crypto venues have no day orders, so an omitted time in force means gtc for crypto."""
+    crypto = make_intent(symbol="BTC-USD", asset_class="crypto", time_in_force=None)
+    equity = make_intent(time_in_force=None)
+    assert crypto.time_in_force is TimeInForce.GTC
+    assert equity.time_in_force is TimeInForce.DAY
+    assert make_intent(symbol="BTC-USD", asset_class="crypto", time_in_force="ioc").time_in_force is TimeInForce.IOC
+
+
+@pytest.mark.parametrize(("overrides", "fractional"), [
+    ({"quantity": "10"}, False), ({"quantity": "10.0"}, False), ({"quantity": "0.5"}, True),
+    ({"quantity": None, "notional": "25"}, True),
+])
+def test_is_fractional(overrides: dict[str, object], fractional: bool) -> None:
+    """Fractional means a non-whole quantity or a dollar amount."""
+    assert make_intent(**overrides).is_fractional is fractional
+
+
+def test_terminal_statuses() -> None:
+    """Filled, cancelled, rejected, expired and failed end an order; the rest do not."""
+    terminal = {s for s in OrderStatus if s.is_terminal}
+    assert terminal == {"filled", "cancelled", "rejected", "expired", "failed"}
+
+
+def test_every_message_type_round_trips() -> None:
+    """Route decisions embed the intent and survive JSON both ways."""
+    route = make_route()
+    assert type(route).model_validate_json(route.model_dump_json()) == route
+    report = ExecutionReport(intent_id="i-1", strategy_id="s", broker=None, status=OrderStatus.REJECTED,
+                             symbol="AAPL", asset_class=AssetClass.EQUITY, side="buy", final=True)
+    assert ExecutionReport.model_validate_json(report.model_dump_json()) == report
+
+
+def test_subjects_follow_the_design_table() -> None:
+    """Subject strings, with a custom prefix and symbols made into single tokens."""
+    s = Subjects()
+    assert s.intent("strat1") == "mbx.orders.intent.strat1"
+    assert s.route("alpaca") == "mbx.routes.alpaca"
+    assert s.execution("alpaca", OrderStatus.FILLED) == "mbx.exec.alpaca.filled"
+    assert s.execution(None, OrderStatus.REJECTED) == "mbx.exec.unrouted.rejected"
+    assert s.fill("alpaca", "BRK.B") == "mbx.fills.alpaca.BRK_B"
+    assert s.dlq("router") == "mbx.dlq.router"
+    assert [st.name for st in s.streams] == ["ORDERS", "ROUTES", "EXECUTIONS", "POSITIONS", "DLQ"]
+    assert Subjects("desk2").stream_name("ORDERS") == "DESK2_ORDERS"
+    assert symbol_token("AAPL  270115C00200000") == "AAPL__270115C00200000"
+    with pytest.raises(ValueError, match="one token"):
+        Subjects("a.b")
+
+
+def test_all_is_sorted_and_complete() -> None:
+    """The public surface is explicit."""
+    assert contracts.__all__ == sorted(contracts.__all__, key=lambda n: (not n.isupper(), n))
+    for name in contracts.__all__:
+        assert hasattr(contracts, name)
+
+
+def test_contracts_never_import_workers_or_nats() -> None:
+    """Strategy services can depend on contracts alone (pydantic and the standard library)."""
+    code = "import sys, contracts; print(sorted(m for m in sys.modules if m.split('.')[0] in ('workers', 'nats', 'faststream', 'sqlalchemy')))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_committed_schemas_match_the_models(tmp_path: object) -> None:
+    """The JSON Schemas and the AsyncAPI document in contracts/schemas/ are up to date."""
+    assert write_schemas(check=True) == [], "run `make schemas` and commit the result"
+    assert len(MODELS) == 9

@@ -1,0 +1,98 @@
+"""Where intents go: eligibility, preference, smart defaults, fallback chain."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from contracts import AssetClass, BrokerName, OrderType, RouteDecision, TimeInForce
+from tests.builders import CRYPTO, FRACTIONAL, NOTIONAL, OPTION, make_intent
+from workers.router.rules import Rejection, route
+from workers.settings import MbxConfig, parse_config
+
+
+def decide(config: MbxConfig | None = None, **overrides: Any) -> RouteDecision:
+    decision = route(make_intent(**overrides), config or MbxConfig())
+    assert isinstance(decision, RouteDecision)
+    return decision
+
+
+def test_smart_defaults_hold_when_there_are_no_rules() -> None:
+    """crypto -> coinbase, option -> schwab, fractional -> robinhood, equity -> alpaca."""
+    assert decide().broker is BrokerName.ALPACA
+    assert decide(**CRYPTO).broker is BrokerName.COINBASE
+    assert decide(**OPTION).broker is BrokerName.SCHWAB
+    assert decide(**FRACTIONAL).broker is BrokerName.ROBINHOOD
+    assert decide(**NOTIONAL).broker is BrokerName.ROBINHOOD
+
+
+def test_eligible_preference_wins_and_an_ineligible_one_is_explained() -> None:
+    """The strategy's broker preference is honoured only where that broker can take the order."""
+    preferred = decide(broker="schwab")
+    assert (preferred.broker, preferred.rule) == (BrokerName.SCHWAB, "preference")
+    refused = decide(broker="coinbase")
+    assert refused.broker is BrokerName.ALPACA
+    assert "preferred coinbase is not eligible" in refused.reason
+
+
+def test_disabled_default_falls_back_to_the_best_priority() -> None:
+    """With alpaca disabled an equity order goes to the eligible broker with the lowest priority."""
+    config = parse_config({"brokers": {"alpaca": {"enabled": False}, "robinhood": {"priority": 5},
+                                       "schwab": {"priority": 1}, "ibkr": {}, "coinbase": {}}})
+    decision = decide(config)
+    assert (decision.broker, decision.rule) == (BrokerName.SCHWAB, "priority")
+    assert decision.fallback_chain == (BrokerName.ROBINHOOD, BrokerName.IBKR)
+
+
+def test_fractional_equity_excludes_brokers_without_fractional_shares() -> None:
+    """Schwab and IBKR do not take fractional equity through their APIs."""
+    decision = decide(**FRACTIONAL)
+    reasons = {e.broker: e.reason_code for e in decision.excluded}
+    assert reasons[BrokerName.SCHWAB] == "unsupported_fractional"
+    assert reasons[BrokerName.IBKR] == "unsupported_fractional"
+    assert reasons[BrokerName.COINBASE] == "unsupported_asset"
+
+
+def test_no_eligible_broker_is_a_rejection_listing_every_reason() -> None:
+    """An order nobody can take is rejected with one reason per broker, not dropped."""
+    outcome = route(make_intent(**OPTION), parse_config({"brokers": {"coinbase": {}}}))
+    assert isinstance(outcome, Rejection)
+    assert outcome.reason_code == "no_eligible_broker"
+    assert {e.broker for e in outcome.excluded} == set(BrokerName)
+
+
+intents = st.builds(
+    make_intent,
+    symbol=st.sampled_from(["AAPL", "BTC-USD", "AAPL  270115C00200000"]),
+    asset_class=st.sampled_from([a.value for a in AssetClass]),
+    quantity=st.sampled_from(["1", "10", "0.5", "3.25"]),
+    order_type=st.just(OrderType.MARKET.value),
+    time_in_force=st.sampled_from([t.value for t in TimeInForce]),
+    broker=st.one_of(st.none(), st.sampled_from([b.value for b in BrokerName])),
+)
+configs = st.builds(
+    lambda enabled, prio: parse_config({"brokers": {b.value: {"enabled": e, "priority": p}
+                                                    for b, e, p in zip(BrokerName, enabled, prio, strict=True)}}),
+    st.lists(st.booleans(), min_size=5, max_size=5),
+    st.lists(st.integers(0, 100), min_size=5, max_size=5),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(intents, configs)
+def test_decisions_are_deterministic_complete_and_never_pick_an_excluded_broker(intent: Any, config: Any) -> None:
+    """Same inputs, same decision; every broker is either a candidate or excluded with a reason."""
+    first, second = route(intent, config), route(intent, config)
+    excluded = {e.broker for e in first.excluded}
+    assert all(e.reason for e in first.excluded)
+    if isinstance(first, Rejection):
+        assert excluded == set(BrokerName)
+        return
+    assert isinstance(second, RouteDecision)
+    assert first.model_dump(exclude={"created_at"}) == second.model_dump(exclude={"created_at"})
+    assert first.broker not in excluded
+    assert not excluded & set(first.fallback_chain)
+    assert {first.broker, *first.fallback_chain} | excluded == set(BrokerName)
+    assert first.broker not in first.fallback_chain
