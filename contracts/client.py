@@ -122,10 +122,12 @@ class MbxClient:
         def matches(msg: Msg) -> bool:
             return (msg.headers or {}).get(INTENT_ID_HEADER) == intent_id
 
-        tracker._subs.append(await self._subscribe(f"{self.subjects.prefix}.routes.>", RouteDecision,
-                                                   tracker._on_route, matches))
-        tracker._subs.append(await self._subscribe(f"{self.subjects.prefix}.exec.>", ExecutionReport,
-                                                   tracker._on_report, matches))
+        tracker._subs.append(
+            await self._subscribe(f"{self.subjects.prefix}.routes.>", RouteDecision, tracker._on_route, matches)
+        )
+        tracker._subs.append(
+            await self._subscribe(f"{self.subjects.prefix}.exec.>", ExecutionReport, tracker._on_report, matches)
+        )
         return tracker
 
     async def submit_and_wait(self, intent: OrderIntent, timeout: float = 30.0) -> IntentTracker:

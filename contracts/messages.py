@@ -111,9 +111,7 @@ class OrderIntent(Message):
     quantity: PositiveDecimal | None = Field(
         default=None, description="Units to trade; fractional quantities are allowed."
     )
-    notional: PositiveDecimal | None = Field(
-        default=None, description="Dollar amount to trade instead of a quantity."
-    )
+    notional: PositiveDecimal | None = Field(default=None, description="Dollar amount to trade instead of a quantity.")
     order_type: OrderType = Field(default=OrderType.MARKET, description="market, limit, stop or stop_limit.")
     limit_price: PositiveDecimal | None = Field(default=None, description="Limit price (limit, stop_limit).")
     stop_price: PositiveDecimal | None = Field(default=None, description="Stop trigger price (stop, stop_limit).")

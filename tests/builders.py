@@ -36,8 +36,9 @@ def make_intent(**overrides: Any) -> OrderIntent:
     return OrderIntent.model_validate(intent_payload(**overrides))
 
 
-def make_route(intent: OrderIntent | None = None, broker: BrokerName = BrokerName.ALPACA, **overrides: Any
-               ) -> RouteDecision:
+def make_route(
+    intent: OrderIntent | None = None, broker: BrokerName = BrokerName.ALPACA, **overrides: Any
+) -> RouteDecision:
     intent = intent or make_intent()
     fields: dict[str, Any] = {
         "message_id": f"route-{intent.intent_id}-1",
@@ -53,8 +54,7 @@ def make_route(intent: OrderIntent | None = None, broker: BrokerName = BrokerNam
     return RouteDecision(**fields)
 
 
-CRYPTO = {"symbol": "BTC-USD", "asset_class": AssetClass.CRYPTO.value, "time_in_force": None,
-          "quantity": "0.01"}
+CRYPTO = {"symbol": "BTC-USD", "asset_class": AssetClass.CRYPTO.value, "time_in_force": None, "quantity": "0.01"}
 OPTION = {"symbol": "AAPL  270115C00200000", "asset_class": "option", "quantity": "2"}
 FRACTIONAL = {"quantity": "0.5"}
 NOTIONAL = {"quantity": None, "notional": "250"}

@@ -36,8 +36,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
 
 @pytest.fixture
 def settings(servers: Servers, tmp_path: Path) -> Settings:
-    return Settings(nats_url=servers.nats_url, database_url=servers.database_url, data_dir=tmp_path,
-                    config_file=None)
+    return Settings(nats_url=servers.nats_url, database_url=servers.database_url, data_dir=tmp_path, config_file=None)
 
 
 @pytest.fixture

@@ -29,8 +29,10 @@ def _docker() -> Iterator[tuple[str, str]]:
     from testcontainers.nats import NatsContainer
     from testcontainers.postgres import PostgresContainer
 
-    with NatsContainer("nats:2.12-alpine").with_command("-js") as nats_c, \
-            PostgresContainer("postgres:17-alpine", driver=None) as pg_c:
+    with (
+        NatsContainer("nats:2.12-alpine").with_command("-js") as nats_c,
+        PostgresContainer("postgres:17-alpine", driver=None) as pg_c,
+    ):
         yield nats_c.nats_uri(), pg_c.get_connection_url()
 
 

@@ -111,8 +111,9 @@ def headers_for(message: Message, intent_id: str = "", strategy_id: str = "") ->
     return headers
 
 
-async def publish(js: JetStreamContext, subject: str, message: Message, *, intent_id: str = "",
-                  strategy_id: str = "") -> bool:
+async def publish(
+    js: JetStreamContext, subject: str, message: Message, *, intent_id: str = "", strategy_id: str = ""
+) -> bool:
     """Publish with the message id as ``Nats-Msg-Id`` and wait for the PubAck.
 
     Returns True when JetStream had already stored this message id (a deduplicated retry).
@@ -173,8 +174,14 @@ async def dead_letter(js: JetStreamContext, subjects: Subjects, stage: DeadLette
     and the ack cannot create a second dead letter for the same delivery.
     """
     letter = make_dead_letter(stage, msg, error)
-    await publish(js, subjects.dlq(stage), letter, intent_id=letter.correlation_id,
-                  strategy_id=str((msg.headers or {}).get(STRATEGY_ID_HEADER, "")))
+    await publish(
+        js,
+        subjects.dlq(stage),
+        letter,
+        intent_id=letter.correlation_id,
+        strategy_id=str((msg.headers or {}).get(STRATEGY_ID_HEADER, "")),
+    )
     await msg.ack()
-    log.warning("dead-lettered", stage=str(stage), subject=msg.subject, error=error[:300],
-                deliveries=letter.delivery_count)
+    log.warning(
+        "dead-lettered", stage=str(stage), subject=msg.subject, error=error[:300], deliveries=letter.delivery_count
+    )

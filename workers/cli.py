@@ -18,8 +18,12 @@ from contracts import AssetClass, BrokerName, OrderIntent, OrderType, Side, Time
 from workers.logs import configure_logging
 from workers.settings import ConfigError, MbxConfig, Settings, load_settings
 
-app = typer.Typer(help="mbx: smart multi-broker execution.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="mbx: smart multi-broker execution.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 console = Console()
 err = Console(stderr=True)
 
@@ -32,7 +36,10 @@ async def _quiet(_exc: Exception) -> None:
 
 # Fail fast when the server is not there: two attempts, no endless reconnect loop.
 ONE_SHOT_CONNECT: dict[str, Any] = {
-    "connect_timeout": 2, "max_reconnect_attempts": 1, "reconnect_time_wait": 0.2, "error_cb": _quiet,
+    "connect_timeout": 2,
+    "max_reconnect_attempts": 1,
+    "reconnect_time_wait": 0.2,
+    "error_cb": _quiet,
 }
 
 
@@ -73,8 +80,9 @@ def resolve_database_url(settings: Settings) -> str:
 def up(
     nats_port: Annotated[int, typer.Option(help="Port of the embedded nats-server.")] = 4222,
     pg_port: Annotated[int, typer.Option(help="Port of the embedded PostgreSQL.")] = 54329,
-    production_durability: Annotated[bool, typer.Option(
-        "--production-durability", help="Embedded NATS fsyncs every write (sync_interval: always).")] = False,
+    production_durability: Annotated[
+        bool, typer.Option("--production-durability", help="Embedded NATS fsyncs every write (sync_interval: always).")
+    ] = False,
 ) -> None:
     """Start NATS, PostgreSQL and every worker; Ctrl-C stops it all.
 
@@ -230,10 +238,17 @@ def submit(
             fail("give --symbol (and --quantity or --notional), or --file", EXIT_USAGE)
         raw = {
             "intent_id": intent_id or f"{strategy}-{uuid.uuid4().hex[:12]}",
-            "strategy_id": strategy, "symbol": symbol.upper(), "asset_class": asset_class, "side": side,
-            "quantity": _decimal(quantity, "quantity"), "notional": _decimal(notional, "notional"),
-            "order_type": order_type, "limit_price": _decimal(limit_price, "limit-price"),
-            "stop_price": _decimal(stop_price, "stop-price"), "time_in_force": tif, "broker": broker,
+            "strategy_id": strategy,
+            "symbol": symbol.upper(),
+            "asset_class": asset_class,
+            "side": side,
+            "quantity": _decimal(quantity, "quantity"),
+            "notional": _decimal(notional, "notional"),
+            "order_type": order_type,
+            "limit_price": _decimal(limit_price, "limit-price"),
+            "stop_price": _decimal(stop_price, "stop-price"),
+            "time_in_force": tif,
+            "broker": broker,
         }
         raw = {k: v for k, v in raw.items() if v is not None}
     try:
@@ -277,12 +292,16 @@ async def _submit(intent: OrderIntent, url: str, prefix: str, timeout: float) ->
             finally:
                 await tracker.close()
     except (OSError, TimeoutError) as exc:
-        fail(f"cannot reach NATS at {url} ({type(exc).__name__}). Start the stack with `make run` "
-             "(or `mbx up`), or set MBX_NATS_URL.")
-    except Exception as exc:  # noqa: BLE001  (nats-py raises its own family for unreachable servers)
+        fail(
+            f"cannot reach NATS at {url} ({type(exc).__name__}). Start the stack with `make run` "
+            "(or `mbx up`), or set MBX_NATS_URL."
+        )
+    except Exception as exc:  # nats-py raises its own error family for unreachable servers
         if type(exc).__module__.startswith("nats"):
-            fail(f"cannot reach NATS at {url} ({type(exc).__name__}: {exc}). Start the stack with `make run` "
-                 "(or `mbx up`), or set MBX_NATS_URL.")
+            fail(
+                f"cannot reach NATS at {url} ({type(exc).__name__}: {exc}). Start the stack with `make run` "
+                "(or `mbx up`), or set MBX_NATS_URL."
+            )
         raise
     for route in tracker.routes:
         _print_route(route)
@@ -291,15 +310,18 @@ async def _submit(intent: OrderIntent, url: str, prefix: str, timeout: float) ->
     filled = f" {final.filled_quantity} @ {final.average_price}" if final.average_price is not None else ""
     fees = f", fees {final.fees}" if final.fees else ""
     where = final.broker or "no broker"
-    console.print(f"[{colour}]{status}[/{colour}] at {where}{filled}{fees}"
-                  + (f" ({final.reason})" if final.reason else ""))
+    console.print(
+        f"[{colour}]{status}[/{colour}] at {where}{filled}{fees}" + (f" ({final.reason})" if final.reason else "")
+    )
     return EXIT_OK if status in ("filled", "accepted", "partially_filled", "cancelled") else EXIT_FAILURE
 
 
 def _print_route(route: Any) -> None:
     chain = ", ".join(route.fallback_chain) or "none"
-    console.print(f"routed to [bold]{route.broker}[/bold] (attempt {route.attempt}, rule {route.rule}): "
-                  f"{route.reason}; fallback: {chain}")
+    console.print(
+        f"routed to [bold]{route.broker}[/bold] (attempt {route.attempt}, rule {route.rule}): "
+        f"{route.reason}; fallback: {chain}"
+    )
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 
 import structlog
@@ -55,8 +56,6 @@ async def _start_with_retry(worker: Worker, stopping: asyncio.Event) -> None:
             return
         except (OSError, TimeoutError) as exc:
             log.warning("cannot start yet, retrying", worker=worker.name, error=str(exc), retry_in=delay)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), delay)
-            except TimeoutError:
-                pass
             delay = min(delay * 2, 10.0)

@@ -40,6 +40,8 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(name)s %(levelname)s %(message)s"
+    )
     # FastStream logs every message at INFO; our handlers log one summary line instead.
     logging.getLogger("faststream").setLevel(logging.WARNING)

@@ -91,7 +91,7 @@ class Worker:
             settings.nats_url,
             graceful_timeout=15.0,
             max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
+            reconnect_time_wait=1,
             logger=None,
         )
         self._subscriptions: list[_Subscription] = []
@@ -114,8 +114,9 @@ class Worker:
 
         self._subscriptions.append(_Subscription(spec, handle, batch_size))
 
-    def subscribe_batch(self, spec: ConsumerSpec, handler: Callable[[list[Msg]], Awaitable[None]], *,
-                        batch_size: int) -> None:
+    def subscribe_batch(
+        self, spec: ConsumerSpec, handler: Callable[[list[Msg]], Awaitable[None]], *, batch_size: int
+    ) -> None:
         """Handle each fetched batch of a durable consumer at once (one transaction per batch)."""
         self._subscriptions.append(_Subscription(spec, handler, batch_size))
 
@@ -162,11 +163,12 @@ class Worker:
                 continue
             try:
                 await sub.handle(msgs)
-            except Exception:  # noqa: BLE001  (unacked messages are redelivered after ack_wait)
+            except Exception:  # unacked messages are redelivered after ack_wait
                 log.exception("handler failed", consumer=sub.spec.durable)
 
-    async def deliver(self, stage: DeadLetterStage, spec: ConsumerSpec, msg: Msg,
-                      process: Callable[[Msg], Awaitable[str]]) -> str:
+    async def deliver(
+        self, stage: DeadLetterStage, spec: ConsumerSpec, msg: Msg, process: Callable[[Msg], Awaitable[str]]
+    ) -> str:
         """Run ``process`` on one message under the delivery policy; returns the outcome."""
         started = time.perf_counter()
         structlog.contextvars.bind_contextvars(subject=msg.subject)
@@ -179,8 +181,13 @@ class Worker:
             outcome = await self._retry_or_give_up(stage, spec, msg, exc)
         finally:
             structlog.contextvars.unbind_contextvars("subject", "intent_id", "broker")
-        log.info("handled", stage=str(stage), subject=msg.subject, outcome=outcome,
-                 duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        log.info(
+            "handled",
+            stage=str(stage),
+            subject=msg.subject,
+            outcome=outcome,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
         return outcome
 
     async def _retry_or_give_up(self, stage: DeadLetterStage, spec: ConsumerSpec, msg: Msg, exc: Exception) -> str:
@@ -188,18 +195,19 @@ class Worker:
         error = f"{type(exc).__name__}: {exc}"
         if deliveries >= spec.max_deliver:
             return await self._dead_letter(stage, msg, f"gave up after {deliveries} deliveries: {error}")
-        log.warning("transient failure, will retry", stage=str(stage), subject=msg.subject, error=error,
-                    deliveries=deliveries)
+        log.warning(
+            "transient failure, will retry", stage=str(stage), subject=msg.subject, error=error, deliveries=deliveries
+        )
         try:
             await msg.nak(delay=retry_delay(deliveries))
-        except Exception:  # noqa: BLE001  (no ack reaches the server: it redelivers after ack_wait)
+        except Exception:  # no ack reaches the server: it redelivers after ack_wait
             log.exception("nak failed")
         return "retry"
 
     async def _dead_letter(self, stage: DeadLetterStage, msg: Msg, error: str) -> str:
         try:
             await dead_letter(self.js, self.subjects, stage, msg, error)
-        except Exception:  # noqa: BLE001  (left unacked: redelivered after ack_wait, nothing lost)
+        except Exception:  # left unacked: redelivered after ack_wait, nothing lost
             log.exception("dead-lettering failed; the message will be redelivered")
             return "dead_letter_failed"
         return "dead_letter"

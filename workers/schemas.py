@@ -31,8 +31,15 @@ from contracts.enums import BrokerName, DeadLetterStage, OrderStatus
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "contracts" / "schemas"
 
 MODELS: tuple[type[BaseModel], ...] = (
-    OrderIntent, CancelRequest, RouteDecision, ExecutionReport, Fill, FailoverEvent, PositionSnapshot,
-    BrokerStatus, DeadLetter,
+    OrderIntent,
+    CancelRequest,
+    RouteDecision,
+    ExecutionReport,
+    Fill,
+    FailoverEvent,
+    PositionSnapshot,
+    BrokerStatus,
+    DeadLetter,
 )
 
 
@@ -55,29 +62,63 @@ def asyncapi() -> dict[str, Any]:
     strategy = _param("The strategy id (one subject token).")
     broker = _param("The broker.", brokers)
     channels: dict[str, Any] = {
-        "orderIntent": ("mbx.orders.intent.{strategy_id}", "OrderIntent", {"strategy_id": strategy},
-                        "Order intents. Publish with header Nats-Msg-Id set to the intent id."),
-        "cancelRequest": ("mbx.orders.cancel.{strategy_id}", "CancelRequest", {"strategy_id": strategy},
-                          "Cancel requests for working orders."),
-        "routeDecision": ("mbx.routes.{broker}", "RouteDecision", {"broker": broker},
-                          "Where each intent was routed and why."),
-        "executionReport": ("mbx.exec.{broker}.{status}", "ExecutionReport",
-                            {"broker": _param("The broker, or 'unrouted' for a router rejection.",
-                                              [*brokers, "unrouted"]),
-                             "status": _param("The order status.", [str(x) for x in OrderStatus])},
-                            "Order state changes at the brokers."),
-        "fill": ("mbx.fills.{broker}.{symbol}", "Fill",
-                 {"broker": broker, "symbol": _param("The symbol with . and spaces replaced by _.")},
-                 "Executions."),
-        "failoverEvent": ("mbx.failover.{broker}", "FailoverEvent", {"broker": broker},
-                          "A broker failed an order that another broker may take."),
-        "positionSnapshot": ("mbx.positions.{broker}", "PositionSnapshot", {"broker": broker},
-                             "Account and positions per broker (the stream keeps the latest)."),
-        "brokerStatus": ("mbx.status.{broker}", "BrokerStatus", {"broker": broker},
-                         "Broker health (the stream keeps the latest)."),
-        "deadLetter": ("mbx.dlq.{stage}", "DeadLetter", {"stage": _param("Worker stage.",
-                                                                          [str(x) for x in DeadLetterStage])},
-                       "Messages a worker could not process, with the reason."),
+        "orderIntent": (
+            "mbx.orders.intent.{strategy_id}",
+            "OrderIntent",
+            {"strategy_id": strategy},
+            "Order intents. Publish with header Nats-Msg-Id set to the intent id.",
+        ),
+        "cancelRequest": (
+            "mbx.orders.cancel.{strategy_id}",
+            "CancelRequest",
+            {"strategy_id": strategy},
+            "Cancel requests for working orders.",
+        ),
+        "routeDecision": (
+            "mbx.routes.{broker}",
+            "RouteDecision",
+            {"broker": broker},
+            "Where each intent was routed and why.",
+        ),
+        "executionReport": (
+            "mbx.exec.{broker}.{status}",
+            "ExecutionReport",
+            {
+                "broker": _param("The broker, or 'unrouted' for a router rejection.", [*brokers, "unrouted"]),
+                "status": _param("The order status.", [str(x) for x in OrderStatus]),
+            },
+            "Order state changes at the brokers.",
+        ),
+        "fill": (
+            "mbx.fills.{broker}.{symbol}",
+            "Fill",
+            {"broker": broker, "symbol": _param("The symbol with . and spaces replaced by _.")},
+            "Executions.",
+        ),
+        "failoverEvent": (
+            "mbx.failover.{broker}",
+            "FailoverEvent",
+            {"broker": broker},
+            "A broker failed an order that another broker may take.",
+        ),
+        "positionSnapshot": (
+            "mbx.positions.{broker}",
+            "PositionSnapshot",
+            {"broker": broker},
+            "Account and positions per broker (the stream keeps the latest).",
+        ),
+        "brokerStatus": (
+            "mbx.status.{broker}",
+            "BrokerStatus",
+            {"broker": broker},
+            "Broker health (the stream keeps the latest).",
+        ),
+        "deadLetter": (
+            "mbx.dlq.{stage}",
+            "DeadLetter",
+            {"stage": _param("Worker stage.", [str(x) for x in DeadLetterStage])},
+            "Messages a worker could not process, with the reason.",
+        ),
     }
     doc_channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
@@ -97,8 +138,7 @@ def asyncapi() -> dict[str, Any]:
         # From the strategy service's point of view: it sends intents and cancels, receives the rest.
         action = "send" if model in ("OrderIntent", "CancelRequest") else "receive"
         operations[f"{action}{model}"] = {"action": action, "channel": {"$ref": f"#/channels/{channel_id}"}}
-    streams = {spec.name: {"subjects": list(spec.subjects), "max_age_seconds": spec.max_age_seconds}
-               for spec in s.streams}
+    streams = "; ".join(f"{spec.name}: {', '.join(spec.subjects)}" for spec in s.streams)
     return {
         "asyncapi": "3.0.0",
         "info": {
@@ -106,13 +146,17 @@ def asyncapi() -> dict[str, Any]:
             "version": "1.0.0",
             "description": (
                 "Smart multi-broker execution over NATS JetStream. Subjects start with a configurable "
-                "prefix (default mbx). JetStream streams: "
-                + "; ".join(f"{n}: {', '.join(v['subjects'])}" for n, v in streams.items())
+                "prefix (default mbx). JetStream streams: " + streams
             ),
         },
         "defaultContentType": "application/json",
-        "servers": {"local": {"host": "127.0.0.1:4222", "protocol": "nats",
-                              "description": "The embedded server started by `mbx up`."}},
+        "servers": {
+            "local": {
+                "host": "127.0.0.1:4222",
+                "protocol": "nats",
+                "description": "The embedded server started by `mbx up`.",
+            }
+        },
         "channels": doc_channels,
         "operations": operations,
         "components": {"messages": messages, "schemas": defs["$defs"]},
@@ -127,8 +171,9 @@ class _NoAliasDumper(yaml.SafeDumper):
 
 
 def rendered() -> dict[str, str]:
-    files = {f"{name}.json": json.dumps(schema, indent=2, sort_keys=True) + "\n"
-             for name, schema in json_schemas().items()}
+    files = {
+        f"{name}.json": json.dumps(schema, indent=2, sort_keys=True) + "\n" for name, schema in json_schemas().items()
+    }
     files["asyncapi.yaml"] = yaml.dump(asyncapi(), Dumper=_NoAliasDumper, sort_keys=False, width=100)
     return files
 

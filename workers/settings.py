@@ -58,7 +58,7 @@ def to_sqlalchemy_url(url: str) -> str:
     for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
-    raise ConfigError(f"database_url: {url.split('@')[-1]!r} is not a postgresql:// URL")
+    raise ConfigError(f"database_url: {url.rsplit('@', maxsplit=1)[-1]!r} is not a postgresql:// URL")
 
 
 # The YAML config ------------------------------------------------------------------------------

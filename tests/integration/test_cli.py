@@ -19,8 +19,12 @@ pytestmark = pytest.mark.integration
 async def mbx(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, str]:
     """Run `python -m workers <args>` without blocking the in-process workers."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "workers", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "workers",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
     out, _ = await asyncio.wait_for(proc.communicate(), timeout)
@@ -45,8 +49,10 @@ async def test_submit_prints_the_route_and_the_fill(pipeline: Pipeline, cli_env:
 async def test_submit_reads_an_intent_file(pipeline: Pipeline, cli_env: dict[str, str], tmp_path: Path) -> None:
     """An intent in YAML (or JSON) is sent as written."""
     intent = tmp_path / "intent.yaml"
-    intent.write_text("intent_id: file-intent-" + os.urandom(4).hex() + "\nstrategy_id: filebot\n"
-                      "symbol: ETH-USD\nasset_class: crypto\nside: sell\nquantity: '0.25'\n")
+    intent.write_text(
+        "intent_id: file-intent-" + os.urandom(4).hex() + "\nstrategy_id: filebot\n"
+        "symbol: ETH-USD\nasset_class: crypto\nside: sell\nquantity: '0.25'\n"
+    )
     code, out = await mbx("submit", "--file", str(intent), env=cli_env)
     assert code == 0, out
     assert "routed to coinbase" in out

@@ -40,8 +40,10 @@ async def test_replaying_a_batch_changes_nothing(db: AsyncEngine) -> None:
     assert await store.apply(batch) == 4
 
     async def snapshot() -> list[Any]:
-        return [await fetch_all(db, f"SELECT * FROM {t} WHERE intent_id = :i ORDER BY id", i=intent.intent_id)
-                for t in ("orders", "multi_broker_routes", "trade_logs")]
+        return [
+            await fetch_all(db, f"SELECT * FROM {t} WHERE intent_id = :i ORDER BY id", i=intent.intent_id)
+            for t in ("orders", "multi_broker_routes", "trade_logs")
+        ]
 
     before = await snapshot()
     assert await store.apply(batch) == 0

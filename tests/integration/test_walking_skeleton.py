@@ -21,7 +21,8 @@ pytestmark = pytest.mark.integration
 async def publish_json(nc: NatsClient, payload: dict[str, Any], strategy: str = "strat1") -> Any:
     """Publish like a client in another language: plain nats-py, JSON, the dedup header."""
     return await nc.jetstream().publish(
-        f"mbx.orders.intent.{strategy}", json.dumps(payload).encode(),
+        f"mbx.orders.intent.{strategy}",
+        json.dumps(payload).encode(),
         headers={"Nats-Msg-Id": payload["intent_id"]},
     )
 
@@ -35,7 +36,8 @@ async def final_order(db: AsyncEngine, intent_id: str) -> list[Any]:
 
 
 async def test_plain_nats_intent_ends_as_route_order_and_fill_in_postgres(
-        pipeline: Pipeline, nc: NatsClient, db: AsyncEngine) -> None:
+    pipeline: Pipeline, nc: NatsClient, db: AsyncEngine
+) -> None:
     """The documented JSON, published with plain nats-py, is routed, filled and persisted."""
     payload = intent_payload(intent_id="strat1-000042", strategy_id="strat1")
     payload["intent_id"] = make_intent().intent_id  # unique per run, same shape as strat1-000042
@@ -49,22 +51,25 @@ async def test_plain_nats_intent_ends_as_route_order_and_fill_in_postgres(
     assert order["client_order_id"] == payload["intent_id"]
     assert order["broker_order_id"].startswith("alpaca-")
 
-    [route] = await eventually(lambda: fetch_all(db, "SELECT * FROM multi_broker_routes WHERE intent_id = :i",
-                                                 i=payload["intent_id"]))
+    [route] = await eventually(
+        lambda: fetch_all(db, "SELECT * FROM multi_broker_routes WHERE intent_id = :i", i=payload["intent_id"])
+    )
     assert route["broker_name"] == "alpaca"
     assert route["rule"] == "default:equity"
     assert route["attempt"] == 1
     assert "coinbase" in {e["broker"] for e in route["decision"]["excluded"]}
 
-    [fill] = await eventually(lambda: fetch_all(db, "SELECT * FROM trade_logs WHERE intent_id = :i",
-                                                i=payload["intent_id"]))
+    [fill] = await eventually(
+        lambda: fetch_all(db, "SELECT * FROM trade_logs WHERE intent_id = :i", i=payload["intent_id"])
+    )
     assert fill["broker_name"] == "alpaca"
     assert fill["quantity"] == 10
     assert fill["price"] == order["average_price"]
 
 
 async def test_same_intent_id_published_twice_yields_exactly_one_order(
-        pipeline: Pipeline, nc: NatsClient, db: AsyncEngine) -> None:
+    pipeline: Pipeline, nc: NatsClient, db: AsyncEngine
+) -> None:
     """JetStream drops the second copy; one order at the broker, one row of each kind in Postgres."""
     payload = intent_payload()
     first = await publish_json(nc, payload)
@@ -83,8 +88,9 @@ async def test_same_intent_id_published_twice_yields_exactly_one_order(
     routes = await fetch_all(db, "SELECT * FROM multi_broker_routes WHERE intent_id = :i", i=payload["intent_id"])
     fills = await fetch_all(db, "SELECT * FROM trade_logs WHERE intent_id = :i", i=payload["intent_id"])
     assert (len(orders), len(routes), len(fills)) == (1, 1, 1)
-    at_broker = [o for o in pipeline.venues[orders[0]["broker_name"]].orders
-                 if o.client_order_id == payload["intent_id"]]
+    at_broker = [
+        o for o in pipeline.venues[orders[0]["broker_name"]].orders if o.client_order_id == payload["intent_id"]
+    ]
     assert len(at_broker) == 1
 
 
@@ -100,8 +106,8 @@ async def test_same_intent_id_published_twice_yields_exactly_one_order(
     ids=["crypto-coinbase", "option-schwab", "fractional-robinhood", "notional-robinhood", "preference-ibkr"],
 )
 async def test_smart_defaults_and_preference_pick_the_broker(
-        pipeline: Pipeline, nc: NatsClient, db: AsyncEngine, overrides: dict[str, Any], broker: str,
-        rule: str) -> None:
+    pipeline: Pipeline, nc: NatsClient, db: AsyncEngine, overrides: dict[str, Any], broker: str, rule: str
+) -> None:
     """Each default rule sends its kind of order to its broker, and the order fills there."""
     payload = intent_payload(**overrides)
     await publish_json(nc, payload)
@@ -127,7 +133,8 @@ async def dead_letters(nc: NatsClient, stage: str) -> list[DeadLetter]:
 
 
 async def test_malformed_and_invalid_intents_are_dead_lettered_and_the_next_intent_executes(
-        pipeline: Pipeline, nc: NatsClient, db: AsyncEngine) -> None:
+    pipeline: Pipeline, nc: NatsClient, db: AsyncEngine
+) -> None:
     """Bad input never crashes the router: each lands on mbx.dlq.router with its reason."""
     js = nc.jetstream()
     garbage_id = make_intent().intent_id
@@ -160,11 +167,20 @@ async def test_malformed_and_invalid_intents_are_dead_lettered_and_the_next_inte
 
 
 async def test_intent_no_broker_can_take_is_rejected_visibly(
-        start_pipeline: Any, nc: NatsClient, db: AsyncEngine) -> None:
+    start_pipeline: Any, nc: NatsClient, db: AsyncEngine
+) -> None:
     """With every option broker disabled an option intent ends rejected, on the bus and in Postgres."""
-    config = parse_config({"brokers": {"schwab": {"enabled": False}, "ibkr": {"enabled": False},
-                                       "alpaca": {"enabled": False}, "robinhood": {"enabled": False},
-                                       "coinbase": {"enabled": True}}})
+    config = parse_config(
+        {
+            "brokers": {
+                "schwab": {"enabled": False},
+                "ibkr": {"enabled": False},
+                "alpaca": {"enabled": False},
+                "robinhood": {"enabled": False},
+                "coinbase": {"enabled": True},
+            }
+        }
+    )
     await start_pipeline(config)
     payload = intent_payload(**OPTION)
     await publish_json(nc, payload)

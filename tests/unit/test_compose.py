@@ -70,8 +70,12 @@ def test_every_compose_command_parses_with_the_real_cli() -> None:
 
 def test_a_bad_command_would_be_caught() -> None:
     """The check above is real: unknown commands, workers and brokers are refused."""
-    for bad in (["wroker", "router"], ["worker", "routr"], ["worker", "executor", "--broker", "etrade"],
-                ["worker", "executor"]):
+    for bad in (
+        ["wroker", "router"],
+        ["worker", "routr"],
+        ["worker", "executor", "--broker", "etrade"],
+        ["worker", "executor"],
+    ):
         try:
             parse_cli(bad)
         except ValueError:

@@ -90,10 +90,15 @@ def test_crypto_time_in_force_defaults_to_gtc_and_equity_to_day() -> None:
     assert make_intent(symbol="BTC-USD", asset_class="crypto", time_in_force="ioc").time_in_force is TimeInForce.IOC
 
 
-@pytest.mark.parametrize(("overrides", "fractional"), [
-    ({"quantity": "10"}, False), ({"quantity": "10.0"}, False), ({"quantity": "0.5"}, True),
-    ({"quantity": None, "notional": "25"}, True),
-])
+@pytest.mark.parametrize(
+    ("overrides", "fractional"),
+    [
+        ({"quantity": "10"}, False),
+        ({"quantity": "10.0"}, False),
+        ({"quantity": "0.5"}, True),
+        ({"quantity": None, "notional": "25"}, True),
+    ],
+)
 def test_is_fractional(overrides: dict[str, object], fractional: bool) -> None:
     """Fractional means a non-whole quantity or a dollar amount."""
     assert make_intent(**overrides).is_fractional is fractional
@@ -109,8 +114,16 @@ def test_every_message_type_round_trips() -> None:
     """Route decisions embed the intent and survive JSON both ways."""
     route = make_route()
     assert type(route).model_validate_json(route.model_dump_json()) == route
-    report = ExecutionReport(intent_id="i-1", strategy_id="s", broker=None, status=OrderStatus.REJECTED,
-                             symbol="AAPL", asset_class=AssetClass.EQUITY, side="buy", final=True)
+    report = ExecutionReport(
+        intent_id="i-1",
+        strategy_id="s",
+        broker=None,
+        status=OrderStatus.REJECTED,
+        symbol="AAPL",
+        asset_class=AssetClass.EQUITY,
+        side="buy",
+        final=True,
+    )
     assert ExecutionReport.model_validate_json(report.model_dump_json()) == report
 
 
@@ -139,7 +152,10 @@ def test_all_is_sorted_and_complete() -> None:
 
 def test_contracts_never_import_workers_or_nats() -> None:
     """Strategy services can depend on contracts alone (pydantic and the standard library)."""
-    code = "import sys, contracts; print(sorted(m for m in sys.modules if m.split('.')[0] in ('workers', 'nats', 'faststream', 'sqlalchemy')))"
+    code = (
+        "import sys, contracts; print(sorted(m for m in sys.modules"
+        " if m.split('.')[0] in ('workers', 'nats', 'faststream', 'sqlalchemy')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"
 

@@ -39,8 +39,17 @@ def test_eligible_preference_wins_and_an_ineligible_one_is_explained() -> None:
 
 def test_disabled_default_falls_back_to_the_best_priority() -> None:
     """With alpaca disabled an equity order goes to the eligible broker with the lowest priority."""
-    config = parse_config({"brokers": {"alpaca": {"enabled": False}, "robinhood": {"priority": 5},
-                                       "schwab": {"priority": 1}, "ibkr": {}, "coinbase": {}}})
+    config = parse_config(
+        {
+            "brokers": {
+                "alpaca": {"enabled": False},
+                "robinhood": {"priority": 5},
+                "schwab": {"priority": 1},
+                "ibkr": {},
+                "coinbase": {},
+            }
+        }
+    )
     decision = decide(config)
     assert (decision.broker, decision.rule) == (BrokerName.SCHWAB, "priority")
     assert decision.fallback_chain == (BrokerName.ROBINHOOD, BrokerName.IBKR)
@@ -73,8 +82,9 @@ intents = st.builds(
     broker=st.one_of(st.none(), st.sampled_from([b.value for b in BrokerName])),
 )
 configs = st.builds(
-    lambda enabled, prio: parse_config({"brokers": {b.value: {"enabled": e, "priority": p}
-                                                    for b, e, p in zip(BrokerName, enabled, prio, strict=True)}}),
+    lambda enabled, prio: parse_config(
+        {"brokers": {b.value: {"enabled": e, "priority": p} for b, e, p in zip(BrokerName, enabled, prio, strict=True)}}
+    ),
     st.lists(st.booleans(), min_size=5, max_size=5),
     st.lists(st.integers(0, 100), min_size=5, max_size=5),
 )

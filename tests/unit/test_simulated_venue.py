@@ -72,12 +72,12 @@ def test_order_ids_are_unique_across_venue_instances() -> None:
     ("broker", "asset", "qty", "price", "fee"),
     [
         (BrokerName.ALPACA, AssetClass.EQUITY, "100", "50", "0.00"),
-        (BrokerName.IBKR, AssetClass.EQUITY, "100", "50", "1.00"),     # $0.005/share, $1 minimum
+        (BrokerName.IBKR, AssetClass.EQUITY, "100", "50", "1.00"),  # $0.005/share, $1 minimum
         (BrokerName.IBKR, AssetClass.EQUITY, "1000", "50", "5.00"),
-        (BrokerName.IBKR, AssetClass.EQUITY, "10", "0.5", "0.05"),     # capped at 1% of value
-        (BrokerName.SCHWAB, AssetClass.OPTION, "3", "2", "1.95"),      # $0.65 per contract
+        (BrokerName.IBKR, AssetClass.EQUITY, "10", "0.5", "0.05"),  # capped at 1% of value
+        (BrokerName.SCHWAB, AssetClass.OPTION, "3", "2", "1.95"),  # $0.65 per contract
         (BrokerName.COINBASE, AssetClass.CRYPTO, "1", "1000", "12.00"),  # 1.2% taker, entry tier
-        (BrokerName.ALPACA, AssetClass.CRYPTO, "1", "1000", "2.50"),   # 0.25% taker
+        (BrokerName.ALPACA, AssetClass.CRYPTO, "1", "1000", "2.50"),  # 0.25% taker
     ],
 )
 def test_fee_schedules(broker: BrokerName, asset: AssetClass, qty: str, price: str, fee: str) -> None:

@@ -66,8 +66,9 @@ class AggregatorHandlers:
             return
         for msg, _ in good:
             await msg.ack()
-        log.info("batch persisted", size=len(good), new=applied,
-                 duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        log.info(
+            "batch persisted", size=len(good), new=applied, duration_ms=round((time.perf_counter() - started) * 1000, 2)
+        )
 
 
 def _raise(exc: Exception) -> Callable[[Msg], Awaitable[str]]:

@@ -65,15 +65,15 @@ class AuditStore:
     async def _insert_routes(self, conn: AsyncConnection, routes: list[RouteDecision]) -> None:
         route_rows = {(r.intent_id, r.attempt): _route_row(r) for r in routes}
         await conn.execute(
-            insert(MultiBrokerRoute).values(list(route_rows.values())).on_conflict_do_nothing(
-                index_elements=["intent_id", "attempt"]
-            )
+            insert(MultiBrokerRoute)
+            .values(list(route_rows.values()))
+            .on_conflict_do_nothing(index_elements=["intent_id", "attempt"])
         )
         order_rows = {(str(r.broker), r.intent_id): _order_row_from_route(r) for r in routes}
         await conn.execute(
-            insert(Order).values(list(order_rows.values())).on_conflict_do_nothing(
-                index_elements=["broker_name", "client_order_id"]
-            )
+            insert(Order)
+            .values(list(order_rows.values()))
+            .on_conflict_do_nothing(index_elements=["broker_name", "client_order_id"])
         )
 
     async def _upsert_reports(self, conn: AsyncConnection, reports: list[ExecutionReport]) -> None:
@@ -88,8 +88,7 @@ class AuditStore:
             stmt.on_conflict_do_update(
                 index_elements=["broker_name", "client_order_id"],
                 set_={
-                    "broker_order_id": func.coalesce(func.nullif(excluded.broker_order_id, ""),
-                                                     Order.broker_order_id),
+                    "broker_order_id": func.coalesce(func.nullif(excluded.broker_order_id, ""), Order.broker_order_id),
                     "status": excluded.status,
                     "quantity": func.coalesce(excluded.quantity, Order.quantity),
                     "filled_quantity": excluded.filled_quantity,
@@ -122,8 +121,9 @@ def _route_row(r: RouteDecision) -> dict[str, Any]:
         "estimated_fee": best.estimated_fee if best else None,
         "fallback_chain": [str(b) for b in r.fallback_chain],
         "failover_from": str(r.failover_from) if r.failover_from else None,
-        "decision": r.model_dump(mode="json", include={"reason", "candidates", "excluded", "config_version",
-                                                       "message_id"}),
+        "decision": r.model_dump(
+            mode="json", include={"reason", "candidates", "excluded", "config_version", "message_id"}
+        ),
         "decided_at": r.created_at,
     }
 

@@ -51,7 +51,7 @@ class EmbeddedNats:
         return (
             f'listen: "{self.host}:{self.port}"\n'
             f"max_payload: 1MB\n"
-            f"jetstream {{\n  store_dir: \"{store}\"\n  max_memory_store: 256MB\n  max_file_store: 10GB{sync}\n}}\n"
+            f'jetstream {{\n  store_dir: "{store}"\n  max_memory_store: 256MB\n  max_file_store: 10GB{sync}\n}}\n'
         )
 
     def start(self, timeout: float = 20.0) -> None:
@@ -63,8 +63,13 @@ class EmbeddedNats:
         conf = self.data_dir / "nats-server.conf"
         conf.write_text(self.config_text())
         self.proc = spawn([nats_server_binary(), "-c", str(conf)], self.log_file)
-        wait_until(lambda: port_open(self.host, self.port), timeout=timeout, what="nats-server",
-                   proc=self.proc, log_file=self.log_file)
+        wait_until(
+            lambda: port_open(self.host, self.port),
+            timeout=timeout,
+            what="nats-server",
+            proc=self.proc,
+            log_file=self.log_file,
+        )
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -9,6 +9,7 @@ ourselves as a child process on a TCP port: every worker process can then connec
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import warnings
@@ -77,9 +78,18 @@ class EmbeddedPostgres:
         bin_dir = _bin_dir()
         if not (self.pgdata / "PG_VERSION").exists():
             subprocess.run(  # noqa: S603
-                [str(bin_dir / "initdb"), "-D", str(self.pgdata), "--auth=trust", "--encoding=UTF8",
-                 "--username=postgres", "--no-instructions"],
-                check=True, capture_output=True, user=self._run_as,
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--username=postgres",
+                    "--no-instructions",
+                ],
+                check=True,
+                capture_output=True,
+                user=self._run_as,
             )
         stale = self.pgdata / "postmaster.pid"
         if stale.exists():
@@ -89,10 +99,25 @@ class EmbeddedPostgres:
         elif port_open(self.host, self.port):
             raise RuntimeError(f"port {self.port} is already in use; stop whatever listens there or pick another")
         self.proc = spawn(
-            [str(bin_dir / "postgres"), "-D", str(self.pgdata), "-h", self.host, "-p", str(self.port),
-             "-k", str(self.pgdata), "-c", "max_connections=200", "-c", "shared_buffers=128MB",
-             "-c", "log_min_messages=warning"],
-            self.log_file, user=self._run_as,
+            [
+                str(bin_dir / "postgres"),
+                "-D",
+                str(self.pgdata),
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.pgdata),
+                "-c",
+                "max_connections=200",
+                "-c",
+                "shared_buffers=128MB",
+                "-c",
+                "log_min_messages=warning",
+            ],
+            self.log_file,
+            user=self._run_as,
         )
         wait_until(self._ready, timeout=timeout, what="postgres", proc=self.proc, log_file=self.log_file)
         self._ensure_database()
@@ -111,20 +136,40 @@ class EmbeddedPostgres:
     def _ready(self) -> bool:
         result = subprocess.run(  # noqa: S603
             [str(_bin_dir() / "pg_isready"), "-h", self.host, "-p", str(self.port), "-U", "postgres", "-q"],
-            check=False, capture_output=True,
+            check=False,
+            capture_output=True,
         )
         return result.returncode == 0
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         result = subprocess.run(  # noqa: S603
-            [str(_bin_dir() / "psql"), "-h", self.host, "-p", str(self.port), "-U", "postgres", "-d", database,
-             "-v", "ON_ERROR_STOP=1", "-At", "-c", sql],
-            check=True, capture_output=True, text=True,
+            [
+                str(_bin_dir() / "psql"),
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-At",
+                "-c",
+                sql,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         return result.stdout.strip()
 
     def create_database(self, name: str) -> str:
-        if self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'") != "1":
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+            raise ValueError(f"database name {name!r} must be lower-case letters, digits and _")
+        exists = f"SELECT 1 FROM pg_database WHERE datname = '{name}'"  # noqa: S608  (name checked above)
+        if self.psql(exists) != "1":
             self.psql(f'CREATE DATABASE "{name}"')
         return self.url(name)
 

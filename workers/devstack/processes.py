@@ -39,8 +39,14 @@ def _die_with_parent() -> None:
         pass
 
 
-def spawn(args: Sequence[str], log_file: Path, *, user: str | None = None, env: dict[str, str] | None = None,
-          new_session: bool = True) -> subprocess.Popen[bytes]:
+def spawn(
+    args: Sequence[str],
+    log_file: Path,
+    *,
+    user: str | None = None,
+    env: dict[str, str] | None = None,
+    new_session: bool = True,
+) -> subprocess.Popen[bytes]:
     """Start a child whose output goes to ``log_file`` and who dies with this process."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     out = log_file.open("ab")
@@ -62,8 +68,14 @@ def spawn(args: Sequence[str], log_file: Path, *, user: str | None = None, env: 
         out.close()
 
 
-def wait_until(check: Callable[[], bool], *, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None,
-               log_file: Path | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    proc: subprocess.Popen[bytes] | None = None,
+    log_file: Path | None = None,
+) -> None:
     """Poll ``check`` until it is true; fail with the log tail if the process dies or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -100,8 +100,9 @@ class Stack:
         if not nats_url:
             profile = "sync_interval: always" if self.settings.durability == "production" else "default fsync (2 min)"
             self.console.print(f"[bold]starting nats-server[/bold] (JetStream, {profile})")
-            self.nats = EmbeddedNats(data / "nats", port=self.nats_port,
-                                     sync_always=self.settings.durability == "production")
+            self.nats = EmbeddedNats(
+                data / "nats", port=self.nats_port, sync_always=self.settings.durability == "production"
+            )
             self.nats.start()
             nats_url = self.nats.url
         database_url = self.settings.database_url
@@ -117,8 +118,11 @@ class Stack:
         base = [sys.executable, "-m", "workers", "worker"]
         self.workers = [WorkerProcess("router", [*base, "router"], logs / "router.log")]
         for broker in self.config.enabled_brokers():
-            self.workers.append(WorkerProcess(f"executor-{broker}", [*base, "executor", "--broker", str(broker)],
-                                              logs / f"executor-{broker}.log"))
+            self.workers.append(
+                WorkerProcess(
+                    f"executor-{broker}", [*base, "executor", "--broker", str(broker)], logs / f"executor-{broker}.log"
+                )
+            )
         self.workers.append(WorkerProcess("aggregator", [*base, "aggregator"], logs / "aggregator.log"))
         env = {**os.environ, "MBX_NATS_URL": nats_url, "MBX_DATABASE_URL": database_url, "MBX_LOG_FORMAT": "json"}
         self._env = env
@@ -127,12 +131,22 @@ class Stack:
 
     def _announce(self, nats_url: str, database_url: str) -> None:
         data = self.settings.data_dir
-        stack_file(data).write_text(json.dumps({
-            "pid": os.getpid(), "nats_url": nats_url, "database_url": database_url,
-            "workers": {w.name: w.proc.pid for w in self.workers if w.proc},
-            "servers": {name: server.proc.pid for name, server in (("nats", self.nats), ("postgres", self.postgres))
-                        if server is not None and server.proc is not None},
-        }, indent=2))
+        stack_file(data).write_text(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "nats_url": nats_url,
+                    "database_url": database_url,
+                    "workers": {w.name: w.proc.pid for w in self.workers if w.proc},
+                    "servers": {
+                        name: server.proc.pid
+                        for name, server in (("nats", self.nats), ("postgres", self.postgres))
+                        if server is not None and server.proc is not None
+                    },
+                },
+                indent=2,
+            )
+        )
         table = Table(title="mbx is running", show_header=True)
         table.add_column("component")
         table.add_column("where")
@@ -141,8 +155,9 @@ class Stack:
         for w in self.workers:
             table.add_row(w.name, f"pid {w.proc.pid if w.proc else '-'}, log {w.log_file}")
         self.console.print(table)
-        self.console.print("Send an order from another terminal:  [bold].venv/bin/mbx submit --symbol AAPL "
-                           "--quantity 10[/bold]")
+        self.console.print(
+            "Send an order from another terminal:  [bold].venv/bin/mbx submit --symbol AAPL --quantity 10[/bold]"
+        )
         self.console.print("Stop everything with Ctrl-C.")
 
     def _supervise(self) -> None:
@@ -154,8 +169,10 @@ class Stack:
                 now = time.monotonic()
                 if worker.died_at is None:
                     worker.died_at = now
-                    self.console.print(f"[red]{worker.name} exited with code {proc.returncode}[/red]; "
-                                       f"restarting (log: {worker.log_file})")
+                    self.console.print(
+                        f"[red]{worker.name} exited with code {proc.returncode}[/red]; "
+                        f"restarting (log: {worker.log_file})"
+                    )
                 elif now - worker.died_at >= RESTART_DELAY:
                     worker.proc = spawn(worker.args, worker.log_file, env=self._env)
                     worker.restarts += 1

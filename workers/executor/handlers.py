@@ -34,8 +34,10 @@ class ExecutorHandlers:
         try:
             order = await self.venue.place_order(decision.intent, client_order_id)
         except VenueRejected as exc:
-            await self._emit(decision, report(decision, OrderStatus.REJECTED, 1, reason_code=exc.reason_code,
-                                              reason=exc.reason, final=True))
+            await self._emit(
+                decision,
+                report(decision, OrderStatus.REJECTED, 1, reason_code=exc.reason_code, reason=exc.reason, final=True),
+            )
             return f"rejected:{exc.reason_code}"
         except VenueAmbiguous:
             # The order may exist at the broker: find it before anything else happens. If it is
@@ -61,5 +63,4 @@ class ExecutorHandlers:
             subject = subjects.fill(message.broker, message.symbol)
         else:
             subject = subjects.execution(message.broker, message.status)
-        await publish(self.worker.js, subject, message, intent_id=decision.intent_id,
-                      strategy_id=decision.strategy_id)
+        await publish(self.worker.js, subject, message, intent_id=decision.intent_id, strategy_id=decision.strategy_id)

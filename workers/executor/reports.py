@@ -12,8 +12,16 @@ from contracts import ExecutionReport, Fill, OrderStatus, RouteDecision
 from workers.venues.base import VenueFill, VenueOrder
 
 
-def report(decision: RouteDecision, status: OrderStatus, seq: int, order: VenueOrder | None = None, *,
-           reason_code: str = "", reason: str = "", final: bool | None = None) -> ExecutionReport:
+def report(
+    decision: RouteDecision,
+    status: OrderStatus,
+    seq: int,
+    order: VenueOrder | None = None,
+    *,
+    reason_code: str = "",
+    reason: str = "",
+    final: bool | None = None,
+) -> ExecutionReport:
     intent = decision.intent
     return ExecutionReport(
         message_id=f"exec-{intent.intent_id}-{decision.broker}-{decision.attempt}-{seq}",

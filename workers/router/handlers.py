@@ -37,12 +37,22 @@ class RouterHandlers:
         subjects = self.worker.subjects
         if isinstance(outcome, RouteDecision):
             structlog.contextvars.bind_contextvars(broker=str(outcome.broker))
-            await publish(self.worker.js, subjects.route(outcome.broker), outcome,
-                          intent_id=intent.intent_id, strategy_id=intent.strategy_id)
+            await publish(
+                self.worker.js,
+                subjects.route(outcome.broker),
+                outcome,
+                intent_id=intent.intent_id,
+                strategy_id=intent.strategy_id,
+            )
             return f"routed:{outcome.broker}"
         report = rejection_report(intent, outcome)
-        await publish(self.worker.js, subjects.execution(None, OrderStatus.REJECTED), report,
-                      intent_id=intent.intent_id, strategy_id=intent.strategy_id)
+        await publish(
+            self.worker.js,
+            subjects.execution(None, OrderStatus.REJECTED),
+            report,
+            intent_id=intent.intent_id,
+            strategy_id=intent.strategy_id,
+        )
         return f"rejected:{outcome.reason_code}"
 
 

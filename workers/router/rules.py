@@ -50,26 +50,40 @@ def exclusion(intent: OrderIntent, broker: BrokerName, config: MbxConfig) -> Exc
     """Why ``broker`` cannot take ``intent``, or None when it can."""
     broker_config = config.brokers.get(broker)
     if broker_config is None:
-        return ExcludedBroker(broker=broker, reason_code="not_configured",
-                              reason=f"{broker} is not in the config's brokers section")
+        return ExcludedBroker(
+            broker=broker, reason_code="not_configured", reason=f"{broker} is not in the config's brokers section"
+        )
     if not broker_config.enabled:
         return ExcludedBroker(broker=broker, reason_code="disabled", reason=f"{broker} is not enabled")
     support = CAPABILITIES[broker].support_for(intent.asset_class)
     if support is None:
-        return ExcludedBroker(broker=broker, reason_code="unsupported_asset",
-                              reason=f"{broker} does not trade {intent.asset_class}")
+        return ExcludedBroker(
+            broker=broker, reason_code="unsupported_asset", reason=f"{broker} does not trade {intent.asset_class}"
+        )
     if intent.order_type not in support.order_types:
-        return ExcludedBroker(broker=broker, reason_code="unsupported_order_type",
-                              reason=f"{broker} has no {intent.order_type} orders for {intent.asset_class}")
+        return ExcludedBroker(
+            broker=broker,
+            reason_code="unsupported_order_type",
+            reason=f"{broker} has no {intent.order_type} orders for {intent.asset_class}",
+        )
     if intent.time_in_force not in support.time_in_force:
-        return ExcludedBroker(broker=broker, reason_code="unsupported_time_in_force",
-                              reason=f"{broker} has no {intent.time_in_force} orders for {intent.asset_class}")
+        return ExcludedBroker(
+            broker=broker,
+            reason_code="unsupported_time_in_force",
+            reason=f"{broker} has no {intent.time_in_force} orders for {intent.asset_class}",
+        )
     if intent.notional is not None and not support.notional:
-        return ExcludedBroker(broker=broker, reason_code="unsupported_notional",
-                              reason=f"{broker} does not take dollar-amount {intent.asset_class} orders")
+        return ExcludedBroker(
+            broker=broker,
+            reason_code="unsupported_notional",
+            reason=f"{broker} does not take dollar-amount {intent.asset_class} orders",
+        )
     if intent.is_fractional and not support.fractional:
-        return ExcludedBroker(broker=broker, reason_code="unsupported_fractional",
-                              reason=f"{broker} does not take fractional {intent.asset_class} quantities")
+        return ExcludedBroker(
+            broker=broker,
+            reason_code="unsupported_fractional",
+            reason=f"{broker} does not take fractional {intent.asset_class} quantities",
+        )
     return None
 
 

@@ -38,11 +38,18 @@ CAPABILITIES: dict[BrokerName, VenueCapabilities] = {
         BrokerName.ALPACA,
         {
             AssetClass.EQUITY: AssetSupport(ALL_TYPES, ALL_TIF, fractional=True, notional=True),
-            AssetClass.OPTION: AssetSupport(frozenset({OrderType.MARKET, OrderType.LIMIT}),
-                                            frozenset({TimeInForce.DAY}), fractional=False, notional=False),
-            AssetClass.CRYPTO: AssetSupport(frozenset({OrderType.MARKET, OrderType.LIMIT, OrderType.STOP_LIMIT}),
-                                            frozenset({TimeInForce.GTC, TimeInForce.IOC}), fractional=True,
-                                            notional=True),
+            AssetClass.OPTION: AssetSupport(
+                frozenset({OrderType.MARKET, OrderType.LIMIT}),
+                frozenset({TimeInForce.DAY}),
+                fractional=False,
+                notional=False,
+            ),
+            AssetClass.CRYPTO: AssetSupport(
+                frozenset({OrderType.MARKET, OrderType.LIMIT, OrderType.STOP_LIMIT}),
+                frozenset({TimeInForce.GTC, TimeInForce.IOC}),
+                fractional=True,
+                notional=True,
+            ),
         },
         has_client_order_id=True,
         rate_limit_per_minute=200,
@@ -50,14 +57,21 @@ CAPABILITIES: dict[BrokerName, VenueCapabilities] = {
     BrokerName.ROBINHOOD: VenueCapabilities(
         BrokerName.ROBINHOOD,
         {
-            AssetClass.EQUITY: AssetSupport(ALL_TYPES, frozenset({TimeInForce.DAY, TimeInForce.GTC}),
-                                            fractional=True, notional=True),
-            AssetClass.OPTION: AssetSupport(frozenset({OrderType.MARKET, OrderType.LIMIT}),
-                                            frozenset({TimeInForce.DAY, TimeInForce.GTC}), fractional=False,
-                                            notional=False),
-            AssetClass.CRYPTO: AssetSupport(frozenset({OrderType.MARKET, OrderType.LIMIT}),
-                                            frozenset({TimeInForce.GTC, TimeInForce.IOC}), fractional=True,
-                                            notional=True),
+            AssetClass.EQUITY: AssetSupport(
+                ALL_TYPES, frozenset({TimeInForce.DAY, TimeInForce.GTC}), fractional=True, notional=True
+            ),
+            AssetClass.OPTION: AssetSupport(
+                frozenset({OrderType.MARKET, OrderType.LIMIT}),
+                frozenset({TimeInForce.DAY, TimeInForce.GTC}),
+                fractional=False,
+                notional=False,
+            ),
+            AssetClass.CRYPTO: AssetSupport(
+                frozenset({OrderType.MARKET, OrderType.LIMIT}),
+                frozenset({TimeInForce.GTC, TimeInForce.IOC}),
+                fractional=True,
+                notional=True,
+            ),
         },
         has_client_order_id=True,
         rate_limit_per_minute=32,  # about 8 orders per 15 s observed; undocumented
@@ -65,9 +79,12 @@ CAPABILITIES: dict[BrokerName, VenueCapabilities] = {
     BrokerName.COINBASE: VenueCapabilities(
         BrokerName.COINBASE,
         {
-            AssetClass.CRYPTO: AssetSupport(frozenset({OrderType.MARKET, OrderType.LIMIT, OrderType.STOP_LIMIT}),
-                                            frozenset({TimeInForce.GTC, TimeInForce.IOC, TimeInForce.FOK}),
-                                            fractional=True, notional=True),
+            AssetClass.CRYPTO: AssetSupport(
+                frozenset({OrderType.MARKET, OrderType.LIMIT, OrderType.STOP_LIMIT}),
+                frozenset({TimeInForce.GTC, TimeInForce.IOC, TimeInForce.FOK}),
+                fractional=True,
+                notional=True,
+            ),
         },
         has_client_order_id=True,
         rate_limit_per_minute=1800,  # 30 requests/s private REST
@@ -88,9 +105,12 @@ CAPABILITIES: dict[BrokerName, VenueCapabilities] = {
             # Fractional equity needs an account permission and is unverified: not offered.
             AssetClass.EQUITY: AssetSupport(ALL_TYPES, ALL_TIF, fractional=False, notional=False),
             AssetClass.OPTION: AssetSupport(ALL_TYPES, ALL_TIF, fractional=False, notional=False),
-            AssetClass.CRYPTO: AssetSupport(frozenset({OrderType.MARKET, OrderType.LIMIT}),
-                                            frozenset({TimeInForce.DAY, TimeInForce.GTC, TimeInForce.IOC}),
-                                            fractional=True, notional=True),
+            AssetClass.CRYPTO: AssetSupport(
+                frozenset({OrderType.MARKET, OrderType.LIMIT}),
+                frozenset({TimeInForce.DAY, TimeInForce.GTC, TimeInForce.IOC}),
+                fractional=True,
+                notional=True,
+            ),
         },
         has_client_order_id=True,
         rate_limit_per_minute=2700,  # 45 messages/s, ib_async's self-throttle

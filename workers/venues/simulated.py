@@ -108,15 +108,17 @@ class SimulatedVenue:
             return existing
         support = self.capabilities.support_for(intent.asset_class)
         if support is None:
-            raise VenueRejected("unsupported_asset", f"{self._broker} does not trade {intent.asset_class}",
-                                order_specific=False)
+            raise VenueRejected(
+                "unsupported_asset", f"{self._broker} does not trade {intent.asset_class}", order_specific=False
+            )
         quote = self._quotes.quote(intent.symbol)
         buying = intent.side is Side.BUY
         touch = quote.ask if buying else quote.bid
         quantity = intent.quantity if intent.quantity is not None else self._quantity_for(intent, touch)
         if quantity <= 0:
-            raise VenueRejected("invalid_quantity", "the notional buys less than the smallest unit",
-                                order_specific=True)
+            raise VenueRejected(
+                "invalid_quantity", "the notional buys less than the smallest unit", order_specific=True
+            )
         order = VenueOrder(
             # Unique across venue instances and restarts, as a real broker's order ids are.
             broker_order_id=f"{self._broker}-{uuid.uuid4().hex[:20]}",

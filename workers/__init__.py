@@ -1,0 +1,1 @@
+"""mbx workers: router, executors, aggregator, and the tooling that runs them."""
