@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,3 +84,30 @@ def test_up_runs_the_system_submit_fills_and_ctrl_c_leaves_no_process(tmp_path: 
     assert [p for p in pids if alive(int(p))] == []
     assert not (tmp_path / "data" / "stack.json").exists()
     assert "nothing is left running" in (tmp_path / "up.log").read_text()
+
+
+def test_up_uses_external_servers_when_urls_are_set(tmp_path: Path, servers: Any) -> None:
+    """With MBX_NATS_URL and MBX_DATABASE_URL set, mbx up starts only the workers."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MBX_")}
+    env.update(
+        {
+            "MBX_DATA_DIR": str(tmp_path / "data"),
+            "MBX_NATS_URL": servers.nats_url,
+            "MBX_DATABASE_URL": servers.database_url,
+        }
+    )
+    log = (tmp_path / "up.log").open("wb")
+    up = subprocess.Popen([sys.executable, "-m", "workers", "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        stack = wait_for(tmp_path / "data" / "stack.json", up, timeout=60)
+        assert stack["servers"] == {}
+        assert stack["nats_url"] == servers.nats_url
+        assert len(dict(stack["workers"])) == 7  # type: ignore[call-overload]
+        assert not (tmp_path / "data" / "nats").exists()
+        assert not (tmp_path / "data" / "postgres").exists()
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+        log.close()

@@ -202,3 +202,32 @@ async def test_client_submits_and_waits_for_the_final_report(pipeline: Pipeline,
     assert (final.status, final.broker, final.filled_quantity) == ("filled", "alpaca", 3)
     assert [r.broker for r in tracker.routes] == ["alpaca"]
     assert again.duplicate
+
+
+async def test_client_streams_one_strategys_routes_reports_and_fills(pipeline: Pipeline, servers: Any) -> None:
+    """subscribe_strategy delivers that strategy's events and nothing of other strategies."""
+    import asyncio
+
+    mine = make_intent(strategy_id="watcher")
+    other = make_intent(strategy_id="someone-else")
+    routes: list[Any] = []
+    reports: list[Any] = []
+    fills: list[Any] = []
+    async with MbxClient.connect(servers.nats_url) as client:
+        subs = await client.subscribe_strategy(
+            "watcher", on_route=routes.append, on_report=reports.append, on_fill=fills.append
+        )
+        await client.submit(other)
+        await client.submit(mine)
+
+        async def complete() -> bool:
+            return any(r.final for r in reports) and bool(fills)
+
+        await eventually(complete)
+        await asyncio.sleep(0.2)  # let any stray event of the other strategy arrive before asserting
+        for sub in subs:
+            await sub.unsubscribe()
+    assert {r.intent_id for r in routes} == {mine.intent_id}
+    assert {r.intent_id for r in reports} == {mine.intent_id}
+    assert [f.intent_id for f in fills] == [mine.intent_id]
+    assert [r.status for r in reports] == ["accepted", "filled"]
