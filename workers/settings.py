@@ -16,7 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from contracts import BrokerName, Subjects
+from contracts import AssetClass, BrokerName, OrderType, Side, Subjects
+from workers.fees import DEFAULT_FEES, FeeSchedule, RegulatoryFees
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = REPO_ROOT / "mbx.yaml"
@@ -100,8 +101,84 @@ class RoutingWeights(_Strict):
         return self
 
 
+class WeightOverride(_Strict):
+    cost: float = Field(ge=0)
+    speed: float = Field(ge=0)
+    fill: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> Self:
+        total = self.cost + self.speed + self.fill
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"cost + speed + fill must be 1, got {total:g}")
+        return self
+
+
+class RuleMatch(_Strict):
+    """Conditions of a routing rule; every condition given must hold (an empty match matches all)."""
+
+    asset_class: list[AssetClass] | None = None
+    symbol: list[str] | None = Field(default=None, description="Glob patterns, e.g. BTC-* or AAPL.")
+    side: Side | None = None
+    order_type: list[OrderType] | None = None
+    strategy: list[str] | None = Field(default=None, description="Glob patterns of strategy ids.")
+    min_quantity: Decimal | None = Field(default=None, ge=0)
+    max_quantity: Decimal | None = Field(default=None, ge=0)
+    min_notional: Decimal | None = Field(default=None, ge=0, description="USD, estimated at the reference price.")
+    max_notional: Decimal | None = Field(default=None, ge=0)
+
+
+class RoutingRule(_Strict):
+    """A user routing rule. ``require`` and ``exclude`` are hard constraints; ``prefer`` picks the
+    broker among the eligible ones; ``weights`` replaces the scoring weights for matching orders."""
+
+    name: str = Field(min_length=1, max_length=100)
+    match: RuleMatch = Field(default_factory=RuleMatch)
+    prefer: list[BrokerName] = Field(default_factory=list)
+    require: list[BrokerName] = Field(default_factory=list)
+    exclude: list[BrokerName] = Field(default_factory=list)
+    weights: WeightOverride | None = None
+
+    @model_validator(mode="after")
+    def _does_something(self) -> Self:
+        if not (self.prefer or self.require or self.exclude or self.weights):
+            raise ValueError(f"rule {self.name!r} has no action: give prefer, require, exclude or weights")
+        return self
+
+
+def _default_latency() -> dict[BrokerName, float]:
+    # Alpaca: ack about RTT + 2 ms, marketable fill about 9 ms later; Schwab: 200-250 ms per REST
+    # call. The others publish nothing: 100 ms until the executors measure them.
+    return {
+        BrokerName.ALPACA: 15.0,
+        BrokerName.SCHWAB: 225.0,
+        BrokerName.COINBASE: 100.0,
+        BrokerName.ROBINHOOD: 100.0,
+        BrokerName.IBKR: 100.0,
+    }
+
+
 class RoutingConfig(_Strict):
     weights: RoutingWeights = Field(default_factory=RoutingWeights)
+    rules: list[RoutingRule] = Field(default_factory=list, description="Evaluated in order; see docs/routing.md.")
+    fees: dict[BrokerName, dict[AssetClass, FeeSchedule]] = Field(
+        default_factory=dict, description="Per broker and asset class; replaces the built-in schedule."
+    )
+    regulatory: RegulatoryFees = Field(default_factory=RegulatoryFees)
+    volume_30d: dict[BrokerName, Decimal] = Field(default_factory=dict, description="USD, selects fee tiers.")
+    expected_latency_ms: dict[BrokerName, float] = Field(default_factory=_default_latency)
+    fill_score_prior: float = Field(default=0.5, ge=0, le=1, description="Fill score until measured.")
+
+    @model_validator(mode="after")
+    def _unique_rule_names(self) -> Self:
+        names = [r.name for r in self.rules]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"rule names must be unique: {', '.join(duplicates)}")
+        return self
+
+    def fee_schedule(self, broker: BrokerName, asset: AssetClass) -> FeeSchedule | None:
+        return self.fees.get(broker, {}).get(asset) or DEFAULT_FEES.get(broker, {}).get(asset)
 
 
 class MbxConfig(_Strict):

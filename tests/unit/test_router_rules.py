@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from hypothesis import given, settings
@@ -9,12 +10,13 @@ from hypothesis import strategies as st
 
 from contracts import AssetClass, BrokerName, OrderType, RouteDecision, TimeInForce
 from tests.builders import CRYPTO, FRACTIONAL, NOTIONAL, OPTION, make_intent
-from workers.router.rules import Rejection, route
+from workers.router.rules import MarketView, Rejection, route
 from workers.settings import MbxConfig, parse_config
 
 
-def decide(config: MbxConfig | None = None, **overrides: Any) -> RouteDecision:
-    decision = route(make_intent(**overrides), config or MbxConfig())
+def decide(config: MbxConfig | None = None, reference_price: str | None = None, **overrides: Any) -> RouteDecision:
+    market = MarketView(reference_price=Decimal(reference_price)) if reference_price else None
+    decision = route(make_intent(**overrides), config or MbxConfig(), market=market)
     assert isinstance(decision, RouteDecision)
     return decision
 
@@ -37,22 +39,21 @@ def test_eligible_preference_wins_and_an_ineligible_one_is_explained() -> None:
     assert "preferred coinbase is not eligible" in refused.reason
 
 
-def test_disabled_default_falls_back_to_the_best_priority() -> None:
-    """With alpaca disabled an equity order goes to the eligible broker with the lowest priority."""
+def test_disabled_default_falls_back_to_the_best_score() -> None:
+    """With alpaca disabled an equity order goes to the best-scoring eligible broker.
+
+    robinhood: free and 100 ms; schwab: free but 225 ms; ibkr: $1 minimum commission and 100 ms.
+    """
     config = parse_config(
-        {
-            "brokers": {
-                "alpaca": {"enabled": False},
-                "robinhood": {"priority": 5},
-                "schwab": {"priority": 1},
-                "ibkr": {},
-                "coinbase": {},
-            }
-        }
+        {"brokers": {"alpaca": {"enabled": False}, "robinhood": {}, "schwab": {}, "ibkr": {}, "coinbase": {}}}
     )
-    decision = decide(config)
-    assert (decision.broker, decision.rule) == (BrokerName.SCHWAB, "priority")
-    assert decision.fallback_chain == (BrokerName.ROBINHOOD, BrokerName.IBKR)
+    decision = decide(config, reference_price="100")  # type: ignore[arg-type]
+    assert (decision.broker, decision.rule) == (BrokerName.ROBINHOOD, "score")
+    assert decision.fallback_chain == (BrokerName.SCHWAB, BrokerName.IBKR)
+    assert [c.broker for c in decision.candidates] == [BrokerName.ROBINHOOD, BrokerName.SCHWAB, BrokerName.IBKR]
+    ibkr = decision.candidates[-1]
+    assert ibkr.estimated_fee == Decimal("1.0000")
+    assert (ibkr.cost_score, ibkr.speed_score) == (0.0, 1.0)
 
 
 def test_fractional_equity_excludes_brokers_without_fractional_shares() -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from decimal import Decimal
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
 from contracts import ConsumerSpec, DeadLetterStage, ExecutionReport, OrderIntent, OrderStatus, RouteDecision
 from workers.bus import publish
-from workers.router.rules import Rejection, route
+from workers.router.rules import MarketView, Rejection, route
 from workers.runtime import PoisonMessage, Worker, parse
 from workers.settings import MbxConfig
 
@@ -16,11 +17,18 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
 
+class QuoteSource(Protocol):
+    """Where the router gets a reference price to estimate fees and order size."""
+
+    def mid(self, symbol: str) -> Decimal: ...
+
+
 class RouterHandlers:
-    def __init__(self, worker: Worker, spec: ConsumerSpec, config: MbxConfig) -> None:
+    def __init__(self, worker: Worker, spec: ConsumerSpec, config: MbxConfig, quotes: QuoteSource) -> None:
         self.worker = worker
         self.spec = spec
         self.config = config
+        self.quotes = quotes
 
     async def on_intent(self, msg: Msg) -> None:
         await self.worker.deliver(DeadLetterStage.ROUTER, self.spec, msg, self.route_intent)
@@ -33,7 +41,7 @@ class RouterHandlers:
             raise PoisonMessage(
                 f"subject strategy {subject_strategy!r} does not match payload strategy_id {intent.strategy_id!r}"
             )
-        outcome = route(intent, self.config)
+        outcome = route(intent, self.config, market=MarketView(reference_price=self.quotes.mid(intent.symbol)))
         subjects = self.worker.subjects
         if isinstance(outcome, RouteDecision):
             structlog.contextvars.bind_contextvars(broker=str(outcome.broker))

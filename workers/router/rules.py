@@ -1,28 +1,31 @@
-"""Which broker gets an intent: eligibility, the strategy's preference, then smart defaults.
+"""Which broker gets an intent, and why. Pure: no I/O.
 
-Pure: no I/O. Scoring by cost, speed and fill quality arrives with the scoring module; until
-then the decision lists no candidate scores and says which rule decided.
-
-Order of precedence:
-1. the intent's ``broker`` preference, when that broker is eligible;
-2. smart defaults: crypto -> coinbase, option -> schwab, fractional equity (quantity not whole,
-   or a notional amount) -> robinhood, equity -> alpaca;
-3. otherwise the eligible broker with the lowest configured priority number.
-The fallback chain is every other eligible broker, by priority.
+1. **Eligibility**: a broker must be configured, enabled, and support the intent's asset class,
+   order type, time in force, and fractional or dollar-amount size; brokers that already failed
+   this intent are out too. Every broker left out is listed with its reason.
+2. **User rules** (``routing.rules``, in config order) that match the intent apply together:
+   ``exclude`` removes brokers, ``require`` keeps only the listed ones (both hard constraints);
+   the first matching rule with ``weights`` sets the scoring weights; the first matching rule
+   with ``prefer`` names the preferred brokers.
+3. **Scoring** ranks every eligible broker by cost, speed and fill quality (``scoring.py``).
+4. **Choice**, first that applies: the intent's own ``broker`` preference; the first eligible
+   broker of the first matching ``prefer`` rule; the smart default (crypto -> coinbase,
+   option -> schwab, fractional equity -> robinhood, equity -> alpaca), the lowest rule layer;
+   otherwise the best score. The fallback chain is every other eligible broker, best score
+   first.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
 
-from contracts import (
-    AssetClass,
-    BrokerName,
-    ExcludedBroker,
-    OrderIntent,
-    RouteDecision,
-)
-from workers.settings import MbxConfig
+from contracts import AssetClass, BrokerName, CandidateScore, ExcludedBroker, OrderIntent, RouteDecision
+from workers.fees import commission, traded_value
+from workers.router.scoring import CandidateInputs, Weights, score
+from workers.settings import MbxConfig, RoutingRule
 from workers.venues.capabilities import CAPABILITIES
 
 
@@ -33,6 +36,15 @@ class Rejection:
     reason_code: str
     reason: str
     excluded: tuple[ExcludedBroker, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MarketView:
+    """What the router knows of the market and the brokers right now."""
+
+    reference_price: Decimal | None = None
+    latency_ms: Mapping[BrokerName, float] = field(default_factory=dict)
+    fill_scores: Mapping[BrokerName, float] = field(default_factory=dict)
 
 
 def smart_default(intent: OrderIntent) -> tuple[BrokerName, str]:
@@ -87,31 +99,92 @@ def exclusion(intent: OrderIntent, broker: BrokerName, config: MbxConfig) -> Exc
     return None
 
 
-def route(intent: OrderIntent, config: MbxConfig, attempt: int = 1) -> RouteDecision | Rejection:
+def order_size(intent: OrderIntent, price: Decimal | None) -> tuple[Decimal | None, Decimal | None]:
+    """(quantity, notional in USD) as far as the price allows."""
+    if intent.quantity is not None:
+        value = traded_value(intent.asset_class, intent.quantity, price) if price else None
+        return intent.quantity, value
+    assert intent.notional is not None
+    return (intent.notional / price if price else None), intent.notional
+
+
+def rule_matches(rule: RoutingRule, intent: OrderIntent, quantity: Decimal | None, notional: Decimal | None) -> bool:
+    m = rule.match
+    checks = [
+        m.asset_class is None or intent.asset_class in m.asset_class,
+        m.symbol is None or any(fnmatch.fnmatchcase(intent.symbol, p) for p in m.symbol),
+        m.side is None or intent.side is m.side,
+        m.order_type is None or intent.order_type in m.order_type,
+        m.strategy is None or any(fnmatch.fnmatchcase(intent.strategy_id, p) for p in m.strategy),
+        m.min_quantity is None or (quantity is not None and quantity >= m.min_quantity),
+        m.max_quantity is None or (quantity is not None and quantity <= m.max_quantity),
+        m.min_notional is None or (notional is not None and notional >= m.min_notional),
+        m.max_notional is None or (notional is not None and notional <= m.max_notional),
+    ]
+    return all(checks)
+
+
+def estimate_fee(intent: OrderIntent, broker: BrokerName, config: MbxConfig, price: Decimal | None) -> Decimal:
+    """Commission plus regulatory fees in USD; value-based parts are 0 when no price is known."""
+    quantity, _ = order_size(intent, price)
+    schedule = config.routing.fee_schedule(broker, intent.asset_class)
+    if quantity is None or schedule is None:
+        return Decimal(0)
+    unit_price = price or Decimal(0)
+    volume = config.routing.volume_30d.get(broker, Decimal(0))
+    fee = commission(schedule, intent.asset_class, quantity, unit_price, volume)
+    fee += config.routing.regulatory.estimate(
+        intent.asset_class, intent.side, quantity, traded_value(intent.asset_class, quantity, unit_price)
+    )
+    return fee.quantize(Decimal("0.0001"))
+
+
+def route(
+    intent: OrderIntent,
+    config: MbxConfig,
+    attempt: int = 1,
+    market: MarketView | None = None,
+    failed: Sequence[BrokerName] = (),
+) -> RouteDecision | Rejection:
     """Decide where ``intent`` goes, or why it cannot go anywhere."""
+    market = market or MarketView()
+    price = market.reference_price or intent.limit_price or intent.stop_price
+    quantity, notional = order_size(intent, price)
+    matching = [r for r in config.routing.rules if rule_matches(r, intent, quantity, notional)]
+
     excluded: list[ExcludedBroker] = []
     eligible: list[BrokerName] = []
     for broker in BrokerName:
-        reason = exclusion(intent, broker, config)
+        reason = _rule_or_state_exclusion(intent, broker, config, matching, failed)
         if reason is None:
             eligible.append(broker)
         else:
             excluded.append(reason)
     if not eligible:
-        return Rejection("no_eligible_broker", "no enabled broker can take this order", tuple(excluded))
+        code = "chain_exhausted" if failed else "no_eligible_broker"
+        why = "every eligible broker failed this order" if failed else "no enabled broker can take this order"
+        return Rejection(code, why, tuple(excluded))
 
-    by_priority = sorted(eligible, key=lambda b: (config.brokers[b].priority, list(BrokerName).index(b)))
-    default, default_rule = smart_default(intent)
-    if intent.broker is not None and intent.broker in eligible:
-        chosen, rule, why = intent.broker, "preference", f"the strategy asked for {intent.broker}"
-    elif default in eligible:
-        chosen, rule, why = default, default_rule, f"{default_rule.split(':')[1]} orders go to {default} by default"
-    else:
-        chosen, rule = by_priority[0], "priority"
-        why = f"{default} (the default) is not eligible; {chosen} has the best priority"
-    if intent.broker is not None and intent.broker != chosen:
-        why += f" (preferred {intent.broker} is not eligible)"
-
+    weight_rule = next((r for r in matching if r.weights is not None), None)
+    w = weight_rule.weights if weight_rule and weight_rule.weights else config.routing.weights
+    ranked = score(
+        [
+            CandidateInputs(
+                broker=b,
+                estimated_fee=estimate_fee(intent, b, config, price),
+                expected_latency_ms=market.latency_ms.get(b, config.routing.expected_latency_ms.get(b, 100.0)),
+                fill_score=market.fill_scores.get(b, config.routing.fill_score_prior),
+                priority=config.brokers[b].priority,
+            )
+            for b in eligible
+        ],
+        Weights(w.cost, w.speed, w.fill),
+    )
+    chosen, rule, why = _choose(intent, matching, eligible, ranked)
+    if weight_rule is not None:
+        why += f"; weights from rule {weight_rule.name}"
+    if price is None:
+        why += "; fees estimated without a reference price"
     return RouteDecision(
         message_id=f"route-{intent.intent_id}-{attempt}",
         correlation_id=intent.intent_id,
@@ -122,6 +195,64 @@ def route(intent: OrderIntent, config: MbxConfig, attempt: int = 1) -> RouteDeci
         intent=intent,
         rule=rule,
         reason=why,
+        candidates=tuple(ranked),
         excluded=tuple(excluded),
-        fallback_chain=tuple(b for b in by_priority if b != chosen),
+        fallback_chain=tuple(c.broker for c in ranked if c.broker != chosen),
+        failover_from=failed[-1] if failed else None,
+    )
+
+
+def route_batch(
+    intents: Sequence[OrderIntent], config: MbxConfig, market: Mapping[str, MarketView] | None = None
+) -> list[RouteDecision | Rejection]:
+    """Route many intents at once; ``market`` maps a symbol to what is known of it."""
+    views = market or {}
+    return [route(i, config, market=views.get(i.symbol)) for i in intents]
+
+
+def _rule_or_state_exclusion(
+    intent: OrderIntent,
+    broker: BrokerName,
+    config: MbxConfig,
+    matching: list[RoutingRule],
+    failed: Sequence[BrokerName],
+) -> ExcludedBroker | None:
+    if broker in failed:
+        return ExcludedBroker(broker=broker, reason_code="failed", reason=f"{broker} already failed this order")
+    reason = exclusion(intent, broker, config)
+    if reason is not None:
+        return reason
+    for rule in matching:
+        if broker in rule.exclude:
+            return ExcludedBroker(
+                broker=broker, reason_code="rule_exclude", reason=f"rule {rule.name} excludes {broker}"
+            )
+        if rule.require and broker not in rule.require:
+            return ExcludedBroker(
+                broker=broker, reason_code="rule_require", reason=f"rule {rule.name} requires {', '.join(rule.require)}"
+            )
+    return None
+
+
+def _choose(
+    intent: OrderIntent, matching: list[RoutingRule], eligible: list[BrokerName], ranked: list[CandidateScore]
+) -> tuple[BrokerName, str, str]:
+    if intent.broker is not None and intent.broker in eligible:
+        return intent.broker, "preference", f"the strategy asked for {intent.broker}"
+    note = f" (preferred {intent.broker} is not eligible)" if intent.broker is not None else ""
+    for rule in matching:
+        if rule.prefer:
+            for broker in rule.prefer:
+                if broker in eligible:
+                    return broker, f"rule:{rule.name}", f"rule {rule.name} prefers {broker}{note}"
+            break  # the first prefer rule decides; none of its brokers is eligible
+    default, default_rule = smart_default(intent)
+    if default in eligible:
+        kind = default_rule.split(":")[1]
+        return default, default_rule, f"{kind} orders go to {default} by default{note}"
+    best = ranked[0]
+    return (
+        best.broker,
+        "score",
+        (f"{default} (the default) is not eligible; {best.broker} scores best ({best.total:.3f}){note}"),
     )

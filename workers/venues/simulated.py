@@ -13,12 +13,12 @@ from datetime import UTC, datetime
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 
 from contracts import AssetClass, BrokerName, OrderIntent, OrderStatus, OrderType, Side
+from workers.fees import DEFAULT_FEES, commission, round_up_to_cent
 from workers.venues.base import Quote, VenueFill, VenueOrder, VenueRejected
 from workers.venues.capabilities import CAPABILITIES, VenueCapabilities
 
 CENT = Decimal("0.01")
 QTY_STEP = Decimal("0.000000001")
-OPTION_MULTIPLIER = Decimal(100)
 
 
 class QuoteModel:
@@ -41,27 +41,11 @@ class QuoteModel:
 
 
 def estimate_fee(broker: BrokerName, asset: AssetClass, quantity: Decimal, price: Decimal) -> Decimal:
-    """Fee in USD for one execution at the broker's entry-tier schedule."""
-    value = quantity * price * (OPTION_MULTIPLIER if asset is AssetClass.OPTION else 1)
-    fee = Decimal(0)
-    if asset is AssetClass.CRYPTO:
-        rate = {
-            BrokerName.ALPACA: Decimal("0.0025"),
-            BrokerName.COINBASE: Decimal("0.012"),
-            BrokerName.ROBINHOOD: Decimal(0),  # spread only
-            BrokerName.IBKR: Decimal("0.0018"),
-        }.get(broker, Decimal(0))
-        fee = value * rate
-        if broker is BrokerName.IBKR:
-            fee = min(max(fee, Decimal("1.75")), value * Decimal("0.01"))
-    elif asset is AssetClass.OPTION:
-        per_contract = {BrokerName.SCHWAB: Decimal("0.65"), BrokerName.IBKR: Decimal("0.65")}.get(broker, Decimal(0))
-        fee = quantity * per_contract
-        if broker is BrokerName.IBKR:
-            fee = max(fee, Decimal(1))
-    elif broker is BrokerName.IBKR:
-        fee = min(max(quantity * Decimal("0.005"), Decimal(1)), value * Decimal("0.01"))
-    return fee.quantize(CENT, ROUND_HALF_UP)
+    """What the simulated broker charges: its commission from the shared fee schedules."""
+    schedule = DEFAULT_FEES[broker].get(asset)
+    if schedule is None:
+        return Decimal(0)
+    return round_up_to_cent(commission(schedule, asset, quantity, price))
 
 
 class SimulatedVenue:
