@@ -216,6 +216,9 @@ class RouteDecision(Message):
     failover_from: BrokerName | None = Field(
         default=None, description="The broker that failed before this attempt, if any."
     )
+    failed_brokers: tuple[BrokerName, ...] = Field(
+        default=(), description="Every broker that already failed this intent, in order."
+    )
     config_version: int = Field(default=0, ge=0, description="Version of the routing config used.")
 
 

@@ -121,6 +121,14 @@ class Subjects:
             description="The router's share of order intents.",
         )
 
+    def router_failover_consumer(self) -> ConsumerSpec:
+        return ConsumerSpec(
+            stream=self.stream_name("EXECUTIONS"),
+            durable="router-failover",
+            filter_subjects=(f"{self.prefix}.failover.>",),
+            description="Failed attempts the router re-routes to the next broker.",
+        )
+
     def executor_consumer(self, broker: BrokerName) -> ConsumerSpec:
         return ConsumerSpec(
             stream=self.stream_name("ROUTES"),

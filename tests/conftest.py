@@ -73,8 +73,10 @@ async def fetch_all(db: AsyncEngine, sql: str, **params: Any) -> list[Any]:
 class Pipeline:
     """Router, one executor per broker and the aggregator, running in this event loop."""
 
-    def __init__(self, settings: Settings, config: MbxConfig) -> None:
-        self.venues = {b: SimulatedVenue(b) for b in BrokerName}
+    def __init__(
+        self, settings: Settings, config: MbxConfig, venue_overrides: dict[BrokerName, SimulatedVenue] | None = None
+    ) -> None:
+        self.venues = {b: SimulatedVenue(b) for b in BrokerName} | (venue_overrides or {})
         self.workers: list[Worker] = [build_worker("router", settings, config)]
         self.workers += [build_executor(settings, b, self.venues[b]) for b in config.enabled_brokers()]
         self.workers.append(build_worker("aggregator", settings, config))
@@ -91,8 +93,10 @@ class Pipeline:
 async def start_pipeline(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[Pipeline]]]:
     started: list[Pipeline] = []
 
-    async def start(config: MbxConfig | None = None) -> Pipeline:
-        pipeline = Pipeline(settings, config or MbxConfig())
+    async def start(
+        config: MbxConfig | None = None, venue_overrides: dict[BrokerName, SimulatedVenue] | None = None
+    ) -> Pipeline:
+        pipeline = Pipeline(settings, config or MbxConfig(), venue_overrides)
         await pipeline.start()
         started.append(pipeline)
         return pipeline

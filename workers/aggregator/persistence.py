@@ -14,8 +14,8 @@ from sqlalchemy import func
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from contracts import ExecutionReport, Fill, Message, RouteDecision
-from workers.db.models import InboxMessage, MultiBrokerRoute, Order, TradeLog
+from contracts import ExecutionReport, FailoverEvent, Fill, Message, RouteDecision
+from workers.db.models import FailoverRecord, InboxMessage, MultiBrokerRoute, Order, TradeLog
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +41,20 @@ class AuditStore:
             routes = [e.message for e in fresh if isinstance(e.message, RouteDecision)]
             reports = [e.message for e in fresh if isinstance(e.message, ExecutionReport)]
             fills = [e.message for e in fresh if isinstance(e.message, Fill)]
+            failovers = [e.message for e in fresh if isinstance(e.message, FailoverEvent)]
             if routes:
                 await self._insert_routes(conn, routes)
             if reports:
                 await self._upsert_reports(conn, reports)
             if fills:
                 await self._insert_fills(conn, fills)
+            if failovers:
+                rows = {(f.intent_id, f.attempt): _failover_row(f) for f in failovers}
+                await conn.execute(
+                    insert(FailoverRecord)
+                    .values(list(rows.values()))
+                    .on_conflict_do_nothing(index_elements=["intent_id", "attempt"])
+                )
             return len(fresh)
 
     async def _claim(self, conn: AsyncConnection, batch: list[Envelope]) -> list[Envelope]:
@@ -183,4 +191,16 @@ def _fill_row(f: Fill) -> dict[str, Any]:
         "price": f.price,
         "fee": f.fee,
         "executed_at": f.executed_at,
+    }
+
+
+def _failover_row(f: FailoverEvent) -> dict[str, Any]:
+    return {
+        "intent_id": f.intent_id,
+        "strategy_id": f.strategy_id,
+        "failed_broker": str(f.failed_broker),
+        "attempt": f.attempt,
+        "reason_code": f.reason_code,
+        "reason": f.reason,
+        "occurred_at": f.created_at,
     }

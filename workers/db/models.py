@@ -194,3 +194,19 @@ class InboxMessage(Base):
     message_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     subject: Mapped[str] = mapped_column(String(255), nullable=False)
     received_at: Mapped[datetime] = _now()
+
+
+class FailoverRecord(Base):
+    """Append-only log of failed attempts that were handed to the next broker."""
+
+    __tablename__ = "failover_events"
+    __table_args__ = (UniqueConstraint("intent_id", "attempt"), Index(None, "failed_broker", "occurred_at"))
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    intent_id: Mapped[str] = mapped_column(String(48), nullable=False)
+    strategy_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    failed_broker: Mapped[str] = mapped_column(BrokerCol, nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    reason_code: Mapped[str] = mapped_column(String(50), nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

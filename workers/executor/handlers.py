@@ -6,9 +6,17 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from contracts import ConsumerSpec, DeadLetterStage, ExecutionReport, Fill, OrderStatus, RouteDecision
+from contracts import (
+    ConsumerSpec,
+    DeadLetterStage,
+    ExecutionReport,
+    FailoverEvent,
+    Fill,
+    OrderStatus,
+    RouteDecision,
+)
 from workers.bus import publish
-from workers.executor.reports import fill_message, report
+from workers.executor.reports import failover_event, fill_message, report
 from workers.runtime import PoisonMessage, Worker, parse
 from workers.venues.base import Venue, VenueAmbiguous, VenueOrder, VenueRejected
 
@@ -34,10 +42,16 @@ class ExecutorHandlers:
         try:
             order = await self.venue.place_order(decision.intent, client_order_id)
         except VenueRejected as exc:
-            await self._emit(
-                decision,
-                report(decision, OrderStatus.REJECTED, 1, reason_code=exc.reason_code, reason=exc.reason, final=True),
+            # An order-specific rejection would fail anywhere: it ends the intent. Any other
+            # rejection hands the intent back to the router for the next broker in the chain.
+            final = exc.order_specific
+            rejected = report(
+                decision, OrderStatus.REJECTED, 1, reason_code=exc.reason_code, reason=exc.reason, final=final
             )
+            await self._emit(decision, rejected)
+            if not final:
+                await self._emit(decision, failover_event(decision, exc.reason_code, exc.reason))
+                return f"failover:{exc.reason_code}"
             return f"rejected:{exc.reason_code}"
         except VenueAmbiguous:
             # The order may exist at the broker: find it before anything else happens. If it is
@@ -57,10 +71,12 @@ class ExecutorHandlers:
         if order.status is not OrderStatus.ACCEPTED:
             await self._emit(decision, report(decision, order.status, 2, order))
 
-    async def _emit(self, decision: RouteDecision, message: ExecutionReport | Fill) -> None:
+    async def _emit(self, decision: RouteDecision, message: ExecutionReport | Fill | FailoverEvent) -> None:
         subjects = self.worker.subjects
         if isinstance(message, Fill):
             subject = subjects.fill(message.broker, message.symbol)
+        elif isinstance(message, FailoverEvent):
+            subject = subjects.failover(message.failed_broker)
         else:
             subject = subjects.execution(message.broker, message.status)
         await publish(self.worker.js, subject, message, intent_id=decision.intent_id, strategy_id=decision.strategy_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from contracts import ExecutionReport, Fill, OrderStatus, RouteDecision
+from contracts import ExecutionReport, FailoverEvent, Fill, OrderStatus, RouteDecision
 from workers.venues.base import VenueFill, VenueOrder
 
 
@@ -67,4 +67,18 @@ def fill_message(decision: RouteDecision, order: VenueOrder, fill: VenueFill) ->
         price=fill.price,
         fee=fill.fee,
         executed_at=fill.executed_at,
+    )
+
+
+def failover_event(decision: RouteDecision, reason_code: str, reason: str) -> FailoverEvent:
+    return FailoverEvent(
+        message_id=f"failover-{decision.intent_id}-{decision.attempt}",
+        correlation_id=decision.intent_id,
+        intent_id=decision.intent_id,
+        strategy_id=decision.strategy_id,
+        failed_broker=decision.broker,
+        attempt=decision.attempt,
+        reason_code=reason_code,
+        reason=reason,
+        decision=decision,
     )

@@ -10,8 +10,8 @@ from workers.venues.simulated import QuoteModel
 
 def build_router(settings: Settings, config: MbxConfig) -> Worker:
     worker = Worker("router", settings)
-    spec = settings.subjects.router_consumer()
     # Paper trading: reference prices from the same quote model the simulated brokers fill at.
-    handlers = RouterHandlers(worker, spec, config, QuoteModel())
-    worker.subscribe(spec, handlers.on_intent, batch_size=64)
+    handlers = RouterHandlers(worker, config, QuoteModel())
+    worker.subscribe(settings.subjects.router_consumer(), handlers.on_intent, batch_size=64)
+    worker.subscribe(settings.subjects.router_failover_consumer(), handlers.on_failover, batch_size=16)
     return worker

@@ -1,4 +1,4 @@
-"""The router's I/O edge: decode an intent, decide, publish the decision, ack."""
+"""The router's I/O edge: decode an intent or a failover, decide, publish the outcome, ack."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-from contracts import ConsumerSpec, DeadLetterStage, ExecutionReport, OrderIntent, OrderStatus, RouteDecision
+from contracts import (
+    DeadLetterStage,
+    ExecutionReport,
+    FailoverEvent,
+    OrderIntent,
+    OrderStatus,
+    RouteDecision,
+)
 from workers.bus import publish
 from workers.router.rules import MarketView, Rejection, route
 from workers.runtime import PoisonMessage, Worker, parse
@@ -24,14 +31,21 @@ class QuoteSource(Protocol):
 
 
 class RouterHandlers:
-    def __init__(self, worker: Worker, spec: ConsumerSpec, config: MbxConfig, quotes: QuoteSource) -> None:
+    def __init__(self, worker: Worker, config: MbxConfig, quotes: QuoteSource) -> None:
         self.worker = worker
-        self.spec = spec
         self.config = config
         self.quotes = quotes
 
+    def market(self, symbol: str) -> MarketView:
+        return MarketView(reference_price=self.quotes.mid(symbol))
+
     async def on_intent(self, msg: Msg) -> None:
-        await self.worker.deliver(DeadLetterStage.ROUTER, self.spec, msg, self.route_intent)
+        spec = self.worker.subjects.router_consumer()
+        await self.worker.deliver(DeadLetterStage.ROUTER, spec, msg, self.route_intent)
+
+    async def on_failover(self, msg: Msg) -> None:
+        spec = self.worker.subjects.router_failover_consumer()
+        await self.worker.deliver(DeadLetterStage.ROUTER, spec, msg, self.reroute)
 
     async def route_intent(self, msg: Msg) -> str:
         intent = parse(OrderIntent, msg.data)
@@ -41,7 +55,19 @@ class RouterHandlers:
             raise PoisonMessage(
                 f"subject strategy {subject_strategy!r} does not match payload strategy_id {intent.strategy_id!r}"
             )
-        outcome = route(intent, self.config, market=MarketView(reference_price=self.quotes.mid(intent.symbol)))
+        return await self._publish(intent, route(intent, self.config, market=self.market(intent.symbol)), 1)
+
+    async def reroute(self, msg: Msg) -> str:
+        """The next attempt after a failure, skipping every broker that already failed."""
+        event = parse(FailoverEvent, msg.data)
+        structlog.contextvars.bind_contextvars(intent_id=event.intent_id)
+        intent = event.decision.intent
+        failed = [*event.decision.failed_brokers, event.failed_broker]
+        attempt = event.attempt + 1
+        outcome = route(intent, self.config, attempt=attempt, market=self.market(intent.symbol), failed=failed)
+        return await self._publish(intent, outcome, attempt)
+
+    async def _publish(self, intent: OrderIntent, outcome: RouteDecision | Rejection, attempt: int) -> str:
         subjects = self.worker.subjects
         if isinstance(outcome, RouteDecision):
             structlog.contextvars.bind_contextvars(broker=str(outcome.broker))
@@ -53,7 +79,7 @@ class RouterHandlers:
                 strategy_id=intent.strategy_id,
             )
             return f"routed:{outcome.broker}"
-        report = rejection_report(intent, outcome)
+        report = rejection_report(intent, outcome, attempt)
         await publish(
             self.worker.js,
             subjects.execution(None, OrderStatus.REJECTED),
@@ -64,15 +90,16 @@ class RouterHandlers:
         return f"rejected:{outcome.reason_code}"
 
 
-def rejection_report(intent: OrderIntent, rejection: Rejection) -> ExecutionReport:
+def rejection_report(intent: OrderIntent, rejection: Rejection, attempt: int = 1) -> ExecutionReport:
     details = "; ".join(f"{e.broker}: {e.reason}" for e in rejection.excluded)
     return ExecutionReport(
-        message_id=f"exec-{intent.intent_id}-router-rejected",
+        message_id=f"exec-{intent.intent_id}-router-rejected-{attempt}",
         correlation_id=intent.intent_id,
         intent_id=intent.intent_id,
         strategy_id=intent.strategy_id,
         broker=None,
         status=OrderStatus.REJECTED,
+        attempt=attempt,
         client_order_id=intent.intent_id,
         symbol=intent.symbol,
         asset_class=intent.asset_class,

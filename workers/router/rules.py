@@ -199,6 +199,7 @@ def route(
         excluded=tuple(excluded),
         fallback_chain=tuple(c.broker for c in ranked if c.broker != chosen),
         failover_from=failed[-1] if failed else None,
+        failed_brokers=tuple(failed),
     )
 
 
