@@ -22,6 +22,7 @@ from contracts.messages import (
     DeadLetter,
     ExcludedBroker,
     ExecutionReport,
+    ExposureSnapshot,
     FailoverEvent,
     Fill,
     Message,
@@ -29,6 +30,7 @@ from contracts.messages import (
     PositionLine,
     PositionSnapshot,
     RouteDecision,
+    RoutePreview,
 )
 from contracts.subjects import (
     DEFAULT_PREFIX,
@@ -60,6 +62,7 @@ __all__ = [
     "DeadLetterStage",
     "ExcludedBroker",
     "ExecutionReport",
+    "ExposureSnapshot",
     "FailoverEvent",
     "Fill",
     "Message",
@@ -69,6 +72,7 @@ __all__ = [
     "PositionLine",
     "PositionSnapshot",
     "RouteDecision",
+    "RoutePreview",
     "Side",
     "StreamSpec",
     "Subjects",

@@ -346,3 +346,27 @@ class DeadLetter(Message):
     error: str = Field(description="Why the message was dead-lettered.")
     delivery_count: int = Field(ge=0)
     stream_sequence: int | None = None
+
+
+class RoutePreview(Message):
+    """Reply to a route preview request on ``mbx.api.route.preview`` (the request body is an
+    OrderIntent). Nothing is published or placed. Exactly one of ``decision``, ``rejection_code``
+    or ``error`` is set."""
+
+    decision: RouteDecision | None = None
+    rejection_code: str = Field(default="", description="Why no broker would take the intent.")
+    rejection_reason: str = ""
+    excluded: tuple[ExcludedBroker, ...] = ()
+    error: str = Field(default="", description="The request was not a valid OrderIntent.")
+
+
+class ExposureSnapshot(Message):
+    """Cross-broker exposure in USD, including in-flight orders, as the router's risk checks see
+    it. Kept in the exposure KV bucket under key ``current``."""
+
+    portfolio_value: NonNegativeDecimal = Field(description="Total value of every broker account.")
+    by_broker: dict[BrokerName, Decimal] = Field(default_factory=dict, description="Gross exposure per broker.")
+    by_symbol: dict[str, Decimal] = Field(
+        default_factory=dict, description="Net signed exposure per symbol across brokers (long > 0)."
+    )
+    positions: dict[str, Decimal] = Field(default_factory=dict, description="Net quantity per symbol.")

@@ -185,6 +185,22 @@ class Subjects:
     def api(self, name: str) -> str:
         return f"{self.prefix}.api.{name}"
 
+    @property
+    def route_preview(self) -> str:
+        return self.api("route.preview")
+
+    # KV buckets -----------------------------------------------------------------------------
+
+    @property
+    def config_bucket(self) -> str:
+        """Live routing config: key ``trading`` (the YAML shape, as JSON, without credentials)."""
+        return f"{self.prefix}_config"
+
+    @property
+    def exposure_bucket(self) -> str:
+        """Cross-broker exposure: key ``current`` (an ExposureSnapshot)."""
+        return f"{self.prefix}_exposure"
+
     def kind(self, subject: str) -> str:
         """The message kind of a subject: ``orders``, ``routes``, ``exec``, ``fills``, ..."""
         parts = subject.split(".")

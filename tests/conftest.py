@@ -16,10 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import BrokerName
 from tests.servers import Servers, session_servers
+from workers.bus import ensure_streams
 from workers.db.engine import make_engine
 from workers.db.migrate import upgrade
 from workers.entry import build_worker
 from workers.executor.app import build_executor
+from workers.router.app import write_live_config
 from workers.runtime import Worker
 from workers.settings import MbxConfig, Settings
 from workers.venues.simulated import SimulatedVenue
@@ -76,12 +78,22 @@ class Pipeline:
     def __init__(
         self, settings: Settings, config: MbxConfig, venue_overrides: dict[BrokerName, SimulatedVenue] | None = None
     ) -> None:
+        self.settings = settings
+        self.config = config
         self.venues = {b: SimulatedVenue(b) for b in BrokerName} | (venue_overrides or {})
         self.workers: list[Worker] = [build_worker("router", settings, config)]
         self.workers += [build_executor(settings, b, self.venues[b]) for b in config.enabled_brokers()]
         self.workers.append(build_worker("aggregator", settings, config))
 
     async def start(self) -> None:
+        # The router reads its config from KV: put this pipeline's config there first, as an
+        # operator would, so no earlier test's config leaks in.
+        nc = await nats.connect(self.settings.nats_url or "")
+        try:
+            await ensure_streams(nc.jetstream(), self.settings.subjects)
+            await write_live_config(nc.jetstream(), self.settings.subjects, self.config)
+        finally:
+            await nc.close()
         for worker in self.workers:
             await worker.start()
 

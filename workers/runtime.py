@@ -125,6 +125,7 @@ class Worker:
         self._js = self.broker.connection.jetstream(timeout=5.0)
         await ensure_streams(self._js, self.subjects)
         self._stopping.clear()
+        await self.prepare()
         for sub in self._subscriptions:
             await ensure_consumer(self._js, sub.spec)
             pull = await self._js.pull_subscribe_bind(sub.spec.durable, sub.spec.stream)
@@ -132,11 +133,22 @@ class Worker:
             self._tasks.append(asyncio.create_task(self._pull_loop(sub, pull), name=f"{self.name}:{sub.spec.durable}"))
         log.info("worker started", worker=self.name)
 
+    async def prepare(self) -> None:
+        """Load what the handlers need before the first message is pulled (override)."""
+
+    async def cleanup(self) -> None:
+        """Release what ``prepare`` set up, after the pull loops ended (override)."""
+
+    @property
+    def stopping(self) -> asyncio.Event:
+        return self._stopping
+
     async def stop(self) -> None:
         self._stopping.set()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await self.cleanup()
         # Unsubscribe before the broker drains the connection: a drained pull subscription
         # waits forever on its internal queue.
         for pull in self._pulls:

@@ -19,11 +19,13 @@ from contracts import (
     CancelRequest,
     DeadLetter,
     ExecutionReport,
+    ExposureSnapshot,
     FailoverEvent,
     Fill,
     OrderIntent,
     PositionSnapshot,
     RouteDecision,
+    RoutePreview,
     Subjects,
 )
 from contracts.enums import BrokerName, DeadLetterStage, OrderStatus
@@ -40,6 +42,8 @@ MODELS: tuple[type[BaseModel], ...] = (
     PositionSnapshot,
     BrokerStatus,
     DeadLetter,
+    RoutePreview,
+    ExposureSnapshot,
 )
 
 
@@ -112,6 +116,12 @@ def asyncapi() -> dict[str, Any]:
             "BrokerStatus",
             {"broker": broker},
             "Broker health (the stream keeps the latest).",
+        ),
+        "routePreview": (
+            "mbx.api.route.preview",
+            "RoutePreview",
+            {},
+            "Request/reply: send an OrderIntent, receive the RoutePreview the router would decide now.",
         ),
         "deadLetter": (
             "mbx.dlq.{stage}",

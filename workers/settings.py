@@ -83,9 +83,24 @@ class DatabaseConfig(_Strict):
     url: str | None = None
 
 
+class KillSwitches(_Strict):
+    """Stop new orders: everything, or per broker, strategy or symbol."""
+
+    all: bool = False
+    brokers: list[BrokerName] = Field(default_factory=list)
+    strategies: list[str] = Field(default_factory=list)
+    symbols: list[str] = Field(default_factory=list)
+
+
 class RiskConfig(_Strict):
-    max_broker_allocation: Decimal = Field(default=Decimal("0.8"), gt=0, le=1)
+    max_broker_allocation: Decimal = Field(
+        default=Decimal("0.8"), gt=0, le=1, description="Largest share of portfolio value on one broker."
+    )
     min_broker_diversification: int = Field(default=1, ge=1)
+    max_order_notional: Decimal | None = Field(default=None, gt=0, description="USD per order.")
+    max_symbol_exposure: Decimal | None = Field(default=None, gt=0, description="USD net per symbol, all brokers.")
+    reduce_only: bool = Field(default=False, description="Accept only orders that shrink a position.")
+    kill_switches: KillSwitches = Field(default_factory=KillSwitches)
 
 
 class RoutingWeights(_Strict):

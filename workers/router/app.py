@@ -1,17 +1,142 @@
-"""Composition root of the router worker."""
+"""Composition root of the router worker, and its live-config and exposure watchers."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from contracts import Subjects
 from workers.router.handlers import RouterHandlers
+from workers.router.state import CONFIG_KEY, EXPOSURE_KEY, RouterState, config_to_json
 from workers.runtime import Worker
 from workers.settings import MbxConfig, Settings
 from workers.venues.simulated import QuoteModel
 
+log = structlog.get_logger("mbx.router")
 
-def build_router(settings: Settings, config: MbxConfig) -> Worker:
-    worker = Worker("router", settings)
-    # Paper trading: reference prices from the same quote model the simulated brokers fill at.
-    handlers = RouterHandlers(worker, config, QuoteModel())
-    worker.subscribe(settings.subjects.router_consumer(), handlers.on_intent, batch_size=64)
-    worker.subscribe(settings.subjects.router_failover_consumer(), handlers.on_failover, batch_size=16)
+CONFIG_STATUS_KEY = "trading.status"
+
+
+async def open_bucket(worker: Worker, bucket: str, history: int = 1) -> KeyValue:
+    try:
+        return await worker.js.key_value(bucket)
+    except BucketNotFoundError:
+        return await worker.js.create_key_value(bucket=bucket, history=history)
+
+
+async def write_live_config(js: JetStreamContext, subjects: Subjects, config: MbxConfig) -> int:
+    """Replace the live routing config (what `mbx config set` does); returns the new revision."""
+    try:
+        kv = await js.key_value(subjects.config_bucket)
+    except BucketNotFoundError:
+        kv = await js.create_key_value(bucket=subjects.config_bucket, history=20)
+    return int(await kv.put(CONFIG_KEY, config_to_json(config)))
+
+
+class RouterWorker(Worker):
+    """The router: decisions from live state kept current by KV watches."""
+
+    def __init__(self, settings: Settings, seed_config: MbxConfig) -> None:
+        super().__init__("router", settings)
+        self.seed_config = seed_config
+        self.state = RouterState(seed_config)
+        self.handlers = RouterHandlers(self, self.state, QuoteModel())
+        self._watchers: list[Any] = []
+        self._watch_tasks: list[asyncio.Task[None]] = []
+        self._preview_sub: Any = None
+
+    async def prepare(self) -> None:
+        subjects = self.subjects
+        self.config_kv = await open_bucket(self, subjects.config_bucket, history=20)
+        exposure_kv = await open_bucket(self, subjects.exposure_bucket)
+        # The YAML config seeds an empty bucket; afterwards the bucket is the source of truth.
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await self.config_kv.create(CONFIG_KEY, config_to_json(self.seed_config))
+        await self._load_config()
+        await self._load(exposure_kv, EXPOSURE_KEY, self._apply_exposure)
+        for kv, key, apply in (
+            (self.config_kv, CONFIG_KEY, self._apply_config),
+            (exposure_kv, EXPOSURE_KEY, self._apply_exposure),
+        ):
+            self._watch_tasks.append(asyncio.create_task(self._watch(kv, key, apply)))
+        self._preview_sub = await self.broker.connection.subscribe(
+            subjects.route_preview, queue="router", cb=self.handlers.preview
+        )
+        log.info("router state loaded", config_version=self.state.version, exposure=self.state.snapshot is not None)
+
+    async def cleanup(self) -> None:
+        for watcher in self._watchers:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+        for task in self._watch_tasks:
+            task.cancel()
+        await asyncio.gather(*self._watch_tasks, return_exceptions=True)
+        self._watch_tasks.clear()
+        if self._preview_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._preview_sub.unsubscribe()
+
+    async def _load_config(self) -> None:
+        """Start from the newest valid config revision (the latest may have been refused)."""
+        try:
+            history = await self.config_kv.history(CONFIG_KEY)
+        except KeyNotFoundError:
+            return
+        for entry in reversed(history):
+            if entry.value and self.state.apply_config(entry.value, entry.revision or 0) is None:
+                return
+
+    async def _load(self, kv: KeyValue, key: str, apply: Callable[[bytes, int], Any]) -> None:
+        with contextlib.suppress(KeyNotFoundError):
+            entry = await kv.get(key)
+            if entry.value is not None:
+                await apply(entry.value, entry.revision or 0)
+
+    async def _watch(self, kv: KeyValue, key: str, apply: Callable[[bytes, int], Any]) -> None:
+        """Apply every change of ``key``; re-create the watch with backoff if it breaks."""
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                watcher = await kv.watch(key)
+                self._watchers.append(watcher)
+                async for entry in watcher:
+                    if entry is not None and entry.value and entry.operation is None:
+                        await apply(entry.value, entry.revision or 0)
+                    delay = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001  (the watch broke, e.g. a reconnect: start again)
+                log.warning("kv watch failed, retrying", key=key, error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _apply_config(self, raw: bytes, revision: int) -> None:
+        if revision and revision <= self.state.version:
+            return
+        error = self.state.apply_config(raw, revision)
+        if error is None:
+            log.info("routing config applied", config_version=revision)
+            return
+        # Refused: the previous config stays; say why where operators and tools can see it.
+        log.warning("routing config refused", revision=revision, error=error, config_version=self.state.version)
+        with contextlib.suppress(Exception):
+            await self.config_kv.put(CONFIG_STATUS_KEY, error.encode())
+
+    async def _apply_exposure(self, raw: bytes, _revision: int) -> None:
+        error = self.state.apply_exposure(raw)
+        if error is not None:
+            log.warning("exposure snapshot refused", error=error)
+
+
+def build_router(settings: Settings, config: MbxConfig) -> RouterWorker:
+    worker = RouterWorker(settings, config)
+    worker.subscribe(settings.subjects.router_consumer(), worker.handlers.on_intent, batch_size=64)
+    worker.subscribe(settings.subjects.router_failover_consumer(), worker.handlers.on_failover, batch_size=16)
     return worker

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
 from contracts import (
+    BrokerName,
     DeadLetterStage,
     ExecutionReport,
     FailoverEvent,
     OrderIntent,
     OrderStatus,
     RouteDecision,
+    RoutePreview,
 )
 from workers.bus import publish
 from workers.router.rules import MarketView, Rejection, route
+from workers.router.state import RouterState
 from workers.runtime import PoisonMessage, Worker, parse
-from workers.settings import MbxConfig
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -31,13 +34,45 @@ class QuoteSource(Protocol):
 
 
 class RouterHandlers:
-    def __init__(self, worker: Worker, config: MbxConfig, quotes: QuoteSource) -> None:
+    def __init__(self, worker: Worker, state: RouterState, quotes: QuoteSource) -> None:
         self.worker = worker
-        self.config = config
+        self.state = state
         self.quotes = quotes
 
-    def market(self, symbol: str) -> MarketView:
-        return MarketView(reference_price=self.quotes.mid(symbol))
+    def decide(
+        self, intent: OrderIntent, attempt: int = 1, failed: Sequence[BrokerName] = ()
+    ) -> tuple[RouteDecision | Rejection, Decimal]:
+        price = self.quotes.mid(intent.symbol)
+        outcome = route(
+            intent,
+            self.state.config,
+            attempt=attempt,
+            failed=failed,
+            market=MarketView(reference_price=price),
+            risk=self.state.risk_view(),
+            config_version=self.state.version,
+        )
+        return outcome, price
+
+    async def preview(self, msg: Msg) -> None:
+        """Reply with the full decision for an intent; nothing is published or placed."""
+        try:
+            intent = parse(OrderIntent, msg.data)
+        except PoisonMessage as exc:
+            reply = RoutePreview(error=str(exc))
+        else:
+            outcome, _ = self.decide(intent)
+            if isinstance(outcome, RouteDecision):
+                reply = RoutePreview(correlation_id=intent.intent_id, decision=outcome)
+            else:
+                reply = RoutePreview(
+                    correlation_id=intent.intent_id,
+                    rejection_code=outcome.reason_code,
+                    rejection_reason=outcome.reason,
+                    excluded=outcome.excluded,
+                )
+        if msg.reply:
+            await msg.respond(reply.model_dump_json().encode())
 
     async def on_intent(self, msg: Msg) -> None:
         spec = self.worker.subjects.router_consumer()
@@ -55,7 +90,8 @@ class RouterHandlers:
             raise PoisonMessage(
                 f"subject strategy {subject_strategy!r} does not match payload strategy_id {intent.strategy_id!r}"
             )
-        return await self._publish(intent, route(intent, self.config, market=self.market(intent.symbol)), 1)
+        outcome, price = self.decide(intent)
+        return await self._publish(intent, outcome, 1, price)
 
     async def reroute(self, msg: Msg) -> str:
         """The next attempt after a failure, skipping every broker that already failed."""
@@ -64,12 +100,15 @@ class RouterHandlers:
         intent = event.decision.intent
         failed = [*event.decision.failed_brokers, event.failed_broker]
         attempt = event.attempt + 1
-        outcome = route(intent, self.config, attempt=attempt, market=self.market(intent.symbol), failed=failed)
-        return await self._publish(intent, outcome, attempt)
+        outcome, price = self.decide(intent, attempt, failed)
+        return await self._publish(intent, outcome, attempt, price)
 
-    async def _publish(self, intent: OrderIntent, outcome: RouteDecision | Rejection, attempt: int) -> str:
+    async def _publish(
+        self, intent: OrderIntent, outcome: RouteDecision | Rejection, attempt: int, price: Decimal
+    ) -> str:
         subjects = self.worker.subjects
         if isinstance(outcome, RouteDecision):
+            self.state.record(outcome, price)
             structlog.contextvars.bind_contextvars(broker=str(outcome.broker))
             await publish(
                 self.worker.js,

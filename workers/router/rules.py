@@ -1,8 +1,10 @@
 """Which broker gets an intent, and why. Pure: no I/O.
 
+0. **Risk** (``risk.py``): kill switches and intent-level limits may deny the intent outright.
 1. **Eligibility**: a broker must be configured, enabled, and support the intent's asset class,
    order type, time in force, and fractional or dollar-amount size; brokers that already failed
-   this intent are out too. Every broker left out is listed with its reason.
+   this intent, killed brokers and brokers over their allocation limits are out too. Every
+   broker left out is listed with its reason.
 2. **User rules** (``routing.rules``, in config order) that match the intent apply together:
    ``exclude`` removes brokers, ``require`` keeps only the listed ones (both hard constraints);
    the first matching rule with ``weights`` sets the scoring weights; the first matching rule
@@ -24,6 +26,7 @@ from decimal import Decimal
 
 from contracts import AssetClass, BrokerName, CandidateScore, ExcludedBroker, OrderIntent, RouteDecision
 from workers.fees import commission, traded_value
+from workers.router.risk import RiskView, broker_exclusion, deny
 from workers.router.scoring import CandidateInputs, Weights, score
 from workers.settings import MbxConfig, RoutingRule
 from workers.venues.capabilities import CAPABILITIES
@@ -142,20 +145,29 @@ def estimate_fee(intent: OrderIntent, broker: BrokerName, config: MbxConfig, pri
 def route(
     intent: OrderIntent,
     config: MbxConfig,
+    *,
     attempt: int = 1,
     market: MarketView | None = None,
     failed: Sequence[BrokerName] = (),
+    risk: RiskView | None = None,
+    config_version: int = 0,
 ) -> RouteDecision | Rejection:
     """Decide where ``intent`` goes, or why it cannot go anywhere."""
     market = market or MarketView()
+    risk = risk or RiskView()
     price = market.reference_price or intent.limit_price or intent.stop_price
     quantity, notional = order_size(intent, price)
+    denial = deny(intent, notional, config, risk)
+    if denial is not None:
+        return Rejection(denial.reason_code, denial.reason, ())
     matching = [r for r in config.routing.rules if rule_matches(r, intent, quantity, notional)]
 
     excluded: list[ExcludedBroker] = []
     eligible: list[BrokerName] = []
     for broker in BrokerName:
-        reason = _rule_or_state_exclusion(intent, broker, config, matching, failed)
+        reason = _rule_or_state_exclusion(intent, broker, config, matching, failed) or broker_exclusion(
+            broker, notional, config, risk
+        )
         if reason is None:
             eligible.append(broker)
         else:
@@ -200,6 +212,7 @@ def route(
         fallback_chain=tuple(c.broker for c in ranked if c.broker != chosen),
         failover_from=failed[-1] if failed else None,
         failed_brokers=tuple(failed),
+        config_version=config_version,
     )
 
 
