@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.js.errors import BucketNotFoundError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -72,6 +73,15 @@ async def fetch_all(db: AsyncEngine, sql: str, **params: Any) -> list[Any]:
         return list((await conn.execute(text(sql), params)).mappings().all())
 
 
+async def reset_exposure(js: Any, subjects: Any) -> None:
+    """No exposure snapshot: allocation limits off, as on a fresh deployment."""
+    try:
+        kv = await js.key_value(subjects.exposure_bucket)
+    except BucketNotFoundError:
+        return
+    await kv.purge("current")
+
+
 class Pipeline:
     """Router, one executor per broker and the aggregator, running in this event loop."""
 
@@ -92,6 +102,7 @@ class Pipeline:
         try:
             await ensure_streams(nc.jetstream(), self.settings.subjects)
             await write_live_config(nc.jetstream(), self.settings.subjects, self.config)
+            await reset_exposure(nc.jetstream(), self.settings.subjects)
         finally:
             await nc.close()
         for worker in self.workers:

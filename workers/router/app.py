@@ -107,8 +107,10 @@ class RouterWorker(Worker):
                 watcher = await kv.watch(key)
                 self._watchers.append(watcher)
                 async for entry in watcher:
-                    if entry is not None and entry.value and entry.operation is None:
-                        await apply(entry.value, entry.revision or 0)
+                    if entry is not None:
+                        # A deleted or purged key arrives with an operation and no value.
+                        value = entry.value if entry.operation is None else b""
+                        await apply(value or b"", entry.revision or 0)
                     delay = 0.5
             except asyncio.CancelledError:
                 raise
@@ -120,6 +122,9 @@ class RouterWorker(Worker):
     async def _apply_config(self, raw: bytes, revision: int) -> None:
         if revision and revision <= self.state.version:
             return
+        if not raw:
+            log.warning("routing config key deleted; keeping the current config", config_version=self.state.version)
+            return
         error = self.state.apply_config(raw, revision)
         if error is None:
             log.info("routing config applied", config_version=revision)
@@ -130,6 +135,9 @@ class RouterWorker(Worker):
             await self.config_kv.put(CONFIG_STATUS_KEY, error.encode())
 
     async def _apply_exposure(self, raw: bytes, _revision: int) -> None:
+        if not raw:
+            self.state.clear_exposure()
+            return
         error = self.state.apply_exposure(raw)
         if error is not None:
             log.warning("exposure snapshot refused", error=error)

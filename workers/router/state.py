@@ -70,6 +70,10 @@ class RouterState:
         self._in_flight = [f for f in self._in_flight if f.at > snapshot.created_at]
         return None
 
+    def clear_exposure(self) -> None:
+        """No snapshot any more (the key was purged): allocation limits are off until the next."""
+        self.snapshot = None
+
     def risk_view(self) -> RiskView:
         by_broker: dict[BrokerName, Decimal] = {}
         by_symbol: dict[str, Decimal] = {}

@@ -1,0 +1,184 @@
+"""The router on a real server: preview, live config from KV, kill switches, allocation limits."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from nats.aio.client import Client as NatsClient
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts import BrokerName, ExposureSnapshot, RoutePreview
+from tests.builders import CRYPTO, intent_payload, make_intent
+from tests.conftest import Pipeline, eventually, fetch_all
+from tests.integration.test_walking_skeleton import final_order, publish_json
+from workers.router.state import CONFIG_KEY, config_to_json
+from workers.settings import MbxConfig, parse_config
+from workers.venues.simulated import QuoteModel
+
+pytestmark = pytest.mark.integration
+
+
+async def preview(nc: NatsClient, **overrides: Any) -> RoutePreview:
+    reply = await nc.request("mbx.api.route.preview", make_intent(**overrides).model_dump_json().encode(), timeout=5)
+    return RoutePreview.model_validate_json(reply.data)
+
+
+async def put_config(nc: NatsClient, config: MbxConfig) -> int:
+    kv = await nc.jetstream().key_value("mbx_config")
+    return int(await kv.put(CONFIG_KEY, config_to_json(config)))
+
+
+async def test_preview_returns_the_full_breakdown_and_places_nothing(
+    pipeline: Pipeline, nc: NatsClient, db: AsyncEngine
+) -> None:
+    """Every candidate's scores, the excluded brokers and the rule; no route, no order."""
+    answer = await preview(nc, **CRYPTO)
+    decision = answer.decision
+    assert decision is not None
+    assert decision.broker is BrokerName.COINBASE
+    assert decision.rule == "default:crypto"
+    assert {c.broker for c in decision.candidates} == {
+        BrokerName.COINBASE,
+        BrokerName.ALPACA,
+        BrokerName.ROBINHOOD,
+        BrokerName.IBKR,
+    }
+    assert all(c.estimated_fee > 0 for c in decision.candidates)
+    assert [e.broker for e in decision.excluded] == [BrokerName.SCHWAB]
+    assert decision.config_version > 0
+    assert await fetch_all(db, "SELECT 1 FROM multi_broker_routes WHERE intent_id = :i", i=decision.intent_id) == []
+    assert all(o.client_order_id != decision.intent_id for o in pipeline.venues[BrokerName.COINBASE].orders)
+
+
+async def test_preview_of_an_invalid_intent_says_what_is_wrong(pipeline: Pipeline, nc: NatsClient) -> None:
+    reply = await nc.request("mbx.api.route.preview", b'{"intent_id": "x"}', timeout=5)
+    answer = RoutePreview.model_validate_json(reply.data)
+    assert answer.decision is None
+    assert "strategy_id" in answer.error
+
+
+async def test_a_rule_written_to_kv_changes_the_next_decision_without_restart(
+    pipeline: Pipeline, nc: NatsClient
+) -> None:
+    """Within a second of the KV write the router decides by the new rule and version."""
+    before = await preview(nc)
+    assert before.decision is not None and before.decision.broker is BrokerName.ALPACA
+    revision = await put_config(
+        nc,
+        parse_config(
+            {"routing": {"rules": [{"name": "aapl-to-ibkr", "match": {"symbol": ["AAPL"]}, "prefer": ["ibkr"]}]}}
+        ),
+    )
+
+    async def switched() -> RoutePreview | None:
+        answer = await preview(nc)
+        return answer if answer.decision and answer.decision.broker is BrokerName.IBKR else None
+
+    after = await eventually(switched, timeout=1.0)
+    assert after.decision is not None
+    assert (after.decision.rule, after.decision.config_version) == ("rule:aapl-to-ibkr", revision)
+
+
+async def test_weights_written_to_kv_change_the_ranking(pipeline: Pipeline, nc: NatsClient) -> None:
+    """Cost-only weights rank the cheapest broker first; speed-only the fastest."""
+
+    async def top(weights: dict[str, float]) -> BrokerName:
+        revision = await put_config(nc, parse_config({"routing": {"weights": weights}}))
+
+        async def applied() -> RoutePreview | None:
+            answer = await preview(nc, **CRYPTO)
+            return answer if answer.decision and answer.decision.config_version == revision else None
+
+        answer = await eventually(applied, timeout=1.0)
+        assert answer.decision is not None
+        return answer.decision.candidates[0].broker
+
+    assert await top({"cost": 1.0, "speed": 0.0, "fill": 0.0}) is BrokerName.ALPACA  # 0.25% vs 1.2% / 0.85%
+    assert await top({"cost": 0.0, "speed": 1.0, "fill": 0.0}) is BrokerName.ALPACA  # 15 ms vs 100 ms
+    assert await top({"cost": 0.1, "speed": 0.0, "fill": 0.9}) is BrokerName.ALPACA  # tie on fill: cost decides
+
+
+async def test_an_invalid_config_is_refused_with_a_reason_and_the_old_one_stays(
+    pipeline: Pipeline, nc: NatsClient
+) -> None:
+    kv = await nc.jetstream().key_value("mbx_config")
+    good = await put_config(nc, parse_config({"routing": {"weights": {"cost": 0.5, "speed": 0.25, "fill": 0.25}}}))
+    await eventually(lambda: _version_is(nc, good), timeout=1.0)
+    bad = json.loads(config_to_json(MbxConfig()))
+    bad["routing"]["weights"] = {"cost": 0.9, "speed": 0.9, "fill": 0.9}
+    await kv.put(CONFIG_KEY, json.dumps(bad).encode())
+
+    async def refused() -> str:
+        try:
+            entry = await kv.get("trading.status")
+        except Exception:
+            return ""
+        return (entry.value or b"").decode()
+
+    reason = await eventually(refused, timeout=2.0)
+    assert "routing.weights: cost + speed + fill must be 1" in reason
+    answer = await preview(nc)
+    assert answer.decision is not None and answer.decision.config_version == good
+
+
+async def _version_is(nc: NatsClient, version: int) -> bool:
+    answer = await preview(nc)
+    return answer.decision is not None and answer.decision.config_version == version
+
+
+async def test_kill_switch_on_a_broker_stops_routes_to_it(pipeline: Pipeline, nc: NatsClient, db: AsyncEngine) -> None:
+    """With alpaca killed, equity orders go elsewhere and alpaca gets nothing."""
+    revision = await put_config(nc, parse_config({"risk": {"kill_switches": {"brokers": ["alpaca"]}}}))
+    await eventually(lambda: _version_is(nc, revision), timeout=1.0)
+    payload = intent_payload()
+    await publish_json(nc, payload)
+    [order] = await final_order(db, payload["intent_id"])
+    assert order["broker_name"] != "alpaca"
+    [route] = await fetch_all(
+        db, "SELECT decision FROM multi_broker_routes WHERE intent_id = :i", i=payload["intent_id"]
+    )
+    assert {"broker": "alpaca", "reason_code": "kill_switch", "reason": "alpaca is halted by a kill switch"} in (
+        route["decision"]["excluded"]
+    )
+    assert all(o.client_order_id != payload["intent_id"] for o in pipeline.venues[BrokerName.ALPACA].orders)
+
+
+async def test_global_kill_switch_rejects_with_a_reason(pipeline: Pipeline, nc: NatsClient, db: AsyncEngine) -> None:
+    await put_config(nc, parse_config({"risk": {"kill_switches": {"all": True}}}))
+    await eventually(lambda: _rejected_preview(nc), timeout=1.0)
+    payload = intent_payload()
+    await publish_json(nc, payload)
+    [order] = await final_order(db, payload["intent_id"])
+    assert (order["broker_name"], order["status"]) == (None, "rejected")
+    assert "global kill switch" in order["reason"]
+
+
+async def _rejected_preview(nc: NatsClient) -> bool:
+    answer = await preview(nc)
+    return answer.rejection_code == "kill_switch"
+
+
+async def test_max_broker_allocation_reroutes_an_order_that_would_breach_it(
+    pipeline: Pipeline, nc: NatsClient, db: AsyncEngine
+) -> None:
+    """Alpaca already holds 79% of a $100k portfolio: a $5k equity order goes to another broker."""
+    revision = await put_config(nc, MbxConfig())
+    await eventually(lambda: _version_is(nc, revision), timeout=1.0)
+    kv = await nc.jetstream().key_value("mbx_exposure")
+    snapshot = ExposureSnapshot(portfolio_value=Decimal(100_000), by_broker={BrokerName.ALPACA: Decimal(79_000)})
+    await kv.put("current", snapshot.model_dump_json().encode())
+    quantity = int(Decimal(5000) / QuoteModel().mid("AAPL")) + 1  # just over $5k at the router's price
+
+    async def rerouted() -> RoutePreview | None:
+        answer = await preview(nc, quantity=str(quantity))
+        return answer if answer.decision and answer.decision.broker is not BrokerName.ALPACA else None
+
+    answer = await eventually(rerouted, timeout=1.0)
+    assert answer.decision is not None
+    excluded = {e.broker: e for e in answer.decision.excluded}
+    assert excluded[BrokerName.ALPACA].reason_code == "max_broker_allocation"
+    small = await preview(nc, quantity="1")
+    assert small.decision is not None and small.decision.broker is BrokerName.ALPACA
