@@ -370,3 +370,13 @@ class ExposureSnapshot(Message):
         default_factory=dict, description="Net signed exposure per symbol across brokers (long > 0)."
     )
     positions: dict[str, Decimal] = Field(default_factory=dict, description="Net quantity per symbol.")
+
+
+class FillQuality(Message):
+    """Measured execution quality of one broker, as the router scores it. Kept in the
+    fill-quality KV bucket under the broker's name; the router uses it once ``samples`` reaches
+    its configured minimum and a prior until then."""
+
+    broker: BrokerName
+    fill_score: float = Field(ge=0, le=1, description="0 (worst) to 1 (best).")
+    samples: int = Field(ge=0, description="Orders the score is measured over.")

@@ -197,6 +197,16 @@ class Subjects:
         return f"{self.prefix}_config"
 
     @property
+    def status_bucket(self) -> str:
+        """Broker health: one key per broker (a BrokerStatus), written by its executors."""
+        return f"{self.prefix}_broker_status"
+
+    @property
+    def fill_quality_bucket(self) -> str:
+        """Measured fill quality: one key per broker (a FillQuality)."""
+        return f"{self.prefix}_fill_quality"
+
+    @property
     def exposure_bucket(self) -> str:
         """Cross-broker exposure: key ``current`` (an ExposureSnapshot)."""
         return f"{self.prefix}_exposure"

@@ -21,7 +21,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from contracts import (
     INTENT_ID_HEADER,
@@ -38,6 +38,7 @@ from contracts import (
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
+    from nats.js.kv import KeyValue
 
 log = structlog.get_logger("mbx.bus")
 
@@ -185,3 +186,11 @@ async def dead_letter(js: JetStreamContext, subjects: Subjects, stage: DeadLette
     log.warning(
         "dead-lettered", stage=str(stage), subject=msg.subject, error=error[:300], deliveries=letter.delivery_count
     )
+
+
+async def open_bucket(js: JetStreamContext, bucket: str, history: int = 1) -> KeyValue:
+    """A KV bucket, created on first use."""
+    try:
+        return await js.key_value(bucket)
+    except BucketNotFoundError:
+        return await js.create_key_value(bucket=bucket, history=history)

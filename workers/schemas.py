@@ -22,6 +22,7 @@ from contracts import (
     ExposureSnapshot,
     FailoverEvent,
     Fill,
+    FillQuality,
     OrderIntent,
     PositionSnapshot,
     RouteDecision,
@@ -44,6 +45,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     DeadLetter,
     RoutePreview,
     ExposureSnapshot,
+    FillQuality,
 )
 
 

@@ -183,6 +183,11 @@ class RoutingConfig(_Strict):
     volume_30d: dict[BrokerName, Decimal] = Field(default_factory=dict, description="USD, selects fee tiers.")
     expected_latency_ms: dict[BrokerName, float] = Field(default_factory=_default_latency)
     fill_score_prior: float = Field(default=0.5, ge=0, le=1, description="Fill score until measured.")
+    min_fill_samples: int = Field(default=50, ge=1, description="Measured orders before the fill score is used.")
+    heartbeat_timeout_s: float = Field(default=5.0, gt=0, description="A broker silent this long is down.")
+    min_rate_headroom: float = Field(
+        default=0.05, ge=0, le=1, description="Below this share of its rate budget left a broker is skipped."
+    )
 
     @model_validator(mode="after")
     def _unique_rule_names(self) -> Self:

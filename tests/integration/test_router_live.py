@@ -182,3 +182,26 @@ async def test_max_broker_allocation_reroutes_an_order_that_would_breach_it(
     assert excluded[BrokerName.ALPACA].reason_code == "max_broker_allocation"
     small = await preview(nc, quantity="1")
     assert small.decision is not None and small.decision.broker is BrokerName.ALPACA
+
+
+async def test_a_stopped_executor_takes_its_broker_out_of_routing(
+    start_pipeline: Any, nc: NatsClient, db: AsyncEngine
+) -> None:
+    """The executor reports its broker disconnected on stop; the router routes equity elsewhere."""
+    pipeline = await start_pipeline()
+    [alpaca] = [w for w in pipeline.workers if w.name == "executor-alpaca"]
+    await alpaca.stop()
+    pipeline.workers.remove(alpaca)
+
+    async def avoided() -> RoutePreview | None:
+        answer = await preview(nc)
+        return answer if answer.decision and answer.decision.broker is not BrokerName.ALPACA else None
+
+    answer = await eventually(avoided, timeout=2.0)
+    assert answer.decision is not None
+    down = {e.broker: e for e in answer.decision.excluded}[BrokerName.ALPACA]
+    assert (down.reason_code, down.reason) == ("down", "alpaca is disconnected")
+    payload = intent_payload()
+    await publish_json(nc, payload)
+    [order] = await final_order(db, payload["intent_id"])
+    assert order["broker_name"] != "alpaca" and order["status"] == "filled"

@@ -18,12 +18,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nats
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from rich.console import Console
 from rich.table import Table
 
-from workers.bus import ensure_streams
+from contracts import BrokerName, BrokerStatus, ConsumerSpec
+from workers.bus import ensure_streams, open_bucket
 from workers.db.migrate import upgrade
 from workers.devstack.nats import EmbeddedNats
 from workers.devstack.postgres import EmbeddedPostgres
@@ -81,6 +84,8 @@ class Stack:
             upgrade(database_url)
             asyncio.run(_ensure_topology(nats_url, self.settings))
             self._start_workers(nats_url, database_url)
+            self.console.print("[bold]waiting for the workers[/bold] to pull and report")
+            asyncio.run(self._wait_ready(nats_url))
             self._announce(nats_url, database_url)
             self._supervise()
         except KeyboardInterrupt:
@@ -128,6 +133,33 @@ class Stack:
         self._env = env
         for worker in self.workers:
             worker.proc = spawn(worker.args, worker.log_file, env=env)
+
+    async def _wait_ready(self, nats_url: str, timeout: float = 90.0) -> None:
+        """Until every durable consumer has a worker pulling and every executor reported in."""
+        subjects = self.settings.subjects
+        consumers = [
+            subjects.router_consumer(),
+            subjects.router_failover_consumer(),
+            *subjects.aggregator_consumers(),
+            *(subjects.executor_consumer(b) for b in self.config.enabled_brokers()),
+        ]
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            status_kv = await open_bucket(js, subjects.status_bucket)
+            deadline = time.monotonic() + timeout
+            while True:
+                waiting = await _not_ready(js, status_kv, consumers, self.config.enabled_brokers())
+                if not waiting:
+                    return
+                dead = [w for w in self.workers if w.proc is not None and w.proc.poll() is not None]
+                if dead:
+                    raise RuntimeError(f"{dead[0].name} exited during start-up; see {dead[0].log_file}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"workers not ready after {timeout:.0f}s: {', '.join(waiting)}")
+                await asyncio.sleep(0.2)
+        finally:
+            await nc.close()
 
     def _announce(self, nats_url: str, database_url: str) -> None:
         data = self.settings.data_dir
@@ -198,6 +230,27 @@ class Stack:
         stack_file(self.settings.data_dir).unlink(missing_ok=True)
         self.console.print("stopped; nothing is left running")
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+async def _not_ready(js: Any, status_kv: Any, consumers: list[ConsumerSpec], brokers: list[BrokerName]) -> list[str]:
+    missing = []
+    for spec in consumers:
+        try:
+            info = await js.consumer_info(spec.stream, spec.durable)
+        except NotFoundError:
+            missing.append(spec.durable)
+            continue
+        if not info.num_waiting:
+            missing.append(spec.durable)
+    for broker in brokers:
+        try:
+            entry = await status_kv.get(str(broker))
+        except KeyNotFoundError:
+            missing.append(f"{broker} heartbeat")
+            continue
+        if not BrokerStatus.model_validate_json(entry.value or b"{}").connected:
+            missing.append(f"{broker} heartbeat")
+    return missing
 
 
 async def _ensure_topology(nats_url: str, settings: Settings) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import structlog
@@ -18,10 +19,28 @@ from contracts import (
 from workers.bus import publish
 from workers.executor.reports import failover_event, fill_message, report
 from workers.runtime import PoisonMessage, Worker, parse
-from workers.venues.base import Venue, VenueAmbiguous, VenueOrder, VenueRejected
+from workers.venues.base import Venue, VenueAmbiguous, VenueOrder, VenueRejected, VenueUnavailable
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
+
+
+class VenueStats:
+    """Exponentially weighted latency and error rate of calls to the broker."""
+
+    ALPHA = 0.2
+
+    def __init__(self) -> None:
+        self.latency_ms = 0.0
+        self.error_rate = 0.0
+        self._seen = False
+
+    def record(self, latency_ms: float, failed: bool) -> None:
+        if not self._seen:
+            self.latency_ms, self._seen = latency_ms, True
+        else:
+            self.latency_ms += self.ALPHA * (latency_ms - self.latency_ms)
+        self.error_rate += self.ALPHA * ((1.0 if failed else 0.0) - self.error_rate)
 
 
 class ExecutorHandlers:
@@ -29,6 +48,7 @@ class ExecutorHandlers:
         self.worker = worker
         self.spec = spec
         self.venue = venue
+        self.stats = VenueStats()
 
     async def on_route(self, msg: Msg) -> None:
         await self.worker.deliver(DeadLetterStage.EXECUTOR, self.spec, msg, self.execute)
@@ -40,7 +60,7 @@ class ExecutorHandlers:
             raise PoisonMessage(f"route for {decision.broker} reached the {self.venue.broker} executor")
         client_order_id = decision.intent.intent_id
         try:
-            order = await self.venue.place_order(decision.intent, client_order_id)
+            order = await self._timed_place(decision, client_order_id)
         except VenueRejected as exc:
             # An order-specific rejection would fail anywhere: it ends the intent. Any other
             # rejection hands the intent back to the router for the next broker in the chain.
@@ -63,6 +83,18 @@ class ExecutorHandlers:
             order = found
         await self._emit_order(decision, order)
         return str(order.status)
+
+    async def _timed_place(self, decision: RouteDecision, client_order_id: str) -> VenueOrder:
+        """Place the order, feeding latency and error rate into the heartbeat's statistics."""
+        started = time.perf_counter()
+        failed = False
+        try:
+            return await self.venue.place_order(decision.intent, client_order_id)
+        except (VenueUnavailable, VenueAmbiguous):
+            failed = True
+            raise
+        finally:
+            self.stats.record((time.perf_counter() - started) * 1000, failed)
 
     async def _emit_order(self, decision: RouteDecision, order: VenueOrder) -> None:
         await self._emit(decision, report(decision, OrderStatus.ACCEPTED, 1, order, final=False))

@@ -9,10 +9,12 @@ from typing import Any
 
 import structlog
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+from pydantic import ValidationError
 
-from contracts import Subjects
+from contracts import BrokerStatus, FillQuality, Subjects
+from workers.bus import open_bucket
 from workers.router.handlers import RouterHandlers
 from workers.router.state import CONFIG_KEY, EXPOSURE_KEY, RouterState, config_to_json
 from workers.runtime import Worker
@@ -22,21 +24,12 @@ from workers.venues.simulated import QuoteModel
 log = structlog.get_logger("mbx.router")
 
 CONFIG_STATUS_KEY = "trading.status"
-
-
-async def open_bucket(worker: Worker, bucket: str, history: int = 1) -> KeyValue:
-    try:
-        return await worker.js.key_value(bucket)
-    except BucketNotFoundError:
-        return await worker.js.create_key_value(bucket=bucket, history=history)
+WATCH_STARTUP_TIMEOUT = 5.0
 
 
 async def write_live_config(js: JetStreamContext, subjects: Subjects, config: MbxConfig) -> int:
     """Replace the live routing config (what `mbx config set` does); returns the new revision."""
-    try:
-        kv = await js.key_value(subjects.config_bucket)
-    except BucketNotFoundError:
-        kv = await js.create_key_value(bucket=subjects.config_bucket, history=20)
+    kv = await open_bucket(js, subjects.config_bucket, history=20)
     return int(await kv.put(CONFIG_KEY, config_to_json(config)))
 
 
@@ -54,18 +47,27 @@ class RouterWorker(Worker):
 
     async def prepare(self) -> None:
         subjects = self.subjects
-        self.config_kv = await open_bucket(self, subjects.config_bucket, history=20)
-        exposure_kv = await open_bucket(self, subjects.exposure_bucket)
+        self.config_kv = await open_bucket(self.js, subjects.config_bucket, history=20)
+        exposure_kv = await open_bucket(self.js, subjects.exposure_bucket)
+        status_kv = await open_bucket(self.js, subjects.status_bucket)
+        quality_kv = await open_bucket(self.js, subjects.fill_quality_bucket)
         # The YAML config seeds an empty bucket; afterwards the bucket is the source of truth.
         with contextlib.suppress(KeyWrongLastSequenceError):
             await self.config_kv.create(CONFIG_KEY, config_to_json(self.seed_config))
         await self._load_config()
         await self._load(exposure_kv, EXPOSURE_KEY, self._apply_exposure)
-        for kv, key, apply in (
+        watches = (
             (self.config_kv, CONFIG_KEY, self._apply_config),
             (exposure_kv, EXPOSURE_KEY, self._apply_exposure),
-        ):
-            self._watch_tasks.append(asyncio.create_task(self._watch(kv, key, apply)))
+            (status_kv, ">", self._apply_status),
+            (quality_kv, ">", self._apply_fill_quality),
+        )
+        caught_up = [asyncio.Event() for _ in watches]
+        for (kv, key, apply), ready in zip(watches, caught_up, strict=True):
+            self._watch_tasks.append(asyncio.create_task(self._watch(kv, key, apply, ready)))
+        # Route nothing before the current broker health and fill quality are known.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in caught_up)), WATCH_STARTUP_TIMEOUT)
         self._preview_sub = await self.broker.connection.subscribe(
             subjects.route_preview, queue="router", cb=self.handlers.preview
         )
@@ -99,15 +101,22 @@ class RouterWorker(Worker):
             if entry.value is not None:
                 await apply(entry.value, entry.revision or 0)
 
-    async def _watch(self, kv: KeyValue, key: str, apply: Callable[[bytes, int], Any]) -> None:
-        """Apply every change of ``key``; re-create the watch with backoff if it breaks."""
+    async def _watch(
+        self, kv: KeyValue, key: str, apply: Callable[[bytes, int], Any], caught_up: asyncio.Event
+    ) -> None:
+        """Apply every change of ``key``; re-create the watch with backoff if it breaks.
+
+        ``caught_up`` is set once the values present at start have been applied.
+        """
         delay = 0.5
         while not self.stopping.is_set():
             try:
                 watcher = await kv.watch(key)
                 self._watchers.append(watcher)
                 async for entry in watcher:
-                    if entry is not None:
+                    if entry is None:  # the end of the initial values
+                        caught_up.set()
+                    else:
                         # A deleted or purged key arrives with an operation and no value.
                         value = entry.value if entry.operation is None else b""
                         await apply(value or b"", entry.revision or 0)
@@ -133,6 +142,20 @@ class RouterWorker(Worker):
         log.warning("routing config refused", revision=revision, error=error, config_version=self.state.version)
         with contextlib.suppress(Exception):
             await self.config_kv.put(CONFIG_STATUS_KEY, error.encode())
+
+    async def _apply_status(self, raw: bytes, _revision: int) -> None:
+        if raw:
+            try:
+                self.state.registry.update(BrokerStatus.model_validate_json(raw))
+            except ValidationError as exc:
+                log.warning("broker status refused", errors=exc.error_count())
+
+    async def _apply_fill_quality(self, raw: bytes, _revision: int) -> None:
+        if raw:
+            try:
+                self.state.apply_fill_quality(FillQuality.model_validate_json(raw))
+            except ValidationError as exc:
+                log.warning("fill quality refused", errors=exc.error_count())
 
     async def _apply_exposure(self, raw: bytes, _revision: int) -> None:
         if not raw:

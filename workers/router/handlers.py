@@ -19,7 +19,7 @@ from contracts import (
     RoutePreview,
 )
 from workers.bus import publish
-from workers.router.rules import MarketView, Rejection, route
+from workers.router.rules import Rejection, route
 from workers.router.state import RouterState
 from workers.runtime import PoisonMessage, Worker, parse
 
@@ -48,7 +48,7 @@ class RouterHandlers:
             self.state.config,
             attempt=attempt,
             failed=failed,
-            market=MarketView(reference_price=price),
+            market=self.state.market(price),
             risk=self.state.risk_view(),
             config_version=self.state.version,
         )

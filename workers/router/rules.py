@@ -26,6 +26,7 @@ from decimal import Decimal
 
 from contracts import AssetClass, BrokerName, CandidateScore, ExcludedBroker, OrderIntent, RouteDecision
 from workers.fees import commission, traded_value
+from workers.router.registry import BrokerHealth
 from workers.router.risk import RiskView, broker_exclusion, deny
 from workers.router.scoring import CandidateInputs, Weights, score
 from workers.settings import MbxConfig, RoutingRule
@@ -43,10 +44,15 @@ class Rejection:
 
 @dataclass(frozen=True, slots=True)
 class MarketView:
-    """What the router knows of the market and the brokers right now."""
+    """What the router knows of the market and the brokers right now.
+
+    ``health`` is None when nothing is known of the brokers' state (every broker is taken to be
+    up, as in a preview without executors); otherwise a broker that is down, or whose rate
+    budget is nearly spent, is not eligible.
+    """
 
     reference_price: Decimal | None = None
-    latency_ms: Mapping[BrokerName, float] = field(default_factory=dict)
+    health: Mapping[BrokerName, BrokerHealth] | None = None
     fill_scores: Mapping[BrokerName, float] = field(default_factory=dict)
 
 
@@ -165,8 +171,10 @@ def route(
     excluded: list[ExcludedBroker] = []
     eligible: list[BrokerName] = []
     for broker in BrokerName:
-        reason = _rule_or_state_exclusion(intent, broker, config, matching, failed) or broker_exclusion(
-            broker, notional, config, risk
+        reason = (
+            _rule_or_state_exclusion(intent, broker, config, matching, failed)
+            or _health_exclusion(broker, market, config)
+            or broker_exclusion(broker, notional, config, risk)
         )
         if reason is None:
             eligible.append(broker)
@@ -184,7 +192,7 @@ def route(
             CandidateInputs(
                 broker=b,
                 estimated_fee=estimate_fee(intent, b, config, price),
-                expected_latency_ms=market.latency_ms.get(b, config.routing.expected_latency_ms.get(b, 100.0)),
+                expected_latency_ms=_latency(b, market, config),
                 fill_score=market.fill_scores.get(b, config.routing.fill_score_prior),
                 priority=config.brokers[b].priority,
             )
@@ -222,6 +230,29 @@ def route_batch(
     """Route many intents at once; ``market`` maps a symbol to what is known of it."""
     views = market or {}
     return [route(i, config, market=views.get(i.symbol)) for i in intents]
+
+
+def _latency(broker: BrokerName, market: MarketView, config: MbxConfig) -> float:
+    measured = market.health.get(broker) if market.health is not None else None
+    if measured is not None and measured.latency_ms is not None:
+        return measured.latency_ms
+    return config.routing.expected_latency_ms.get(broker, 100.0)
+
+
+def _health_exclusion(broker: BrokerName, market: MarketView, config: MbxConfig) -> ExcludedBroker | None:
+    if market.health is None:
+        return None
+    health = market.health.get(broker)
+    if health is None or not health.up:
+        reason = health.reason if health is not None else f"no heartbeat from {broker}'s executor"
+        return ExcludedBroker(broker=broker, reason_code="down", reason=reason)
+    if health.rate_limit_headroom < config.routing.min_rate_headroom:
+        return ExcludedBroker(
+            broker=broker,
+            reason_code="rate_limited",
+            reason=f"{broker} has {health.rate_limit_headroom:.0%} of its rate budget left",
+        )
+    return None
 
 
 def _rule_or_state_exclusion(

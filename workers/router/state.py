@@ -17,9 +17,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from contracts import BrokerName, ExposureSnapshot, RouteDecision
+from contracts import BrokerName, ExposureSnapshot, FillQuality, RouteDecision
+from workers.router.registry import BrokerRegistry
 from workers.router.risk import RiskView, signed
-from workers.router.rules import order_size
+from workers.router.rules import MarketView, order_size
 from workers.settings import ConfigError, MbxConfig, parse_config
 
 CONFIG_KEY = "trading"
@@ -44,9 +45,11 @@ class _InFlight:
 
 
 class RouterState:
-    def __init__(self, config: MbxConfig, version: int = 0) -> None:
+    def __init__(self, config: MbxConfig, version: int = 0, registry: BrokerRegistry | None = None) -> None:
         self.config = config
         self.version = version
+        self.registry = registry or BrokerRegistry(config.routing.heartbeat_timeout_s)
+        self._fill_quality: dict[BrokerName, FillQuality] = {}
         self.last_error: str = ""
         self.snapshot: ExposureSnapshot | None = None
         self._in_flight: list[_InFlight] = []
@@ -59,7 +62,17 @@ class RouterState:
             self.last_error = str(exc)
             return self.last_error
         self.config, self.version, self.last_error = config, revision, ""
+        self.registry.heartbeat_timeout = config.routing.heartbeat_timeout_s
         return None
+
+    def apply_fill_quality(self, quality: FillQuality) -> None:
+        self._fill_quality[quality.broker] = quality
+
+    def market(self, reference_price: Decimal | None) -> MarketView:
+        """Live broker health and the fill scores measured over enough orders."""
+        minimum = self.config.routing.min_fill_samples
+        scores = {b: q.fill_score for b, q in self._fill_quality.items() if q.samples >= minimum}
+        return MarketView(reference_price=reference_price, health=self.registry.health_map(), fill_scores=scores)
 
     def apply_exposure(self, raw: bytes) -> str | None:
         try:

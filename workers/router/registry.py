@@ -1,0 +1,115 @@
+"""The broker registry: which brokers exist, what they support, and whether they are up.
+
+In the running system it is fed by the executors' ``BrokerStatus`` heartbeats (kept in the
+broker-status KV bucket). A broker is up when its latest heartbeat says connected and is younger
+than ``heartbeat_timeout``; a broker never heard from is down. Pure apart from the clock, which
+tests inject.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from contracts import AssetClass, BrokerName, BrokerStatus
+from workers.venues.capabilities import CAPABILITIES, VenueCapabilities
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerHealth:
+    """What routing needs to know about one broker right now."""
+
+    up: bool
+    reason: str
+    latency_ms: float | None = None
+    rate_limit_headroom: float = 1.0
+    error_rate: float = 0.0
+
+
+@dataclass
+class BrokerInfo:
+    name: BrokerName
+    capabilities: VenueCapabilities
+    adapter: Any = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    status: BrokerStatus | None = None
+
+
+class BrokerRegistry:
+    def __init__(self, heartbeat_timeout: float = 5.0, clock: Callable[[], float] = time.time) -> None:
+        self.heartbeat_timeout = heartbeat_timeout
+        self._clock = clock
+        self._brokers: dict[BrokerName, BrokerInfo] = {}
+
+    def register(self, name: BrokerName, adapter: Any = None, **overrides: Any) -> BrokerInfo:
+        """Add a broker (or replace its adapter and overrides, keeping its last status)."""
+        previous = self._brokers.get(name)
+        info = BrokerInfo(name, CAPABILITIES[name], adapter, dict(overrides), previous.status if previous else None)
+        self._brokers[name] = info
+        return info
+
+    def unregister(self, name: BrokerName) -> None:
+        self._brokers.pop(name, None)
+
+    def update(self, status: BrokerStatus) -> None:
+        """Record a heartbeat; an unregistered broker is registered on its first heartbeat."""
+        info = self._brokers.get(status.broker) or self.register(status.broker)
+        if info.status is None or status.last_seen >= info.status.last_seen:
+            info.status = status
+
+    def health(self, name: BrokerName) -> BrokerHealth:
+        info = self._brokers.get(name)
+        if info is None or info.status is None:
+            return BrokerHealth(False, f"no heartbeat from {name}'s executor")
+        status = info.status
+        age = self._clock() - status.last_seen.timestamp()
+        if age > self.heartbeat_timeout:
+            return BrokerHealth(False, f"{name}'s last heartbeat is {age:.0f}s old", status.latency_ms)
+        if not status.connected:
+            return BrokerHealth(False, f"{name} is disconnected", status.latency_ms)
+        return BrokerHealth(True, "", status.latency_ms, status.rate_limit_headroom, status.error_rate)
+
+    def health_map(self) -> Mapping[BrokerName, BrokerHealth]:
+        return {name: self.health(name) for name in BrokerName}
+
+    def get_connected(self) -> list[BrokerName]:
+        return [name for name in self._brokers if self.health(name).up]
+
+    def get_by_asset(self, asset_type: AssetClass) -> list[BrokerName]:
+        return [name for name in self.get_connected() if CAPABILITIES[name].support_for(asset_type) is not None]
+
+    def get_best_for(
+        self, asset_type: AssetClass, criteria: Literal["latency", "error_rate", "headroom"] = "latency"
+    ) -> BrokerName | None:
+        """The connected broker that trades ``asset_type`` and is best by one health criterion."""
+        candidates = [(name, self.health(name)) for name in self.get_by_asset(asset_type)]
+        if not candidates:
+            return None
+        keys: dict[str, Callable[[tuple[BrokerName, BrokerHealth]], float]] = {
+            "latency": lambda c: c[1].latency_ms if c[1].latency_ms is not None else float("inf"),
+            "error_rate": lambda c: c[1].error_rate,
+            "headroom": lambda c: -c[1].rate_limit_headroom,
+        }
+        return min(candidates, key=keys[criteria])[0]
+
+    def status_summary(self) -> dict[str, dict[str, Any]]:
+        summary = {}
+        for name, info in self._brokers.items():
+            health = self.health(name)
+            summary[str(name)] = {
+                "up": health.up,
+                "reason": health.reason,
+                "latency_ms": health.latency_ms,
+                "rate_limit_headroom": health.rate_limit_headroom,
+                "error_rate": health.error_rate,
+                "last_seen": info.status.last_seen.isoformat() if info.status else None,
+                "assets": sorted(str(a) for a in info.capabilities.assets),
+            }
+        return summary
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
