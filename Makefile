@@ -48,6 +48,10 @@ migrate: install ## Apply migrations to MBX_DATABASE_URL (or the running stack's
 schemas: install ## Regenerate contracts/schemas/ (JSON Schemas and AsyncAPI)
 	$(BIN)/mbx schemas
 
+.PHONY: bench
+bench: install ## Benchmarks: route decisions per second (results in bench/results/)
+	$(BIN)/python -m bench.route_bench
+
 .PHONY: clean
 clean: ## Remove the virtualenv, caches and the embedded servers' data (.mbx/)
 	rm -rf $(VENV) .mbx .pytest_cache .mypy_cache .ruff_cache

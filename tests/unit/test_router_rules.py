@@ -103,6 +103,8 @@ def test_decisions_are_deterministic_complete_and_never_pick_an_excluded_broker(
         return
     assert isinstance(second, RouteDecision)
     assert first.model_dump(exclude={"created_at"}) == second.model_dump(exclude={"created_at"})
+    # What goes on the wire reads back as the same decision.
+    assert RouteDecision.model_validate_json(first.model_dump_json()) == first
     assert first.broker not in excluded
     assert not excluded & set(first.fallback_chain)
     assert {first.broker, *first.fallback_chain} | excluded == set(BrokerName)

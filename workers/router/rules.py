@@ -20,16 +20,27 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
-from contracts import AssetClass, BrokerName, CandidateScore, ExcludedBroker, OrderIntent, RouteDecision
+from contracts import (
+    AssetClass,
+    BrokerName,
+    CandidateScore,
+    ExcludedBroker,
+    OrderIntent,
+    OrderType,
+    RouteDecision,
+    Side,
+)
 from workers.fees import commission, traded_value
 from workers.router.registry import BrokerHealth
 from workers.router.risk import RiskView, broker_exclusion, deny
 from workers.router.scoring import CandidateInputs, Weights, score
-from workers.settings import MbxConfig, RoutingRule
+from workers.settings import MbxConfig, RoutingConfig, RoutingRule
 from workers.venues.capabilities import CAPABILITIES
 
 
@@ -69,6 +80,36 @@ def smart_default(intent: OrderIntent) -> tuple[BrokerName, str]:
 
 def exclusion(intent: OrderIntent, broker: BrokerName, config: MbxConfig) -> ExcludedBroker | None:
     """Why ``broker`` cannot take ``intent``, or None when it can."""
+    key = (
+        broker,
+        intent.asset_class,
+        intent.order_type,
+        intent.time_in_force,
+        intent.notional is not None,
+        intent.is_fractional,
+    )
+    cache = _exclusion_cache(config)
+    if key not in cache:
+        cache[key] = _exclusion(intent, broker, config)
+    return cache[key]
+
+
+_EXCLUSIONS: dict[int, tuple[MbxConfig, dict[tuple[Any, ...], ExcludedBroker | None]]] = {}
+
+
+def _exclusion_cache(config: MbxConfig) -> dict[tuple[Any, ...], ExcludedBroker | None]:
+    """Capability and enablement answers depend only on the order's shape: cache them per config."""
+    cached = _EXCLUSIONS.get(id(config))
+    if cached is not None and cached[0] is config:
+        return cached[1]
+    if len(_EXCLUSIONS) > 16:
+        _EXCLUSIONS.clear()
+    fresh: dict[tuple[Any, ...], ExcludedBroker | None] = {}
+    _EXCLUSIONS[id(config)] = (config, fresh)
+    return fresh
+
+
+def _exclusion(intent: OrderIntent, broker: BrokerName, config: MbxConfig) -> ExcludedBroker | None:
     broker_config = config.brokers.get(broker)
     if broker_config is None:
         return ExcludedBroker(
@@ -117,20 +158,86 @@ def order_size(intent: OrderIntent, price: Decimal | None) -> tuple[Decimal | No
     return (intent.notional / price if price else None), intent.notional
 
 
-def rule_matches(rule: RoutingRule, intent: OrderIntent, quantity: Decimal | None, notional: Decimal | None) -> bool:
+StaticCheck = Callable[[OrderIntent], bool]
+RangeCheck = Callable[[Decimal | None, Decimal | None], bool]
+_Key = tuple[str, str, AssetClass, Side, OrderType]
+
+
+class RuleSet:
+    """A config's rules, compiled once: glob patterns become regexes, and the conditions that
+    depend only on symbol, strategy, asset class, side and order type are evaluated once per
+    distinct combination (a bounded cache), leaving only size ranges to check per order."""
+
+    CACHE_LIMIT = 50_000
+
+    def __init__(self, rules: Sequence[RoutingRule]) -> None:
+        self._rules = [(rule, _static_check(rule), _range_check(rule)) for rule in rules]
+        self._by_key: dict[_Key, list[tuple[RoutingRule, RangeCheck | None]]] = {}
+
+    def matching(self, intent: OrderIntent, quantity: Decimal | None, notional: Decimal | None) -> list[RoutingRule]:
+        key = (intent.symbol, intent.strategy_id, intent.asset_class, intent.side, intent.order_type)
+        candidates = self._by_key.get(key)
+        if candidates is None:
+            if len(self._by_key) >= self.CACHE_LIMIT:
+                self._by_key.clear()
+            candidates = [(rule, ranges) for rule, static, ranges in self._rules if static(intent)]
+            self._by_key[key] = candidates
+        return [rule for rule, ranges in candidates if ranges is None or ranges(quantity, notional)]
+
+
+def _static_check(rule: RoutingRule) -> StaticCheck:
     m = rule.match
-    checks = [
-        m.asset_class is None or intent.asset_class in m.asset_class,
-        m.symbol is None or any(fnmatch.fnmatchcase(intent.symbol, p) for p in m.symbol),
-        m.side is None or intent.side is m.side,
-        m.order_type is None or intent.order_type in m.order_type,
-        m.strategy is None or any(fnmatch.fnmatchcase(intent.strategy_id, p) for p in m.strategy),
-        m.min_quantity is None or (quantity is not None and quantity >= m.min_quantity),
-        m.max_quantity is None or (quantity is not None and quantity <= m.max_quantity),
-        m.min_notional is None or (notional is not None and notional >= m.min_notional),
-        m.max_notional is None or (notional is not None and notional <= m.max_notional),
-    ]
-    return all(checks)
+    checks: list[StaticCheck] = []
+    if m.asset_class is not None:
+        assets = frozenset(m.asset_class)
+        checks.append(lambda i: i.asset_class in assets)
+    if m.side is not None:
+        side = m.side
+        checks.append(lambda i: i.side is side)
+    if m.order_type is not None:
+        types = frozenset(m.order_type)
+        checks.append(lambda i: i.order_type in types)
+    if m.symbol is not None:
+        symbols = re.compile("|".join(fnmatch.translate(p) for p in m.symbol))
+        checks.append(lambda i: symbols.match(i.symbol) is not None)
+    if m.strategy is not None:
+        strategies = re.compile("|".join(fnmatch.translate(p) for p in m.strategy))
+        checks.append(lambda i: strategies.match(i.strategy_id) is not None)
+    return lambda i: all(check(i) for check in checks)
+
+
+def _range_check(rule: RoutingRule) -> RangeCheck | None:
+    m = rule.match
+    if m.min_quantity is None and m.max_quantity is None and m.min_notional is None and m.max_notional is None:
+        return None
+
+    def within(value: Decimal | None, low: Decimal | None, high: Decimal | None) -> bool:
+        if low is None and high is None:
+            return True
+        if value is None:
+            return False
+        return (low is None or value >= low) and (high is None or value <= high)
+
+    return lambda q, n: within(q, m.min_quantity, m.max_quantity) and within(n, m.min_notional, m.max_notional)
+
+
+_RULE_SETS: dict[int, tuple[RoutingConfig, RuleSet]] = {}
+
+
+def rule_set(routing: RoutingConfig) -> RuleSet:
+    """The compiled rules of a routing config, built once per config object."""
+    cached = _RULE_SETS.get(id(routing))
+    if cached is not None and cached[0] is routing:
+        return cached[1]
+    if len(_RULE_SETS) > 16:  # configs change rarely; keep only a few recent ones
+        _RULE_SETS.clear()
+    compiled = RuleSet(routing.rules)
+    _RULE_SETS[id(routing)] = (routing, compiled)
+    return compiled
+
+
+def rule_matches(rule: RoutingRule, intent: OrderIntent, quantity: Decimal | None, notional: Decimal | None) -> bool:
+    return bool(RuleSet([rule]).matching(intent, quantity, notional))
 
 
 def estimate_fee(intent: OrderIntent, broker: BrokerName, config: MbxConfig, price: Decimal | None) -> Decimal:
@@ -166,7 +273,7 @@ def route(
     denial = deny(intent, notional, config, risk)
     if denial is not None:
         return Rejection(denial.reason_code, denial.reason, ())
-    matching = [r for r in config.routing.rules if rule_matches(r, intent, quantity, notional)]
+    matching = rule_set(config.routing).matching(intent, quantity, notional)
 
     excluded: list[ExcludedBroker] = []
     eligible: list[BrokerName] = []

@@ -1,0 +1,19 @@
+"""The routing benchmark keeps working (a tiny run; no timing is asserted)."""
+
+from __future__ import annotations
+
+from bench.route_bench import fifty_rules, run
+
+
+def test_route_benchmark_runs_and_reports_every_figure() -> None:
+    results = run(seconds=0.05, size=50)
+    assert set(results) == {
+        "decisions_per_s_5_brokers_50_rules",
+        "decisions_per_s_5_brokers_no_rules",
+        "baseline_decision_model_build_and_json_per_s",
+        "ratio_50_rules_to_no_rules",
+        "ratio_50_rules_to_model_floor",
+        "target_decisions_per_s",
+    }
+    assert all(value > 0 for value in results.values())
+    assert len(fifty_rules().routing.rules) == 50
