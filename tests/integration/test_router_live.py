@@ -205,3 +205,23 @@ async def test_a_stopped_executor_takes_its_broker_out_of_routing(
     await publish_json(nc, payload)
     [order] = await final_order(db, payload["intent_id"])
     assert order["broker_name"] != "alpaca" and order["status"] == "filled"
+
+
+async def test_a_rule_added_at_runtime_applies_to_the_next_decision(pipeline: Pipeline, nc: NatsClient) -> None:
+    """add_rule_live appends to the live config with compare-and-set; the router picks it up."""
+    from workers.router.api import add_rule_live
+    from workers.settings import RoutingRule, Settings
+
+    revision = await add_rule_live(
+        nc.jetstream(),
+        Settings().subjects,
+        RoutingRule(name="msft-to-schwab", match={"symbol": ["MSFT"]}, prefer=["schwab"]),
+    )
+
+    async def applied() -> RoutePreview | None:
+        answer = await preview(nc, symbol="MSFT")
+        return answer if answer.decision and answer.decision.config_version == revision else None
+
+    answer = await eventually(applied, timeout=1.0)
+    assert answer.decision is not None
+    assert (answer.decision.broker, answer.decision.rule) == (BrokerName.SCHWAB, "rule:msft-to-schwab")

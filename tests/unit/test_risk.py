@@ -127,3 +127,22 @@ def test_live_config_round_trips_without_credentials(monkeypatch: pytest.MonkeyP
     assert state.config.routing.rules[0].name == "r"
     assert "unknown key" in (state.apply_config(b'{"routing": {"wieghts": {}}}', 8) or "")
     assert state.version == 7
+
+
+def test_min_broker_diversification_sends_new_buys_to_a_broker_without_positions() -> None:
+    """Everything sits at alpaca and two brokers are required: a buy goes elsewhere, a sell does not."""
+    view = RiskView(ExposureSnapshot(portfolio_value=Decimal(100_000), by_broker={BrokerName.ALPACA: Decimal(5_000)}))
+    risk = {"min_broker_diversification": 2}
+    buy = outcome(risk, view)
+    assert isinstance(buy, RouteDecision)
+    assert buy.broker is not BrokerName.ALPACA
+    assert {e.broker: e.reason_code for e in buy.excluded}[BrokerName.ALPACA] == "min_broker_diversification"
+    sell = outcome(risk, view, side="sell")
+    assert isinstance(sell, RouteDecision) and sell.broker is BrokerName.ALPACA
+    spread = RiskView(
+        ExposureSnapshot(
+            portfolio_value=Decimal(100_000),
+            by_broker={BrokerName.ALPACA: Decimal(5_000), BrokerName.IBKR: Decimal(1_000)},
+        )
+    )
+    assert outcome(risk, spread).broker is BrokerName.ALPACA  # type: ignore[union-attr]

@@ -218,3 +218,22 @@ def test_route_batch_routes_each_intent() -> None:
         BrokerName.COINBASE,
         BrokerName.SCHWAB,
     ]
+
+
+def test_order_router_api_adds_rules_at_runtime() -> None:
+    """The PRD's OrderRouter: route, route_batch and add_rule in-process."""
+    from workers.router.api import OrderRouter
+    from workers.settings import RoutingRule
+
+    router = OrderRouter()
+    assert router.route(make_intent()).broker is BrokerName.ALPACA  # type: ignore[union-attr]
+    router.add_rule(RoutingRule(name="to-ibkr", prefer=[BrokerName.IBKR]))
+    decision = router.route(make_intent(), Decimal(100))
+    assert isinstance(decision, RouteDecision)
+    assert (decision.broker, decision.rule) == (BrokerName.IBKR, "rule:to-ibkr")
+    with pytest.raises(ConfigError, match="unique"):
+        router.add_rule(RoutingRule(name="to-ibkr", prefer=[BrokerName.SCHWAB]))
+    assert [
+        d.broker
+        for d in router.route_batch([make_intent(), make_intent(**CRYPTO)])  # type: ignore[union-attr]
+    ] == [BrokerName.IBKR, BrokerName.IBKR]

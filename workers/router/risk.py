@@ -113,3 +113,27 @@ def broker_exclusion(
             f"{config.brokers[broker].allocation_percent} of portfolio value",
         )
     return None
+
+
+def diversification_exclusions(
+    eligible: list[BrokerName], config: MbxConfig, risk: RiskView, intent: OrderIntent
+) -> list[ExcludedBroker]:
+    """While fewer than ``min_broker_diversification`` brokers hold exposure, new long exposure
+    goes to a broker that holds none, if one is eligible. Sells are left alone: sending a sell
+    away from the broker that holds the position would open a short elsewhere."""
+    wanted = config.risk.min_broker_diversification
+    if wanted <= 1 or risk.snapshot is None or intent.side is not Side.BUY:
+        return []
+    holding = {b for b in BrokerName if risk.broker_exposure(b) > 0}
+    if len(holding) >= wanted or not [b for b in eligible if b not in holding]:
+        return []
+    return [
+        ExcludedBroker(
+            broker=b,
+            reason_code="min_broker_diversification",
+            reason=f"only {len(holding)} broker(s) hold positions and min_broker_diversification is "
+            f"{wanted}: new exposure goes to another broker",
+        )
+        for b in eligible
+        if b in holding
+    ]

@@ -38,7 +38,7 @@ from contracts import (
 )
 from workers.fees import commission, traded_value
 from workers.router.registry import BrokerHealth
-from workers.router.risk import RiskView, broker_exclusion, deny
+from workers.router.risk import RiskView, broker_exclusion, deny, diversification_exclusions
 from workers.router.scoring import CandidateInputs, Weights, score
 from workers.settings import MbxConfig, RoutingConfig, RoutingRule
 from workers.venues.capabilities import CAPABILITIES
@@ -287,6 +287,9 @@ def route(
             eligible.append(broker)
         else:
             excluded.append(reason)
+    for spread in diversification_exclusions(eligible, config, risk, intent):
+        eligible.remove(spread.broker)
+        excluded.append(spread)
     if not eligible:
         code = "chain_exhausted" if failed else "no_eligible_broker"
         why = "every eligible broker failed this order" if failed else "no enabled broker can take this order"
