@@ -84,3 +84,19 @@ def test_database_urls_get_the_psycopg_driver_and_passwords_are_redacted() -> No
     assert redact_url("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
     with pytest.raises(ConfigError, match="not a postgresql"):
         Settings(database_url="mysql://x@h/db").sqlalchemy_url()
+
+
+def _yaml_blocks(path: Path) -> list[str]:
+    text = path.read_text()
+    return [block.split("```", 1)[0] for block in text.split("```yaml\n")[1:]]
+
+
+def test_config_examples_in_the_docs_are_valid() -> None:
+    """The YAML shown in README.md and docs/routing.md parses with the real config model."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    blocks = _yaml_blocks(root / "README.md") + _yaml_blocks(root / "docs" / "routing.md")
+    assert len(blocks) >= 2
+    for block in blocks:
+        parse_config(yaml.safe_load(block), "docs example")
