@@ -116,19 +116,6 @@ class RoutingWeights(_Strict):
         return self
 
 
-class WeightOverride(_Strict):
-    cost: float = Field(ge=0)
-    speed: float = Field(ge=0)
-    fill: float = Field(ge=0)
-
-    @model_validator(mode="after")
-    def _sum_to_one(self) -> Self:
-        total = self.cost + self.speed + self.fill
-        if abs(total - 1.0) > 1e-9:
-            raise ValueError(f"cost + speed + fill must be 1, got {total:g}")
-        return self
-
-
 class RuleMatch(_Strict):
     """Conditions of a routing rule; every condition given must hold (an empty match matches all)."""
 
@@ -152,7 +139,7 @@ class RoutingRule(_Strict):
     prefer: list[BrokerName] = Field(default_factory=list)
     require: list[BrokerName] = Field(default_factory=list)
     exclude: list[BrokerName] = Field(default_factory=list)
-    weights: WeightOverride | None = None
+    weights: RoutingWeights | None = None
 
     @model_validator(mode="after")
     def _does_something(self) -> Self:

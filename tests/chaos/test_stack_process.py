@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,20 +44,29 @@ def wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> dict[
     raise AssertionError("mbx up did not come up in time")
 
 
+@contextmanager
+def mbx_up(
+    tmp_path: Path, *args: str, **env_vars: str
+) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, object], dict[str, str]]]:
+    """Run `mbx up` as a user would (no MBX_* variables but those given); kill it if the test fails."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MBX_")}
+    env.update({"MBX_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200", **env_vars})
+    with (tmp_path / "up.log").open("wb") as log:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "workers", "up", *args], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            yield up, wait_for(tmp_path / "data" / "stack.json", up, timeout=120), env
+        finally:
+            if up.poll() is None:
+                up.kill()
+                up.wait(10)
+
+
 def test_up_runs_the_system_submit_fills_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
     """The README's `make run` flow: up, submit 10 AAPL from another terminal, Ctrl-C."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MBX_")}
-    env.update({"MBX_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"})
     nats_port, pg_port = free_port(), free_port()
-    log = (tmp_path / "up.log").open("wb")
-    up = subprocess.Popen(
-        [sys.executable, "-m", "workers", "up", "--nats-port", str(nats_port), "--pg-port", str(pg_port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        stack = wait_for(tmp_path / "data" / "stack.json", up, timeout=120)
+    with mbx_up(tmp_path, "--nats-port", str(nats_port), "--pg-port", str(pg_port)) as (up, stack, env):
         assert stack["nats_url"] == f"nats://127.0.0.1:{nats_port}"
         pids = [*dict(stack["workers"]).values(), *dict(stack["servers"]).values()]  # type: ignore[call-overload]
         assert len(pids) == 9  # router, five executors, aggregator, nats-server, postgres
@@ -74,10 +85,6 @@ def test_up_runs_the_system_submit_fills_and_ctrl_c_leaves_no_process(tmp_path: 
 
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0
-    finally:
-        if up.poll() is None:
-            up.kill()
-        log.close()
     deadline = time.monotonic() + 10
     while any(alive(int(p)) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -88,18 +95,7 @@ def test_up_runs_the_system_submit_fills_and_ctrl_c_leaves_no_process(tmp_path: 
 
 def test_up_uses_external_servers_when_urls_are_set(tmp_path: Path, servers: Any) -> None:
     """With MBX_NATS_URL and MBX_DATABASE_URL set, mbx up starts only the workers."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MBX_")}
-    env.update(
-        {
-            "MBX_DATA_DIR": str(tmp_path / "data"),
-            "MBX_NATS_URL": servers.nats_url,
-            "MBX_DATABASE_URL": servers.database_url,
-        }
-    )
-    log = (tmp_path / "up.log").open("wb")
-    up = subprocess.Popen([sys.executable, "-m", "workers", "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        stack = wait_for(tmp_path / "data" / "stack.json", up, timeout=60)
+    with mbx_up(tmp_path, MBX_NATS_URL=servers.nats_url, MBX_DATABASE_URL=servers.database_url) as (up, stack, _):
         assert stack["servers"] == {}
         assert stack["nats_url"] == servers.nats_url
         assert len(dict(stack["workers"])) == 7  # type: ignore[call-overload]
@@ -107,7 +103,3 @@ def test_up_uses_external_servers_when_urls_are_set(tmp_path: Path, servers: Any
         assert not (tmp_path / "data" / "postgres").exists()
         up.send_signal(signal.SIGTERM)
         assert up.wait(60) == 0
-    finally:
-        if up.poll() is None:
-            up.kill()
-        log.close()
