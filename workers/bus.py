@@ -145,7 +145,6 @@ def stream_sequence(msg: Msg) -> int | None:
 def make_dead_letter(stage: DeadLetterStage, msg: Msg, error: str) -> DeadLetter:
     headers: dict[str, Any] = dict(msg.headers or {})
     seq = stream_sequence(msg)
-    identity = {"stream_sequence": seq} if seq is not None else {}
     letter_id = f"dlq-{stage}-{_stream_name(msg)}-{seq}" if seq is not None else uuid.uuid4().hex
     return DeadLetter(
         message_id=letter_id,
@@ -157,7 +156,7 @@ def make_dead_letter(stage: DeadLetterStage, msg: Msg, error: str) -> DeadLetter
         payload_b64=base64.b64encode(msg.data).decode("ascii"),
         error=error[:2000],
         delivery_count=delivery_count(msg),
-        **identity,
+        stream_sequence=seq,
     )
 
 

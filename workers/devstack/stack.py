@@ -74,6 +74,7 @@ class Stack:
     postgres: EmbeddedPostgres | None = None
     workers: list[WorkerProcess] = field(default_factory=list)
     _stopping: bool = False
+    _env: dict[str, str] = field(default_factory=dict)
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -129,10 +130,9 @@ class Stack:
                 )
             )
         self.workers.append(WorkerProcess("aggregator", [*base, "aggregator"], logs / "aggregator.log"))
-        env = {**os.environ, "MBX_NATS_URL": nats_url, "MBX_DATABASE_URL": database_url, "MBX_LOG_FORMAT": "json"}
-        self._env = env
+        self._env = {**os.environ, "MBX_NATS_URL": nats_url, "MBX_DATABASE_URL": database_url, "MBX_LOG_FORMAT": "json"}
         for worker in self.workers:
-            worker.proc = spawn(worker.args, worker.log_file, env=env)
+            worker.proc = spawn(worker.args, worker.log_file, env=self._env)
 
     async def _wait_ready(self, nats_url: str, timeout: float = 90.0) -> None:
         """Until every durable consumer has a worker pulling and every executor reported in."""

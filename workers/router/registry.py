@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from contracts import AssetClass, BrokerName, BrokerStatus
@@ -109,7 +108,3 @@ class BrokerRegistry:
                 "assets": sorted(str(a) for a in info.capabilities.assets),
             }
         return summary
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

@@ -236,10 +236,6 @@ def rule_set(routing: RoutingConfig) -> RuleSet:
     return compiled
 
 
-def rule_matches(rule: RoutingRule, intent: OrderIntent, quantity: Decimal | None, notional: Decimal | None) -> bool:
-    return bool(RuleSet([rule]).matching(intent, quantity, notional))
-
-
 def estimate_fee(intent: OrderIntent, broker: BrokerName, config: MbxConfig, price: Decimal | None) -> Decimal:
     """Commission plus regulatory fees in USD; value-based parts are 0 when no price is known."""
     quantity, _ = order_size(intent, price)
