@@ -206,6 +206,10 @@ class Subjects:
         """Measured fill quality: one key per broker (a FillQuality)."""
         return f"{self.prefix}_fill_quality"
 
+    def sim_book_bucket(self, broker: BrokerName | str) -> str:
+        """A simulated broker's own order book (paper trading only)."""
+        return f"{self.prefix}_sim_{broker}"
+
     @property
     def exposure_bucket(self) -> str:
         """Cross-broker exposure: key ``current`` (an ExposureSnapshot)."""

@@ -21,7 +21,7 @@ from workers.bus import ensure_streams
 from workers.db.engine import make_engine
 from workers.db.migrate import upgrade
 from workers.entry import build_worker
-from workers.executor.app import build_executor
+from workers.executor.app import build_simulated_executor
 from workers.router.app import write_live_config
 from workers.runtime import Worker
 from workers.settings import MbxConfig, Settings
@@ -92,7 +92,7 @@ class Pipeline:
         self.config = config
         self.venues = {b: SimulatedVenue(b) for b in BrokerName} | (venue_overrides or {})
         self.workers: list[Worker] = [build_worker("router", settings, config)]
-        self.workers += [build_executor(settings, b, self.venues[b]) for b in config.enabled_brokers()]
+        self.workers += [build_simulated_executor(settings, b, self.venues[b]) for b in config.enabled_brokers()]
         self.workers.append(build_worker("aggregator", settings, config))
 
     async def start(self) -> None:

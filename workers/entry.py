@@ -23,12 +23,11 @@ def build_worker(kind: str, settings: Settings, config: MbxConfig, broker: Broke
 
         return build_router(settings, config)
     if kind == "executor":
-        from workers.executor.app import build_executor  # noqa: PLC0415
-        from workers.venues.simulated import SimulatedVenue  # noqa: PLC0415
+        from workers.executor.app import build_simulated_executor  # noqa: PLC0415
 
         if broker is None:
             raise ValueError("an executor needs --broker")
-        return build_executor(settings, broker, SimulatedVenue(broker))
+        return build_simulated_executor(settings, broker)
     if kind == "aggregator":
         from workers.aggregator.app import build_aggregator  # noqa: PLC0415
 

@@ -50,7 +50,7 @@ async def test_preview_returns_the_full_breakdown_and_places_nothing(
     assert [e.broker for e in decision.excluded] == [BrokerName.SCHWAB]
     assert decision.config_version > 0
     assert await fetch_all(db, "SELECT 1 FROM multi_broker_routes WHERE intent_id = :i", i=decision.intent_id) == []
-    assert all(o.client_order_id != decision.intent_id for o in pipeline.venues[BrokerName.COINBASE].orders)
+    assert all(o.client_order_id != decision.intent_id for o in await pipeline.venues[BrokerName.COINBASE].book.all())
 
 
 async def test_preview_of_an_invalid_intent_says_what_is_wrong(pipeline: Pipeline, nc: NatsClient) -> None:
@@ -143,7 +143,7 @@ async def test_kill_switch_on_a_broker_stops_routes_to_it(pipeline: Pipeline, nc
     assert {"broker": "alpaca", "reason_code": "kill_switch", "reason": "alpaca is halted by a kill switch"} in (
         route["decision"]["excluded"]
     )
-    assert all(o.client_order_id != payload["intent_id"] for o in pipeline.venues[BrokerName.ALPACA].orders)
+    assert all(o.client_order_id != payload["intent_id"] for o in await pipeline.venues[BrokerName.ALPACA].book.all())
 
 
 async def test_global_kill_switch_rejects_with_a_reason(pipeline: Pipeline, nc: NatsClient, db: AsyncEngine) -> None:

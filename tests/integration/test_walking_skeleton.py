@@ -89,7 +89,9 @@ async def test_same_intent_id_published_twice_yields_exactly_one_order(
     fills = await fetch_all(db, "SELECT * FROM trade_logs WHERE intent_id = :i", i=payload["intent_id"])
     assert (len(orders), len(routes), len(fills)) == (1, 1, 1)
     at_broker = [
-        o for o in pipeline.venues[orders[0]["broker_name"]].orders if o.client_order_id == payload["intent_id"]
+        o
+        for o in await pipeline.venues[orders[0]["broker_name"]].book.all()
+        if o.client_order_id == payload["intent_id"]
     ]
     assert len(at_broker) == 1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -10,6 +11,8 @@ from contracts import AssetClass, BrokerName, OrderStatus
 from tests.builders import make_intent
 from workers.venues.base import VenueRejected
 from workers.venues.simulated import QuoteModel, SimulatedVenue, estimate_fee
+
+NOW = datetime.now(UTC)
 
 
 async def test_market_buy_fills_at_the_ask_and_sell_at_the_bid() -> None:
@@ -29,9 +32,9 @@ async def test_same_client_order_id_returns_the_original_order() -> None:
     intent = make_intent(symbol="BTC-USD", asset_class="crypto", quantity="0.1", time_in_force=None)
     first = await venue.place_order(intent, intent.intent_id)
     second = await venue.place_order(intent, intent.intent_id)
-    assert first is second
-    assert len(venue.orders) == 1
-    assert await venue.find_order(intent.intent_id) is first
+    assert first.broker_order_id == second.broker_order_id
+    assert len(await venue.book.all()) == 1
+    assert await venue.locate(intent, intent.intent_id, first.submitted_at or NOW) is first
 
 
 async def test_notional_order_buys_what_the_amount_affords() -> None:

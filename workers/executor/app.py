@@ -14,6 +14,8 @@ from workers.executor.handlers import ExecutorHandlers
 from workers.runtime import Worker
 from workers.settings import Settings
 from workers.venues.base import Venue
+from workers.venues.book import KvOrderBook
+from workers.venues.simulated import SimulatedVenue
 
 log = structlog.get_logger("mbx.executor")
 
@@ -73,6 +75,17 @@ class ExecutorWorker(Worker):
                 await self.beat()
             except Exception as exc:  # noqa: BLE001  (a missed beat is retried next second)
                 log.warning("heartbeat failed", broker=str(self.venue.broker), error=str(exc))
+
+
+def build_simulated_executor(
+    settings: Settings, broker: BrokerName, venue: SimulatedVenue | None = None
+) -> ExecutorWorker:
+    """An executor with a simulated broker whose book lives in NATS KV, so it outlives the
+    executor process and is shared by its replicas, like a real broker's."""
+    venue = venue or SimulatedVenue(broker)
+    worker = build_executor(settings, broker, venue)
+    venue.book = KvOrderBook(lambda: worker.js, settings.subjects.sim_book_bucket(broker))
+    return worker
 
 
 def build_executor(settings: Settings, broker: BrokerName, venue: Venue) -> ExecutorWorker:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import structlog
@@ -16,13 +17,28 @@ from contracts import (
     OrderStatus,
     RouteDecision,
 )
-from workers.bus import publish
+from workers.bus import delivery_count, publish
 from workers.executor.reports import failover_event, fill_message, report
 from workers.runtime import PoisonMessage, Worker, parse
-from workers.venues.base import Venue, VenueAmbiguous, VenueOrder, VenueRejected, VenueUnavailable
+from workers.venues.base import (
+    Venue,
+    VenueAmbiguous,
+    VenueDuplicate,
+    VenueOrder,
+    VenueRejected,
+    VenueUnavailable,
+)
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
+
+
+LOOKUP_MARGIN = timedelta(seconds=5)
+LISTING_SETTLE = timedelta(seconds=5)
+
+
+class OutcomeUnknown(Exception):
+    """Whether an earlier attempt placed the order is not known yet: retry later (transient)."""
 
 
 class VenueStats:
@@ -59,30 +75,54 @@ class ExecutorHandlers:
         if decision.broker != self.venue.broker:
             raise PoisonMessage(f"route for {decision.broker} reached the {self.venue.broker} executor")
         client_order_id = decision.intent.intent_id
-        try:
-            order = await self._timed_place(decision, client_order_id)
-        except VenueRejected as exc:
-            # An order-specific rejection would fail anywhere: it ends the intent. Any other
-            # rejection hands the intent back to the router for the next broker in the chain.
-            final = exc.order_specific
-            rejected = report(
-                decision, OrderStatus.REJECTED, 1, reason_code=exc.reason_code, reason=exc.reason, final=final
-            )
-            await self._emit(decision, rejected)
-            if not final:
-                await self._emit(decision, failover_event(decision, exc.reason_code, exc.reason))
-                return f"failover:{exc.reason_code}"
-            return f"rejected:{exc.reason_code}"
-        except VenueAmbiguous:
-            # The order may exist at the broker: find it before anything else happens. If it is
-            # not there, the error propagates and the route is redelivered (the same client
-            # order id makes the retry safe).
-            found = await self.venue.find_order(client_order_id)
-            if found is None:
-                raise
-            order = found
+        # Orders placed for this decision cannot predate it; the margin covers clock skew.
+        since = decision.created_at - LOOKUP_MARGIN
+        order = None
+        if delivery_count(msg) > 1:
+            # An earlier delivery may have placed the order before a crash: never place again
+            # before finding out (brokers without client order ids would take it twice).
+            order = await self.venue.locate(decision.intent, client_order_id, since)
+            if order is None and not self.venue.capabilities.has_client_order_id:
+                self._wait_for_listing(decision)
+        if order is None:
+            try:
+                order = await self._timed_place(decision, client_order_id)
+            except VenueRejected as exc:
+                return await self._rejected(decision, exc)
+            except (VenueDuplicate, VenueAmbiguous):
+                # The order may exist (a lost reply) or does (a duplicate id): look it up. If it
+                # is not there the error propagates, the route is redelivered, and the next
+                # delivery looks again before placing.
+                order = await self.venue.locate(decision.intent, client_order_id, since)
+                if order is None:
+                    raise
         await self._emit_order(decision, order)
         return str(order.status)
+
+    @staticmethod
+    def _wait_for_listing(decision: RouteDecision) -> None:
+        """A broker without client order ids cannot refuse a duplicate, and its order list lags
+        behind. Until the decision is ``LISTING_SETTLE`` old, not finding the order proves
+        nothing: retry later instead of placing it a second time."""
+        age = datetime.now(UTC) - decision.created_at
+        if age < LISTING_SETTLE:
+            raise OutcomeUnknown(
+                f"no {decision.broker} order matches yet ({age.total_seconds():.1f}s after routing); "
+                "looking again before any resubmission"
+            )
+
+    async def _rejected(self, decision: RouteDecision, exc: VenueRejected) -> str:
+        # An order-specific rejection would fail anywhere: it ends the intent. Any other
+        # rejection hands the intent back to the router for the next broker in the chain.
+        final = exc.order_specific
+        rejected = report(
+            decision, OrderStatus.REJECTED, 1, reason_code=exc.reason_code, reason=exc.reason, final=final
+        )
+        await self._emit(decision, rejected)
+        if not final:
+            await self._emit(decision, failover_event(decision, exc.reason_code, exc.reason))
+            return f"failover:{exc.reason_code}"
+        return f"rejected:{exc.reason_code}"
 
     async def _timed_place(self, decision: RouteDecision, client_order_id: str) -> VenueOrder:
         """Place the order, feeding latency and error rate into the heartbeat's statistics."""

@@ -39,6 +39,11 @@ class VenueAmbiguous(VenueError):
     before anything is retried."""
 
 
+class VenueDuplicate(VenueError):
+    """The broker refused the order because its client order id was used before (Alpaca's 422,
+    IBKR's error 103): the order exists; look it up."""
+
+
 @dataclass(frozen=True, slots=True)
 class Quote:
     symbol: str
@@ -58,12 +63,15 @@ class VenueFill:
 
 @dataclass(slots=True)
 class VenueOrder:
-    """An order as the broker knows it."""
+    """An order as the broker knows it. ``client_order_id`` is empty at brokers without one."""
 
     broker_order_id: str
     client_order_id: str
     status: OrderStatus
     quantity: Decimal
+    symbol: str = ""
+    side: str = ""
+    submitted_at: datetime | None = None
     filled_quantity: Decimal = Decimal(0)
     average_price: Decimal | None = None
     fees: Decimal = Decimal(0)
@@ -95,6 +103,9 @@ class Venue(Protocol):
 
     async def place_order(self, intent: OrderIntent, client_order_id: str) -> VenueOrder: ...
 
-    async def find_order(self, client_order_id: str) -> VenueOrder | None: ...
+    async def locate(self, intent: OrderIntent, client_order_id: str, since: datetime) -> VenueOrder | None:
+        """Find an order this intent may have placed: by client order id where the broker has
+        one, else by listing recent orders and matching symbol, side and size."""
+        ...
 
     async def get_quote(self, symbol: str) -> Quote: ...

@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 
 from contracts import AssetClass, BrokerName, OrderIntent, OrderStatus, OrderType, Side
 from workers.fees import DEFAULT_FEES, commission, round_up_to_cent
-from workers.venues.base import Quote, VenueFill, VenueOrder, VenueRejected
+from workers.venues.base import (
+    Quote,
+    VenueAmbiguous,
+    VenueDuplicate,
+    VenueFill,
+    VenueOrder,
+    VenueRejected,
+    VenueUnavailable,
+)
+from workers.venues.book import MemoryOrderBook, OrderBook
 from workers.venues.capabilities import CAPABILITIES, VenueCapabilities
 
 CENT = Decimal("0.01")
@@ -48,13 +58,34 @@ def estimate_fee(broker: BrokerName, asset: AssetClass, quantity: Decimal, price
     return round_up_to_cent(commission(schedule, asset, quantity, price))
 
 
-class SimulatedVenue:
-    """An in-memory broker. A repeated client order id returns the original order."""
+@dataclass
+class Faults:
+    """Failures to inject, switched at runtime. Counters count down one per placement."""
 
-    def __init__(self, broker: BrokerName, quotes: QuoteModel | None = None) -> None:
+    outage: bool = False
+    """Every request fails before reaching the broker (VenueUnavailable)."""
+    timeouts_after_accept: int = 0
+    """The next N placements are accepted, then the reply is lost (VenueAmbiguous)."""
+    reject_next: int = 0
+    """The next N placements are refused for lack of buying power (another broker may take them)."""
+    hidden_lookups: int = 0
+    """The next N lookups miss every order, as a broker's list lags behind its book."""
+
+
+# What a broker does with a client order id it has seen before (../shared/reference, section 7.2).
+RETURNS_ORIGINAL = frozenset({BrokerName.COINBASE, BrokerName.ROBINHOOD})
+REFUSES_DUPLICATE = frozenset({BrokerName.ALPACA, BrokerName.IBKR})  # Alpaca 422, IBKR error 103
+
+
+class SimulatedVenue:
+    """A simulated broker. Its book (``MemoryOrderBook`` or the NATS-backed ``KvOrderBook``)
+    is the broker's memory: an order placed stays there whatever happens to the executor."""
+
+    def __init__(self, broker: BrokerName, quotes: QuoteModel | None = None, book: OrderBook | None = None) -> None:
         self._broker = broker
         self._quotes = quotes or QuoteModel()
-        self._orders: dict[str, VenueOrder] = {}
+        self.book: OrderBook = book or MemoryOrderBook()
+        self.faults = Faults()
         self._connected = False
 
     @property
@@ -67,7 +98,7 @@ class SimulatedVenue:
 
     @property
     def is_connected(self) -> bool:
-        return self._connected
+        return self._connected and not self.faults.outage
 
     async def connect(self) -> None:
         self._connected = True
@@ -78,48 +109,74 @@ class SimulatedVenue:
     async def get_quote(self, symbol: str) -> Quote:
         return self._quotes.quote(symbol)
 
-    async def find_order(self, client_order_id: str) -> VenueOrder | None:
-        return self._orders.get(client_order_id)
-
-    @property
-    def orders(self) -> list[VenueOrder]:
-        """The broker's own book (tests count duplicates here)."""
-        return list(self._orders.values())
+    async def locate(self, intent: OrderIntent, client_order_id: str, since: datetime) -> VenueOrder | None:
+        if self.faults.outage:
+            raise VenueUnavailable(f"{self._broker} is unreachable")
+        if self.faults.hidden_lookups > 0:
+            self.faults.hidden_lookups -= 1
+            return None
+        if self.capabilities.has_client_order_id:
+            return await self.book.by_client_id(client_order_id)
+        # No client order id (Schwab): list recent orders and match what the intent describes.
+        candidates = [
+            o
+            for o in await self.book.all()
+            if o.symbol == intent.symbol
+            and o.side == intent.side
+            and o.submitted_at is not None
+            and o.submitted_at >= since
+            and (intent.quantity is None or o.quantity == intent.quantity)
+        ]
+        return min(candidates, key=lambda o: o.submitted_at or since) if candidates else None
 
     async def place_order(self, intent: OrderIntent, client_order_id: str) -> VenueOrder:
-        existing = self._orders.get(client_order_id)
-        if existing is not None:
-            return existing
+        if self.faults.outage:
+            raise VenueUnavailable(f"{self._broker} is unreachable")
+        if self.faults.reject_next > 0:
+            self.faults.reject_next -= 1
+            raise VenueRejected(
+                "insufficient_buying_power", f"{self._broker} account has no buying power", order_specific=False
+            )
         support = self.capabilities.support_for(intent.asset_class)
         if support is None:
             raise VenueRejected(
                 "unsupported_asset", f"{self._broker} does not trade {intent.asset_class}", order_specific=False
             )
         quote = self._quotes.quote(intent.symbol)
-        buying = intent.side is Side.BUY
-        touch = quote.ask if buying else quote.bid
+        touch = quote.ask if intent.side is Side.BUY else quote.bid
         quantity = intent.quantity if intent.quantity is not None else self._quantity_for(intent, touch)
         if quantity <= 0:
             raise VenueRejected(
                 "invalid_quantity", "the notional buys less than the smallest unit", order_specific=True
             )
+        # Unique across venue instances and restarts, as a real broker's order ids are.
+        broker_order_id = f"{self._broker}-{uuid.uuid4().hex[:20]}"
+        if self.capabilities.has_client_order_id:
+            existing = await self.book.claim(client_order_id, broker_order_id)
+            if existing is not None:
+                if self._broker in REFUSES_DUPLICATE:
+                    raise VenueDuplicate(f"client_order_id {client_order_id} must be unique")
+                original = await self.book.get(existing)
+                if original is not None:
+                    return original
         order = VenueOrder(
-            # Unique across venue instances and restarts, as a real broker's order ids are.
-            broker_order_id=f"{self._broker}-{uuid.uuid4().hex[:20]}",
-            client_order_id=client_order_id,
+            broker_order_id=broker_order_id,
+            client_order_id=client_order_id if self.capabilities.has_client_order_id else "",
             status=OrderStatus.ACCEPTED,
             quantity=quantity,
+            symbol=intent.symbol,
+            side=str(intent.side),
+            submitted_at=datetime.now(UTC),
         )
-        self._orders[client_order_id] = order
         if self._marketable(intent, touch):
-            price = touch  # a marketable order fills at the touch, even with a better limit
-            fee = estimate_fee(self._broker, intent.asset_class, quantity, price)
-            now = datetime.now(UTC)
-            order.fills.append(VenueFill(f"{order.broker_order_id}-1", quantity, price, fee, now))
-            order.filled_quantity = quantity
-            order.average_price = price
-            order.fees = fee
+            fee = estimate_fee(self._broker, intent.asset_class, quantity, touch)
+            order.fills.append(VenueFill(f"{broker_order_id}-1", quantity, touch, fee, datetime.now(UTC)))
+            order.filled_quantity, order.average_price, order.fees = quantity, touch, fee
             order.status = OrderStatus.FILLED
+        await self.book.save(order)
+        if self.faults.timeouts_after_accept > 0:
+            self.faults.timeouts_after_accept -= 1
+            raise VenueAmbiguous(f"{self._broker} accepted the order but the reply was lost")
         return order
 
     @staticmethod

@@ -1,0 +1,77 @@
+"""No double order at the broker: the book outlives the executor, and ambiguous outcomes are
+resolved by looking the order up, never by placing it blindly again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from nats.aio.client import Client as NatsClient
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts import BrokerName
+from tests.builders import OPTION, intent_payload, make_intent
+from tests.conftest import Pipeline
+from tests.integration.test_walking_skeleton import final_order, publish_json
+from workers.executor.app import build_simulated_executor
+from workers.settings import Settings
+from workers.venues.base import VenueDuplicate
+
+pytestmark = pytest.mark.integration
+
+
+async def test_the_simulated_book_outlives_the_executor(settings: Settings) -> None:
+    """A new executor process (a new venue object) sees the orders the old one placed."""
+    intent = make_intent()
+    first = build_simulated_executor(settings, BrokerName.ALPACA)
+    await first.start()
+    try:
+        placed = await first.venue.place_order(intent, intent.intent_id)
+    finally:
+        await first.stop()
+    second = build_simulated_executor(settings, BrokerName.ALPACA)
+    await second.start()
+    try:
+        with pytest.raises(VenueDuplicate):
+            await second.venue.place_order(intent, intent.intent_id)
+        assert await second.venue.locate(intent, intent.intent_id, placed.submitted_at) == placed  # type: ignore[arg-type]
+    finally:
+        await second.stop()
+
+
+async def orders_at(pipeline: Pipeline, broker: BrokerName, match: Any) -> list[Any]:
+    return [o for o in await pipeline.venues[broker].book.all() if match(o)]
+
+
+async def test_ambiguous_timeout_at_schwab_is_resolved_by_listing(
+    pipeline: Pipeline, nc: NatsClient, db: AsyncEngine
+) -> None:
+    """Schwab accepts the order but the reply is lost and its list lags: the executor keeps
+    looking (never resubmits) and reports the one order once it shows up."""
+    schwab = pipeline.venues[BrokerName.SCHWAB]
+    schwab.faults.timeouts_after_accept = 1
+    schwab.faults.hidden_lookups = 2
+    payload = intent_payload(**{**OPTION, "quantity": "7", "symbol": "MSFT  270115C00300000"})
+    await publish_json(nc, payload)
+    [order] = await final_order(db, payload["intent_id"])
+    assert (order["broker_name"], order["status"]) == ("schwab", "filled")
+    placed = await orders_at(pipeline, BrokerName.SCHWAB, lambda o: o.symbol == payload["symbol"])
+    assert len(placed) == 1
+    assert order["broker_order_id"] == placed[0].broker_order_id
+
+
+async def test_ambiguous_timeout_at_alpaca_is_resolved_by_lookup_after_the_422(
+    pipeline: Pipeline, nc: NatsClient, db: AsyncEngine
+) -> None:
+    """The reply is lost and lookups lag, so the retry is refused as a duplicate (422); the
+    lookup that follows finds the one order."""
+    alpaca = pipeline.venues[BrokerName.ALPACA]
+    alpaca.faults.timeouts_after_accept = 1
+    alpaca.faults.hidden_lookups = 2
+    payload = intent_payload()
+    await publish_json(nc, payload)
+    [order] = await final_order(db, payload["intent_id"])
+    assert (order["broker_name"], order["status"]) == ("alpaca", "filled")
+    placed = await orders_at(pipeline, BrokerName.ALPACA, lambda o: o.client_order_id == payload["intent_id"])
+    assert len(placed) == 1
+    assert alpaca.faults.hidden_lookups == 0  # both lagging lookups happened before the 422 path

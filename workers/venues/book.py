@@ -1,0 +1,150 @@
+"""Where a simulated broker keeps its orders.
+
+A real broker remembers an order after our executor crashes, and every replica of an executor
+talks to the same broker. ``KvOrderBook`` gives the simulation the same property: the book lives
+in a NATS KV bucket (one per broker), and a client order id is claimed with compare-and-set, so
+two replicas submitting the same id see one order. ``MemoryOrderBook`` is for pure unit tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+
+from contracts import OrderStatus
+from workers.bus import open_bucket
+from workers.venues.base import VenueFill, VenueOrder
+
+
+class OrderBook(Protocol):
+    async def claim(self, client_order_id: str, broker_order_id: str) -> str | None:
+        """Reserve a client order id for a new order; returns the existing order's id if taken."""
+        ...
+
+    async def save(self, order: VenueOrder) -> None: ...
+
+    async def get(self, broker_order_id: str) -> VenueOrder | None: ...
+
+    async def by_client_id(self, client_order_id: str) -> VenueOrder | None: ...
+
+    async def all(self) -> list[VenueOrder]: ...
+
+
+class MemoryOrderBook:
+    def __init__(self) -> None:
+        self._orders: dict[str, VenueOrder] = {}
+        self._claims: dict[str, str] = {}
+
+    async def claim(self, client_order_id: str, broker_order_id: str) -> str | None:
+        existing = self._claims.get(client_order_id)
+        if existing is None:
+            self._claims[client_order_id] = broker_order_id
+        return existing
+
+    async def save(self, order: VenueOrder) -> None:
+        self._orders[order.broker_order_id] = order
+
+    async def get(self, broker_order_id: str) -> VenueOrder | None:
+        return self._orders.get(broker_order_id)
+
+    async def by_client_id(self, client_order_id: str) -> VenueOrder | None:
+        broker_order_id = self._claims.get(client_order_id)
+        return self._orders.get(broker_order_id) if broker_order_id else None
+
+    async def all(self) -> list[VenueOrder]:
+        return list(self._orders.values())
+
+
+def _key(client_order_id: str) -> str:
+    # KV keys allow letters, digits and - _ = . / only; intent ids may contain ':'.
+    return "c." + base64.urlsafe_b64encode(client_order_id.encode()).decode()
+
+
+def encode_order(order: VenueOrder) -> bytes:
+    return json.dumps(asdict(order), default=str).encode()
+
+
+def decode_order(raw: bytes) -> VenueOrder:
+    data: dict[str, Any] = json.loads(raw)
+    fills = [
+        VenueFill(
+            f["fill_id"],
+            Decimal(f["quantity"]),
+            Decimal(f["price"]),
+            Decimal(f["fee"]),
+            datetime.fromisoformat(f["executed_at"]),
+        )
+        for f in data.pop("fills")
+    ]
+    return VenueOrder(
+        broker_order_id=data["broker_order_id"],
+        client_order_id=data["client_order_id"],
+        status=OrderStatus(data["status"]),
+        quantity=Decimal(data["quantity"]),
+        symbol=data["symbol"],
+        side=data["side"],
+        submitted_at=datetime.fromisoformat(data["submitted_at"]) if data["submitted_at"] else None,
+        filled_quantity=Decimal(data["filled_quantity"]),
+        average_price=Decimal(data["average_price"]) if data["average_price"] is not None else None,
+        fees=Decimal(data["fees"]),
+        fills=fills,
+        reason=data["reason"],
+    )
+
+
+class KvOrderBook:
+    """The book in the KV bucket ``<prefix>_sim_<broker>``: ``o.<broker order id>`` holds an
+    order, ``c.<client order id, base64>`` the id of the order that claimed it."""
+
+    def __init__(self, js: Callable[[], JetStreamContext], bucket: str) -> None:
+        self._js = js  # called at first use: the executor connects after it is built
+        self._bucket = bucket
+        self._kv: Any = None
+
+    async def _store(self) -> Any:
+        if self._kv is None:
+            self._kv = await open_bucket(self._js(), self._bucket)
+        return self._kv
+
+    async def claim(self, client_order_id: str, broker_order_id: str) -> str | None:
+        kv = await self._store()
+        try:
+            await kv.create(_key(client_order_id), broker_order_id.encode())
+        except KeyWrongLastSequenceError:
+            entry = await kv.get(_key(client_order_id))
+            return (entry.value or b"").decode()
+        return None
+
+    async def save(self, order: VenueOrder) -> None:
+        await (await self._store()).put(f"o.{order.broker_order_id}", encode_order(order))
+
+    async def get(self, broker_order_id: str) -> VenueOrder | None:
+        try:
+            entry = await (await self._store()).get(f"o.{broker_order_id}")
+        except KeyNotFoundError:
+            return None
+        return decode_order(entry.value) if entry.value else None
+
+    async def by_client_id(self, client_order_id: str) -> VenueOrder | None:
+        try:
+            entry = await (await self._store()).get(_key(client_order_id))
+        except KeyNotFoundError:
+            return None
+        return await self.get((entry.value or b"").decode())
+
+    async def all(self) -> list[VenueOrder]:
+        kv = await self._store()
+        try:
+            keys = await kv.keys()  # nats-py's filters are substring matches: filter here
+        except NoKeysError:
+            return []
+        orders = [await self.get(k.removeprefix("o.")) for k in keys if k.startswith("o.")]
+        return [o for o in orders if o is not None]
