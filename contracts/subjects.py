@@ -134,6 +134,8 @@ class Subjects:
             stream=self.stream_name("ROUTES"),
             durable=f"executor-{broker}",
             filter_subjects=(self.route(broker),),
+            # Short, so a crashed replica's orders come back quickly; placement takes well under it.
+            ack_wait_seconds=10.0,
             description=f"Route decisions for {broker}, shared by its executor replicas.",
         )
 

@@ -86,13 +86,18 @@ class Pipeline:
     """Router, one executor per broker and the aggregator, running in this event loop."""
 
     def __init__(
-        self, settings: Settings, config: MbxConfig, venue_overrides: dict[BrokerName, SimulatedVenue] | None = None
+        self,
+        settings: Settings,
+        config: MbxConfig,
+        venue_overrides: dict[BrokerName, SimulatedVenue] | None = None,
+        executors: bool = True,
     ) -> None:
         self.settings = settings
         self.config = config
         self.venues = {b: SimulatedVenue(b) for b in BrokerName} | (venue_overrides or {})
         self.workers: list[Worker] = [build_worker("router", settings, config)]
-        self.workers += [build_simulated_executor(settings, b, self.venues[b]) for b in config.enabled_brokers()]
+        if executors:
+            self.workers += [build_simulated_executor(settings, b, self.venues[b]) for b in config.enabled_brokers()]
         self.workers.append(build_worker("aggregator", settings, config))
 
     async def start(self) -> None:
@@ -117,9 +122,11 @@ async def start_pipeline(settings: Settings) -> AsyncIterator[Callable[..., Awai
     started: list[Pipeline] = []
 
     async def start(
-        config: MbxConfig | None = None, venue_overrides: dict[BrokerName, SimulatedVenue] | None = None
+        config: MbxConfig | None = None,
+        venue_overrides: dict[BrokerName, SimulatedVenue] | None = None,
+        executors: bool = True,
     ) -> Pipeline:
-        pipeline = Pipeline(settings, config or MbxConfig(), venue_overrides)
+        pipeline = Pipeline(settings, config or MbxConfig(), venue_overrides, executors)
         await pipeline.start()
         started.append(pipeline)
         return pipeline

@@ -184,22 +184,27 @@ class Worker:
         """Run ``process`` on one message under the delivery policy; returns the outcome."""
         started = time.perf_counter()
         structlog.contextvars.bind_contextvars(subject=msg.subject)
+        keepalive = asyncio.create_task(_keep_in_progress(msg, spec.ack_wait_seconds / 3))
         try:
             outcome = await process(msg)
+            keepalive.cancel()
             await msg.ack()
         except PoisonMessage as exc:
             outcome = await self._dead_letter(stage, msg, str(exc))
         except Exception as exc:  # noqa: BLE001  (every other failure is treated as transient)
             outcome = await self._retry_or_give_up(stage, spec, msg, exc)
         finally:
-            structlog.contextvars.unbind_contextvars("subject", "intent_id", "broker")
+            keepalive.cancel()
+        # One summary line per message, with the intent and broker the handler bound.
         log.info(
             "handled",
             stage=str(stage),
             subject=msg.subject,
             outcome=outcome,
+            deliveries=delivery_count(msg),
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
         )
+        structlog.contextvars.unbind_contextvars("subject", "intent_id", "broker")
         return outcome
 
     async def _retry_or_give_up(self, stage: DeadLetterStage, spec: ConsumerSpec, msg: Msg, exc: Exception) -> str:
@@ -223,6 +228,17 @@ class Worker:
             log.exception("dead-lettering failed; the message will be redelivered")
             return "dead_letter_failed"
         return "dead_letter"
+
+
+async def _keep_in_progress(msg: Msg, every: float) -> None:
+    """Tell JetStream the message is still being worked on, so a slow handler (a broker lookup
+    under load) is never overtaken by a redelivery of the same message."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await msg.in_progress()
+        except Exception:  # noqa: BLE001  (a lost +WPI only risks the redelivery it tried to prevent)
+            return
 
 
 def _num_pending(msg: Msg) -> int:

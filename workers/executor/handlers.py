@@ -19,6 +19,7 @@ from contracts import (
 )
 from workers.bus import delivery_count, publish
 from workers.executor.reports import failover_event, fill_message, report
+from workers.failpoints import failpoint
 from workers.runtime import PoisonMessage, Worker, parse
 from workers.venues.base import (
     Venue,
@@ -65,6 +66,7 @@ class ExecutorHandlers:
         self.spec = spec
         self.venue = venue
         self.stats = VenueStats()
+        self._working: set[str] = set()
 
     async def on_route(self, msg: Msg) -> None:
         await self.worker.deliver(DeadLetterStage.EXECUTOR, self.spec, msg, self.execute)
@@ -74,6 +76,16 @@ class ExecutorHandlers:
         structlog.contextvars.bind_contextvars(intent_id=decision.intent_id, broker=str(decision.broker))
         if decision.broker != self.venue.broker:
             raise PoisonMessage(f"route for {decision.broker} reached the {self.venue.broker} executor")
+        if decision.intent_id in self._working:
+            # Another delivery of this intent is in hand here: let it finish, then look again.
+            raise OutcomeUnknown(f"intent {decision.intent_id} is already being placed by this executor")
+        self._working.add(decision.intent_id)
+        try:
+            return await self._execute(msg, decision)
+        finally:
+            self._working.discard(decision.intent_id)
+
+    async def _execute(self, msg: Msg, decision: RouteDecision) -> str:
         client_order_id = decision.intent.intent_id
         # Orders placed for this decision cannot predate it; the margin covers clock skew.
         since = decision.created_at - LOOKUP_MARGIN
@@ -85,6 +97,7 @@ class ExecutorHandlers:
             if order is None and not self.venue.capabilities.has_client_order_id:
                 self._wait_for_listing(decision)
         if order is None:
+            failpoint("before_place")
             try:
                 order = await self._timed_place(decision, client_order_id)
             except VenueRejected as exc:
@@ -96,7 +109,9 @@ class ExecutorHandlers:
                 order = await self.venue.locate(decision.intent, client_order_id, since)
                 if order is None:
                     raise
+        failpoint("after_place")
         await self._emit_order(decision, order)
+        failpoint("after_report")  # reported, not yet acked
         return str(order.status)
 
     @staticmethod

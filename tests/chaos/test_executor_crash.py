@@ -1,0 +1,115 @@
+"""Crash test: the executor is killed at every point of its work, and restarted; every intent
+still ends in a terminal state, and the broker's own book holds exactly one order per intent."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client as NatsClient
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.builders import intent_payload, new_intent_id
+from tests.conftest import fetch_all
+from tests.integration.test_walking_skeleton import publish_json
+from tests.servers import Servers
+from workers.settings import parse_config
+from workers.venues.book import KvOrderBook
+
+pytestmark = pytest.mark.integration
+
+INTENTS = 200
+# Each executor run dies at one point: before sending, after sending but before reporting,
+# after reporting but before the ack, then twice at a random moment (SIGKILL), then runs clean.
+PLAN: list[str | None] = ["before_place:15", "after_place:25", "after_report:35", "random", "random", None]
+
+
+async def start_executor(
+    servers: Servers, log: Path, failpoints: str | None, broker: str
+) -> asyncio.subprocess.Process:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MBX_")}
+    env.update({"MBX_NATS_URL": servers.nats_url, "MBX_LOG_FORMAT": "json", "MBX_LOG_LEVEL": "WARNING"})
+    if failpoints and failpoints != "random":
+        env["MBX_FAILPOINTS"] = failpoints
+    env["MBX_LOG_LEVEL"] = "INFO"
+    with log.open("ab") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "workers",
+            "worker",
+            "executor",
+            "--broker",
+            broker,
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
+
+
+@pytest.mark.parametrize("broker", ["alpaca", "schwab"])
+async def test_executor_killed_at_every_point_places_each_intent_exactly_once(
+    start_pipeline: Any, nc: NatsClient, db: AsyncEngine, servers: Servers, tmp_path: Path, broker: str
+) -> None:
+    """Alpaca refuses a repeated client order id; Schwab has none and would take a blind retry
+    as a second order, so only looking before placing keeps its book clean."""
+    rng = random.Random(20261121)
+    await start_pipeline(parse_config({"brokers": {broker: {}}}), executors=False)
+    log = tmp_path / "executor.log"
+    runs = 0
+    executor = await start_executor(servers, log, PLAN[0], broker)
+    ids = [new_intent_id("crash") for _ in range(INTENTS)]
+    # Schwab orders can only be matched by symbol, side and size: give each intent its own size.
+    sizes = rng.sample(range(1, 100_000), INTENTS)
+
+    async def everything_final() -> bool:
+        rows = await fetch_all(db, "SELECT status FROM orders WHERE intent_id = ANY(:ids)", ids=ids)
+        return len(rows) == INTENTS and all(r["status"] in ("filled", "rejected", "failed", "cancelled") for r in rows)
+
+    try:
+        await asyncio.sleep(1.5)  # its first heartbeat: the router sees the broker up
+        for intent_id, size in zip(ids, sizes, strict=True):
+            await publish_json(
+                nc, intent_payload(intent_id=intent_id, strategy_id="crashbot", quantity=str(size)), strategy="crashbot"
+            )
+        deadline = asyncio.get_running_loop().time() + 180
+        while not await everything_final():
+            assert asyncio.get_running_loop().time() < deadline, f"not all intents final; see {log}"
+            if PLAN[min(runs, len(PLAN) - 1)] == "random" and executor.returncode is None:
+                await asyncio.sleep(rng.uniform(0.3, 1.5))
+                if executor.returncode is None:
+                    executor.send_signal(signal.SIGKILL)
+            try:
+                await asyncio.wait_for(executor.wait(), 0.5)
+            except TimeoutError:
+                continue
+            runs += 1
+            executor = await start_executor(servers, log, PLAN[min(runs, len(PLAN) - 1)], broker)
+    finally:
+        if executor.returncode is None:
+            executor.send_signal(signal.SIGTERM)
+            await executor.wait()
+
+    assert runs >= 5, f"the executor crashed only {runs} times; see {log}"
+    rows = await fetch_all(db, "SELECT * FROM orders WHERE intent_id = ANY(:ids)", ids=ids)
+    assert sorted(r["intent_id"] for r in rows) == sorted(ids)  # no lost intent, one order row each
+    assert {r["status"] for r in rows} == {"filled"}
+    fills = await fetch_all(db, "SELECT * FROM trade_logs WHERE intent_id = ANY(:ids)", ids=ids)
+    assert sorted(f["intent_id"] for f in fills) == sorted(ids)  # one fill each, none doubled
+
+    # The broker's own book: exactly one order per intent (matched by client id, or by size at Schwab).
+    book = await KvOrderBook(nc.jetstream, f"mbx_sim_{broker}").all()
+    if broker == "schwab":
+        ours = sorted(int(o.quantity) for o in book if o.symbol == "AAPL" and int(o.quantity) in set(sizes))
+        assert ours == sorted(sizes)
+    else:
+        assert sorted(o.client_order_id for o in book if o.client_order_id in set(ids)) == sorted(ids)
+    log_text = log.read_text()
+    for point in ("before_place", "after_place", "after_report"):
+        assert f"failpoint {point} reached" in log_text
