@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ M = TypeVar("M", bound=BaseModel)
 
 PULL_WAIT = 0.5
 """Seconds a pending pull request waits for a first message (and the longest ``stop`` waits)."""
+STOP_TIMEOUT = 20.0
+"""Seconds ``stop`` waits for each step: in-hand messages, clean-up, disconnect."""
 DRAIN_WAIT = 0.1
 """Seconds to wait for messages ``num_pending`` promised (another replica may have taken them)."""
 
@@ -144,18 +147,41 @@ class Worker:
         return self._stopping
 
     async def stop(self) -> None:
+        """Finish the messages in hand, then disconnect. Every step is bounded: a handler still
+        busy after ``STOP_TIMEOUT`` is cancelled (its message is redelivered, nothing is lost),
+        and the stack it was stuck in is logged."""
         self._stopping.set()
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT)
+            for task in stuck:
+                where = io.StringIO()
+                task.print_stack(file=where)
+                log.error(
+                    "handler did not finish in time; cancelling",
+                    worker=self.name,
+                    task=task.get_name(),
+                    stack=where.getvalue(),
+                )
+                task.cancel()
+            if stuck:
+                await asyncio.wait(stuck, timeout=5.0)
         self._tasks.clear()
-        await self.cleanup()
+        try:
+            await asyncio.wait_for(self.cleanup(), STOP_TIMEOUT)
+        except TimeoutError:
+            log.error("clean-up did not finish in time", worker=self.name)
         # Unsubscribe before the broker drains the connection: a drained pull subscription
         # waits forever on its internal queue.
         for pull in self._pulls:
             with contextlib.suppress(Exception):
                 await pull.unsubscribe()
         self._pulls.clear()
-        await self.broker.stop()
+        try:
+            await asyncio.wait_for(self.broker.stop(), STOP_TIMEOUT)
+        except TimeoutError:
+            log.error("disconnect did not finish in time; closing", worker=self.name)
+            with contextlib.suppress(Exception):
+                await self.broker.connection.close()
         self._js = None
         log.info("worker stopped", worker=self.name)
 
