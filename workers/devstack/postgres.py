@@ -129,7 +129,10 @@ class EmbeddedPostgres:
         except (ValueError, IndexError, ProcessLookupError):
             pid_file.unlink(missing_ok=True)  # the server that wrote it is gone
         except PermissionError:
-            pass
+            # The process exists but belongs to another user: it is running.
+            raise RuntimeError(
+                f"a postgres server (pid {pid}) is already running on {self.pgdata}; stop it first"
+            ) from None
         else:
             raise RuntimeError(f"a postgres server (pid {pid}) is already running on {self.pgdata}; stop it first")
 

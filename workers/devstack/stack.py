@@ -90,7 +90,7 @@ class Stack:
             self._announce(nats_url, database_url)
             self._supervise()
         except KeyboardInterrupt:
-            pass
+            pass  # Ctrl-C or SIGTERM: the normal way to stop; shutdown() below does the work
         finally:
             self.shutdown()
         return 0
