@@ -193,3 +193,31 @@ async def open_bucket(js: JetStreamContext, bucket: str, history: int = 1) -> Ke
         return await js.key_value(bucket)
     except BucketNotFoundError:
         return await js.create_key_value(bucket=bucket, history=history)
+
+
+async def read_bucket(js: JetStreamContext, bucket: str, keys: str = ">") -> list[tuple[str, bytes]]:
+    """Every current (key, value) of a KV bucket matching ``keys``, read in one pass.
+
+    Not nats-py's KV watch or ``keys()``: under concurrent load their "initial values done"
+    marker can come before the values (measured here: a listing of 400 keys returned none). An
+    ephemeral pull consumer knows its pending count from creation, and each message says how
+    many remain.
+    """
+    prefix = f"$KV.{bucket}."
+    psub = await js.pull_subscribe(
+        prefix + keys,
+        stream=f"KV_{bucket}",
+        config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, ack_policy=AckPolicy.NONE, inactive_threshold=60.0
+        ),
+    )
+    entries: list[tuple[str, bytes]] = []
+    try:
+        remaining = (await psub.consumer_info()).num_pending or 0
+        while remaining > 0:
+            batch = await psub.fetch(min(remaining, 256), timeout=5.0)
+            entries.extend((m.subject[len(prefix) :], m.data) for m in batch if m.data)
+            remaining = batch[-1].metadata.num_pending
+    finally:
+        await psub.unsubscribe()
+    return entries

@@ -14,7 +14,7 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from contracts import BrokerStatus, FillQuality, Subjects
-from workers.bus import open_bucket
+from workers.bus import open_bucket, read_bucket
 from workers.router.handlers import RouterHandlers
 from workers.router.state import CONFIG_KEY, EXPOSURE_KEY, RouterState, config_to_json
 from workers.runtime import Worker
@@ -56,6 +56,12 @@ class RouterWorker(Worker):
             await self.config_kv.create(CONFIG_KEY, config_to_json(self.seed_config))
         await self._load_config()
         await self._load(exposure_kv, EXPOSURE_KEY, self._apply_exposure)
+        # Broker health and fill quality are read in full before the first decision; the watches
+        # below keep them current (their own start-up marker cannot be trusted under load).
+        for _, value in await read_bucket(self.js, subjects.status_bucket):
+            await self._apply_status(value, 0)
+        for _, value in await read_bucket(self.js, subjects.fill_quality_bucket):
+            await self._apply_fill_quality(value, 0)
         watches = (
             (self.config_kv, CONFIG_KEY, self._apply_config),
             (exposure_kv, EXPOSURE_KEY, self._apply_exposure),
@@ -65,7 +71,7 @@ class RouterWorker(Worker):
         caught_up = [asyncio.Event() for _ in watches]
         for (kv, key, apply), ready in zip(watches, caught_up, strict=True):
             self._watch_tasks.append(asyncio.create_task(self._watch(kv, key, apply, ready)))
-        # Route nothing before the current broker health and fill quality are known.
+        # Also wait for the watches' own start (bounded: the values are loaded above already).
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(e.wait() for e in caught_up)), WATCH_STARTUP_TIMEOUT)
         self._preview_sub = await self.broker.connection.subscribe(

@@ -17,11 +17,10 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from contracts import OrderStatus
-from workers.bus import open_bucket
+from workers.bus import open_bucket, read_bucket
 from workers.venues.base import VenueFill, VenueOrder
 
 
@@ -142,29 +141,6 @@ class KvOrderBook:
         return await self.get((entry.value or b"").decode())
 
     async def all(self) -> list[VenueOrder]:
-        """Every order, read in one pass over the bucket's stream.
-
-        Not nats-py's KV watch or ``keys()``: under concurrent load their "initial values done"
-        marker can come before the values (measured here: a listing of 400 orders returned 0),
-        and a lookup that misses an order is how an order gets placed twice. An ephemeral pull
-        consumer knows its pending count from creation, and each message says how many remain.
-        """
+        """Every order, read in one pass (``read_bucket``: not a KV watch, which can miss some)."""
         await self._store()
-        psub = await self._js().pull_subscribe(
-            f"$KV.{self._bucket}.o.>",
-            stream=f"KV_{self._bucket}",
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, ack_policy=AckPolicy.NONE, inactive_threshold=60.0
-            ),
-        )
-        orders: list[VenueOrder] = []
-        try:
-            info = await psub.consumer_info()
-            remaining = info.num_pending or 0
-            while remaining > 0:
-                batch = await psub.fetch(min(remaining, 256), timeout=5.0)
-                orders.extend(decode_order(m.data) for m in batch if m.data)
-                remaining = batch[-1].metadata.num_pending
-        finally:
-            await psub.unsubscribe()
-        return orders
+        return [decode_order(value) for _, value in await read_bucket(self._js(), self._bucket, "o.>")]
