@@ -11,10 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import BrokerName
 from tests.builders import OPTION, intent_payload, make_intent
-from tests.conftest import Pipeline
+from tests.conftest import Pipeline, eventually, fetch_all
 from tests.integration.test_walking_skeleton import final_order, publish_json
 from workers.executor.app import build_simulated_executor
-from workers.settings import Settings
+from workers.settings import Settings, parse_config
 from workers.venues.base import VenueDuplicate
 
 pytestmark = pytest.mark.integration
@@ -75,3 +75,27 @@ async def test_ambiguous_timeout_at_alpaca_is_resolved_by_lookup_after_the_422(
     placed = await orders_at(pipeline, BrokerName.ALPACA, lambda o: o.client_order_id == payload["intent_id"])
     assert len(placed) == 1
     assert alpaca.faults.hidden_lookups == 0  # both lagging lookups happened before the 422 path
+
+
+async def test_two_replicas_split_the_work_with_no_duplicates(
+    start_pipeline: Any, settings: Settings, nc: NatsClient, db: AsyncEngine
+) -> None:
+    """Two executors of one broker share its durable consumer: both work, each order is placed once."""
+    pipeline = await start_pipeline(parse_config({"brokers": {"ibkr": {}}}))
+    second = build_simulated_executor(settings, BrokerName.IBKR)
+    await second.start()
+    pipeline.workers.append(second)
+    [first] = [w for w in pipeline.workers if w.name == "executor-ibkr" and w is not second]
+    payloads = [intent_payload(strategy_id="replicas") for _ in range(100)]
+    for payload in payloads:
+        await publish_json(nc, payload, strategy="replicas")
+    ids = [p["intent_id"] for p in payloads]
+
+    async def all_filled() -> bool:
+        rows = await fetch_all(db, "SELECT status FROM orders WHERE intent_id = ANY(:ids)", ids=ids)
+        return len(rows) == len(ids) and {r["status"] for r in rows} == {"filled"}
+
+    await eventually(all_filled, timeout=30)
+    book = [o.client_order_id for o in await pipeline.venues[BrokerName.IBKR].book.all() if o.client_order_id in ids]
+    assert sorted(book) == sorted(ids)
+    assert first.handlers.stats.latency_ms > 0 and second.handlers.stats.latency_ms > 0  # both placed orders
