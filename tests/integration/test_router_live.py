@@ -161,9 +161,7 @@ async def _rejected_preview(nc: NatsClient) -> bool:
     return answer.rejection_code == "kill_switch"
 
 
-async def test_max_broker_allocation_reroutes_an_order_that_would_breach_it(
-    pipeline: Pipeline, nc: NatsClient, db: AsyncEngine
-) -> None:
+async def test_max_broker_allocation_reroutes_an_order_that_would_breach_it(pipeline: Pipeline, nc: NatsClient) -> None:
     """Alpaca already holds 79% of a $100k portfolio: a $5k equity order goes to another broker."""
     revision = await put_config(nc, MbxConfig())
     await eventually(lambda: _version_is(nc, revision), timeout=1.0)

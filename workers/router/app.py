@@ -174,6 +174,6 @@ class RouterWorker(Worker):
 
 def build_router(settings: Settings, config: MbxConfig) -> RouterWorker:
     worker = RouterWorker(settings, config)
-    worker.subscribe(settings.subjects.router_consumer(), worker.handlers.on_intent, batch_size=64)
-    worker.subscribe(settings.subjects.router_failover_consumer(), worker.handlers.on_failover, batch_size=16)
+    worker.subscribe(worker.handlers.intent_spec, worker.handlers.on_intent, batch_size=64)
+    worker.subscribe(worker.handlers.failover_spec, worker.handlers.on_failover, batch_size=16)
     return worker

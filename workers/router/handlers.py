@@ -38,6 +38,8 @@ class RouterHandlers:
         self.worker = worker
         self.state = state
         self.quotes = quotes
+        self.intent_spec = worker.subjects.router_consumer()
+        self.failover_spec = worker.subjects.router_failover_consumer()
 
     def decide(
         self, intent: OrderIntent, attempt: int = 1, failed: Sequence[BrokerName] = ()
@@ -75,12 +77,10 @@ class RouterHandlers:
             await msg.respond(reply.model_dump_json().encode())
 
     async def on_intent(self, msg: Msg) -> None:
-        spec = self.worker.subjects.router_consumer()
-        await self.worker.deliver(DeadLetterStage.ROUTER, spec, msg, self.route_intent)
+        await self.worker.deliver(DeadLetterStage.ROUTER, self.intent_spec, msg, self.route_intent)
 
     async def on_failover(self, msg: Msg) -> None:
-        spec = self.worker.subjects.router_failover_consumer()
-        await self.worker.deliver(DeadLetterStage.ROUTER, spec, msg, self.reroute)
+        await self.worker.deliver(DeadLetterStage.ROUTER, self.failover_spec, msg, self.reroute)
 
     async def route_intent(self, msg: Msg) -> str:
         intent = parse(OrderIntent, msg.data)
