@@ -259,6 +259,23 @@ class ExecutionReport(Message):
     )
 
 
+class CancelReject(Message):
+    """A cancel request that could not be carried out, and why (FIX's OrderCancelReject).
+
+    Published to ``mbx.exec.<broker>.cancel_rejected`` (``unrouted`` when no broker holds the
+    intent). ``reason_code`` is ``unknown_order`` (mbx has no order for this intent: never
+    routed, or not placed yet) or ``too_late_to_cancel`` (the order already reached
+    ``order_status``, a terminal state). The order itself is unchanged.
+    """
+
+    intent_id: IntentId
+    strategy_id: StrategyId
+    broker: BrokerName | None
+    reason_code: str
+    reason: str
+    order_status: OrderStatus | None = Field(default=None, description="The order's status, when it exists.")
+
+
 class Fill(Message):
     """One execution of (part of) an order. Published to ``mbx.fills.<broker>.<symbol>``."""
 

@@ -73,10 +73,10 @@ class Subjects:
             ),
             "ROUTES": StreamSpec(
                 self.stream_name("ROUTES"),
-                (f"{p}.routes.>",),
+                (f"{p}.routes.>", f"{p}.cancels.>"),
                 max_age_seconds=7 * 86400,
                 duplicate_window_seconds=3600,
-                description="Route decisions, one subject per broker.",
+                description="Route decisions and cancel requests, one subject per broker.",
             ),
             "EXECUTIONS": StreamSpec(
                 self.stream_name("EXECUTIONS"),
@@ -129,11 +129,19 @@ class Subjects:
             description="Failed attempts the router re-routes to the next broker.",
         )
 
+    def router_cancel_consumer(self) -> ConsumerSpec:
+        return ConsumerSpec(
+            stream=self.stream_name("ORDERS"),
+            durable="router-cancel",
+            filter_subjects=(f"{self.prefix}.orders.cancel.>",),
+            description="Cancel requests the router forwards to the broker holding the order.",
+        )
+
     def executor_consumer(self, broker: BrokerName) -> ConsumerSpec:
         return ConsumerSpec(
             stream=self.stream_name("ROUTES"),
             durable=f"executor-{broker}",
-            filter_subjects=(self.route(broker),),
+            filter_subjects=(self.route(broker), self.cancel_route(broker)),
             # Short, so a crashed replica's orders come back quickly; placement takes well under it.
             ack_wait_seconds=10.0,
             description=f"Route decisions for {broker}, shared by its executor replicas.",
@@ -166,8 +174,19 @@ class Subjects:
     def route(self, broker: BrokerName | str) -> str:
         return f"{self.prefix}.routes.{broker}"
 
+    def cancel_route(self, broker: BrokerName | str) -> str:
+        """A cancel request forwarded to the broker that holds the order."""
+        return f"{self.prefix}.cancels.{broker}"
+
+    def control(self, broker: BrokerName | str) -> str:
+        """Request/reply: switch a simulated broker's faults at runtime."""
+        return f"{self.prefix}.control.{broker}"
+
     def execution(self, broker: BrokerName | str | None, status: OrderStatus | str) -> str:
         return f"{self.prefix}.exec.{broker or UNROUTED}.{status}"
+
+    def cancel_reject(self, broker: BrokerName | str | None) -> str:
+        return f"{self.prefix}.exec.{broker or UNROUTED}.cancel_rejected"
 
     def fill(self, broker: BrokerName | str, symbol: str) -> str:
         return f"{self.prefix}.fills.{broker}.{symbol_token(symbol)}"
@@ -211,6 +230,21 @@ class Subjects:
     def sim_book_bucket(self, broker: BrokerName | str) -> str:
         """A simulated broker's own order book (paper trading only)."""
         return f"{self.prefix}_sim_{broker}"
+
+    @property
+    def order_ledger_bucket(self) -> str:
+        """Where each intent's order is, written by the executors: ``i.<intent id, base64>`` (broker,
+        status, report sequence) and ``open.<broker>.<intent id, base64>`` while the order works."""
+        return f"{self.prefix}_orders"
+
+    @property
+    def rate_budget_bucket(self) -> str:
+        """Each broker's shared token bucket: one key per broker, updated with compare-and-set."""
+        return f"{self.prefix}_rate_budgets"
+
+    def snapshot_request(self, broker: BrokerName | str) -> str:
+        """Request/reply: ask a broker's executor for a fresh PositionSnapshot now."""
+        return self.api(f"positions.{broker}.refresh")
 
     @property
     def exposure_bucket(self) -> str:

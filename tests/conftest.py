@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import BucketNotFoundError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,10 +22,10 @@ from workers.bus import ensure_streams
 from workers.db.engine import make_engine
 from workers.db.migrate import upgrade
 from workers.entry import build_worker
-from workers.executor.app import build_simulated_executor
+from workers.executor.app import build_simulated_executor, rate_limit
 from workers.router.app import write_live_config
 from workers.runtime import Worker
-from workers.settings import MbxConfig, Settings
+from workers.settings import MbxConfig, RateLimitConfig, Settings
 from workers.venues.simulated import SimulatedVenue
 
 T = TypeVar("T")
@@ -73,6 +74,24 @@ async def fetch_all(db: AsyncEngine, sql: str, **params: Any) -> list[Any]:
         return list((await conn.execute(text(sql), params)).mappings().all())
 
 
+async def stream_messages(nc: NatsClient, stream: str, subject: str) -> list[str]:
+    """Every payload stored on ``subject`` (wildcards allowed), read with an ephemeral consumer."""
+    js = nc.jetstream()
+    psub = await js.pull_subscribe(
+        subject, stream=stream, config=ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=30.0)
+    )
+    payloads: list[str] = []
+    try:
+        remaining = (await psub.consumer_info()).num_pending or 0
+        while remaining > 0:
+            batch = await psub.fetch(min(remaining, 256), timeout=5.0)
+            payloads.extend(m.data.decode() for m in batch)
+            remaining = batch[-1].metadata.num_pending
+    finally:
+        await psub.unsubscribe()
+    return payloads
+
+
 async def reset_exposure(js: Any, subjects: Any) -> None:
     """No exposure snapshot: allocation limits off, as on a fresh deployment."""
     try:
@@ -80,6 +99,25 @@ async def reset_exposure(js: Any, subjects: Any) -> None:
     except BucketNotFoundError:
         return
     await kv.purge("current")
+
+
+UNTHROTTLED = RateLimitConfig(requests=1_000_000, per_seconds=1)
+
+
+def unthrottled(config: MbxConfig) -> MbxConfig:
+    """Brokers without a configured rate limit get a very high one: the documented limits
+    (Schwab's 120 a minute) would make most tests wait on the budget, not test anything."""
+    brokers = {
+        name: broker if broker.rate_limit else broker.model_copy(update={"rate_limit": UNTHROTTLED})
+        for name, broker in config.brokers.items()
+    }
+    return config.model_copy(update={"brokers": brokers})
+
+
+def simulated_venue(broker: BrokerName, config: MbxConfig) -> SimulatedVenue:
+    """A simulated broker enforcing the limit its executor budgets for."""
+    limit = rate_limit(broker, unthrottled(config))
+    return SimulatedVenue(broker, rate_limit=(limit.requests, limit.per_seconds))
 
 
 class Pipeline:
@@ -93,11 +131,11 @@ class Pipeline:
         executors: bool = True,
     ) -> None:
         self.settings = settings
-        self.config = config
-        self.venues = {b: SimulatedVenue(b) for b in BrokerName} | (venue_overrides or {})
+        self.config = config = unthrottled(config)
+        self.venues = {b: simulated_venue(b, config) for b in BrokerName} | (venue_overrides or {})
         self.workers: list[Worker] = [build_worker("router", settings, config)]
         if executors:
-            self.workers += [build_simulated_executor(settings, b, self.venues[b]) for b in config.enabled_brokers()]
+            self.workers += [build_simulated_executor(settings, b, self.venues[b], config) for b in config.enabled_brokers()]
         self.workers.append(build_worker("aggregator", settings, config))
 
     async def start(self) -> None:

@@ -187,12 +187,12 @@ async def dead_letter(js: JetStreamContext, subjects: Subjects, stage: DeadLette
     )
 
 
-async def open_bucket(js: JetStreamContext, bucket: str, history: int = 1) -> KeyValue:
-    """A KV bucket, created on first use."""
+async def open_bucket(js: JetStreamContext, bucket: str, history: int = 1, ttl: float | None = None) -> KeyValue:
+    """A KV bucket, created on first use; ``ttl`` (seconds) expires entries not written since."""
     try:
         return await js.key_value(bucket)
     except BucketNotFoundError:
-        return await js.create_key_value(bucket=bucket, history=history)
+        return await js.create_key_value(bucket=bucket, history=history, ttl=ttl)
 
 
 async def read_bucket(js: JetStreamContext, bucket: str, keys: str = ">") -> list[tuple[str, bytes]]:

@@ -27,7 +27,7 @@ def build_worker(kind: str, settings: Settings, config: MbxConfig, broker: Broke
 
         if broker is None:
             raise ValueError("an executor needs --broker")
-        return build_simulated_executor(settings, broker)
+        return build_simulated_executor(settings, broker, config=config)
     if kind == "aggregator":
         from workers.aggregator.app import build_aggregator  # noqa: PLC0415
 

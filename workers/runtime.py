@@ -49,6 +49,14 @@ class PoisonMessage(Exception):
     """The message can never be processed as it is: dead-letter it with this reason."""
 
 
+class RetryLater(Exception):
+    """A transient failure with a known earliest retry time (a broker's rate-limit reset)."""
+
+    def __init__(self, message: str, after: float = 0.0) -> None:
+        super().__init__(message)
+        self.after = after
+
+
 def parse(model: type[M], data: bytes) -> M:
     """Decode a payload into a contract model, or raise ``PoisonMessage`` saying why not."""
     try:
@@ -242,7 +250,10 @@ class Worker:
             "transient failure, will retry", stage=str(stage), subject=msg.subject, error=error, deliveries=deliveries
         )
         try:
-            await msg.nak(delay=retry_delay(deliveries))
+            delay = retry_delay(deliveries)
+            if isinstance(exc, RetryLater):
+                delay = max(delay, exc.after)
+            await msg.nak(delay=delay)
         except Exception:  # no ack reaches the server: it redelivers after ack_wait
             log.exception("nak failed")
         return "retry"

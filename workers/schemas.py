@@ -16,6 +16,7 @@ from pydantic.json_schema import models_json_schema
 
 from contracts import (
     BrokerStatus,
+    CancelReject,
     CancelRequest,
     DeadLetter,
     ExecutionReport,
@@ -38,6 +39,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     CancelRequest,
     RouteDecision,
     ExecutionReport,
+    CancelReject,
     Fill,
     FailoverEvent,
     PositionSnapshot,
@@ -94,6 +96,12 @@ def asyncapi() -> dict[str, Any]:
                 "status": _param("The order status.", [str(x) for x in OrderStatus]),
             },
             "Order state changes at the brokers.",
+        ),
+        "cancelReject": (
+            "mbx.exec.{broker}.cancel_rejected",
+            "CancelReject",
+            {"broker": _param("The broker holding the order, or 'unrouted' when none does.", [*brokers, "unrouted"])},
+            "Cancel requests that could not be carried out (unknown order, too late to cancel).",
         ),
         "fill": (
             "mbx.fills.{broker}.{symbol}",

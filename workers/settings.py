@@ -69,6 +69,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class RateLimitConfig(_Strict):
+    """A broker's request limit: at most ``requests`` in any ``per_seconds`` window."""
+
+    requests: int = Field(ge=1)
+    per_seconds: float = Field(gt=0)
+    share: float = Field(default=0.9, gt=0, le=1, description="The part of the limit mbx may use.")
+
+
 class BrokerConfig(_Strict):
     """One broker account."""
 
@@ -76,6 +84,9 @@ class BrokerConfig(_Strict):
     allocation_percent: Decimal = Field(default=Decimal(1), ge=0, le=1, description="Share of capital, 0..1.")
     paper_trading: bool = True
     priority: int = Field(default=100, ge=0, description="Lower is preferred when scores tie.")
+    rate_limit: RateLimitConfig | None = Field(
+        default=None, description="The broker's request limit; unset = its documented limit."
+    )
     credentials: dict[str, SecretStr] = Field(default_factory=dict)
 
 

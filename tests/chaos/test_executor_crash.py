@@ -35,6 +35,11 @@ async def start_executor(
 ) -> asyncio.subprocess.Process:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MBX_")}
     env.update({"MBX_NATS_URL": servers.nats_url, "MBX_LOG_FORMAT": "json", "MBX_LOG_LEVEL": "WARNING"})
+    # A broker's documented rate limit (Schwab: 120 a minute) would make this test wait on the
+    # rate budget for minutes; what it tests is crash safety, so the limit is raised.
+    config = log.parent / "executor.yaml"
+    config.write_text(f"brokers:\n  {broker}:\n    rate_limit: {{requests: 100000, per_seconds: 1}}\n")
+    env["MBX_CONFIG_FILE"] = str(config)
     if failpoints and failpoints != "random":
         env["MBX_FAILPOINTS"] = failpoints
     env["MBX_LOG_LEVEL"] = "INFO"

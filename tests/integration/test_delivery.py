@@ -9,16 +9,17 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts import BrokerName, OrderStatus
+from contracts import BrokerName, FailoverEvent, OrderStatus
 from tests.builders import make_intent, make_route
-from tests.conftest import eventually, fetch_all
+from tests.conftest import eventually, fetch_all, stream_messages
 from tests.integration.test_walking_skeleton import dead_letters
 from workers.aggregator.persistence import AuditStore, Envelope
 from workers.bus import publish
 from workers.executor.app import build_executor
+from workers.executor.handlers import FAILOVER_AFTER
 from workers.executor.reports import fill_message, report
 from workers.settings import Settings
-from workers.venues.base import VenueUnavailable
+from workers.venues.base import VenueAmbiguous, VenueUnavailable
 from workers.venues.simulated import SimulatedVenue
 
 pytestmark = pytest.mark.integration
@@ -77,9 +78,52 @@ class DownVenue(SimulatedVenue):
         raise VenueUnavailable("connection refused")
 
 
-async def test_transient_failures_are_retried_then_dead_lettered(settings: Settings, nc: NatsClient) -> None:
-    """A route that keeps failing is retried max_deliver times with delay, then dead-lettered."""
+class LostVenue(SimulatedVenue):
+    """Every placement times out after sending, and no lookup ever finds the order."""
+
+    def __init__(self) -> None:
+        super().__init__(BrokerName.IBKR)
+        self.attempts = 0
+
+    async def place_order(self, intent: Any, client_order_id: str) -> Any:
+        self.attempts += 1
+        raise VenueAmbiguous("read timeout after sending")
+
+    async def locate(self, intent: Any, client_order_id: str, since: Any) -> Any:
+        return None
+
+
+async def test_a_broker_that_cannot_be_reached_is_retried_then_failed_over(
+    settings: Settings, nc: NatsClient
+) -> None:
+    """Requests that provably never reached the broker are retried with delay; after
+    FAILOVER_AFTER deliveries the executor hands the intent back to the router."""
     venue = DownVenue()
+    worker = build_executor(settings, BrokerName.IBKR, venue)
+    await worker.start()
+    try:
+        route = make_route(broker=BrokerName.IBKR)
+        await publish(nc.jetstream(), "mbx.routes.ibkr", route, intent_id=route.intent_id)
+
+        async def failover() -> Any:
+            found = [e for e in await stream_messages(nc, "EXECUTIONS", "mbx.failover.ibkr") if route.intent_id in e]
+            return found[0] if found else None
+
+        event = FailoverEvent.model_validate_json(await eventually(failover, timeout=20))
+    finally:
+        await worker.stop()
+    assert venue.attempts == FAILOVER_AFTER
+    assert event.reason_code == "broker_unavailable"
+    assert f"{FAILOVER_AFTER} tries, none reached the broker" in event.reason
+    assert event.decision == route
+
+
+async def test_an_outcome_that_stays_unknown_is_dead_lettered_after_max_deliver(
+    settings: Settings, nc: NatsClient
+) -> None:
+    """The order may exist but cannot be found: never failed over (that could double it);
+    retried max_deliver times, then dead-lettered with the last error for an operator."""
+    venue = LostVenue()
     worker = build_executor(settings, BrokerName.IBKR, venue)
     await worker.start()
     try:
@@ -97,5 +141,6 @@ async def test_transient_failures_are_retried_then_dead_lettered(settings: Setti
     assert venue.attempts == max_deliver
     assert dead.delivery_count == max_deliver
     assert "gave up after 5 deliveries" in dead.error
-    assert "connection refused" in dead.error
+    assert "read timeout after sending" in dead.error
     assert dead.original_subject == "mbx.routes.ibkr"
+    assert not [e for e in await stream_messages(nc, "EXECUTIONS", "mbx.failover.ibkr") if route.intent_id in e]

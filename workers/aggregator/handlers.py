@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from contracts import ConsumerSpec, DeadLetterStage, ExecutionReport, FailoverEvent, Fill, Message, RouteDecision
+from contracts import (
+    CancelReject,
+    ConsumerSpec,
+    DeadLetterStage,
+    ExecutionReport,
+    FailoverEvent,
+    Fill,
+    Message,
+    RouteDecision,
+)
 from workers.aggregator.persistence import AuditStore, Envelope
 from workers.runtime import PoisonMessage, Worker, parse
 
@@ -36,7 +45,10 @@ class AggregatorHandlers:
         self.store = store
 
     def decode(self, msg: Msg) -> Envelope:
-        model = MODELS.get(self.worker.subjects.kind(msg.subject))
+        kind = self.worker.subjects.kind(msg.subject)
+        if kind == "exec" and msg.subject.endswith(".cancel_rejected"):
+            return Envelope(msg.subject, parse(CancelReject, msg.data))
+        model = MODELS.get(kind)
         if model is None:
             raise PoisonMessage(f"the aggregator has no handler for subject {msg.subject}")
         return Envelope(msg.subject, parse(model, msg.data))

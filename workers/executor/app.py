@@ -4,34 +4,56 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from contracts import BrokerName, BrokerStatus
-from workers.bus import open_bucket
+from contracts import BrokerName, BrokerStatus, PositionSnapshot
+from workers.bus import open_bucket, publish
+from workers.executor.budget import RateBudget, RateLimit
 from workers.executor.handlers import ExecutorHandlers
+from workers.executor.ledger import OrderLedger
 from workers.runtime import Worker
-from workers.settings import Settings
+from workers.settings import MbxConfig, Settings
 from workers.venues.base import Venue
 from workers.venues.book import KvOrderBook
-from workers.venues.simulated import SimulatedVenue
+from workers.venues.capabilities import CAPABILITIES
+from workers.venues.simulated import Faults, SimulatedVenue
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
 
 log = structlog.get_logger("mbx.executor")
 
 HEARTBEAT_INTERVAL = 1.0
 
 
-class ExecutorWorker(Worker):
-    """Connects its venue, and reports the broker's health to the status KV bucket every second
-    (and once more, as disconnected, when it stops)."""
+SNAPSHOT_INTERVAL = 30.0
+"""Seconds between PositionSnapshots on the timer (one more can be asked for at any time)."""
 
-    def __init__(self, settings: Settings, venue: Venue) -> None:
+
+class ExecutorWorker(Worker):
+    """Connects its venue, settles the orders its broker left working before taking new work,
+    reports the broker's health to the status KV bucket every second (and once more, as
+    disconnected, when it stops), and publishes account and positions on a timer and on request.
+    A simulated venue's faults can be switched over ``mbx.control.<broker>``."""
+
+    def __init__(self, settings: Settings, venue: Venue, limit: RateLimit) -> None:
         super().__init__(f"executor-{venue.broker}", settings)
         self.venue = venue
-        self.handlers = ExecutorHandlers(self, settings.subjects.executor_consumer(venue.broker), venue)
-        self._heartbeat: asyncio.Task[None] | None = None
+        subjects = settings.subjects
+        self.ledger = OrderLedger(lambda: self.js, subjects.order_ledger_bucket)
+        self.budget = RateBudget(lambda: self.js, subjects.rate_budget_bucket, str(venue.broker), limit)
+        self.handlers = ExecutorHandlers(
+            self, subjects.executor_consumer(venue.broker), venue, self.ledger, self.budget
+        )
+        self._timers: list[asyncio.Task[None]] = []
+        self._listeners: list[Any] = []
         self._status_kv: Any = None
+        self._headroom = 1.0
 
     async def start(self) -> None:
         await self.venue.connect()
@@ -39,14 +61,31 @@ class ExecutorWorker(Worker):
 
     async def prepare(self) -> None:
         self._status_kv = await open_bucket(self.js, self.subjects.status_bucket)
+        try:
+            settled = await self.handlers.reconcile()
+        except Exception as exc:  # noqa: BLE001  (broker unreachable: its orders are settled later)
+            log.warning("reconciliation failed", broker=str(self.venue.broker), error=f"{type(exc).__name__}: {exc}")
+        else:
+            log.info("reconciled", broker=str(self.venue.broker), settled=settled)
         await self.beat()
-        self._heartbeat = asyncio.create_task(self._beat_forever())
+        nc = self.broker.connection
+        self._listeners = [
+            await nc.subscribe(self.subjects.snapshot_request(self.venue.broker), cb=self._on_snapshot_request),
+            await nc.subscribe(self.subjects.control(self.venue.broker), cb=self._on_control),
+        ]
+        self._timers = [
+            asyncio.create_task(self._every(HEARTBEAT_INTERVAL, self.beat, "heartbeat")),
+            asyncio.create_task(self._every(SNAPSHOT_INTERVAL, self.publish_snapshot, "position snapshot")),
+        ]
 
     async def cleanup(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        for sub in self._listeners:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        for timer in self._timers:
+            timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+                await timer
         with contextlib.suppress(Exception):
             await self.beat(connected=False)
 
@@ -62,33 +101,91 @@ class ExecutorWorker(Worker):
             connected=self.venue.is_connected if connected is None else connected,
             latency_ms=round(stats.latency_ms, 3),
             error_rate=round(stats.error_rate, 4),
-            rate_limit_headroom=1.0,
+            rate_limit_headroom=self._headroom,
         )
 
     async def beat(self, connected: bool | None = None) -> None:
+        with contextlib.suppress(Exception):  # headroom unknown: keep the last figure
+            self._headroom = await self.budget.headroom()
         await self._status_kv.put(str(self.venue.broker), self.status(connected).model_dump_json().encode())
 
-    async def _beat_forever(self) -> None:
-        while True:
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
+    async def snapshot(self) -> PositionSnapshot:
+        await self.budget.take()
+        account = await self.venue.get_account()
+        await self.budget.take()
+        positions = await self.venue.get_positions()
+        return PositionSnapshot(
+            message_id=f"positions-{self.venue.broker}-{uuid.uuid4().hex}",
+            correlation_id=str(self.venue.broker),
+            broker=self.venue.broker,
+            account=account,
+            positions=tuple(positions),
+        )
+
+    async def publish_snapshot(self) -> PositionSnapshot:
+        snapshot = await self.snapshot()
+        await publish(self.js, self.subjects.positions(self.venue.broker), snapshot)
+        return snapshot
+
+    async def _on_snapshot_request(self, msg: Msg) -> None:
+        try:
+            reply = (await self.publish_snapshot()).model_dump_json().encode()
+        except Exception as exc:  # noqa: BLE001  (the asker gets the reason, not a timeout)
+            reply = json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode()
+        if msg.reply:
+            await msg.respond(reply)
+
+    async def _on_control(self, msg: Msg) -> None:
+        """``{"faults": {"outage": true, ...}}`` switches faults; ``{}`` just reads them."""
+        faults = getattr(self.venue, "faults", None)
+        if not isinstance(faults, Faults):
+            answer: dict[str, Any] = {"error": f"{self.venue.broker} is not a simulated broker"}
+        else:
             try:
-                await self.beat()
-            except Exception as exc:  # noqa: BLE001  (a missed beat is retried next second)
-                log.warning("heartbeat failed", broker=str(self.venue.broker), error=str(exc))
+                request = json.loads(msg.data or b"{}")
+                if not isinstance(request, dict):
+                    raise ValueError("the request must be a JSON object")
+                faults.update(request.get("faults") or {})
+                answer = {"broker": str(self.venue.broker), "faults": faults.as_dict()}
+                log.warning("faults switched", broker=str(self.venue.broker), faults=answer["faults"])
+            except ValueError as exc:
+                answer = {"error": str(exc)}
+        if msg.reply:
+            await msg.respond(json.dumps(answer).encode())
+
+    async def _every(self, seconds: float, work: Callable[[], Awaitable[Any]], what: str) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await work()
+            except Exception as exc:  # noqa: BLE001  (missed once, tried again next time)
+                log.warning(f"{what} failed", broker=str(self.venue.broker), error=f"{type(exc).__name__}: {exc}")
+
+
+def rate_limit(broker: BrokerName, config: MbxConfig | None) -> RateLimit:
+    """The configured limit of ``broker``, else its documented one."""
+    configured = config.brokers[broker].rate_limit if config and broker in config.brokers else None
+    if configured is not None:
+        return RateLimit(configured.requests, configured.per_seconds, configured.share)
+    return RateLimit(CAPABILITIES[broker].rate_limit_per_minute, 60.0)
 
 
 def build_simulated_executor(
-    settings: Settings, broker: BrokerName, venue: SimulatedVenue | None = None
+    settings: Settings, broker: BrokerName, venue: SimulatedVenue | None = None, config: MbxConfig | None = None
 ) -> ExecutorWorker:
     """An executor with a simulated broker whose book lives in NATS KV, so it outlives the
-    executor process and is shared by its replicas, like a real broker's."""
-    venue = venue or SimulatedVenue(broker)
-    worker = build_executor(settings, broker, venue)
+    executor process and is shared by its replicas, like a real broker's. The simulated
+    broker enforces the same request limit the executor budgets for."""
+    limit = rate_limit(broker, config)
+    venue = venue or SimulatedVenue(broker, rate_limit=(limit.requests, limit.per_seconds))
+    worker = build_executor(settings, broker, venue, limit)
     venue.book = KvOrderBook(lambda: worker.js, settings.subjects.sim_book_bucket(broker))
     return worker
 
 
-def build_executor(settings: Settings, broker: BrokerName, venue: Venue) -> ExecutorWorker:
-    worker = ExecutorWorker(settings, venue)
+def build_executor(
+    settings: Settings, broker: BrokerName, venue: Venue, limit: RateLimit | None = None
+) -> ExecutorWorker:
+    worker = ExecutorWorker(settings, venue, limit or rate_limit(broker, None))
     worker.subscribe(settings.subjects.executor_consumer(broker), worker.handlers.on_route, batch_size=32)
     return worker

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 import structlog
 
 from contracts import (
+    CancelReject,
+    CancelRequest,
     ConsumerSpec,
     DeadLetterStage,
     ExecutionReport,
@@ -18,14 +20,18 @@ from contracts import (
     RouteDecision,
 )
 from workers.bus import delivery_count, publish
+from workers.executor.budget import RateBudget
+from workers.executor.ledger import LedgerEntry, OrderLedger
 from workers.executor.reports import failover_event, fill_message, report
+from workers.executor.state import check_move
 from workers.failpoints import failpoint
-from workers.runtime import PoisonMessage, Worker, parse
+from workers.runtime import PoisonMessage, RetryLater, Worker, parse
 from workers.venues.base import (
     Venue,
     VenueAmbiguous,
     VenueDuplicate,
     VenueOrder,
+    VenueRateLimited,
     VenueRejected,
     VenueUnavailable,
 )
@@ -33,6 +39,8 @@ from workers.venues.base import (
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
+
+log = structlog.get_logger("mbx.executor")
 
 LOOKUP_MARGIN = timedelta(seconds=5)
 LISTING_SETTLE = timedelta(seconds=5)
@@ -60,11 +68,19 @@ class VenueStats:
         self.error_rate += self.ALPHA * ((1.0 if failed else 0.0) - self.error_rate)
 
 
+FAILOVER_AFTER = 3
+"""Deliveries that provably never reached the broker (down, 429) before the intent fails over."""
+
+
 class ExecutorHandlers:
-    def __init__(self, worker: Worker, spec: ConsumerSpec, venue: Venue) -> None:
+    def __init__(
+        self, worker: Worker, spec: ConsumerSpec, venue: Venue, ledger: OrderLedger, budget: RateBudget
+    ) -> None:
         self.worker = worker
         self.spec = spec
         self.venue = venue
+        self.ledger = ledger
+        self.budget = budget
         self.stats = VenueStats()
         self._working: set[str] = set()
 
@@ -72,6 +88,8 @@ class ExecutorHandlers:
         await self.worker.deliver(DeadLetterStage.EXECUTOR, self.spec, msg, self.execute)
 
     async def execute(self, msg: Msg) -> str:
+        if self.worker.subjects.kind(msg.subject) == "cancels":
+            return await self.cancel(parse(CancelRequest, msg.data))
         decision = parse(RouteDecision, msg.data)
         structlog.contextvars.bind_contextvars(intent_id=decision.intent_id, broker=str(decision.broker))
         if decision.broker != self.venue.broker:
@@ -89,10 +107,12 @@ class ExecutorHandlers:
         client_order_id = decision.intent.intent_id
         # Orders placed for this decision cannot predate it; the margin covers clock skew.
         since = decision.created_at - LOOKUP_MARGIN
+        delivery = delivery_count(msg)
         order = None
-        if delivery_count(msg) > 1:
+        if delivery > 1 and not await self._provably_unsent(decision, delivery):
             # An earlier delivery may have placed the order before a crash: never place again
             # before finding out (brokers without client order ids would take it twice).
+            await self.budget.take()
             order = await self.venue.locate(decision.intent, client_order_id, since)
             if order is None and not self.venue.capabilities.has_client_order_id:
                 self._wait_for_listing(decision)
@@ -102,17 +122,55 @@ class ExecutorHandlers:
                 order = await self._timed_place(decision, client_order_id)
             except VenueRejected as exc:
                 return await self._rejected(decision, exc)
+            except VenueUnavailable as exc:
+                return await self._unsent(decision, delivery, exc)
             except (VenueDuplicate, VenueAmbiguous):
                 # The order may exist (a lost reply) or does (a duplicate id): look it up. If it
                 # is not there the error propagates, the route is redelivered, and the next
                 # delivery looks again before placing.
+                await self.budget.take()
                 order = await self.venue.locate(decision.intent, client_order_id, since)
                 if order is None:
                     raise
         failpoint("after_place")
-        await self._emit_order(decision, order)
+        entry = await self._emit_order(decision, order)
+        await self.ledger.put(entry)
         failpoint("after_report")  # reported, not yet acked
         return str(order.status)
+
+    async def _provably_unsent(self, decision: RouteDecision, delivery: int) -> bool:
+        """True when the ledger shows the previous delivery of this very route failed before
+        reaching the broker (and, by the same rule, every delivery before it)."""
+        entry = await self.ledger.get(decision.intent_id)
+        return (
+            entry is not None
+            and entry.broker == decision.broker
+            and entry.attempt == decision.attempt
+            and entry.status is OrderStatus.NEW
+            and entry.unsent_delivery == delivery - 1
+        )
+
+    async def _unsent(self, decision: RouteDecision, delivery: int, exc: VenueUnavailable) -> str:
+        """The request provably never reached the broker: record that, then retry later, or
+        after ``FAILOVER_AFTER`` such deliveries hand the intent to the next broker."""
+        if isinstance(exc, VenueRateLimited):
+            await self.budget.block(exc.retry_after)
+        await self.ledger.put(
+            LedgerEntry(
+                intent_id=decision.intent_id,
+                broker=decision.broker,
+                attempt=decision.attempt,
+                status=OrderStatus.NEW,
+                unsent_delivery=delivery,
+            )
+        )
+        code = "rate_limited" if isinstance(exc, VenueRateLimited) else "broker_unavailable"
+        if delivery < FAILOVER_AFTER:
+            raise RetryLater(f"{code}: {exc}", getattr(exc, "retry_after", 0.0)) from exc
+        why = f"{exc} ({delivery} tries, none reached the broker)"
+        await self._emit(decision, report(decision, OrderStatus.FAILED, 1, reason_code=code, reason=why, final=False))
+        await self._emit(decision, failover_event(decision, code, why))
+        return f"failover:{code}"
 
     @staticmethod
     def _wait_for_listing(decision: RouteDecision) -> None:
@@ -134,6 +192,15 @@ class ExecutorHandlers:
             decision, OrderStatus.REJECTED, 1, reason_code=exc.reason_code, reason=exc.reason, final=final
         )
         await self._emit(decision, rejected)
+        await self.ledger.put(
+            LedgerEntry(
+                intent_id=decision.intent_id,
+                broker=decision.broker,
+                attempt=decision.attempt,
+                status=OrderStatus.REJECTED,
+                report_seq=1,
+            )
+        )
         if not final:
             await self._emit(decision, failover_event(decision, exc.reason_code, exc.reason))
             return f"failover:{exc.reason_code}"
@@ -141,6 +208,7 @@ class ExecutorHandlers:
 
     async def _timed_place(self, decision: RouteDecision, client_order_id: str) -> VenueOrder:
         """Place the order, feeding latency and error rate into the heartbeat's statistics."""
+        await self.budget.take()
         started = time.perf_counter()
         failed = False
         try:
@@ -151,12 +219,100 @@ class ExecutorHandlers:
         finally:
             self.stats.record((time.perf_counter() - started) * 1000, failed)
 
-    async def _emit_order(self, decision: RouteDecision, order: VenueOrder) -> None:
+    async def _emit_order(self, decision: RouteDecision, order: VenueOrder) -> LedgerEntry:
+        """Report a newly placed order: accepted, its fills, and where it stands now."""
         await self._emit(decision, report(decision, OrderStatus.ACCEPTED, 1, order, final=False))
-        for fill in order.fills:
+        entry = LedgerEntry(
+            intent_id=decision.intent_id,
+            broker=decision.broker,
+            attempt=decision.attempt,
+            status=OrderStatus.ACCEPTED,
+            report_seq=1,
+            broker_order_id=order.broker_order_id,
+            decision=decision,
+        )
+        return await self.sync(entry, order)
+
+    async def sync(self, entry: LedgerEntry, order: VenueOrder) -> LedgerEntry:
+        """Publish what changed at the broker since ``entry``: new fills, then the new status."""
+        decision = entry.decision
+        if decision is None:
+            return entry
+        for fill in order.fills[entry.fill_count :]:
             await self._emit(decision, fill_message(decision, order, fill))
-        if order.status is not OrderStatus.ACCEPTED:
-            await self._emit(decision, report(decision, order.status, 2, order))
+        seq = entry.report_seq
+        if order.status != entry.status or order.filled_quantity != entry.filled_quantity:
+            check_move(entry.status, order.status)
+            seq += 1
+            await self._emit(decision, report(decision, order.status, seq, order))
+        return entry.model_copy(
+            update={
+                "status": order.status,
+                "report_seq": seq,
+                "filled_quantity": order.filled_quantity,
+                "fill_count": len(order.fills),
+            }
+        )
+
+    async def cancel(self, request: CancelRequest) -> str:
+        """Cancel the order at the broker, or say why it cannot be cancelled."""
+        structlog.contextvars.bind_contextvars(intent_id=request.intent_id, broker=str(self.venue.broker))
+        entry = await self.ledger.get(request.intent_id)
+        if entry is None or entry.broker != self.venue.broker:
+            return await self._cancel_rejected(request, None, "unknown_order", "no order at this broker")
+        if not entry.working:
+            return await self._cancel_rejected(
+                request, entry.status, "too_late_to_cancel", f"the order is already {entry.status}"
+            )
+        await self.budget.take()
+        try:
+            order = await self.venue.cancel_order(entry.broker_order_id)
+        except VenueRejected as exc:
+            await self.budget.take()
+            current = await self.venue.get_order(entry.broker_order_id)
+            if current is None:
+                raise  # the ledger and the broker disagree: retry, then dead-letter
+            settled = await self.sync(entry, current)
+            await self.ledger.put(settled, entry)
+            return await self._cancel_rejected(request, current.status, exc.reason_code, exc.reason)
+        settled = await self.sync(entry, order)
+        await self.ledger.put(settled, entry)
+        return f"cancel:{order.status}"
+
+    async def _cancel_rejected(self, request: CancelRequest, status: OrderStatus | None, code: str, why: str) -> str:
+        reject = CancelReject(
+            message_id=f"cancel-reject-{request.message_id}",
+            correlation_id=request.intent_id,
+            intent_id=request.intent_id,
+            strategy_id=request.strategy_id,
+            broker=self.venue.broker,
+            reason_code=code,
+            reason=why,
+            order_status=status,
+        )
+        await publish(
+            self.worker.js,
+            self.worker.subjects.cancel_reject(self.venue.broker),
+            reject,
+            intent_id=request.intent_id,
+            strategy_id=request.strategy_id,
+        )
+        return f"cancel_rejected:{code}"
+
+    async def reconcile(self) -> int:
+        """Settle every order of this broker the ledger shows as still working (at start-up)."""
+        settled = 0
+        for entry in await self.ledger.open_orders(self.venue.broker):
+            await self.budget.take()
+            order = await self.venue.get_order(entry.broker_order_id)
+            if order is None:
+                log.warning("ledger order not found at the broker", intent_id=entry.intent_id)
+                continue
+            updated = await self.sync(entry, order)
+            if updated != entry:
+                await self.ledger.put(updated, entry)
+                settled += 1
+        return settled
 
     async def _emit(self, decision: RouteDecision, message: ExecutionReport | Fill | FailoverEvent) -> None:
         subjects = self.worker.subjects

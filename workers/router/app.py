@@ -176,4 +176,5 @@ def build_router(settings: Settings, config: MbxConfig) -> RouterWorker:
     worker = RouterWorker(settings, config)
     worker.subscribe(worker.handlers.intent_spec, worker.handlers.on_intent, batch_size=64)
     worker.subscribe(worker.handlers.failover_spec, worker.handlers.on_failover, batch_size=16)
+    worker.subscribe(worker.handlers.cancel_spec, worker.handlers.on_cancel, batch_size=16)
     return worker

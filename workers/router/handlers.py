@@ -10,6 +10,8 @@ import structlog
 
 from contracts import (
     BrokerName,
+    CancelReject,
+    CancelRequest,
     DeadLetterStage,
     ExecutionReport,
     FailoverEvent,
@@ -19,6 +21,7 @@ from contracts import (
     RoutePreview,
 )
 from workers.bus import publish
+from workers.executor.ledger import OrderLedger
 from workers.router.rules import Rejection, route
 from workers.router.state import RouterState
 from workers.runtime import PoisonMessage, Worker, parse
@@ -40,6 +43,8 @@ class RouterHandlers:
         self.quotes = quotes
         self.intent_spec = worker.subjects.router_consumer()
         self.failover_spec = worker.subjects.router_failover_consumer()
+        self.cancel_spec = worker.subjects.router_cancel_consumer()
+        self.ledger = OrderLedger(lambda: worker.js, worker.subjects.order_ledger_bucket)
 
     def decide(
         self, intent: OrderIntent, attempt: int = 1, failed: Sequence[BrokerName] = ()
@@ -81,6 +86,42 @@ class RouterHandlers:
 
     async def on_failover(self, msg: Msg) -> None:
         await self.worker.deliver(DeadLetterStage.ROUTER, self.failover_spec, msg, self.reroute)
+
+    async def on_cancel(self, msg: Msg) -> None:
+        await self.worker.deliver(DeadLetterStage.ROUTER, self.cancel_spec, msg, self.forward_cancel)
+
+    async def forward_cancel(self, msg: Msg) -> str:
+        """Send a cancel request to the broker holding the order, or reject it as unknown."""
+        request = parse(CancelRequest, msg.data)
+        structlog.contextvars.bind_contextvars(intent_id=request.intent_id)
+        entry = await self.ledger.get(request.intent_id)
+        subjects = self.worker.subjects
+        if entry is None:
+            reject = CancelReject(
+                message_id=f"cancel-reject-{request.message_id}",
+                correlation_id=request.intent_id,
+                intent_id=request.intent_id,
+                strategy_id=request.strategy_id,
+                broker=None,
+                reason_code="unknown_order",
+                reason="no broker holds an order for this intent (never routed, or not placed yet)",
+            )
+            await publish(
+                self.worker.js,
+                subjects.cancel_reject(None),
+                reject,
+                intent_id=request.intent_id,
+                strategy_id=request.strategy_id,
+            )
+            return "cancel_rejected:unknown_order"
+        await publish(
+            self.worker.js,
+            subjects.cancel_route(entry.broker),
+            request,
+            intent_id=request.intent_id,
+            strategy_id=request.strategy_id,
+        )
+        return f"cancel_forwarded:{entry.broker}"
 
     async def route_intent(self, msg: Msg) -> str:
         intent = parse(OrderIntent, msg.data)

@@ -10,7 +10,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
-from contracts import BrokerName, OrderIntent, OrderStatus
+from contracts import AccountSnapshot, AssetClass, BrokerName, OrderIntent, OrderStatus, PositionLine
 from workers.venues.capabilities import VenueCapabilities
 
 
@@ -32,6 +32,15 @@ class VenueRejected(VenueError):
 
 class VenueUnavailable(VenueError):
     """The request provably did not reach the broker (connection refused, 429): safe to retry."""
+
+
+class VenueRateLimited(VenueUnavailable):
+    """The broker answered 429: the request was refused before doing anything. ``retry_after``
+    is the broker's reset hint in seconds (Retry-After, X-RateLimit-Reset)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class VenueAmbiguous(VenueError):
@@ -71,6 +80,7 @@ class VenueOrder:
     quantity: Decimal
     symbol: str = ""
     side: str = ""
+    asset_class: str = ""
     submitted_at: datetime | None = None
     filled_quantity: Decimal = Decimal(0)
     average_price: Decimal | None = None
@@ -108,4 +118,17 @@ class Venue(Protocol):
         one, else by listing recent orders and matching symbol, side and size."""
         ...
 
+    async def get_order(self, broker_order_id: str) -> VenueOrder | None: ...
+
+    async def cancel_order(self, broker_order_id: str) -> VenueOrder:
+        """Cancel a working order and return it as it now stands; raises ``VenueRejected``
+        (``too_late_to_cancel``) when it already ended, with the order's status in the reason."""
+        ...
+
+    async def get_account(self) -> AccountSnapshot: ...
+
+    async def get_positions(self) -> list[PositionLine]: ...
+
     async def get_quote(self, symbol: str) -> Quote: ...
+
+    def supported_assets(self) -> frozenset[AssetClass]: ...

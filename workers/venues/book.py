@@ -25,8 +25,9 @@ from workers.venues.base import VenueFill, VenueOrder
 
 
 class OrderBook(Protocol):
-    async def claim(self, client_order_id: str, broker_order_id: str) -> str | None:
-        """Reserve a client order id for a new order; returns the existing order's id if taken."""
+    async def claim(self, client_order_id: str, order: VenueOrder) -> str | None:
+        """Create ``order`` under its client order id in one step (as a broker accepts an order
+        atomically); returns the existing order's id, and creates nothing, if the id is taken."""
         ...
 
     async def save(self, order: VenueOrder) -> None: ...
@@ -43,10 +44,11 @@ class MemoryOrderBook:
         self._orders: dict[str, VenueOrder] = {}
         self._claims: dict[str, str] = {}
 
-    async def claim(self, client_order_id: str, broker_order_id: str) -> str | None:
+    async def claim(self, client_order_id: str, order: VenueOrder) -> str | None:
         existing = self._claims.get(client_order_id)
         if existing is None:
-            self._claims[client_order_id] = broker_order_id
+            self._claims[client_order_id] = order.broker_order_id
+            self._orders[order.broker_order_id] = order
         return existing
 
     async def save(self, order: VenueOrder) -> None:
@@ -91,6 +93,7 @@ def decode_order(raw: bytes) -> VenueOrder:
         quantity=Decimal(data["quantity"]),
         symbol=data["symbol"],
         side=data["side"],
+        asset_class=data.get("asset_class", ""),
         submitted_at=datetime.fromisoformat(data["submitted_at"]) if data["submitted_at"] else None,
         filled_quantity=Decimal(data["filled_quantity"]),
         average_price=Decimal(data["average_price"]) if data["average_price"] is not None else None,
@@ -102,7 +105,9 @@ def decode_order(raw: bytes) -> VenueOrder:
 
 class KvOrderBook:
     """The book in the KV bucket ``<prefix>_sim_<broker>``: ``o.<broker order id>`` holds an
-    order, ``c.<client order id, base64>`` the id of the order that claimed it."""
+    order as it stands, ``c.<client order id, base64>`` the order as it was created under that
+    id. The claim is the order's one atomic creation: an order whose later ``o.`` write never
+    happened (a crash in between) is still found, as at a real broker."""
 
     def __init__(self, js: Callable[[], JetStreamContext], bucket: str) -> None:
         self._js = js  # called at first use: the executor connects after it is built
@@ -114,13 +119,13 @@ class KvOrderBook:
             self._kv = await open_bucket(self._js(), self._bucket)
         return self._kv
 
-    async def claim(self, client_order_id: str, broker_order_id: str) -> str | None:
+    async def claim(self, client_order_id: str, order: VenueOrder) -> str | None:
         kv = await self._store()
         try:
-            await kv.create(_key(client_order_id), broker_order_id.encode())
+            await kv.create(_key(client_order_id), encode_order(order))
         except KeyWrongLastSequenceError:
             entry = await kv.get(_key(client_order_id))
-            return (entry.value or b"").decode()
+            return decode_order(entry.value).broker_order_id if entry.value else ""
         return None
 
     async def save(self, order: VenueOrder) -> None:
@@ -138,9 +143,22 @@ class KvOrderBook:
             entry = await (await self._store()).get(_key(client_order_id))
         except KeyNotFoundError:
             return None
-        return await self.get((entry.value or b"").decode())
+        if not entry.value:
+            return None
+        created = decode_order(entry.value)
+        return await self.get(created.broker_order_id) or created
 
     async def all(self) -> list[VenueOrder]:
         """Every order, read in one pass (``read_bucket``: not a KV watch, which can miss some)."""
         await self._store()
-        return [decode_order(value) for _, value in await read_bucket(self._js(), self._bucket, "o.>")]
+        orders = {
+            o.broker_order_id: o
+            for _, v in await read_bucket(self._js(), self._bucket, "c.>")
+            for o in [decode_order(v)]
+        }
+        orders |= {
+            o.broker_order_id: o
+            for _, v in await read_bucket(self._js(), self._bucket, "o.>")
+            for o in [decode_order(v)]
+        }
+        return list(orders.values())

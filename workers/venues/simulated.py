@@ -7,20 +7,28 @@ comparisons are consistent. Fees follow each broker's published schedule (entry 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import math
+import random
+import time
 import uuid
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
+from typing import Any
 
-from contracts import AssetClass, BrokerName, OrderIntent, OrderStatus, OrderType, Side
-from workers.fees import DEFAULT_FEES, commission, round_up_to_cent
+from contracts import AccountSnapshot, AssetClass, BrokerName, OrderIntent, OrderStatus, OrderType, PositionLine, Side
+from workers.executor.state import Execution, check_move
+from workers.fees import DEFAULT_FEES, commission, round_up_to_cent, traded_value
 from workers.venues.base import (
     Quote,
     VenueAmbiguous,
     VenueDuplicate,
     VenueFill,
     VenueOrder,
+    VenueRateLimited,
     VenueRejected,
     VenueUnavailable,
 )
@@ -60,7 +68,8 @@ def estimate_fee(broker: BrokerName, asset: AssetClass, quantity: Decimal, price
 
 @dataclass
 class Faults:
-    """Failures to inject, switched at runtime. Counters count down one per placement."""
+    """Failures to inject, switched at runtime (``mbx sim fault``, ``mbx.control.<broker>``).
+    Counters count down one per request."""
 
     outage: bool = False
     """Every request fails before reaching the broker (VenueUnavailable)."""
@@ -70,23 +79,113 @@ class Faults:
     """The next N placements are refused for lack of buying power (another broker may take them)."""
     hidden_lookups: int = 0
     """The next N lookups miss every order, as a broker's list lags behind its book."""
+    latency_ms: float = 0.0
+    """Median time a request takes; each request draws from a log-normal spread around it."""
+    unknown_symbols: list[str] = field(default_factory=list)
+    """Symbols the broker does not list: orders for them are refused (order-specific)."""
+    lot_size: Decimal | None = None
+    """Market orders larger than this fill in several executions of at most this size."""
+
+    def update(self, changes: dict[str, Any]) -> None:
+        """Apply changes by field name; unknown fields or bad values raise ValueError."""
+        for name, value in changes.items():
+            if name not in self.__dataclass_fields__:
+                raise ValueError(f"unknown fault {name!r}; known: {', '.join(self.__dataclass_fields__)}")
+            setattr(self, name, _coerce(name, value))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in asdict(self).items()}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    try:
+        if name == "outage":
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if name in ("timeouts_after_accept", "reject_next", "hidden_lookups"):
+            if isinstance(value, bool) or int(value) != value or int(value) < 0:
+                raise TypeError
+            return int(value)
+        if name == "latency_ms":
+            if isinstance(value, bool) or float(value) < 0:
+                raise TypeError
+            return float(value)
+        if name == "unknown_symbols":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise TypeError
+            return value
+        if value is None:
+            return None
+        lot = Decimal(str(value))
+        if lot <= 0:
+            raise TypeError
+        return lot
+    except (TypeError, ValueError, ArithmeticError):
+        raise ValueError(f"fault {name!r}: bad value {value!r}") from None
+
+
+class RateWindow:
+    """The broker's side of a rate limit: at most ``limit`` requests in any ``per_seconds``
+    window, else a 429. Records the most requests it ever saw in one window."""
+
+    def __init__(self, limit: int, per_seconds: float) -> None:
+        self.limit = limit
+        self.per_seconds = per_seconds
+        self._times: deque[float] = deque()
+        self.peak = 0
+        self.refused = 0
+
+    def admit(self, broker: BrokerName) -> None:
+        now = time.monotonic()
+        while self._times and self._times[0] <= now - self.per_seconds:
+            self._times.popleft()
+        if len(self._times) >= self.limit:
+            self.refused += 1
+            retry_after = self._times[0] + self.per_seconds - now
+            raise VenueRateLimited(f"{broker}: 429 too many requests", retry_after=max(retry_after, 0.0))
+        self._times.append(now)
+        self.peak = max(self.peak, len(self._times))
 
 
 # What a broker does with a client order id it has seen before (../shared/reference, section 7.2).
 RETURNS_ORIGINAL = frozenset({BrokerName.COINBASE, BrokerName.ROBINHOOD})
 REFUSES_DUPLICATE = frozenset({BrokerName.ALPACA, BrokerName.IBKR})  # Alpaca 422, IBKR error 103
 
+PAPER_CASH = Decimal(10**12)
+"""Starting cash of a simulated account: large, so long runs and benchmarks do not run dry
+(pass ``cash`` for buying-power rejections)."""
+
 
 class SimulatedVenue:
     """A simulated broker. Its book (``MemoryOrderBook`` or the NATS-backed ``KvOrderBook``)
-    is the broker's memory: an order placed stays there whatever happens to the executor."""
+    is the broker's memory: an order placed stays there whatever happens to the executor.
 
-    def __init__(self, broker: BrokerName, quotes: QuoteModel | None = None, book: OrderBook | None = None) -> None:
+    Every request (placing, looking up, cancelling, account and positions) passes the broker's
+    rate window, sized from the documented limit unless ``rate_limit`` = (requests, seconds)
+    says otherwise. Buying power is checked against the cash this venue object has seen spent;
+    replicas in separate processes each keep their own view of it.
+    """
+
+    def __init__(
+        self,
+        broker: BrokerName,
+        quotes: QuoteModel | None = None,
+        book: OrderBook | None = None,
+        *,
+        rate_limit: tuple[int, float] | None = None,
+        cash: Decimal = PAPER_CASH,
+    ) -> None:
         self._broker = broker
         self._quotes = quotes or QuoteModel()
         self.book: OrderBook = book or MemoryOrderBook()
         self.faults = Faults()
+        limit, per = rate_limit or (CAPABILITIES[broker].rate_limit_per_minute, 60.0)
+        self.rate = RateWindow(limit, per)
+        self.starting_cash = cash
+        self._spent = Decimal(0)
         self._connected = False
+        self._random = random.Random(str(broker))  # noqa: S311  (simulated latency, not security)
 
     @property
     def broker(self) -> BrokerName:
@@ -95,6 +194,9 @@ class SimulatedVenue:
     @property
     def capabilities(self) -> VenueCapabilities:
         return CAPABILITIES[self._broker]
+
+    def supported_assets(self) -> frozenset[AssetClass]:
+        return frozenset(self.capabilities.assets)
 
     @property
     def is_connected(self) -> bool:
@@ -106,12 +208,25 @@ class SimulatedVenue:
     async def disconnect(self) -> None:
         self._connected = False
 
+    async def _request(self) -> None:
+        """What every call pays: reachability, the rate window, and network latency."""
+        if self.faults.outage:
+            raise VenueUnavailable(f"{self._broker} is unreachable")
+        self.rate.admit(self._broker)
+        if self.faults.latency_ms > 0:
+            median = self.faults.latency_ms
+            drawn = self._random.lognormvariate(math.log(median), 0.5)
+            await asyncio.sleep(min(drawn, 10 * median) / 1000)
+
     async def get_quote(self, symbol: str) -> Quote:
         return self._quotes.quote(symbol)
 
+    async def get_order(self, broker_order_id: str) -> VenueOrder | None:
+        await self._request()
+        return await self.book.get(broker_order_id)
+
     async def locate(self, intent: OrderIntent, client_order_id: str, since: datetime) -> VenueOrder | None:
-        if self.faults.outage:
-            raise VenueUnavailable(f"{self._broker} is unreachable")
+        await self._request()
         if self.faults.hidden_lookups > 0:
             self.faults.hidden_lookups -= 1
             return None
@@ -129,9 +244,81 @@ class SimulatedVenue:
         ]
         return min(candidates, key=lambda o: o.submitted_at or since) if candidates else None
 
+    async def cancel_order(self, broker_order_id: str) -> VenueOrder:
+        await self._request()
+        order = await self.book.get(broker_order_id)
+        if order is None:
+            raise VenueRejected("unknown_order", f"{self._broker} has no order {broker_order_id}", order_specific=True)
+        if order.status.is_terminal:
+            raise VenueRejected(
+                "too_late_to_cancel", f"order {broker_order_id} is already {order.status}", order_specific=True
+            )
+        order.status = check_move(order.status, OrderStatus.CANCELLED)
+        await self.book.save(order)
+        return order
+
+    async def get_account(self) -> AccountSnapshot:
+        await self._request()
+        positions = await self._positions()
+        value = sum((p.market_value for p in positions), Decimal(0))
+        cash = self.starting_cash - await self._net_spent()
+        return AccountSnapshot(
+            account_id=f"paper-{self._broker}",
+            cash=cash,
+            buying_power=max(cash, Decimal(0)),
+            portfolio_value=cash + value,
+        )
+
+    async def get_positions(self) -> list[PositionLine]:
+        await self._request()
+        return await self._positions()
+
+    async def _net_spent(self) -> Decimal:
+        spent = Decimal(0)
+        for order in await self.book.all():
+            for f in order.fills:
+                value = traded_value(AssetClass(order.asset_class or "equity"), f.quantity, f.price)
+                spent += (value if order.side == Side.BUY else -value) + f.fee
+        return spent
+
+    async def _positions(self) -> list[PositionLine]:
+        """Positions from the fills in the book, at average cost; the mark is the quote's mid."""
+        held: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}
+        for order in sorted(await self.book.all(), key=lambda o: o.submitted_at or datetime.min.replace(tzinfo=UTC)):
+            key = (order.symbol, order.asset_class or "equity")
+            for f in order.fills:
+                quantity, cost = held.get(key, (Decimal(0), Decimal(0)))
+                signed = f.quantity if order.side == Side.BUY else -f.quantity
+                if quantity == 0 or (quantity > 0) == (signed > 0):
+                    quantity, cost = quantity + signed, cost + signed * f.price
+                else:  # reducing: keep the average cost of what is left
+                    average = cost / quantity
+                    quantity += signed
+                    cost = average * quantity
+                held[key] = (quantity, cost)
+        lines = []
+        for (symbol, asset), (quantity, cost) in sorted(held.items()):
+            if quantity == 0:
+                continue
+            asset_class = AssetClass(asset)
+            mark = self._quotes.mid(symbol)
+            average = abs(cost / quantity)
+            value = traded_value(asset_class, quantity, mark)
+            lines.append(
+                PositionLine(
+                    symbol=symbol,
+                    asset_class=asset_class,
+                    quantity=quantity,
+                    average_cost=average.quantize(Decimal("0.0001")),
+                    market_price=mark,
+                    market_value=value,
+                    unrealized_pnl=(value - traded_value(asset_class, quantity, average)).quantize(CENT),
+                )
+            )
+        return lines
+
     async def place_order(self, intent: OrderIntent, client_order_id: str) -> VenueOrder:
-        if self.faults.outage:
-            raise VenueUnavailable(f"{self._broker} is unreachable")
+        await self._request()
         if self.faults.reject_next > 0:
             self.faults.reject_next -= 1
             raise VenueRejected(
@@ -142,6 +329,8 @@ class SimulatedVenue:
             raise VenueRejected(
                 "unsupported_asset", f"{self._broker} does not trade {intent.asset_class}", order_specific=False
             )
+        if intent.symbol in self.faults.unknown_symbols:
+            raise VenueRejected("unknown_symbol", f"{self._broker} does not list {intent.symbol}", order_specific=True)
         quote = self._quotes.quote(intent.symbol)
         touch = quote.ask if intent.side is Side.BUY else quote.bid
         quantity = intent.quantity if intent.quantity is not None else self._quantity_for(intent, touch)
@@ -149,16 +338,17 @@ class SimulatedVenue:
             raise VenueRejected(
                 "invalid_quantity", "the notional buys less than the smallest unit", order_specific=True
             )
+        cost = traded_value(intent.asset_class, quantity, intent.limit_price or touch)
+        if intent.side is Side.BUY and cost > self.starting_cash - self._spent:
+            raise VenueRejected(
+                "insufficient_buying_power",
+                f"{self._broker}: the order needs {cost:.2f} USD, the account has "
+                f"{self.starting_cash - self._spent:.2f}",
+                order_specific=False,
+            )
         # Unique across venue instances and restarts, as a real broker's order ids are.
         broker_order_id = f"{self._broker}-{uuid.uuid4().hex[:20]}"
-        if self.capabilities.has_client_order_id:
-            existing = await self.book.claim(client_order_id, broker_order_id)
-            if existing is not None:
-                if self._broker in REFUSES_DUPLICATE:
-                    raise VenueDuplicate(f"client_order_id {client_order_id} must be unique")
-                original = await self.book.get(existing)
-                if original is not None:
-                    return original
+        now = datetime.now(UTC)
         order = VenueOrder(
             broker_order_id=broker_order_id,
             client_order_id=client_order_id if self.capabilities.has_client_order_id else "",
@@ -166,18 +356,38 @@ class SimulatedVenue:
             quantity=quantity,
             symbol=intent.symbol,
             side=str(intent.side),
-            submitted_at=datetime.now(UTC),
+            asset_class=str(intent.asset_class),
+            submitted_at=now,
         )
         if self._marketable(intent, touch):
-            fee = estimate_fee(self._broker, intent.asset_class, quantity, touch)
-            order.fills.append(VenueFill(f"{broker_order_id}-1", quantity, touch, fee, datetime.now(UTC)))
-            order.filled_quantity, order.average_price, order.fees = quantity, touch, fee
-            order.status = OrderStatus.FILLED
+            self._fill(order, intent.asset_class, touch, now)
+        if self.capabilities.has_client_order_id:
+            existing = await self.book.claim(client_order_id, order)
+            if existing is not None:
+                if self._broker in REFUSES_DUPLICATE:
+                    raise VenueDuplicate(f"client_order_id {client_order_id} must be unique")
+                original = await self.book.get(existing) or await self.book.by_client_id(client_order_id)
+                if original is not None:
+                    return original
         await self.book.save(order)
+        if order.fills and intent.side is Side.BUY:
+            self._spent += cost
         if self.faults.timeouts_after_accept > 0:
             self.faults.timeouts_after_accept -= 1
             raise VenueAmbiguous(f"{self._broker} accepted the order but the reply was lost")
         return order
+
+    def _fill(self, order: VenueOrder, asset: AssetClass, price: Decimal, now: datetime) -> None:
+        """Fill the whole order at ``price``, in lots of at most ``lot_size`` when one is set."""
+        execution = Execution(order.quantity, OrderStatus.ACCEPTED)
+        lot = self.faults.lot_size or order.quantity
+        while execution.leaves_quantity > 0:
+            size = min(lot, execution.leaves_quantity)
+            fee = estimate_fee(self._broker, asset, size, price)
+            execution.fill(size, price, fee)
+            order.fills.append(VenueFill(f"{order.broker_order_id}-{len(order.fills) + 1}", size, price, fee, now))
+        order.status, order.filled_quantity = execution.status, execution.filled_quantity
+        order.average_price, order.fees = execution.average_price, execution.fees
 
     @staticmethod
     def _quantity_for(intent: OrderIntent, price: Decimal) -> Decimal:

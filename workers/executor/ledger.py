@@ -1,0 +1,90 @@
+"""Where each intent's order is: the executors' shared record, kept in a NATS KV bucket.
+
+Three readers need it: the router, to send a cancel to the broker holding the order; an
+executor starting up, to settle the orders its broker left working (reconciliation); and an
+executor handling a redelivered route, to know whether the earlier deliveries provably never
+reached the broker (``unsent_delivery``), in which case it may fail over without a lookup.
+
+Keys (intent ids may hold characters KV keys do not allow, so they are base64-encoded):
+- ``i.<id>``: an ``LedgerEntry``, rewritten at every change;
+- ``open.<broker>.<id>``: the same entry while the order is working at that broker, deleted
+  when it ends, so an executor lists its open orders without reading every order.
+Entries expire with the streams (7 days).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
+from pydantic import BaseModel, ConfigDict
+
+from contracts import BrokerName, OrderStatus, RouteDecision
+from workers.bus import open_bucket, read_bucket
+
+TTL_SECONDS = 7 * 86400
+
+
+class LedgerEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    intent_id: str
+    broker: BrokerName
+    attempt: int
+    status: OrderStatus
+    report_seq: int = 0
+    broker_order_id: str = ""
+    filled_quantity: Decimal = Decimal(0)
+    fill_count: int = 0
+    unsent_delivery: int = 0
+    """The delivery of the route that last failed before reaching the broker (0: none)."""
+    decision: RouteDecision | None = None
+    """The route, kept while the order works, so reports can be built after a restart."""
+
+    @property
+    def working(self) -> bool:
+        return bool(self.broker_order_id) and not self.status.is_terminal
+
+
+def _token(intent_id: str) -> str:
+    return base64.urlsafe_b64encode(intent_id.encode()).decode().rstrip("=")
+
+
+class OrderLedger:
+    def __init__(self, js: Callable[[], JetStreamContext], bucket: str) -> None:
+        self._js = js  # called at first use: the worker connects after it is built
+        self._bucket = bucket
+        self._kv: Any = None
+
+    async def _store(self) -> Any:
+        if self._kv is None:
+            self._kv = await open_bucket(self._js(), self._bucket, ttl=TTL_SECONDS)
+        return self._kv
+
+    async def get(self, intent_id: str) -> LedgerEntry | None:
+        try:
+            entry = await (await self._store()).get(f"i.{_token(intent_id)}")
+        except KeyNotFoundError:
+            return None
+        return LedgerEntry.model_validate_json(entry.value) if entry.value else None
+
+    async def put(self, entry: LedgerEntry, previous: LedgerEntry | None = None) -> None:
+        """Record ``entry``; keep its open-order key in step with whether it still works."""
+        kv = await self._store()
+        token = _token(entry.intent_id)
+        if not entry.working:
+            entry = entry.model_copy(update={"decision": None})
+        await kv.put(f"i.{token}", entry.model_dump_json().encode())
+        if entry.working:
+            await kv.put(f"open.{entry.broker}.{token}", entry.model_dump_json().encode())
+        elif previous is not None and previous.working:
+            await kv.delete(f"open.{previous.broker}.{token}")
+
+    async def open_orders(self, broker: BrokerName) -> list[LedgerEntry]:
+        await self._store()
+        entries = await read_bucket(self._js(), self._bucket, f"open.{broker}.>")
+        return [LedgerEntry.model_validate_json(value) for _, value in entries]
