@@ -135,7 +135,9 @@ class Pipeline:
         self.venues = {b: simulated_venue(b, config) for b in BrokerName} | (venue_overrides or {})
         self.workers: list[Worker] = [build_worker("router", settings, config)]
         if executors:
-            self.workers += [build_simulated_executor(settings, b, self.venues[b], config) for b in config.enabled_brokers()]
+            self.workers += [
+                build_simulated_executor(settings, b, self.venues[b], config) for b in config.enabled_brokers()
+            ]
         self.workers.append(build_worker("aggregator", settings, config))
 
     async def start(self) -> None:

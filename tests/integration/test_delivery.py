@@ -93,9 +93,7 @@ class LostVenue(SimulatedVenue):
         return None
 
 
-async def test_a_broker_that_cannot_be_reached_is_retried_then_failed_over(
-    settings: Settings, nc: NatsClient
-) -> None:
+async def test_a_broker_that_cannot_be_reached_is_retried_then_failed_over(settings: Settings, nc: NatsClient) -> None:
     """Requests that provably never reached the broker are retried with delay; after
     FAILOVER_AFTER deliveries the executor hands the intent back to the router."""
     venue = DownVenue()
