@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from contracts import AssetClass, BrokerName, OrderType, RouteDecision, TimeInForce
 from tests.builders import CRYPTO, FRACTIONAL, NOTIONAL, OPTION, make_intent
+from workers.router.registry import BrokerHealth
 from workers.router.rules import MarketView, Rejection, route
 from workers.settings import MbxConfig, parse_config
 
@@ -109,3 +110,20 @@ def test_decisions_are_deterministic_complete_and_never_pick_an_excluded_broker(
     assert not excluded & set(first.fallback_chain)
     assert {first.broker, *first.fallback_chain} | excluded == set(BrokerName)
     assert first.broker not in first.fallback_chain
+
+
+def test_a_broker_near_its_rate_limit_is_skipped_only_while_another_can_take_the_order() -> None:
+    """Rate headroom steers orders away; it never refuses an order the busy broker alone can take."""
+
+    def health(headroom: float) -> BrokerHealth:
+        return BrokerHealth(up=True, reason="", latency_ms=10.0, error_rate=0.0, rate_limit_headroom=headroom)
+
+    busy = {BrokerName.ALPACA: health(0.01), BrokerName.IBKR: health(1.0)}
+    both = parse_config({"brokers": {"alpaca": {}, "ibkr": {}}})
+    decision = route(make_intent(), both, market=MarketView(health=busy))
+    assert isinstance(decision, RouteDecision) and decision.broker is BrokerName.IBKR
+    assert ("alpaca", "rate_limited") in {(str(e.broker), e.reason_code) for e in decision.excluded}
+
+    alone = parse_config({"brokers": {"alpaca": {}}})
+    waiting = route(make_intent(), alone, market=MarketView(health={BrokerName.ALPACA: health(0.01)}))
+    assert isinstance(waiting, RouteDecision) and waiting.broker is BrokerName.ALPACA

@@ -9,8 +9,8 @@ import pytest
 
 from contracts import AssetClass, BrokerName, OrderStatus
 from tests.builders import make_intent
-from workers.venues.base import VenueRejected
-from workers.venues.simulated import QuoteModel, SimulatedVenue, estimate_fee
+from workers.venues.base import VenueRateLimited, VenueRejected, VenueUnavailable
+from workers.venues.simulated import Faults, QuoteModel, SimulatedVenue, estimate_fee
 
 NOW = datetime.now(UTC)
 
@@ -86,3 +86,101 @@ def test_order_ids_are_unique_across_venue_instances() -> None:
 def test_fee_schedules(broker: BrokerName, asset: AssetClass, qty: str, price: str, fee: str) -> None:
     """Fees follow each broker's published entry-tier schedule."""
     assert estimate_fee(broker, asset, Decimal(qty), Decimal(price)) == Decimal(fee)
+
+
+async def test_large_market_orders_fill_in_lots() -> None:
+    """With a lot size, one order executes several times; the last execution fills it."""
+    venue = SimulatedVenue(BrokerName.ALPACA)
+    venue.faults.update({"lot_size": "4"})
+    order = await venue.place_order(make_intent(quantity="10"), "lots-1")
+    assert [f.quantity for f in order.fills] == [4, 4, 2]
+    assert (order.status, order.filled_quantity, order.leaves_quantity) == (OrderStatus.FILLED, 10, 0)
+    assert order.fees == sum(f.fee for f in order.fills)
+
+
+async def test_a_resting_order_fills_partially_then_fully_and_cannot_be_cancelled_after() -> None:
+    venue = SimulatedVenue(BrokerName.ALPACA)
+    order = await venue.place_order(make_intent(order_type="limit", limit_price="1.00", quantity="10"), "rest-1")
+    assert order.status is OrderStatus.ACCEPTED and not order.fills
+    partial = await venue.trade(order.broker_order_id, Decimal(3))
+    assert (partial.status, partial.filled_quantity, partial.leaves_quantity) == (OrderStatus.PARTIALLY_FILLED, 3, 7)
+    assert partial.average_price == Decimal("1.00")
+    done = await venue.trade(order.broker_order_id)
+    assert (done.status, done.filled_quantity) == (OrderStatus.FILLED, 10)
+    with pytest.raises(VenueRejected, match="already filled") as refused:
+        await venue.cancel_order(order.broker_order_id)
+    assert refused.value.reason_code == "too_late_to_cancel"
+
+
+async def test_cancelling_a_working_order() -> None:
+    venue = SimulatedVenue(BrokerName.IBKR)
+    order = await venue.place_order(make_intent(order_type="limit", limit_price="1.00"), "rest-2")
+    cancelled = await venue.cancel_order(order.broker_order_id)
+    assert cancelled.status is OrderStatus.CANCELLED and cancelled.leaves_quantity == 0
+    with pytest.raises(VenueRejected) as unknown:
+        await venue.cancel_order("no-such-order")
+    assert unknown.value.reason_code == "unknown_order"
+
+
+async def test_account_and_positions_follow_the_fills() -> None:
+    venue = SimulatedVenue(BrokerName.ALPACA, cash=Decimal(100_000))
+    quote = QuoteModel().quote("AAPL")
+    await venue.place_order(make_intent(quantity="10"), "pos-1")
+    await venue.place_order(make_intent(quantity="4", side="sell"), "pos-2")
+    [line] = await venue.get_positions()
+    assert (line.symbol, line.quantity, line.average_cost) == ("AAPL", 6, quote.ask)
+    assert line.market_price == QuoteModel().mid("AAPL")
+    assert line.unrealized_pnl == ((line.market_price - quote.ask) * 6).quantize(Decimal("0.01"))
+    account = await venue.get_account()
+    assert account.cash == 100_000 - 10 * quote.ask + 4 * quote.bid
+    assert account.portfolio_value == account.cash + line.market_value
+
+
+async def test_a_buy_beyond_the_cash_is_refused_for_another_broker_to_try() -> None:
+    venue = SimulatedVenue(BrokerName.ALPACA, cash=Decimal(1000))
+    with pytest.raises(VenueRejected, match="needs") as refused:
+        await venue.place_order(make_intent(quantity="1000"), "poor-1")
+    assert refused.value.reason_code == "insufficient_buying_power"
+    assert not refused.value.order_specific
+
+
+async def test_an_unlisted_symbol_is_refused_for_good() -> None:
+    venue = SimulatedVenue(BrokerName.ALPACA)
+    venue.faults.update({"unknown_symbols": ["ZZZZ"]})
+    with pytest.raises(VenueRejected) as refused:
+        await venue.place_order(make_intent(symbol="ZZZZ"), "zz-1")
+    assert (refused.value.reason_code, refused.value.order_specific) == ("unknown_symbol", True)
+
+
+async def test_the_rate_window_answers_429_with_the_reset_time() -> None:
+    venue = SimulatedVenue(BrokerName.ALPACA, rate_limit=(3, 60.0))
+    for k in range(3):
+        await venue.place_order(make_intent(), f"rate-{k}")
+    with pytest.raises(VenueRateLimited) as limited:
+        await venue.place_order(make_intent(), "rate-3")
+    assert 0 < limited.value.retry_after <= 60
+    assert (venue.rate.peak, venue.rate.refused) == (3, 1)
+
+
+async def test_an_outage_refuses_every_request_before_it_reaches_the_broker() -> None:
+    venue = SimulatedVenue(BrokerName.ALPACA)
+    await venue.connect()
+    venue.faults.update({"outage": True})
+    assert not venue.is_connected
+    with pytest.raises(VenueUnavailable):
+        await venue.place_order(make_intent(), "down-1")
+    with pytest.raises(VenueUnavailable):
+        await venue.get_account()
+    assert not await venue.book.all()
+
+
+def test_faults_are_validated_by_name_and_value() -> None:
+    faults = Faults()
+    faults.update({"reject_next": 2, "latency_ms": 5, "outage": True})
+    assert faults.as_dict()["reject_next"] == 2 and faults.outage
+    with pytest.raises(ValueError, match="unknown fault 'explode'"):
+        faults.update({"explode": True})
+    with pytest.raises(ValueError, match="bad value"):
+        faults.update({"reject_next": -1})
+    with pytest.raises(ValueError, match="bad value"):
+        faults.update({"outage": "yes"})

@@ -3,8 +3,9 @@
 0. **Risk** (``risk.py``): kill switches and intent-level limits may deny the intent outright.
 1. **Eligibility**: a broker must be configured, enabled, and support the intent's asset class,
    order type, time in force, and fractional or dollar-amount size; brokers that already failed
-   this intent, killed brokers and brokers over their allocation limits are out too. Every
-   broker left out is listed with its reason.
+   this intent, killed brokers and brokers over their allocation limits are out too. A broker
+   near its rate limit is left out only while another broker can take the order (otherwise
+   the order waits for its budget). Every broker left out is listed with its reason.
 2. **User rules** (``routing.rules``, in config order) that match the intent apply together:
    ``exclude`` removes brokers, ``require`` keeps only the listed ones (both hard constraints);
    the first matching rule with ``weights`` sets the scoring weights; the first matching rule
@@ -273,6 +274,7 @@ def route(
 
     excluded: list[ExcludedBroker] = []
     eligible: list[BrokerName] = []
+    throttled: list[ExcludedBroker] = []
     for broker in BrokerName:
         reason = (
             _rule_or_state_exclusion(intent, broker, config, matching, failed)
@@ -281,8 +283,16 @@ def route(
         )
         if reason is None:
             eligible.append(broker)
+        elif reason.reason_code == "rate_limited":
+            throttled.append(reason)
         else:
             excluded.append(reason)
+    if eligible or not throttled:
+        excluded += throttled
+    else:
+        # Only brokers near their rate limit are left: the order waits for their budget
+        # rather than being refused.
+        eligible = [t.broker for t in throttled]
     for spread in diversification_exclusions(eligible, config, risk, intent):
         eligible.remove(spread.broker)
         excluded.append(spread)

@@ -81,6 +81,7 @@ class VenueOrder:
     symbol: str = ""
     side: str = ""
     asset_class: str = ""
+    limit_price: Decimal | None = None
     submitted_at: datetime | None = None
     filled_quantity: Decimal = Decimal(0)
     average_price: Decimal | None = None

@@ -94,6 +94,7 @@ def decode_order(raw: bytes) -> VenueOrder:
         symbol=data["symbol"],
         side=data["side"],
         asset_class=data.get("asset_class", ""),
+        limit_price=Decimal(data["limit_price"]) if data.get("limit_price") is not None else None,
         submitted_at=datetime.fromisoformat(data["submitted_at"]) if data["submitted_at"] else None,
         filled_quantity=Decimal(data["filled_quantity"]),
         average_price=Decimal(data["average_price"]) if data["average_price"] is not None else None,

@@ -357,6 +357,7 @@ class SimulatedVenue:
             symbol=intent.symbol,
             side=str(intent.side),
             asset_class=str(intent.asset_class),
+            limit_price=intent.limit_price,
             submitted_at=now,
         )
         if self._marketable(intent, touch):
@@ -377,15 +378,31 @@ class SimulatedVenue:
             raise VenueAmbiguous(f"{self._broker} accepted the order but the reply was lost")
         return order
 
+    async def trade(self, broker_order_id: str, quantity: Decimal | None = None) -> VenueOrder:
+        """The market reaches a working order: fill ``quantity`` of it (all that is left when
+        None) at its limit price, or at the mid for an order without one. For tests and
+        demos: the simulation's quotes do not move by themselves."""
+        order = await self.book.get(broker_order_id)
+        if order is None or order.status.is_terminal:
+            raise ValueError(f"no working order {broker_order_id} at {self._broker}")
+        size = quantity if quantity is not None else order.leaves_quantity
+        price = order.limit_price or self._quotes.mid(order.symbol)
+        self._execute(order, AssetClass(order.asset_class or "equity"), size, price, datetime.now(UTC))
+        await self.book.save(order)
+        return order
+
     def _fill(self, order: VenueOrder, asset: AssetClass, price: Decimal, now: datetime) -> None:
         """Fill the whole order at ``price``, in lots of at most ``lot_size`` when one is set."""
-        execution = Execution(order.quantity, OrderStatus.ACCEPTED)
         lot = self.faults.lot_size or order.quantity
-        while execution.leaves_quantity > 0:
-            size = min(lot, execution.leaves_quantity)
-            fee = estimate_fee(self._broker, asset, size, price)
-            execution.fill(size, price, fee)
-            order.fills.append(VenueFill(f"{order.broker_order_id}-{len(order.fills) + 1}", size, price, fee, now))
+        while order.leaves_quantity > 0:
+            self._execute(order, asset, min(lot, order.leaves_quantity), price, now)
+
+    def _execute(self, order: VenueOrder, asset: AssetClass, size: Decimal, price: Decimal, now: datetime) -> None:
+        """One execution, through the order state machine (which refuses an overfill)."""
+        execution = Execution(order.quantity, order.status, order.filled_quantity, order.average_price, order.fees)
+        fee = estimate_fee(self._broker, asset, size, price)
+        execution.fill(size, price, fee)
+        order.fills.append(VenueFill(f"{order.broker_order_id}-{len(order.fills) + 1}", size, price, fee, now))
         order.status, order.filled_quantity = execution.status, execution.filled_quantity
         order.average_price, order.fees = execution.average_price, execution.fees
 
