@@ -14,7 +14,19 @@ import yaml
 from pydantic import ValidationError
 from rich.console import Console
 
-from contracts import AssetClass, BrokerName, OrderIntent, OrderType, Side, TimeInForce
+from contracts import (
+    INTENT_ID_HEADER,
+    AssetClass,
+    BrokerName,
+    CancelReject,
+    CancelRequest,
+    ExecutionReport,
+    OrderIntent,
+    OrderType,
+    Side,
+    Subjects,
+    TimeInForce,
+)
 from workers.logs import configure_logging
 from workers.settings import ConfigError, MbxConfig, Settings, load_settings
 
@@ -273,6 +285,18 @@ def _read_intent_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def _unreachable(url: str, exc: BaseException) -> NoReturn:
+    fail(
+        f"cannot reach NATS at {url} ({type(exc).__name__}: {exc}). Start the stack with `make run` "
+        "(or `mbx up`), or set MBX_NATS_URL."
+    )
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    # nats-py raises its own error family for unreachable servers and lost connections
+    return isinstance(exc, OSError | TimeoutError) or type(exc).__module__.startswith("nats")
+
+
 async def _submit(intent: OrderIntent, url: str, prefix: str, timeout: float) -> int:
     from contracts.client import MbxClient  # noqa: PLC0415
 
@@ -291,17 +315,9 @@ async def _submit(intent: OrderIntent, url: str, prefix: str, timeout: float) ->
                 return EXIT_FAILURE
             finally:
                 await tracker.close()
-    except (OSError, TimeoutError) as exc:
-        fail(
-            f"cannot reach NATS at {url} ({type(exc).__name__}). Start the stack with `make run` "
-            "(or `mbx up`), or set MBX_NATS_URL."
-        )
-    except Exception as exc:  # nats-py raises its own error family for unreachable servers
-        if type(exc).__module__.startswith("nats"):
-            fail(
-                f"cannot reach NATS at {url} ({type(exc).__name__}: {exc}). Start the stack with `make run` "
-                "(or `mbx up`), or set MBX_NATS_URL."
-            )
+    except Exception as exc:
+        if _is_connection_error(exc):
+            _unreachable(url, exc)
         raise
     for route in tracker.routes:
         _print_route(route)
@@ -314,6 +330,150 @@ async def _submit(intent: OrderIntent, url: str, prefix: str, timeout: float) ->
         f"[{colour}]{status}[/{colour}] at {where}{filled}{fees}" + (f" ({final.reason})" if final.reason else "")
     )
     return EXIT_OK if status in ("filled", "accepted", "partially_filled", "cancelled") else EXIT_FAILURE
+
+
+@app.command()
+def cancel(
+    intent_id: Annotated[str, typer.Argument(help="The intent whose order to cancel.")],
+    strategy: Annotated[str, typer.Option(help="Strategy id the request is sent as.")] = "cli",
+    reason: Annotated[str, typer.Option(help="Why, for the audit trail.")] = "",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the outcome.")] = 15.0,
+) -> None:
+    """Cancel a working order and print the outcome (cancelled, or why it could not be).
+
+    Example: mbx cancel cli-3f2a9c1e7b4d --reason "signal reversed"
+    """
+    settings, _ = settings_and_config()
+    try:
+        request = CancelRequest(
+            message_id=f"cancel-{uuid.uuid4().hex}",
+            correlation_id=intent_id,
+            intent_id=intent_id,
+            strategy_id=strategy,
+            reason=reason,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in exc.errors())
+        fail(f"invalid cancel request: {problems}", EXIT_USAGE)
+    url = resolve_nats_url(settings)
+    raise typer.Exit(asyncio.run(_cancel(request, url, Subjects(settings.subject_prefix), timeout)))
+
+
+async def _cancel(request: CancelRequest, url: str, subjects: Subjects, timeout: float) -> int:
+    import nats  # noqa: PLC0415
+
+    from workers.bus import publish  # noqa: PLC0415
+
+    try:
+        nc = await nats.connect(url, **ONE_SHOT_CONNECT)
+    except Exception as exc:
+        if _is_connection_error(exc):
+            _unreachable(url, exc)
+        raise
+    try:
+        outcome: asyncio.Future[tuple[str, bytes]] = asyncio.get_running_loop().create_future()
+
+        async def seen(msg: Any) -> None:
+            if (msg.headers or {}).get(INTENT_ID_HEADER) == request.intent_id and not outcome.done():
+                outcome.set_result((msg.subject, msg.data))
+
+        subs = [
+            await nc.subscribe(subjects.execution("*", "cancelled"), cb=seen),
+            await nc.subscribe(subjects.cancel_reject("*"), cb=seen),
+            await nc.subscribe(subjects.cancel_reject(None), cb=seen),
+        ]
+        await publish(nc.jetstream(), subjects.cancel(request.strategy_id), request, intent_id=request.intent_id)
+        try:
+            subject, data = await asyncio.wait_for(outcome, timeout)
+        except TimeoutError:
+            err.print(f"[yellow]no answer within {timeout:g}s[/yellow]; the cancel request is queued")
+            return EXIT_FAILURE
+        finally:
+            for sub in subs:
+                await sub.unsubscribe()
+    finally:
+        await nc.close()
+    if subject.endswith(".cancel_rejected"):
+        reject = CancelReject.model_validate_json(data)
+        status = f" (order {reject.order_status})" if reject.order_status else ""
+        console.print(f"[red]not cancelled[/red]: {reject.reason_code}: {reject.reason}{status}")
+        return EXIT_FAILURE
+    report = ExecutionReport.model_validate_json(data)
+    console.print(f"[green]cancelled[/green] at {report.broker} ({report.filled_quantity} filled before the cancel)")
+    return EXIT_OK
+
+
+FAULT_HELP = (
+    "outage=true|false, reject_next=N, timeouts_after_accept=N, hidden_lookups=N, latency_ms=X, "
+    "unknown_symbols=A,B, lot_size=Q|none"
+)
+
+
+@app.command()
+def fault(
+    broker: Annotated[BrokerName, typer.Argument(help="The simulated broker.")],
+    changes: Annotated[list[str] | None, typer.Argument(help=f"Faults to set: {FAULT_HELP}.")] = None,
+) -> None:
+    """Show or switch a simulated broker's faults while the stack runs.
+
+    Example: mbx fault alpaca outage=true
+             mbx fault schwab timeouts_after_accept=1 latency_ms=80
+             mbx fault alpaca            (shows the current faults)
+    """
+    settings, _ = settings_and_config()
+    parsed: dict[str, Any] = {}
+    for change in changes or []:
+        name, sep, value = change.partition("=")
+        if not sep or not name:
+            fail(f"{change!r}: expected name=value ({FAULT_HELP})", EXIT_USAGE)
+        parsed[name] = _fault_value(name, value)
+    url = resolve_nats_url(settings)
+    raise typer.Exit(asyncio.run(_fault(Subjects(settings.subject_prefix).control(broker), parsed, url)))
+
+
+def _fault_value(name: str, value: str) -> Any:
+    lowered = value.strip().lower()
+    if lowered in ("true", "on", "yes"):
+        return True
+    if lowered in ("false", "off", "no"):
+        return False
+    if lowered in ("none", "null", ""):
+        return [] if name == "unknown_symbols" else None
+    if name == "unknown_symbols":
+        return [v.strip().upper() for v in value.split(",") if v.strip()]
+    try:
+        number = float(value)
+    except ValueError:
+        return value  # the executor names what is wrong with it
+    return int(number) if number.is_integer() and name != "latency_ms" else number
+
+
+async def _fault(subject: str, changes: dict[str, Any], url: str) -> int:
+    import json  # noqa: PLC0415
+
+    import nats  # noqa: PLC0415
+
+    try:
+        nc = await nats.connect(url, **ONE_SHOT_CONNECT)
+    except Exception as exc:
+        if _is_connection_error(exc):
+            _unreachable(url, exc)
+        raise
+    try:
+        reply = await nc.request(subject, json.dumps({"faults": changes}).encode(), timeout=5)
+    except Exception as exc:
+        if type(exc).__name__ in ("NoRespondersError", "TimeoutError") or isinstance(exc, TimeoutError):
+            fail(f"no executor answers on {subject}: is that broker's executor running?")
+        raise
+    finally:
+        await nc.close()
+    answer = json.loads(reply.data)
+    if "error" in answer:
+        fail(str(answer["error"]), EXIT_USAGE)
+    console.print(f"[bold]{answer['broker']}[/bold] faults:")
+    for name, value in answer["faults"].items():
+        console.print(f"  {name:<22} {value}")
+    return EXIT_OK
 
 
 def _print_route(route: Any) -> None:

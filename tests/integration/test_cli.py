@@ -8,8 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from nats.aio.client import Client as NatsClient
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from contracts import BrokerName
+from tests.builders import intent_payload
 from tests.conftest import Pipeline
+from tests.integration.test_executor_flows import order_row
+from tests.integration.test_walking_skeleton import publish_json
 from tests.servers import Servers
 from workers.devstack.processes import free_port
 
@@ -102,3 +108,39 @@ async def test_schemas_check_passes_on_the_committed_files() -> None:
     """`mbx schemas --check` is what CI-minded users run; it agrees with the repo."""
     code, out = await mbx("schemas", "--check")
     assert code == 0, out
+
+
+async def test_fault_switches_a_simulated_broker_at_runtime(pipeline: Pipeline, cli_env: dict[str, str]) -> None:
+    code, out = await mbx("fault", "schwab", "outage=true", "latency_ms=20", env=cli_env)
+    assert code == 0, out
+    assert pipeline.venues[BrokerName.SCHWAB].faults.outage is True
+    assert "outage" in out and "True" in out
+    code, out = await mbx("fault", "schwab", "outage=off", "latency_ms=0", env=cli_env)
+    assert code == 0, out
+    assert pipeline.venues[BrokerName.SCHWAB].faults.outage is False
+    code, out = await mbx("fault", "schwab", "reject_next=-2", env=cli_env)
+    assert code == 2 and "bad value" in out
+    code, out = await mbx("fault", "schwab", "explode", env=cli_env)
+    assert code == 2 and "expected name=value" in out
+
+
+async def test_fault_says_when_no_executor_answers(servers: Servers, cli_env: dict[str, str]) -> None:
+    code, out = await mbx("fault", "ibkr", env={**cli_env, "MBX_SUBJECT_PREFIX": "nobody"})
+    assert code == 1
+    assert "no executor answers on nobody.control.ibkr" in out
+
+
+async def test_cancel_a_working_order_then_an_unknown_one(
+    pipeline: Pipeline, cli_env: dict[str, str], nc: NatsClient, db: AsyncEngine
+) -> None:
+    payload = intent_payload(order_type="limit", limit_price="1.00")
+    await publish_json(nc, payload)
+    await order_row(db, payload["intent_id"], "accepted")
+    code, out = await mbx("cancel", payload["intent_id"], "--reason", "test", env=cli_env)
+    assert code == 0, out
+    assert "cancelled at alpaca (0 filled before the cancel)" in out
+    code, out = await mbx("cancel", payload["intent_id"], env=cli_env)
+    assert code == 1
+    assert "not cancelled: too_late_to_cancel" in out and "(order cancelled)" in out
+    code, out = await mbx("cancel", "never-sent-1", env=cli_env)
+    assert code == 1 and "unknown_order" in out
