@@ -9,9 +9,9 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts import BrokerName
+from contracts import BrokerName, ExecutionReport
 from tests.builders import OPTION, intent_payload, make_intent
-from tests.conftest import Pipeline, eventually, fetch_all
+from tests.conftest import Pipeline, eventually, fetch_all, stream_messages
 from tests.integration.test_walking_skeleton import final_order, publish_json
 from workers.executor.app import build_simulated_executor
 from workers.settings import Settings, parse_config
@@ -75,6 +75,13 @@ async def test_ambiguous_timeout_at_alpaca_is_resolved_by_lookup_after_the_422(
     placed = await orders_at(pipeline, BrokerName.ALPACA, lambda o: o.client_order_id == payload["intent_id"])
     assert len(placed) == 1
     assert alpaca.faults.hidden_lookups == 0  # both lagging lookups happened before the 422 path
+    # While the outcome was ambiguous the order was reported `unknown`, superseded by what followed.
+    reports = [
+        ExecutionReport.model_validate_json(m)
+        for m in await stream_messages(nc, "EXECUTIONS", "mbx.exec.alpaca.unknown")
+    ]
+    [unknown] = [r for r in reports if r.intent_id == payload["intent_id"]]
+    assert (unknown.report_seq, unknown.reason_code, unknown.final) == (0, "outcome_unknown", False)
 
 
 async def test_two_replicas_split_the_work_with_no_duplicates(

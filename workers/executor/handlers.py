@@ -124,13 +124,14 @@ class ExecutorHandlers:
                 return await self._rejected(decision, exc)
             except VenueUnavailable as exc:
                 return await self._unsent(decision, delivery, exc)
-            except (VenueDuplicate, VenueAmbiguous):
+            except (VenueDuplicate, VenueAmbiguous) as exc:
                 # The order may exist (a lost reply) or does (a duplicate id): look it up. If it
-                # is not there the error propagates, the route is redelivered, and the next
+                # is not there the order is `unknown`: the route is redelivered, and the next
                 # delivery looks again before placing.
                 await self.budget.take()
                 order = await self.venue.locate(decision.intent, client_order_id, since)
                 if order is None:
+                    await self._unknown(decision, exc)
                     raise
         failpoint("after_place")
         entry = await self._emit_order(decision, order)
@@ -171,6 +172,19 @@ class ExecutorHandlers:
         await self._emit(decision, report(decision, OrderStatus.FAILED, 1, reason_code=code, reason=why, final=False))
         await self._emit(decision, failover_event(decision, code, why))
         return f"failover:{code}"
+
+    async def _unknown(self, decision: RouteDecision, exc: Exception) -> None:
+        """Say the outcome is not known yet (report sequence 0: any later report supersedes it)."""
+        why = f"{exc}; looking the order up before anything is retried"
+        await self._emit(decision, report(decision, OrderStatus.UNKNOWN, 0, reason_code="outcome_unknown", reason=why))
+        await self.ledger.put(
+            LedgerEntry(
+                intent_id=decision.intent_id,
+                broker=decision.broker,
+                attempt=decision.attempt,
+                status=OrderStatus.UNKNOWN,
+            )
+        )
 
     @staticmethod
     def _wait_for_listing(decision: RouteDecision) -> None:
