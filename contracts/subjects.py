@@ -47,9 +47,16 @@ class ConsumerSpec:
     durable: str
     filter_subjects: tuple[str, ...]
     max_deliver: int = 5
+    """Deliveries the server makes (-1: no limit)."""
     ack_wait_seconds: float = 30.0
     max_ack_pending: int = 2000
     description: str = ""
+    dead_letter_after: int | None = None
+    """Deliveries after which a failing message is dead-lettered (default: ``max_deliver``)."""
+
+    @property
+    def give_up_after(self) -> int:
+        return self.dead_letter_after if self.dead_letter_after is not None else self.max_deliver
 
 
 @dataclass(frozen=True)
@@ -154,12 +161,18 @@ class Subjects:
                 durable="aggregator-routes",
                 filter_subjects=(f"{self.prefix}.routes.>",),
                 max_ack_pending=10000,
+                # A database outage must never exhaust deliveries: the server redelivers without
+                # limit, and the aggregator dead-letters a message only for its own failures.
+                max_deliver=-1,
+                dead_letter_after=5,
             ),
             ConsumerSpec(
                 stream=self.stream_name("EXECUTIONS"),
                 durable="aggregator-executions",
                 filter_subjects=(f"{self.prefix}.exec.>", f"{self.prefix}.fills.>", f"{self.prefix}.failover.>"),
                 max_ack_pending=10000,
+                max_deliver=-1,
+                dead_letter_after=5,
             ),
         )
 
@@ -236,6 +249,11 @@ class Subjects:
         """Where each intent's order is, written by the executors: ``i.<intent id, base64>`` (broker,
         status, report sequence) and ``open.<broker>.<intent id, base64>`` while the order works."""
         return f"{self.prefix}_orders"
+
+    @property
+    def worker_status_bucket(self) -> str:
+        """Workers' own state (``aggregator``: ok, or why it is not writing), for `mbx status`."""
+        return f"{self.prefix}_worker_status"
 
     @property
     def rate_budget_bucket(self) -> str:

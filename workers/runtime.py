@@ -4,7 +4,7 @@ Delivery policy (the same for every stage):
 - a message that cannot be parsed or fails validation is a ``PoisonMessage``: copied to the
   dead-letter stream with the reason, then acked; the worker carries on;
 - any other exception is transient: nak with a growing delay, and after ``max_deliver``
-  deliveries the message is dead-lettered with the last error;
+  deliveries (``dead_letter_after`` where set) the message is dead-lettered with the last error;
 - success: ack after everything the handler published was acknowledged by JetStream.
 
 Acks are explicit everywhere (never FastStream's JetStream default, which terminates a message on
@@ -244,7 +244,7 @@ class Worker:
     async def _retry_or_give_up(self, stage: DeadLetterStage, spec: ConsumerSpec, msg: Msg, exc: Exception) -> str:
         deliveries = delivery_count(msg)
         error = f"{type(exc).__name__}: {exc}"
-        if deliveries >= spec.max_deliver:
+        if deliveries >= spec.give_up_after:
             return await self._dead_letter(stage, msg, f"gave up after {deliveries} deliveries: {error}")
         log.warning(
             "transient failure, will retry", stage=str(stage), subject=msg.subject, error=error, deliveries=deliveries

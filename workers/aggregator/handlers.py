@@ -7,11 +7,16 @@ a message that keeps failing is naked with delay and finally dead-lettered.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import structlog
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from contracts import (
     CancelReject,
@@ -24,12 +29,16 @@ from contracts import (
     RouteDecision,
 )
 from workers.aggregator.persistence import AuditStore, Envelope
+from workers.bus import open_bucket
 from workers.runtime import PoisonMessage, Worker, parse
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
 log = structlog.get_logger("mbx.aggregator")
+
+RETRY_FIRST, RETRY_MAX = 0.5, 5.0
+"""Seconds between attempts to reach a database that is down: doubling from the first to the max."""
 
 MODELS: dict[str, type[Message]] = {
     "routes": RouteDecision,
@@ -43,6 +52,7 @@ class AggregatorHandlers:
     def __init__(self, worker: Worker, store: AuditStore) -> None:
         self.worker = worker
         self.store = store
+        self.health = AggregatorHealth(worker)
 
     def decode(self, msg: Msg) -> Envelope:
         kind = self.worker.subjects.kind(msg.subject)
@@ -70,7 +80,9 @@ class AggregatorHandlers:
         if not good:
             return
         try:
-            applied = await self.store.apply([e for _, e in good])
+            applied = await self._apply_while_database_is_down(spec, good)
+        except DatabaseUnavailable:
+            return  # stopping: the batch stays unacked and is redelivered, nothing is lost
         except Exception as exc:  # noqa: BLE001  (isolate the failing message below)
             log.warning("batch failed, retrying one by one", size=len(good), error=f"{type(exc).__name__}: {exc}")
             for msg, envelope in good:
@@ -81,6 +93,75 @@ class AggregatorHandlers:
         log.info(
             "batch persisted", size=len(good), new=applied, duration_ms=round((time.perf_counter() - started) * 1000, 2)
         )
+
+    async def _apply_while_database_is_down(self, spec: ConsumerSpec, good: list[tuple[Msg, Envelope]]) -> int:
+        """Apply the batch; while the database cannot be reached, hold the messages (in progress,
+        so JetStream does not redeliver them meanwhile), retry with backoff, and say so."""
+        delay, attempt = RETRY_FIRST, 0
+        while True:
+            try:
+                applied = await self.store.apply([e for _, e in good])
+            except Exception as exc:
+                if not database_unreachable(exc):
+                    raise
+                attempt += 1
+                await self.health.down(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}", attempt, delay)
+                if self.worker.stopping.is_set():
+                    raise DatabaseUnavailable(str(exc)) from exc
+                for msg, _ in good:
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.worker.stopping.wait(), delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            await self.health.up()
+            return applied
+
+
+class DatabaseUnavailable(Exception):
+    """Postgres cannot be reached and the worker is stopping."""
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """True for a lost or refused database connection (not for a bad row or a constraint)."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OSError | ConnectionError)
+
+
+class AggregatorHealth:
+    """The aggregator's state in the worker-status KV bucket (key ``aggregator``), written on
+    every change and logged: ``ok``, or ``database_unavailable`` with the error and since when."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.state = "ok"
+        self.since = datetime.now(UTC)
+        self._kv: Any = None
+
+    async def down(self, error: str, attempt: int, retry_in: float) -> None:
+        log.warning("database unavailable; holding the batch", error=error, attempt=attempt, retry_in=retry_in)
+        if self.state != "database_unavailable":
+            self.state, self.since = "database_unavailable", datetime.now(UTC)
+            await self._publish(error)
+
+    async def up(self) -> None:
+        if self.state != "ok":
+            log.info("database reachable again; catching up", down_for_s=(datetime.now(UTC) - self.since).seconds)
+            self.state, self.since = "ok", datetime.now(UTC)
+            await self._publish("")
+
+    async def _publish(self, error: str) -> None:
+        try:
+            if self._kv is None:
+                self._kv = await open_bucket(self.worker.js, self.worker.subjects.worker_status_bucket)
+            value = {"state": self.state, "since": self.since.isoformat(), "error": error}
+            await self._kv.put("aggregator", json.dumps(value).encode())
+        except Exception as exc:  # noqa: BLE001  (the state is also in the log)
+            log.warning("could not publish the aggregator's state", error=str(exc))
 
 
 def _raise(exc: Exception) -> Callable[[Msg], Awaitable[str]]:
