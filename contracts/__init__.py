@@ -29,10 +29,13 @@ from contracts.messages import (
     FillQuality,
     Message,
     OrderIntent,
+    Portfolio,
+    PortfolioPosition,
     PositionLine,
     PositionSnapshot,
     RouteDecision,
     RoutePreview,
+    SymbolExposure,
 )
 from contracts.subjects import (
     DEFAULT_PREFIX,
@@ -73,6 +76,8 @@ __all__ = [
     "OrderIntent",
     "OrderStatus",
     "OrderType",
+    "Portfolio",
+    "PortfolioPosition",
     "PositionLine",
     "PositionSnapshot",
     "RouteDecision",
@@ -80,6 +85,7 @@ __all__ = [
     "Side",
     "StreamSpec",
     "Subjects",
+    "SymbolExposure",
     "TimeInForce",
     "symbol_token",
 ]

@@ -397,3 +397,45 @@ class FillQuality(Message):
     broker: BrokerName
     fill_score: float = Field(ge=0, le=1, description="0 (worst) to 1 (best).")
     samples: int = Field(ge=0, description="Orders the score is measured over.")
+
+
+class PortfolioPosition(BaseModel):
+    """One symbol across every broker."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    symbol: Symbol
+    asset_class: AssetClass
+    quantity: Decimal = Field(description="Net quantity, all brokers (short < 0).")
+    average_cost: Decimal | None = Field(description="Quantity-weighted average cost of the net position.")
+    market_price: Decimal | None = Field(description="Latest mark from the brokers' snapshots.")
+    market_value: Decimal
+    unrealized_pnl: Decimal
+    realized_pnl: Decimal = Field(description="Closed P&L from mbx's own fills (average-cost method), net of fees.")
+    by_broker: dict[BrokerName, Decimal] = Field(description="Quantity per broker.")
+
+
+class Portfolio(Message):
+    """The unified portfolio: reply on ``mbx.api.portfolio.unified``."""
+
+    positions: tuple[PortfolioPosition, ...] = ()
+    cash: Decimal = Decimal(0)
+    market_value: Decimal = Decimal(0)
+    portfolio_value: Decimal = Decimal(0)
+    unrealized_pnl: Decimal = Decimal(0)
+    realized_pnl: Decimal = Decimal(0)
+    allocation: dict[BrokerName, Decimal] = Field(
+        default_factory=dict, description="Percent of total portfolio value per broker (sums to 100)."
+    )
+    as_of: AwareDatetime | None = Field(default=None, description="The oldest broker snapshot it is built from.")
+
+
+class SymbolExposure(Message):
+    """One symbol's exposure per broker in USD, positions plus in-flight orders: reply on
+    ``mbx.api.portfolio.exposure``."""
+
+    symbol: Symbol
+    positions: dict[BrokerName, Decimal] = Field(default_factory=dict, description="Signed market value held.")
+    in_flight: dict[BrokerName, Decimal] = Field(default_factory=dict, description="Signed value of working orders.")
+    net: Decimal = Decimal(0)
+    gross: Decimal = Decimal(0)

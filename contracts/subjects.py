@@ -174,6 +174,14 @@ class Subjects:
                 max_deliver=-1,
                 dead_letter_after=5,
             ),
+            ConsumerSpec(
+                stream=self.stream_name("POSITIONS"),
+                durable="aggregator-positions",
+                filter_subjects=(f"{self.prefix}.positions.>", f"{self.prefix}.status.>"),
+                max_ack_pending=1000,
+                max_deliver=-1,
+                dead_letter_after=5,
+            ),
         )
 
     # Subjects -------------------------------------------------------------------------------

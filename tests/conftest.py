@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -165,8 +166,9 @@ async def start_pipeline(settings: Settings) -> AsyncIterator[Callable[..., Awai
         config: MbxConfig | None = None,
         venue_overrides: dict[BrokerName, SimulatedVenue] | None = None,
         executors: bool = True,
+        own_settings: Settings | None = None,
     ) -> Pipeline:
-        pipeline = Pipeline(settings, config or MbxConfig(), venue_overrides, executors)
+        pipeline = Pipeline(own_settings or settings, config or MbxConfig(), venue_overrides, executors)
         await pipeline.start()
         started.append(pipeline)
         return pipeline
@@ -179,3 +181,17 @@ async def start_pipeline(settings: Settings) -> AsyncIterator[Callable[..., Awai
 @pytest.fixture
 async def pipeline(start_pipeline: Callable[..., Awaitable[Pipeline]]) -> Pipeline:
     return await start_pipeline()
+
+
+@pytest.fixture
+async def isolated(servers: Servers, settings: Settings) -> AsyncIterator[Settings]:
+    """Settings with a subject prefix and a database of their own: streams, KV buckets (the
+    simulated brokers' books too) and tables start empty, whatever earlier tests left."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    admin = make_engine(servers.database_url, pool_size=1)
+    async with admin.connect() as conn:
+        await (await conn.execution_options(isolation_level="AUTOCOMMIT")).execute(text(f"CREATE DATABASE {name}"))
+    await admin.dispose()
+    url = servers.database_url.rsplit("/", 1)[0] + f"/{name}"
+    await asyncio.to_thread(upgrade, url)
+    yield settings.model_copy(update={"database_url": url, "subject_prefix": name})

@@ -25,10 +25,12 @@ from contracts import (
     Fill,
     FillQuality,
     OrderIntent,
+    Portfolio,
     PositionSnapshot,
     RouteDecision,
     RoutePreview,
     Subjects,
+    SymbolExposure,
 )
 from contracts.enums import BrokerName, DeadLetterStage, OrderStatus
 
@@ -48,6 +50,8 @@ MODELS: tuple[type[BaseModel], ...] = (
     RoutePreview,
     ExposureSnapshot,
     FillQuality,
+    Portfolio,
+    SymbolExposure,
 )
 
 
@@ -132,6 +136,18 @@ def asyncapi() -> dict[str, Any]:
             "RoutePreview",
             {},
             "Request/reply: send an OrderIntent, receive the RoutePreview the router would decide now.",
+        ),
+        "portfolioUnified": (
+            "mbx.api.portfolio.unified",
+            "Portfolio",
+            {},
+            "Request/reply: the unified portfolio across every broker (empty request).",
+        ),
+        "portfolioExposure": (
+            "mbx.api.portfolio.exposure",
+            "SymbolExposure",
+            {},
+            'Request/reply: send {"symbol": "AAPL"}, receive its exposure per broker, in-flight orders included.',
         ),
         "deadLetter": (
             "mbx.dlq.{stage}",

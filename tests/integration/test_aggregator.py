@@ -78,8 +78,12 @@ async def test_replaying_every_stream_into_a_second_aggregator_changes_nothing(
     before = await table_contents(db)
     assert await fetch_all(db, "SELECT 1 FROM failover_events WHERE intent_id = ANY(:ids)", ids=ids)
 
+    # The order flow's streams. (POSITIONS is left out: it keeps only the latest message per
+    # broker, and the executors' last "disconnected" status may land after the aggregator stopped.)
     replay = [
-        dataclasses.replace(spec, durable=f"{spec.durable}-replay") for spec in settings.subjects.aggregator_consumers()
+        dataclasses.replace(spec, durable=f"{spec.durable}-replay")
+        for spec in settings.subjects.aggregator_consumers()
+        if spec.stream in ("ROUTES", "EXECUTIONS")
     ]
     for spec in replay:
         with contextlib.suppress(Exception):

@@ -19,6 +19,7 @@ import structlog
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from contracts import (
+    BrokerStatus,
     CancelReject,
     ConsumerSpec,
     DeadLetterStage,
@@ -26,6 +27,7 @@ from contracts import (
     FailoverEvent,
     Fill,
     Message,
+    PositionSnapshot,
     RouteDecision,
 )
 from workers.aggregator.persistence import AuditStore, Envelope
@@ -45,6 +47,8 @@ MODELS: dict[str, type[Message]] = {
     "exec": ExecutionReport,
     "fills": Fill,
     "failover": FailoverEvent,
+    "positions": PositionSnapshot,
+    "status": BrokerStatus,
 }
 
 

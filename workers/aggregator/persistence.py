@@ -10,12 +10,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import delete, func
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from contracts import ExecutionReport, FailoverEvent, Fill, Message, RouteDecision
-from workers.db.models import FailoverRecord, InboxMessage, MultiBrokerRoute, Order, TradeLog
+from contracts import (
+    BrokerName,
+    BrokerStatus,
+    ExecutionReport,
+    FailoverEvent,
+    Fill,
+    Message,
+    PositionSnapshot,
+    RouteDecision,
+)
+from workers.db.models import (
+    BrokerAccount,
+    FailoverRecord,
+    InboxMessage,
+    MultiBrokerConnection,
+    MultiBrokerRoute,
+    Order,
+    Position,
+    TradeLog,
+)
+from workers.venues.capabilities import CAPABILITIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +61,12 @@ class AuditStore:
             reports = [e.message for e in fresh if isinstance(e.message, ExecutionReport)]
             fills = [e.message for e in fresh if isinstance(e.message, Fill)]
             failovers = [e.message for e in fresh if isinstance(e.message, FailoverEvent)]
+            snapshots = [e.message for e in fresh if isinstance(e.message, PositionSnapshot)]
+            statuses = [e.message for e in fresh if isinstance(e.message, BrokerStatus)]
+            if statuses:
+                await self._upsert_statuses(conn, statuses)
+            if snapshots:
+                await self._apply_snapshots(conn, snapshots)
             if routes:
                 await self._insert_routes(conn, routes)
             if reports:
@@ -56,6 +81,94 @@ class AuditStore:
                     .on_conflict_do_nothing(index_elements=["intent_id", "attempt"])
                 )
             return len(fresh)
+
+    async def _upsert_statuses(self, conn: AsyncConnection, statuses: list[BrokerStatus]) -> None:
+        newest: dict[BrokerName, BrokerStatus] = {}
+        for st in statuses:
+            if st.broker not in newest or newest[st.broker].last_seen < st.last_seen:
+                newest[st.broker] = st
+        for st in newest.values():
+            stmt = insert(MultiBrokerConnection).values(
+                broker_name=str(st.broker),
+                status="connected" if st.connected else "disconnected",
+                asset_types=_asset_types(st.broker),
+                last_connected_at=st.last_seen if st.connected else None,
+            )
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["broker_name"],
+                    set_={
+                        "status": stmt.excluded.status,
+                        "last_connected_at": func.coalesce(
+                            stmt.excluded.last_connected_at, MultiBrokerConnection.last_connected_at
+                        ),
+                        "updated_at": func.now(),
+                    },
+                )
+            )
+
+    async def _apply_snapshots(self, conn: AsyncConnection, snapshots: list[PositionSnapshot]) -> None:
+        """The newest snapshot per broker replaces that broker's positions and account values;
+        one older than what is stored already (a late redelivery) changes nothing."""
+        newest: dict[BrokerName, PositionSnapshot] = {}
+        for snap in snapshots:
+            if snap.broker not in newest or newest[snap.broker].created_at < snap.created_at:
+                newest[snap.broker] = snap
+        for snap in newest.values():
+            broker = str(snap.broker)
+            stmt = insert(MultiBrokerConnection).values(
+                broker_name=broker, asset_types=_asset_types(snap.broker), last_synced_at=snap.created_at
+            )
+            claimed = await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["broker_name"],
+                    set_={"last_synced_at": snap.created_at, "updated_at": func.now()},
+                    where=(MultiBrokerConnection.last_synced_at.is_(None))
+                    | (MultiBrokerConnection.last_synced_at < snap.created_at),
+                ).returning(MultiBrokerConnection.id)
+            )
+            if claimed.first() is None:
+                continue
+            await conn.execute(delete(Position).where(Position.broker_name == broker))
+            if snap.positions:
+                await conn.execute(
+                    insert(Position).values(
+                        [
+                            {
+                                "broker_name": broker,
+                                "symbol": p.symbol,
+                                "asset_class": str(p.asset_class),
+                                "quantity": p.quantity,
+                                "average_cost": p.average_cost,
+                                "market_price": p.market_price,
+                                "market_value": p.market_value,
+                                "unrealized_pnl": p.unrealized_pnl,
+                            }
+                            for p in snap.positions
+                        ]
+                    )
+                )
+            account = insert(BrokerAccount).values(
+                broker_name=broker,
+                account_id=snap.account.account_id,
+                currency=snap.account.currency,
+                cash=snap.account.cash,
+                buying_power=snap.account.buying_power,
+                portfolio_value=snap.account.portfolio_value,
+            )
+            await conn.execute(
+                account.on_conflict_do_update(
+                    index_elements=["broker_name"],
+                    set_={
+                        "account_id": account.excluded.account_id,
+                        "currency": account.excluded.currency,
+                        "cash": account.excluded.cash,
+                        "buying_power": account.excluded.buying_power,
+                        "portfolio_value": account.excluded.portfolio_value,
+                        "updated_at": func.now(),
+                    },
+                )
+            )
 
     async def _claim(self, conn: AsyncConnection, batch: list[Envelope]) -> list[Envelope]:
         unique: dict[str, Envelope] = {}
@@ -115,6 +228,10 @@ class AuditStore:
         await conn.execute(
             insert(TradeLog).values(list(rows.values())).on_conflict_do_nothing(index_elements=["fill_id"])
         )
+
+
+def _asset_types(broker: BrokerName) -> list[str]:
+    return sorted(str(a) for a in CAPABILITIES[broker].assets)
 
 
 def _route_row(r: RouteDecision) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -31,12 +32,15 @@ log = structlog.get_logger("mbx.executor")
 HEARTBEAT_INTERVAL = 1.0
 
 
+POLL_INTERVAL = 2.0
+"""Seconds between looks at the broker's working orders (fills and cancels that happen there)."""
 SNAPSHOT_INTERVAL = 30.0
 """Seconds between PositionSnapshots on the timer (one more can be asked for at any time)."""
 
 
 class ExecutorWorker(Worker):
-    """Connects its venue, settles the orders its broker left working before taking new work,
+    """Connects its venue, settles the orders its broker left working before taking new work
+    (and looks at the working ones every ``POLL_INTERVAL`` after),
     reports the broker's health to the status KV bucket every second (and once more, as
     disconnected, when it stops), and publishes account and positions on a timer and on request.
     A simulated venue's faults can be switched over ``mbx.control.<broker>``."""
@@ -54,6 +58,7 @@ class ExecutorWorker(Worker):
         self._listeners: list[Any] = []
         self._status_kv: Any = None
         self._headroom = 1.0
+        self._recorded: tuple[bool | None, float] = (None, 0.0)
 
     async def start(self) -> None:
         await self.venue.connect()
@@ -76,6 +81,7 @@ class ExecutorWorker(Worker):
         self._timers = [
             asyncio.create_task(self._every(HEARTBEAT_INTERVAL, self.beat, "heartbeat")),
             asyncio.create_task(self._every(SNAPSHOT_INTERVAL, self.publish_snapshot, "position snapshot")),
+            asyncio.create_task(self._every(POLL_INTERVAL, self.handlers.reconcile, "order polling")),
         ]
 
     async def cleanup(self) -> None:
@@ -105,9 +111,16 @@ class ExecutorWorker(Worker):
         )
 
     async def beat(self, connected: bool | None = None) -> None:
+        """Health to KV every second (the router's live view); to the status stream, for the
+        audit trail, when the connection state changes and every ``SNAPSHOT_INTERVAL``."""
         with contextlib.suppress(Exception):  # headroom unknown: keep the last figure
             self._headroom = await self.budget.headroom()
-        await self._status_kv.put(str(self.venue.broker), self.status(connected).model_dump_json().encode())
+        status = self.status(connected)
+        await self._status_kv.put(str(self.venue.broker), status.model_dump_json().encode())
+        now = time.monotonic()
+        if status.connected != self._recorded[0] or now - self._recorded[1] >= SNAPSHOT_INTERVAL:
+            await publish(self.js, self.subjects.status(self.venue.broker), status)
+            self._recorded = (status.connected, now)
 
     async def snapshot(self) -> PositionSnapshot:
         await self.budget.take()

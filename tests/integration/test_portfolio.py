@@ -1,0 +1,156 @@
+"""The unified portfolio over three brokers, against a hand computation."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import nats
+import pytest
+
+from contracts import AssetClass, BrokerName, ExposureSnapshot, Portfolio, SymbolExposure
+from tests.builders import intent_payload
+from tests.conftest import Pipeline, eventually, fetch_all
+from workers.db.engine import make_engine
+from workers.settings import Settings, parse_config
+from workers.venues.simulated import QuoteModel, SimulatedVenue, estimate_fee
+
+pytestmark = pytest.mark.integration
+
+CENT = Decimal("0.01")
+
+
+async def test_unified_portfolio_over_three_brokers_matches_a_hand_computation(
+    start_pipeline: Any, isolated: Settings
+) -> None:
+    cash = {
+        BrokerName.ALPACA: Decimal(100_000),
+        BrokerName.IBKR: Decimal(50_000),
+        BrokerName.ROBINHOOD: Decimal(25_000),
+    }
+    venues = {b: SimulatedVenue(b, cash=c, rate_limit=(1_000_000, 1.0)) for b, c in cash.items()}
+    config = parse_config({"brokers": {str(b): {} for b in cash}})
+    pipeline: Pipeline = await start_pipeline(config, venue_overrides=venues, own_settings=isolated)
+    prefix = isolated.subject_prefix
+    db = make_engine(isolated.database_url or "", pool_size=2)
+    nc = await nats.connect(isolated.nats_url or "")
+    js = nc.jetstream()
+
+    async def send(**fields: Any) -> str:
+        payload = intent_payload(strategy_id="pf", **fields)
+        await js.publish(
+            f"{prefix}.orders.intent.pf", json.dumps(payload).encode(), headers={"Nats-Msg-Id": payload["intent_id"]}
+        )
+        return str(payload["intent_id"])
+
+    async def status(intent_id: str, expected: str) -> bool:
+        rows = await fetch_all(db, "SELECT status FROM orders WHERE intent_id = :i", i=intent_id)
+        return bool(rows) and rows[-1]["status"] == expected
+
+    quotes = QuoteModel()
+    a, b = quotes.quote("PFA"), quotes.quote("PFB")
+    limit = (a.bid - 1).quantize(CENT)
+    try:
+        for fields in (
+            {"symbol": "PFA", "quantity": "10", "broker": "alpaca"},
+            {"symbol": "PFA", "quantity": "4", "side": "sell", "broker": "alpaca"},
+            {"symbol": "PFB", "quantity": "3", "broker": "robinhood"},
+        ):
+            sent = await send(**fields)
+            await eventually(lambda sent=sent: status(sent, "filled"))  # type: ignore[misc]
+        resting = await send(symbol="PFA", quantity="5", broker="ibkr", order_type="limit", limit_price=str(limit))
+        await eventually(lambda: status(resting, "accepted"))
+        [order] = [o for o in await venues[BrokerName.IBKR].book.all() if o.client_order_id == resting]
+        await venues[BrokerName.IBKR].trade(order.broker_order_id)  # the market comes down to the limit
+        await eventually(lambda: status(resting, "filled"))  # found by the executor's polling
+
+        sync = json.loads((await nc.request(f"{prefix}.api.portfolio.sync", b"", timeout=10)).data)
+        assert {k: v for k, v in sync.items() if k in {str(x) for x in cash}} == {str(x): "ok" for x in cash}
+        portfolio = Portfolio.model_validate_json(
+            (await nc.request(f"{prefix}.api.portfolio.unified", b"", timeout=5)).data
+        )
+    finally:
+        await nc.close()
+
+    ibkr_fee = estimate_fee(BrokerName.IBKR, AssetClass.EQUITY, Decimal(5), limit)
+    assert ibkr_fee > 0
+    mid_a, mid_b = quotes.mid("PFA"), quotes.mid("PFB")
+    positions = {p.symbol: p for p in portfolio.positions}
+    pfa, pfb = positions["PFA"], positions["PFB"]
+    assert pfa.quantity == 11
+    assert pfa.by_broker == {BrokerName.ALPACA: 6, BrokerName.IBKR: 5}
+    assert pfa.average_cost == (6 * a.ask + 5 * limit) / 11
+    assert pfa.market_price == mid_a and pfa.market_value == 11 * mid_a
+    assert pfa.unrealized_pnl == ((mid_a - a.ask) * 6).quantize(CENT) + ((mid_a - limit) * 5).quantize(CENT)
+    assert pfa.realized_pnl == 4 * (a.bid - a.ask) - ibkr_fee  # alpaca charges no commission
+    assert (pfb.quantity, pfb.average_cost, pfb.realized_pnl) == (3, b.ask, 0)
+    assert pfb.by_broker == {BrokerName.ROBINHOOD: 3}
+
+    values = {
+        BrokerName.ALPACA: cash[BrokerName.ALPACA] - 10 * a.ask + 4 * a.bid + 6 * mid_a,
+        BrokerName.IBKR: cash[BrokerName.IBKR] - 5 * limit - ibkr_fee + 5 * mid_a,
+        BrokerName.ROBINHOOD: cash[BrokerName.ROBINHOOD] - 3 * b.ask + 3 * mid_b,
+    }
+    total = sum(values.values())
+    assert portfolio.portfolio_value == total
+    assert sum(portfolio.allocation.values()) == 100
+    for broker, value in values.items():
+        assert abs(portfolio.allocation[broker] - value / total * 100) <= CENT
+    await db.dispose()
+    del pipeline
+
+
+async def test_exposure_includes_working_orders_and_reaches_the_router(start_pipeline: Any, isolated: Settings) -> None:
+    pipeline: Pipeline = await start_pipeline(
+        parse_config({"brokers": {"alpaca": {}, "ibkr": {}}}), own_settings=isolated
+    )
+    prefix = isolated.subject_prefix
+    nc = await nats.connect(isolated.nats_url or "")
+    js = nc.jetstream()
+    db = make_engine(isolated.database_url or "", pool_size=2)
+    try:
+        filled = intent_payload(strategy_id="ex", symbol="EXP", quantity="10", broker="alpaca")
+        working = intent_payload(
+            strategy_id="ex", symbol="EXP", quantity="4", broker="ibkr", order_type="limit", limit_price="1.00"
+        )
+        for payload in (filled, working):
+            await js.publish(
+                f"{prefix}.orders.intent.ex",
+                json.dumps(payload).encode(),
+                headers={"Nats-Msg-Id": payload["intent_id"]},
+            )
+
+        async def both_in() -> bool:
+            rows = await fetch_all(db, "SELECT status FROM orders WHERE symbol = 'EXP'")
+            return sorted(r["status"] for r in rows) == ["accepted", "filled"]
+
+        await eventually(both_in)
+        reply = await nc.request(f"{prefix}.api.portfolio.exposure", b'{"symbol": "EXP"}', timeout=5)
+        exposure = SymbolExposure.model_validate_json(reply.data)
+        [fill] = await fetch_all(db, "SELECT price FROM trade_logs WHERE intent_id = :i", i=filled["intent_id"])
+        assert exposure.positions == {BrokerName.ALPACA: 10 * fill["price"]}
+        assert exposure.in_flight == {BrokerName.IBKR: 4 * fill["price"]}  # marked at the last fill
+        assert exposure.net == exposure.gross == 14 * fill["price"]
+
+        # With account values known (a snapshot), the router's exposure snapshot follows.
+        await nc.request(f"{prefix}.api.portfolio.sync", b"", timeout=10)
+        kv = await js.key_value(f"{prefix}_exposure")
+
+        async def published() -> ExposureSnapshot | None:
+            try:
+                snap = ExposureSnapshot.model_validate_json((await kv.get("current")).value)
+            except Exception:
+                return None
+            return snap if snap.by_symbol.get("EXP") == 14 * fill["price"] else None
+
+        snapshot = await eventually(published)
+        assert snapshot.by_broker[BrokerName.IBKR] == 4 * fill["price"]
+        assert snapshot.positions["EXP"] == 10
+        assert snapshot.portfolio_value > 0
+        bad = json.loads((await nc.request(f"{prefix}.api.portfolio.exposure", b"{}", timeout=5)).data)
+        assert "symbol" in bad["error"]
+    finally:
+        await nc.close()
+        await db.dispose()
+    del pipeline
