@@ -216,6 +216,9 @@ class RouteDecision(Message):
     failover_from: BrokerName | None = Field(
         default=None, description="The broker that failed before this attempt, if any."
     )
+    reference_price: NonNegativeDecimal | None = Field(
+        default=None, description="The price the router saw when deciding (slippage is measured against it)."
+    )
     failed_brokers: tuple[BrokerName, ...] = Field(
         default=(), description="Every broker that already failed this intent, in order."
     )
@@ -397,6 +400,12 @@ class FillQuality(Message):
     broker: BrokerName
     fill_score: float = Field(ge=0, le=1, description="0 (worst) to 1 (best).")
     samples: int = Field(ge=0, description="Orders the score is measured over.")
+    fill_rate: float | None = Field(default=None, ge=0, le=1, description="Share of orders filled.")
+    reject_rate: float | None = Field(default=None, ge=0, le=1, description="Share rejected or failed.")
+    avg_slippage_bps: float | None = Field(default=None, description="Against the decision-time price; > 0 worse.")
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    fees_paid: Decimal | None = None
 
 
 class PortfolioPosition(BaseModel):

@@ -9,7 +9,7 @@ from typing import Any
 import nats
 import pytest
 
-from contracts import AssetClass, BrokerName, ExposureSnapshot, Portfolio, SymbolExposure
+from contracts import AssetClass, BrokerName, ExposureSnapshot, FillQuality, Portfolio, SymbolExposure
 from tests.builders import intent_payload
 from tests.conftest import Pipeline, eventually, fetch_all
 from workers.db.engine import make_engine
@@ -154,3 +154,49 @@ async def test_exposure_includes_working_orders_and_reaches_the_router(start_pip
         await nc.close()
         await db.dispose()
     del pipeline
+
+
+async def test_execution_quality_is_measured_per_broker_and_becomes_the_routers_fill_score(
+    start_pipeline: Any, isolated: Settings
+) -> None:
+    """Alpaca fills four orders at the ask (slippage: half the spread against the mid the
+    router saw); IBKR refuses one, which fails over. The view and the KV entries say so."""
+    config = parse_config({"brokers": {"alpaca": {}, "ibkr": {}}})
+    pipeline: Pipeline = await start_pipeline(config, own_settings=isolated)
+    pipeline.venues[BrokerName.IBKR].faults.update({"reject_next": 1})
+    prefix = isolated.subject_prefix
+    nc = await nats.connect(isolated.nats_url or "")
+    db = make_engine(isolated.database_url or "", pool_size=2)
+    try:
+        ids = []
+        for broker in ["alpaca"] * 4 + ["ibkr"]:
+            payload = intent_payload(strategy_id="q", symbol="QLT", broker=broker)
+            ids.append(payload["intent_id"])
+            await nc.jetstream().publish(
+                f"{prefix}.orders.intent.q", json.dumps(payload).encode(), headers={"Nats-Msg-Id": payload["intent_id"]}
+            )
+
+        async def settled() -> bool:
+            rows = await fetch_all(
+                db, "SELECT 1 FROM orders WHERE status = 'filled' AND intent_id = ANY(:ids)", ids=ids
+            )
+            return len(rows) == 5
+
+        await eventually(settled)
+        [aggregator] = [w for w in pipeline.workers if w.name == "aggregator"]
+        measured = {q.broker: q for q in await aggregator.publish_fill_quality()}  # type: ignore[attr-defined]
+        kv = await nc.jetstream().key_value(f"{prefix}_fill_quality")
+        stored = FillQuality.model_validate_json((await kv.get("alpaca")).value)
+    finally:
+        await nc.close()
+        await db.dispose()
+    quote = QuoteModel().quote("QLT")
+    mid = QuoteModel().mid("QLT")
+    half_spread_bps = float((quote.ask - mid) / mid * 10000)
+    alpaca, ibkr = measured[BrokerName.ALPACA], measured[BrokerName.IBKR]
+    assert (alpaca.samples, alpaca.fill_rate, alpaca.reject_rate) == (5, 1.0, 0.0)  # 4 + the failover
+    assert alpaca.avg_slippage_bps == pytest.approx(half_spread_bps, abs=0.001)
+    assert alpaca.fill_score == pytest.approx(1 - half_spread_bps / 50, abs=1e-5)
+    assert alpaca.latency_p50_ms is not None and alpaca.latency_p99_ms >= alpaca.latency_p50_ms  # type: ignore[operator]
+    assert (ibkr.samples, ibkr.fill_rate, ibkr.reject_rate, ibkr.fill_score) == (1, 0.0, 1.0, 0.0)
+    assert stored == alpaca.model_copy(update={"message_id": stored.message_id, "created_at": stored.created_at})

@@ -164,3 +164,14 @@ def test_committed_schemas_match_the_models() -> None:
     """The JSON Schemas and the AsyncAPI document in contracts/schemas/ are up to date."""
     assert write_schemas(check=True) == [], "run `make schemas` and commit the result"
     assert len(MODELS) == 15
+
+
+def test_fill_score_falls_with_rejections_and_slippage_and_stays_in_bounds() -> None:
+    from workers.aggregator.quality import SLIPPAGE_CAP_BPS, fill_score
+
+    assert fill_score(1.0, 0.0) == 1.0
+    assert fill_score(1.0, -20.0) == 1.0  # price improvement does not lift it above the fill rate
+    assert fill_score(0.5, None) == 0.5
+    assert fill_score(1.0, SLIPPAGE_CAP_BPS / 2) == 0.5
+    assert fill_score(1.0, SLIPPAGE_CAP_BPS * 3) == 0.0
+    assert fill_score(0.8, 10.0) < fill_score(0.8, 5.0) < fill_score(0.9, 5.0)

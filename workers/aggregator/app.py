@@ -12,7 +12,8 @@ import structlog
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts import ConsumerSpec
+from contracts import ConsumerSpec, FillQuality
+from workers.aggregator import quality
 from workers.aggregator.handlers import AggregatorHandlers
 from workers.aggregator.persistence import AuditStore
 from workers.aggregator.portfolio import PortfolioAggregator
@@ -29,6 +30,8 @@ log = structlog.get_logger("mbx.aggregator")
 
 EXPOSURE_INTERVAL = 2.0
 """Seconds between checks whether the exposure the router sees has changed."""
+QUALITY_INTERVAL = 10.0
+"""Seconds between measurements of execution quality (the router's fill scores)."""
 
 
 class AggregatorWorker(Worker):
@@ -55,7 +58,10 @@ class AggregatorWorker(Worker):
             await nc.subscribe(api("portfolio.allocation"), queue="aggregator", cb=self._on_allocation),
             await nc.subscribe(api("portfolio.sync"), queue="aggregator", cb=self._on_sync),
         ]
-        self._timers = [asyncio.create_task(self._keep_exposure_current())]
+        self._timers = [
+            asyncio.create_task(self._keep_exposure_current()),
+            asyncio.create_task(self._keep_fill_quality_current()),
+        ]
 
     async def cleanup(self) -> None:
         for sub in self._listeners:
@@ -90,6 +96,22 @@ class AggregatorWorker(Worker):
             except Exception as exc:  # noqa: BLE001  (tried again next time; the router keeps the last one)
                 log.warning("exposure not published", error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(EXPOSURE_INTERVAL)
+
+    async def publish_fill_quality(self) -> list[FillQuality]:
+        """Measure every broker's execution quality and put it in KV as the router's fill score."""
+        measured = await quality.measure(self.engine)
+        kv = await open_bucket(self.js, self.subjects.fill_quality_bucket)
+        for q in measured:
+            await kv.put(str(q.broker), q.model_dump_json().encode())
+        return measured
+
+    async def _keep_fill_quality_current(self) -> None:
+        while True:
+            await asyncio.sleep(QUALITY_INTERVAL)
+            try:
+                await self.publish_fill_quality()
+            except Exception as exc:  # noqa: BLE001  (tried again next time)
+                log.warning("fill quality not published", error=f"{type(exc).__name__}: {exc}")
 
     async def _answer(self, msg: Msg, work: Callable[[], Awaitable[BaseModel | dict[str, Any]]]) -> None:
         try:

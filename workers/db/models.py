@@ -154,6 +154,7 @@ class TradeLog(Base):
         Index(None, "broker_name", "symbol"),
         Index(None, "intent_id"),
         Index(None, "executed_at"),
+        Index(None, "broker_name", "broker_order_id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)

@@ -335,6 +335,7 @@ def route(
         excluded=tuple(excluded),
         fallback_chain=tuple(c.broker for c in ranked if c.broker != chosen),
         failover_from=failed[-1] if failed else None,
+        reference_price=market.reference_price,
         failed_brokers=tuple(failed),
         config_version=config_version,
     )
