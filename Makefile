@@ -49,8 +49,9 @@ schemas: install ## Regenerate contracts/schemas/ (JSON Schemas and AsyncAPI)
 	$(BIN)/mbx schemas
 
 .PHONY: bench
-bench: install ## Benchmarks: route decisions per second (results in bench/results/)
+bench: install ## Benchmarks: route decisions/s, aggregator messages persisted/s (results in bench/results/)
 	$(BIN)/python -m bench.route_bench
+	$(BIN)/python -m bench.aggregator_bench
 
 .PHONY: clean
 clean: ## Remove the virtualenv, caches and the embedded servers' data (.mbx/)

@@ -203,20 +203,28 @@ async def read_bucket(js: JetStreamContext, bucket: str, keys: str = ">") -> lis
     ephemeral pull consumer knows its pending count from creation, and each message says how
     many remain.
     """
+    return [(key, value) for key, value, _ in await _read_kv(js, bucket, keys, DeliverPolicy.LAST_PER_SUBJECT)]
+
+
+async def read_history(js: JetStreamContext, bucket: str, key: str) -> list[tuple[int, bytes]]:
+    """Every kept (revision, value) of one key, oldest first (instead of ``KeyValue.history``,
+    which rests on the same unreliable watch marker and can report no keys at all)."""
+    return [(revision, value) for _, value, revision in await _read_kv(js, bucket, key, DeliverPolicy.ALL)]
+
+
+async def _read_kv(js: JetStreamContext, bucket: str, keys: str, policy: DeliverPolicy) -> list[tuple[str, bytes, int]]:
     prefix = f"$KV.{bucket}."
     psub = await js.pull_subscribe(
         prefix + keys,
         stream=f"KV_{bucket}",
-        config=ConsumerConfig(
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, ack_policy=AckPolicy.NONE, inactive_threshold=60.0
-        ),
+        config=ConsumerConfig(deliver_policy=policy, ack_policy=AckPolicy.NONE, inactive_threshold=60.0),
     )
-    entries: list[tuple[str, bytes]] = []
+    entries: list[tuple[str, bytes, int]] = []
     try:
         remaining = (await psub.consumer_info()).num_pending or 0
         while remaining > 0:
             batch = await psub.fetch(min(remaining, 256), timeout=5.0)
-            entries.extend((m.subject[len(prefix) :], m.data) for m in batch if m.data)
+            entries.extend((m.subject[len(prefix) :], m.data, m.metadata.sequence.stream) for m in batch if m.data)
             remaining = batch[-1].metadata.num_pending
     finally:
         await psub.unsubscribe()

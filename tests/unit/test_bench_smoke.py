@@ -17,3 +17,13 @@ def test_route_benchmark_runs_and_reports_every_figure() -> None:
     }
     assert all(value > 0 for value in results.values())
     assert len(fifty_rules().routing.rules) == 50
+
+
+def test_aggregator_benchmark_runs_and_persists_every_message() -> None:
+    """A few hundred messages through its own embedded servers; no timing is asserted."""
+    from bench.aggregator_bench import run as run_aggregator
+
+    results = run_aggregator(intents=50, progress=lambda _: None)
+    assert results["messages"] == 200
+    assert results["aggregator_messages_persisted_per_s"] > 0
+    assert results["baseline_raw_batched_insert_rows_per_s"] > 0

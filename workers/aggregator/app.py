@@ -151,7 +151,7 @@ class AggregatorWorker(Worker):
 def build_aggregator(
     settings: Settings,
     engine: AsyncEngine,
-    batch_size: int = 200,
+    batch_size: int = 500,
     consumers: Sequence[ConsumerSpec] | None = None,
 ) -> AggregatorWorker:
     """``consumers`` replaces the durable consumers, e.g. to replay the streams from the start."""

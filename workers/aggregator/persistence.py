@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func
+from sqlalchemy import delete, func, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -27,7 +27,6 @@ from contracts import (
 from workers.db.models import (
     BrokerAccount,
     FailoverRecord,
-    InboxMessage,
     MultiBrokerConnection,
     MultiBrokerRoute,
     Order,
@@ -75,11 +74,7 @@ class AuditStore:
                 await self._insert_fills(conn, fills)
             if failovers:
                 rows = {(f.intent_id, f.attempt): _failover_row(f) for f in failovers}
-                await conn.execute(
-                    insert(FailoverRecord)
-                    .values(list(rows.values()))
-                    .on_conflict_do_nothing(index_elements=["intent_id", "attempt"])
-                )
+                await conn.execute(_INSERT_FAILOVER, list(rows.values()))
             return len(fresh)
 
     async def _upsert_statuses(self, conn: AsyncConnection, statuses: list[BrokerStatus]) -> None:
@@ -174,28 +169,15 @@ class AuditStore:
         unique: dict[str, Envelope] = {}
         for envelope in batch:
             unique.setdefault(envelope.message.message_id, envelope)
-        stmt = (
-            insert(InboxMessage)
-            .values([{"message_id": mid, "subject": e.subject} for mid, e in unique.items()])
-            .on_conflict_do_nothing(index_elements=["message_id"])
-            .returning(InboxMessage.message_id)
-        )
-        new_ids = set((await conn.execute(stmt)).scalars())
+        claimed = await conn.execute(_CLAIM, {"ids": list(unique), "subjects": [e.subject for e in unique.values()]})
+        new_ids = set(claimed.scalars())
         return [e for mid, e in unique.items() if mid in new_ids]
 
     async def _insert_routes(self, conn: AsyncConnection, routes: list[RouteDecision]) -> None:
         route_rows = {(r.intent_id, r.attempt): _route_row(r) for r in routes}
-        await conn.execute(
-            insert(MultiBrokerRoute)
-            .values(list(route_rows.values()))
-            .on_conflict_do_nothing(index_elements=["intent_id", "attempt"])
-        )
+        await conn.execute(_INSERT_ROUTE, list(route_rows.values()))
         order_rows = {(str(r.broker), r.intent_id): _order_row_from_route(r) for r in routes}
-        await conn.execute(
-            insert(Order)
-            .values(list(order_rows.values()))
-            .on_conflict_do_nothing(index_elements=["broker_name", "client_order_id"])
-        )
+        await conn.execute(_INSERT_ORDER, list(order_rows.values()))
 
     async def _upsert_reports(self, conn: AsyncConnection, reports: list[ExecutionReport]) -> None:
         newest: dict[tuple[str | None, str], ExecutionReport] = {}
@@ -203,31 +185,42 @@ class AuditStore:
             key = (str(r.broker) if r.broker else None, r.client_order_id)
             if key not in newest or newest[key].report_seq < r.report_seq:
                 newest[key] = r
-        stmt = insert(Order).values([_order_row_from_report(r) for r in newest.values()])
-        excluded = stmt.excluded
-        await conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["broker_name", "client_order_id"],
-                set_={
-                    "broker_order_id": func.coalesce(func.nullif(excluded.broker_order_id, ""), Order.broker_order_id),
-                    "status": excluded.status,
-                    "quantity": func.coalesce(excluded.quantity, Order.quantity),
-                    "filled_quantity": excluded.filled_quantity,
-                    "average_price": excluded.average_price,
-                    "fees": excluded.fees,
-                    "report_seq": excluded.report_seq,
-                    "reason": excluded.reason,
-                    "updated_at": func.now(),
-                },
-                where=Order.report_seq < excluded.report_seq,
-            )
-        )
+        await conn.execute(_UPSERT_REPORT, [_order_row_from_report(r) for r in newest.values()])
 
     async def _insert_fills(self, conn: AsyncConnection, fills: list[Fill]) -> None:
         rows = {f.fill_id: _fill_row(f) for f in fills}
-        await conn.execute(
-            insert(TradeLog).values(list(rows.values())).on_conflict_do_nothing(index_elements=["fill_id"])
-        )
+        await conn.execute(_INSERT_FILL, list(rows.values()))
+
+
+# Built once and executed with a list of rows: SQLAlchemy caches the compiled statement and
+# batches the rows (insertmanyvalues), instead of compiling a new multi-row VALUES per batch.
+# The inbox claim is one statement whatever the batch size (arrays, not a VALUES row per
+# message), so the server and the driver see the same query text every time.
+_CLAIM = text(
+    "INSERT INTO inbox (message_id, subject) "
+    "SELECT * FROM unnest(CAST(:ids AS varchar[]), CAST(:subjects AS varchar[])) "
+    "ON CONFLICT (message_id) DO NOTHING RETURNING message_id"
+)
+_INSERT_ROUTE = insert(MultiBrokerRoute).on_conflict_do_nothing(index_elements=["intent_id", "attempt"])
+_INSERT_ORDER = insert(Order).on_conflict_do_nothing(index_elements=["broker_name", "client_order_id"])
+_INSERT_FILL = insert(TradeLog).on_conflict_do_nothing(index_elements=["fill_id"])
+_INSERT_FAILOVER = insert(FailoverRecord).on_conflict_do_nothing(index_elements=["intent_id", "attempt"])
+_report = insert(Order)
+_UPSERT_REPORT = _report.on_conflict_do_update(
+    index_elements=["broker_name", "client_order_id"],
+    set_={
+        "broker_order_id": func.coalesce(func.nullif(_report.excluded.broker_order_id, ""), Order.broker_order_id),
+        "status": _report.excluded.status,
+        "quantity": func.coalesce(_report.excluded.quantity, Order.quantity),
+        "filled_quantity": _report.excluded.filled_quantity,
+        "average_price": _report.excluded.average_price,
+        "fees": _report.excluded.fees,
+        "report_seq": _report.excluded.report_seq,
+        "reason": _report.excluded.reason,
+        "updated_at": func.now(),
+    },
+    where=Order.report_seq < _report.excluded.report_seq,
+)
 
 
 def _asset_types(broker: BrokerName) -> list[str]:

@@ -14,7 +14,7 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from contracts import BrokerStatus, FillQuality, Subjects
-from workers.bus import open_bucket, read_bucket
+from workers.bus import open_bucket, read_bucket, read_history
 from workers.router.handlers import RouterHandlers
 from workers.router.state import CONFIG_KEY, EXPOSURE_KEY, RouterState, config_to_json
 from workers.runtime import Worker
@@ -93,12 +93,9 @@ class RouterWorker(Worker):
 
     async def _load_config(self) -> None:
         """Start from the newest valid config revision (the latest may have been refused)."""
-        try:
-            history = await self.config_kv.history(CONFIG_KEY)
-        except KeyNotFoundError:
-            return
-        for entry in reversed(history):
-            if entry.value and self.state.apply_config(entry.value, entry.revision or 0) is None:
+        history = await read_history(self.js, self.subjects.config_bucket, CONFIG_KEY)
+        for revision, value in reversed(history):
+            if self.state.apply_config(value, revision) is None:
                 return
 
     async def _load(self, kv: KeyValue, key: str, apply: Callable[[bytes, int], Any]) -> None:
