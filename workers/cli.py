@@ -297,6 +297,18 @@ def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError | TimeoutError) or type(exc).__module__.startswith("nats")
 
 
+async def _connect(url: str) -> Any:
+    """A NATS connection, or a clear error saying which URL was tried and how to start mbx."""
+    import nats  # noqa: PLC0415
+
+    try:
+        return await nats.connect(url, **ONE_SHOT_CONNECT)
+    except Exception as exc:
+        if _is_connection_error(exc):
+            _unreachable(url, exc)
+        raise
+
+
 async def _submit(intent: OrderIntent, url: str, prefix: str, timeout: float) -> int:
     from contracts.client import MbxClient  # noqa: PLC0415
 
@@ -360,16 +372,9 @@ def cancel(
 
 
 async def _cancel(request: CancelRequest, url: str, subjects: Subjects, timeout: float) -> int:
-    import nats  # noqa: PLC0415
-
     from workers.bus import publish  # noqa: PLC0415
 
-    try:
-        nc = await nats.connect(url, **ONE_SHOT_CONNECT)
-    except Exception as exc:
-        if _is_connection_error(exc):
-            _unreachable(url, exc)
-        raise
+    nc = await _connect(url)
     try:
         outcome: asyncio.Future[tuple[str, bytes]] = asyncio.get_running_loop().create_future()
 
@@ -451,14 +456,7 @@ def _fault_value(name: str, value: str) -> Any:
 async def _fault(subject: str, changes: dict[str, Any], url: str) -> int:
     import json  # noqa: PLC0415
 
-    import nats  # noqa: PLC0415
-
-    try:
-        nc = await nats.connect(url, **ONE_SHOT_CONNECT)
-    except Exception as exc:
-        if _is_connection_error(exc):
-            _unreachable(url, exc)
-        raise
+    nc = await _connect(url)
     try:
         reply = await nc.request(subject, json.dumps({"faults": changes}).encode(), timeout=5)
     except Exception as exc:

@@ -110,6 +110,8 @@ class Worker:
         self._pulls: list[JetStreamContext.PullSubscription] = []
         self._stopping = asyncio.Event()
         self._js: JetStreamContext | None = None
+        self._listeners: list[Any] = []
+        self._timers: list[asyncio.Task[None]] = []
 
     @property
     def js(self) -> JetStreamContext:
@@ -147,6 +149,40 @@ class Worker:
     async def prepare(self) -> None:
         """Load what the handlers need before the first message is pulled (override)."""
 
+    async def listen(self, subject: str, handler: Callable[[Msg], Awaitable[None]], queue: str = "") -> None:
+        """Answer core NATS requests on ``subject`` until the worker stops (request/reply APIs)."""
+        self._listeners.append(await self.broker.connection.subscribe(subject, queue=queue, cb=handler))
+
+    def every(self, seconds: float, work: Callable[[], Awaitable[Any]], what: str) -> None:
+        """Run ``work`` every ``seconds`` until the worker stops; a failed run is logged and
+        tried again next time."""
+
+        async def loop() -> None:
+            # Ends when the worker stops, even if a library swallowed the task's cancellation.
+            while not self._stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), seconds)
+                    return
+                try:
+                    await work()
+                except Exception as exc:  # noqa: BLE001  (missed once, tried again next time)
+                    log.warning(f"{what} failed", worker=self.name, error=f"{type(exc).__name__}: {exc}")
+
+        self._timers.append(asyncio.create_task(loop(), name=f"{self.name}:{what}"))
+
+    async def _release(self) -> None:
+        for sub in self._listeners:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._listeners.clear()
+        for timer in self._timers:
+            timer.cancel()
+        if self._timers:
+            _, stuck = await asyncio.wait(self._timers, timeout=STOP_TIMEOUT)
+            for timer in stuck:
+                log.error("timer did not stop in time", worker=self.name, task=timer.get_name())
+        self._timers.clear()
+
     async def cleanup(self) -> None:
         """Release what ``prepare`` set up, after the pull loops ended (override)."""
 
@@ -174,6 +210,7 @@ class Worker:
             if stuck:
                 await asyncio.wait(stuck, timeout=5.0)
         self._tasks.clear()
+        await self._release()
         try:
             await asyncio.wait_for(self.cleanup(), STOP_TIMEOUT)
         except TimeoutError:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -42,35 +40,26 @@ class AggregatorWorker(Worker):
         super().__init__("aggregator", settings)
         self.engine = engine
         self.portfolio = PortfolioAggregator(engine, settings.subjects, self._request)
-        self._listeners: list[Any] = []
-        self._timers: list[asyncio.Task[None]] = []
         self._published: bytes = b""
 
     async def _request(self, subject: str, payload: bytes, timeout: float) -> Any:
         return await self.broker.connection.request(subject, payload, timeout=timeout)
 
     async def prepare(self) -> None:
-        nc = self.broker.connection
         api = self.subjects.api
-        self._listeners = [
-            await nc.subscribe(api("portfolio.unified"), queue="aggregator", cb=self._on_unified),
-            await nc.subscribe(api("portfolio.exposure"), queue="aggregator", cb=self._on_exposure),
-            await nc.subscribe(api("portfolio.allocation"), queue="aggregator", cb=self._on_allocation),
-            await nc.subscribe(api("portfolio.sync"), queue="aggregator", cb=self._on_sync),
-        ]
-        self._timers = [
-            asyncio.create_task(self._keep_exposure_current()),
-            asyncio.create_task(self._keep_fill_quality_current()),
-        ]
+        await self.listen(api("portfolio.unified"), self._on_unified, queue="aggregator")
+        await self.listen(api("portfolio.exposure"), self._on_exposure, queue="aggregator")
+        await self.listen(api("portfolio.allocation"), self._on_allocation, queue="aggregator")
+        await self.listen(api("portfolio.sync"), self._on_sync, queue="aggregator")
+        await self._publish_exposure_logged()
+        self.every(EXPOSURE_INTERVAL, self.publish_exposure, "exposure publishing")
+        self.every(QUALITY_INTERVAL, self.publish_fill_quality, "fill quality publishing")
 
-    async def cleanup(self) -> None:
-        for sub in self._listeners:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        for timer in self._timers:
-            timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await timer
+    async def _publish_exposure_logged(self) -> None:
+        try:
+            await self.publish_exposure()
+        except Exception as exc:  # noqa: BLE001  (the timer tries again; the router keeps the last one)
+            log.warning("exposure not published", error=f"{type(exc).__name__}: {exc}")
 
     async def stop(self) -> None:
         await super().stop()
@@ -89,14 +78,6 @@ class AggregatorWorker(Worker):
         self._published = fingerprint
         return True
 
-    async def _keep_exposure_current(self) -> None:
-        while True:
-            try:
-                await self.publish_exposure()
-            except Exception as exc:  # noqa: BLE001  (tried again next time; the router keeps the last one)
-                log.warning("exposure not published", error=f"{type(exc).__name__}: {exc}")
-            await asyncio.sleep(EXPOSURE_INTERVAL)
-
     async def publish_fill_quality(self) -> list[FillQuality]:
         """Measure every broker's execution quality and put it in KV as the router's fill score."""
         measured = await quality.measure(self.engine)
@@ -104,14 +85,6 @@ class AggregatorWorker(Worker):
         for q in measured:
             await kv.put(str(q.broker), q.model_dump_json().encode())
         return measured
-
-    async def _keep_fill_quality_current(self) -> None:
-        while True:
-            await asyncio.sleep(QUALITY_INTERVAL)
-            try:
-                await self.publish_fill_quality()
-            except Exception as exc:  # noqa: BLE001  (tried again next time)
-                log.warning("fill quality not published", error=f"{type(exc).__name__}: {exc}")
 
     async def _answer(self, msg: Msg, work: Callable[[], Awaitable[BaseModel | dict[str, Any]]]) -> None:
         try:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -54,8 +52,6 @@ class ExecutorWorker(Worker):
         self.handlers = ExecutorHandlers(
             self, subjects.executor_consumer(venue.broker), venue, self.ledger, self.budget
         )
-        self._timers: list[asyncio.Task[None]] = []
-        self._listeners: list[Any] = []
         self._status_kv: Any = None
         self._headroom = 1.0
         self._recorded: tuple[bool | None, float] = (None, 0.0)
@@ -73,25 +69,13 @@ class ExecutorWorker(Worker):
         else:
             log.info("reconciled", broker=str(self.venue.broker), settled=settled)
         await self.beat()
-        nc = self.broker.connection
-        self._listeners = [
-            await nc.subscribe(self.subjects.snapshot_request(self.venue.broker), cb=self._on_snapshot_request),
-            await nc.subscribe(self.subjects.control(self.venue.broker), cb=self._on_control),
-        ]
-        self._timers = [
-            asyncio.create_task(self._every(HEARTBEAT_INTERVAL, self.beat, "heartbeat")),
-            asyncio.create_task(self._every(SNAPSHOT_INTERVAL, self.publish_snapshot, "position snapshot")),
-            asyncio.create_task(self._every(POLL_INTERVAL, self.handlers.reconcile, "order polling")),
-        ]
+        await self.listen(self.subjects.snapshot_request(self.venue.broker), self._on_snapshot_request)
+        await self.listen(self.subjects.control(self.venue.broker), self._on_control)
+        self.every(HEARTBEAT_INTERVAL, self.beat, "heartbeat")
+        self.every(SNAPSHOT_INTERVAL, self.publish_snapshot, "position snapshot")
+        self.every(POLL_INTERVAL, self.handlers.reconcile, "order polling")
 
     async def cleanup(self) -> None:
-        for sub in self._listeners:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        for timer in self._timers:
-            timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await timer
         with contextlib.suppress(Exception):
             await self.beat(connected=False)
 
@@ -165,14 +149,6 @@ class ExecutorWorker(Worker):
                 answer = {"error": str(exc)}
         if msg.reply:
             await msg.respond(json.dumps(answer).encode())
-
-    async def _every(self, seconds: float, work: Callable[[], Awaitable[Any]], what: str) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            try:
-                await work()
-            except Exception as exc:  # noqa: BLE001  (missed once, tried again next time)
-                log.warning(f"{what} failed", broker=str(self.venue.broker), error=f"{type(exc).__name__}: {exc}")
 
 
 def rate_limit(broker: BrokerName, config: MbxConfig | None) -> RateLimit:
