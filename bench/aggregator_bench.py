@@ -14,8 +14,6 @@ Run with `make bench`; results go to bench/results/aggregator.json.
 from __future__ import annotations
 
 import asyncio
-import json
-import platform
 import sys
 import tempfile
 import time
@@ -26,6 +24,7 @@ from pathlib import Path
 import nats
 import psycopg
 
+from bench.report import publish
 from contracts import BrokerName, OrderStatus
 from tests.builders import make_intent, make_route
 from workers.aggregator.app import build_aggregator
@@ -39,7 +38,6 @@ from workers.logs import configure_logging
 from workers.settings import Settings
 from workers.venues.base import VenueFill, VenueOrder
 
-RESULTS = Path(__file__).resolve().parent / "results"
 BATCH = 500
 
 
@@ -168,12 +166,7 @@ def main() -> None:
     configure_logging("WARNING", "console")  # one line per batch would cost more than it tells
     intents = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
     results = run(intents)
-    width = max(len(k) for k in results)
-    print("aggregator throughput (embedded NATS and PostgreSQL, this machine)")
-    for key, value in results.items():
-        print(f"  {key:<{width}}  {value:>12,}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "aggregator.json").write_text(json.dumps({"python": platform.python_version(), **results}, indent=2))
+    publish("aggregator throughput (embedded NATS and PostgreSQL, this machine)", "aggregator", results)
 
 
 if __name__ == "__main__":

@@ -8,20 +8,17 @@ Run with `make bench`; results also go to bench/results/route.json.
 
 from __future__ import annotations
 
-import json
-import platform
 import time
 from collections.abc import Callable
 from decimal import Decimal
-from pathlib import Path
 
+from bench.report import publish
 from contracts import BrokerName, BrokerStatus, OrderIntent
 from workers.router.registry import BrokerRegistry
 from workers.router.rules import route
 from workers.router.state import RouterState
 from workers.settings import MbxConfig, parse_config
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SYMBOLS = ["AAPL", "MSFT", "SPY", "NVDA", "BTC-USD", "ETH-USD", "QQQ", "TSLA"]
 
 
@@ -110,12 +107,7 @@ def run(seconds: float = 2.0, size: int = 2000) -> dict[str, float]:
 
 def main() -> None:
     results = run()
-    width = max(len(k) for k in results)
-    print("route decisions, in-process (one core)")
-    for key, value in results.items():
-        print(f"  {key:<{width}}  {value:>12,}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "route.json").write_text(json.dumps({"python": platform.python_version(), **results}, indent=2))
+    publish("route decisions, in-process (one core)", "route", results)
 
 
 if __name__ == "__main__":
