@@ -50,7 +50,6 @@ class _Book:
     quantity: Decimal = Decimal(0)
     average: Decimal = Decimal(0)
     realized: Decimal = Decimal(0)
-    last_price: Decimal | None = None
 
     def apply(self, side: str, quantity: Decimal, price: Decimal, fee: Decimal) -> None:
         signed = quantity if side == "buy" else -quantity
@@ -68,7 +67,6 @@ class _Book:
         if self.quantity == 0:
             self.average = Decimal(0)
         self.realized -= fee
-        self.last_price = price
 
 
 @dataclass
@@ -228,14 +226,32 @@ class PortfolioAggregator:
         done = Decimal(order["filled_quantity"]) * Decimal(order["average_price"] or 0)
         return sign * max(Decimal(order["notional"] or 0) - done, Decimal(0))
 
+    async def _held(self, symbol: str | None = None) -> list[Any]:
+        """Net filled quantity per broker and symbol, with the symbol's latest fill price: one
+        aggregate query, not a walk over every fill (this runs every few seconds)."""
+        return await self._rows(
+            "WITH held AS ("
+            " SELECT t.broker_name, t.symbol, coalesce(o.asset_class, 'equity') AS asset_class,"
+            " sum(CASE WHEN t.side = 'buy' THEN t.quantity ELSE -t.quantity END) AS quantity"
+            " FROM trade_logs t LEFT JOIN orders o"
+            " ON o.broker_name = t.broker_name AND o.broker_order_id = t.broker_order_id"
+            " WHERE CAST(:symbol AS text) IS NULL OR t.symbol = :symbol"
+            " GROUP BY 1, 2, 3),"
+            " marks AS (SELECT DISTINCT ON (symbol) symbol, price FROM trade_logs"
+            " WHERE CAST(:symbol AS text) IS NULL OR symbol = :symbol"
+            " ORDER BY symbol, executed_at DESC, id DESC)"
+            " SELECT held.*, marks.price FROM held JOIN marks USING (symbol)",
+            symbol=symbol,
+        )
+
     async def get_cross_broker_exposure(self, symbol: str) -> SymbolExposure:
-        fills = await self._fills()
         positions: dict[BrokerName, Decimal] = {}
         mark: Decimal | None = None
-        for (broker, sym), book in fills.books.items():
-            if sym == symbol and book.last_price is not None:
-                positions[BrokerName(broker)] = traded_value(book.asset, book.quantity, book.last_price)
-                mark = book.last_price
+        for row in await self._held(symbol):
+            mark = row["price"]
+            positions[BrokerName(row["broker_name"])] = traded_value(
+                AssetClass(row["asset_class"]), row["quantity"], row["price"]
+            )
         in_flight: dict[BrokerName, Decimal] = defaultdict(Decimal)
         for order in await self._working_orders(symbol):
             in_flight[BrokerName(order["broker_name"])] += self._order_value(order, mark)
@@ -253,19 +269,16 @@ class PortfolioAggregator:
         values, _ = await self._account_values()
         if not values:
             return None
-        fills = await self._fills()
         by_broker: dict[BrokerName, Decimal] = defaultdict(Decimal)
         by_symbol: dict[str, Decimal] = defaultdict(Decimal)
         quantities: dict[str, Decimal] = defaultdict(Decimal)
         marks: dict[str, Decimal] = {}
-        for (broker, symbol), book in fills.books.items():
-            if book.last_price is None:
-                continue
-            marks[symbol] = book.last_price
-            value = traded_value(book.asset, book.quantity, book.last_price)
-            by_broker[BrokerName(broker)] += abs(value)
-            by_symbol[symbol] += value
-            quantities[symbol] += book.quantity
+        for row in await self._held():
+            marks[row["symbol"]] = row["price"]
+            value = traded_value(AssetClass(row["asset_class"]), row["quantity"], row["price"])
+            by_broker[BrokerName(row["broker_name"])] += abs(value)
+            by_symbol[row["symbol"]] += value
+            quantities[row["symbol"]] += row["quantity"]
         for order in await self._working_orders():
             value = self._order_value(order, marks.get(order["symbol"]))
             by_broker[BrokerName(order["broker_name"])] += abs(value)
