@@ -7,6 +7,7 @@ newest report per order wins (``report_seq``), and a stale report never overwrit
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,10 +29,7 @@ from workers.db.models import (
     BrokerAccount,
     FailoverRecord,
     MultiBrokerConnection,
-    MultiBrokerRoute,
-    Order,
     Position,
-    TradeLog,
 )
 from workers.venues.capabilities import CAPABILITIES
 
@@ -74,7 +72,7 @@ class AuditStore:
                 await self._insert_fills(conn, fills)
             if failovers:
                 rows = {(f.intent_id, f.attempt): _failover_row(f) for f in failovers}
-                await conn.execute(_INSERT_FAILOVER, list(rows.values()))
+                await conn.execute(insert(FailoverRecord).on_conflict_do_nothing(), list(rows.values()))
             return len(fresh)
 
     async def _upsert_statuses(self, conn: AsyncConnection, statuses: list[BrokerStatus]) -> None:
@@ -169,15 +167,15 @@ class AuditStore:
         unique: dict[str, Envelope] = {}
         for envelope in batch:
             unique.setdefault(envelope.message.message_id, envelope)
-        claimed = await conn.execute(_CLAIM, {"ids": list(unique), "subjects": [e.subject for e in unique.values()]})
+        claimed = await _CLAIM.run(conn, [{"message_id": mid, "subject": e.subject} for mid, e in unique.items()])
         new_ids = set(claimed.scalars())
         return [e for mid, e in unique.items() if mid in new_ids]
 
     async def _insert_routes(self, conn: AsyncConnection, routes: list[RouteDecision]) -> None:
         route_rows = {(r.intent_id, r.attempt): _route_row(r) for r in routes}
-        await conn.execute(_INSERT_ROUTE, list(route_rows.values()))
+        await _INSERT_ROUTE.run(conn, list(route_rows.values()))
         order_rows = {(str(r.broker), r.intent_id): _order_row_from_route(r) for r in routes}
-        await conn.execute(_INSERT_ORDER, list(order_rows.values()))
+        await _INSERT_ORDER.run(conn, list(order_rows.values()))
 
     async def _upsert_reports(self, conn: AsyncConnection, reports: list[ExecutionReport]) -> None:
         newest: dict[tuple[str | None, str], ExecutionReport] = {}
@@ -185,41 +183,102 @@ class AuditStore:
             key = (str(r.broker) if r.broker else None, r.client_order_id)
             if key not in newest or newest[key].report_seq < r.report_seq:
                 newest[key] = r
-        await conn.execute(_UPSERT_REPORT, [_order_row_from_report(r) for r in newest.values()])
+        await _UPSERT_REPORT.run(conn, [_order_row_from_report(r) for r in newest.values()])
 
     async def _insert_fills(self, conn: AsyncConnection, fills: list[Fill]) -> None:
         rows = {f.fill_id: _fill_row(f) for f in fills}
-        await conn.execute(_INSERT_FILL, list(rows.values()))
+        await _INSERT_FILL.run(conn, list(rows.values()))
 
 
-# Built once and executed with a list of rows: SQLAlchemy caches the compiled statement and
-# batches the rows (insertmanyvalues), instead of compiling a new multi-row VALUES per batch.
-# The inbox claim is one statement whatever the batch size (arrays, not a VALUES row per
-# message), so the server and the driver see the same query text every time.
-_CLAIM = text(
-    "INSERT INTO inbox (message_id, subject) "
-    "SELECT * FROM unnest(CAST(:ids AS varchar[]), CAST(:subjects AS varchar[])) "
-    "ON CONFLICT (message_id) DO NOTHING RETURNING message_id"
+class _ArrayInsert:
+    """``INSERT ... SELECT * FROM unnest(<one array per column>)``: one statement per table per
+    batch whatever its size, so the statement text never changes (the driver and the server
+    cache it) and the rows travel as arrays instead of one bind per row."""
+
+    def __init__(self, table: str, columns: dict[str, str], tail: str) -> None:
+        self.columns = columns
+        arrays = ", ".join(f"CAST(:{c} AS {t}[])" for c, t in columns.items())
+        self.statement = text(f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays}) {tail}")  # noqa: S608  (names are constants of this module)
+
+    def params(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        return {
+            c: [json.dumps(r[c]) if t == "jsonb" and not isinstance(r[c], str) else r[c] for r in rows]
+            for c, t in self.columns.items()
+        }
+
+    async def run(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> Any:
+        return await conn.execute(self.statement, self.params(rows))
+
+
+_CLAIM = _ArrayInsert(
+    "inbox", {"message_id": "varchar", "subject": "varchar"}, "ON CONFLICT (message_id) DO NOTHING RETURNING message_id"
 )
-_INSERT_ROUTE = insert(MultiBrokerRoute).on_conflict_do_nothing(index_elements=["intent_id", "attempt"])
-_INSERT_ORDER = insert(Order).on_conflict_do_nothing(index_elements=["broker_name", "client_order_id"])
-_INSERT_FILL = insert(TradeLog).on_conflict_do_nothing(index_elements=["fill_id"])
-_INSERT_FAILOVER = insert(FailoverRecord).on_conflict_do_nothing(index_elements=["intent_id", "attempt"])
-_report = insert(Order)
-_UPSERT_REPORT = _report.on_conflict_do_update(
-    index_elements=["broker_name", "client_order_id"],
-    set_={
-        "broker_order_id": func.coalesce(func.nullif(_report.excluded.broker_order_id, ""), Order.broker_order_id),
-        "status": _report.excluded.status,
-        "quantity": func.coalesce(_report.excluded.quantity, Order.quantity),
-        "filled_quantity": _report.excluded.filled_quantity,
-        "average_price": _report.excluded.average_price,
-        "fees": _report.excluded.fees,
-        "report_seq": _report.excluded.report_seq,
-        "reason": _report.excluded.reason,
-        "updated_at": func.now(),
+_INSERT_ROUTE = _ArrayInsert(
+    "multi_broker_routes",
+    {
+        "intent_id": "varchar",
+        "strategy_id": "varchar",
+        "broker_name": "varchar",
+        "attempt": "integer",
+        "rule": "varchar",
+        "score": "float8",
+        "estimated_fee": "numeric",
+        "fallback_chain": "jsonb",
+        "failover_from": "varchar",
+        "decision": "jsonb",
+        "decided_at": "timestamptz",
     },
-    where=Order.report_seq < _report.excluded.report_seq,
+    "ON CONFLICT (intent_id, attempt) DO NOTHING",
+)
+_ORDER_COLUMNS = {
+    "intent_id": "varchar",
+    "strategy_id": "varchar",
+    "broker_name": "varchar",
+    "client_order_id": "varchar",
+    "attempt": "integer",
+    "symbol": "varchar",
+    "asset_class": "varchar",
+    "side": "varchar",
+    "order_type": "varchar",
+    "quantity": "numeric",
+    "notional": "numeric",
+    "status": "varchar",
+    "report_seq": "integer",
+}
+_INSERT_ORDER = _ArrayInsert("orders", _ORDER_COLUMNS, "ON CONFLICT (broker_name, client_order_id) DO NOTHING")
+_UPSERT_REPORT = _ArrayInsert(
+    "orders",
+    _ORDER_COLUMNS
+    | {
+        "broker_order_id": "varchar",
+        "filled_quantity": "numeric",
+        "average_price": "numeric",
+        "fees": "numeric",
+        "reason": "text",
+    },
+    "ON CONFLICT (broker_name, client_order_id) DO UPDATE SET "
+    "broker_order_id = coalesce(nullif(excluded.broker_order_id, ''), orders.broker_order_id), "
+    "status = excluded.status, quantity = coalesce(excluded.quantity, orders.quantity), "
+    "filled_quantity = excluded.filled_quantity, average_price = excluded.average_price, "
+    "fees = excluded.fees, report_seq = excluded.report_seq, reason = excluded.reason, updated_at = now() "
+    "WHERE orders.report_seq < excluded.report_seq",
+)
+_INSERT_FILL = _ArrayInsert(
+    "trade_logs",
+    {
+        "fill_id": "varchar",
+        "intent_id": "varchar",
+        "strategy_id": "varchar",
+        "broker_name": "varchar",
+        "broker_order_id": "varchar",
+        "symbol": "varchar",
+        "side": "varchar",
+        "quantity": "numeric",
+        "price": "numeric",
+        "fee": "numeric",
+        "executed_at": "timestamptz",
+    },
+    "ON CONFLICT (fill_id) DO NOTHING",
 )
 
 
@@ -239,8 +298,8 @@ def _route_row(r: RouteDecision) -> dict[str, Any]:
         "estimated_fee": best.estimated_fee if best else None,
         "fallback_chain": [str(b) for b in r.fallback_chain],
         "failover_from": str(r.failover_from) if r.failover_from else None,
-        "decision": r.model_dump(
-            mode="json", include={"reason", "candidates", "excluded", "config_version", "message_id", "reference_price"}
+        "decision": r.model_dump_json(
+            include={"reason", "candidates", "excluded", "config_version", "message_id", "reference_price"}
         ),
         "decided_at": r.created_at,
     }
