@@ -156,15 +156,7 @@ class ExecutorHandlers:
         after ``FAILOVER_AFTER`` such deliveries hand the intent to the next broker."""
         if isinstance(exc, VenueRateLimited):
             await self.budget.block(exc.retry_after)
-        await self.ledger.put(
-            LedgerEntry(
-                intent_id=decision.intent_id,
-                broker=decision.broker,
-                attempt=decision.attempt,
-                status=OrderStatus.NEW,
-                unsent_delivery=delivery,
-            )
-        )
+        await self.ledger.put(LedgerEntry.of(decision, OrderStatus.NEW, unsent_delivery=delivery))
         code = "rate_limited" if isinstance(exc, VenueRateLimited) else "broker_unavailable"
         if delivery < FAILOVER_AFTER:
             raise RetryLater(f"{code}: {exc}", getattr(exc, "retry_after", 0.0)) from exc
@@ -177,14 +169,7 @@ class ExecutorHandlers:
         """Say the outcome is not known yet (report sequence 0: any later report supersedes it)."""
         why = f"{exc}; looking the order up before anything is retried"
         await self._emit(decision, report(decision, OrderStatus.UNKNOWN, 0, reason_code="outcome_unknown", reason=why))
-        await self.ledger.put(
-            LedgerEntry(
-                intent_id=decision.intent_id,
-                broker=decision.broker,
-                attempt=decision.attempt,
-                status=OrderStatus.UNKNOWN,
-            )
-        )
+        await self.ledger.put(LedgerEntry.of(decision, OrderStatus.UNKNOWN))
 
     @staticmethod
     def _wait_for_listing(decision: RouteDecision) -> None:
@@ -206,15 +191,7 @@ class ExecutorHandlers:
             decision, OrderStatus.REJECTED, 1, reason_code=exc.reason_code, reason=exc.reason, final=final
         )
         await self._emit(decision, rejected)
-        await self.ledger.put(
-            LedgerEntry(
-                intent_id=decision.intent_id,
-                broker=decision.broker,
-                attempt=decision.attempt,
-                status=OrderStatus.REJECTED,
-                report_seq=1,
-            )
-        )
+        await self.ledger.put(LedgerEntry.of(decision, OrderStatus.REJECTED, report_seq=1))
         if not final:
             await self._emit(decision, failover_event(decision, exc.reason_code, exc.reason))
             return f"failover:{exc.reason_code}"
@@ -236,14 +213,8 @@ class ExecutorHandlers:
     async def _emit_order(self, decision: RouteDecision, order: VenueOrder) -> LedgerEntry:
         """Report a newly placed order: accepted, its fills, and where it stands now."""
         await self._emit(decision, report(decision, OrderStatus.ACCEPTED, 1, order, final=False))
-        entry = LedgerEntry(
-            intent_id=decision.intent_id,
-            broker=decision.broker,
-            attempt=decision.attempt,
-            status=OrderStatus.ACCEPTED,
-            report_seq=1,
-            broker_order_id=order.broker_order_id,
-            decision=decision,
+        entry = LedgerEntry.of(
+            decision, OrderStatus.ACCEPTED, report_seq=1, broker_order_id=order.broker_order_id, decision=decision
         )
         return await self.sync(entry, order)
 

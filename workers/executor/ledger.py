@@ -45,6 +45,11 @@ class LedgerEntry(BaseModel):
     decision: RouteDecision | None = None
     """The route, kept while the order works, so reports can be built after a restart."""
 
+    @classmethod
+    def of(cls, route: RouteDecision, status: OrderStatus, **fields: Any) -> LedgerEntry:
+        """The entry of ``route``'s attempt in ``status``."""
+        return cls(intent_id=route.intent_id, broker=route.broker, attempt=route.attempt, status=status, **fields)
+
     @property
     def working(self) -> bool:
         return bool(self.broker_order_id) and not self.status.is_terminal
