@@ -541,6 +541,8 @@ def _print_route(route: Any) -> None:
 
 
 def main() -> None:
+    import workers.cli_views  # noqa: F401, PLC0415  (registers the read-only commands)
+
     try:
         app()
     except KeyboardInterrupt:

@@ -6,15 +6,17 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nats.aio.client import Client as NatsClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import BrokerName
-from tests.builders import intent_payload
-from tests.conftest import Pipeline
+from tests.builders import OPTION, intent_payload
+from tests.conftest import Pipeline, eventually, fetch_all
 from tests.integration.test_executor_flows import order_row
+from tests.integration.test_failover import BrokeVenue
 from tests.integration.test_walking_skeleton import publish_json
 from tests.servers import Servers
 from workers.devstack.processes import free_port
@@ -144,3 +146,63 @@ async def test_cancel_a_working_order_then_an_unknown_one(
     assert "not cancelled: too_late_to_cancel" in out and "(order cancelled)" in out
     code, out = await mbx("cancel", "never-sent-1", env=cli_env)
     assert code == 1 and "unknown_order" in out
+
+
+async def test_status_shows_brokers_consumers_and_the_aggregator(pipeline: Pipeline, cli_env: dict[str, str]) -> None:
+    code, out = await mbx("status", env=cli_env)
+    assert code == 0, out
+    assert "reachable" in out
+    for broker in ("alpaca", "coinbase", "ibkr", "robinhood", "schwab"):
+        assert broker in out
+    assert "executor-alpaca" in out and "aggregator-executions" in out and "router" in out
+    code, out = await mbx("brokers", env=cli_env)
+    assert code == 0 and "rate headroom" in out and "up" in out
+
+
+async def test_status_without_a_stack_says_which_url_and_how_to_start(tmp_path: Path) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    code, out = await mbx("status", env={"MBX_NATS_URL": url, "MBX_DATA_DIR": str(tmp_path)})
+    assert code == 1
+    assert url in out and "make run" in out and "Traceback" not in out
+
+
+async def test_portfolio_lists_what_was_traded(
+    pipeline: Pipeline, cli_env: dict[str, str], nc: NatsClient, db: AsyncEngine
+) -> None:
+    payload = intent_payload(symbol="CLIP", quantity="3")
+    await publish_json(nc, payload)
+    await order_row(db, payload["intent_id"], "filled")
+    code, out = await mbx("portfolio", "--sync", env=cli_env)
+    assert code == 0, out
+    assert "CLIP" in out and "portfolio value" in out
+    code, out = await mbx("portfolio", "--by", "broker", env=cli_env)
+    assert code == 0, out
+    assert "alpaca" in out and "%" in out
+
+
+async def test_explain_tells_both_attempts_of_a_failed_over_intent(
+    start_pipeline: Any, cli_env: dict[str, str], nc: NatsClient, db: AsyncEngine
+) -> None:
+    await start_pipeline(venue_overrides={BrokerName.SCHWAB: BrokeVenue(BrokerName.SCHWAB)})
+    payload = intent_payload(**OPTION)
+    await publish_json(nc, payload)
+
+    async def second_attempt_filled() -> bool:
+        rows = await fetch_all(
+            db,
+            "SELECT 1 FROM orders WHERE intent_id = :i AND attempt = 2 AND status = 'filled'",
+            i=payload["intent_id"],
+        )
+        return bool(rows)
+
+    await eventually(second_attempt_filled)
+    code, out = await mbx("explain", payload["intent_id"], env=cli_env)
+    assert code == 0, out
+    assert "attempt 1: routed to schwab by default:option" in out
+    assert "failed over: insufficient_buying_power" in out
+    assert "attempt 2: routed to" in out and "(after schwab failed)" in out
+    assert "left out: schwab (failed)" in out
+    assert "candidate" in out and "total" in out
+    assert "fill " in out and "order at" in out and ": filled, 2 filled @" in out
+    code, out = await mbx("explain", "never-sent-2", env=cli_env)
+    assert code == 1 and "nothing is recorded" in out

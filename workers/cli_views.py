@@ -1,0 +1,328 @@
+"""Read-only operator commands: ``mbx status``, ``mbx brokers``, ``mbx portfolio``, ``mbx explain``.
+
+Registered on the ``mbx`` app by ``workers.cli``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from contracts import BrokerStatus, Portfolio, Subjects
+from workers.cli import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    _connect,
+    app,
+    console,
+    fail,
+    resolve_database_url,
+    resolve_nats_url,
+    settings_and_config,
+)
+
+
+async def _broker_statuses(js: Any, subjects: Subjects) -> list[BrokerStatus]:
+    from workers.bus import read_bucket  # noqa: PLC0415
+
+    try:
+        entries = await read_bucket(js, subjects.status_bucket)
+    except Exception:  # noqa: BLE001  (no bucket yet: no executor ever ran)
+        return []
+    return sorted((BrokerStatus.model_validate_json(v) for _, v in entries), key=lambda s: str(s.broker))
+
+
+def _num(value: Any) -> str:
+    """A database number as people write it: 2, not 2.0000000000; 0, not 0E-10."""
+    if isinstance(value, Decimal):
+        return f"{value.normalize():f}" if value else "0"
+    return str(value)
+
+
+def _age(moment: datetime) -> str:
+    seconds = (datetime.now(UTC) - moment).total_seconds()
+    return f"{seconds:.1f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
+
+
+def _broker_table(statuses: list[BrokerStatus], timeout: float) -> Table:
+    table = Table(title="brokers")
+    for column in ("broker", "state", "latency ms", "error rate", "rate headroom", "last heartbeat"):
+        table.add_column(column)
+    for s in statuses:
+        stale = (datetime.now(UTC) - s.last_seen).total_seconds() > timeout
+        state = "[red]stale[/red]" if stale else "[green]up[/green]" if s.connected else "[red]down[/red]"
+        table.add_row(
+            str(s.broker),
+            state,
+            f"{s.latency_ms:.1f}",
+            f"{s.error_rate:.0%}",
+            f"{s.rate_limit_headroom:.0%}",
+            _age(s.last_seen),
+        )
+    return table
+
+
+@app.command()
+def status() -> None:
+    """Stack health: every broker's heartbeat, consumer lag per stream, the aggregator's state.
+
+    Example: mbx status
+    """
+    settings, config = settings_and_config()
+    url = resolve_nats_url(settings)
+    raise typer.Exit(asyncio.run(_status(url, settings.subjects, config.routing.heartbeat_timeout_s)))
+
+
+async def _status(url: str, subjects: Subjects, heartbeat_timeout: float) -> int:
+    from workers.bus import read_bucket  # noqa: PLC0415
+
+    nc = await _connect(url)
+    try:
+        js = nc.jetstream()
+        statuses = await _broker_statuses(js, subjects)
+        lag = Table(title="consumers")
+        for column in ("stream", "consumer", "pending", "unacked", "redelivered"):
+            lag.add_column(column)
+        specs = [
+            subjects.router_consumer(),
+            subjects.router_failover_consumer(),
+            subjects.router_cancel_consumer(),
+            *(subjects.executor_consumer(s.broker) for s in statuses),
+            *subjects.aggregator_consumers(),
+        ]
+        missing = []
+        for spec in specs:
+            try:
+                info = await js.consumer_info(spec.stream, spec.durable)
+            except Exception:  # noqa: BLE001  (never started)
+                missing.append(spec.durable)
+                continue
+            lag.add_row(
+                spec.stream,
+                spec.durable,
+                str(info.num_pending),
+                str(info.num_ack_pending),
+                str(info.num_redelivered),
+            )
+        try:
+            workers = dict(await read_bucket(js, subjects.worker_status_bucket))
+        except Exception:  # noqa: BLE001
+            workers = {}
+    finally:
+        await nc.close()
+    console.print(f"NATS {url}: [green]reachable[/green]")
+    if statuses:
+        console.print(_broker_table(statuses, heartbeat_timeout))
+    else:
+        console.print("[yellow]no broker heartbeat yet[/yellow]: no executor has run")
+    console.print(lag)
+    if missing:
+        console.print(f"[yellow]not created yet[/yellow] (worker never started): {', '.join(missing)}")
+    if "aggregator" in workers:
+        state = json.loads(workers["aggregator"])
+        colour = "green" if state["state"] == "ok" else "red"
+        error = f": {state['error']}" if state.get("error") else ""
+        console.print(f"aggregator: [{colour}]{state['state']}[/{colour}] since {state['since']}{error}")
+    return EXIT_OK
+
+
+@app.command()
+def brokers() -> None:
+    """Every broker's health as the router sees it (from the executors' heartbeats).
+
+    Example: mbx brokers
+    """
+    settings, config = settings_and_config()
+    url = resolve_nats_url(settings)
+
+    async def show() -> int:
+        nc = await _connect(url)
+        try:
+            statuses = await _broker_statuses(nc.jetstream(), settings.subjects)
+        finally:
+            await nc.close()
+        if not statuses:
+            console.print("[yellow]no broker heartbeat yet[/yellow]: start the executors (`make run`)")
+            return EXIT_FAILURE
+        console.print(_broker_table(statuses, config.routing.heartbeat_timeout_s))
+        return EXIT_OK
+
+    raise typer.Exit(asyncio.run(show()))
+
+
+class PortfolioView(StrEnum):
+    SYMBOL = "symbol"
+    BROKER = "broker"
+
+
+@app.command()
+def portfolio(
+    by: Annotated[PortfolioView, typer.Option(help="One row per symbol, or per broker.")] = PortfolioView.SYMBOL,
+    sync: Annotated[bool, typer.Option("--sync", help="Ask every broker for a fresh snapshot first.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="The Portfolio message as JSON.")] = False,
+) -> None:
+    """The unified portfolio across every broker (served by the aggregator).
+
+    Example: mbx portfolio --by broker --sync
+    """
+    settings, _ = settings_and_config()
+    url = resolve_nats_url(settings)
+
+    async def fetch() -> Portfolio:
+        nc = await _connect(url)
+        try:
+            if sync:
+                await nc.request(settings.subjects.api("portfolio.sync"), b"", timeout=15)
+            reply = await nc.request(settings.subjects.api("portfolio.unified"), b"", timeout=10)
+        except Exception as exc:  # noqa: BLE001  (no aggregator answering)
+            fail(
+                f"the aggregator did not answer on {settings.subjects.api('portfolio.unified')} ({type(exc).__name__})"
+            )
+        finally:
+            await nc.close()
+        data = json.loads(reply.data)
+        if "error" in data:
+            fail(f"the aggregator could not build the portfolio: {data['error']}")
+        return Portfolio.model_validate(data)
+
+    result = asyncio.run(fetch())
+    if as_json:
+        console.print_json(result.model_dump_json())
+        raise typer.Exit(EXIT_OK)
+    if by is PortfolioView.SYMBOL:
+        table = Table(title="portfolio by symbol")
+        for column in ("symbol", "quantity", "avg cost", "mark", "value", "unrealized", "realized", "brokers"):
+            table.add_column(column, justify="left" if column in ("symbol", "brokers") else "right")
+        for p in result.positions:
+            table.add_row(
+                p.symbol,
+                f"{p.quantity.normalize():f}",
+                f"{p.average_cost:.4f}" if p.average_cost is not None else "-",
+                f"{p.market_price}" if p.market_price is not None else "-",
+                f"{p.market_value:,.2f}",
+                f"{p.unrealized_pnl:,.2f}",
+                f"{p.realized_pnl:,.2f}",
+                ", ".join(f"{b} {q.normalize():f}" for b, q in sorted(p.by_broker.items())),
+            )
+    else:
+        value: dict[str, Decimal] = {}
+        count: dict[str, int] = {}
+        for p in result.positions:
+            for broker, quantity in p.by_broker.items():
+                share = p.market_value * quantity / p.quantity if p.quantity else Decimal(0)
+                value[str(broker)] = value.get(str(broker), Decimal(0)) + share
+                count[str(broker)] = count.get(str(broker), 0) + 1
+        table = Table(title="portfolio by broker")
+        for column in ("broker", "positions", "position value", "allocation"):
+            table.add_column(column, justify="left" if column == "broker" else "right")
+        shares = {str(b): pct for b, pct in result.allocation.items()}
+        for name in sorted(set(value) | set(shares)):
+            allocation = shares.get(name)
+            table.add_row(
+                name,
+                str(count.get(name, 0)),
+                f"{value.get(name, Decimal(0)):,.2f}",
+                f"{allocation}%" if allocation is not None else "-",
+            )
+    console.print(table)
+    console.print(
+        f"portfolio value {result.portfolio_value:,.2f}  cash {result.cash:,.2f}  "
+        f"unrealized {result.unrealized_pnl:,.2f}  realized {result.realized_pnl:,.2f}"
+        + (f"  (snapshots as of {result.as_of:%Y-%m-%d %H:%M:%S})" if result.as_of else "")
+    )
+    raise typer.Exit(EXIT_OK)
+
+
+@app.command()
+def explain(
+    intent_id: Annotated[str, typer.Argument(help="The intent to explain.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Everything as JSON.")] = False,
+) -> None:
+    """The whole story of one intent: each route decision (every candidate and its scores, the
+    rule that fired, the brokers left out and why), failovers, the orders and their fills.
+
+    Example: mbx explain strat1-000043
+    """
+    settings, _ = settings_and_config()
+    database = resolve_database_url(settings)
+    story = asyncio.run(_story(settings.model_copy(update={"database_url": database}).sqlalchemy_url(), intent_id))
+    if not any(story.values()):
+        fail(f"nothing is recorded for intent {intent_id!r} (never submitted, or not persisted yet)")
+    if as_json:
+        console.print_json(json.dumps(story, default=str))
+        raise typer.Exit(EXIT_OK)
+    failovers = {f["attempt"]: f for f in story["failovers"]}
+    orders = {(o["attempt"], o["broker_name"]): o for o in story["orders"]}
+    for route in story["routes"]:
+        decision = route["decision"]
+        head = f"attempt {route['attempt']}: routed to [bold]{route['broker_name']}[/bold] by {route['rule']}"
+        console.print(head + (f" (after {route['failover_from']} failed)" if route["failover_from"] else ""))
+        console.print(f"  why: {decision.get('reason', '')}")
+        table = Table(show_header=True, box=None, padding=(0, 2))
+        for column in ("candidate", "total", "cost", "speed", "fill", "est. fee", "latency ms"):
+            table.add_column(column)
+        for c in decision.get("candidates", []):
+            table.add_row(
+                c["broker"],
+                f"{c['total']:.3f}",
+                f"{c['cost_score']:.3f}",
+                f"{c['speed_score']:.3f}",
+                f"{c['fill_score']:.3f}",
+                _num(Decimal(str(c["estimated_fee"]))),
+                f"{c['expected_latency_ms']:.0f}",
+            )
+        console.print(table)
+        for e in decision.get("excluded", []):
+            console.print(f"  left out: {e['broker']} ({e['reason_code']}): {e['reason']}")
+        order = orders.get((route["attempt"], route["broker_name"]))
+        if order:
+            filled = (
+                f", {_num(order['filled_quantity'])} filled @ {_num(order['average_price'])}"
+                if order["average_price"]
+                else ""
+            )
+            reason = f" ({order['reason']})" if order["reason"] else ""
+            console.print(f"  order at {route['broker_name']}: [bold]{order['status']}[/bold]{filled}{reason}")
+        failover = failovers.get(route["attempt"])
+        if failover:
+            console.print(f"  [red]failed over[/red]: {failover['reason_code']}: {failover['reason']}")
+    for order in story["orders"]:
+        if order["broker_name"] is None:
+            console.print(f"rejected by the router: {order['reason']}")
+    for fill in story["fills"]:
+        console.print(
+            f"fill {fill['fill_id']}: {fill['side']} {_num(fill['quantity'])} {fill['symbol']} @ {_num(fill['price'])} "
+            f"at {fill['broker_name']} (fee {_num(fill['fee'])}, {fill['executed_at']:%H:%M:%S.%f})"
+        )
+    raise typer.Exit(EXIT_OK)
+
+
+async def _story(url: str, intent_id: str) -> dict[str, list[dict[str, Any]]]:
+    from sqlalchemy import text  # noqa: PLC0415
+
+    from workers.db.engine import make_engine  # noqa: PLC0415
+
+    engine = make_engine(url, pool_size=1)
+    queries = {
+        "routes": "SELECT * FROM multi_broker_routes WHERE intent_id = :i ORDER BY attempt",
+        "failovers": "SELECT * FROM failover_events WHERE intent_id = :i ORDER BY attempt",
+        "orders": "SELECT * FROM orders WHERE intent_id = :i ORDER BY attempt, id",
+        "fills": "SELECT * FROM trade_logs WHERE intent_id = :i ORDER BY executed_at, id",
+    }
+    try:
+        async with engine.connect() as conn:
+            return {
+                name: [dict(r) for r in (await conn.execute(text(sql), {"i": intent_id})).mappings()]
+                for name, sql in queries.items()
+            }
+    except OSError as exc:
+        fail(f"cannot reach the database ({exc})")
+    finally:
+        await engine.dispose()
