@@ -18,6 +18,9 @@ UNROUTED = "unrouted"
 INTENT_ID_HEADER = "Mbx-Intent-Id"
 STRATEGY_ID_HEADER = "Mbx-Strategy-Id"
 MSG_ID_HEADER = "Nats-Msg-Id"
+REPLAY_HEADER = "Mbx-Replay"
+"""Set by `mbx dlq replay` to the dead letter's id: the workers then check whether the intent was
+already acted on before acting (a replay must never execute anything twice)."""
 
 _TOKEN_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 

@@ -12,14 +12,13 @@ from typing import Any, TypeVar
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
-from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import BucketNotFoundError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import BrokerName
 from tests.servers import Servers, session_servers
-from workers.bus import ensure_streams
+from workers.bus import ensure_streams, read_stream
 from workers.db.engine import make_engine
 from workers.db.migrate import upgrade
 from workers.entry import build_worker
@@ -76,21 +75,8 @@ async def fetch_all(db: AsyncEngine, sql: str, **params: Any) -> list[Any]:
 
 
 async def stream_messages(nc: NatsClient, stream: str, subject: str) -> list[str]:
-    """Every payload stored on ``subject`` (wildcards allowed), read with an ephemeral consumer."""
-    js = nc.jetstream()
-    psub = await js.pull_subscribe(
-        subject, stream=stream, config=ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=30.0)
-    )
-    payloads: list[str] = []
-    try:
-        remaining = (await psub.consumer_info()).num_pending or 0
-        while remaining > 0:
-            batch = await psub.fetch(min(remaining, 256), timeout=5.0)
-            payloads.extend(m.data.decode() for m in batch)
-            remaining = batch[-1].metadata.num_pending
-    finally:
-        await psub.unsubscribe()
-    return payloads
+    """Every payload stored on ``subject`` (wildcards allowed)."""
+    return [m.data.decode() for m in await read_stream(nc.jetstream(), stream, subject)]
 
 
 async def reset_exposure(js: Any, subjects: Any) -> None:

@@ -26,6 +26,7 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 from contracts import (
     INTENT_ID_HEADER,
     MSG_ID_HEADER,
+    REPLAY_HEADER,
     STRATEGY_ID_HEADER,
     ConsumerSpec,
     DeadLetter,
@@ -128,6 +129,10 @@ async def publish(
     return bool(ack.duplicate)
 
 
+def is_replay(msg: Msg) -> bool:
+    return bool((msg.headers or {}).get(REPLAY_HEADER))
+
+
 def delivery_count(msg: Msg) -> int:
     try:
         return int(msg.metadata.num_delivered)
@@ -214,18 +219,27 @@ async def read_history(js: JetStreamContext, bucket: str, key: str) -> list[tupl
 
 async def _read_kv(js: JetStreamContext, bucket: str, keys: str, policy: DeliverPolicy) -> list[tuple[str, bytes, int]]:
     prefix = f"$KV.{bucket}."
+    messages = await read_stream(js, f"KV_{bucket}", prefix + keys, policy)
+    return [(m.subject[len(prefix) :], m.data, m.metadata.sequence.stream) for m in messages if m.data]
+
+
+async def read_stream(
+    js: JetStreamContext, stream: str, subject: str, policy: DeliverPolicy = DeliverPolicy.ALL
+) -> list[Msg]:
+    """Every stored message of ``stream`` on ``subject`` (wildcards allowed), in order, read with
+    an ephemeral pull consumer that knows from creation how many there are."""
     psub = await js.pull_subscribe(
-        prefix + keys,
-        stream=f"KV_{bucket}",
+        subject,
+        stream=stream,
         config=ConsumerConfig(deliver_policy=policy, ack_policy=AckPolicy.NONE, inactive_threshold=60.0),
     )
-    entries: list[tuple[str, bytes, int]] = []
+    messages: list[Msg] = []
     try:
         remaining = (await psub.consumer_info()).num_pending or 0
         while remaining > 0:
             batch = await psub.fetch(min(remaining, 256), timeout=5.0)
-            entries.extend((m.subject[len(prefix) :], m.data, m.metadata.sequence.stream) for m in batch if m.data)
+            messages.extend(batch)
             remaining = batch[-1].metadata.num_pending
     finally:
         await psub.unsubscribe()
-    return entries
+    return messages

@@ -542,6 +542,9 @@ def _print_route(route: Any) -> None:
 
 def main() -> None:
     import workers.cli_views  # noqa: F401, PLC0415  (registers the read-only commands)
+    from workers.cli_dlq import dlq  # noqa: PLC0415
+
+    app.add_typer(dlq, name="dlq")
 
     try:
         app()

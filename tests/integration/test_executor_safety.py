@@ -3,13 +3,14 @@ resolved by looking the order up, never by placing it blindly again."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from nats.aio.client import Client as NatsClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts import BrokerName, ExecutionReport
+from contracts import REPLAY_HEADER, BrokerName, ExecutionReport, Subjects
 from tests.builders import OPTION, intent_payload, make_intent
 from tests.conftest import Pipeline, eventually, fetch_all, stream_messages
 from tests.integration.test_walking_skeleton import final_order, publish_json
@@ -106,3 +107,37 @@ async def test_two_replicas_split_the_work_with_no_duplicates(
     book = [o.client_order_id for o in await pipeline.venues[BrokerName.IBKR].book.all() if o.client_order_id in ids]
     assert sorted(book) == sorted(ids)
     assert first.handlers.stats.latency_ms > 0 and second.handlers.stats.latency_ms > 0  # both placed orders
+
+
+async def test_a_replayed_route_at_schwab_places_nothing_twice(
+    pipeline: Pipeline, nc: NatsClient, db: AsyncEngine
+) -> None:
+    """Schwab has no client order id, so only looking first stops a replay (fresh message id,
+    first delivery) from placing the same order again."""
+    payload = intent_payload(**{**OPTION, "quantity": "13", "symbol": "MSFT  270115C00310000"})
+    await publish_json(nc, payload)
+    [order] = await final_order(db, payload["intent_id"])
+    assert order["broker_name"] == "schwab"
+    [route] = [
+        m
+        for m in await stream_messages(nc, "ROUTES", "mbx.routes.schwab")
+        if json.loads(m)["intent_id"] == payload["intent_id"]
+    ]
+    await nc.jetstream().publish(
+        "mbx.routes.schwab",
+        route.encode(),
+        headers={
+            "Nats-Msg-Id": f"replay-{payload['intent_id']}",
+            REPLAY_HEADER: "dlq-test",
+            "Mbx-Intent-Id": payload["intent_id"],
+        },
+    )
+    spec = Subjects().executor_consumer(BrokerName.SCHWAB)
+
+    async def handled() -> bool:
+        info = await nc.jetstream().consumer_info(spec.stream, spec.durable)
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    await eventually(handled, timeout=15)
+    placed = await orders_at(pipeline, BrokerName.SCHWAB, lambda o: o.symbol == payload["symbol"])
+    assert len(placed) == 1

@@ -197,6 +197,23 @@ class InboxMessage(Base):
     received_at: Mapped[datetime] = _now()
 
 
+class DeadLetterReplay(Base):
+    """Every dead letter `mbx dlq replay` republished: which one, where to, under what id."""
+
+    __tablename__ = "dlq_replays"
+    __table_args__ = (Index(None, "letter_id"), Index(None, "intent_id"))
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    letter_id: Mapped[str] = mapped_column(String(200), nullable=False)
+    stage: Mapped[str] = mapped_column(String(20), nullable=False)
+    original_subject: Mapped[str] = mapped_column(String(255), nullable=False)
+    new_message_id: Mapped[str] = mapped_column(String(200), nullable=False, unique=True)
+    intent_id: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str] = mapped_column(Text, nullable=False)
+    replayed_by: Mapped[str] = mapped_column(String(100), nullable=False)
+    replayed_at: Mapped[datetime] = _now()
+
+
 class FailoverRecord(Base):
     """Append-only log of failed attempts that were handed to the next broker."""
 

@@ -19,7 +19,7 @@ from contracts import (
     OrderStatus,
     RouteDecision,
 )
-from workers.bus import delivery_count, publish
+from workers.bus import delivery_count, is_replay, publish
 from workers.executor.budget import RateBudget
 from workers.executor.ledger import LedgerEntry, OrderLedger
 from workers.executor.reports import failover_event, fill_message, report
@@ -109,9 +109,10 @@ class ExecutorHandlers:
         since = decision.created_at - LOOKUP_MARGIN
         delivery = delivery_count(msg)
         order = None
-        if delivery > 1 and not await self._provably_unsent(decision, delivery):
-            # An earlier delivery may have placed the order before a crash: never place again
-            # before finding out (brokers without client order ids would take it twice).
+        if (delivery > 1 or is_replay(msg)) and not await self._provably_unsent(decision, delivery):
+            # An earlier delivery (or the message a replay copies) may have placed the order:
+            # never place again before finding out (brokers without client order ids would
+            # take it twice).
             await self.budget.take()
             order = await self.venue.locate(decision.intent, client_order_id, since)
             if order is None and not self.venue.capabilities.has_client_order_id:

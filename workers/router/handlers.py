@@ -20,7 +20,7 @@ from contracts import (
     RouteDecision,
     RoutePreview,
 )
-from workers.bus import publish
+from workers.bus import is_replay, publish
 from workers.executor.ledger import OrderLedger
 from workers.router.rules import Rejection, route
 from workers.router.state import RouterState
@@ -131,6 +131,10 @@ class RouterHandlers:
             raise PoisonMessage(
                 f"subject strategy {subject_strategy!r} does not match payload strategy_id {intent.strategy_id!r}"
             )
+        if is_replay(msg) and await self.ledger.get(intent.intent_id) is not None:
+            # A replayed intent that already reached a broker: its order exists (or existed);
+            # routing it again could place it twice.
+            return "replay:already_routed"
         outcome, price = self.decide(intent)
         return await self._publish(intent, outcome, 1, price)
 

@@ -1,0 +1,325 @@
+"""``mbx dlq list|show|replay|purge``: inspect dead letters and send them back.
+
+A replay republishes the original payload to the original subject under a fresh message id,
+keeping the correlation headers, with ``Mbx-Replay`` set to the dead letter's id; the workers
+then check whether the intent was already acted on, so a replay never executes anything twice.
+Every replay is recorded in Postgres (``dlq_replays``). Registered on the ``mbx`` app by
+``workers.cli``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import fnmatch
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from contracts import (
+    INTENT_ID_HEADER,
+    MSG_ID_HEADER,
+    REPLAY_HEADER,
+    DeadLetter,
+    DeadLetterStage,
+    Subjects,
+)
+from workers.cli import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    _connect,
+    console,
+    fail,
+    resolve_database_url,
+    resolve_nats_url,
+    settings_and_config,
+)
+
+dlq = typer.Typer(help="Dead letters: list, show, replay, purge.", no_args_is_help=True)
+
+
+@dataclass(frozen=True)
+class Letter:
+    seq: int
+    letter: DeadLetter
+
+
+@dataclass(frozen=True)
+class Filters:
+    stage: DeadLetterStage | None
+    subject: str | None
+    error: str | None
+    since: datetime | None
+    until: datetime | None
+    ids: tuple[str, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.stage or self.subject or self.error or self.since or self.until or self.ids)
+
+    def match(self, item: Letter) -> bool:
+        d = item.letter
+        return (
+            (self.stage is None or d.stage is self.stage)
+            and (self.subject is None or fnmatch.fnmatch(d.original_subject, self.subject))
+            and (self.error is None or self.error.lower() in d.error.lower())
+            and (self.since is None or d.created_at >= self.since)
+            and (self.until is None or d.created_at <= self.until)
+            and (not self.ids or bool({str(item.seq), d.message_id, d.correlation_id} & set(self.ids)))
+        )
+
+
+def _time(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"--{name}: {value!r} is not an ISO date or time (e.g. 2026-11-21T09:31)", EXIT_USAGE)
+    return moment if moment.tzinfo else moment.astimezone()
+
+
+Stage = Annotated[DeadLetterStage | None, typer.Option(help="router, executor or aggregator.")]
+Subject = Annotated[str | None, typer.Option(help="Original subject, glob (mbx.orders.intent.*).")]
+Error = Annotated[str | None, typer.Option(help="Text the error contains (any case).")]
+Since = Annotated[str | None, typer.Option(help="Dead-lettered at or after (ISO time).")]
+Until = Annotated[str | None, typer.Option(help="Dead-lettered at or before (ISO time).")]
+Ids = Annotated[list[str] | None, typer.Option("--id", help="Letter id, intent id or sequence (repeat).")]
+
+
+def _filters(
+    stage: DeadLetterStage | None,
+    subject: str | None,
+    error: str | None,
+    since: str | None,
+    until: str | None,
+    ids: list[str] | None,
+) -> Filters:
+    return Filters(stage, subject, error, _time(since, "since"), _time(until, "until"), tuple(ids or ()))
+
+
+async def _letters(js: Any, subjects: Subjects, filters: Filters) -> list[Letter]:
+    from workers.bus import read_stream  # noqa: PLC0415
+
+    found = []
+    for msg in await read_stream(js, subjects.stream_name("DLQ"), subjects.dlq("*")):
+        try:
+            item = Letter(msg.metadata.sequence.stream, DeadLetter.model_validate_json(msg.data))
+        except ValueError:
+            continue  # not a dead letter (published there by hand): not ours to show
+        if filters.match(item):
+            found.append(item)
+    return found
+
+
+def _load(filters: Filters) -> tuple[list[Letter], str, Subjects]:
+    settings, _ = settings_and_config()
+    url = resolve_nats_url(settings)
+
+    async def load() -> list[Letter]:
+        nc = await _connect(url)
+        try:
+            return await _letters(nc.jetstream(), settings.subjects, filters)
+        finally:
+            await nc.close()
+
+    return asyncio.run(load()), url, settings.subjects
+
+
+@dlq.command("list")
+def list_letters(
+    stage: Stage = None,
+    subject: Subject = None,
+    error: Error = None,
+    since: Since = None,
+    until: Until = None,
+    ids: Ids = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON dead letter per line.")] = False,
+) -> None:
+    """List dead letters with their reasons.
+
+    Example: mbx dlq list --stage executor --error "gave up" --since 2026-11-21T09:30
+    """
+    letters, _, _ = _load(_filters(stage, subject, error, since, until, ids))
+    if as_json:
+        for item in letters:
+            print(json.dumps({"seq": item.seq, **item.letter.model_dump(mode="json")}))
+        raise typer.Exit(EXIT_OK)
+    table = Table(title=f"{len(letters)} dead letters")
+    for column in ("seq", "stage", "subject", "intent", "tries", "when", "error"):
+        table.add_column(column, overflow="fold")
+    for item in letters:
+        d = item.letter
+        table.add_row(
+            str(item.seq),
+            str(d.stage),
+            d.original_subject,
+            d.correlation_id or "-",
+            str(d.delivery_count),
+            f"{d.created_at:%Y-%m-%d %H:%M:%S}",
+            d.error[:160],
+        )
+    console.print(table)
+    raise typer.Exit(EXIT_OK)
+
+
+@dlq.command()
+def show(letter: Annotated[str, typer.Argument(help="Sequence, letter id or intent id.")]) -> None:
+    """Everything about one dead letter: subject, headers, payload, error, deliveries.
+
+    Example: mbx dlq show 42
+    """
+    letters, _, _ = _load(Filters(None, None, None, None, None, (letter,)))
+    if not letters:
+        fail(f"no dead letter {letter!r}")
+    for item in letters:
+        d = item.letter
+        console.print(f"[bold]dead letter {item.seq}[/bold] ({d.message_id}), stage {d.stage}")
+        console.print(f"  subject     {d.original_subject}")
+        console.print(f"  when        {d.created_at:%Y-%m-%d %H:%M:%S %Z}, after {d.delivery_count} deliveries")
+        console.print(f"  error       {d.error}")
+        for name, value in sorted(d.original_headers.items()):
+            console.print(f"  header      {name}: {value}")
+        try:
+            console.print_json(d.payload)
+        except ValueError:
+            console.print(f"  payload     {d.payload!r}")
+    raise typer.Exit(EXIT_OK)
+
+
+@dlq.command()
+def replay(
+    stage: Stage = None,
+    subject: Subject = None,
+    error: Error = None,
+    since: Since = None,
+    until: Until = None,
+    ids: Ids = None,
+    everything: Annotated[bool, typer.Option("--all", help="Every dead letter (no filter).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be replayed.")] = False,
+) -> None:
+    """Republish dead letters to their original subjects and record each replay in Postgres.
+
+    Fresh message ids, the same correlation headers; an intent that already executed is not
+    executed again.
+
+    Example: mbx dlq replay --stage executor --error "gave up" --dry-run
+    """
+    filters = _filters(stage, subject, error, since, until, ids)
+    if filters.empty and not everything:
+        fail(
+            "say which dead letters to replay (--stage, --subject, --error, --since, --until, --id) or --all",
+            EXIT_USAGE,
+        )
+    letters, url, _ = _load(filters)
+    if not letters:
+        console.print("no dead letter matches")
+        raise typer.Exit(EXIT_OK)
+    if dry_run:
+        for item in letters:
+            console.print(
+                f"would replay {item.seq} to {item.letter.original_subject} ({item.letter.correlation_id or '-'})"
+            )
+        console.print(f"dry run: {len(letters)} dead letters would be replayed")
+        raise typer.Exit(EXIT_OK)
+    settings, _ = settings_and_config()
+    database = settings.model_copy(update={"database_url": resolve_database_url(settings)}).sqlalchemy_url()
+    replayed = asyncio.run(_replay(letters, url, database))
+    console.print(f"replayed {replayed} of {len(letters)} dead letters (recorded in dlq_replays)")
+    raise typer.Exit(EXIT_OK if replayed == len(letters) else EXIT_FAILURE)
+
+
+async def _replay(letters: list[Letter], url: str, database: str) -> int:
+    from sqlalchemy import insert  # noqa: PLC0415
+
+    from workers.db.engine import make_engine  # noqa: PLC0415
+    from workers.db.models import DeadLetterReplay  # noqa: PLC0415
+
+    engine = make_engine(database, pool_size=1)
+    try:
+        async with engine.connect():  # refuse before publishing anything if nothing can be recorded
+            pass
+    except Exception as exc:  # noqa: BLE001
+        await engine.dispose()
+        fail(f"cannot record replays: the database is not reachable ({type(exc).__name__})")
+    nc = await _connect(url)
+    who = os.environ.get("USER", "operator")
+    done = 0
+    try:
+        js = nc.jetstream()
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("replaying", total=len(letters))
+            for item in letters:
+                d = item.letter
+                message_id = f"replay-{d.message_id}-{uuid.uuid4().hex[:8]}"
+                headers = {k: v for k, v in d.original_headers.items() if k != MSG_ID_HEADER}
+                headers |= {MSG_ID_HEADER: message_id, REPLAY_HEADER: d.message_id}
+                await js.publish(d.original_subject, base64.b64decode(d.payload_b64), headers=headers)
+                async with engine.begin() as conn:
+                    await conn.execute(
+                        insert(DeadLetterReplay).values(
+                            letter_id=d.message_id,
+                            stage=str(d.stage),
+                            original_subject=d.original_subject,
+                            new_message_id=message_id,
+                            intent_id=headers.get(INTENT_ID_HEADER) or d.correlation_id or None,
+                            error=d.error,
+                            replayed_by=who,
+                        )
+                    )
+                done += 1
+                progress.advance(task)
+    finally:
+        await nc.close()
+        await engine.dispose()
+    return done
+
+
+@dlq.command()
+def purge(
+    stage: Stage = None,
+    subject: Subject = None,
+    error: Error = None,
+    since: Since = None,
+    until: Until = None,
+    ids: Ids = None,
+    everything: Annotated[bool, typer.Option("--all", help="Every dead letter (no filter).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be deleted.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete dead letters from the DLQ stream (replay records in Postgres stay).
+
+    Example: mbx dlq purge --stage router --until 2026-11-01 --yes
+    """
+    filters = _filters(stage, subject, error, since, until, ids)
+    if filters.empty and not everything:
+        fail(
+            "say which dead letters to purge (--stage, --subject, --error, --since, --until, --id) or --all", EXIT_USAGE
+        )
+    letters, url, subjects = _load(filters)
+    if dry_run or not letters:
+        console.print(f"{'dry run: ' if dry_run else ''}{len(letters)} dead letters would be deleted")
+        raise typer.Exit(EXIT_OK)
+    if not yes and not typer.confirm(f"delete {len(letters)} dead letters?"):
+        raise typer.Exit(EXIT_FAILURE)
+
+    async def delete() -> None:
+        nc = await _connect(url)
+        try:
+            js = nc.jetstream()
+            for item in letters:
+                await js.delete_msg(subjects.stream_name("DLQ"), item.seq)
+        finally:
+            await nc.close()
+
+    asyncio.run(delete())
+    console.print(f"deleted {len(letters)} dead letters")
+    raise typer.Exit(EXIT_OK)
