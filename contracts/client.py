@@ -12,7 +12,7 @@ document in ``contracts/schemas/asyncapi.yaml``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -80,6 +80,38 @@ class IntentTracker:
         self._subs.clear()
 
 
+class BatchTracker:
+    """The final report of each of many intents, as they arrive."""
+
+    def __init__(self, intent_ids: set[str]) -> None:
+        self.waiting = set(intent_ids)
+        self.finals: dict[str, ExecutionReport] = {}
+        self._all_done = asyncio.Event()
+        self._subs: list[Any] = []
+        if not self.waiting:
+            self._all_done.set()
+
+    def _on_report(self, report: ExecutionReport) -> None:
+        if report.final and report.intent_id in self.waiting:
+            self.waiting.discard(report.intent_id)
+            self.finals[report.intent_id] = report
+            if not self.waiting:
+                self._all_done.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """True when every intent has its final report within ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self._all_done.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
+        self._subs.clear()
+
+
 class MbxClient:
     """Publish order intents and follow what happens to them."""
 
@@ -125,6 +157,18 @@ class MbxClient:
         tracker._subs.append(
             await self._subscribe(f"{self.subjects.prefix}.routes.>", RouteDecision, tracker._on_route, matches)
         )
+        tracker._subs.append(
+            await self._subscribe(f"{self.subjects.prefix}.exec.>", ExecutionReport, tracker._on_report, matches)
+        )
+        return tracker
+
+    async def track_many(self, intent_ids: Iterable[str]) -> BatchTracker:
+        """Follow the final reports of many intents with one subscription (call before submitting)."""
+        tracker = BatchTracker(set(intent_ids))
+
+        def matches(msg: Msg) -> bool:
+            return (msg.headers or {}).get(INTENT_ID_HEADER) in tracker.waiting
+
         tracker._subs.append(
             await self._subscribe(f"{self.subjects.prefix}.exec.>", ExecutionReport, tracker._on_report, matches)
         )

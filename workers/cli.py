@@ -234,6 +234,9 @@ def submit(
     strategy: Annotated[str, typer.Option(help="Strategy id the order is sent as.")] = "cli",
     intent_id: Annotated[str | None, typer.Option(help="Intent id (default: generated).")] = None,
     file: Annotated[Path | None, typer.Option("--file", "-f", help="Read the intent from a JSON or YAML file.")] = None,
+    csv_file: Annotated[
+        Path | None, typer.Option("--csv", help="Submit one intent per row of a CSV file (header: intent fields).")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the final report.")] = 15.0,
 ) -> None:
     """Send one order intent and print its route and final report.
@@ -241,8 +244,13 @@ def submit(
     Example: mbx submit --symbol AAPL --quantity 10
              mbx submit --symbol BTC-USD --asset-class crypto --notional 250
              mbx submit --file intent.yaml
+             mbx submit --csv orders.csv   (columns: symbol, quantity or notional, side, ...)
     """
     settings, _ = settings_and_config()
+    if csv_file is not None:
+        intents = _read_csv(csv_file, strategy)
+        url = resolve_nats_url(settings)
+        raise typer.Exit(asyncio.run(_submit_batch(intents, url, settings.subject_prefix, timeout)))
     if file is not None:
         raw = _read_intent_file(file)
     else:
@@ -271,6 +279,84 @@ def submit(
     url = resolve_nats_url(settings)
     code = asyncio.run(_submit(intent, url, settings.subject_prefix, timeout))
     raise typer.Exit(code)
+
+
+CSV_ALIASES = {"tif": "time_in_force", "strategy": "strategy_id", "type": "order_type"}
+
+
+def _read_csv(path: Path, strategy: str) -> list[OrderIntent]:
+    """Every row as an intent; any invalid row refuses the whole file (nothing is sent)."""
+    import csv  # noqa: PLC0415
+
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as exc:
+        fail(f"{path}: {exc.strerror}", EXIT_USAGE)
+    except csv.Error as exc:
+        fail(f"{path}: not a CSV file ({exc})", EXIT_USAGE)
+    if not rows:
+        fail(f"{path}: no rows (the first line names the columns: symbol,quantity,side,...)", EXIT_USAGE)
+    intents, problems = [], []
+    for line, row in enumerate(rows, start=2):
+        raw = {CSV_ALIASES.get(k.strip(), k.strip()): v.strip() for k, v in row.items() if k and v and v.strip()}
+        raw.setdefault("strategy_id", strategy)
+        raw.setdefault("asset_class", "equity")  # as for --asset-class; side stays required
+        raw.setdefault("intent_id", f"{raw['strategy_id']}-{uuid.uuid4().hex[:12]}")
+        if "symbol" in raw:
+            raw["symbol"] = raw["symbol"].upper()
+        try:
+            intents.append(OrderIntent.model_validate(raw))
+        except ValidationError as exc:
+            why = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in exc.errors())
+            problems.append(f"line {line}: {why}")
+    if problems:
+        fail(f"{path}: {len(problems)} invalid rows, nothing sent:\n  " + "\n  ".join(problems[:20]), EXIT_USAGE)
+    return intents
+
+
+async def _submit_batch(intents: list[OrderIntent], url: str, prefix: str, timeout: float) -> int:
+    from rich.progress import Progress  # noqa: PLC0415
+
+    from contracts.client import MbxClient  # noqa: PLC0415
+
+    nc = await _connect(url)
+    client = MbxClient(nc, Subjects(prefix))
+    try:
+        tracker = await client.track_many(i.intent_id for i in intents)
+        duplicates = 0
+        with Progress(console=console, transient=True) as progress:
+            sending = progress.add_task("submitting", total=len(intents))
+            for intent in intents:
+                duplicates += (await client.submit(intent)).duplicate
+                progress.advance(sending)
+            waiting = progress.add_task("waiting for final reports", total=len(intents))
+            deadline = asyncio.get_running_loop().time() + timeout
+            while not await tracker.wait(0.2) and asyncio.get_running_loop().time() < deadline:
+                progress.update(waiting, completed=len(tracker.finals))
+        await tracker.close()
+    finally:
+        await nc.drain()
+    statuses: dict[str, int] = {}
+    brokers: dict[str, int] = {}
+    for report in tracker.finals.values():
+        statuses[str(report.status)] = statuses.get(str(report.status), 0) + 1
+        if report.status.value == "filled" and report.broker:
+            brokers[str(report.broker)] = brokers.get(str(report.broker), 0) + 1
+    console.print(
+        f"submitted {len(intents)} intents"
+        + (f" ({duplicates} already submitted before)" if duplicates else "")
+        + ": "
+        + ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+        + (f", {len(tracker.waiting)} without a final report after {timeout:g}s" if tracker.waiting else "")
+    )
+    if brokers:
+        console.print("filled at: " + ", ".join(f"{b} {n}" for b, n in sorted(brokers.items())))
+    for report in tracker.finals.values():
+        if report.status.value != "filled":
+            console.print(f"  {report.intent_id}: {report.status} {report.reason}")
+    ok = not tracker.waiting and all(r.status.value == "filled" for r in tracker.finals.values())
+    return EXIT_OK if ok else EXIT_FAILURE
 
 
 def _read_intent_file(path: Path) -> dict[str, Any]:
@@ -540,12 +626,25 @@ def _print_route(route: Any) -> None:
     )
 
 
-def main() -> None:
+_registered = False
+
+
+def register_commands() -> None:
+    """Attach the command groups that live in their own modules (once)."""
+    global _registered  # noqa: PLW0603  (one app per process)
+    if _registered:
+        return
     import workers.cli_views  # noqa: F401, PLC0415  (registers the read-only commands)
+    from workers.cli_config import config_app  # noqa: PLC0415
     from workers.cli_dlq import dlq  # noqa: PLC0415
 
     app.add_typer(dlq, name="dlq")
+    app.add_typer(config_app, name="config")
+    _registered = True
 
+
+def main() -> None:
+    register_commands()
     try:
         app()
     except KeyboardInterrupt:

@@ -22,6 +22,7 @@ from workers.cli import (
     _connect,
     app,
     console,
+    err,
     fail,
     resolve_database_url,
     resolve_nats_url,
@@ -326,3 +327,105 @@ async def _story(url: str, intent_id: str) -> dict[str, list[dict[str, Any]]]:
         fail(f"cannot reach the database ({exc})")
     finally:
         await engine.dispose()
+
+
+class TailTopic(StrEnum):
+    ROUTES = "routes"
+    FILLS = "fills"
+    FAILOVERS = "failovers"
+    EXEC = "exec"
+    DLQ = "dlq"
+
+
+def _tail_subject(subjects: Subjects, topic: TailTopic) -> str:
+    token = {"routes": "routes", "fills": "fills", "failovers": "failover", "exec": "exec", "dlq": "dlq"}[topic]
+    return f"{subjects.prefix}.{token}.>"
+
+
+def _line(topic: TailTopic, data: dict[str, Any]) -> str:
+    """One readable line per message."""
+    when = str(data.get("created_at", ""))[11:23]
+    intent = data.get("intent_id") or data.get("correlation_id") or "-"
+    if topic is TailTopic.ROUTES:
+        chain = ",".join(data.get("fallback_chain", [])) or "none"
+        return (
+            f"{when} route  {intent} -> {data['broker']} (attempt {data['attempt']}, {data['rule']}) "
+            f"{data['intent']['side']} {data['intent'].get('quantity') or data['intent'].get('notional')} "
+            f"{data['intent']['symbol']}; fallback {chain}"
+        )
+    if topic is TailTopic.FILLS:
+        return (
+            f"{when} fill   {intent} {data['side']} {data['quantity']} {data['symbol']} @ {data['price']} "
+            f"at {data['broker']} (fee {data['fee']})"
+        )
+    if topic is TailTopic.FAILOVERS:
+        return f"{when} failover {intent} {data['failed_broker']} attempt {data['attempt']}: {data['reason_code']}"
+    if topic is TailTopic.EXEC:
+        status = data.get("status") or f"cancel rejected ({data.get('reason_code')})"
+        return f"{when} exec   {intent} {data.get('broker') or 'router'} {status} {data.get('reason', '')}".rstrip()
+    return f"{when} dlq    {data.get('stage')} {data.get('original_subject')}: {str(data.get('error', ''))[:160]}"
+
+
+def _wanted(
+    data: dict[str, Any], headers: dict[str, str], strategy: str | None, broker: str | None, symbol: str | None
+) -> bool:
+    from contracts import STRATEGY_ID_HEADER  # noqa: PLC0415
+
+    if strategy and (headers.get(STRATEGY_ID_HEADER) or data.get("strategy_id")) != strategy:
+        return False
+    if broker and broker not in (data.get("broker"), data.get("failed_broker")):
+        return False
+    held = data.get("symbol") or (data.get("intent") or {}).get("symbol")
+    return not (symbol and held != symbol.upper())
+
+
+@app.command()
+def tail(
+    topic: Annotated[TailTopic, typer.Argument(help="routes, fills, failovers, exec or dlq.")],
+    strategy: Annotated[str | None, typer.Option(help="Only this strategy.")] = None,
+    broker: Annotated[str | None, typer.Option(help="Only this broker.")] = None,
+    symbol: Annotated[str | None, typer.Option(help="Only this symbol.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON message per line, for scripts.")] = False,
+    count: Annotated[int, typer.Option(help="Stop after this many messages (0: run until Ctrl-C).")] = 0,
+    seconds: Annotated[float, typer.Option("--for", help="Stop after this many seconds (0: no limit).")] = 0,
+) -> None:
+    """Follow one kind of message live, as it happens.
+
+    Example: mbx tail fills --strategy momo-1
+             mbx tail routes --broker schwab --json | jq .rule
+    """
+    settings, _ = settings_and_config()
+    url = resolve_nats_url(settings)
+    subject = _tail_subject(settings.subjects, topic)
+
+    async def follow() -> int:
+        nc = await _connect(url)
+        shown = 0
+        done = asyncio.Event()
+
+        async def on_message(msg: Any) -> None:
+            nonlocal shown
+            try:
+                data = json.loads(msg.data)
+            except ValueError:
+                data = {"error": "not JSON", "original_subject": msg.subject}
+            if not isinstance(data, dict) or not _wanted(data, dict(msg.headers or {}), strategy, broker, symbol):
+                return
+            print(json.dumps(data) if as_json else _line(topic, data), flush=True)
+            shown += 1
+            if count and shown >= count:
+                done.set()
+
+        sub = await nc.subscribe(subject, cb=on_message)
+        await nc.flush()  # the server has the subscription: nothing published from now on is missed
+        err.print(f"[dim]following {subject} on {url} (Ctrl-C to stop)[/dim]")
+        try:
+            await asyncio.wait_for(done.wait(), seconds or None)
+        except TimeoutError:
+            pass
+        finally:
+            await sub.unsubscribe()
+            await nc.close()
+        return EXIT_OK
+
+    raise typer.Exit(asyncio.run(follow()))

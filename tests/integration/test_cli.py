@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -206,3 +207,61 @@ async def test_explain_tells_both_attempts_of_a_failed_over_intent(
     assert "fill " in out and "order at" in out and ": filled, 2 filled @" in out
     code, out = await mbx("explain", "never-sent-2", env=cli_env)
     assert code == 1 and "nothing is recorded" in out
+
+
+async def start_tail(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    """`mbx tail ...` in the background, returned once it follows its subject."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "workers",
+        "tail",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "200", **env},
+    )
+    assert proc.stderr is not None
+    banner = await asyncio.wait_for(proc.stderr.readline(), 30)
+    assert b"following" in banner, banner
+    return proc
+
+
+async def test_tail_follows_one_strategys_fills_and_routes(
+    pipeline: Pipeline, cli_env: dict[str, str], nc: NatsClient
+) -> None:
+    fills = await start_tail("fills", "--strategy", "tailbot", "--json", "--count", "2", "--for", "30", env=cli_env)
+    routes = await start_tail("routes", "--strategy", "tailbot", "--count", "1", "--for", "30", env=cli_env)
+    await publish_json(nc, intent_payload(strategy_id="other"), strategy="other")
+    mine = [intent_payload(strategy_id="tailbot", symbol=s) for s in ("AAPL", "MSFT")]
+    for payload in mine:
+        await publish_json(nc, payload, strategy="tailbot")
+    out, _ = await asyncio.wait_for(fills.communicate(), 30)
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    assert sorted(f["intent_id"] for f in lines) == sorted(p["intent_id"] for p in mine)
+    assert {f["strategy_id"] for f in lines} == {"tailbot"}
+    out, _ = await asyncio.wait_for(routes.communicate(), 30)
+    assert fills.returncode == 0 and routes.returncode == 0
+    assert "route" in out.decode() and "-> alpaca (attempt 1, default:equity)" in out.decode()
+
+
+async def test_submit_csv_sends_every_row_and_summarises(
+    pipeline: Pipeline, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    orders = tmp_path / "orders.csv"
+    orders.write_text(
+        "symbol,quantity,notional,side,asset_class,tif\n"
+        "aapl,10,,buy,equity,\n"
+        "MSFT,3,,sell,equity,day\n"
+        "SPY,1,,buy,equity,\n"
+        "BTC-USD,,250,buy,crypto,\n"
+    )
+    code, out = await mbx("submit", "--csv", str(orders), "--strategy", "csvbot", env=cli_env)
+    assert code == 0, out
+    assert "submitted 4 intents: 4 filled" in out
+    assert "filled at: alpaca 3, coinbase 1" in out
+    bad = tmp_path / "bad.csv"
+    bad.write_text("symbol,quantity,side\nAAPL,10,buy\nMSFT,,buy\nSPY,-1,buy\n")
+    code, out = await mbx("submit", "--csv", str(bad), env=cli_env)
+    assert code == 2
+    assert "2 invalid rows, nothing sent" in out and "line 3" in out and "line 4" in out

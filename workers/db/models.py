@@ -214,6 +214,20 @@ class DeadLetterReplay(Base):
     replayed_at: Mapped[datetime] = _now()
 
 
+class ConfigChange(Base):
+    """Every change to the live trading config made with `mbx config set`: who, what, which
+    KV revision, and the whole config as it became."""
+
+    __tablename__ = "config_changes"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    revision: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    changed_by: Mapped[str] = mapped_column(String(100), nullable=False)
+    summary: Mapped[str] = mapped_column(Text, nullable=False)
+    config: Mapped[dict[str, Any]] = mapped_column(nullable=False)
+    changed_at: Mapped[datetime] = _now()
+
+
 class FailoverRecord(Base):
     """Append-only log of failed attempts that were handed to the next broker."""
 

@@ -44,6 +44,7 @@ class RouterWorker(Worker):
         self._watchers: list[Any] = []
         self._watch_tasks: list[asyncio.Task[None]] = []
         self._preview_sub: Any = None
+        self._refused = False
 
     async def prepare(self) -> None:
         subjects = self.subjects
@@ -140,7 +141,12 @@ class RouterWorker(Worker):
         error = self.state.apply_config(raw, revision)
         if error is None:
             log.info("routing config applied", config_version=revision)
+            if self._refused:  # the refusal on record is history now
+                with contextlib.suppress(Exception):
+                    await self.config_kv.put(CONFIG_STATUS_KEY, b"")
+                self._refused = False
             return
+        self._refused = True
         # Refused: the previous config stays; say why where operators and tools can see it.
         log.warning("routing config refused", revision=revision, error=error, config_version=self.state.version)
         with contextlib.suppress(Exception):

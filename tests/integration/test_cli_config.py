@@ -1,0 +1,77 @@
+"""`mbx config`: show, validate and set the live trading config through the real CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from contracts import BrokerName, RoutePreview
+from tests.builders import make_intent
+from tests.conftest import eventually, fetch_all
+from tests.integration.test_cli import mbx
+from workers.db.engine import make_engine
+from workers.settings import Settings, parse_config
+
+pytestmark = pytest.mark.integration
+
+
+async def test_config_show_validate_and_set_with_an_audit_row(
+    start_pipeline: Any, isolated: Settings, tmp_path: Path
+) -> None:
+    await start_pipeline(parse_config({"brokers": {"alpaca": {}, "ibkr": {}}}), own_settings=isolated)
+    env = {
+        "MBX_NATS_URL": isolated.nats_url or "",
+        "MBX_DATABASE_URL": isolated.database_url or "",
+        "MBX_SUBJECT_PREFIX": isolated.subject_prefix,
+    }
+    code, out = await mbx("config", "show", env=env)
+    assert code == 0, out
+    assert "# live config, revision" in out and "weights" in out and "credentials" not in out
+
+    good = tmp_path / "good.yaml"
+    good.write_text("brokers: {alpaca: {}, ibkr: {}}\nrouting:\n  weights: {cost: 0.5, speed: 0.25, fill: 0.25}\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("routing:\n  weights: {cost: -1, speed: 1, fill: 1}\n")
+    code, out = await mbx("config", "validate", str(good), env=env)
+    assert code == 0 and "valid" in out
+    code, out = await mbx("config", "validate", str(bad), env=env)
+    assert code == 2 and "routing.weights" in out
+
+    nc = await nats.connect(isolated.nats_url or "")
+    db = make_engine(isolated.database_url or "", pool_size=1)
+    try:
+        code, out = await mbx("config", "set", "risk.kill_switches.brokers=[alpaca]", "--reason", "test", env=env)
+        assert code == 0 and "applied: live config revision" in out, out
+
+        async def alpaca_killed() -> RoutePreview | None:
+            reply = await nc.request(
+                f"{isolated.subject_prefix}.api.route.preview", make_intent().model_dump_json().encode(), timeout=5
+            )
+            preview = RoutePreview.model_validate_json(reply.data)
+            excluded = {e.broker: e.reason_code for e in (preview.decision.excluded if preview.decision else ())}
+            return preview if excluded.get(BrokerName.ALPACA) == "kill_switch" else None
+
+        preview = await eventually(alpaca_killed, timeout=2)
+        assert preview.decision is not None and preview.decision.broker is BrokerName.IBKR
+        [change] = await fetch_all(db, "SELECT * FROM config_changes")
+        assert change["summary"] == "risk.kill_switches.brokers=[alpaca] (test)"
+        assert change["config"]["risk"]["kill_switches"]["brokers"] == ["alpaca"]
+        assert f"revision {change['revision']}" in out
+
+        code, out = await mbx("config", "set", "routing.weights.cost=2", env=env)
+        assert code == 2 and "routing.weights" in out
+        code, out = await mbx("config", "set", "routing.nonsense=1", env=env)
+        assert code == 2 and "routing.nonsense" in out
+        assert len(await fetch_all(db, "SELECT 1 FROM config_changes")) == 1  # refused: nothing written
+
+        code, out = await mbx("config", "set", "--file", str(good), env=env)
+        assert code == 0, out
+        code, out = await mbx("config", "show", "--json", env=env)
+        assert code == 0 and '"cost": 0.5' in out
+        assert len(await fetch_all(db, "SELECT 1 FROM config_changes")) == 2
+    finally:
+        await nc.close()
+        await db.dispose()

@@ -1,0 +1,28 @@
+"""Every `mbx` command's --help shows an example (typer's runner, in-process)."""
+
+from __future__ import annotations
+
+import typer
+from typer.testing import CliRunner
+
+from workers.cli import app, register_commands
+from workers.cli_config import config_app
+from workers.cli_dlq import dlq
+
+
+def commands(group: typer.Typer, prefix: list[str]) -> list[list[str]]:
+    return [[*prefix, c.name or (c.callback.__name__ if c.callback else "")] for c in group.registered_commands]
+
+
+def test_every_command_has_an_example_in_its_help() -> None:
+    register_commands()
+    runner = CliRunner()
+    every = commands(app, []) + commands(dlq, ["dlq"]) + commands(config_app, ["config"])
+    names = {" ".join(c).replace("_", "-") for c in every}
+    expected = {"up", "down", "status", "submit", "cancel", "tail", "portfolio", "explain", "dlq list", "config set"}
+    assert expected <= names
+    for command in every:
+        args = [part.replace("_", "-") for part in command]
+        result = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, (args, result.output)
+        assert "Example" in result.output, args
