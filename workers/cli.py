@@ -137,9 +137,9 @@ def down(timeout: Annotated[float, typer.Option(help="Seconds to wait for a clea
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        # `mbx up` removes its stack file as the last step of a clean stop; the process may
+        # then linger as a zombie until whatever started it reaps it.
+        if read_stack(settings.data_dir) is None:
             console.print("stopped")
             return
         time.sleep(0.2)
@@ -367,7 +367,7 @@ def _read_intent_file(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         fail(f"{path}: not valid JSON or YAML ({exc})", EXIT_USAGE)
     if not isinstance(data, dict):
-        fail(f"{path}: expected one intent as a mapping", EXIT_USAGE)
+        fail(f"{path}: expected a mapping of fields (one intent, or one cancel request)", EXIT_USAGE)
     return data
 
 
@@ -432,24 +432,33 @@ async def _submit(intent: OrderIntent, url: str, prefix: str, timeout: float) ->
 
 @app.command()
 def cancel(
-    intent_id: Annotated[str, typer.Argument(help="The intent whose order to cancel.")],
+    intent_id: Annotated[str | None, typer.Argument(help="The intent whose order to cancel.")] = None,
     strategy: Annotated[str, typer.Option(help="Strategy id the request is sent as.")] = "cli",
     reason: Annotated[str, typer.Option(help="Why, for the audit trail.")] = "",
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", "-f", help="Read the request (intent_id, strategy_id, reason) from JSON/YAML."),
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the outcome.")] = 15.0,
 ) -> None:
     """Cancel a working order and print the outcome (cancelled, or why it could not be).
 
     Example: mbx cancel cli-3f2a9c1e7b4d --reason "signal reversed"
+             mbx cancel --file cancel.yaml
     """
     settings, _ = settings_and_config()
+    if (intent_id is None) == (file is None):
+        fail("give the intent id or --file", EXIT_USAGE)
+    raw: dict[str, Any] = (
+        _read_intent_file(file)
+        if file is not None
+        else {"intent_id": intent_id, "strategy_id": strategy, "reason": reason}
+    )
+    raw.setdefault("strategy_id", strategy)
+    raw.setdefault("message_id", f"cancel-{uuid.uuid4().hex}")
+    raw.setdefault("correlation_id", raw.get("intent_id") or "")
     try:
-        request = CancelRequest(
-            message_id=f"cancel-{uuid.uuid4().hex}",
-            correlation_id=intent_id,
-            intent_id=intent_id,
-            strategy_id=strategy,
-            reason=reason,
-        )
+        request = CancelRequest.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in exc.errors())
         fail(f"invalid cancel request: {problems}", EXIT_USAGE)

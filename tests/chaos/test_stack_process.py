@@ -82,6 +82,17 @@ def test_up_runs_the_system_submit_fills_and_ctrl_c_leaves_no_process(tmp_path: 
         assert submit.returncode == 0, submit.stdout + submit.stderr
         assert "routed to alpaca" in submit.stdout
         assert "filled at alpaca 10 @" in submit.stdout
+        status = subprocess.run(
+            [sys.executable, "-m", "workers", "status"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert f"nats://127.0.0.1:{nats_port}: reachable" in status.stdout  # found through the stack file
+        assert "executor-schwab" in status.stdout
 
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0
@@ -94,12 +105,16 @@ def test_up_runs_the_system_submit_fills_and_ctrl_c_leaves_no_process(tmp_path: 
 
 
 def test_up_uses_external_servers_when_urls_are_set(tmp_path: Path, servers: Any) -> None:
-    """With MBX_NATS_URL and MBX_DATABASE_URL set, mbx up starts only the workers."""
-    with mbx_up(tmp_path, MBX_NATS_URL=servers.nats_url, MBX_DATABASE_URL=servers.database_url) as (up, stack, _):
+    """With MBX_NATS_URL and MBX_DATABASE_URL set, mbx up starts only the workers; `mbx down`
+    from another terminal stops it."""
+    with mbx_up(tmp_path, MBX_NATS_URL=servers.nats_url, MBX_DATABASE_URL=servers.database_url) as (up, stack, env):
         assert stack["servers"] == {}
         assert stack["nats_url"] == servers.nats_url
         assert len(dict(stack["workers"])) == 7  # type: ignore[call-overload]
         assert not (tmp_path / "data" / "nats").exists()
         assert not (tmp_path / "data" / "postgres").exists()
-        up.send_signal(signal.SIGTERM)
+        down = subprocess.run(
+            [sys.executable, "-m", "workers", "down"], env=env, capture_output=True, text=True, timeout=90, check=False
+        )
+        assert down.returncode == 0, down.stdout + down.stderr
         assert up.wait(60) == 0

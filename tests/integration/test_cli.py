@@ -134,7 +134,7 @@ async def test_fault_says_when_no_executor_answers(servers: Servers, cli_env: di
 
 
 async def test_cancel_a_working_order_then_an_unknown_one(
-    pipeline: Pipeline, cli_env: dict[str, str], nc: NatsClient, db: AsyncEngine
+    pipeline: Pipeline, cli_env: dict[str, str], nc: NatsClient, db: AsyncEngine, tmp_path: Path
 ) -> None:
     payload = intent_payload(order_type="limit", limit_price="1.00")
     await publish_json(nc, payload)
@@ -145,8 +145,12 @@ async def test_cancel_a_working_order_then_an_unknown_one(
     code, out = await mbx("cancel", payload["intent_id"], env=cli_env)
     assert code == 1
     assert "not cancelled: too_late_to_cancel" in out and "(order cancelled)" in out
-    code, out = await mbx("cancel", "never-sent-1", env=cli_env)
+    request = tmp_path / "cancel.yaml"
+    request.write_text("intent_id: never-sent-1\nstrategy_id: filebot\nreason: from a file\n")
+    code, out = await mbx("cancel", "--file", str(request), env=cli_env)
     assert code == 1 and "unknown_order" in out
+    code, out = await mbx("cancel", env=cli_env)
+    assert code == 2 and "--file" in out
 
 
 async def test_status_shows_brokers_consumers_and_the_aggregator(pipeline: Pipeline, cli_env: dict[str, str]) -> None:
