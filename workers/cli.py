@@ -210,6 +210,11 @@ def schemas(check: Annotated[bool, typer.Option("--check", help="Fail if the fil
     console.print("schemas are up to date" if check else "schemas written to contracts/schemas/")
 
 
+def _problems(exc: ValidationError, what: str) -> str:
+    """A validation error as one line naming each bad field."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or what}: {e['msg']}" for e in exc.errors())
+
+
 def _decimal(value: str | None, name: str) -> Decimal | None:
     if value is None:
         return None
@@ -274,8 +279,7 @@ def submit(
     try:
         intent = OrderIntent.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'intent'}: {e['msg']}" for e in exc.errors())
-        fail(f"invalid order: {problems}", EXIT_USAGE)
+        fail(f"invalid order: {_problems(exc, 'intent')}", EXIT_USAGE)
     url = resolve_nats_url(settings)
     code = asyncio.run(_submit(intent, url, settings.subject_prefix, timeout))
     raise typer.Exit(code)
@@ -308,8 +312,7 @@ def _read_csv(path: Path, strategy: str) -> list[OrderIntent]:
         try:
             intents.append(OrderIntent.model_validate(raw))
         except ValidationError as exc:
-            why = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in exc.errors())
-            problems.append(f"line {line}: {why}")
+            problems.append(f"line {line}: {_problems(exc, 'row')}")
     if problems:
         fail(f"{path}: {len(problems)} invalid rows, nothing sent:\n  " + "\n  ".join(problems[:20]), EXIT_USAGE)
     return intents
@@ -460,8 +463,7 @@ def cancel(
     try:
         request = CancelRequest.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in exc.errors())
-        fail(f"invalid cancel request: {problems}", EXIT_USAGE)
+        fail(f"invalid cancel request: {_problems(exc, 'request')}", EXIT_USAGE)
     url = resolve_nats_url(settings)
     raise typer.Exit(asyncio.run(_cancel(request, url, Subjects(settings.subject_prefix), timeout)))
 

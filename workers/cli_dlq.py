@@ -134,6 +134,16 @@ def _load(filters: Filters) -> tuple[list[Letter], str, Subjects]:
     return asyncio.run(load()), url, settings.subjects
 
 
+def _select(verb: str, filters: Filters, everything: bool) -> tuple[list[Letter], str, Subjects]:
+    """The letters a destructive command acts on: never all of them by accident."""
+    if filters.empty and not everything:
+        fail(
+            f"say which dead letters to {verb} (--stage, --subject, --error, --since, --until, --id) or --all",
+            EXIT_USAGE,
+        )
+    return _load(filters)
+
+
 @dlq.command("list")
 def list_letters(
     stage: Stage = None,
@@ -213,13 +223,7 @@ def replay(
 
     Example: mbx dlq replay --stage executor --error "gave up" --dry-run
     """
-    filters = _filters(stage, subject, error, since, until, ids)
-    if filters.empty and not everything:
-        fail(
-            "say which dead letters to replay (--stage, --subject, --error, --since, --until, --id) or --all",
-            EXIT_USAGE,
-        )
-    letters, url, _ = _load(filters)
+    letters, url, _ = _select("replay", _filters(stage, subject, error, since, until, ids), everything)
     if not letters:
         console.print("no dead letter matches")
         raise typer.Exit(EXIT_OK)
@@ -299,12 +303,7 @@ def purge(
 
     Example: mbx dlq purge --stage router --until 2026-11-01 --yes
     """
-    filters = _filters(stage, subject, error, since, until, ids)
-    if filters.empty and not everything:
-        fail(
-            "say which dead letters to purge (--stage, --subject, --error, --since, --until, --id) or --all", EXIT_USAGE
-        )
-    letters, url, subjects = _load(filters)
+    letters, url, subjects = _select("purge", _filters(stage, subject, error, since, until, ids), everything)
     if dry_run or not letters:
         console.print(f"{'dry run: ' if dry_run else ''}{len(letters)} dead letters would be deleted")
         raise typer.Exit(EXIT_OK)
