@@ -49,9 +49,10 @@ schemas: install ## Regenerate contracts/schemas/ (JSON Schemas and AsyncAPI)
 	$(BIN)/mbx schemas
 
 .PHONY: bench
-bench: install ## Benchmarks: route decisions/s, aggregator messages persisted/s (results in bench/results/)
+bench: install ## Benchmarks: routing, aggregator, end-to-end pipeline (results in bench/results/; ~15 min)
 	$(BIN)/python -m bench.route_bench
 	$(BIN)/python -m bench.aggregator_bench
+	$(BIN)/python -m bench.pipeline_bench
 
 .PHONY: clean
 clean: ## Remove the virtualenv, caches and the embedded servers' data (.mbx/)

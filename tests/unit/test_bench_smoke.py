@@ -27,3 +27,14 @@ def test_aggregator_benchmark_runs_and_persists_every_message() -> None:
     assert results["messages"] == 200
     assert results["aggregator_messages_persisted_per_s"] > 0
     assert results["baseline_raw_batched_insert_rows_per_s"] > 0
+
+
+def test_pipeline_benchmark_runs_end_to_end() -> None:
+    """A hundred intents through the whole stack as processes; no timing is asserted."""
+    from bench.pipeline_bench import run as run_pipeline
+
+    results = run_pipeline(100, rates=[(200.0, 100)], profiles=(False,), progress=lambda _: None)
+    assert results["default_burst_intents_per_s"] > 0
+    assert results["default_raw_jetstream_msgs_per_s"] > 0
+    assert results["default_200_per_s_latency_p99_ms"] >= results["default_200_per_s_latency_p50_ms"] > 0
+    assert all(results[f"default_{w}_peak_rss_mb"] > 0 for w in ("router", "aggregator", "executor-alpaca"))

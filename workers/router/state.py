@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -24,6 +25,8 @@ from workers.router.rules import MarketView, order_size
 from workers.settings import ConfigError, MbxConfig, parse_config
 
 CONFIG_KEY = "trading"
+IN_FLIGHT_HORIZON = timedelta(minutes=10)
+"""How long a routed order counts toward exposure when no exposure snapshot includes it."""
 EXPOSURE_KEY = "current"
 
 
@@ -53,6 +56,8 @@ class RouterState:
         self.last_error: str = ""
         self.snapshot: ExposureSnapshot | None = None
         self._in_flight: list[_InFlight] = []
+        self._flight_by_broker: dict[BrokerName, Decimal] = {}
+        self._flight_by_symbol: dict[str, Decimal] = {}
 
     def apply_config(self, raw: bytes, revision: int) -> str | None:
         """Switch to a new config; returns the reason when it is refused."""
@@ -80,7 +85,7 @@ class RouterState:
         except ValidationError as exc:
             return f"invalid exposure snapshot: {exc.error_count()} errors"
         self.snapshot = snapshot
-        self._in_flight = [f for f in self._in_flight if f.at > snapshot.created_at]
+        self._forget(lambda f: f.at <= snapshot.created_at)
         return None
 
     def clear_exposure(self) -> None:
@@ -88,24 +93,36 @@ class RouterState:
         self.snapshot = None
 
     def risk_view(self) -> RiskView:
-        by_broker: dict[BrokerName, Decimal] = {}
-        by_symbol: dict[str, Decimal] = {}
-        for f in self._in_flight:
-            by_broker[f.broker] = by_broker.get(f.broker, Decimal(0)) + f.gross
-            by_symbol[f.symbol] = by_symbol.get(f.symbol, Decimal(0)) + f.net
-        return RiskView(self.snapshot, by_broker, by_symbol)
+        """Exposure as the last snapshot saw it plus what was routed since: running totals, so a
+        decision costs the same however many orders are in flight."""
+        return RiskView(self.snapshot, dict(self._flight_by_broker), dict(self._flight_by_symbol))
+
+    def _forget(self, covered: Callable[[_InFlight], bool]) -> None:
+        """Drop in-flight records a snapshot covers, or that are older than ``IN_FLIGHT_HORIZON``
+        (an aggregator that has published nothing for that long no longer bounds memory)."""
+        horizon = datetime.now(UTC) - IN_FLIGHT_HORIZON
+        kept = [f for f in self._in_flight if not covered(f) and f.at > horizon]
+        if len(kept) == len(self._in_flight):
+            return
+        self._in_flight = kept
+        self._flight_by_broker.clear()
+        self._flight_by_symbol.clear()
+        for f in kept:
+            self._add(f)
+
+    def _add(self, f: _InFlight) -> None:
+        self._flight_by_broker[f.broker] = self._flight_by_broker.get(f.broker, Decimal(0)) + f.gross
+        self._flight_by_symbol[f.symbol] = self._flight_by_symbol.get(f.symbol, Decimal(0)) + f.net
 
     def record(self, decision: RouteDecision, price: Decimal | None) -> None:
         """Count a routed order toward exposure until a snapshot includes it."""
         _, notional = order_size(decision.intent, price)
         if notional is None:
             return
-        self._in_flight.append(
-            _InFlight(
-                decision.created_at,
-                decision.broker,
-                decision.intent.symbol,
-                notional,
-                signed(decision.intent, notional),
-            )
+        flight = _InFlight(
+            decision.created_at, decision.broker, decision.intent.symbol, notional, signed(decision.intent, notional)
         )
+        self._in_flight.append(flight)
+        self._add(flight)
+        if len(self._in_flight) % 1000 == 0:
+            self._forget(lambda _: False)  # age out what no snapshot ever covered
