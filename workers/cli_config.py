@@ -17,6 +17,7 @@ import yaml
 from workers.cli import (
     EXIT_OK,
     EXIT_USAGE,
+    _audit_engine,
     _connect,
     console,
     fail,
@@ -156,18 +157,12 @@ def set_config(
 async def _write(settings: Settings, url: str, database: str, config: MbxConfig, summary: str) -> int:
     from sqlalchemy import insert  # noqa: PLC0415
 
-    from workers.db.engine import make_engine  # noqa: PLC0415
     from workers.db.models import ConfigChange  # noqa: PLC0415
     from workers.router.app import write_live_config  # noqa: PLC0415
     from workers.router.state import config_to_json  # noqa: PLC0415
 
-    engine = make_engine(database, pool_size=1)
+    engine = await _audit_engine(database, "the change")
     try:
-        try:
-            async with engine.connect():  # the change is not made if it cannot be recorded
-                pass
-        except Exception as exc:  # noqa: BLE001
-            fail(f"cannot record the change: the database is not reachable ({type(exc).__name__})")
         nc = await _connect(url)
         try:
             revision = await write_live_config(nc.jetstream(), settings.subjects, config)

@@ -35,6 +35,7 @@ from workers.cli import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
+    _audit_engine,
     _connect,
     console,
     fail,
@@ -244,16 +245,9 @@ def replay(
 async def _replay(letters: list[Letter], url: str, database: str) -> int:
     from sqlalchemy import insert  # noqa: PLC0415
 
-    from workers.db.engine import make_engine  # noqa: PLC0415
     from workers.db.models import DeadLetterReplay  # noqa: PLC0415
 
-    engine = make_engine(database, pool_size=1)
-    try:
-        async with engine.connect():  # refuse before publishing anything if nothing can be recorded
-            pass
-    except Exception as exc:  # noqa: BLE001
-        await engine.dispose()
-        fail(f"cannot record replays: the database is not reachable ({type(exc).__name__})")
+    engine = await _audit_engine(database, "replays")  # before anything is published
     nc = await _connect(url)
     who = os.environ.get("USER", "operator")
     done = 0

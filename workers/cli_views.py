@@ -6,6 +6,7 @@ Registered on the ``mbx`` app by ``workers.cli``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -420,9 +421,8 @@ def tail(
         await nc.flush()  # the server has the subscription: nothing published from now on is missed
         err.print(f"[dim]following {subject} on {url} (Ctrl-C to stop)[/dim]")
         try:
-            await asyncio.wait_for(done.wait(), seconds or None)
-        except TimeoutError:
-            pass
+            with contextlib.suppress(TimeoutError):  # --for elapsed
+                await asyncio.wait_for(done.wait(), seconds or None)
         finally:
             await sub.unsubscribe()
             await nc.close()
