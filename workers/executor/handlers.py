@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 import structlog
 
 from contracts import (
-    CancelReject,
     CancelRequest,
     ConsumerSpec,
     DeadLetterStage,
@@ -22,7 +21,7 @@ from contracts import (
 from workers.bus import delivery_count, is_replay, publish
 from workers.executor.budget import RateBudget
 from workers.executor.ledger import LedgerEntry, OrderLedger
-from workers.executor.reports import failover_event, fill_message, report
+from workers.executor.reports import cancel_reject, failover_event, fill_message, report
 from workers.executor.state import check_move
 from workers.failpoints import failpoint
 from workers.runtime import PoisonMessage, RetryLater, Worker, parse
@@ -266,16 +265,7 @@ class ExecutorHandlers:
         return f"cancel:{order.status}"
 
     async def _cancel_rejected(self, request: CancelRequest, status: OrderStatus | None, code: str, why: str) -> str:
-        reject = CancelReject(
-            message_id=f"cancel-reject-{request.message_id}",
-            correlation_id=request.intent_id,
-            intent_id=request.intent_id,
-            strategy_id=request.strategy_id,
-            broker=self.venue.broker,
-            reason_code=code,
-            reason=why,
-            order_status=status,
-        )
+        reject = cancel_reject(request, self.venue.broker, code, why, status)
         await publish(
             self.worker.js,
             self.worker.subjects.cancel_reject(self.venue.broker),

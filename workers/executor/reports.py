@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from contracts import ExecutionReport, FailoverEvent, Fill, OrderStatus, RouteDecision
+from contracts import (
+    BrokerName,
+    CancelReject,
+    CancelRequest,
+    ExecutionReport,
+    FailoverEvent,
+    Fill,
+    OrderStatus,
+    RouteDecision,
+)
 from workers.venues.base import VenueFill, VenueOrder
 
 
@@ -81,4 +90,21 @@ def failover_event(decision: RouteDecision, reason_code: str, reason: str) -> Fa
         reason_code=reason_code,
         reason=reason,
         decision=decision,
+    )
+
+
+def cancel_reject(
+    request: CancelRequest, broker: BrokerName | None, code: str, reason: str, status: OrderStatus | None = None
+) -> CancelReject:
+    """The answer to a cancel that cannot be carried out; its id derives from the request's, so
+    a redelivered request answers once."""
+    return CancelReject(
+        message_id=f"cancel-reject-{request.message_id}",
+        correlation_id=request.intent_id,
+        intent_id=request.intent_id,
+        strategy_id=request.strategy_id,
+        broker=broker,
+        reason_code=code,
+        reason=reason,
+        order_status=status,
     )

@@ -10,7 +10,6 @@ import structlog
 
 from contracts import (
     BrokerName,
-    CancelReject,
     CancelRequest,
     DeadLetterStage,
     ExecutionReport,
@@ -22,6 +21,7 @@ from contracts import (
 )
 from workers.bus import is_replay, publish
 from workers.executor.ledger import OrderLedger
+from workers.executor.reports import cancel_reject
 from workers.router.rules import Rejection, route
 from workers.router.state import RouterState
 from workers.runtime import PoisonMessage, Worker, parse
@@ -97,15 +97,8 @@ class RouterHandlers:
         entry = await self.ledger.get(request.intent_id)
         subjects = self.worker.subjects
         if entry is None:
-            reject = CancelReject(
-                message_id=f"cancel-reject-{request.message_id}",
-                correlation_id=request.intent_id,
-                intent_id=request.intent_id,
-                strategy_id=request.strategy_id,
-                broker=None,
-                reason_code="unknown_order",
-                reason="no broker holds an order for this intent (never routed, or not placed yet)",
-            )
+            why = "no broker holds an order for this intent (never routed, or not placed yet)"
+            reject = cancel_reject(request, None, "unknown_order", why)
             await publish(
                 self.worker.js,
                 subjects.cancel_reject(None),
