@@ -8,6 +8,7 @@ change, so they are data, not code.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +18,7 @@ from contracts import AssetClass, BrokerName, Side
 CENT = Decimal("0.01")
 OPTION_MULTIPLIER = Decimal(100)
 ZERO = Decimal(0)
+ONE = Decimal(1)
 
 
 class VolumeTier(BaseModel):
@@ -59,8 +61,13 @@ class RegulatoryFees(BaseModel):
     occ_per_contract: Decimal = Field(default=Decimal("0.02"), ge=0, description="OCC clearing fee.")
     occ_cap: Decimal = Field(default=Decimal(55), ge=0)
 
+    @staticmethod
+    def apply_to(asset: AssetClass, side: Side) -> bool:
+        """Whether any of these fees can be due on such an order (sells, and options either way)."""
+        return asset is not AssetClass.CRYPTO and (side is Side.SELL or asset is AssetClass.OPTION)
+
     def estimate(self, asset: AssetClass, side: Side, quantity: Decimal, value: Decimal) -> Decimal:
-        if asset is AssetClass.CRYPTO:
+        if not self.apply_to(asset, side):
             return ZERO
         fee = ZERO
         if side is Side.SELL:
@@ -120,21 +127,49 @@ def traded_value(asset: AssetClass, quantity: Decimal, price: Decimal) -> Decima
     return quantity * price * (OPTION_MULTIPLIER if asset is AssetClass.OPTION else 1)
 
 
+@dataclass(frozen=True, slots=True)
+class FeeModel:
+    """One schedule applied to one asset class with its volume tier resolved: the commission
+    arithmetic, ready for many orders without re-reading the schedule each time."""
+
+    asset: AssetClass
+    per_unit: Decimal
+    """Per share for equities, per contract for options, nothing for crypto."""
+    percent: Decimal
+    """Taker rate plus the spread, as a fraction of traded value."""
+    minimum: Decimal
+    cap: Decimal | None
+    multiplier: Decimal
+
+    @classmethod
+    def of(cls, schedule: FeeSchedule, asset: AssetClass, volume_30d: Decimal = ZERO) -> FeeModel:
+        per_unit = {AssetClass.EQUITY: schedule.per_share, AssetClass.OPTION: schedule.per_contract}.get(asset, ZERO)
+        return cls(
+            asset=asset,
+            per_unit=per_unit,
+            percent=schedule.rate(volume_30d) + schedule.spread_bps / Decimal(10_000),
+            minimum=schedule.minimum,
+            cap=schedule.max_percent_of_value,
+            multiplier=OPTION_MULTIPLIER if asset is AssetClass.OPTION else ONE,
+        )
+
+    def commission(self, quantity: Decimal, price: Decimal) -> Decimal:
+        if not (self.per_unit or self.percent or self.minimum):
+            return ZERO  # commission-free
+        value = quantity * price * self.multiplier
+        fee = quantity * self.per_unit + value * self.percent
+        if fee > 0 and fee < self.minimum:
+            fee = self.minimum
+        if self.cap is not None:
+            fee = min(fee, value * self.cap)
+        return fee
+
+
 def commission(
     schedule: FeeSchedule, asset: AssetClass, quantity: Decimal, price: Decimal, volume_30d: Decimal = ZERO
 ) -> Decimal:
     """The broker's own charge for one order of ``quantity`` at ``price``."""
-    value = traded_value(asset, quantity, price)
-    fee = quantity * schedule.per_share if asset is AssetClass.EQUITY else ZERO
-    if asset is AssetClass.OPTION:
-        fee += quantity * schedule.per_contract
-    fee += value * schedule.rate(volume_30d)
-    fee += value * schedule.spread_bps / Decimal(10_000)
-    if fee > 0:
-        fee = max(fee, schedule.minimum)
-    if schedule.max_percent_of_value is not None:
-        fee = min(fee, value * schedule.max_percent_of_value)
-    return fee
+    return FeeModel.of(schedule, asset, volume_30d).commission(quantity, price)
 
 
 def round_up_to_cent(amount: Decimal) -> Decimal:

@@ -54,16 +54,27 @@ def signed(intent: OrderIntent, amount: Decimal) -> Decimal:
     return amount if intent.side is Side.BUY else -amount
 
 
-def deny(intent: OrderIntent, notional: Decimal | None, config: MbxConfig, risk: RiskView) -> Denial | None:
-    """Why the intent may not trade at all, or None."""
-    limits = config.risk
-    kills = limits.kill_switches
+def halted(intent: OrderIntent, config: MbxConfig) -> Denial | None:
+    """The kill switch that stops the intent (global, its strategy or its symbol), or None."""
+    kills = config.risk.kill_switches
     if kills.all:
         return Denial("kill_switch", "trading is halted by the global kill switch")
     if any(fnmatch.fnmatchcase(intent.strategy_id, p) for p in kills.strategies):
         return Denial("kill_switch", f"strategy {intent.strategy_id} is halted by a kill switch")
     if any(fnmatch.fnmatchcase(intent.symbol, p) for p in kills.symbols):
         return Denial("kill_switch", f"symbol {intent.symbol} is halted by a kill switch")
+    return None
+
+
+def deny(intent: OrderIntent, notional: Decimal | None, config: MbxConfig, risk: RiskView) -> Denial | None:
+    """Why the intent may not trade at all, or None."""
+    return halted(intent, config) or over_limits(intent, notional, config, risk)
+
+
+def over_limits(intent: OrderIntent, notional: Decimal | None, config: MbxConfig, risk: RiskView) -> Denial | None:
+    """The intent-level limit the order would break (order notional, reduce-only, symbol
+    exposure), or None."""
+    limits = config.risk
     if limits.max_order_notional is not None and notional is not None and notional > limits.max_order_notional:
         return Denial(
             "max_order_notional",

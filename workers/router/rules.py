@@ -20,29 +20,29 @@
 
 from __future__ import annotations
 
-import fnmatch
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from contracts import (
-    AssetClass,
     BrokerName,
-    CandidateScore,
     ExcludedBroker,
     OrderIntent,
-    OrderType,
     RouteDecision,
-    Side,
 )
-from workers.fees import commission, traded_value
+from workers.fees import FeeModel, RegulatoryFees, traded_value
+from workers.router.plan import BROKERS, RANK, RoutingPlan, RuleOutcome, Shape, plan_for, smart_default
 from workers.router.registry import BrokerHealth
-from workers.router.risk import RiskView, broker_exclusion, deny, diversification_exclusions
-from workers.router.scoring import CandidateInputs, Weights, score
-from workers.settings import MbxConfig, RoutingConfig, RoutingRule
-from workers.venues.capabilities import CAPABILITIES
+from workers.router.risk import RiskView, broker_exclusion, diversification_exclusions, over_limits
+from workers.router.scoring import CandidateInputs, scored_rows
+from workers.settings import MbxConfig, RoutingRule
+
+ZERO = Decimal(0)
+FEE_STEP = Decimal("0.0001")
+NO_FEE = Decimal("0.0000")
+
+__all__ = ["MarketView", "Rejection", "estimate_fee", "order_size", "route", "route_batch", "smart_default"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,88 +68,6 @@ class MarketView:
     fill_scores: Mapping[BrokerName, float] = field(default_factory=dict)
 
 
-def smart_default(intent: OrderIntent) -> tuple[BrokerName, str]:
-    """The default broker for an intent and the name of the rule that picks it."""
-    if intent.asset_class is AssetClass.CRYPTO:
-        return BrokerName.COINBASE, "default:crypto"
-    if intent.asset_class is AssetClass.OPTION:
-        return BrokerName.SCHWAB, "default:option"
-    if intent.is_fractional:
-        return BrokerName.ROBINHOOD, "default:fractional"
-    return BrokerName.ALPACA, "default:equity"
-
-
-def exclusion(intent: OrderIntent, broker: BrokerName, config: MbxConfig) -> ExcludedBroker | None:
-    """Why ``broker`` cannot take ``intent``, or None when it can."""
-    key = (
-        broker,
-        intent.asset_class,
-        intent.order_type,
-        intent.time_in_force,
-        intent.notional is not None,
-        intent.is_fractional,
-    )
-    cache = _exclusion_cache(config)
-    if key not in cache:
-        cache[key] = _exclusion(intent, broker, config)
-    return cache[key]
-
-
-_EXCLUSIONS: dict[int, tuple[MbxConfig, dict[tuple[Any, ...], ExcludedBroker | None]]] = {}
-
-
-def _exclusion_cache(config: MbxConfig) -> dict[tuple[Any, ...], ExcludedBroker | None]:
-    """Capability and enablement answers depend only on the order's shape: cache them per config."""
-    cached = _EXCLUSIONS.get(id(config))
-    if cached is not None and cached[0] is config:
-        return cached[1]
-    if len(_EXCLUSIONS) > 16:
-        _EXCLUSIONS.clear()
-    fresh: dict[tuple[Any, ...], ExcludedBroker | None] = {}
-    _EXCLUSIONS[id(config)] = (config, fresh)
-    return fresh
-
-
-def _exclusion(intent: OrderIntent, broker: BrokerName, config: MbxConfig) -> ExcludedBroker | None:
-    broker_config = config.brokers.get(broker)
-    if broker_config is None:
-        return ExcludedBroker(
-            broker=broker, reason_code="not_configured", reason=f"{broker} is not in the config's brokers section"
-        )
-    if not broker_config.enabled:
-        return ExcludedBroker(broker=broker, reason_code="disabled", reason=f"{broker} is not enabled")
-    support = CAPABILITIES[broker].support_for(intent.asset_class)
-    if support is None:
-        return ExcludedBroker(
-            broker=broker, reason_code="unsupported_asset", reason=f"{broker} does not trade {intent.asset_class}"
-        )
-    if intent.order_type not in support.order_types:
-        return ExcludedBroker(
-            broker=broker,
-            reason_code="unsupported_order_type",
-            reason=f"{broker} has no {intent.order_type} orders for {intent.asset_class}",
-        )
-    if intent.time_in_force not in support.time_in_force:
-        return ExcludedBroker(
-            broker=broker,
-            reason_code="unsupported_time_in_force",
-            reason=f"{broker} has no {intent.time_in_force} orders for {intent.asset_class}",
-        )
-    if intent.notional is not None and not support.notional:
-        return ExcludedBroker(
-            broker=broker,
-            reason_code="unsupported_notional",
-            reason=f"{broker} does not take dollar-amount {intent.asset_class} orders",
-        )
-    if intent.is_fractional and not support.fractional:
-        return ExcludedBroker(
-            broker=broker,
-            reason_code="unsupported_fractional",
-            reason=f"{broker} does not take fractional {intent.asset_class} quantities",
-        )
-    return None
-
-
 def order_size(intent: OrderIntent, price: Decimal | None) -> tuple[Decimal | None, Decimal | None]:
     """(quantity, notional in USD) as far as the price allows."""
     if intent.quantity is not None:
@@ -159,97 +77,32 @@ def order_size(intent: OrderIntent, price: Decimal | None) -> tuple[Decimal | No
     return (intent.notional / price if price else None), intent.notional
 
 
-StaticCheck = Callable[[OrderIntent], bool]
-RangeCheck = Callable[[Decimal | None, Decimal | None], bool]
-_Key = tuple[str, str, AssetClass, Side, OrderType]
-
-
-class RuleSet:
-    """A config's rules, compiled once: glob patterns become regexes, and the conditions that
-    depend only on symbol, strategy, asset class, side and order type are evaluated once per
-    distinct combination (a bounded cache), leaving only size ranges to check per order."""
-
-    CACHE_LIMIT = 50_000
-
-    def __init__(self, rules: Sequence[RoutingRule]) -> None:
-        self._rules = [(rule, _static_check(rule), _range_check(rule)) for rule in rules]
-        self._by_key: dict[_Key, list[tuple[RoutingRule, RangeCheck | None]]] = {}
-
-    def matching(self, intent: OrderIntent, quantity: Decimal | None, notional: Decimal | None) -> list[RoutingRule]:
-        key = (intent.symbol, intent.strategy_id, intent.asset_class, intent.side, intent.order_type)
-        candidates = self._by_key.get(key)
-        if candidates is None:
-            if len(self._by_key) >= self.CACHE_LIMIT:
-                self._by_key.clear()
-            candidates = [(rule, ranges) for rule, static, ranges in self._rules if static(intent)]
-            self._by_key[key] = candidates
-        return [rule for rule, ranges in candidates if ranges is None or ranges(quantity, notional)]
-
-
-def _static_check(rule: RoutingRule) -> StaticCheck:
-    m = rule.match
-    checks: list[StaticCheck] = []
-    if m.asset_class is not None:
-        assets = frozenset(m.asset_class)
-        checks.append(lambda i: i.asset_class in assets)
-    if m.side is not None:
-        side = m.side
-        checks.append(lambda i: i.side is side)
-    if m.order_type is not None:
-        types = frozenset(m.order_type)
-        checks.append(lambda i: i.order_type in types)
-    if m.symbol is not None:
-        symbols = re.compile("|".join(fnmatch.translate(p) for p in m.symbol))
-        checks.append(lambda i: symbols.match(i.symbol) is not None)
-    if m.strategy is not None:
-        strategies = re.compile("|".join(fnmatch.translate(p) for p in m.strategy))
-        checks.append(lambda i: strategies.match(i.strategy_id) is not None)
-    return lambda i: all(check(i) for check in checks)
-
-
-def _range_check(rule: RoutingRule) -> RangeCheck | None:
-    m = rule.match
-    if m.min_quantity is None and m.max_quantity is None and m.min_notional is None and m.max_notional is None:
-        return None
-
-    def within(value: Decimal | None, low: Decimal | None, high: Decimal | None) -> bool:
-        if low is None and high is None:
-            return True
-        if value is None:
-            return False
-        return (low is None or value >= low) and (high is None or value <= high)
-
-    return lambda q, n: within(q, m.min_quantity, m.max_quantity) and within(n, m.min_notional, m.max_notional)
-
-
-_RULE_SETS: dict[int, tuple[RoutingConfig, RuleSet]] = {}
-
-
-def rule_set(routing: RoutingConfig) -> RuleSet:
-    """The compiled rules of a routing config, built once per config object."""
-    cached = _RULE_SETS.get(id(routing))
-    if cached is not None and cached[0] is routing:
-        return cached[1]
-    if len(_RULE_SETS) > 16:  # configs change rarely; keep only a few recent ones
-        _RULE_SETS.clear()
-    compiled = RuleSet(routing.rules)
-    _RULE_SETS[id(routing)] = (routing, compiled)
-    return compiled
-
-
 def estimate_fee(intent: OrderIntent, broker: BrokerName, config: MbxConfig, price: Decimal | None) -> Decimal:
     """Commission plus regulatory fees in USD; value-based parts are 0 when no price is known."""
     quantity, _ = order_size(intent, price)
-    schedule = config.routing.fee_schedule(broker, intent.asset_class)
-    if quantity is None or schedule is None:
-        return Decimal(0)
-    unit_price = price or Decimal(0)
-    volume = config.routing.volume_30d.get(broker, Decimal(0))
-    fee = commission(schedule, intent.asset_class, quantity, unit_price, volume)
-    fee += config.routing.regulatory.estimate(
-        intent.asset_class, intent.side, quantity, traded_value(intent.asset_class, quantity, unit_price)
-    )
-    return fee.quantize(Decimal("0.0001"))
+    model = plan_for(config).fee_models[broker, intent.asset_class]
+    return _fee(model, config.routing.regulatory, intent, quantity, price)
+
+
+def _fee(
+    model: FeeModel | None,
+    regulatory: RegulatoryFees | None,
+    intent: OrderIntent,
+    quantity: Decimal | None,
+    price: Decimal | None,
+) -> Decimal:
+    """``estimate_fee`` given the broker's fee model; ``regulatory`` None when none can be due."""
+    if quantity is None or model is None:
+        return ZERO
+    unit_price = price or ZERO
+    fee = model.commission(quantity, unit_price)
+    if regulatory is not None:
+        fee += regulatory.estimate(intent.asset_class, intent.side, quantity, quantity * unit_price * model.multiplier)
+    return fee.quantize(FEE_STEP) if fee else NO_FEE
+
+
+_NO_MARKET = MarketView()
+_NO_RISK = RiskView()
 
 
 def route(
@@ -263,24 +116,84 @@ def route(
     config_version: int = 0,
 ) -> RouteDecision | Rejection:
     """Decide where ``intent`` goes, or why it cannot go anywhere."""
-    market = market or MarketView()
-    risk = risk or RiskView()
+    market = market or _NO_MARKET
+    risk = risk or _NO_RISK
+    plan = plan_for(config)
+    shape = plan.shape(intent)
     price = market.reference_price or intent.limit_price or intent.stop_price
     quantity, notional = order_size(intent, price)
-    denial = deny(intent, notional, config, risk)
+    denial = shape.halted or (over_limits(intent, notional, config, risk) if plan.limited else None)
     if denial is not None:
         return Rejection(denial.reason_code, denial.reason, ())
-    matching = rule_set(config.routing).matching(intent, quantity, notional)
+    outcome = plan.outcome(shape, shape.matching(quantity, notional))
+    eligible, excluded = _eligibility(
+        plan, outcome, intent=intent, notional=notional, market=market, risk=risk, failed=failed
+    )
+    if not eligible:
+        code = "chain_exhausted" if failed else "no_eligible_broker"
+        why = "every eligible broker failed this order" if failed else "no enabled broker can take this order"
+        return Rejection(code, why, tuple(excluded))
+    candidates = _candidates(
+        plan, shape, intent=intent, eligible=eligible, quantity=quantity, price=price, market=market
+    )
+    ranked = scored_rows(candidates, outcome.weights)
+    chosen, rule, why = _choose(intent, shape.default, outcome.prefer, eligible, ranked)
+    if outcome.weight_rule is not None:
+        why += f"; weights from rule {outcome.weight_rule}"
+    if price is None:
+        why += "; fees estimated without a reference price"
+    # One validation for the decision and its candidates (cheaper than one per candidate).
+    return RouteDecision.model_validate(
+        {
+            "message_id": f"route-{intent.intent_id}-{attempt}",
+            "correlation_id": intent.intent_id,
+            "intent_id": intent.intent_id,
+            "strategy_id": intent.strategy_id,
+            "broker": chosen,
+            "attempt": attempt,
+            "intent": intent,
+            "rule": rule,
+            "reason": why,
+            "candidates": ranked,
+            "excluded": tuple(excluded),
+            "fallback_chain": tuple(c["broker"] for c in ranked if c["broker"] != chosen),
+            "failover_from": failed[-1] if failed else None,
+            "reference_price": market.reference_price,
+            "failed_brokers": tuple(failed),
+            "config_version": config_version,
+        }
+    )
 
+
+def _eligibility(
+    plan: RoutingPlan,
+    outcome: RuleOutcome,
+    *,
+    intent: OrderIntent,
+    notional: Decimal | None,
+    market: MarketView,
+    risk: RiskView,
+    failed: Sequence[BrokerName],
+) -> tuple[list[BrokerName], list[ExcludedBroker]]:
+    """The brokers that may take the order, and every other broker with its reason."""
+    config = plan.config
     excluded: list[ExcludedBroker] = []
     eligible: list[BrokerName] = []
     throttled: list[ExcludedBroker] = []
-    for broker in BrokerName:
-        reason = (
-            _rule_or_state_exclusion(intent, broker, config, matching, failed)
-            or _health_exclusion(broker, market, config)
-            or broker_exclusion(broker, notional, config, risk)
-        )
+    health = market.health
+    min_headroom = config.routing.min_rate_headroom
+    # Risk limits can only keep a broker out when one is killed or allocations apply.
+    check_risk = plan.broker_kills or (
+        notional is not None and risk.snapshot is not None and risk.snapshot.portfolio_value > 0
+    )
+    for broker, static_reason in zip(BROKERS, outcome.out, strict=True):
+        reason = _failed(broker) if broker in failed else static_reason
+        if reason is None and health is not None:
+            state = health.get(broker)
+            if state is None or not state.up or state.rate_limit_headroom < min_headroom:
+                reason = _health_exclusion(broker, state, min_headroom)
+        if reason is None and check_risk:
+            reason = broker_exclusion(broker, notional, config, risk)
         if reason is None:
             eligible.append(broker)
         elif reason.reason_code == "rate_limited":
@@ -293,52 +206,39 @@ def route(
         # Only brokers near their rate limit are left: the order waits for their budget
         # rather than being refused.
         eligible = [t.broker for t in throttled]
-    for spread in diversification_exclusions(eligible, config, risk, intent):
-        eligible.remove(spread.broker)
-        excluded.append(spread)
-    if not eligible:
-        code = "chain_exhausted" if failed else "no_eligible_broker"
-        why = "every eligible broker failed this order" if failed else "no enabled broker can take this order"
-        return Rejection(code, why, tuple(excluded))
+    if plan.diversify:
+        for spread in diversification_exclusions(eligible, config, risk, intent):
+            eligible.remove(spread.broker)
+            excluded.append(spread)
+    return eligible, excluded
 
-    weight_rule = next((r for r in matching if r.weights is not None), None)
-    w = weight_rule.weights if weight_rule and weight_rule.weights else config.routing.weights
-    ranked = score(
-        [
-            CandidateInputs(
-                broker=b,
-                estimated_fee=estimate_fee(intent, b, config, price),
-                expected_latency_ms=_latency(b, market, config),
-                fill_score=market.fill_scores.get(b, config.routing.fill_score_prior),
-                priority=config.brokers[b].priority,
-            )
-            for b in eligible
-        ],
-        Weights(w.cost, w.speed, w.fill),
+
+def _candidates(
+    plan: RoutingPlan,
+    shape: Shape,
+    *,
+    intent: OrderIntent,
+    eligible: list[BrokerName],
+    quantity: Decimal | None,
+    price: Decimal | None,
+    market: MarketView,
+) -> list[CandidateInputs]:
+    """What scoring needs of each eligible broker: its fee, latency, fill score and priority."""
+    routing = plan.config.routing
+    regulatory, prior, fill_scores, health = (
+        routing.regulatory,
+        routing.fill_score_prior,
+        market.fill_scores,
+        market.health,
     )
-    chosen, rule, why = _choose(intent, matching, eligible, ranked)
-    if weight_rule is not None:
-        why += f"; weights from rule {weight_rule.name}"
-    if price is None:
-        why += "; fees estimated without a reference price"
-    return RouteDecision(
-        message_id=f"route-{intent.intent_id}-{attempt}",
-        correlation_id=intent.intent_id,
-        intent_id=intent.intent_id,
-        strategy_id=intent.strategy_id,
-        broker=chosen,
-        attempt=attempt,
-        intent=intent,
-        rule=rule,
-        reason=why,
-        candidates=tuple(ranked),
-        excluded=tuple(excluded),
-        fallback_chain=tuple(c.broker for c in ranked if c.broker != chosen),
-        failover_from=failed[-1] if failed else None,
-        reference_price=market.reference_price,
-        failed_brokers=tuple(failed),
-        config_version=config_version,
-    )
+    candidates = []
+    for broker in eligible:
+        k = RANK[broker]
+        measured = health.get(broker) if health is not None else None
+        latency = measured.latency_ms if measured is not None and measured.latency_ms is not None else plan.latency[k]
+        fee = _fee(shape.fees[k], regulatory, intent, quantity, price)
+        candidates.append(CandidateInputs(broker, fee, latency, fill_scores.get(broker, prior), plan.priority[k]))
+    return candidates
 
 
 def route_batch(
@@ -349,72 +249,41 @@ def route_batch(
     return [route(i, config, market=views.get(i.symbol)) for i in intents]
 
 
-def _latency(broker: BrokerName, market: MarketView, config: MbxConfig) -> float:
-    measured = market.health.get(broker) if market.health is not None else None
-    if measured is not None and measured.latency_ms is not None:
-        return measured.latency_ms
-    return config.routing.expected_latency_ms.get(broker, 100.0)
+def _failed(broker: BrokerName) -> ExcludedBroker:
+    return ExcludedBroker(broker=broker, reason_code="failed", reason=f"{broker} already failed this order")
 
 
-def _health_exclusion(broker: BrokerName, market: MarketView, config: MbxConfig) -> ExcludedBroker | None:
-    if market.health is None:
-        return None
-    health = market.health.get(broker)
-    if health is None or not health.up:
-        reason = health.reason if health is not None else f"no heartbeat from {broker}'s executor"
+def _health_exclusion(broker: BrokerName, state: BrokerHealth | None, min_headroom: float) -> ExcludedBroker | None:
+    if state is None or not state.up:
+        reason = state.reason if state is not None else f"no heartbeat from {broker}'s executor"
         return ExcludedBroker(broker=broker, reason_code="down", reason=reason)
-    if health.rate_limit_headroom < config.routing.min_rate_headroom:
+    if state.rate_limit_headroom < min_headroom:
         return ExcludedBroker(
             broker=broker,
             reason_code="rate_limited",
-            reason=f"{broker} has {health.rate_limit_headroom:.0%} of its rate budget left",
+            reason=f"{broker} has {state.rate_limit_headroom:.0%} of its rate budget left",
         )
     return None
 
 
-def _rule_or_state_exclusion(
-    intent: OrderIntent,
-    broker: BrokerName,
-    config: MbxConfig,
-    matching: list[RoutingRule],
-    failed: Sequence[BrokerName],
-) -> ExcludedBroker | None:
-    if broker in failed:
-        return ExcludedBroker(broker=broker, reason_code="failed", reason=f"{broker} already failed this order")
-    reason = exclusion(intent, broker, config)
-    if reason is not None:
-        return reason
-    for rule in matching:
-        if broker in rule.exclude:
-            return ExcludedBroker(
-                broker=broker, reason_code="rule_exclude", reason=f"rule {rule.name} excludes {broker}"
-            )
-        if rule.require and broker not in rule.require:
-            return ExcludedBroker(
-                broker=broker, reason_code="rule_require", reason=f"rule {rule.name} requires {', '.join(rule.require)}"
-            )
-    return None
-
-
 def _choose(
-    intent: OrderIntent, matching: list[RoutingRule], eligible: list[BrokerName], ranked: list[CandidateScore]
+    intent: OrderIntent,
+    default: tuple[BrokerName, str],
+    prefer: RoutingRule | None,
+    eligible: list[BrokerName],
+    ranked: list[dict[str, Any]],
 ) -> tuple[BrokerName, str, str]:
     if intent.broker is not None and intent.broker in eligible:
         return intent.broker, "preference", f"the strategy asked for {intent.broker}"
     note = f" (preferred {intent.broker} is not eligible)" if intent.broker is not None else ""
-    for rule in matching:
-        if rule.prefer:
-            for broker in rule.prefer:
-                if broker in eligible:
-                    return broker, f"rule:{rule.name}", f"rule {rule.name} prefers {broker}{note}"
-            break  # the first prefer rule decides; none of its brokers is eligible
-    default, default_rule = smart_default(intent)
-    if default in eligible:
+    if prefer is not None:
+        # The first prefer rule decides; when none of its brokers is eligible, the defaults do.
+        for broker in prefer.prefer:
+            if broker in eligible:
+                return broker, f"rule:{prefer.name}", f"rule {prefer.name} prefers {broker}{note}"
+    broker, default_rule = default
+    if broker in eligible:
         kind = default_rule.split(":")[1]
-        return default, default_rule, f"{kind} orders go to {default} by default{note}"
-    best = ranked[0]
-    return (
-        best.broker,
-        "score",
-        (f"{default} (the default) is not eligible; {best.broker} scores best ({best.total:.3f}){note}"),
-    )
+        return broker, default_rule, f"{kind} orders go to {broker} by default{note}"
+    best, total = ranked[0]["broker"], ranked[0]["total"]
+    return best, "score", f"{broker} (the default) is not eligible; {best} scores best ({total:.3f}){note}"

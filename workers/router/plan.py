@@ -1,0 +1,266 @@
+"""A routing config compiled for speed. Pure; the rules themselves are in ``rules.py``.
+
+Most of a decision depends only on the config and the order's shape (symbol, strategy, asset
+class, side, order type, time in force, and whether it is fractional or a dollar amount): which
+brokers can trade it, which kill switch halts it, which rules could match it, the smart default,
+each broker's fee model with its volume tier resolved. A ``RoutingPlan`` works that out once per
+config and once per shape (a bounded cache), and once per combination of matching rules, so a
+decision pays only for what depends on the order's size, the brokers' health and exposure.
+A new config object gets a new plan: nothing is carried over from the old one.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from contracts import AssetClass, BrokerName, ExcludedBroker, OrderIntent, OrderType, Side, TimeInForce
+from workers.fees import FeeModel, RegulatoryFees
+from workers.router.risk import Denial, halted
+from workers.router.scoring import BROKERS, RANK, Weights
+from workers.settings import MbxConfig, RoutingRule
+from workers.venues.capabilities import CAPABILITIES
+
+__all__ = ["BROKERS", "RANK", "RoutingPlan", "RuleOutcome", "Shape", "plan_for", "smart_default"]
+
+StaticCheck = Callable[[OrderIntent], bool]
+RangeCheck = Callable[[Decimal | None, Decimal | None], bool]
+ShapeKey = tuple[str, str, AssetClass, Side, OrderType, TimeInForce, bool, bool]
+
+
+def smart_default(intent: OrderIntent) -> tuple[BrokerName, str]:
+    """The default broker for an intent and the name of the rule that picks it."""
+    if intent.asset_class is AssetClass.CRYPTO:
+        return BrokerName.COINBASE, "default:crypto"
+    if intent.asset_class is AssetClass.OPTION:
+        return BrokerName.SCHWAB, "default:option"
+    if intent.is_fractional:
+        return BrokerName.ROBINHOOD, "default:fractional"
+    return BrokerName.ALPACA, "default:equity"
+
+
+def capability_exclusion(intent: OrderIntent, broker: BrokerName, config: MbxConfig) -> ExcludedBroker | None:
+    """Why ``broker`` cannot take ``intent`` whatever its state, or None when it can."""
+    broker_config = config.brokers.get(broker)
+    if broker_config is None:
+        return ExcludedBroker(
+            broker=broker, reason_code="not_configured", reason=f"{broker} is not in the config's brokers section"
+        )
+    if not broker_config.enabled:
+        return ExcludedBroker(broker=broker, reason_code="disabled", reason=f"{broker} is not enabled")
+    support = CAPABILITIES[broker].support_for(intent.asset_class)
+    if support is None:
+        return ExcludedBroker(
+            broker=broker, reason_code="unsupported_asset", reason=f"{broker} does not trade {intent.asset_class}"
+        )
+    if intent.order_type not in support.order_types:
+        return ExcludedBroker(
+            broker=broker,
+            reason_code="unsupported_order_type",
+            reason=f"{broker} has no {intent.order_type} orders for {intent.asset_class}",
+        )
+    if intent.time_in_force not in support.time_in_force:
+        return ExcludedBroker(
+            broker=broker,
+            reason_code="unsupported_time_in_force",
+            reason=f"{broker} has no {intent.time_in_force} orders for {intent.asset_class}",
+        )
+    if intent.notional is not None and not support.notional:
+        return ExcludedBroker(
+            broker=broker,
+            reason_code="unsupported_notional",
+            reason=f"{broker} does not take dollar-amount {intent.asset_class} orders",
+        )
+    if intent.is_fractional and not support.fractional:
+        return ExcludedBroker(
+            broker=broker,
+            reason_code="unsupported_fractional",
+            reason=f"{broker} does not take fractional {intent.asset_class} quantities",
+        )
+    return None
+
+
+def _static_check(rule: RoutingRule) -> StaticCheck:
+    """The part of a rule's match that depends only on the order's shape."""
+    m = rule.match
+    checks: list[StaticCheck] = []
+    if m.asset_class is not None:
+        assets = frozenset(m.asset_class)
+        checks.append(lambda i: i.asset_class in assets)
+    if m.side is not None:
+        side = m.side
+        checks.append(lambda i: i.side is side)
+    if m.order_type is not None:
+        types = frozenset(m.order_type)
+        checks.append(lambda i: i.order_type in types)
+    if m.symbol is not None:
+        symbols = re.compile("|".join(fnmatch.translate(p) for p in m.symbol))
+        checks.append(lambda i: symbols.match(i.symbol) is not None)
+    if m.strategy is not None:
+        strategies = re.compile("|".join(fnmatch.translate(p) for p in m.strategy))
+        checks.append(lambda i: strategies.match(i.strategy_id) is not None)
+    return lambda i: all(check(i) for check in checks)
+
+
+def _range_check(rule: RoutingRule) -> RangeCheck | None:
+    """The part of a rule's match that depends on the order's size, or None when it has none."""
+    m = rule.match
+    if m.min_quantity is None and m.max_quantity is None and m.min_notional is None and m.max_notional is None:
+        return None
+
+    def within(value: Decimal | None, low: Decimal | None, high: Decimal | None) -> bool:
+        if low is None and high is None:
+            return True
+        if value is None:
+            return False
+        return (low is None or value >= low) and (high is None or value <= high)
+
+    return lambda q, n: within(q, m.min_quantity, m.max_quantity) and within(n, m.min_notional, m.max_notional)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleOutcome:
+    """What a set of matching rules means for one order shape."""
+
+    rules: tuple[RoutingRule, ...]
+    out: tuple[ExcludedBroker | None, ...]
+    """Per broker (in ``BROKERS`` order): why its capabilities or a rule keep it out, or None."""
+    weights: Weights
+    weight_rule: str | None
+    prefer: RoutingRule | None
+    """The first matching rule that prefers brokers; it alone decides among them."""
+
+
+@dataclass(slots=True)
+class Shape:
+    """Everything about one order shape that the config decides."""
+
+    halted: Denial | None
+    capability: tuple[ExcludedBroker | None, ...]
+    candidate_rules: tuple[tuple[RoutingRule, RangeCheck | None], ...]
+    fees: tuple[FeeModel | None, ...]
+    default: tuple[BrokerName, str]
+    regulated: bool
+    """Whether regulatory fees can be due on this shape."""
+    outcomes: dict[tuple[int, ...], RuleOutcome] = field(default_factory=dict)
+    sized: bool = False
+    """True when some candidate rule has a size range, so matching depends on each order."""
+
+    def matching(self, quantity: Decimal | None, notional: Decimal | None) -> tuple[int, ...]:
+        """Indices (into ``candidate_rules``) of the rules that match an order of this size."""
+        if not self.sized:
+            return tuple(range(len(self.candidate_rules)))
+        return tuple(
+            k for k, (_, ranges) in enumerate(self.candidate_rules) if ranges is None or ranges(quantity, notional)
+        )
+
+
+class RoutingPlan:
+    """One config, compiled. Get it with ``plan_for(config)``."""
+
+    SHAPE_LIMIT = 50_000
+
+    def __init__(self, config: MbxConfig) -> None:
+        routing = config.routing
+        self.config = config
+        self.rules = [(rule, _static_check(rule), _range_check(rule)) for rule in routing.rules]
+        self.weights = Weights(routing.weights.cost, routing.weights.speed, routing.weights.fill)
+        self.priority = tuple(config.brokers[b].priority if b in config.brokers else 0 for b in BROKERS)
+        self.latency = tuple(routing.expected_latency_ms.get(b, 100.0) for b in BROKERS)
+        self.fee_models: dict[tuple[BrokerName, AssetClass], FeeModel | None] = {}
+        for broker in BROKERS:
+            for asset in AssetClass:
+                schedule = routing.fee_schedule(broker, asset)
+                volume = routing.volume_30d.get(broker, Decimal(0))
+                self.fee_models[broker, asset] = FeeModel.of(schedule, asset, volume) if schedule else None
+        risk = config.risk
+        self.limited = risk.max_order_notional is not None or risk.reduce_only or risk.max_symbol_exposure is not None
+        """Whether any intent-level limit is set (``risk.over_limits`` has something to check)."""
+        self.broker_kills = bool(risk.kill_switches.brokers)
+        self.diversify = risk.min_broker_diversification > 1
+        self._shapes: dict[ShapeKey, Shape] = {}
+
+    def shape(self, intent: OrderIntent) -> Shape:
+        fractional = intent.is_fractional
+        key = (
+            intent.symbol,
+            intent.strategy_id,
+            intent.asset_class,
+            intent.side,
+            intent.order_type,
+            intent.time_in_force,
+            intent.notional is not None,
+            fractional,
+        )
+        found = self._shapes.get(key)
+        if found is None:
+            if len(self._shapes) >= self.SHAPE_LIMIT:
+                self._shapes.clear()
+            found = self._shapes[key] = self._compile(intent)
+        return found
+
+    def _compile(self, intent: OrderIntent) -> Shape:
+        candidates = tuple((rule, ranges) for rule, static, ranges in self.rules if static(intent))
+        return Shape(
+            halted=halted(intent, self.config),
+            capability=tuple(capability_exclusion(intent, b, self.config) for b in BROKERS),
+            candidate_rules=candidates,
+            fees=tuple(self.fee_models[b, intent.asset_class] for b in BROKERS),
+            default=smart_default(intent),
+            regulated=RegulatoryFees.apply_to(intent.asset_class, intent.side),
+            sized=any(ranges is not None for _, ranges in candidates),
+        )
+
+    def outcome(self, shape: Shape, matched: tuple[int, ...]) -> RuleOutcome:
+        found = shape.outcomes.get(matched)
+        if found is None:
+            rules = tuple(shape.candidate_rules[k][0] for k in matched)
+            found = shape.outcomes[matched] = self._outcome(shape, rules)
+        return found
+
+    def _outcome(self, shape: Shape, rules: Sequence[RoutingRule]) -> RuleOutcome:
+        out = tuple(
+            capability or _rule_exclusion(b, rules) for b, capability in zip(BROKERS, shape.capability, strict=True)
+        )
+        weight_rule = next((r for r in rules if r.weights is not None), None)
+        weights = self.weights
+        if weight_rule is not None and weight_rule.weights is not None:
+            w = weight_rule.weights
+            weights = Weights(w.cost, w.speed, w.fill)
+        return RuleOutcome(
+            rules=tuple(rules),
+            out=out,
+            weights=weights,
+            weight_rule=weight_rule.name if weight_rule else None,
+            prefer=next((r for r in rules if r.prefer), None),
+        )
+
+
+def _rule_exclusion(broker: BrokerName, rules: Sequence[RoutingRule]) -> ExcludedBroker | None:
+    for rule in rules:
+        if broker in rule.exclude:
+            return ExcludedBroker(
+                broker=broker, reason_code="rule_exclude", reason=f"rule {rule.name} excludes {broker}"
+            )
+        if rule.require and broker not in rule.require:
+            return ExcludedBroker(
+                broker=broker, reason_code="rule_require", reason=f"rule {rule.name} requires {', '.join(rule.require)}"
+            )
+    return None
+
+
+_PLANS: dict[int, RoutingPlan] = {}
+
+
+def plan_for(config: MbxConfig) -> RoutingPlan:
+    """The compiled form of ``config``, built once per config object (configs are immutable)."""
+    plan = _PLANS.get(id(config))
+    if plan is not None and plan.config is config:
+        return plan
+    if len(_PLANS) > 16:  # configs change rarely; keep only a few recent ones
+        _PLANS.clear()
+    plan = _PLANS[id(config)] = RoutingPlan(config)
+    return plan
