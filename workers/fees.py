@@ -153,9 +153,14 @@ class FeeModel:
             multiplier=OPTION_MULTIPLIER if asset is AssetClass.OPTION else ONE,
         )
 
+    @property
+    def free(self) -> bool:
+        """Commission-free: nothing to charge whatever the order."""
+        return not (self.per_unit or self.percent or self.minimum)
+
     def commission(self, quantity: Decimal, price: Decimal) -> Decimal:
-        if not (self.per_unit or self.percent or self.minimum):
-            return ZERO  # commission-free
+        if self.free:
+            return ZERO
         value = quantity * price * self.multiplier
         fee = quantity * self.per_unit + value * self.percent
         if fee > 0 and fee < self.minimum:

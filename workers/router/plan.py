@@ -108,17 +108,23 @@ def _static_check(rule: RoutingRule) -> StaticCheck:
 def _range_check(rule: RoutingRule) -> RangeCheck | None:
     """The part of a rule's match that depends on the order's size, or None when it has none."""
     m = rule.match
-    if m.min_quantity is None and m.max_quantity is None and m.min_notional is None and m.max_notional is None:
+    # (which: 0 quantity, 1 notional; low; high), only for the bounds the rule sets.
+    bounds = [
+        (which, low, high)
+        for which, low, high in ((0, m.min_quantity, m.max_quantity), (1, m.min_notional, m.max_notional))
+        if low is not None or high is not None
+    ]
+    if not bounds:
         return None
 
-    def within(value: Decimal | None, low: Decimal | None, high: Decimal | None) -> bool:
-        if low is None and high is None:
-            return True
-        if value is None:
-            return False
-        return (low is None or value >= low) and (high is None or value <= high)
+    def within(quantity: Decimal | None, notional: Decimal | None) -> bool:
+        for which, low, high in bounds:
+            value = notional if which else quantity
+            if value is None or (low is not None and value < low) or (high is not None and value > high):
+                return False
+        return True
 
-    return lambda q, n: within(q, m.min_quantity, m.max_quantity) and within(n, m.min_notional, m.max_notional)
+    return within
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +148,7 @@ class Shape:
     capability: tuple[ExcludedBroker | None, ...]
     candidate_rules: tuple[tuple[RoutingRule, RangeCheck | None], ...]
     fees: tuple[FeeModel | None, ...]
+    """Per broker: its fee model, or None when nothing can be charged on this shape."""
     default: tuple[BrokerName, str]
     regulated: bool
     """Whether regulatory fees can be due on this shape."""
@@ -204,15 +211,22 @@ class RoutingPlan:
 
     def _compile(self, intent: OrderIntent) -> Shape:
         candidates = tuple((rule, ranges) for rule, static, ranges in self.rules if static(intent))
+        regulated = RegulatoryFees.apply_to(intent.asset_class, intent.side)
         return Shape(
             halted=halted(intent, self.config),
             capability=tuple(capability_exclusion(intent, b, self.config) for b in BROKERS),
             candidate_rules=candidates,
-            fees=tuple(self.fee_models[b, intent.asset_class] for b in BROKERS),
+            fees=tuple(self._charges(b, intent.asset_class, regulated) for b in BROKERS),
             default=smart_default(intent),
-            regulated=RegulatoryFees.apply_to(intent.asset_class, intent.side),
+            regulated=regulated,
             sized=any(ranges is not None for _, ranges in candidates),
         )
+
+    def _charges(self, broker: BrokerName, asset: AssetClass, regulated: bool) -> FeeModel | None:
+        model = self.fee_models[broker, asset]
+        if model is None or (model.free and not regulated):
+            return None
+        return model
 
     def outcome(self, shape: Shape, matched: tuple[int, ...]) -> RuleOutcome:
         found = shape.outcomes.get(matched)

@@ -81,7 +81,10 @@ def estimate_fee(intent: OrderIntent, broker: BrokerName, config: MbxConfig, pri
     """Commission plus regulatory fees in USD; value-based parts are 0 when no price is known."""
     quantity, _ = order_size(intent, price)
     model = plan_for(config).fee_models[broker, intent.asset_class]
-    return _fee(model, config.routing.regulatory, intent, quantity, price)
+    regulatory = config.routing.regulatory
+    return _fee(
+        model, regulatory if regulatory.apply_to(intent.asset_class, intent.side) else None, intent, quantity, price
+    )
 
 
 def _fee(
@@ -91,9 +94,10 @@ def _fee(
     quantity: Decimal | None,
     price: Decimal | None,
 ) -> Decimal:
-    """``estimate_fee`` given the broker's fee model; ``regulatory`` None when none can be due."""
+    """The estimate given the broker's fee model (None: no schedule, nothing charged) and the
+    regulatory fees (None when none can be due on the order)."""
     if quantity is None or model is None:
-        return ZERO
+        return NO_FEE
     unit_price = price or ZERO
     fee = model.commission(quantity, unit_price)
     if regulatory is not None:
@@ -155,11 +159,11 @@ def route(
             "rule": rule,
             "reason": why,
             "candidates": ranked,
-            "excluded": tuple(excluded),
-            "fallback_chain": tuple(c["broker"] for c in ranked if c["broker"] != chosen),
+            "excluded": excluded,
+            "fallback_chain": [c["broker"] for c in ranked if c["broker"] != chosen],
             "failover_from": failed[-1] if failed else None,
             "reference_price": market.reference_price,
-            "failed_brokers": tuple(failed),
+            "failed_brokers": failed,
             "config_version": config_version,
         }
     )
@@ -225,18 +229,15 @@ def _candidates(
 ) -> list[CandidateInputs]:
     """What scoring needs of each eligible broker: its fee, latency, fill score and priority."""
     routing = plan.config.routing
-    regulatory, prior, fill_scores, health = (
-        routing.regulatory,
-        routing.fill_score_prior,
-        market.fill_scores,
-        market.health,
-    )
+    regulatory = routing.regulatory if shape.regulated else None
+    prior, fill_scores, health = routing.fill_score_prior, market.fill_scores, market.health
     candidates = []
     for broker in eligible:
         k = RANK[broker]
+        model = shape.fees[k]
+        fee = NO_FEE if model is None else _fee(model, regulatory, intent, quantity, price)
         measured = health.get(broker) if health is not None else None
         latency = measured.latency_ms if measured is not None and measured.latency_ms is not None else plan.latency[k]
-        fee = _fee(shape.fees[k], regulatory, intent, quantity, price)
         candidates.append(CandidateInputs(broker, fee, latency, fill_scores.get(broker, prior), plan.priority[k]))
     return candidates
 

@@ -39,7 +39,9 @@ class Weights:
     fill: float
 
 
-def _normalize(values: Sequence[float]) -> list[float]:
+def _normalize(values: list[float]) -> list[float]:
+    if len(values) == 1:
+        return [0.0]
     low, high = min(values), max(values)
     if high <= low:
         return [0.0] * len(values)
@@ -56,27 +58,29 @@ def scored_rows(candidates: Sequence[CandidateInputs], weights: Weights) -> list
     """``score`` as plain field dicts, for building a decision in one validation."""
     if not candidates:
         return []
-    fees = _normalize([float(c.estimated_fee) for c in candidates])
-    latencies = _normalize([c.expected_latency_ms for c in candidates])
+    fees = _normalize([float(c[1]) for c in candidates])
+    latencies = _normalize([c[2] for c in candidates])
     w_cost, w_speed, w_fill = weights.cost, weights.speed, weights.fill
     keyed = []
-    for c, fee_n, lat_n in zip(candidates, fees, latencies, strict=True):
-        total = floor((w_cost * (1.0 - fee_n) + w_speed * (1.0 - lat_n) + w_fill * c.fill_score) * 1e6 + 0.5) / 1e6
-        total = min(1.0, max(0.0, total))
-        # Scores are shown to six decimals (rounded half up, inline: this loop is hot).
-        # Totals equal to the six decimals a decision shows are a tie: priority decides, then
-        # the broker's rank (unique, so the sort never compares further).
-        keyed.append((-total, c.priority, RANK[c.broker], c, fee_n, lat_n))
-    keyed.sort()
-    return [
-        {
-            "broker": c.broker,
-            "estimated_fee": c.estimated_fee,
-            "expected_latency_ms": c.expected_latency_ms,
-            "fill_score": c.fill_score,
-            "cost_score": floor((1.0 - fee_n) * 1e6 + 0.5) / 1e6,
-            "speed_score": floor((1.0 - lat_n) * 1e6 + 0.5) / 1e6,
-            "total": -negative_total,
+    # Tuple unpacking rather than attribute access, and rounding inline: this loop is hot.
+    for (broker, fee, latency, fill, priority), fee_n, lat_n in zip(candidates, fees, latencies, strict=True):
+        # Scores are shown to six decimals, rounded half up. Totals equal to six decimals are
+        # a tie: priority decides, then the broker's rank (unique, so rows are never compared).
+        cost, speed = 1.0 - fee_n, 1.0 - lat_n
+        total = floor((w_cost * cost + w_speed * speed + w_fill * fill) * 1e6 + 0.5) / 1e6
+        if total > 1.0:
+            total = 1.0
+        elif total < 0.0:
+            total = 0.0
+        row = {
+            "broker": broker,
+            "estimated_fee": fee,
+            "expected_latency_ms": latency,
+            "fill_score": fill,
+            "cost_score": floor(cost * 1e6 + 0.5) / 1e6,
+            "speed_score": floor(speed * 1e6 + 0.5) / 1e6,
+            "total": total,
         }
-        for negative_total, _, _, c, fee_n, lat_n in keyed
-    ]
+        keyed.append((-total, priority, RANK[broker], row))
+    keyed.sort()
+    return [row for *_, row in keyed]
