@@ -3,14 +3,18 @@ persisted in Postgres, beside the raw JetStream limit measured in the same run.
 
 On an embedded stack of its own (NATS, PostgreSQL, and every worker as its own process, as
 `mbx up` runs them), for each durability profile (default, and `sync_interval: always`):
-1. baseline: raw nats-py JetStream publish + pull-consume of the same payload, one hop;
+1. baselines: raw nats-py JetStream publish + pull-consume of the same payload, one hop, and raw
+   batched psycopg inserts (rows per second);
 2. N intents (default 20,000) published as fast as possible: sustained intents per second
    fully persisted (route, order and fill rows committed);
 3. fixed offered rates (200/s and 1,000/s): latency from publish to the persisted fill (the
    order row's commit time), p50, p90, p99 and max;
-4. CPU seconds and peak RSS of each worker process.
+4. CPU per intent of every process (workers, nats-server, PostgreSQL) during the burst, and the
+   rate the machine's cores would allow at that cost: what bounds the pipeline;
+5. memory: 100,000 more intents in rounds of 10,000, each worker's RSS after the first round
+   and after the last (default profile); CPU seconds and peak RSS of each worker.
 
-Run with `make bench` (or `python -m bench.pipeline_bench [N]`); results go to
+Run with `make bench` (or `python -m bench.pipeline_bench [N] [SOAK]`); results go to
 bench/results/pipeline.json. A few hundred intents run in `make test` (no timing asserted).
 """
 
@@ -30,6 +34,7 @@ from typing import Any
 import nats
 import psycopg
 
+from bench.aggregator_bench import raw_insert
 from bench.report import publish
 from contracts import BrokerName
 from tests.builders import intent_payload
@@ -43,16 +48,48 @@ from workers.settings import Settings
 SYMBOLS = ["AAPL", "MSFT", "SPY", "NVDA", "QQQ", "TSLA", "AMZN", "META"]
 
 
+def _stat_fields(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _proc_stats(pid: int) -> tuple[float, float]:
     """(CPU seconds, peak RSS in MB) of a live process, from /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / ticks
-    peak = 0.0
+    fields = _stat_fields(pid)
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu, _status_mb(pid, "VmHWM:")
+
+
+def _status_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            peak = int(line.split()[1]) / 1024
-    return cpu, peak
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _tree_cpu(root: int) -> float:
+    """CPU seconds of a process and all its descendants, live or exited (PostgreSQL runs a
+    process per connection; an exited child's time is in its parent's cutime/cstime)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(_stat_fields(int(entry.name))[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier += children
+    total = 0
+    for pid in tree:
+        try:
+            fields = _stat_fields(pid)
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 class Stack:
@@ -119,6 +156,18 @@ class Stack:
 
     def stats(self) -> dict[str, tuple[float, float]]:
         return {name: _proc_stats(proc.pid) for name, proc in self.workers.items()}
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far of every worker and of the two servers."""
+        out = {name: cpu for name, (cpu, _) in self.stats().items()}
+        assert self.nats.proc is not None and self.postgres.proc is not None
+        out["nats-server"] = _tree_cpu(self.nats.proc.pid)
+        out["postgres"] = _tree_cpu(self.postgres.proc.pid)
+        return out
+
+    def rss(self) -> dict[str, float]:
+        """Resident memory now, MB, of every worker."""
+        return {name: _status_mb(proc.pid, "VmRSS:") for name, proc in self.workers.items()}
 
     def stop(self) -> None:
         for proc in self.workers.values():
@@ -222,8 +271,65 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def burst(stack: Stack, name: str, n: int, progress: Callable[[str], None]) -> dict[str, float]:
+    """N intents as fast as possible: sustained rate, and CPU per intent of every process."""
+    out: dict[str, float] = {}
+    before = stack.cpu()
+    progress(f"[{name}] {n} intents as fast as possible")
+    sent = asyncio.run(offer(stack.nats.url, _payloads(n, "burst"), None))
+    done = wait_persisted(stack.postgres.url(), "burst", n, 600, progress)
+    after = stack.cpu()
+    span = max(done.values()) - min(sent.values())
+    out[f"{name}_burst_intents_per_s"] = round(n / span)
+    total = 0.0
+    for process, seconds in after.items():
+        per_intent = (seconds - before[process]) / n * 1000
+        total += per_intent
+        out[f"{name}_{process}_cpu_ms_per_intent"] = round(per_intent, 3)
+    out[f"{name}_cpu_ms_per_intent_all_processes"] = round(total, 3)
+    # If CPU were the only limit: every core busy, this much CPU per intent.
+    out[f"{name}_cpu_bound_intents_per_s"] = round((os.cpu_count() or 1) * 1000 / total)
+    out[f"{name}_cpu_busy_share_during_burst"] = round(total * n / 1000 / span / (os.cpu_count() or 1), 2)
+    return out
+
+
+def offered_rate(stack: Stack, name: str, rate: float, count: int, progress: Callable[[str], None]) -> dict[str, float]:
+    """Intents at a fixed rate: latency from publish to the persisted fill."""
+    out: dict[str, float] = {}
+    run = f"rate{int(rate)}"
+    progress(f"[{name}] {count} intents at {rate:.0f}/s")
+    sent = asyncio.run(offer(stack.nats.url, _payloads(count, run), rate))
+    done = wait_persisted(stack.postgres.url(), run, count, 300, progress)
+    latencies = [(done[i] - sent[i]) * 1000 for i in sent]
+    for label, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+        out[f"{name}_{int(rate)}_per_s_latency_{label}_ms"] = round(percentile(latencies, q), 1)
+    out[f"{name}_{int(rate)}_per_s_latency_max_ms"] = round(max(latencies), 1)
+    return out
+
+
+def soak(stack: Stack, name: str, n: int, progress: Callable[[str], None]) -> dict[str, float]:
+    """N more intents in rounds of up to 10,000, each fully persisted before the next: each
+    worker's resident memory after the first round and after the last (growth means a leak)."""
+    size = min(10_000, n)
+    rounds = max(1, n // size)
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for k in range(rounds):
+        progress(f"[{name}] soak round {k + 1} of {rounds} ({(k + 1) * size} intents)")
+        asyncio.run(offer(stack.nats.url, _payloads(size, f"soak{k}"), None))
+        wait_persisted(stack.postgres.url(), f"soak{k}", size, 600, lambda _: None)
+        last = stack.rss()
+        first = first or last
+    out: dict[str, float] = {f"{name}_soak_intents": rounds * size}
+    for worker in last:
+        out[f"{name}_{worker}_rss_mb_first_round"] = round(first[worker], 1)
+        out[f"{name}_{worker}_rss_mb_last_round"] = round(last[worker], 1)
+        out[f"{name}_{worker}_rss_growth_mb"] = round(last[worker] - first[worker], 1)
+    return out
+
+
 def profile(
-    sync_always: bool, n: int, rates: list[tuple[float, int]], progress: Callable[[str], None]
+    sync_always: bool, n: int, rates: list[tuple[float, int]], soak_n: int, progress: Callable[[str], None]
 ) -> dict[str, float]:
     name = "always" if sync_always else "default"
     out: dict[str, float] = {}
@@ -233,27 +339,16 @@ def profile(
         stack.start()
         try:
             sample = json.dumps(_payloads(1, "sample")[0]).encode()
-            out[f"{name}_raw_jetstream_msgs_per_s"] = round(
-                asyncio.run(raw_jetstream(stack.nats.url, sample, max(n, 2000)))
-            )
-            dsn = stack.postgres.url()
-            progress(f"[{name}] {n} intents as fast as possible")
-            sent = asyncio.run(offer(stack.nats.url, _payloads(n, "burst"), None))
-            done = wait_persisted(dsn, "burst", n, 600, progress)
-            span = max(done.values()) - min(sent.values())
-            out[f"{name}_burst_intents_per_s"] = round(n / span)
-            out[f"{name}_ratio_pipeline_to_raw"] = round(
-                out[f"{name}_burst_intents_per_s"] / out[f"{name}_raw_jetstream_msgs_per_s"], 4
-            )
+            raw = asyncio.run(raw_jetstream(stack.nats.url, sample, max(n, 2000)))
+            out[f"{name}_raw_jetstream_msgs_per_s"] = round(raw)
+            rows = max(4 * n, 8000)
+            out[f"{name}_raw_batched_insert_rows_per_s"] = round(rows / raw_insert(stack.postgres.url(), rows))
+            out |= burst(stack, name, n, progress)
+            out[f"{name}_ratio_pipeline_to_raw_jetstream"] = round(out[f"{name}_burst_intents_per_s"] / raw, 4)
             for rate, count in rates:
-                run = f"rate{int(rate)}"
-                progress(f"[{name}] {count} intents at {rate:.0f}/s")
-                sent = asyncio.run(offer(stack.nats.url, _payloads(count, run), rate))
-                done = wait_persisted(dsn, run, count, 300, progress)
-                latencies = [(done[i] - sent[i]) * 1000 for i in sent]
-                for label, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
-                    out[f"{name}_{int(rate)}_per_s_latency_{label}_ms"] = round(percentile(latencies, q), 1)
-                out[f"{name}_{int(rate)}_per_s_latency_max_ms"] = round(max(latencies), 1)
+                out |= offered_rate(stack, name, rate, count, progress)
+            if soak_n:
+                out |= soak(stack, name, soak_n, progress)
             for worker, (cpu, rss) in stack.stats().items():
                 out[f"{name}_{worker}_cpu_s"] = round(cpu, 1)
                 out[f"{name}_{worker}_peak_rss_mb"] = round(rss, 1)
@@ -266,21 +361,25 @@ def run(
     n: int = 20_000,
     rates: list[tuple[float, int]] | None = None,
     profiles: tuple[bool, ...] = (False, True),
+    soak_n: int = 0,
     progress: Callable[[str], None] = print,
 ) -> dict[str, float]:
+    """``soak_n`` intents more (in rounds of 10,000) measure memory growth, default profile only."""
     rates = rates if rates is not None else [(200.0, 2000), (1000.0, 5000)]
     results: dict[str, float] = {"intents": n}
     for sync_always in profiles:
-        results |= profile(sync_always, n, rates, progress)
+        results |= profile(sync_always, n, rates, 0 if sync_always else soak_n, progress)
     results["target_intents_per_s"] = 1500
     results["target_p99_ms_at_200_per_s"] = 50
+    results["target_rss_mb"] = 200
     return results
 
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
     started = datetime.now(UTC)
-    results = run(n, progress=lambda line: print(line, flush=True))
+    soak_n = int(sys.argv[2]) if len(sys.argv) > 2 else 100_000
+    results = run(n, soak_n=soak_n, progress=lambda line: print(line, flush=True))
     results["minutes"] = round((datetime.now(UTC) - started).total_seconds() / 60, 1)
     publish("end-to-end pipeline (embedded stack, workers as processes, this machine)", "pipeline", results)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from decimal import Decimal
 
 from bench.report import publish
-from contracts import BrokerName, BrokerStatus, OrderIntent
+from contracts import BrokerName, BrokerStatus, OrderIntent, RouteDecision
 from workers.router.registry import BrokerRegistry
 from workers.router.rules import route
 from workers.router.state import RouterState
@@ -86,6 +86,7 @@ def run(seconds: float = 2.0, size: int = 2000) -> dict[str, float]:
         return work
 
     sample = route(batch[0], fifty_rules(), market=state_for(MbxConfig()).market(Decimal(100)))
+    assert isinstance(sample, RouteDecision)
 
     def model_floor() -> int:
         for _ in range(500):

@@ -33,8 +33,14 @@ def test_pipeline_benchmark_runs_end_to_end() -> None:
     """A hundred intents through the whole stack as processes; no timing is asserted."""
     from bench.pipeline_bench import run as run_pipeline
 
-    results = run_pipeline(100, rates=[(200.0, 100)], profiles=(False,), progress=lambda _: None)
+    results = run_pipeline(100, rates=[(200.0, 100)], profiles=(False,), soak_n=100, progress=lambda _: None)
     assert results["default_burst_intents_per_s"] > 0
     assert results["default_raw_jetstream_msgs_per_s"] > 0
+    assert results["default_raw_batched_insert_rows_per_s"] > 0
+    assert results["default_nats-server_cpu_ms_per_intent"] > 0
+    assert results["default_postgres_cpu_ms_per_intent"] > 0
+    assert results["default_cpu_ms_per_intent_all_processes"] > results["default_router_cpu_ms_per_intent"]
+    assert results["default_soak_intents"] == 100
+    assert results["default_aggregator_rss_mb_last_round"] > 0
     assert results["default_200_per_s_latency_p99_ms"] >= results["default_200_per_s_latency_p50_ms"] > 0
     assert all(results[f"default_{w}_peak_rss_mb"] > 0 for w in ("router", "aggregator", "executor-alpaca"))
