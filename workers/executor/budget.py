@@ -6,9 +6,14 @@ Every request to the broker takes a token first: placing, looking up, cancelling
 position snapshots.
 
 Staying under a sliding-window limit of L requests per W seconds: tokens are minted at rate
-``r = (share * L - burst) / W`` and the bucket holds at most ``burst``, so any W seconds see at
-most ``burst + r * W = share * L`` requests. A 429 answer empties the bucket until the broker's
-reset time (``retry_after``), for every replica.
+``r = (share * L - burst) / (W + LEASE_TTL)`` and the bucket holds at most ``burst``. A replica
+may take several tokens in one compare-and-set (a lease of at most ``lease``, a quarter of the
+burst and what ``LEASE_TTL`` mints) and spend them within ``LEASE_TTL`` seconds, after which
+what is left is dropped. A request in a window of W seconds spends a token taken at most
+``LEASE_TTL`` before it, so any W seconds see at most ``burst + r * (W + LEASE_TTL) = share * L``
+requests. For the documented limits (a few requests a second) the lease is one token: leasing
+matters only where the limit is high enough for the KV round trips to be the bottleneck. A 429
+answer empties the bucket until the broker's reset time (``retry_after``), for every replica.
 
 ``headroom`` is the share of the budget the recent load leaves: 1 idle, 0 saturated or blocked.
 It goes out in BrokerStatus so the router can avoid a broker near its limit.
@@ -31,6 +36,10 @@ from workers.bus import open_bucket
 
 LOAD_WINDOW = 5.0
 """Seconds over which the recent load (for headroom) is averaged."""
+LEASE_TTL = 0.1
+"""Seconds a replica may hold tokens it took ahead before they are dropped."""
+MAX_LEASE = 100
+"""Most tokens taken ahead at once, whatever the limit, so replicas share the budget."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +57,13 @@ class RateLimit:
     @property
     def rate(self) -> float:
         """Tokens per second."""
-        return max((self.share * self.requests - self.burst) / self.per_seconds, 1e-6)
+        return max((self.share * self.requests - self.burst) / (self.per_seconds + LEASE_TTL), 1e-6)
+
+    @property
+    def lease(self) -> int:
+        """Most tokens one compare-and-set may take ahead: a quarter of the burst, and no more
+        than ``LEASE_TTL`` mints, so replicas still share the budget."""
+        return max(1, math.floor(min(self.burst / 4, self.rate * LEASE_TTL, MAX_LEASE)))
 
 
 @dataclass(slots=True)
@@ -82,6 +97,8 @@ class RateBudget:
         self._kv: Any = None
         self.waited = 0.0
         self._lock = asyncio.Lock()  # this process's callers queue here rather than race on CAS
+        self._leased = 0  # tokens taken ahead, spendable until _lease_ends
+        self._lease_ends = 0.0
 
     async def _store(self) -> Any:
         if self._kv is None:
@@ -115,6 +132,9 @@ class RateBudget:
     async def take(self) -> None:
         """Wait for a token and spend it."""
         async with self._lock:
+            if self._leased > 0 and self._clock() < self._lease_ends:
+                self._leased -= 1
+                return
             await self._take()
 
     async def _take(self) -> None:
@@ -123,9 +143,11 @@ class RateBudget:
             now = self._clock()
             state.refill(self.limit, now)
             if now >= state.blocked_until and state.tokens >= 1.0:
-                state.tokens -= 1.0
-                state.load += 1.0
+                taken = min(self.limit.lease, math.floor(state.tokens))
+                state.tokens -= taken
+                state.load += taken
                 if await self._write(state, revision):
+                    self._leased, self._lease_ends = taken - 1, now + LEASE_TTL
                     return
                 continue  # another replica took one meanwhile: read again
             wait = max(state.blocked_until - now, (1.0 - state.tokens) / self.limit.rate, 0.001)
@@ -134,6 +156,7 @@ class RateBudget:
 
     async def block(self, retry_after: float) -> None:
         """The broker answered 429: nobody sends before its reset time."""
+        self._leased = 0
         while True:
             state, revision = await self._read()
             now = self._clock()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -212,32 +214,21 @@ class ExecutorHandlers:
 
     async def _emit_order(self, decision: RouteDecision, order: VenueOrder) -> LedgerEntry:
         """Report a newly placed order: accepted, its fills, and where it stands now."""
-        await self._emit(decision, report(decision, OrderStatus.ACCEPTED, 1, order, final=False))
         entry = LedgerEntry.of(
             decision, OrderStatus.ACCEPTED, report_seq=1, broker_order_id=order.broker_order_id, decision=decision
         )
-        return await self.sync(entry, order)
+        updated, changes = _changes(entry, order, decision)
+        await self._emit_all(decision, [report(decision, OrderStatus.ACCEPTED, 1, order, final=False), *changes])
+        return updated
 
     async def sync(self, entry: LedgerEntry, order: VenueOrder) -> LedgerEntry:
         """Publish what changed at the broker since ``entry``: new fills, then the new status."""
         decision = entry.decision
         if decision is None:
             return entry
-        for fill in order.fills[entry.fill_count :]:
-            await self._emit(decision, fill_message(decision, order, fill))
-        seq = entry.report_seq
-        if order.status != entry.status or order.filled_quantity != entry.filled_quantity:
-            check_move(entry.status, order.status)
-            seq += 1
-            await self._emit(decision, report(decision, order.status, seq, order))
-        return entry.model_copy(
-            update={
-                "status": order.status,
-                "report_seq": seq,
-                "filled_quantity": order.filled_quantity,
-                "fill_count": len(order.fills),
-            }
-        )
+        updated, changes = _changes(entry, order, decision)
+        await self._emit_all(decision, changes)
+        return updated
 
     async def cancel(self, request: CancelRequest) -> str:
         """Cancel the order at the broker, or say why it cannot be cancelled."""
@@ -291,11 +282,50 @@ class ExecutorHandlers:
         return settled
 
     async def _emit(self, decision: RouteDecision, message: ExecutionReport | Fill | FailoverEvent) -> None:
+        await self._emit_all(decision, [message])
+
+    async def _emit_all(
+        self, decision: RouteDecision, messages: Sequence[ExecutionReport | Fill | FailoverEvent]
+    ) -> None:
+        """Publish in order and wait for every acknowledgement together: the messages leave in
+        one write, and a failure of any raises (the route is redelivered, and the broker's
+        state reported again under the same message ids, which the stream deduplicates)."""
         subjects = self.worker.subjects
-        if isinstance(message, Fill):
-            subject = subjects.fill(message.broker, message.symbol)
-        elif isinstance(message, FailoverEvent):
-            subject = subjects.failover(message.failed_broker)
-        else:
-            subject = subjects.execution(message.broker, message.status)
-        await publish(self.worker.js, subject, message, intent_id=decision.intent_id, strategy_id=decision.strategy_id)
+        sends = []
+        for message in messages:
+            if isinstance(message, Fill):
+                subject = subjects.fill(message.broker, message.symbol)
+            elif isinstance(message, FailoverEvent):
+                subject = subjects.failover(message.failed_broker)
+            else:
+                subject = subjects.execution(message.broker, message.status)
+            sends.append(
+                publish(
+                    self.worker.js, subject, message, intent_id=decision.intent_id, strategy_id=decision.strategy_id
+                )
+            )
+        await asyncio.gather(*sends)
+
+
+def _changes(
+    entry: LedgerEntry, order: VenueOrder, decision: RouteDecision
+) -> tuple[LedgerEntry, list[ExecutionReport | Fill | FailoverEvent]]:
+    """What the broker's ``order`` adds to what ``entry`` has reported: the new fills, then a
+    report of the new status; and the ledger entry once they are published."""
+    messages: list[ExecutionReport | Fill | FailoverEvent] = [
+        fill_message(decision, order, fill) for fill in order.fills[entry.fill_count :]
+    ]
+    seq = entry.report_seq
+    if order.status != entry.status or order.filled_quantity != entry.filled_quantity:
+        check_move(entry.status, order.status)
+        seq += 1
+        messages.append(report(decision, order.status, seq, order))
+    updated = entry.model_copy(
+        update={
+            "status": order.status,
+            "report_seq": seq,
+            "filled_quantity": order.filled_quantity,
+            "fill_count": len(order.fills),
+        }
+    )
+    return updated, messages

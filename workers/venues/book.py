@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -70,8 +70,15 @@ def _key(client_order_id: str) -> str:
     return "c." + base64.urlsafe_b64encode(client_order_id.encode()).decode()
 
 
+_ORDER_FIELDS = tuple(f.name for f in fields(VenueOrder) if f.name != "fills")
+_FILL_FIELDS = tuple(f.name for f in fields(VenueFill))
+
+
 def encode_order(order: VenueOrder) -> bytes:
-    return json.dumps(asdict(order), default=str).encode()
+    # Field by field rather than dataclasses.asdict, which deep-copies every value.
+    data: dict[str, Any] = {name: getattr(order, name) for name in _ORDER_FIELDS}
+    data["fills"] = [{name: getattr(fill, name) for name in _FILL_FIELDS} for fill in order.fills]
+    return json.dumps(data, default=str).encode()
 
 
 def decode_order(raw: bytes) -> VenueOrder:

@@ -1,0 +1,51 @@
+"""The shared rate budget with leases, on a real KV bucket: two replicas taking tokens as fast
+as they can stay under the limit in every sliding window, and far from the limit they take
+many tokens per round trip."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+import uuid
+
+from nats.aio.client import Client as NatsClient
+
+from workers.executor.budget import RateBudget, RateLimit
+
+
+async def _drain(budget: RateBudget, until: float, spent: list[float]) -> None:
+    while time.time() < until:
+        await budget.take()
+        spent.append(time.time())
+
+
+async def test_leased_tokens_keep_two_replicas_under_the_limit_in_every_window(nc: NatsClient) -> None:
+    limit = RateLimit(requests=600, per_seconds=1.0)  # 0.9 share: at most 540 in any second
+    assert limit.lease > 1
+    bucket, key = f"budget_{uuid.uuid4().hex[:8]}", "ibkr"
+    replicas = [RateBudget(nc.jetstream, bucket, key, limit) for _ in range(2)]
+    spent: list[float] = []
+    until = time.time() + 3.0
+    await asyncio.gather(*(_drain(b, until, spent) for b in replicas))
+
+    spent.sort()
+    busiest = max(bisect.bisect_left(spent, t + limit.per_seconds) - k for k, t in enumerate(spent))
+    assert busiest <= limit.share * limit.requests
+    assert busiest >= 0.5 * limit.share * limit.requests  # the budget, not the test, was the limit
+    assert all(b.waited > 0 for b in replicas)
+    await nc.jetstream().delete_key_value(bucket)
+
+
+async def test_a_budget_far_from_its_limit_takes_tokens_in_leases(nc: NatsClient) -> None:
+    limit = RateLimit(requests=100_000, per_seconds=1.0)
+    bucket, key = f"budget_{uuid.uuid4().hex[:8]}", "alpaca"
+    replicas = [RateBudget(nc.jetstream, bucket, key, limit) for _ in range(2)]
+    spent: list[float] = []
+    await asyncio.gather(*(_drain(b, time.time() + 1.0, spent) for b in replicas))
+
+    kv = await nc.jetstream().key_value(bucket)
+    writes = (await kv.get(key)).revision
+    assert len(spent) > 10 * writes  # many tokens per compare-and-set round trip
+    assert all(b.waited == 0 for b in replicas)
+    await nc.jetstream().delete_key_value(bucket)
