@@ -19,8 +19,9 @@ from decimal import Decimal
 
 from contracts import AssetClass, BrokerName, ExcludedBroker, OrderIntent, OrderType, Side, TimeInForce
 from workers.fees import FeeModel, RegulatoryFees
+from workers.router.registry import BROKERS
 from workers.router.risk import Denial, halted
-from workers.router.scoring import BROKERS, RANK, Weights
+from workers.router.scoring import RANK, Weights
 from workers.settings import MbxConfig, RoutingRule
 from workers.venues.capabilities import CAPABILITIES
 

@@ -16,6 +16,12 @@ from typing import Any, Literal
 from contracts import AssetClass, BrokerName, BrokerStatus
 from workers.venues.capabilities import CAPABILITIES, VenueCapabilities
 
+BROKERS: tuple[BrokerName, ...] = tuple(BrokerName)
+"""Every broker, in the order ties are broken and decisions list them."""
+HEALTH_REUSE_S = 0.1
+"""Seconds a health map is reused: heartbeats come every second and a broker goes stale after
+several, so a tenth of a second changes no decision."""
+
 
 @dataclass(frozen=True, slots=True)
 class BrokerHealth:
@@ -42,22 +48,26 @@ class BrokerRegistry:
         self.heartbeat_timeout = heartbeat_timeout
         self._clock = clock
         self._brokers: dict[BrokerName, BrokerInfo] = {}
+        self._health: tuple[float, float, Mapping[BrokerName, BrokerHealth]] | None = None
 
     def register(self, name: BrokerName, adapter: Any = None, **overrides: Any) -> BrokerInfo:
         """Add a broker (or replace its adapter and overrides, keeping its last status)."""
         previous = self._brokers.get(name)
         info = BrokerInfo(name, CAPABILITIES[name], adapter, dict(overrides), previous.status if previous else None)
         self._brokers[name] = info
+        self._health = None
         return info
 
     def unregister(self, name: BrokerName) -> None:
         self._brokers.pop(name, None)
+        self._health = None
 
     def update(self, status: BrokerStatus) -> None:
         """Record a heartbeat; an unregistered broker is registered on its first heartbeat."""
         info = self._brokers.get(status.broker) or self.register(status.broker)
         if info.status is None or status.last_seen >= info.status.last_seen:
             info.status = status
+            self._health = None
 
     def health(self, name: BrokerName) -> BrokerHealth:
         info = self._brokers.get(name)
@@ -72,7 +82,15 @@ class BrokerRegistry:
         return BrokerHealth(True, "", status.latency_ms, status.rate_limit_headroom, status.error_rate)
 
     def health_map(self) -> Mapping[BrokerName, BrokerHealth]:
-        return {name: self.health(name) for name in BrokerName}
+        """Every broker's health; the same map is reused for ``HEALTH_REUSE_S`` until a
+        heartbeat or a registration changes it (the router asks once per decision)."""
+        now = self._clock()
+        cached = self._health
+        if cached is not None and 0 <= now - cached[0] < HEALTH_REUSE_S and cached[1] == self.heartbeat_timeout:
+            return cached[2]
+        health = {name: self.health(name) for name in BROKERS}
+        self._health = (now, self.heartbeat_timeout, health)
+        return health
 
     def get_connected(self) -> list[BrokerName]:
         return [name for name in self._brokers if self.health(name).up]

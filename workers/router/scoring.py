@@ -18,9 +18,8 @@ from math import floor
 from typing import Any, NamedTuple
 
 from contracts import BrokerName, CandidateScore
+from workers.router.registry import BROKERS
 
-BROKERS: tuple[BrokerName, ...] = tuple(BrokerName)
-"""Every broker, in the order ties are broken and decisions list them."""
 RANK: dict[BrokerName, int] = {broker: k for k, broker in enumerate(BROKERS)}
 
 
