@@ -136,8 +136,7 @@ class ExecutorHandlers:
                     await self._unknown(decision, exc)
                     raise
         failpoint("after_place")
-        entry = await self._emit_order(decision, order)
-        await self.ledger.put(entry)
+        await self._record_order(decision, order)
         failpoint("after_report")  # reported, not yet acked
         return str(order.status)
 
@@ -212,14 +211,16 @@ class ExecutorHandlers:
         finally:
             self.stats.record((time.perf_counter() - started) * 1000, failed)
 
-    async def _emit_order(self, decision: RouteDecision, order: VenueOrder) -> LedgerEntry:
-        """Report a newly placed order: accepted, its fills, and where it stands now."""
+    async def _record_order(self, decision: RouteDecision, order: VenueOrder) -> None:
+        """Report a newly placed order (accepted, its fills, where it stands now) and write it to
+        the ledger, together: both happen before the route is acked, and a redelivery reports
+        the order again whatever the ledger says (the stream drops the duplicates)."""
         entry = LedgerEntry.of(
             decision, OrderStatus.ACCEPTED, report_seq=1, broker_order_id=order.broker_order_id, decision=decision
         )
         updated, changes = _changes(entry, order, decision)
-        await self._emit_all(decision, [report(decision, OrderStatus.ACCEPTED, 1, order, final=False), *changes])
-        return updated
+        accepted = report(decision, OrderStatus.ACCEPTED, 1, order, final=False)
+        await asyncio.gather(self._emit_all(decision, [accepted, *changes]), self.ledger.put(updated))
 
     async def sync(self, entry: LedgerEntry, order: VenueOrder) -> LedgerEntry:
         """Publish what changed at the broker since ``entry``: new fills, then the new status."""
