@@ -37,6 +37,8 @@ from contracts import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
@@ -228,18 +230,20 @@ async def read_stream(
 ) -> list[Msg]:
     """Every stored message of ``stream`` on ``subject`` (wildcards allowed), in order, read with
     an ephemeral pull consumer that knows from creation how many there are."""
-    psub = await js.pull_subscribe(
-        subject,
-        stream=stream,
-        config=ConsumerConfig(deliver_policy=policy, ack_policy=AckPolicy.NONE, inactive_threshold=60.0),
-    )
-    messages: list[Msg] = []
+    return [m async for m in iter_stream(js, stream, subject, ConsumerConfig(deliver_policy=policy))]
+
+
+async def iter_stream(js: JetStreamContext, stream: str, subject: str, config: ConsumerConfig) -> AsyncIterator[Msg]:
+    """``read_stream`` a batch at a time, from where ``config`` says (e.g. a start sequence):
+    for streams too long to hold in memory at once."""
+    config.ack_policy, config.inactive_threshold = AckPolicy.NONE, 60.0
+    psub = await js.pull_subscribe(subject, stream=stream, config=config)
     try:
         remaining = (await psub.consumer_info()).num_pending or 0
         while remaining > 0:
             batch = await psub.fetch(min(remaining, 256), timeout=5.0)
-            messages.extend(batch)
+            for message in batch:
+                yield message
             remaining = batch[-1].metadata.num_pending
     finally:
         await psub.unsubscribe()
-    return messages

@@ -136,6 +136,25 @@ async def test_account_and_positions_follow_the_fills() -> None:
     assert account.portfolio_value == account.cash + line.market_value
 
 
+async def test_positions_count_each_fill_once_as_the_book_changes_between_looks() -> None:
+    """The account is kept up to date from what the book saved since the last look: a working
+    order's fills count as they come, and a finished order is not counted again."""
+    venue = SimulatedVenue(BrokerName.ALPACA, cash=Decimal(100_000))
+    resting = await venue.place_order(make_intent(order_type="limit", limit_price="1.00", quantity="10"), "inc-1")
+    assert await venue.get_positions() == []
+    await venue.trade(resting.broker_order_id, Decimal(3))
+    [line] = await venue.get_positions()
+    assert line.quantity == 3
+    await venue.trade(resting.broker_order_id)
+    await venue.place_order(make_intent(quantity="5"), "inc-2")
+    [first] = await venue.get_positions()
+    [again] = await venue.get_positions()
+    assert first.quantity == again.quantity == 15
+    account = await venue.get_account()
+    ask = QuoteModel().quote("AAPL").ask
+    assert account.cash == 100_000 - 10 * Decimal("1.00") - 5 * ask
+
+
 async def test_a_buy_beyond_the_cash_is_refused_for_another_broker_to_try() -> None:
     venue = SimulatedVenue(BrokerName.ALPACA, cash=Decimal(1000))
     with pytest.raises(VenueRejected, match="needs") as refused:

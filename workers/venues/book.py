@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
-from dataclasses import fields
+from collections.abc import AsyncIterator, Callable
+from dataclasses import fields, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from contracts import OrderStatus
-from workers.bus import open_bucket, read_bucket
+from workers.bus import iter_stream, open_bucket, read_bucket
 from workers.venues.base import VenueFill, VenueOrder
 
 
@@ -38,11 +39,17 @@ class OrderBook(Protocol):
 
     async def all(self) -> list[VenueOrder]: ...
 
+    def changes(self, after: int) -> AsyncIterator[tuple[int, VenueOrder]]:
+        """Every version of every order saved after position ``after`` of the book's own
+        sequence, oldest first, with its position: what changed since the last look."""
+        ...
+
 
 class MemoryOrderBook:
     def __init__(self) -> None:
         self._orders: dict[str, VenueOrder] = {}
         self._claims: dict[str, str] = {}
+        self._versions: list[VenueOrder] = []  # position k is sequence k + 1
 
     async def claim(self, client_order_id: str, order: VenueOrder) -> str | None:
         existing = self._claims.get(client_order_id)
@@ -53,9 +60,14 @@ class MemoryOrderBook:
 
     async def save(self, order: VenueOrder) -> None:
         self._orders[order.broker_order_id] = order
+        self._versions.append(replace(order, fills=list(order.fills)))
 
     async def get(self, broker_order_id: str) -> VenueOrder | None:
         return self._orders.get(broker_order_id)
+
+    async def changes(self, after: int) -> AsyncIterator[tuple[int, VenueOrder]]:
+        for k in range(after, len(self._versions)):
+            yield k + 1, self._versions[k]
 
     async def by_client_id(self, client_order_id: str) -> VenueOrder | None:
         broker_order_id = self._claims.get(client_order_id)
@@ -154,7 +166,20 @@ class KvOrderBook:
         if not entry.value:
             return None
         created = decode_order(entry.value)
-        return await self.get(created.broker_order_id) or created
+        current = await self.get(created.broker_order_id)
+        if current is None:
+            # Created but never saved (the simulator stopped in between): a broker's book has
+            # the order whole, so save it now.
+            await self.save(created)
+        return current or created
+
+    async def changes(self, after: int) -> AsyncIterator[tuple[int, VenueOrder]]:
+        """Saved order versions after stream sequence ``after``, a batch at a time."""
+        await self._store()
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1)
+        async for message in iter_stream(self._js(), f"KV_{self._bucket}", f"$KV.{self._bucket}.o.>", config):
+            if message.data:
+                yield message.metadata.sequence.stream, decode_order(message.data)
 
     async def all(self) -> list[VenueOrder]:
         """Every order, read in one pass (``read_bucket``: not a KV watch, which can miss some)."""

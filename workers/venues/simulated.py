@@ -157,6 +157,37 @@ PAPER_CASH = Decimal(10**12)
 (pass ``cash`` for buying-power rejections)."""
 
 
+@dataclass
+class _Account:
+    """Positions (quantity, signed cost at average cost) and net cash spent, from every fill of
+    the orders seen so far; ``seen`` is the book position read up to. Only orders still working
+    are remembered (fills already counted): a finished order is never saved again."""
+
+    seen: int = 0
+    held: dict[tuple[str, str], tuple[Decimal, Decimal]] = field(default_factory=dict)
+    spent: Decimal = Decimal(0)
+    counted: dict[str, int] = field(default_factory=dict)
+
+    def apply(self, order: VenueOrder) -> None:
+        asset = order.asset_class or "equity"
+        key = (order.symbol, asset)
+        start = self.counted.pop(order.broker_order_id, 0)
+        for f in order.fills[start:]:
+            value = traded_value(AssetClass(asset), f.quantity, f.price)
+            self.spent += (value if order.side == Side.BUY else -value) + f.fee
+            quantity, cost = self.held.get(key, (Decimal(0), Decimal(0)))
+            signed = f.quantity if order.side == Side.BUY else -f.quantity
+            if quantity == 0 or (quantity > 0) == (signed > 0):
+                quantity, cost = quantity + signed, cost + signed * f.price
+            else:  # reducing: keep the average cost of what is left
+                average = cost / quantity
+                quantity += signed
+                cost = average * quantity
+            self.held[key] = (quantity, cost)
+        if not order.status.is_terminal:
+            self.counted[order.broker_order_id] = len(order.fills)
+
+
 class SimulatedVenue:
     """A simulated broker. Its book (``MemoryOrderBook`` or the NATS-backed ``KvOrderBook``)
     is the broker's memory: an order placed stays there whatever happens to the executor.
@@ -184,6 +215,8 @@ class SimulatedVenue:
         self.rate = RateWindow(limit, per)
         self.starting_cash = cash
         self._spent = Decimal(0)
+        self._account = _Account()
+        self._account_lock = asyncio.Lock()
         self._connected = False
         self._random = random.Random(str(broker))  # noqa: S311  (simulated latency, not security)
 
@@ -274,28 +307,11 @@ class SimulatedVenue:
         return await self._positions()
 
     async def _net_spent(self) -> Decimal:
-        spent = Decimal(0)
-        for order in await self.book.all():
-            for f in order.fills:
-                value = traded_value(AssetClass(order.asset_class or "equity"), f.quantity, f.price)
-                spent += (value if order.side == Side.BUY else -value) + f.fee
-        return spent
+        return (await self._account_state()).spent
 
     async def _positions(self) -> list[PositionLine]:
         """Positions from the fills in the book, at average cost; the mark is the quote's mid."""
-        held: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}
-        for order in sorted(await self.book.all(), key=lambda o: o.submitted_at or datetime.min.replace(tzinfo=UTC)):
-            key = (order.symbol, order.asset_class or "equity")
-            for f in order.fills:
-                quantity, cost = held.get(key, (Decimal(0), Decimal(0)))
-                signed = f.quantity if order.side == Side.BUY else -f.quantity
-                if quantity == 0 or (quantity > 0) == (signed > 0):
-                    quantity, cost = quantity + signed, cost + signed * f.price
-                else:  # reducing: keep the average cost of what is left
-                    average = cost / quantity
-                    quantity += signed
-                    cost = average * quantity
-                held[key] = (quantity, cost)
+        held = (await self._account_state()).held
         lines = []
         for (symbol, asset), (quantity, cost) in sorted(held.items()):
             if quantity == 0:
@@ -316,6 +332,15 @@ class SimulatedVenue:
                 )
             )
         return lines
+
+    async def _account_state(self) -> _Account:
+        """The account as the book's fills make it, brought up to date with what was saved
+        since the last look (reading the whole book each time grows with every order)."""
+        async with self._account_lock:
+            async for seq, order in self.book.changes(self._account.seen):
+                self._account.apply(order)
+                self._account.seen = seq
+        return self._account
 
     async def place_order(self, intent: OrderIntent, client_order_id: str) -> VenueOrder:
         await self._request()
