@@ -61,3 +61,54 @@ def test_upgrade_to_head_matches_the_models_and_downgrade_to_base_removes_everyt
         assert set(inspect(engine).get_table_names()) >= SEED_TABLES
     finally:
         engine.dispose()
+
+
+FILL = (
+    "INSERT INTO trade_logs (fill_id, intent_id, strategy_id, broker_name, broker_order_id, symbol, side,"
+    " quantity, price, executed_at) VALUES (:fill, 'i', 's', :broker, 'o', :symbol, :side, :qty, :price, :at)"
+    " ON CONFLICT (fill_id) DO NOTHING"
+)
+
+
+def test_held_positions_follow_every_inserted_fill_once(fresh_database: str) -> None:
+    """The trigger keeps net quantity and the latest price per broker and symbol; the upgrade
+    builds them from fills already logged; a fill skipped as a duplicate changes nothing."""
+    engine = create_engine(to_sqlalchemy_url(fresh_database))
+    try:
+        migrate.upgrade(fresh_database, "0005")
+        with engine.begin() as conn:  # logged before the table existed
+            conn.execute(
+                text(FILL),
+                dict(fill="f1", broker="alpaca", symbol="AAPL", side="buy", qty=10, price=100, at="2026-11-21 10:00Z"),
+            )
+        migrate.upgrade(fresh_database)
+        with engine.begin() as conn:
+            rows = [
+                dict(fill="f2", broker="alpaca", symbol="AAPL", side="sell", qty=4, price=101, at="2026-11-21 10:05Z"),
+                dict(fill="f3", broker="ibkr", symbol="AAPL", side="buy", qty=2, price=99, at="2026-11-21 10:01Z"),
+                dict(fill="f2", broker="alpaca", symbol="AAPL", side="sell", qty=4, price=101, at="2026-11-21 10:05Z"),
+            ]
+            conn.execute(text(FILL), rows)  # f2 twice: the second is skipped
+        with engine.begin() as conn:  # an older fill arriving late does not move the mark
+            conn.execute(
+                text(FILL),
+                dict(fill="f4", broker="alpaca", symbol="AAPL", side="buy", qty=1, price=90, at="2026-11-21 09:00Z"),
+            )
+        with engine.connect() as conn:
+            held = {
+                r.broker_name: (r.quantity, r.last_price)
+                for r in conn.execute(text("SELECT broker_name, quantity, last_price FROM held_positions"))
+            }
+            summed = {
+                r.broker_name: r.quantity
+                for r in conn.execute(
+                    text(
+                        "SELECT broker_name, sum(CASE WHEN side = 'buy' THEN quantity ELSE -quantity END) AS quantity"
+                        " FROM trade_logs GROUP BY broker_name"
+                    )
+                )
+            }
+        assert held == {"alpaca": (7, 101), "ibkr": (2, 99)}
+        assert {b: q for b, (q, _) in held.items()} == summed
+    finally:
+        engine.dispose()

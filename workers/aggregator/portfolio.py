@@ -227,20 +227,18 @@ class PortfolioAggregator:
         return sign * max(Decimal(order["notional"] or 0) - done, Decimal(0))
 
     async def _held(self, symbol: str | None = None) -> list[Any]:
-        """Net filled quantity per broker and symbol, with the symbol's latest fill price: one
-        aggregate query, not a walk over every fill (this runs every few seconds)."""
+        """Net filled quantity per broker and symbol, with the symbol's latest fill price (across
+        brokers), from the running totals in ``held_positions``: a row per position, whatever
+        the number of fills (this runs every few seconds)."""
         return await self._rows(
-            "WITH held AS ("
-            " SELECT t.broker_name, t.symbol, coalesce(o.asset_class, 'equity') AS asset_class,"
-            " sum(CASE WHEN t.side = 'buy' THEN t.quantity ELSE -t.quantity END) AS quantity"
-            " FROM trade_logs t LEFT JOIN orders o"
-            " ON o.broker_name = t.broker_name AND o.broker_order_id = t.broker_order_id"
-            " WHERE CAST(:symbol AS text) IS NULL OR t.symbol = :symbol"
-            " GROUP BY 1, 2, 3),"
-            " marks AS (SELECT DISTINCT ON (symbol) symbol, price FROM trade_logs"
+            "WITH marks AS (SELECT DISTINCT ON (symbol) symbol, last_price AS price FROM held_positions"
             " WHERE CAST(:symbol AS text) IS NULL OR symbol = :symbol"
-            " ORDER BY symbol, executed_at DESC, id DESC)"
-            " SELECT held.*, marks.price FROM held JOIN marks USING (symbol)",
+            " ORDER BY symbol, last_executed_at DESC, last_fill DESC)"
+            " SELECT h.broker_name, h.symbol, h.quantity, marks.price,"
+            " coalesce((SELECT o.asset_class FROM orders o"
+            " WHERE o.broker_name = h.broker_name AND o.symbol = h.symbol LIMIT 1), 'equity') AS asset_class"
+            " FROM held_positions h JOIN marks USING (symbol)"
+            " WHERE CAST(:symbol AS text) IS NULL OR h.symbol = :symbol",
             symbol=symbol,
         )
 

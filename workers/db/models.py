@@ -171,6 +171,22 @@ class TradeLog(Base):
     executed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
 
+class HeldPosition(Base):
+    """Running totals of ``trade_logs`` per broker and symbol: net filled quantity and the latest
+    fill's price. Kept by a trigger on every insert into ``trade_logs`` (migration 0006), so the
+    exposure the router needs every few seconds is read from a row per position, not summed
+    over every fill ever made."""
+
+    __tablename__ = "held_positions"
+
+    broker_name: Mapped[str] = mapped_column(BrokerCol, primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
+    quantity: Mapped[Decimal] = mapped_column(Quantity, nullable=False)
+    last_price: Mapped[Decimal] = mapped_column(Money, nullable=False)
+    last_executed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    last_fill: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
 class BrokerAccount(Base):
     """Latest account values per broker."""
 
