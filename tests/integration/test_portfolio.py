@@ -12,6 +12,7 @@ import pytest
 from contracts import AssetClass, BrokerName, ExposureSnapshot, FillQuality, Portfolio, SymbolExposure
 from tests.builders import intent_payload
 from tests.conftest import Pipeline, eventually, fetch_all
+from workers.aggregator import quality
 from workers.db.engine import make_engine
 from workers.settings import Settings, parse_config
 from workers.venues.simulated import QuoteModel, SimulatedVenue, estimate_fee
@@ -187,6 +188,8 @@ async def test_execution_quality_is_measured_per_broker_and_becomes_the_routers_
         measured = {q.broker: q for q in await aggregator.publish_fill_quality()}  # type: ignore[attr-defined]
         kv = await nc.jetstream().key_value(f"{prefix}_fill_quality")
         stored = FillQuality.model_validate_json((await kv.get("alpaca")).value)
+        latest_two = {q.broker: q for q in await quality.measure(db, per_broker=2)}
+        all_time = await fetch_all(db, "SELECT broker_name, orders FROM broker_execution_quality")
     finally:
         await nc.close()
         await db.dispose()
@@ -200,3 +203,6 @@ async def test_execution_quality_is_measured_per_broker_and_becomes_the_routers_
     assert alpaca.latency_p50_ms is not None and alpaca.latency_p99_ms >= alpaca.latency_p50_ms  # type: ignore[operator]
     assert (ibkr.samples, ibkr.fill_rate, ibkr.reject_rate, ibkr.fill_score) == (1, 0.0, 1.0, 0.0)
     assert stored == alpaca.model_copy(update={"message_id": stored.message_id, "created_at": stored.created_at})
+    # The fill score counts each broker's latest orders only; the view keeps every order.
+    assert (latest_two[BrokerName.ALPACA].samples, latest_two[BrokerName.IBKR].samples) == (2, 1)
+    assert {(r.broker_name, r.orders) for r in all_time} == {("alpaca", 5), ("ibkr", 1)}

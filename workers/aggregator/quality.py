@@ -1,5 +1,5 @@
-"""Execution quality per broker, from the ``broker_execution_quality`` view, as the router's
-fill score.
+"""Execution quality per broker over its latest ``RECENT_ORDERS`` orders (the measures of the
+``broker_execution_quality`` view), as the router's fill score.
 
     fill_score = fill_rate * (1 - min(max(avg_slippage_bps, 0), SLIPPAGE_CAP_BPS) / SLIPPAGE_CAP_BPS)
 
@@ -18,6 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts import BrokerName, FillQuality
 
 SLIPPAGE_CAP_BPS = 50.0
+RECENT_ORDERS = 1000
+"""Orders per broker the fill score is measured over (the latest, by decision time)."""
 
 
 def fill_score(fill_rate: float, avg_slippage_bps: float | None) -> float:
@@ -29,9 +31,20 @@ def _float(value: Decimal | float | None) -> float | None:
     return None if value is None else float(value)
 
 
-async def measure(engine: AsyncEngine) -> list[FillQuality]:
+async def measure(engine: AsyncEngine, per_broker: int = RECENT_ORDERS) -> list[FillQuality]:
+    """Each broker's quality over its latest ``per_broker`` orders (``recent_execution_quality``,
+    migration 0007): recent behaviour, at a cost that does not grow with the audit trail."""
     async with engine.connect() as conn:
-        rows = (await conn.execute(text("SELECT * FROM broker_execution_quality"))).mappings().all()
+        rows = (
+            (
+                await conn.execute(
+                    text("SELECT * FROM recent_execution_quality(CAST(:brokers AS text[]), :n)"),
+                    {"brokers": [str(b) for b in BrokerName], "n": per_broker},
+                )
+            )
+            .mappings()
+            .all()
+        )
     out = []
     for r in rows:
         rate = float(r["fill_rate"])
