@@ -35,7 +35,7 @@ from workers.fees import FeeModel, RegulatoryFees, traded_value
 from workers.router.plan import BROKERS, RANK, RoutingPlan, RuleOutcome, Shape, plan_for, smart_default
 from workers.router.registry import BrokerHealth
 from workers.router.risk import RiskView, broker_exclusion, diversification_exclusions, over_limits
-from workers.router.scoring import CandidateInputs, scored_rows
+from workers.router.scoring import rank_columns
 from workers.settings import MbxConfig, RoutingRule
 
 ZERO = Decimal(0)
@@ -137,10 +137,9 @@ def route(
         code = "chain_exhausted" if failed else "no_eligible_broker"
         why = "every eligible broker failed this order" if failed else "no enabled broker can take this order"
         return Rejection(code, why, tuple(excluded))
-    candidates = _candidates(
-        plan, shape, intent=intent, eligible=eligible, quantity=quantity, price=price, market=market
+    ranked = _ranked(
+        plan, shape, outcome, intent=intent, eligible=eligible, quantity=quantity, price=price, market=market
     )
-    ranked = scored_rows(candidates, outcome.weights)
     chosen, rule, why = _choose(intent, shape.default, outcome.prefer, eligible, ranked)
     if outcome.weight_rule is not None:
         why += f"; weights from rule {outcome.weight_rule}"
@@ -217,29 +216,33 @@ def _eligibility(
     return eligible, excluded
 
 
-def _candidates(
+def _ranked(
     plan: RoutingPlan,
     shape: Shape,
+    outcome: RuleOutcome,
     *,
     intent: OrderIntent,
     eligible: list[BrokerName],
     quantity: Decimal | None,
     price: Decimal | None,
     market: MarketView,
-) -> list[CandidateInputs]:
-    """What scoring needs of each eligible broker: its fee, latency, fill score and priority."""
+) -> list[dict[str, Any]]:
+    """Every eligible broker's fee, latency, fill score and priority, scored, best first."""
     routing = plan.config.routing
     regulatory = routing.regulatory if shape.regulated else None
     prior, fill_scores, health = routing.fill_score_prior, market.fill_scores, market.health
-    candidates = []
+    fees, latencies, fills, priorities = [], [], [], []
     for broker in eligible:
         k = RANK[broker]
         model = shape.fees[k]
-        fee = NO_FEE if model is None else _fee(model, regulatory, intent, quantity, price)
+        fees.append(NO_FEE if model is None else _fee(model, regulatory, intent, quantity, price))
         measured = health.get(broker) if health is not None else None
-        latency = measured.latency_ms if measured is not None and measured.latency_ms is not None else plan.latency[k]
-        candidates.append(CandidateInputs(broker, fee, latency, fill_scores.get(broker, prior), plan.priority[k]))
-    return candidates
+        latencies.append(
+            measured.latency_ms if measured is not None and measured.latency_ms is not None else plan.latency[k]
+        )
+        fills.append(fill_scores.get(broker, prior))
+        priorities.append(plan.priority[k])
+    return rank_columns(eligible, fees, latencies, fills, priorities, outcome.weights)
 
 
 def route_batch(

@@ -55,16 +55,37 @@ def score(candidates: Sequence[CandidateInputs], weights: Weights) -> list[Candi
 
 def scored_rows(candidates: Sequence[CandidateInputs], weights: Weights) -> list[dict[str, Any]]:
     """``score`` as plain field dicts, for building a decision in one validation."""
-    if not candidates:
+    return rank_columns(
+        [c.broker for c in candidates],
+        [c.estimated_fee for c in candidates],
+        [c.expected_latency_ms for c in candidates],
+        [c.fill_score for c in candidates],
+        [c.priority for c in candidates],
+        weights,
+    )
+
+
+def rank_columns(  # noqa: PLR0917  (one list per input: the decision's hot path)
+    brokers: list[BrokerName],
+    fees: list[Decimal],
+    latencies: list[float],
+    fills: list[float],
+    priorities: list[int],
+    weights: Weights,
+) -> list[dict[str, Any]]:
+    """``scored_rows`` from one list per input (no per-candidate objects to build)."""
+    if not brokers:
         return []
-    fees = _normalize([float(c[1]) for c in candidates])
-    latencies = _normalize([c[2] for c in candidates])
+    fee_ns = _normalize([float(f) for f in fees])
+    lat_ns = _normalize(latencies)
     w_cost, w_speed, w_fill = weights.cost, weights.speed, weights.fill
     keyed = []
-    # Tuple unpacking rather than attribute access, and rounding inline: this loop is hot.
-    for (broker, fee, latency, fill, priority), fee_n, lat_n in zip(candidates, fees, latencies, strict=True):
-        # Scores are shown to six decimals, rounded half up. Totals equal to six decimals are
-        # a tie: priority decides, then the broker's rank (unique, so rows are never compared).
+    # Rounding inline: this loop is hot. Scores are shown to six decimals, rounded half up.
+    # Totals equal to six decimals are a tie: priority decides, then the broker's rank
+    # (unique, so rows are never compared).
+    for broker, fee, latency, fill, priority, fee_n, lat_n in zip(
+        brokers, fees, latencies, fills, priorities, fee_ns, lat_ns, strict=True
+    ):
         cost, speed = 1.0 - fee_n, 1.0 - lat_n
         total = floor((w_cost * cost + w_speed * speed + w_fill * fill) * 1e6 + 0.5) / 1e6
         if total > 1.0:
