@@ -49,7 +49,7 @@ schemas: install ## Regenerate contracts/schemas/ (JSON Schemas and AsyncAPI)
 	$(BIN)/mbx schemas
 
 .PHONY: bench
-bench: install ## Benchmarks: routing, aggregator, end-to-end pipeline (results in bench/results/; ~15 min)
+bench: install ## Benchmarks: routing, aggregator, end-to-end pipeline (results in bench/results/; ~6 min)
 	$(BIN)/python -m bench.route_bench
 	$(BIN)/python -m bench.aggregator_bench
 	$(BIN)/python -m bench.pipeline_bench
