@@ -57,30 +57,24 @@ def capability_exclusion(intent: OrderIntent, broker: BrokerName, config: MbxCon
         return ExcludedBroker(
             broker=broker, reason_code="unsupported_asset", reason=f"{broker} does not trade {intent.asset_class}"
         )
-    if intent.order_type not in support.order_types:
-        return ExcludedBroker(
-            broker=broker,
-            reason_code="unsupported_order_type",
-            reason=f"{broker} has no {intent.order_type} orders for {intent.asset_class}",
-        )
-    if intent.time_in_force not in support.time_in_force:
-        return ExcludedBroker(
-            broker=broker,
-            reason_code="unsupported_time_in_force",
-            reason=f"{broker} has no {intent.time_in_force} orders for {intent.asset_class}",
-        )
-    if intent.notional is not None and not support.notional:
-        return ExcludedBroker(
-            broker=broker,
-            reason_code="unsupported_notional",
-            reason=f"{broker} does not take dollar-amount {intent.asset_class} orders",
-        )
-    if intent.is_fractional and not support.fractional:
-        return ExcludedBroker(
-            broker=broker,
-            reason_code="unsupported_fractional",
-            reason=f"{broker} does not take fractional {intent.asset_class} quantities",
-        )
+    asset = intent.asset_class
+    unsupported = (
+        (intent.order_type not in support.order_types, "order_type", f"has no {intent.order_type} orders for {asset}"),
+        (
+            intent.time_in_force not in support.time_in_force,
+            "time_in_force",
+            f"has no {intent.time_in_force} orders for {asset}",
+        ),
+        (
+            intent.notional is not None and not support.notional,
+            "notional",
+            f"does not take dollar-amount {asset} orders",
+        ),
+        (intent.is_fractional and not support.fractional, "fractional", f"does not take fractional {asset} quantities"),
+    )
+    for applies, what, why in unsupported:  # built once per order shape: the plan caches it
+        if applies:
+            return ExcludedBroker(broker=broker, reason_code=f"unsupported_{what}", reason=f"{broker} {why}")
     return None
 
 
