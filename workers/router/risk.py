@@ -66,11 +66,6 @@ def halted(intent: OrderIntent, config: MbxConfig) -> Denial | None:
     return None
 
 
-def deny(intent: OrderIntent, notional: Decimal | None, config: MbxConfig, risk: RiskView) -> Denial | None:
-    """Why the intent may not trade at all, or None."""
-    return halted(intent, config) or over_limits(intent, notional, config, risk)
-
-
 def over_limits(intent: OrderIntent, notional: Decimal | None, config: MbxConfig, risk: RiskView) -> Denial | None:
     """The intent-level limit the order would break (order notional, reduce-only, symbol
     exposure), or None."""

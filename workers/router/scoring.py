@@ -50,12 +50,7 @@ def _normalize(values: list[float]) -> list[float]:
 
 def score(candidates: Sequence[CandidateInputs], weights: Weights) -> list[CandidateScore]:
     """Every candidate's component scores and total, best first."""
-    return [CandidateScore.model_validate(row) for row in scored_rows(candidates, weights)]
-
-
-def scored_rows(candidates: Sequence[CandidateInputs], weights: Weights) -> list[dict[str, Any]]:
-    """``score`` as plain field dicts, for building a decision in one validation."""
-    return rank_columns(
+    rows = rank_columns(
         [c.broker for c in candidates],
         [c.estimated_fee for c in candidates],
         [c.expected_latency_ms for c in candidates],
@@ -63,6 +58,7 @@ def scored_rows(candidates: Sequence[CandidateInputs], weights: Weights) -> list
         [c.priority for c in candidates],
         weights,
     )
+    return [CandidateScore.model_validate(row) for row in rows]
 
 
 def rank_columns(  # noqa: PLR0917  (one list per input: the decision's hot path)
@@ -73,7 +69,8 @@ def rank_columns(  # noqa: PLR0917  (one list per input: the decision's hot path
     priorities: list[int],
     weights: Weights,
 ) -> list[dict[str, Any]]:
-    """``scored_rows`` from one list per input (no per-candidate objects to build)."""
+    """``score`` as plain field dicts (a decision validates them with itself, in one pass), from
+    one list per input (no per-candidate objects to build)."""
     if not brokers:
         return []
     fee_ns = _normalize([float(f) for f in fees])
