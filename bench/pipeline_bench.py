@@ -345,19 +345,20 @@ def soak(stack: Stack, name: str, n: int, progress: Callable[[str], None]) -> di
     worker's resident memory after the first round and after the last (growth means a leak)."""
     size = min(10_000, n)
     rounds = max(1, n // size)
-    first: dict[str, float] = {}
-    last: dict[str, float] = {}
+    after: list[dict[str, float]] = []  # each worker's RSS after each round
     for k in range(rounds):
         progress(f"[{name}] soak round {k + 1} of {rounds} ({(k + 1) * size} intents)")
         asyncio.run(offer(stack.nats.url, _payloads(size, f"soak{k}"), None))
         wait_persisted(stack.postgres.url(), f"soak{k}", size, 600, lambda _: None)
-        last = stack.rss()
-        first = first or last
+        after.append(stack.rss())
+    first, middle, last = after[0], after[len(after) // 2], after[-1]
     out: dict[str, float] = {f"{name}_soak_intents": rounds * size}
     for worker in last:
         out[f"{name}_{worker}_rss_mb_first_round"] = round(first[worker], 1)
         out[f"{name}_{worker}_rss_mb_last_round"] = round(last[worker], 1)
         out[f"{name}_{worker}_rss_growth_mb"] = round(last[worker] - first[worker], 1)
+        # A leak keeps growing; warming caches and the allocator settle in the first half.
+        out[f"{name}_{worker}_rss_growth_mb_second_half"] = round(last[worker] - middle[worker], 1)
     return out
 
 
