@@ -373,7 +373,8 @@ def profile(
         stack.start()
         try:
             # Latency first, on a warmed-up stack: measured after the burst it would include the
-            # burst's after-effects (PostgreSQL's autovacuum of tens of thousands of new rows).
+            # burst's after-effects (p99 70-79 ms here, against 21-30 ms before it; autovacuum of the
+            # new rows is the likely cause, not verified).
             progress(f"[{name}] warming up")
             asyncio.run(offer(stack.nats.url, _payloads(300, "warmup"), None))
             wait_persisted(stack.postgres.url(), "warmup", 300, 120, lambda _: None)
