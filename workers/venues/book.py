@@ -44,6 +44,11 @@ class OrderBook(Protocol):
         sequence, oldest first, with its position: what changed since the last look."""
         ...
 
+    async def saved_since(self, since: datetime) -> list[VenueOrder]:
+        """The orders saved at or after ``since``, as they stand: what a broker's "orders
+        after" listing returns, without reading the whole book."""
+        ...
+
 
 class MemoryOrderBook:
     def __init__(self) -> None:
@@ -68,6 +73,9 @@ class MemoryOrderBook:
     async def changes(self, after: int) -> AsyncIterator[tuple[int, VenueOrder]]:
         for k in range(after, len(self._versions)):
             yield k + 1, self._versions[k]
+
+    async def saved_since(self, since: datetime) -> list[VenueOrder]:
+        return [o for o in self._orders.values() if o.submitted_at is not None and o.submitted_at >= since]
 
     async def by_client_id(self, client_order_id: str) -> VenueOrder | None:
         broker_order_id = self._claims.get(client_order_id)
@@ -180,6 +188,18 @@ class KvOrderBook:
         async for message in iter_stream(self._js(), f"KV_{self._bucket}", f"$KV.{self._bucket}.o.>", config):
             if message.data:
                 yield message.metadata.sequence.stream, decode_order(message.data)
+
+    async def saved_since(self, since: datetime) -> list[VenueOrder]:
+        """The latest version of every order whose ``o.`` record was written at or after
+        ``since`` (the server's clock), read from that point of the KV stream on."""
+        await self._store()
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since)
+        orders: dict[str, VenueOrder] = {}
+        async for message in iter_stream(self._js(), f"KV_{self._bucket}", f"$KV.{self._bucket}.o.>", config):
+            if message.data:
+                order = decode_order(message.data)
+                orders[order.broker_order_id] = order
+        return list(orders.values())
 
     async def all(self) -> list[VenueOrder]:
         """Every order, read in one pass (``read_bucket``: not a KV watch, which can miss some)."""

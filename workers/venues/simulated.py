@@ -268,7 +268,7 @@ class SimulatedVenue:
         # No client order id (Schwab): list recent orders and match what the intent describes.
         candidates = [
             o
-            for o in await self.book.all()
+            for o in await self.book.saved_since(since)
             if o.symbol == intent.symbol
             and o.side == intent.side
             and o.submitted_at is not None
