@@ -37,7 +37,7 @@ from contracts import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
@@ -200,6 +200,20 @@ async def open_bucket(js: JetStreamContext, bucket: str, history: int = 1, ttl: 
         return await js.key_value(bucket)
     except BucketNotFoundError:
         return await js.create_key_value(bucket=bucket, history=history, ttl=ttl)
+
+
+class LazyBucket:
+    """A KV bucket opened (created when missing) at first use: a worker builds its parts before
+    it connects. Call it for the bucket."""
+
+    def __init__(self, js: Callable[[], JetStreamContext], name: str, ttl: float | None = None) -> None:
+        self._js, self.name, self._ttl = js, name, ttl
+        self._kv: KeyValue | None = None
+
+    async def __call__(self) -> KeyValue:
+        if self._kv is None:
+            self._kv = await open_bucket(self._js(), self.name, ttl=self._ttl)
+        return self._kv
 
 
 async def read_bucket(js: JetStreamContext, bucket: str, keys: str = ">") -> list[tuple[str, bytes]]:

@@ -27,12 +27,11 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from workers.bus import open_bucket
+from workers.bus import LazyBucket
 
 LOAD_WINDOW = 5.0
 """Seconds over which the recent load (for headroom) is averaged."""
@@ -89,21 +88,14 @@ class RateBudget:
         limit: RateLimit,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._js = js
-        self._bucket = bucket
         self.key = key
         self.limit = limit
         self._clock = clock  # wall clock: replicas in other processes share it
-        self._kv: Any = None
+        self._store = LazyBucket(js, bucket)
         self.waited = 0.0
         self._lock = asyncio.Lock()  # this process's callers queue here rather than race on CAS
         self._leased = 0  # tokens taken ahead, spendable until _lease_ends
         self._lease_ends = 0.0
-
-    async def _store(self) -> Any:
-        if self._kv is None:
-            self._kv = await open_bucket(self._js(), self._bucket)
-        return self._kv
 
     async def _read(self) -> tuple[_Bucket, int | None]:
         kv = await self._store()

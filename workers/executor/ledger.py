@@ -24,7 +24,7 @@ from nats.js.errors import KeyNotFoundError
 from pydantic import BaseModel, ConfigDict
 
 from contracts import BrokerName, OrderStatus, RouteDecision
-from workers.bus import open_bucket, read_bucket
+from workers.bus import LazyBucket, read_bucket
 
 TTL_SECONDS = 7 * 86400
 
@@ -63,12 +63,7 @@ class OrderLedger:
     def __init__(self, js: Callable[[], JetStreamContext], bucket: str) -> None:
         self._js = js  # called at first use: the worker connects after it is built
         self._bucket = bucket
-        self._kv: Any = None
-
-    async def _store(self) -> Any:
-        if self._kv is None:
-            self._kv = await open_bucket(self._js(), self._bucket, ttl=TTL_SECONDS)
-        return self._kv
+        self._store = LazyBucket(js, bucket, ttl=TTL_SECONDS)
 
     async def get(self, intent_id: str) -> LedgerEntry | None:
         try:

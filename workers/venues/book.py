@@ -21,7 +21,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from contracts import OrderStatus
-from workers.bus import iter_stream, open_bucket, read_bucket
+from workers.bus import LazyBucket, iter_stream, read_bucket
 from workers.venues.base import VenueFill, VenueOrder
 
 
@@ -140,12 +140,7 @@ class KvOrderBook:
     def __init__(self, js: Callable[[], JetStreamContext], bucket: str) -> None:
         self._js = js  # called at first use: the executor connects after it is built
         self._bucket = bucket
-        self._kv: Any = None
-
-    async def _store(self) -> Any:
-        if self._kv is None:
-            self._kv = await open_bucket(self._js(), self._bucket)
-        return self._kv
+        self._store = LazyBucket(js, bucket)
 
     async def claim(self, client_order_id: str, order: VenueOrder) -> str | None:
         kv = await self._store()
