@@ -30,10 +30,11 @@ test: install ## Run the tests (starts its own nats-server and PostgreSQL)
 	$(BIN)/python -m pytest
 
 .PHONY: lint
-lint: install ## ruff and mypy --strict on contracts/ and workers/
+lint: install ## ruff, mypy --strict on contracts/ and workers/, and the import-boundary check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy contracts workers
+	$(BIN)/lint-imports
 
 .PHONY: fmt
 fmt: install ## Format and auto-fix with ruff
@@ -56,4 +57,4 @@ bench: install ## Benchmarks: routing, aggregator, end-to-end pipeline (results 
 
 .PHONY: clean
 clean: ## Remove the virtualenv, caches and the embedded servers' data (.mbx/)
-	rm -rf $(VENV) .mbx .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .mbx .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -28,15 +28,15 @@ from bench.report import publish
 from contracts import BrokerName, OrderStatus
 from tests.builders import make_intent, make_route
 from workers.aggregator.app import build_aggregator
-from workers.bus import ensure_streams, headers_for
-from workers.db.engine import make_engine
-from workers.db.migrate import upgrade
 from workers.devstack.nats import EmbeddedNats
 from workers.devstack.postgres import EmbeddedPostgres
-from workers.executor.reports import fill_message, report
-from workers.logs import configure_logging
-from workers.settings import Settings
-from workers.venues.base import VenueFill, VenueOrder
+from workers.domain.reports import fill_message, report
+from workers.domain.venue import VenueFill, VenueOrder
+from workers.platform.bus import ensure_streams, headers_for
+from workers.platform.db.engine import make_engine
+from workers.platform.db.migrate import upgrade
+from workers.platform.logs import configure_logging
+from workers.platform.settings import Settings
 
 BATCH = 500
 
@@ -75,7 +75,7 @@ async def drain(nats_url: str, settings: Settings, progress: Callable[[str], Non
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     worker = build_aggregator(settings, make_engine(settings.sqlalchemy_url(), pool_size=4), batch_size=BATCH)
-    specs = [s for s in settings.subjects.aggregator_consumers() if "POSITIONS" not in s.stream]
+    specs = [s for s in settings.topology.aggregator_consumers() if "POSITIONS" not in s.stream]
     await worker.start()  # connects and binds its consumers; the pull loops start right after
     started = reported = time.perf_counter()
     try:

@@ -38,12 +38,12 @@ from bench.aggregator_bench import raw_insert
 from bench.report import publish
 from contracts import BrokerName
 from tests.builders import intent_payload
-from workers.bus import ensure_streams
-from workers.db.migrate import upgrade
 from workers.devstack.nats import EmbeddedNats
 from workers.devstack.postgres import EmbeddedPostgres
 from workers.devstack.processes import spawn
-from workers.settings import Settings
+from workers.platform.bus import ensure_streams
+from workers.platform.db.migrate import upgrade
+from workers.platform.settings import Settings
 
 SYMBOLS = ["AAPL", "MSFT", "SPY", "NVDA", "QQQ", "TSLA", "AMZN", "META"]
 
@@ -132,9 +132,9 @@ class Stack:
 
     async def _wait_ready(self) -> None:
         """Every worker's durable consumer has a pull waiting: they are all consuming."""
-        subjects = Settings(nats_url=self.nats.url).subjects
-        specs = [subjects.router_consumer(), *subjects.aggregator_consumers()]
-        specs += [subjects.executor_consumer(b) for b in BrokerName]
+        topology = Settings(nats_url=self.nats.url).topology
+        specs = [topology.router_consumer(), *topology.aggregator_consumers()]
+        specs += [topology.executor_consumer(b) for b in BrokerName]
         nc = await nats.connect(self.nats.url)
         js = nc.jetstream()
         deadline = time.monotonic() + 120

@@ -14,10 +14,10 @@ from decimal import Decimal
 
 from bench.report import publish
 from contracts import BrokerName, BrokerStatus, OrderIntent, RouteDecision
+from workers.domain.config import MbxConfig, parse_config
 from workers.router.registry import BrokerRegistry
 from workers.router.rules import route
 from workers.router.state import RouterState
-from workers.settings import MbxConfig, parse_config
 
 SYMBOLS = ["AAPL", "MSFT", "SPY", "NVDA", "BTC-USD", "ETH-USD", "QQQ", "TSLA"]
 

@@ -194,6 +194,19 @@ class ExcludedBroker(BaseModel):
     reason: str = Field(description="Human-readable explanation.")
 
 
+class ReferenceQuote(BaseModel):
+    """The quote the router priced an order with, as it saw it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str = Field(description="Where the quote came from (market_data.source), e.g. simulated or alpaca.")
+    bid: NonNegativeDecimal
+    ask: NonNegativeDecimal
+    mid: NonNegativeDecimal
+    at: AwareDatetime = Field(description="When the source says the quote was taken.")
+    age_ms: float = Field(ge=0, description="Age of the quote when the router decided, milliseconds.")
+
+
 class RouteDecision(Message):
     """Where the router sent an intent, and why. Published to ``mbx.routes.<broker>``."""
 
@@ -217,7 +230,14 @@ class RouteDecision(Message):
         default=None, description="The broker that failed before this attempt, if any."
     )
     reference_price: NonNegativeDecimal | None = Field(
-        default=None, description="The price the router saw when deciding (slippage is measured against it)."
+        default=None,
+        description="The quote's mid price the router decided with (slippage is measured against it); "
+        "empty when no fresh quote was available.",
+    )
+    quote: ReferenceQuote | None = Field(
+        default=None,
+        description="The quote the router got for the symbol, with its source and age; recorded even when it "
+        "was too old to use (then reference_price is empty and the reason says so).",
     )
     failed_brokers: tuple[BrokerName, ...] = Field(
         default=(), description="Every broker that already failed this intent, in order."

@@ -1,4 +1,7 @@
-"""Every NATS subject, JetStream stream and durable consumer mbx uses, in one place.
+"""Every NATS subject, JetStream stream and shared KV bucket mbx uses, in one place.
+
+The workers' durable consumers and private buckets are not part of the contract: they live in
+``workers.platform.topology``.
 
 The prefix defaults to ``mbx``; a deployment may choose another (streams are then named
 ``<PREFIX>_ORDERS`` and so on, so several deployments can share one NATS server).
@@ -40,26 +43,6 @@ class StreamSpec:
     duplicate_window_seconds: float = 120.0
     max_msgs_per_subject: int = -1
     description: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ConsumerSpec:
-    """A durable pull consumer, independent of any client library."""
-
-    stream: str
-    durable: str
-    filter_subjects: tuple[str, ...]
-    max_deliver: int = 5
-    """Deliveries the server makes (-1: no limit)."""
-    ack_wait_seconds: float = 30.0
-    max_ack_pending: int = 2000
-    description: str = ""
-    dead_letter_after: int | None = None
-    """Deliveries after which a failing message is dead-lettered (default: ``max_deliver``)."""
-
-    @property
-    def give_up_after(self) -> int:
-        return self.dead_letter_after if self.dead_letter_after is not None else self.max_deliver
 
 
 @dataclass(frozen=True)
@@ -123,70 +106,6 @@ class Subjects:
     def stream(self, base: str) -> StreamSpec:
         return self._streams[base]
 
-    def router_consumer(self) -> ConsumerSpec:
-        return ConsumerSpec(
-            stream=self.stream_name("ORDERS"),
-            durable="router",
-            filter_subjects=(f"{self.prefix}.orders.intent.>",),
-            description="The router's share of order intents.",
-        )
-
-    def router_failover_consumer(self) -> ConsumerSpec:
-        return ConsumerSpec(
-            stream=self.stream_name("EXECUTIONS"),
-            durable="router-failover",
-            filter_subjects=(f"{self.prefix}.failover.>",),
-            description="Failed attempts the router re-routes to the next broker.",
-        )
-
-    def router_cancel_consumer(self) -> ConsumerSpec:
-        return ConsumerSpec(
-            stream=self.stream_name("ORDERS"),
-            durable="router-cancel",
-            filter_subjects=(f"{self.prefix}.orders.cancel.>",),
-            description="Cancel requests the router forwards to the broker holding the order.",
-        )
-
-    def executor_consumer(self, broker: BrokerName) -> ConsumerSpec:
-        return ConsumerSpec(
-            stream=self.stream_name("ROUTES"),
-            durable=f"executor-{broker}",
-            filter_subjects=(self.route(broker), self.cancel_route(broker)),
-            # Short, so a crashed replica's orders come back quickly; placement takes well under it.
-            ack_wait_seconds=10.0,
-            description=f"Route decisions for {broker}, shared by its executor replicas.",
-        )
-
-    def aggregator_consumers(self) -> tuple[ConsumerSpec, ...]:
-        return (
-            ConsumerSpec(
-                stream=self.stream_name("ROUTES"),
-                durable="aggregator-routes",
-                filter_subjects=(f"{self.prefix}.routes.>",),
-                max_ack_pending=10000,
-                # A database outage must never exhaust deliveries: the server redelivers without
-                # limit, and the aggregator dead-letters a message only for its own failures.
-                max_deliver=-1,
-                dead_letter_after=5,
-            ),
-            ConsumerSpec(
-                stream=self.stream_name("EXECUTIONS"),
-                durable="aggregator-executions",
-                filter_subjects=(f"{self.prefix}.exec.>", f"{self.prefix}.fills.>", f"{self.prefix}.failover.>"),
-                max_ack_pending=10000,
-                max_deliver=-1,
-                dead_letter_after=5,
-            ),
-            ConsumerSpec(
-                stream=self.stream_name("POSITIONS"),
-                durable="aggregator-positions",
-                filter_subjects=(f"{self.prefix}.positions.>", f"{self.prefix}.status.>"),
-                max_ack_pending=1000,
-                max_deliver=-1,
-                dead_letter_after=5,
-            ),
-        )
-
     # Subjects -------------------------------------------------------------------------------
 
     def intent(self, strategy_id: str) -> str:
@@ -234,6 +153,40 @@ class Subjects:
     def route_preview(self) -> str:
         return self.api("route.preview")
 
+    # Wildcards, for subscribers ---------------------------------------------------------------
+
+    @property
+    def all_intents(self) -> str:
+        return f"{self.prefix}.orders.intent.>"
+
+    @property
+    def all_cancels(self) -> str:
+        return f"{self.prefix}.orders.cancel.>"
+
+    @property
+    def all_routes(self) -> str:
+        return f"{self.prefix}.routes.>"
+
+    @property
+    def all_executions(self) -> str:
+        return f"{self.prefix}.exec.>"
+
+    @property
+    def all_fills(self) -> str:
+        return f"{self.prefix}.fills.>"
+
+    @property
+    def all_failovers(self) -> str:
+        return f"{self.prefix}.failover.>"
+
+    @property
+    def all_positions(self) -> str:
+        return f"{self.prefix}.positions.>"
+
+    @property
+    def all_statuses(self) -> str:
+        return f"{self.prefix}.status.>"
+
     # KV buckets -----------------------------------------------------------------------------
 
     @property
@@ -251,25 +204,10 @@ class Subjects:
         """Measured fill quality: one key per broker (a FillQuality)."""
         return f"{self.prefix}_fill_quality"
 
-    def sim_book_bucket(self, broker: BrokerName | str) -> str:
-        """A simulated broker's own order book (paper trading only)."""
-        return f"{self.prefix}_sim_{broker}"
-
-    @property
-    def order_ledger_bucket(self) -> str:
-        """Where each intent's order is, written by the executors: ``i.<intent id, base64>`` (broker,
-        status, report sequence) and ``open.<broker>.<intent id, base64>`` while the order works."""
-        return f"{self.prefix}_orders"
-
     @property
     def worker_status_bucket(self) -> str:
         """Workers' own state (``aggregator``: ok, or why it is not writing), for `mbx status`."""
         return f"{self.prefix}_worker_status"
-
-    @property
-    def rate_budget_bucket(self) -> str:
-        """Each broker's shared token bucket: one key per broker, updated with compare-and-set."""
-        return f"{self.prefix}_rate_budgets"
 
     def snapshot_request(self, broker: BrokerName | str) -> str:
         """Request/reply: ask a broker's executor for a fresh PositionSnapshot now."""

@@ -1,4 +1,4 @@
-"""Alembic environment: synchronous psycopg connection, models from ``workers.db.models``."""
+"""Alembic environment: synchronous psycopg connection, models from ``workers.platform.db.models``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from workers.db.models import Base
-from workers.settings import to_sqlalchemy_url
+from workers.platform.db.models import Base
+from workers.platform.settings import to_sqlalchemy_url
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

@@ -18,15 +18,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import BrokerName
 from tests.servers import Servers, session_servers
-from workers.bus import ensure_streams, read_stream
-from workers.db.engine import make_engine
-from workers.db.migrate import upgrade
-from workers.entry import build_worker
-from workers.executor.app import build_simulated_executor, rate_limit
-from workers.router.app import write_live_config
-from workers.runtime import Worker
-from workers.settings import MbxConfig, RateLimitConfig, Settings
-from workers.venues.simulated import SimulatedVenue
+from workers.domain.config import MbxConfig, RateLimitConfig
+from workers.domain.quotes import QuoteSource
+from workers.entry import build_executor_worker, build_worker
+from workers.executor.app import rate_limit
+from workers.platform.bus import ensure_streams, read_stream
+from workers.platform.db.engine import make_engine
+from workers.platform.db.migrate import upgrade
+from workers.platform.live_config import write_live_config
+from workers.platform.runtime import Worker
+from workers.platform.settings import Settings
+from workers.router.app import build_router
+from workers.venues.simulated.venue import SimulatedVenue
 
 T = TypeVar("T")
 
@@ -116,14 +119,16 @@ class Pipeline:
         config: MbxConfig,
         venue_overrides: dict[BrokerName, SimulatedVenue] | None = None,
         executors: bool = True,
+        quotes: QuoteSource | None = None,
     ) -> None:
         self.settings = settings
         self.config = config = unthrottled(config)
         self.venues = {b: simulated_venue(b, config) for b in BrokerName} | (venue_overrides or {})
-        self.workers: list[Worker] = [build_worker("router", settings, config)]
+        router = build_router(settings, config, quotes) if quotes else build_worker("router", settings, config)
+        self.workers: list[Worker] = [router]
         if executors:
             self.workers += [
-                build_simulated_executor(settings, b, self.venues[b], config) for b in config.enabled_brokers()
+                build_executor_worker(settings, b, self.venues[b], config) for b in config.enabled_brokers()
             ]
         self.workers.append(build_worker("aggregator", settings, config))
 
@@ -153,8 +158,9 @@ async def start_pipeline(settings: Settings) -> AsyncIterator[Callable[..., Awai
         venue_overrides: dict[BrokerName, SimulatedVenue] | None = None,
         executors: bool = True,
         own_settings: Settings | None = None,
+        quotes: QuoteSource | None = None,
     ) -> Pipeline:
-        pipeline = Pipeline(own_settings or settings, config or MbxConfig(), venue_overrides, executors)
+        pipeline = Pipeline(own_settings or settings, config or MbxConfig(), venue_overrides, executors, quotes)
         await pipeline.start()
         started.append(pipeline)
         return pipeline

@@ -1,4 +1,5 @@
-"""Run one worker process until SIGINT or SIGTERM (``mbx worker ...``, compose services)."""
+"""Composition of worker processes: which worker, with which adapters, until a signal stops it
+(``mbx worker ...``, ``mbx up``, compose services, and the tests' in-process pipelines)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ import contextlib
 import signal
 
 import structlog
+from nats.js import JetStreamContext
 
 from contracts import BrokerName
-from workers.db.engine import make_engine
-from workers.runtime import Worker
-from workers.settings import MbxConfig, Settings
+from workers.domain.config import MbxConfig
+from workers.executor.app import ExecutorWorker, build_executor, rate_limit
+from workers.platform.runtime import Worker
+from workers.platform.settings import Settings
+from workers.venues.factory import VenueContext, build_quote_source, build_venue
+from workers.venues.simulated.venue import SimulatedVenue
 
 log = structlog.get_logger("mbx.entry")
 
@@ -21,18 +26,37 @@ def build_worker(kind: str, settings: Settings, config: MbxConfig, broker: Broke
     if kind == "router":
         from workers.router.app import build_router  # noqa: PLC0415  (import only what runs)
 
-        return build_router(settings, config)
+        return build_router(settings, config, build_quote_source(config))
     if kind == "executor":
-        from workers.executor.app import build_simulated_executor  # noqa: PLC0415
-
         if broker is None:
             raise ValueError("an executor needs --broker")
-        return build_simulated_executor(settings, broker, config=config)
+        return build_executor_worker(settings, broker, config=config)
     if kind == "aggregator":
         from workers.aggregator.app import build_aggregator  # noqa: PLC0415
+        from workers.platform.db.engine import make_engine  # noqa: PLC0415
 
         return build_aggregator(settings, make_engine(settings.sqlalchemy_url()))
     raise ValueError(f"unknown worker kind {kind!r}")
+
+
+def build_executor_worker(
+    settings: Settings,
+    broker: BrokerName,
+    simulated: SimulatedVenue | None = None,
+    config: MbxConfig | None = None,
+) -> ExecutorWorker:
+    """An executor with the adapter the config names for ``broker`` (``simulated`` hands in a
+    simulator set up by the caller)."""
+    config = config or MbxConfig()
+    hosts: list[ExecutorWorker] = []
+
+    def js() -> JetStreamContext:
+        return hosts[0].js
+
+    venue = build_venue(broker, config, VenueContext(js, settings.topology), simulated=simulated)
+    worker = build_executor(settings, broker, venue, rate_limit(broker, config))
+    hosts.append(worker)
+    return worker
 
 
 async def run_until_signalled(worker: Worker) -> None:

@@ -38,7 +38,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Engine, make_url
 
 from contracts import BrokerName
-from workers.db.models import Order, Position, TradeLog
+from workers.platform.db.models import Order, Position, TradeLog
 
 STATUS = {
     "new": "accepted",

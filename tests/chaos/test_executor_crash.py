@@ -19,8 +19,8 @@ from tests.builders import intent_payload, new_intent_id
 from tests.conftest import fetch_all
 from tests.integration.test_walking_skeleton import publish_json
 from tests.servers import Servers
-from workers.settings import parse_config
-from workers.venues.book import KvOrderBook
+from workers.domain.config import parse_config
+from workers.venues.simulated.book import KvOrderBook
 
 pytestmark = pytest.mark.integration
 

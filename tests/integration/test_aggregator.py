@@ -20,10 +20,10 @@ from tests.integration.test_failover import BrokeVenue
 from tests.integration.test_walking_skeleton import publish_json
 from tests.servers import Servers
 from workers.aggregator.app import build_aggregator
-from workers.db.engine import make_engine
-from workers.db.migrate import upgrade
 from workers.devstack.postgres import EmbeddedPostgres
-from workers.settings import Settings
+from workers.platform.db.engine import make_engine
+from workers.platform.db.migrate import upgrade
+from workers.platform.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +82,7 @@ async def test_replaying_every_stream_into_a_second_aggregator_changes_nothing(
     # broker, and the executors' last "disconnected" status may land after the aggregator stopped.)
     replay = [
         dataclasses.replace(spec, durable=f"{spec.durable}-replay")
-        for spec in settings.subjects.aggregator_consumers()
+        for spec in settings.topology.aggregator_consumers()
         if spec.stream in ("ROUTES", "EXECUTIONS")
     ]
     for spec in replay:

@@ -107,6 +107,25 @@ async def test_invalid_config_file_fails_at_start_naming_the_key(tmp_path: Path)
     assert "brokers.alpaca.enabeld: unknown key" in " ".join(out.split())
 
 
+@pytest.mark.parametrize(
+    ("yaml_text", "key"),
+    [
+        ("brokers:\n  alpaca:\n    adapter: nonsense\n", "brokers.alpaca.adapter: unknown adapter 'nonsense'"),
+        ("market_data:\n  source: nonsense\n", "market_data.source: unknown quote source 'nonsense'"),
+    ],
+)
+async def test_an_unknown_adapter_stops_mbx_up_naming_the_key(tmp_path: Path, yaml_text: str, key: str) -> None:
+    """`mbx up` refuses an adapter or quote source it does not know before starting anything."""
+    config = tmp_path / "mbx.yaml"
+    config.write_text(yaml_text)
+    env = {"MBX_CONFIG_FILE": str(config), "MBX_DATA_DIR": str(tmp_path / "data")}
+    code, out = await mbx("up", "--nats-port", str(free_port()), "--pg-port", str(free_port()), env=env)
+    assert code == 2, out
+    assert key in " ".join(out.split())
+    assert "known: simulated" in out
+    assert not (tmp_path / "data" / "stack.json").exists()
+
+
 async def test_schemas_check_passes_on_the_committed_files() -> None:
     """`mbx schemas --check` is what CI-minded users run; it agrees with the repo."""
     code, out = await mbx("schemas", "--check")

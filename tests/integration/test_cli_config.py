@@ -12,8 +12,9 @@ from contracts import BrokerName, RoutePreview
 from tests.builders import make_intent
 from tests.conftest import eventually, fetch_all
 from tests.integration.test_cli import mbx
-from workers.db.engine import make_engine
-from workers.settings import Settings, parse_config
+from workers.domain.config import parse_config
+from workers.platform.db.engine import make_engine
+from workers.platform.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -12,10 +12,11 @@ from contracts import BrokerName
 from tests.builders import intent_payload
 from tests.conftest import Pipeline, eventually, fetch_all
 from tests.integration.test_cli import mbx
-from workers.db.engine import make_engine
-from workers.executor.app import build_simulated_executor
-from workers.settings import Settings, parse_config
-from workers.venues.simulated import SimulatedVenue
+from workers.domain.config import parse_config
+from workers.entry import build_executor_worker
+from workers.platform.db.engine import make_engine
+from workers.platform.settings import Settings
+from workers.venues.simulated.venue import SimulatedVenue
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +76,7 @@ async def test_dead_letters_are_listed_then_replayed_exactly_once(start_pipeline
         await old.stop()
         pipeline.workers.remove(old)
         fixed = SimulatedVenue(BrokerName.ALPACA, rate_limit=(1_000_000, 1.0))
-        executor = build_simulated_executor(isolated, BrokerName.ALPACA, fixed, pipeline.config)
+        executor = build_executor_worker(isolated, BrokerName.ALPACA, fixed, pipeline.config)
         await executor.start()
         pipeline.workers.append(executor)
 

@@ -14,13 +14,13 @@ from tests.builders import make_intent, make_route
 from tests.conftest import eventually, fetch_all, stream_messages
 from tests.integration.test_walking_skeleton import dead_letters
 from workers.aggregator.persistence import AuditStore, Envelope
-from workers.bus import publish
+from workers.domain.reports import fill_message, report
+from workers.domain.venue import VenueAmbiguous, VenueUnavailable
 from workers.executor.app import build_executor
 from workers.executor.handlers import FAILOVER_AFTER
-from workers.executor.reports import fill_message, report
-from workers.settings import Settings
-from workers.venues.base import VenueAmbiguous, VenueUnavailable
-from workers.venues.simulated import SimulatedVenue
+from workers.platform.bus import publish
+from workers.platform.settings import Settings
+from workers.venues.simulated.venue import SimulatedVenue
 
 pytestmark = pytest.mark.integration
 
@@ -135,7 +135,7 @@ async def test_an_outcome_that_stays_unknown_is_dead_lettered_after_max_deliver(
         dead = await eventually(letter, timeout=20)
     finally:
         await worker.stop()
-    max_deliver = settings.subjects.executor_consumer(BrokerName.IBKR).max_deliver
+    max_deliver = settings.topology.executor_consumer(BrokerName.IBKR).max_deliver
     assert venue.attempts == max_deliver
     assert dead.delivery_count == max_deliver
     assert "gave up after 5 deliveries" in dead.error

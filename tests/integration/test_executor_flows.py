@@ -15,10 +15,11 @@ from contracts import BrokerName, CancelReject, CancelRequest, OrderStatus, Posi
 from tests.builders import intent_payload, make_intent, new_intent_id
 from tests.conftest import Pipeline, eventually, fetch_all, stream_messages
 from tests.integration.test_walking_skeleton import publish_json
-from workers.bus import publish
-from workers.executor.app import build_simulated_executor
-from workers.settings import Settings, parse_config
-from workers.venues.book import KvOrderBook
+from workers.domain.config import parse_config
+from workers.entry import build_executor_worker
+from workers.platform.bus import publish
+from workers.platform.settings import Settings
+from workers.venues.simulated.book import KvOrderBook
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +111,7 @@ async def test_two_replicas_stay_under_the_brokers_rate_limit_together(
     config = parse_config({"brokers": {"ibkr": {"rate_limit": {"requests": 20, "per_seconds": 1}}}})
     pipeline: Pipeline = await start_pipeline(config)
     venue = pipeline.venues[BrokerName.IBKR]  # one broker, two clients
-    second = build_simulated_executor(settings, BrokerName.IBKR, venue, config)
+    second = build_executor_worker(settings, BrokerName.IBKR, venue, config)
     await second.start()
     pipeline.workers.append(second)
     [first] = [w for w in pipeline.workers if w.name == "executor-ibkr" and w is not second]
@@ -224,7 +225,7 @@ async def test_an_executor_settles_what_changed_at_the_broker_while_it_was_down(
     [order] = [o for o in await venue.book.all() if o.client_order_id == resting["intent_id"]]
     await venue.trade(order.broker_order_id)  # the market reaches the limit while we are away
 
-    replacement = build_simulated_executor(settings, BrokerName.IBKR, venue, pipeline.config)
+    replacement = build_executor_worker(settings, BrokerName.IBKR, venue, pipeline.config)
     await replacement.start()
     pipeline.workers.append(replacement)
     row = await order_row(db, resting["intent_id"], "filled")

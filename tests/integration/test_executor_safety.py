@@ -14,9 +14,11 @@ from contracts import REPLAY_HEADER, BrokerName, ExecutionReport, Subjects
 from tests.builders import OPTION, intent_payload, make_intent
 from tests.conftest import Pipeline, eventually, fetch_all, stream_messages
 from tests.integration.test_walking_skeleton import final_order, publish_json
-from workers.executor.app import build_simulated_executor
-from workers.settings import Settings, parse_config
-from workers.venues.base import VenueDuplicate
+from workers.domain.config import parse_config
+from workers.domain.venue import VenueDuplicate
+from workers.entry import build_executor_worker
+from workers.platform.settings import Settings
+from workers.platform.topology import Topology
 
 pytestmark = pytest.mark.integration
 
@@ -24,13 +26,13 @@ pytestmark = pytest.mark.integration
 async def test_the_simulated_book_outlives_the_executor(settings: Settings) -> None:
     """A new executor process (a new venue object) sees the orders the old one placed."""
     intent = make_intent()
-    first = build_simulated_executor(settings, BrokerName.ALPACA)
+    first = build_executor_worker(settings, BrokerName.ALPACA)
     await first.start()
     try:
         placed = await first.venue.place_order(intent, intent.intent_id)
     finally:
         await first.stop()
-    second = build_simulated_executor(settings, BrokerName.ALPACA)
+    second = build_executor_worker(settings, BrokerName.ALPACA)
     await second.start()
     try:
         with pytest.raises(VenueDuplicate):
@@ -90,7 +92,7 @@ async def test_two_replicas_split_the_work_with_no_duplicates(
 ) -> None:
     """Two executors of one broker share its durable consumer: both work, each order is placed once."""
     pipeline = await start_pipeline(parse_config({"brokers": {"ibkr": {}}}))
-    second = build_simulated_executor(settings, BrokerName.IBKR)
+    second = build_executor_worker(settings, BrokerName.IBKR)
     await second.start()
     pipeline.workers.append(second)
     [first] = [w for w in pipeline.workers if w.name == "executor-ibkr" and w is not second]
@@ -132,7 +134,7 @@ async def test_a_replayed_route_at_schwab_places_nothing_twice(
             "Mbx-Intent-Id": payload["intent_id"],
         },
     )
-    spec = Subjects().executor_consumer(BrokerName.SCHWAB)
+    spec = Topology(Subjects()).executor_consumer(BrokerName.SCHWAB)
 
     async def handled() -> bool:
         info = await nc.jetstream().consumer_info(spec.stream, spec.durable)

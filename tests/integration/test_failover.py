@@ -12,8 +12,8 @@ from contracts import BrokerName
 from tests.builders import OPTION, intent_payload
 from tests.conftest import eventually, fetch_all
 from tests.integration.test_walking_skeleton import publish_json
-from workers.venues.base import VenueRejected
-from workers.venues.simulated import SimulatedVenue
+from workers.domain.venue import VenueRejected
+from workers.venues.simulated.venue import SimulatedVenue
 
 pytestmark = pytest.mark.integration
 

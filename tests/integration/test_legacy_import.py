@@ -10,8 +10,8 @@ import pytest
 
 from tests.conftest import fetch_all
 from tests.integration.test_cli import mbx
-from workers.db.engine import make_engine
-from workers.settings import Settings
+from workers.platform.db.engine import make_engine
+from workers.platform.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import create_engine, inspect, make_url, text
 
 from tests.servers import Servers
-from workers.db import migrate
-from workers.settings import to_sqlalchemy_url
+from workers.platform.db import migrate
+from workers.platform.settings import to_sqlalchemy_url
 
 pytestmark = pytest.mark.integration
 

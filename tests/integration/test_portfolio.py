@@ -12,10 +12,12 @@ import pytest
 from contracts import AssetClass, BrokerName, ExposureSnapshot, FillQuality, Portfolio, SymbolExposure
 from tests.builders import intent_payload
 from tests.conftest import Pipeline, eventually, fetch_all
-from workers.aggregator import quality
-from workers.db.engine import make_engine
-from workers.settings import Settings, parse_config
-from workers.venues.simulated import QuoteModel, SimulatedVenue, estimate_fee
+from workers.domain.config import parse_config
+from workers.platform.db.engine import make_engine
+from workers.platform.settings import Settings
+from workers.readmodel import quality
+from workers.venues.simulated.quotes import QuoteModel
+from workers.venues.simulated.venue import SimulatedVenue, estimate_fee
 
 pytestmark = pytest.mark.integration
 

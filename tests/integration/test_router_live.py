@@ -14,9 +14,9 @@ from contracts import BrokerName, ExposureSnapshot, RoutePreview
 from tests.builders import CRYPTO, intent_payload, make_intent
 from tests.conftest import Pipeline, eventually, fetch_all
 from tests.integration.test_walking_skeleton import final_order, publish_json
-from workers.router.state import CONFIG_KEY, config_to_json
-from workers.settings import MbxConfig, parse_config
-from workers.venues.simulated import QuoteModel
+from workers.domain.config import MbxConfig, config_to_json, parse_config
+from workers.domain.keys import CONFIG_KEY
+from workers.venues.simulated.quotes import QuoteModel
 
 pytestmark = pytest.mark.integration
 
@@ -207,8 +207,9 @@ async def test_a_stopped_executor_takes_its_broker_out_of_routing(
 
 async def test_a_rule_added_at_runtime_applies_to_the_next_decision(pipeline: Pipeline, nc: NatsClient) -> None:
     """add_rule_live appends to the live config with compare-and-set; the router picks it up."""
+    from workers.domain.config import RoutingRule
+    from workers.platform.settings import Settings
     from workers.router.api import add_rule_live
-    from workers.settings import RoutingRule, Settings
 
     revision = await add_rule_live(
         nc.jetstream(),

@@ -13,7 +13,7 @@ from contracts import DeadLetter, ExecutionReport
 from contracts.client import MbxClient
 from tests.builders import CRYPTO, FRACTIONAL, NOTIONAL, OPTION, intent_payload, make_intent
 from tests.conftest import Pipeline, eventually, fetch_all
-from workers.settings import parse_config
+from workers.domain.config import parse_config
 
 pytestmark = pytest.mark.integration
 

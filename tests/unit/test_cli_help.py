@@ -5,9 +5,9 @@ from __future__ import annotations
 import typer
 from typer.testing import CliRunner
 
-from workers.cli import app, register_commands
-from workers.cli_config import config_app
-from workers.cli_dlq import dlq
+from workers.cli.config import config_app
+from workers.cli.dlq import dlq
+from workers.cli.main import app
 
 
 def commands(group: typer.Typer, prefix: list[str]) -> list[list[str]]:
@@ -15,7 +15,6 @@ def commands(group: typer.Typer, prefix: list[str]) -> list[list[str]]:
 
 
 def test_every_command_has_an_example_in_its_help() -> None:
-    register_commands()
     runner = CliRunner()
     every = commands(app, []) + commands(dlq, ["dlq"]) + commands(config_app, ["config"])
     names = {" ".join(c).replace("_", "-") for c in every}

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from contracts import BrokerName
-from workers.cli import app
+from workers.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 import contracts
 from contracts import AssetClass, ExecutionReport, OrderIntent, OrderStatus, Subjects, TimeInForce, symbol_token
 from tests.builders import intent_payload, make_intent, make_route
-from workers.schemas import MODELS, write_schemas
+from workers.platform.schemas import MODELS, write_schemas
 
 DOCUMENTED_JSON = """{"intent_id": "strat1-000042", "strategy_id": "strat1", "symbol": "AAPL",
  "asset_class": "equity", "side": "buy", "quantity": "10", "order_type": "market",
@@ -167,7 +167,7 @@ def test_committed_schemas_match_the_models() -> None:
 
 
 def test_fill_score_falls_with_rejections_and_slippage_and_stays_in_bounds() -> None:
-    from workers.aggregator.quality import SLIPPAGE_CAP_BPS, fill_score
+    from workers.readmodel.quality import SLIPPAGE_CAP_BPS, fill_score
 
     assert fill_score(1.0, 0.0) == 1.0
     assert fill_score(1.0, -20.0) == 1.0  # price improvement does not lift it above the fill rate

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from contracts import OrderStatus
-from workers.executor.state import TRANSITIONS, Execution, InvalidTransition, can_move, check_move
+from workers.domain.order_state import TRANSITIONS, Execution, InvalidTransition, can_move, check_move
 
 S = OrderStatus
 

@@ -7,10 +7,10 @@ from decimal import Decimal
 
 from contracts import AssetClass, BrokerName, BrokerStatus, FillQuality, RouteDecision
 from tests.builders import CRYPTO, make_intent
+from workers.domain.config import MbxConfig
 from workers.router.registry import BrokerRegistry
 from workers.router.rules import route
 from workers.router.state import RouterState
-from workers.settings import MbxConfig
 
 NOW = datetime(2026, 11, 21, 15, 0, tzinfo=UTC)
 

@@ -9,10 +9,10 @@ import pytest
 
 from contracts import BrokerName, ExposureSnapshot, RouteDecision
 from tests.builders import make_intent
+from workers.domain.config import MbxConfig, config_to_json, parse_config
 from workers.router.risk import RiskView
 from workers.router.rules import MarketView, Rejection, route
-from workers.router.state import RouterState, config_to_json
-from workers.settings import MbxConfig, parse_config
+from workers.router.state import RouterState
 
 PRICE = MarketView(reference_price=Decimal(100))  # 10 shares = $1,000
 

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from contracts import AssetClass, BrokerName, OrderType, RouteDecision, TimeInForce
 from tests.builders import CRYPTO, FRACTIONAL, NOTIONAL, OPTION, make_intent
+from workers.domain.config import MbxConfig, parse_config
 from workers.router.registry import BrokerHealth
 from workers.router.rules import MarketView, Rejection, route
-from workers.settings import MbxConfig, parse_config
 
 
 def decide(config: MbxConfig | None = None, reference_price: str | None = None, **overrides: Any) -> RouteDecision:

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from contracts import BrokerName, RouteDecision
 from tests.builders import CRYPTO, OPTION, make_intent
+from workers.domain.config import ConfigError, MbxConfig, parse_config
 from workers.router.rules import MarketView, Rejection, estimate_fee, route, route_batch
 from workers.router.scoring import CandidateInputs, Weights, score
-from workers.settings import ConfigError, MbxConfig, parse_config
 
 DEFAULT_WEIGHTS = Weights(0.4, 0.3, 0.3)
 BROKERS = list(BrokerName)
@@ -222,8 +222,8 @@ def test_route_batch_routes_each_intent() -> None:
 
 def test_order_router_api_adds_rules_at_runtime() -> None:
     """The PRD's OrderRouter: route, route_batch and add_rule in-process."""
+    from workers.domain.config import RoutingRule
     from workers.router.api import OrderRouter
-    from workers.settings import RoutingRule
 
     router = OrderRouter()
     assert router.route(make_intent()).broker is BrokerName.ALPACA  # type: ignore[union-attr]

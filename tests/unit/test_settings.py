@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from contracts import BrokerName
-from workers.logs import redact_url
-from workers.settings import DEFAULT_CONFIG_FILE, ConfigError, Settings, load_config, parse_config
+from workers.domain.config import ConfigError, parse_config
+from workers.platform.logs import redact_url
+from workers.platform.settings import DEFAULT_CONFIG_FILE, Settings, load_config
 
 
 def test_shipped_config_file_loads_with_every_broker_enabled() -> None:

@@ -9,8 +9,9 @@ import pytest
 
 from contracts import AssetClass, BrokerName, OrderStatus
 from tests.builders import make_intent
-from workers.venues.base import VenueRateLimited, VenueRejected, VenueUnavailable
-from workers.venues.simulated import Faults, QuoteModel, SimulatedVenue, estimate_fee
+from workers.domain.venue import VenueRateLimited, VenueRejected, VenueUnavailable
+from workers.venues.simulated.quotes import QuoteModel
+from workers.venues.simulated.venue import Faults, SimulatedVenue, estimate_fee
 
 NOW = datetime.now(UTC)
 

@@ -9,9 +9,9 @@ import pytest
 
 from contracts import BrokerName, OrderStatus
 from tests.builders import CRYPTO, OPTION, make_intent
-from workers.venues.base import VenueAmbiguous, VenueDuplicate, VenueRejected, VenueUnavailable
-from workers.venues.book import decode_order, encode_order
-from workers.venues.simulated import SimulatedVenue
+from workers.domain.venue import VenueAmbiguous, VenueDuplicate, VenueRejected, VenueUnavailable
+from workers.venues.simulated.book import decode_order, encode_order
+from workers.venues.simulated.venue import SimulatedVenue
 
 EARLIER = datetime.now(UTC) - timedelta(minutes=1)
 

@@ -10,15 +10,16 @@ import structlog
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts import ConsumerSpec, FillQuality
-from workers.aggregator import quality
+from contracts import FillQuality
 from workers.aggregator.handlers import AggregatorHandlers
 from workers.aggregator.persistence import AuditStore
 from workers.aggregator.portfolio import PortfolioAggregator
-from workers.bus import open_bucket
-from workers.router.state import EXPOSURE_KEY
-from workers.runtime import Worker
-from workers.settings import Settings
+from workers.domain.keys import EXPOSURE_KEY
+from workers.platform.bus import open_bucket
+from workers.platform.runtime import Worker
+from workers.platform.settings import Settings
+from workers.platform.topology import ConsumerSpec
+from workers.readmodel import quality
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -130,6 +131,6 @@ def build_aggregator(
     """``consumers`` replaces the durable consumers, e.g. to replay the streams from the start."""
     worker = AggregatorWorker(settings, engine)
     handlers = AggregatorHandlers(worker, AuditStore(engine))
-    for spec in consumers or settings.subjects.aggregator_consumers():
+    for spec in consumers or settings.topology.aggregator_consumers():
         worker.subscribe_batch(spec, handlers.handler_for(spec), batch_size=batch_size)
     return worker

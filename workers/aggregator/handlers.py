@@ -21,7 +21,6 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from contracts import (
     BrokerStatus,
     CancelReject,
-    ConsumerSpec,
     DeadLetterStage,
     ExecutionReport,
     FailoverEvent,
@@ -31,8 +30,9 @@ from contracts import (
     RouteDecision,
 )
 from workers.aggregator.persistence import AuditStore, Envelope
-from workers.bus import open_bucket
-from workers.runtime import PoisonMessage, Worker, parse
+from workers.platform.bus import open_bucket
+from workers.platform.runtime import PoisonMessage, Worker, parse
+from workers.platform.topology import ConsumerSpec
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg

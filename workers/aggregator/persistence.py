@@ -25,13 +25,13 @@ from contracts import (
     PositionSnapshot,
     RouteDecision,
 )
-from workers.db.models import (
+from workers.domain.capabilities import CAPABILITIES
+from workers.platform.db.models import (
     BrokerAccount,
     FailoverRecord,
     MultiBrokerConnection,
     Position,
 )
-from workers.venues.capabilities import CAPABILITIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,7 +306,7 @@ def _route_row(r: RouteDecision) -> dict[str, Any]:
         "fallback_chain": [str(b) for b in r.fallback_chain],
         "failover_from": str(r.failover_from) if r.failover_from else None,
         "decision": r.model_dump_json(
-            include={"reason", "candidates", "excluded", "config_version", "message_id", "reference_price"}
+            include={"reason", "candidates", "excluded", "config_version", "message_id", "reference_price", "quote"}
         ),
         "decided_at": r.created_at,
     }

@@ -25,14 +25,16 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from rich.console import Console
 from rich.table import Table
 
-from contracts import BrokerName, BrokerStatus, ConsumerSpec
-from workers.bus import ensure_streams, open_bucket
-from workers.db.migrate import upgrade
+from contracts import BrokerName, BrokerStatus
 from workers.devstack.nats import EmbeddedNats
 from workers.devstack.postgres import EmbeddedPostgres
 from workers.devstack.processes import spawn, stop
-from workers.logs import redact_url
-from workers.settings import MbxConfig, Settings
+from workers.domain.config import MbxConfig
+from workers.platform.bus import ensure_streams, open_bucket
+from workers.platform.db.migrate import upgrade
+from workers.platform.logs import redact_url
+from workers.platform.settings import Settings
+from workers.platform.topology import ConsumerSpec
 
 STACK_FILE = "stack.json"
 RESTART_DELAY = 2.0
@@ -136,17 +138,17 @@ class Stack:
 
     async def _wait_ready(self, nats_url: str, timeout: float = 90.0) -> None:
         """Until every durable consumer has a worker pulling and every executor reported in."""
-        subjects = self.settings.subjects
+        topology = self.settings.topology
         consumers = [
-            subjects.router_consumer(),
-            subjects.router_failover_consumer(),
-            *subjects.aggregator_consumers(),
-            *(subjects.executor_consumer(b) for b in self.config.enabled_brokers()),
+            topology.router_consumer(),
+            topology.router_failover_consumer(),
+            *topology.aggregator_consumers(),
+            *(topology.executor_consumer(b) for b in self.config.enabled_brokers()),
         ]
         nc = await nats.connect(nats_url)
         try:
             js = nc.jetstream()
-            status_kv = await open_bucket(js, subjects.status_bucket)
+            status_kv = await open_bucket(js, topology.subjects.status_bucket)
             deadline = time.monotonic() + timeout
             while True:
                 waiting = await _not_ready(js, status_kv, consumers, self.config.enabled_brokers())

@@ -11,16 +11,15 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from contracts import BrokerName, BrokerStatus, PositionSnapshot
-from workers.bus import open_bucket, publish
+from workers.domain.capabilities import CAPABILITIES
+from workers.domain.config import MbxConfig
+from workers.domain.venue import SupportsFaults, Venue
 from workers.executor.budget import RateBudget, RateLimit
 from workers.executor.handlers import ExecutorHandlers
-from workers.executor.ledger import OrderLedger
-from workers.runtime import Worker
-from workers.settings import MbxConfig, Settings
-from workers.venues.base import Venue
-from workers.venues.book import KvOrderBook
-from workers.venues.capabilities import CAPABILITIES
-from workers.venues.simulated import Faults, SimulatedVenue
+from workers.platform.bus import open_bucket, publish
+from workers.platform.order_ledger import OrderLedger
+from workers.platform.runtime import Worker
+from workers.platform.settings import Settings
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -46,11 +45,11 @@ class ExecutorWorker(Worker):
     def __init__(self, settings: Settings, venue: Venue, limit: RateLimit) -> None:
         super().__init__(f"executor-{venue.broker}", settings)
         self.venue = venue
-        subjects = settings.subjects
-        self.ledger = OrderLedger(lambda: self.js, subjects.order_ledger_bucket)
-        self.budget = RateBudget(lambda: self.js, subjects.rate_budget_bucket, str(venue.broker), limit)
+        topology = settings.topology
+        self.ledger = OrderLedger(lambda: self.js, topology.order_ledger_bucket)
+        self.budget = RateBudget(lambda: self.js, topology.rate_budget_bucket, str(venue.broker), limit)
         self.handlers = ExecutorHandlers(
-            self, subjects.executor_consumer(venue.broker), venue, self.ledger, self.budget
+            self, topology.executor_consumer(venue.broker), venue, self.ledger, self.budget
         )
         self._status_kv: Any = None
         self._headroom = 1.0
@@ -134,17 +133,16 @@ class ExecutorWorker(Worker):
 
     async def _on_control(self, msg: Msg) -> None:
         """``{"faults": {"outage": true, ...}}`` switches faults; ``{}`` just reads them."""
-        faults = getattr(self.venue, "faults", None)
-        if not isinstance(faults, Faults):
-            answer: dict[str, Any] = {"error": f"{self.venue.broker} is not a simulated broker"}
+        if not isinstance(self.venue, SupportsFaults):
+            answer: dict[str, Any] = {"error": f"{self.venue.broker}'s adapter has no switchable faults"}
         else:
             try:
                 request = json.loads(msg.data or b"{}")
                 if not isinstance(request, dict):
                     raise ValueError("the request must be a JSON object")
-                faults.update(request.get("faults") or {})
-                answer = {"broker": str(self.venue.broker), "faults": faults.as_dict()}
-                log.warning("faults switched", broker=str(self.venue.broker), faults=answer["faults"])
+                faults = self.venue.switch_faults(request.get("faults") or {})
+                answer = {"broker": str(self.venue.broker), "faults": faults}
+                log.warning("faults switched", broker=str(self.venue.broker), faults=faults)
             except ValueError as exc:
                 answer = {"error": str(exc)}
         if msg.reply:
@@ -159,22 +157,9 @@ def rate_limit(broker: BrokerName, config: MbxConfig | None) -> RateLimit:
     return RateLimit(CAPABILITIES[broker].rate_limit_per_minute, 60.0)
 
 
-def build_simulated_executor(
-    settings: Settings, broker: BrokerName, venue: SimulatedVenue | None = None, config: MbxConfig | None = None
-) -> ExecutorWorker:
-    """An executor with a simulated broker whose book lives in NATS KV, so it outlives the
-    executor process and is shared by its replicas, like a real broker's. The simulated
-    broker enforces the same request limit the executor budgets for."""
-    limit = rate_limit(broker, config)
-    venue = venue or SimulatedVenue(broker, rate_limit=(limit.requests, limit.per_seconds))
-    worker = build_executor(settings, broker, venue, limit)
-    venue.book = KvOrderBook(lambda: worker.js, settings.subjects.sim_book_bucket(broker))
-    return worker
-
-
 def build_executor(
     settings: Settings, broker: BrokerName, venue: Venue, limit: RateLimit | None = None
 ) -> ExecutorWorker:
     worker = ExecutorWorker(settings, venue, limit or rate_limit(broker, None))
-    worker.subscribe(settings.subjects.executor_consumer(broker), worker.handlers.on_route, batch_size=32)
+    worker.subscribe(settings.topology.executor_consumer(broker), worker.handlers.on_route, batch_size=32)
     return worker

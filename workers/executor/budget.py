@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from workers.bus import LazyBucket
+from workers.platform.bus import LazyBucket
 
 LOAD_WINDOW = 5.0
 """Seconds over which the recent load (for headroom) is averaged."""

@@ -12,7 +12,6 @@ import structlog
 
 from contracts import (
     CancelRequest,
-    ConsumerSpec,
     DeadLetterStage,
     ExecutionReport,
     FailoverEvent,
@@ -20,14 +19,10 @@ from contracts import (
     OrderStatus,
     RouteDecision,
 )
-from workers.bus import delivery_count, is_replay, publish
-from workers.executor.budget import RateBudget
-from workers.executor.ledger import LedgerEntry, OrderLedger
-from workers.executor.reports import cancel_reject, failover_event, fill_message, report
-from workers.executor.state import check_move
-from workers.failpoints import failpoint
-from workers.runtime import PoisonMessage, RetryLater, Worker, parse
-from workers.venues.base import (
+from workers.domain.ledger import LedgerEntry
+from workers.domain.order_state import check_move
+from workers.domain.reports import cancel_reject, failover_event, fill_message, report
+from workers.domain.venue import (
     Venue,
     VenueAmbiguous,
     VenueDuplicate,
@@ -36,6 +31,12 @@ from workers.venues.base import (
     VenueRejected,
     VenueUnavailable,
 )
+from workers.executor.budget import RateBudget
+from workers.platform.bus import delivery_count, is_replay, publish
+from workers.platform.failpoints import failpoint
+from workers.platform.order_ledger import OrderLedger
+from workers.platform.runtime import PoisonMessage, RetryLater, Worker, parse
+from workers.platform.topology import ConsumerSpec
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg

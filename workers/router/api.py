@@ -15,11 +15,12 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
 
 from contracts import OrderIntent, RouteDecision, Subjects
-from workers.bus import open_bucket
+from workers.domain.config import ConfigError, MbxConfig, RoutingRule, config_to_json, parse_config
+from workers.domain.keys import CONFIG_KEY
+from workers.platform.bus import open_bucket
 from workers.router.registry import BrokerRegistry
 from workers.router.rules import MarketView, Rejection, route
-from workers.router.state import CONFIG_KEY, RouterState, config_to_json
-from workers.settings import ConfigError, MbxConfig, RoutingRule, parse_config
+from workers.router.state import RouterState
 
 
 class OrderRouter:

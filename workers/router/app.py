@@ -8,39 +8,33 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from contracts import BrokerStatus, FillQuality, Subjects
-from workers.bus import open_bucket, read_bucket, read_history
+from contracts import BrokerStatus, FillQuality
+from workers.domain.config import MbxConfig, config_to_json
+from workers.domain.keys import CONFIG_KEY, CONFIG_STATUS_KEY, EXPOSURE_KEY
+from workers.domain.quotes import QuoteSource
+from workers.platform.bus import open_bucket, read_bucket, read_history
+from workers.platform.runtime import Worker
+from workers.platform.settings import Settings
 from workers.router.handlers import RouterHandlers
-from workers.router.state import CONFIG_KEY, EXPOSURE_KEY, RouterState, config_to_json
-from workers.runtime import Worker
-from workers.settings import MbxConfig, Settings
-from workers.venues.simulated import QuoteModel
+from workers.router.state import RouterState
 
 log = structlog.get_logger("mbx.router")
 
-CONFIG_STATUS_KEY = "trading.status"
 WATCH_STARTUP_TIMEOUT = 5.0
-
-
-async def write_live_config(js: JetStreamContext, subjects: Subjects, config: MbxConfig) -> int:
-    """Replace the live routing config (what `mbx config set` does); returns the new revision."""
-    kv = await open_bucket(js, subjects.config_bucket, history=20)
-    return int(await kv.put(CONFIG_KEY, config_to_json(config)))
 
 
 class RouterWorker(Worker):
     """The router: decisions from live state kept current by KV watches."""
 
-    def __init__(self, settings: Settings, seed_config: MbxConfig) -> None:
+    def __init__(self, settings: Settings, seed_config: MbxConfig, quotes: QuoteSource) -> None:
         super().__init__("router", settings)
         self.seed_config = seed_config
         self.state = RouterState(seed_config)
-        self.handlers = RouterHandlers(self, self.state, QuoteModel())
+        self.handlers = RouterHandlers(self, self.state, quotes)
         self._watchers: list[Any] = []
         self._watch_tasks: list[asyncio.Task[None]] = []
         self._preview_sub: Any = None
@@ -175,8 +169,9 @@ class RouterWorker(Worker):
             log.warning("exposure snapshot refused", error=error)
 
 
-def build_router(settings: Settings, config: MbxConfig) -> RouterWorker:
-    worker = RouterWorker(settings, config)
+def build_router(settings: Settings, config: MbxConfig, quotes: QuoteSource) -> RouterWorker:
+    """The router, pricing orders from ``quotes`` (the source ``market_data.source`` names)."""
+    worker = RouterWorker(settings, config, quotes)
     worker.subscribe(worker.handlers.intent_spec, worker.handlers.on_intent, batch_size=64)
     worker.subscribe(worker.handlers.failover_spec, worker.handlers.on_failover, batch_size=16)
     worker.subscribe(worker.handlers.cancel_spec, worker.handlers.on_cancel, batch_size=16)

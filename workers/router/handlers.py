@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -19,21 +20,16 @@ from contracts import (
     RouteDecision,
     RoutePreview,
 )
-from workers.bus import is_replay, publish
-from workers.executor.ledger import OrderLedger
-from workers.executor.reports import cancel_reject
+from workers.domain.quotes import PriceCheck, QuoteSource, assess
+from workers.domain.reports import cancel_reject
+from workers.platform.bus import is_replay, publish
+from workers.platform.order_ledger import OrderLedger
+from workers.platform.runtime import PoisonMessage, Worker, parse
 from workers.router.rules import Rejection, route
 from workers.router.state import RouterState
-from workers.runtime import PoisonMessage, Worker, parse
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
-
-
-class QuoteSource(Protocol):
-    """Where the router gets a reference price to estimate fees and order size."""
-
-    def mid(self, symbol: str) -> Decimal: ...
 
 
 class RouterHandlers:
@@ -41,25 +37,36 @@ class RouterHandlers:
         self.worker = worker
         self.state = state
         self.quotes = quotes
-        self.intent_spec = worker.subjects.router_consumer()
-        self.failover_spec = worker.subjects.router_failover_consumer()
-        self.cancel_spec = worker.subjects.router_cancel_consumer()
-        self.ledger = OrderLedger(lambda: worker.js, worker.subjects.order_ledger_bucket)
+        self.intent_spec = worker.settings.topology.router_consumer()
+        self.failover_spec = worker.settings.topology.router_failover_consumer()
+        self.cancel_spec = worker.settings.topology.router_cancel_consumer()
+        self.ledger = OrderLedger(lambda: worker.js, worker.settings.topology.order_ledger_bucket)
 
-    def decide(
+    async def decide(
         self, intent: OrderIntent, attempt: int = 1, failed: Sequence[BrokerName] = ()
-    ) -> tuple[RouteDecision | Rejection, Decimal]:
-        price = self.quotes.mid(intent.symbol)
+    ) -> tuple[RouteDecision | Rejection, Decimal | None]:
+        """Route ``intent`` at the current quote; returns the outcome and the price it used."""
+        check = await self.price(intent.symbol)
         outcome = route(
             intent,
             self.state.config,
             attempt=attempt,
             failed=failed,
-            market=self.state.market(price),
+            market=self.state.market(check.price, check),
             risk=self.state.risk_view(),
             config_version=self.state.version,
         )
-        return outcome, price
+        return outcome, check.price
+
+    async def price(self, symbol: str) -> PriceCheck:
+        """The quote source's latest quote, judged by age; an unreachable source counts as no quote."""
+        error = ""
+        try:
+            quote = await self.quotes.quote(symbol)
+        except Exception as exc:  # noqa: BLE001  (any failure of the source: price without it, say why)
+            quote, error = None, f"{self.quotes.name}: {type(exc).__name__}: {exc}"
+        max_age = self.state.config.market_data.max_age_s
+        return assess(symbol, quote, max_age, datetime.now(UTC), error)
 
     async def preview(self, msg: Msg) -> None:
         """Reply with the full decision for an intent; nothing is published or placed."""
@@ -68,7 +75,7 @@ class RouterHandlers:
         except PoisonMessage as exc:
             reply = RoutePreview(error=str(exc))
         else:
-            outcome, _ = self.decide(intent)
+            outcome, _ = await self.decide(intent)
             if isinstance(outcome, RouteDecision):
                 reply = RoutePreview(correlation_id=intent.intent_id, decision=outcome)
             else:
@@ -128,7 +135,7 @@ class RouterHandlers:
             # A replayed intent that already reached a broker: its order exists (or existed);
             # routing it again could place it twice.
             return "replay:already_routed"
-        outcome, price = self.decide(intent)
+        outcome, price = await self.decide(intent)
         return await self._publish(intent, outcome, 1, price)
 
     async def reroute(self, msg: Msg) -> str:
@@ -138,15 +145,15 @@ class RouterHandlers:
         intent = event.decision.intent
         failed = [*event.decision.failed_brokers, event.failed_broker]
         attempt = event.attempt + 1
-        outcome, price = self.decide(intent, attempt, failed)
+        outcome, price = await self.decide(intent, attempt, failed)
         return await self._publish(intent, outcome, attempt, price)
 
     async def _publish(
-        self, intent: OrderIntent, outcome: RouteDecision | Rejection, attempt: int, price: Decimal
+        self, intent: OrderIntent, outcome: RouteDecision | Rejection, attempt: int, price: Decimal | None
     ) -> str:
         subjects = self.worker.subjects
         if isinstance(outcome, RouteDecision):
-            self.state.record(outcome, price)
+            self.state.record(outcome, price if price is not None else intent.limit_price)
             structlog.contextvars.bind_contextvars(broker=str(outcome.broker))
             await publish(
                 self.worker.js,
@@ -169,6 +176,7 @@ class RouterHandlers:
 
 def rejection_report(intent: OrderIntent, rejection: Rejection, attempt: int = 1) -> ExecutionReport:
     details = "; ".join(f"{e.broker}: {e.reason}" for e in rejection.excluded)
+    reason = f"{rejection.reason} ({details})" if details else rejection.reason
     return ExecutionReport(
         message_id=f"exec-{intent.intent_id}-router-rejected-{attempt}",
         correlation_id=intent.intent_id,
@@ -185,6 +193,6 @@ def rejection_report(intent: OrderIntent, rejection: Rejection, attempt: int = 1
         quantity=intent.quantity,
         notional=intent.notional,
         reason_code=rejection.reason_code,
-        reason=f"{rejection.reason} ({details})",
+        reason=reason,
         final=True,
     )

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from contracts import AssetClass, BrokerName, ExcludedBroker, OrderIntent, OrderType, Side, TimeInForce
-from workers.fees import FeeModel, RegulatoryFees
+from workers.domain.capabilities import CAPABILITIES
+from workers.domain.config import MbxConfig, RoutingRule
+from workers.domain.fees import FeeModel, RegulatoryFees
 from workers.router.registry import BROKERS
 from workers.router.risk import Denial, halted
 from workers.router.scoring import RANK, Weights
-from workers.settings import MbxConfig, RoutingRule
-from workers.venues.capabilities import CAPABILITIES
 
 __all__ = ["BROKERS", "RANK", "RoutingPlan", "RuleOutcome", "Shape", "plan_for", "smart_default"]
 

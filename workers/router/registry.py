@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from contracts import AssetClass, BrokerName, BrokerStatus
-from workers.venues.capabilities import CAPABILITIES, VenueCapabilities
+from workers.domain.capabilities import CAPABILITIES, VenueCapabilities
 
 BROKERS: tuple[BrokerName, ...] = tuple(BrokerName)
 """Every broker, in the order ties are broken and decisions list them."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from contracts import BrokerName, ExcludedBroker, ExposureSnapshot, OrderIntent, Side
-from workers.settings import MbxConfig
+from workers.domain.config import MbxConfig
 
 ZERO = Decimal(0)
 

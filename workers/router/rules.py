@@ -31,12 +31,13 @@ from contracts import (
     OrderIntent,
     RouteDecision,
 )
-from workers.fees import FeeModel, RegulatoryFees, traded_value
+from workers.domain.config import MbxConfig, RoutingRule
+from workers.domain.fees import FeeModel, RegulatoryFees, traded_value
+from workers.domain.quotes import PriceCheck
 from workers.router.plan import BROKERS, RANK, RoutingPlan, RuleOutcome, Shape, plan_for, smart_default
 from workers.router.registry import BrokerHealth
 from workers.router.risk import RiskView, broker_exclusion, diversification_exclusions, over_limits
 from workers.router.scoring import rank_columns
-from workers.settings import MbxConfig, RoutingRule
 
 ZERO = Decimal(0)
 FEE_STEP = Decimal("0.0001")
@@ -66,6 +67,9 @@ class MarketView:
     reference_price: Decimal | None = None
     health: Mapping[BrokerName, BrokerHealth] | None = None
     fill_scores: Mapping[BrokerName, float] = field(default_factory=dict)
+    price_check: PriceCheck | None = None
+    """The quote source's answer for this symbol; None when no source was asked (a caller that
+    passes ``reference_price`` alone, as in-process routing and tests do)."""
 
 
 def order_size(intent: OrderIntent, price: Decimal | None) -> tuple[Decimal | None, Decimal | None]:
@@ -124,7 +128,15 @@ def route(
     risk = risk or _NO_RISK
     plan = plan_for(config)
     shape = plan.shape(intent)
-    price = market.reference_price or intent.limit_price or intent.stop_price
+    check = market.price_check
+    if check is not None and check.price is None:
+        # No fresh quote: price the order at its own limit price or not at all, never at a
+        # made-up number. A quantity without a price has no notional to check the limits with.
+        price = intent.limit_price
+        if price is None and intent.notional is None:
+            return Rejection("no_reference_price", f"{check.problem}; a market order needs a limit_price then", ())
+    else:
+        price = market.reference_price or intent.limit_price or intent.stop_price
     quantity, notional = order_size(intent, price)
     denial = shape.halted or (over_limits(intent, notional, config, risk) if plan.limited else None)
     if denial is not None:
@@ -143,7 +155,10 @@ def route(
     chosen, rule, why = _choose(intent, shape.default, outcome.prefer, eligible, ranked)
     if outcome.weight_rule is not None:
         why += f"; weights from rule {outcome.weight_rule}"
-    if price is None:
+    if check is not None and check.price is None:
+        basis = "priced at its limit price" if price is not None else "fees estimated without a price"
+        why += f"; {check.problem}, {basis}"
+    elif price is None:
         why += "; fees estimated without a reference price"
     # One validation for the decision and its candidates (cheaper than one per candidate).
     return RouteDecision.model_validate(
@@ -162,6 +177,7 @@ def route(
             "fallback_chain": [c["broker"] for c in ranked if c["broker"] != chosen],
             "failover_from": failed[-1] if failed else None,
             "reference_price": market.reference_price,
+            "quote": check.quote if check is not None else None,
             "failed_brokers": failed,
             "config_version": config_version,
         }

@@ -14,28 +14,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 from pydantic import ValidationError
 
 from contracts import BrokerName, ExposureSnapshot, FillQuality, RouteDecision
+from workers.domain.config import ConfigError, MbxConfig, parse_config
+from workers.domain.quotes import PriceCheck
 from workers.router.registry import BrokerRegistry
 from workers.router.risk import RiskView, signed
 from workers.router.rules import MarketView, order_size
-from workers.settings import ConfigError, MbxConfig, parse_config
 
-CONFIG_KEY = "trading"
 IN_FLIGHT_HORIZON = timedelta(minutes=10)
 """How long a routed order counts toward exposure when no exposure snapshot includes it."""
-EXPOSURE_KEY = "current"
-
-
-def config_to_json(config: MbxConfig) -> bytes:
-    """The live config as stored in KV: everything but credentials and the database URL."""
-    data: dict[str, Any] = config.model_dump(
-        mode="json", exclude={"database": True, "brokers": {"__all__": {"credentials"}}}
-    )
-    return json.dumps(data, sort_keys=True).encode()
 
 
 @dataclass
@@ -73,11 +63,17 @@ class RouterState:
     def apply_fill_quality(self, quality: FillQuality) -> None:
         self._fill_quality[quality.broker] = quality
 
-    def market(self, reference_price: Decimal | None) -> MarketView:
-        """Live broker health and the fill scores measured over enough orders."""
+    def market(self, reference_price: Decimal | None, price_check: PriceCheck | None = None) -> MarketView:
+        """Live broker health and the fill scores measured over enough orders, at the quote
+        ``price_check`` judged (None: no quote source was asked)."""
         minimum = self.config.routing.min_fill_samples
         scores = {b: q.fill_score for b, q in self._fill_quality.items() if q.samples >= minimum}
-        return MarketView(reference_price=reference_price, health=self.registry.health_map(), fill_scores=scores)
+        return MarketView(
+            reference_price=reference_price,
+            health=self.registry.health_map(),
+            fill_scores=scores,
+            price_check=price_check,
+        )
 
     def apply_exposure(self, raw: bytes) -> str | None:
         try:

@@ -17,11 +17,10 @@ import typer
 from rich.table import Table
 
 from contracts import BrokerStatus, Portfolio, Subjects
-from workers.cli import (
+from workers.cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
-    _connect,
-    app,
+    connect,
     console,
     err,
     fail,
@@ -29,10 +28,13 @@ from workers.cli import (
     resolve_nats_url,
     settings_and_config,
 )
+from workers.platform.topology import Topology
+
+app = typer.Typer()
 
 
 async def _broker_statuses(js: Any, subjects: Subjects) -> list[BrokerStatus]:
-    from workers.bus import read_bucket  # noqa: PLC0415
+    from workers.platform.bus import read_bucket  # noqa: PLC0415
 
     try:
         entries = await read_bucket(js, subjects.status_bucket)
@@ -83,21 +85,22 @@ def status() -> None:
 
 
 async def _status(url: str, subjects: Subjects, heartbeat_timeout: float) -> int:
-    from workers.bus import read_bucket  # noqa: PLC0415
+    from workers.platform.bus import read_bucket  # noqa: PLC0415
 
-    nc = await _connect(url)
+    nc = await connect(url)
     try:
         js = nc.jetstream()
         statuses = await _broker_statuses(js, subjects)
+        topology = Topology(subjects)
         lag = Table(title="consumers")
         for column in ("stream", "consumer", "pending", "unacked", "redelivered"):
             lag.add_column(column)
         specs = [
-            subjects.router_consumer(),
-            subjects.router_failover_consumer(),
-            subjects.router_cancel_consumer(),
-            *(subjects.executor_consumer(s.broker) for s in statuses),
-            *subjects.aggregator_consumers(),
+            topology.router_consumer(),
+            topology.router_failover_consumer(),
+            topology.router_cancel_consumer(),
+            *(topology.executor_consumer(s.broker) for s in statuses),
+            *topology.aggregator_consumers(),
         ]
         missing = []
         for spec in specs:
@@ -145,7 +148,7 @@ def brokers() -> None:
     url = resolve_nats_url(settings)
 
     async def show() -> int:
-        nc = await _connect(url)
+        nc = await connect(url)
         try:
             statuses = await _broker_statuses(nc.jetstream(), settings.subjects)
         finally:
@@ -178,7 +181,7 @@ def portfolio(
     url = resolve_nats_url(settings)
 
     async def fetch() -> Portfolio:
-        nc = await _connect(url)
+        nc = await connect(url)
         try:
             if sync:
                 await nc.request(settings.subjects.api("portfolio.sync"), b"", timeout=15)
@@ -307,23 +310,12 @@ def explain(
 
 
 async def _story(url: str, intent_id: str) -> dict[str, list[dict[str, Any]]]:
-    from sqlalchemy import text  # noqa: PLC0415
-
-    from workers.db.engine import make_engine  # noqa: PLC0415
+    from workers.platform.db.engine import make_engine  # noqa: PLC0415
+    from workers.readmodel.explain import intent_story  # noqa: PLC0415
 
     engine = make_engine(url, pool_size=1)
-    queries = {
-        "routes": "SELECT * FROM multi_broker_routes WHERE intent_id = :i ORDER BY attempt",
-        "failovers": "SELECT * FROM failover_events WHERE intent_id = :i ORDER BY attempt",
-        "orders": "SELECT * FROM orders WHERE intent_id = :i ORDER BY attempt, id",
-        "fills": "SELECT * FROM trade_logs WHERE intent_id = :i ORDER BY executed_at, id",
-    }
     try:
-        async with engine.connect() as conn:
-            return {
-                name: [dict(r) for r in (await conn.execute(text(sql), {"i": intent_id})).mappings()]
-                for name, sql in queries.items()
-            }
+        return await intent_story(engine, intent_id)
     except OSError as exc:
         fail(f"cannot reach the database ({exc})")
     finally:
@@ -400,7 +392,7 @@ def tail(
     subject = _tail_subject(settings.subjects, topic)
 
     async def follow() -> int:
-        nc = await _connect(url)
+        nc = await connect(url)
         shown = 0
         done = asyncio.Event()
 

@@ -25,9 +25,11 @@ import structlog
 from faststream.nats import NatsBroker
 from pydantic import BaseModel, ValidationError
 
-from contracts import ConsumerSpec, DeadLetterStage
-from workers.bus import dead_letter, delivery_count, ensure_consumer, ensure_streams
-from workers.settings import ConfigError, Settings
+from contracts import DeadLetterStage
+from workers.domain.config import ConfigError
+from workers.platform.bus import dead_letter, delivery_count, ensure_consumer, ensure_streams
+from workers.platform.settings import Settings
+from workers.platform.topology import ConsumerSpec
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -97,6 +99,7 @@ class Worker:
         if not settings.nats_url:
             raise ConfigError("nats_url: not set (MBX_NATS_URL, or run `mbx up`)")
         self.name = name
+        self.settings = settings
         self.subjects = settings.subjects
         self.broker = NatsBroker(
             settings.nats_url,

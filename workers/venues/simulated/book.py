@@ -21,8 +21,8 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from contracts import OrderStatus
-from workers.bus import LazyBucket, iter_stream, read_bucket
-from workers.venues.base import VenueFill, VenueOrder
+from workers.domain.venue import VenueFill, VenueOrder
+from workers.platform.bus import LazyBucket, iter_stream, read_bucket
 
 
 class OrderBook(Protocol):

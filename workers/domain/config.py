@@ -1,68 +1,26 @@
-"""Runtime settings (environment, prefix ``MBX_``) and the YAML deployment config.
+"""The trading config: brokers, risk limits and routing, in the shape of the YAML file.
 
-``Settings`` says where things are (NATS, Postgres, the config file); ``MbxConfig`` says how to
-trade (brokers, risk, routing weights). Both are built once in an entry point and passed down.
+Pure data and validation (pydantic and the standard library): the router, the executors, the
+CLI and the dashboard share it, and the live copy in KV is this model as JSON. Reading the file
+is the platform's job (``workers.platform.settings.load_config``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from decimal import Decimal
-from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Self
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from contracts import AssetClass, BrokerName, OrderType, Side, Subjects
-from workers.fees import DEFAULT_FEES, FeeSchedule, RegulatoryFees
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG_FILE = REPO_ROOT / "mbx.yaml"
+from contracts import AssetClass, BrokerName, OrderType, Side
+from workers.domain.fees import DEFAULT_FEES, FeeSchedule, RegulatoryFees
 
 
 class ConfigError(Exception):
     """The configuration is invalid; the message names the bad key."""
-
-
-class Settings(BaseSettings):
-    """Where mbx runs. Every field can be set as ``MBX_<FIELD>`` in the environment."""
-
-    model_config = SettingsConfigDict(env_prefix="MBX_", extra="ignore")
-
-    nats_url: str | None = Field(default=None, description="NATS server URL; unset = embedded server.")
-    database_url: str | None = Field(default=None, description="Postgres URL; unset = embedded server.")
-    config_file: Path | None = Field(default=None, description="YAML config; unset = mbx.yaml in the repo.")
-    subject_prefix: str = Field(default="mbx", description="First token of every subject.")
-    data_dir: Path = Field(default=REPO_ROOT / ".mbx", description="Where the embedded servers keep data.")
-    log_level: str = "INFO"
-    log_format: Literal["auto", "console", "json"] = "auto"
-    durability: Literal["dev", "production"] = Field(
-        default="dev",
-        description="Embedded NATS fsync policy: dev = JetStream default (2 min), production = always.",
-    )
-
-    @property
-    def subjects(self) -> Subjects:
-        return Subjects(self.subject_prefix)
-
-    def sqlalchemy_url(self) -> str:
-        """The database URL with the psycopg (v3) driver, which SQLAlchemy needs spelled out."""
-        if not self.database_url:
-            raise ConfigError("database_url: not set (MBX_DATABASE_URL, or run `mbx up`)")
-        return to_sqlalchemy_url(self.database_url)
-
-
-def to_sqlalchemy_url(url: str) -> str:
-    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    raise ConfigError(f"database_url: {url.rsplit('@', maxsplit=1)[-1]!r} is not a postgresql:// URL")
-
-
-# The YAML config ------------------------------------------------------------------------------
 
 
 class _Strict(BaseModel):
@@ -88,6 +46,11 @@ class BrokerConfig(_Strict):
         default=None, description="The broker's request limit; unset = its documented limit."
     )
     credentials: dict[str, SecretStr] = Field(default_factory=dict)
+    adapter: str = Field(
+        default="simulated",
+        min_length=1,
+        description="Which adapter talks to this broker; `simulated` is the paper simulator.",
+    )
 
 
 class DatabaseConfig(_Strict):
@@ -199,6 +162,17 @@ class RoutingConfig(_Strict):
         return self.fees.get(broker, {}).get(asset) or DEFAULT_FEES.get(broker, {}).get(asset)
 
 
+class MarketDataConfig(_Strict):
+    """Where the router's reference prices come from, and how old one may be."""
+
+    source: str = Field(default="simulated", min_length=1, description="The quote source; see docs/routing.md.")
+    max_age_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="A quote older than this is stale: not used for risk limits, fees or slippage.",
+    )
+
+
 class MbxConfig(_Strict):
     """The deployment config, in the shape of the multi-broker YAML file."""
 
@@ -208,6 +182,7 @@ class MbxConfig(_Strict):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     risk: RiskConfig = Field(default_factory=RiskConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    market_data: MarketDataConfig = Field(default_factory=MarketDataConfig)
 
     @model_validator(mode="after")
     def _live_needs_credentials(self) -> Self:
@@ -286,31 +261,9 @@ def _belongs_to_paper_broker(message: str, config: MbxConfig) -> bool:
     return broker is not None and (broker.paper_trading or not broker.enabled)
 
 
-def load_config(path: Path | None) -> MbxConfig:
-    """Read the YAML config file; defaults when no file is given and the default is absent."""
-    if path is None:
-        if not DEFAULT_CONFIG_FILE.exists():
-            return MbxConfig()
-        path = DEFAULT_CONFIG_FILE
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    return parse_config(raw, str(path))
-
-
-def load_settings() -> tuple[Settings, MbxConfig]:
-    """Build settings from the environment and the config they point at."""
-    try:
-        settings = Settings()
-        settings.subjects  # noqa: B018  (validates the prefix now, not at first publish)
-    except (ValidationError, ValueError) as exc:
-        raise ConfigError(f"environment: {exc}") from None
-    config = load_config(settings.config_file)
-    if settings.database_url is None and config.database.url:
-        settings = settings.model_copy(update={"database_url": config.database.url})
-    return settings, config
+def config_to_json(config: MbxConfig) -> bytes:
+    """The live config as stored in KV: everything but credentials and the database URL."""
+    data: dict[str, Any] = config.model_dump(
+        mode="json", exclude={"database": True, "brokers": {"__all__": {"credentials"}}}
+    )
+    return json.dumps(data, sort_keys=True).encode()

@@ -31,12 +31,12 @@ from contracts import (
     DeadLetterStage,
     Subjects,
 )
-from workers.cli import (
+from workers.cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
-    _audit_engine,
-    _connect,
+    audit_engine,
+    connect,
     console,
     fail,
     resolve_database_url,
@@ -108,7 +108,7 @@ def _filters(
 
 
 async def _letters(js: Any, subjects: Subjects, filters: Filters) -> list[Letter]:
-    from workers.bus import read_stream  # noqa: PLC0415
+    from workers.platform.bus import read_stream  # noqa: PLC0415
 
     found = []
     for msg in await read_stream(js, subjects.stream_name("DLQ"), subjects.dlq("*")):
@@ -126,7 +126,7 @@ def _load(filters: Filters) -> tuple[list[Letter], str, Subjects]:
     url = resolve_nats_url(settings)
 
     async def load() -> list[Letter]:
-        nc = await _connect(url)
+        nc = await connect(url)
         try:
             return await _letters(nc.jetstream(), settings.subjects, filters)
         finally:
@@ -245,10 +245,10 @@ def replay(
 async def _replay(letters: list[Letter], url: str, database: str) -> int:
     from sqlalchemy import insert  # noqa: PLC0415
 
-    from workers.db.models import DeadLetterReplay  # noqa: PLC0415
+    from workers.platform.db.models import DeadLetterReplay  # noqa: PLC0415
 
-    engine = await _audit_engine(database, "replays")  # before anything is published
-    nc = await _connect(url)
+    engine = await audit_engine(database, "replays")  # before anything is published
+    nc = await connect(url)
     who = os.environ.get("USER", "operator")
     done = 0
     try:
@@ -305,7 +305,7 @@ def purge(
         raise typer.Exit(EXIT_FAILURE)
 
     async def delete() -> None:
-        nc = await _connect(url)
+        nc = await connect(url)
         try:
             js = nc.jetstream()
             for item in letters:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from workers.settings import to_sqlalchemy_url
+from workers.platform.settings import to_sqlalchemy_url
 
 
 def make_engine(database_url: str, pool_size: int = 5) -> AsyncEngine:

@@ -8,7 +8,6 @@ comparisons are consistent. Fees follow each broker's published schedule (entry 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import random
 import time
@@ -16,14 +15,15 @@ import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 from contracts import AccountSnapshot, AssetClass, BrokerName, OrderIntent, OrderStatus, OrderType, PositionLine, Side
-from workers.executor.state import Execution, check_move
-from workers.fees import DEFAULT_FEES, commission, round_up_to_cent, traded_value
-from workers.venues.base import (
-    Quote,
+from workers.domain.capabilities import CAPABILITIES, VenueCapabilities
+from workers.domain.fees import DEFAULT_FEES, commission, round_up_to_cent, traded_value
+from workers.domain.order_state import Execution, check_move
+from workers.domain.quotes import Quote
+from workers.domain.venue import (
     VenueAmbiguous,
     VenueDuplicate,
     VenueFill,
@@ -32,30 +32,11 @@ from workers.venues.base import (
     VenueRejected,
     VenueUnavailable,
 )
-from workers.venues.book import MemoryOrderBook, OrderBook
-from workers.venues.capabilities import CAPABILITIES, VenueCapabilities
+from workers.venues.simulated.book import MemoryOrderBook, OrderBook
+from workers.venues.simulated.quotes import QuoteModel
 
 CENT = Decimal("0.01")
 QTY_STEP = Decimal("0.000000001")
-
-
-class QuoteModel:
-    """A stable mid price per symbol, derived from the symbol itself, with a fixed spread."""
-
-    def __init__(self, spread_bps: Decimal = Decimal(2)) -> None:
-        self.spread_bps = spread_bps
-
-    def mid(self, symbol: str) -> Decimal:
-        digest = int.from_bytes(hashlib.sha256(symbol.encode()).digest()[:4], "big")
-        if symbol.endswith("-USD"):  # crypto pairs trade at larger prices
-            return (Decimal(1000) + Decimal(digest % 6_000_000) / 100).quantize(CENT)
-        return (Decimal(5) + Decimal(digest % 50_000) / 100).quantize(CENT)
-
-    def quote(self, symbol: str) -> Quote:
-        mid = self.mid(symbol)
-        half = (mid * self.spread_bps / Decimal(20_000)).quantize(Decimal("0.0001"), ROUND_HALF_UP)
-        half = max(half, Decimal("0.0001"))
-        return Quote(symbol, mid - half, mid + half, datetime.now(UTC))
 
 
 def estimate_fee(broker: BrokerName, asset: AssetClass, quantity: Decimal, price: Decimal) -> Decimal:
@@ -219,6 +200,11 @@ class SimulatedVenue:
         self._account_lock = asyncio.Lock()
         self._connected = False
         self._random = random.Random(str(broker))  # noqa: S311  (simulated latency, not security)
+
+    def switch_faults(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Switch faults by name (``mbx fault``); returns every fault as it now stands."""
+        self.faults.update(changes)
+        return self.faults.as_dict()
 
     @property
     def broker(self) -> BrokerName:

@@ -28,13 +28,13 @@ from contracts import (
     MSG_ID_HEADER,
     REPLAY_HEADER,
     STRATEGY_ID_HEADER,
-    ConsumerSpec,
     DeadLetter,
     DeadLetterStage,
     Message,
     StreamSpec,
     Subjects,
 )
+from workers.platform.topology import ConsumerSpec
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable

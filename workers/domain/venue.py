@@ -8,10 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from contracts import AccountSnapshot, AssetClass, BrokerName, OrderIntent, OrderStatus, PositionLine
-from workers.venues.capabilities import VenueCapabilities
+from workers.domain.capabilities import VenueCapabilities
+from workers.domain.quotes import Quote
 
 
 class VenueError(Exception):
@@ -51,14 +52,6 @@ class VenueAmbiguous(VenueError):
 class VenueDuplicate(VenueError):
     """The broker refused the order because its client order id was used before (Alpaca's 422,
     IBKR's error 103): the order exists; look it up."""
-
-
-@dataclass(frozen=True, slots=True)
-class Quote:
-    symbol: str
-    bid: Decimal
-    ask: Decimal
-    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,3 +126,13 @@ class Venue(Protocol):
     async def get_quote(self, symbol: str) -> Quote: ...
 
     def supported_assets(self) -> frozenset[AssetClass]: ...
+
+
+@runtime_checkable
+class SupportsFaults(Protocol):
+    """A venue whose failures can be switched at runtime (the simulator, the fake brokers):
+    ``mbx fault`` and ``mbx.control.<broker>`` reach it through the executor."""
+
+    def switch_faults(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Apply ``changes`` by fault name (ValueError names a bad one) and return every fault."""
+        ...

@@ -14,18 +14,19 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from workers.cli import (
+from workers.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
-    _audit_engine,
-    _connect,
+    audit_engine,
+    connect,
     console,
     fail,
     resolve_database_url,
     resolve_nats_url,
     settings_and_config,
 )
-from workers.settings import ConfigError, MbxConfig, Settings, load_config, parse_config
+from workers.domain.config import ConfigError, MbxConfig, parse_config
+from workers.platform.settings import Settings, load_config
 
 config_app = typer.Typer(help="The live trading config: show, validate, set.", no_args_is_help=True)
 
@@ -34,10 +35,9 @@ async def _live(settings: Settings, url: str) -> tuple[dict[str, Any] | None, in
     """(live config as stored, its revision, the router's last refusal) from KV."""
     from nats.js.errors import BucketNotFoundError, KeyNotFoundError  # noqa: PLC0415
 
-    from workers.router.app import CONFIG_STATUS_KEY  # noqa: PLC0415
-    from workers.router.state import CONFIG_KEY  # noqa: PLC0415
+    from workers.domain.keys import CONFIG_KEY, CONFIG_STATUS_KEY  # noqa: PLC0415
 
-    nc = await _connect(url)
+    nc = await connect(url)
     try:
         try:
             kv = await nc.jetstream().key_value(settings.subjects.config_bucket)
@@ -157,13 +157,13 @@ def set_config(
 async def _write(settings: Settings, url: str, database: str, config: MbxConfig, summary: str) -> int:
     from sqlalchemy import insert  # noqa: PLC0415
 
-    from workers.db.models import ConfigChange  # noqa: PLC0415
-    from workers.router.app import write_live_config  # noqa: PLC0415
-    from workers.router.state import config_to_json  # noqa: PLC0415
+    from workers.domain.config import config_to_json  # noqa: PLC0415
+    from workers.platform.db.models import ConfigChange  # noqa: PLC0415
+    from workers.platform.live_config import write_live_config  # noqa: PLC0415
 
-    engine = await _audit_engine(database, "the change")
+    engine = await audit_engine(database, "the change")
     try:
-        nc = await _connect(url)
+        nc = await connect(url)
         try:
             revision = await write_live_config(nc.jetstream(), settings.subjects, config)
         finally:

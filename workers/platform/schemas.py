@@ -34,7 +34,7 @@ from contracts import (
 )
 from contracts.enums import BrokerName, DeadLetterStage, OrderStatus
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "contracts" / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "contracts" / "schemas"
 
 MODELS: tuple[type[BaseModel], ...] = (
     OrderIntent,

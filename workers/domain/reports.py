@@ -18,7 +18,7 @@ from contracts import (
     OrderStatus,
     RouteDecision,
 )
-from workers.venues.base import VenueFill, VenueOrder
+from workers.domain.venue import VenueFill, VenueOrder
 
 
 def report(

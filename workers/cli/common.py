@@ -1,0 +1,140 @@
+"""What every `mbx` command group shares: consoles, exit codes, settings, connections."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+
+from workers.domain.config import ConfigError, MbxConfig
+from workers.platform.settings import Settings, load_settings
+
+console = Console()
+err = Console(stderr=True)
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+async def _quiet(_exc: Exception) -> None:
+    """nats-py prints a traceback per failed attempt unless given an error callback."""
+
+
+# Fail fast when the server is not there: two attempts, no endless reconnect loop.
+ONE_SHOT_CONNECT: dict[str, Any] = {
+    "connect_timeout": 2,
+    "max_reconnect_attempts": 1,
+    "reconnect_time_wait": 0.2,
+    "error_cb": _quiet,
+}
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def settings_and_config() -> tuple[Settings, MbxConfig]:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        fail(f"invalid configuration: {exc}", EXIT_USAGE)
+
+
+def resolve_nats_url(settings: Settings) -> str:
+    """MBX_NATS_URL, else the running ``mbx up`` stack, else the default local port."""
+    if settings.nats_url:
+        return settings.nats_url
+    from workers.devstack.stack import read_stack  # noqa: PLC0415
+
+    stack = read_stack(settings.data_dir)
+    return str(stack["nats_url"]) if stack else "nats://127.0.0.1:4222"
+
+
+def resolve_database_url(settings: Settings) -> str:
+    if settings.database_url:
+        return settings.database_url
+    from workers.devstack.stack import read_stack  # noqa: PLC0415
+
+    stack = read_stack(settings.data_dir)
+    if stack:
+        return str(stack["database_url"])
+    fail("no database: set MBX_DATABASE_URL, or start the stack with `make run` (or `mbx up`)")
+
+
+def validation_problems(exc: ValidationError, what: str) -> str:
+    """A validation error as one line naming each bad field."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or what}: {e['msg']}" for e in exc.errors())
+
+
+def decimal_option(value: str | None, name: str) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        return Decimal(value)
+    except InvalidOperation:
+        fail(f"--{name}: {value!r} is not a number", EXIT_USAGE)
+
+
+def read_intent_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+    except OSError as exc:
+        fail(f"{path}: {exc.strerror}", EXIT_USAGE)
+    except yaml.YAMLError as exc:
+        fail(f"{path}: not valid JSON or YAML ({exc})", EXIT_USAGE)
+    if not isinstance(data, dict):
+        fail(f"{path}: expected a mapping of fields (one intent, or one cancel request)", EXIT_USAGE)
+    return data
+
+
+def unreachable(url: str, exc: BaseException) -> NoReturn:
+    fail(
+        f"cannot reach NATS at {url} ({type(exc).__name__}: {exc}). Start the stack with `make run` "
+        "(or `mbx up`), or set MBX_NATS_URL."
+    )
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    # nats-py raises its own error family for unreachable servers and lost connections
+    return isinstance(exc, OSError | TimeoutError) or type(exc).__module__.startswith("nats")
+
+
+async def connect(url: str) -> Any:
+    """A NATS connection, or a clear error saying which URL was tried and how to start mbx."""
+    import nats  # noqa: PLC0415
+
+    try:
+        return await nats.connect(url, **ONE_SHOT_CONNECT)
+    except Exception as exc:
+        if is_connection_error(exc):
+            unreachable(url, exc)
+        raise
+
+
+async def audit_engine(url: str, what: str) -> Any:
+    """An engine for the audit trail, checked first: nothing is changed that cannot be recorded."""
+    from sqlalchemy import text  # noqa: PLC0415
+
+    from workers.platform.db.engine import make_engine  # noqa: PLC0415
+
+    engine = make_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001  (any failure here means: do not go on)
+        await engine.dispose()
+        fail(f"cannot record {what}: the database is not reachable ({type(exc).__name__})")
+    return engine
+
+
+def print_route(route: Any) -> None:
+    chain = ", ".join(route.fallback_chain) or "none"
+    console.print(
+        f"routed to [bold]{route.broker}[/bold] (attempt {route.attempt}, rule {route.rule}): "
+        f"{route.reason}; fallback: {chain}"
+    )

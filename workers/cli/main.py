@@ -1,0 +1,27 @@
+"""``mbx``: the operator command line. Each command group lives in its own module."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from workers.cli import config, dlq, legacy, orders, sim, stack, views
+
+app = typer.Typer(
+    help="mbx: smart multi-broker execution.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+for group in (stack, orders, views, sim, legacy):
+    app.registered_commands += group.app.registered_commands
+app.add_typer(dlq.dlq, name="dlq")
+app.add_typer(config.config_app, name="config")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

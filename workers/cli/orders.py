@@ -1,0 +1,290 @@
+"""`mbx submit` and `mbx cancel`: sending intents and cancel requests as a strategy would."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from contracts import (
+    INTENT_ID_HEADER,
+    AssetClass,
+    BrokerName,
+    CancelReject,
+    CancelRequest,
+    ExecutionReport,
+    OrderIntent,
+    OrderType,
+    Side,
+    Subjects,
+    TimeInForce,
+)
+from workers.cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    ONE_SHOT_CONNECT,
+    connect,
+    console,
+    decimal_option,
+    err,
+    fail,
+    is_connection_error,
+    print_route,
+    read_intent_file,
+    resolve_nats_url,
+    settings_and_config,
+    unreachable,
+    validation_problems,
+)
+
+app = typer.Typer()
+
+
+@app.command()
+def submit(
+    symbol: Annotated[str | None, typer.Option(help="Symbol, e.g. AAPL or BTC-USD.")] = None,
+    quantity: Annotated[str | None, typer.Option(help="Units (fractional allowed).")] = None,
+    notional: Annotated[str | None, typer.Option(help="Dollar amount instead of a quantity.")] = None,
+    side: Annotated[Side, typer.Option(help="buy or sell.")] = Side.BUY,
+    asset_class: Annotated[AssetClass, typer.Option(help="equity, crypto or option.")] = AssetClass.EQUITY,
+    order_type: Annotated[OrderType, typer.Option(help="market, limit, stop, stop_limit.")] = OrderType.MARKET,
+    limit_price: Annotated[str | None, typer.Option(help="Limit price.")] = None,
+    stop_price: Annotated[str | None, typer.Option(help="Stop price.")] = None,
+    tif: Annotated[TimeInForce | None, typer.Option(help="day, gtc, ioc, fok (default day; gtc for crypto).")] = None,
+    broker: Annotated[BrokerName | None, typer.Option(help="Preferred broker.")] = None,
+    strategy: Annotated[str, typer.Option(help="Strategy id the order is sent as.")] = "cli",
+    intent_id: Annotated[str | None, typer.Option(help="Intent id (default: generated).")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Read the intent from a JSON or YAML file.")] = None,
+    csv_file: Annotated[
+        Path | None, typer.Option("--csv", help="Submit one intent per row of a CSV file (header: intent fields).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the final report.")] = 15.0,
+) -> None:
+    """Send one order intent and print its route and final report.
+
+    Example: mbx submit --symbol AAPL --quantity 10
+             mbx submit --symbol BTC-USD --asset-class crypto --notional 250
+             mbx submit --file intent.yaml
+             mbx submit --csv orders.csv   (columns: symbol, quantity or notional, side, ...)
+    """
+    settings, _ = settings_and_config()
+    if csv_file is not None:
+        intents = _read_csv(csv_file, strategy)
+        url = resolve_nats_url(settings)
+        raise typer.Exit(asyncio.run(_submit_batch(intents, url, settings.subject_prefix, timeout)))
+    if file is not None:
+        raw = read_intent_file(file)
+    else:
+        if symbol is None:
+            fail("give --symbol (and --quantity or --notional), or --file", EXIT_USAGE)
+        raw = {
+            "intent_id": intent_id or f"{strategy}-{uuid.uuid4().hex[:12]}",
+            "strategy_id": strategy,
+            "symbol": symbol.upper(),
+            "asset_class": asset_class,
+            "side": side,
+            "quantity": decimal_option(quantity, "quantity"),
+            "notional": decimal_option(notional, "notional"),
+            "order_type": order_type,
+            "limit_price": decimal_option(limit_price, "limit-price"),
+            "stop_price": decimal_option(stop_price, "stop-price"),
+            "time_in_force": tif,
+            "broker": broker,
+        }
+        raw = {k: v for k, v in raw.items() if v is not None}
+    try:
+        intent = OrderIntent.model_validate(raw)
+    except ValidationError as exc:
+        fail(f"invalid order: {validation_problems(exc, 'intent')}", EXIT_USAGE)
+    url = resolve_nats_url(settings)
+    code = asyncio.run(_submit(intent, url, settings.subject_prefix, timeout))
+    raise typer.Exit(code)
+
+
+CSV_ALIASES = {"tif": "time_in_force", "strategy": "strategy_id", "type": "order_type"}
+
+
+def _read_csv(path: Path, strategy: str) -> list[OrderIntent]:
+    """Every row as an intent; any invalid row refuses the whole file (nothing is sent)."""
+    import csv  # noqa: PLC0415
+
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as exc:
+        fail(f"{path}: {exc.strerror}", EXIT_USAGE)
+    except csv.Error as exc:
+        fail(f"{path}: not a CSV file ({exc})", EXIT_USAGE)
+    if not rows:
+        fail(f"{path}: no rows (the first line names the columns: symbol,quantity,side,...)", EXIT_USAGE)
+    intents, problems = [], []
+    for line, row in enumerate(rows, start=2):
+        raw = {CSV_ALIASES.get(k.strip(), k.strip()): v.strip() for k, v in row.items() if k and v and v.strip()}
+        raw.setdefault("strategy_id", strategy)
+        raw.setdefault("asset_class", "equity")  # as for --asset-class; side stays required
+        raw.setdefault("intent_id", f"{raw['strategy_id']}-{uuid.uuid4().hex[:12]}")
+        if "symbol" in raw:
+            raw["symbol"] = raw["symbol"].upper()
+        try:
+            intents.append(OrderIntent.model_validate(raw))
+        except ValidationError as exc:
+            problems.append(f"line {line}: {validation_problems(exc, 'row')}")
+    if problems:
+        fail(f"{path}: {len(problems)} invalid rows, nothing sent:\n  " + "\n  ".join(problems[:20]), EXIT_USAGE)
+    return intents
+
+
+async def _submit_batch(intents: list[OrderIntent], url: str, prefix: str, timeout: float) -> int:
+    from rich.progress import Progress  # noqa: PLC0415
+
+    from contracts.client import MbxClient  # noqa: PLC0415
+
+    nc = await connect(url)
+    client = MbxClient(nc, Subjects(prefix))
+    try:
+        tracker = await client.track_many(i.intent_id for i in intents)
+        duplicates = 0
+        with Progress(console=console, transient=True) as progress:
+            sending = progress.add_task("submitting", total=len(intents))
+            for intent in intents:
+                duplicates += (await client.submit(intent)).duplicate
+                progress.advance(sending)
+            waiting = progress.add_task("waiting for final reports", total=len(intents))
+            deadline = asyncio.get_running_loop().time() + timeout
+            while not await tracker.wait(0.2) and asyncio.get_running_loop().time() < deadline:
+                progress.update(waiting, completed=len(tracker.finals))
+        await tracker.close()
+    finally:
+        await nc.drain()
+    statuses: dict[str, int] = {}
+    brokers: dict[str, int] = {}
+    for report in tracker.finals.values():
+        statuses[str(report.status)] = statuses.get(str(report.status), 0) + 1
+        if report.status.value == "filled" and report.broker:
+            brokers[str(report.broker)] = brokers.get(str(report.broker), 0) + 1
+    console.print(
+        f"submitted {len(intents)} intents"
+        + (f" ({duplicates} already submitted before)" if duplicates else "")
+        + ": "
+        + ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+        + (f", {len(tracker.waiting)} without a final report after {timeout:g}s" if tracker.waiting else "")
+    )
+    if brokers:
+        console.print("filled at: " + ", ".join(f"{b} {n}" for b, n in sorted(brokers.items())))
+    for report in tracker.finals.values():
+        if report.status.value != "filled":
+            console.print(f"  {report.intent_id}: {report.status} {report.reason}")
+    ok = not tracker.waiting and all(r.status.value == "filled" for r in tracker.finals.values())
+    return EXIT_OK if ok else EXIT_FAILURE
+
+
+async def _submit(intent: OrderIntent, url: str, prefix: str, timeout: float) -> int:
+    from contracts.client import MbxClient  # noqa: PLC0415
+
+    try:
+        async with MbxClient.connect(url, prefix=prefix, **ONE_SHOT_CONNECT) as client:
+            tracker = await client.track(intent.intent_id)
+            ack = await client.submit(intent)
+            dup = " (duplicate: this intent id was already submitted)" if ack.duplicate else ""
+            console.print(f"submitted [bold]{intent.intent_id}[/bold] to {ack.stream} seq {ack.sequence}{dup}")
+            try:
+                final = await tracker.wait(timeout)
+            except TimeoutError:
+                for route in tracker.routes:
+                    print_route(route)
+                err.print(f"[yellow]no final report within {timeout:g}s[/yellow]; the order may still be working")
+                return EXIT_FAILURE
+            finally:
+                await tracker.close()
+    except Exception as exc:
+        if is_connection_error(exc):
+            unreachable(url, exc)
+        raise
+    for route in tracker.routes:
+        print_route(route)
+    status = str(final.status)
+    colour = "green" if status == "filled" else "red" if status in ("rejected", "failed") else "yellow"
+    filled = f" {final.filled_quantity} @ {final.average_price}" if final.average_price is not None else ""
+    fees = f", fees {final.fees}" if final.fees else ""
+    where = final.broker or "no broker"
+    console.print(
+        f"[{colour}]{status}[/{colour}] at {where}{filled}{fees}" + (f" ({final.reason})" if final.reason else "")
+    )
+    return EXIT_OK if status in ("filled", "accepted", "partially_filled", "cancelled") else EXIT_FAILURE
+
+
+@app.command()
+def cancel(
+    intent_id: Annotated[str | None, typer.Argument(help="The intent whose order to cancel.")] = None,
+    strategy: Annotated[str, typer.Option(help="Strategy id the request is sent as.")] = "cli",
+    reason: Annotated[str, typer.Option(help="Why, for the audit trail.")] = "",
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", "-f", help="Read the request (intent_id, strategy_id, reason) from JSON/YAML."),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the outcome.")] = 15.0,
+) -> None:
+    """Cancel a working order and print the outcome (cancelled, or why it could not be).
+
+    Example: mbx cancel cli-3f2a9c1e7b4d --reason "signal reversed"
+             mbx cancel --file cancel.yaml
+    """
+    settings, _ = settings_and_config()
+    if (intent_id is None) == (file is None):
+        fail("give the intent id or --file", EXIT_USAGE)
+    raw: dict[str, Any] = (
+        read_intent_file(file)
+        if file is not None
+        else {"intent_id": intent_id, "strategy_id": strategy, "reason": reason}
+    )
+    raw.setdefault("strategy_id", strategy)
+    raw.setdefault("message_id", f"cancel-{uuid.uuid4().hex}")
+    raw.setdefault("correlation_id", raw.get("intent_id") or "")
+    try:
+        request = CancelRequest.model_validate(raw)
+    except ValidationError as exc:
+        fail(f"invalid cancel request: {validation_problems(exc, 'request')}", EXIT_USAGE)
+    url = resolve_nats_url(settings)
+    raise typer.Exit(asyncio.run(_cancel(request, url, Subjects(settings.subject_prefix), timeout)))
+
+
+async def _cancel(request: CancelRequest, url: str, subjects: Subjects, timeout: float) -> int:
+    from workers.platform.bus import publish  # noqa: PLC0415
+
+    nc = await connect(url)
+    try:
+        outcome: asyncio.Future[tuple[str, bytes]] = asyncio.get_running_loop().create_future()
+
+        async def seen(msg: Any) -> None:
+            if (msg.headers or {}).get(INTENT_ID_HEADER) == request.intent_id and not outcome.done():
+                outcome.set_result((msg.subject, msg.data))
+
+        subs = [
+            await nc.subscribe(subjects.execution("*", "cancelled"), cb=seen),
+            await nc.subscribe(subjects.cancel_reject("*"), cb=seen),
+            await nc.subscribe(subjects.cancel_reject(None), cb=seen),
+        ]
+        await publish(nc.jetstream(), subjects.cancel(request.strategy_id), request, intent_id=request.intent_id)
+        try:
+            subject, data = await asyncio.wait_for(outcome, timeout)
+        except TimeoutError:
+            err.print(f"[yellow]no answer within {timeout:g}s[/yellow]; the cancel request is queued")
+            return EXIT_FAILURE
+        finally:
+            for sub in subs:
+                await sub.unsubscribe()
+    finally:
+        await nc.close()
+    if subject.endswith(".cancel_rejected"):
+        reject = CancelReject.model_validate_json(data)
+        status = f" (order {reject.order_status})" if reject.order_status else ""
+        console.print(f"[red]not cancelled[/red]: {reject.reason_code}: {reject.reason}{status}")
+        return EXIT_FAILURE
+    report = ExecutionReport.model_validate_json(data)
+    console.print(f"[green]cancelled[/green] at {report.broker} ({report.filled_quantity} filled before the cancel)")
+    return EXIT_OK

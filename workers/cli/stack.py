@@ -1,0 +1,160 @@
+"""`mbx up`, `down`, `worker`, `migrate`, `schemas`: running the system."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from contracts import (
+    BrokerName,
+)
+from workers.cli.common import (
+    EXIT_USAGE,
+    console,
+    fail,
+    resolve_database_url,
+    resolve_nats_url,
+    settings_and_config,
+)
+from workers.domain.config import ConfigError, MbxConfig
+from workers.platform.logs import configure_logging
+from workers.platform.settings import Settings
+
+app = typer.Typer()
+
+
+def runnable_config() -> tuple[Settings, MbxConfig]:
+    """Settings and config, with every adapter and quote source they name known (checked before
+    anything starts, so a typo stops `mbx up` at once with the key named)."""
+    from workers.venues.factory import check_config  # noqa: PLC0415  (imports the adapters)
+
+    settings, config = settings_and_config()
+    try:
+        check_config(config)
+    except ConfigError as exc:
+        fail(f"invalid configuration: {exc}", EXIT_USAGE)
+    return settings, config
+
+
+@app.command()
+def up(
+    nats_port: Annotated[int, typer.Option(help="Port of the embedded nats-server.")] = 4222,
+    pg_port: Annotated[int, typer.Option(help="Port of the embedded PostgreSQL.")] = 54329,
+    production_durability: Annotated[
+        bool, typer.Option("--production-durability", help="Embedded NATS fsyncs every write (sync_interval: always).")
+    ] = False,
+) -> None:
+    """Start NATS, PostgreSQL and every worker; Ctrl-C stops it all.
+
+    Example: mbx up --nats-port 4333
+    """
+    settings, config = runnable_config()
+    if production_durability:
+        settings = settings.model_copy(update={"durability": "production"})
+    from workers.devstack.stack import Stack, read_stack  # noqa: PLC0415
+
+    running = read_stack(settings.data_dir)
+    if running:
+        fail(f"mbx is already running (pid {running['pid']}, NATS {running['nats_url']}); stop it with `mbx down`")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        code = Stack(settings, config, nats_port=nats_port, pg_port=pg_port, console=console).run()
+    except RuntimeError as exc:
+        fail(str(exc))
+    raise typer.Exit(code)
+
+
+@app.command()
+def down(timeout: Annotated[float, typer.Option(help="Seconds to wait for a clean stop.")] = 60) -> None:
+    """Stop the stack that `mbx up` started (from any terminal).
+
+    Example: mbx down
+    """
+    import os  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from workers.devstack.stack import read_stack  # noqa: PLC0415
+
+    settings, _ = settings_and_config()
+    stack = read_stack(settings.data_dir)
+    if not stack:
+        console.print("mbx is not running")
+        return
+    pid = int(str(stack["pid"]))
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        # `mbx up` removes its stack file as the last step of a clean stop; the process may
+        # then linger as a zombie until whatever started it reaps it.
+        if read_stack(settings.data_dir) is None:
+            console.print("stopped")
+            return
+        time.sleep(0.2)
+    fail(f"mbx (pid {pid}) did not stop within {timeout:.0f}s")
+
+
+@app.command()
+def worker(
+    kind: Annotated[str, typer.Argument(help="router, executor or aggregator.")],
+    broker: Annotated[BrokerName | None, typer.Option(help="The executor's broker.")] = None,
+) -> None:
+    """Run one worker in the foreground (what `mbx up` and compose start).
+
+    Example: MBX_NATS_URL=nats://127.0.0.1:4222 mbx worker executor --broker alpaca
+    """
+    settings, config = runnable_config()
+    configure_logging(settings.log_level, settings.log_format)
+    if kind not in ("router", "executor", "aggregator"):
+        fail(f"unknown worker {kind!r}: use router, executor or aggregator", EXIT_USAGE)
+    if kind == "executor" and broker is None:
+        fail("an executor needs --broker (one of: " + ", ".join(BrokerName) + ")", EXIT_USAGE)
+    from workers.entry import build_worker, run_until_signalled  # noqa: PLC0415
+
+    settings = settings.model_copy(update={"nats_url": resolve_nats_url(settings)})
+    if kind == "aggregator":
+        settings = settings.model_copy(update={"database_url": resolve_database_url(settings)})
+    try:
+        asyncio.run(run_until_signalled(build_worker(kind, settings, config, broker)))
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+@app.command()
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    downgrade: Annotated[bool, typer.Option("--downgrade", help="Downgrade to the revision instead.")] = False,
+) -> None:
+    """Apply database migrations (to MBX_DATABASE_URL or the running stack's database).
+
+    Example: mbx migrate            (upgrade to head)
+             mbx migrate base --downgrade
+    """
+    from workers.platform.db import migrate as migrations  # noqa: PLC0415
+
+    settings, _ = settings_and_config()
+    url = resolve_database_url(settings)
+    try:
+        if downgrade:
+            migrations.downgrade(url, revision)
+        else:
+            migrations.upgrade(url, revision)
+    except Exception as exc:  # noqa: BLE001  (report, don't trace back)
+        fail(f"migration failed: {type(exc).__name__}: {exc}")
+    console.print(f"database is at {'downgraded to ' if downgrade else ''}{revision}")
+
+
+@app.command()
+def schemas(check: Annotated[bool, typer.Option("--check", help="Fail if the files are out of date.")] = False) -> None:
+    """Write the JSON Schemas and the AsyncAPI document into contracts/schemas/.
+
+    Example: mbx schemas --check
+    """
+    from workers.platform.schemas import write_schemas  # noqa: PLC0415
+
+    stale = write_schemas(check=check)
+    if check and stale:
+        fail("out of date: " + ", ".join(stale) + " (run `make schemas`)")
+    console.print("schemas are up to date" if check else "schemas written to contracts/schemas/")

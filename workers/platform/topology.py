@@ -1,0 +1,128 @@
+"""The workers' private side of the bus: durable consumers and internal KV buckets.
+
+Strategy services never need these, so they are not in ``contracts``; every subject a consumer
+filters on still comes from ``contracts.Subjects``. ``workers.platform.bus`` applies the
+consumer definitions at every worker start (``pull_subscribe`` alone would not update a changed
+consumer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from contracts import BrokerName, Subjects
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    """A durable pull consumer, independent of any client library."""
+
+    stream: str
+    durable: str
+    filter_subjects: tuple[str, ...]
+    max_deliver: int = 5
+    """Deliveries the server makes (-1: no limit)."""
+    ack_wait_seconds: float = 30.0
+    max_ack_pending: int = 2000
+    description: str = ""
+    dead_letter_after: int | None = None
+    """Deliveries after which a failing message is dead-lettered (default: ``max_deliver``)."""
+
+    @property
+    def give_up_after(self) -> int:
+        return self.dead_letter_after if self.dead_letter_after is not None else self.max_deliver
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Durable consumers and private buckets for one subject prefix."""
+
+    subjects: Subjects
+
+    @property
+    def prefix(self) -> str:
+        return self.subjects.prefix
+
+    # Durable consumers ------------------------------------------------------------------------
+
+    def router_consumer(self) -> ConsumerSpec:
+        return ConsumerSpec(
+            stream=self.subjects.stream_name("ORDERS"),
+            durable="router",
+            filter_subjects=(self.subjects.all_intents,),
+            description="The router's share of order intents.",
+        )
+
+    def router_failover_consumer(self) -> ConsumerSpec:
+        return ConsumerSpec(
+            stream=self.subjects.stream_name("EXECUTIONS"),
+            durable="router-failover",
+            filter_subjects=(self.subjects.all_failovers,),
+            description="Failed attempts the router re-routes to the next broker.",
+        )
+
+    def router_cancel_consumer(self) -> ConsumerSpec:
+        return ConsumerSpec(
+            stream=self.subjects.stream_name("ORDERS"),
+            durable="router-cancel",
+            filter_subjects=(self.subjects.all_cancels,),
+            description="Cancel requests the router forwards to the broker holding the order.",
+        )
+
+    def executor_consumer(self, broker: BrokerName) -> ConsumerSpec:
+        return ConsumerSpec(
+            stream=self.subjects.stream_name("ROUTES"),
+            durable=f"executor-{broker}",
+            filter_subjects=(self.subjects.route(broker), self.subjects.cancel_route(broker)),
+            # Short, so a crashed replica's orders come back quickly; placement takes well under it.
+            ack_wait_seconds=10.0,
+            description=f"Route decisions for {broker}, shared by its executor replicas.",
+        )
+
+    def aggregator_consumers(self) -> tuple[ConsumerSpec, ...]:
+        s = self.subjects
+        return (
+            ConsumerSpec(
+                stream=s.stream_name("ROUTES"),
+                durable="aggregator-routes",
+                filter_subjects=(s.all_routes,),
+                max_ack_pending=10000,
+                # A database outage must never exhaust deliveries: the server redelivers without
+                # limit, and the aggregator dead-letters a message only for its own failures.
+                max_deliver=-1,
+                dead_letter_after=5,
+            ),
+            ConsumerSpec(
+                stream=s.stream_name("EXECUTIONS"),
+                durable="aggregator-executions",
+                filter_subjects=(s.all_executions, s.all_fills, s.all_failovers),
+                max_ack_pending=10000,
+                max_deliver=-1,
+                dead_letter_after=5,
+            ),
+            ConsumerSpec(
+                stream=s.stream_name("POSITIONS"),
+                durable="aggregator-positions",
+                filter_subjects=(s.all_positions, s.all_statuses),
+                max_ack_pending=1000,
+                max_deliver=-1,
+                dead_letter_after=5,
+            ),
+        )
+
+    # Private KV buckets -----------------------------------------------------------------------
+
+    @property
+    def order_ledger_bucket(self) -> str:
+        """Where each intent's order is, written by the executors: ``i.<intent id, base64>`` (broker,
+        status, report sequence) and ``open.<broker>.<intent id, base64>`` while the order works."""
+        return f"{self.prefix}_orders"
+
+    @property
+    def rate_budget_bucket(self) -> str:
+        """Each broker's shared token bucket: one key per broker, updated with compare-and-set."""
+        return f"{self.prefix}_rate_budgets"
+
+    def sim_book_bucket(self, broker: BrokerName | str) -> str:
+        """A simulated broker's own order book (paper trading only)."""
+        return f"{self.prefix}_sim_{broker}"

@@ -1,0 +1,258 @@
+"""One portfolio across every broker, from Postgres.
+
+- Positions (quantity, average cost, mark) are the brokers' own, from their latest
+  ``PositionSnapshot`` (``positions`` table); account values from ``broker_accounts``.
+- Realized P&L comes from mbx's own fills (``trade_logs``), average-cost method per broker and
+  symbol, net of every fee paid.
+- Exposure for the router's risk checks comes from mbx's own records, so it is current with the
+  database rather than with the last snapshot: net filled quantity per broker and symbol at the
+  latest fill price, plus every working order's remaining value. It is published only when
+  account values are known (without a portfolio value, allocation limits cannot be computed
+  and stay off).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts import (
+    AssetClass,
+    BrokerName,
+    ExposureSnapshot,
+    Portfolio,
+    PortfolioPosition,
+    SymbolExposure,
+)
+from workers.domain.fees import traded_value
+
+WORKING = ("new", "submitted", "accepted", "partially_filled", "unknown")
+HUNDRED = Decimal(100)
+CENT = Decimal("0.01")
+
+
+@dataclass
+class _Book:
+    """Average-cost bookkeeping of one broker's fills in one symbol."""
+
+    asset: AssetClass
+    quantity: Decimal = Decimal(0)
+    average: Decimal = Decimal(0)
+    realized: Decimal = Decimal(0)
+
+    def apply(self, side: str, quantity: Decimal, price: Decimal, fee: Decimal) -> None:
+        signed = quantity if side == "buy" else -quantity
+        multiplier = Decimal(100) if self.asset is AssetClass.OPTION else Decimal(1)
+        if self.quantity == 0 or (self.quantity > 0) == (signed > 0):
+            total = abs(self.quantity) + quantity
+            self.average = (self.average * abs(self.quantity) + price * quantity) / total
+        else:
+            closing = min(quantity, abs(self.quantity))
+            direction = Decimal(1) if self.quantity > 0 else Decimal(-1)
+            self.realized += closing * (price - self.average) * direction * multiplier
+            if quantity > abs(self.quantity):  # the position flips: the rest opens at this price
+                self.average = price
+        self.quantity += signed
+        if self.quantity == 0:
+            self.average = Decimal(0)
+        self.realized -= fee
+
+
+@dataclass
+class _Fills:
+    books: dict[tuple[str, str], _Book] = field(default_factory=dict)
+
+    def realized_by_symbol(self) -> dict[str, Decimal]:
+        out: dict[str, Decimal] = defaultdict(Decimal)
+        for (_, symbol), book in self.books.items():
+            out[symbol] += book.realized
+        return out
+
+
+def allocation(values: dict[BrokerName, Decimal]) -> dict[BrokerName, Decimal]:
+    """Percent of the total per broker, to the cent, summing to exactly 100."""
+    total = sum(values.values(), Decimal(0))
+    if total <= 0:
+        return {}
+    shares = {b: (v / total * HUNDRED).quantize(CENT) for b, v in values.items()}
+    largest = max(shares, key=lambda b: values[b])
+    shares[largest] += HUNDRED - sum(shares.values(), Decimal(0))
+    return shares
+
+
+class PortfolioReader:
+    """The seed's portfolio API over Postgres: unified positions, allocation and exposure."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def _rows(self, sql: str, **params: Any) -> list[Any]:
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(text(sql), params)).mappings().all())
+
+    async def _fills(self) -> _Fills:
+        rows = await self._rows(
+            "SELECT t.broker_name, t.symbol, t.side, t.quantity, t.price, t.fee, "
+            "coalesce(o.asset_class, 'equity') AS asset_class "
+            "FROM trade_logs t LEFT JOIN orders o "
+            "ON o.broker_name = t.broker_name AND o.broker_order_id = t.broker_order_id "
+            "ORDER BY t.executed_at, t.id"
+        )
+        fills = _Fills()
+        for r in rows:
+            key = (r["broker_name"], r["symbol"])
+            book = fills.books.get(key)
+            if book is None:
+                book = fills.books[key] = _Book(AssetClass(r["asset_class"]))
+            book.apply(r["side"], r["quantity"], r["price"], r["fee"])
+        return fills
+
+    async def _account_values(self) -> tuple[dict[BrokerName, Decimal], Decimal]:
+        rows = await self._rows("SELECT broker_name, cash, portfolio_value FROM broker_accounts")
+        values = {BrokerName(r["broker_name"]): r["portfolio_value"] for r in rows}
+        return values, sum((r["cash"] for r in rows), Decimal(0))
+
+    async def get_broker_allocation(self) -> dict[BrokerName, Decimal]:
+        values, _ = await self._account_values()
+        return allocation(values)
+
+    async def get_unified_portfolio(self) -> Portfolio:
+        rows = await self._rows(
+            "SELECT p.*, c.last_synced_at FROM positions p "
+            "LEFT JOIN multi_broker_connections c ON c.broker_name = p.broker_name ORDER BY p.symbol, p.broker_name"
+        )
+        realized = (await self._fills()).realized_by_symbol()
+        values, cash = await self._account_values()
+        by_symbol: dict[str, list[Any]] = defaultdict(list)
+        for r in rows:
+            by_symbol[r["symbol"]].append(r)
+        positions = [
+            self._merge(symbol, lines, realized.get(symbol, Decimal(0))) for symbol, lines in by_symbol.items()
+        ]
+        synced = [r["last_synced_at"] for r in rows if r["last_synced_at"] is not None]
+        market_value = sum((p.market_value for p in positions), Decimal(0))
+        return Portfolio(
+            positions=tuple(positions),
+            cash=cash,
+            market_value=market_value,
+            portfolio_value=sum(values.values(), Decimal(0)),
+            unrealized_pnl=sum((p.unrealized_pnl for p in positions), Decimal(0)),
+            realized_pnl=sum(realized.values(), Decimal(0)),
+            allocation=allocation(values),
+            as_of=min(synced) if synced else None,
+        )
+
+    @staticmethod
+    def _merge(symbol: str, lines: list[Any], realized: Decimal) -> PortfolioPosition:
+        quantity = sum((r["quantity"] for r in lines), Decimal(0))
+        same_side = [r for r in lines if quantity != 0 and (r["quantity"] > 0) == (quantity > 0)]
+        held = sum((r["quantity"] for r in same_side), Decimal(0))
+        average = sum((r["quantity"] * r["average_cost"] for r in same_side), Decimal(0)) / held if held else None
+        marks = [r["market_price"] for r in lines if r["market_price"] is not None]
+        return PortfolioPosition(
+            symbol=symbol,
+            asset_class=AssetClass(lines[0]["asset_class"]),
+            quantity=quantity,
+            average_cost=average,
+            market_price=marks[0] if marks else None,
+            market_value=sum((r["market_value"] or Decimal(0) for r in lines), Decimal(0)),
+            unrealized_pnl=sum((r["unrealized_pnl"] or Decimal(0) for r in lines), Decimal(0)),
+            realized_pnl=realized,
+            by_broker={BrokerName(r["broker_name"]): r["quantity"] for r in lines},
+        )
+
+    async def _working_orders(self, symbol: str | None = None) -> list[Any]:
+        return await self._rows(
+            "SELECT broker_name, symbol, asset_class, side, quantity, notional, filled_quantity, average_price "
+            "FROM orders WHERE broker_name IS NOT NULL AND status = ANY(:working) "
+            "AND (CAST(:symbol AS text) IS NULL OR symbol = :symbol)",
+            working=list(WORKING),
+            symbol=symbol,
+        )
+
+    @staticmethod
+    def _order_value(order: Any, mark: Decimal | None) -> Decimal:
+        """Signed USD value still to trade on a working order (0 when no price is known)."""
+        sign = Decimal(1) if order["side"] == "buy" else Decimal(-1)
+        asset = AssetClass(order["asset_class"])
+        if order["quantity"] is not None:
+            price = mark or order["average_price"]
+            left = order["quantity"] - order["filled_quantity"]
+            return sign * traded_value(asset, left, Decimal(price)) if price else Decimal(0)
+        done = Decimal(order["filled_quantity"]) * Decimal(order["average_price"] or 0)
+        return sign * max(Decimal(order["notional"] or 0) - done, Decimal(0))
+
+    async def _held(self, symbol: str | None = None) -> list[Any]:
+        """Net filled quantity per broker and symbol, with the symbol's latest fill price (across
+        brokers), from the running totals in ``held_positions``: a row per position, whatever
+        the number of fills (this runs every few seconds)."""
+        return await self._rows(
+            "WITH marks AS (SELECT DISTINCT ON (symbol) symbol, last_price AS price FROM held_positions"
+            " WHERE CAST(:symbol AS text) IS NULL OR symbol = :symbol"
+            " ORDER BY symbol, last_executed_at DESC, last_fill DESC)"
+            " SELECT h.broker_name, h.symbol, h.quantity, marks.price,"
+            " coalesce((SELECT o.asset_class FROM orders o"
+            " WHERE o.broker_name = h.broker_name AND o.symbol = h.symbol LIMIT 1), 'equity') AS asset_class"
+            " FROM held_positions h JOIN marks USING (symbol)"
+            " WHERE CAST(:symbol AS text) IS NULL OR h.symbol = :symbol",
+            symbol=symbol,
+        )
+
+    async def get_cross_broker_exposure(self, symbol: str) -> SymbolExposure:
+        positions: dict[BrokerName, Decimal] = {}
+        mark: Decimal | None = None
+        for row in await self._held(symbol):
+            mark = row["price"]
+            positions[BrokerName(row["broker_name"])] = traded_value(
+                AssetClass(row["asset_class"]), row["quantity"], row["price"]
+            )
+        in_flight: dict[BrokerName, Decimal] = defaultdict(Decimal)
+        for order in await self._working_orders(symbol):
+            in_flight[BrokerName(order["broker_name"])] += self._order_value(order, mark)
+        everything = list(positions.values()) + list(in_flight.values())
+        return SymbolExposure(
+            symbol=symbol,
+            positions=positions,
+            in_flight=dict(in_flight),
+            net=sum(everything, Decimal(0)),
+            gross=sum((abs(v) for v in everything), Decimal(0)),
+        )
+
+    async def exposure_snapshot(self) -> ExposureSnapshot | None:
+        """What the router's risk checks need, or None while no account values are known."""
+        values, _ = await self._account_values()
+        if not values:
+            return None
+        by_broker: dict[BrokerName, Decimal] = defaultdict(Decimal)
+        by_symbol: dict[str, Decimal] = defaultdict(Decimal)
+        quantities: dict[str, Decimal] = defaultdict(Decimal)
+        marks: dict[str, Decimal] = {}
+        for row in await self._held():
+            marks[row["symbol"]] = row["price"]
+            value = traded_value(AssetClass(row["asset_class"]), row["quantity"], row["price"])
+            by_broker[BrokerName(row["broker_name"])] += abs(value)
+            by_symbol[row["symbol"]] += value
+            quantities[row["symbol"]] += row["quantity"]
+        for order in await self._working_orders():
+            value = self._order_value(order, marks.get(order["symbol"]))
+            by_broker[BrokerName(order["broker_name"])] += abs(value)
+            by_symbol[order["symbol"]] += value
+        [newest] = await self._rows("SELECT max(decided_at) AS at FROM multi_broker_routes")
+        return ExposureSnapshot(
+            created_at=newest["at"] or datetime.now(UTC),
+            portfolio_value=max(sum(values.values(), Decimal(0)), Decimal(0)),
+            by_broker=_nonzero(by_broker.items()),
+            by_symbol=_nonzero(by_symbol.items()),
+            positions=_nonzero(quantities.items()),
+        )
+
+
+def _nonzero(items: Iterable[tuple[Any, Decimal]]) -> dict[Any, Decimal]:
+    return {k: v for k, v in items if v != 0}
