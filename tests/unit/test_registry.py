@@ -104,3 +104,20 @@ def test_measured_fill_quality_replaces_the_prior_once_there_are_enough_samples(
     scores = {c.broker: c.fill_score for c in decision.candidates}
     assert scores[BrokerName.COINBASE] == 0.5  # 10 samples < 50: still the prior
     assert scores[BrokerName.ALPACA] == 0.2
+
+
+def test_a_broker_not_heard_from_since_the_grace_began_is_starting_until_it_speaks_or_time_runs_out() -> None:
+    """After a (re)start, a silent or stale broker is *starting* for the grace period; one fresh
+    heartbeat ends that, and so does the end of the period."""
+    clock = [NOW.timestamp()]
+    reg = BrokerRegistry(heartbeat_timeout=5.0, clock=lambda: clock[0])
+    reg.update(status(BrokerName.ALPACA, age=8))  # last heard before NATS went away
+    reg.begin_grace(10.0, [BrokerName.ALPACA, BrokerName.SCHWAB, BrokerName.IBKR])
+    reg.update(status(BrokerName.IBKR, age=0.2))  # beating right through: counts
+    assert reg.starting() == {BrokerName.ALPACA, BrokerName.SCHWAB}
+    clock[0] += 1
+    reg.update(status(BrokerName.ALPACA, age=-1))
+    assert reg.starting() == {BrokerName.SCHWAB}
+    clock[0] += 9.5
+    assert reg.starting() == frozenset()
+    assert not reg.health(BrokerName.SCHWAB).up

@@ -146,6 +146,12 @@ class RoutingConfig(_Strict):
     fill_score_prior: float = Field(default=0.5, ge=0, le=1, description="Fill score until measured.")
     min_fill_samples: int = Field(default=50, ge=1, description="Measured orders before the fill score is used.")
     heartbeat_timeout_s: float = Field(default=5.0, gt=0, description="A broker silent this long is down.")
+    startup_grace_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="After the router starts or NATS comes back, how long intents wait for a broker not heard "
+        "from since (starting, not down) before routing without it.",
+    )
     min_rate_headroom: float = Field(
         default=0.05, ge=0, le=1, description="Below this share of its rate budget left a broker is skipped."
     )

@@ -107,9 +107,12 @@ class Venue(Protocol):
 
     async def place_order(self, intent: OrderIntent, client_order_id: str) -> VenueOrder: ...
 
-    async def locate(self, intent: OrderIntent, client_order_id: str, since: datetime) -> VenueOrder | None:
+    async def locate(
+        self, intent: OrderIntent, client_order_id: str, since: datetime, exclude: frozenset[str] = frozenset()
+    ) -> VenueOrder | None:
         """Find an order this intent may have placed: by client order id where the broker has
-        one, else by listing recent orders and matching symbol, side and size."""
+        one, else by listing recent orders and matching symbol, side and size (skipping the
+        broker order ids in ``exclude``, which belong to other intents)."""
         ...
 
     async def get_order(self, broker_order_id: str) -> VenueOrder | None: ...

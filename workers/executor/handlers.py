@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,7 @@ from workers.domain.venue import (
     VenueUnavailable,
 )
 from workers.executor.budget import RateBudget
+from workers.executor.same_shape import SameShapeGuard, ShapeBusy
 from workers.platform.bus import delivery_count, is_replay, publish
 from workers.platform.failpoints import failpoint
 from workers.platform.order_ledger import OrderLedger
@@ -70,6 +72,8 @@ class VenueStats:
         self.error_rate += self.ALPHA * ((1.0 if failed else 0.0) - self.error_rate)
 
 
+MAX_LISTED_CANDIDATES = 50
+"""Same-shaped orders of other intents a lookup steps over before giving up."""
 FAILOVER_AFTER = 3
 """Deliveries that provably never reached the broker (down, 429) before the intent fails over."""
 
@@ -84,6 +88,10 @@ class ExecutorHandlers:
         self.ledger = ledger
         self.budget = budget
         self.stats = VenueStats()
+        topology = worker.settings.topology
+        self.shapes = SameShapeGuard(
+            lambda: worker.js, topology.shape_locks_bucket, topology.attributions_bucket, str(venue.broker)
+        )
         self._working: set[str] = set()
 
     async def on_route(self, msg: Msg) -> None:
@@ -101,25 +109,45 @@ class ExecutorHandlers:
             raise OutcomeUnknown(f"intent {decision.intent_id} is already being placed by this executor")
         self._working.add(decision.intent_id)
         try:
-            return await self._execute(msg, decision)
+            if self.venue.capabilities.has_client_order_id:
+                return await self._execute(msg, decision)
+            return await self._execute_one_shape_at_a_time(msg, decision)
         finally:
             self._working.discard(decision.intent_id)
+
+    async def _execute_one_shape_at_a_time(self, msg: Msg, decision: RouteDecision) -> str:
+        """At a broker without client order ids, hold the order shape's lock from the first look
+        until the order is attributed (``same_shape``). On failure the lock stays with this
+        intent: its order may exist unattributed, and its next delivery takes the lock again."""
+        async with self.shapes.local_lock(decision.intent):
+            try:
+                await self.shapes.acquire(decision.intent)
+            except ShapeBusy as exc:
+                raise OutcomeUnknown(str(exc)) from exc
+            outcome = await self._execute(msg, decision)
+            await self.shapes.release(decision.intent)
+            return outcome
 
     async def _execute(self, msg: Msg, decision: RouteDecision) -> str:
         client_order_id = decision.intent.intent_id
         # Orders placed for this decision cannot predate it; the margin covers clock skew.
         since = decision.created_at - LOOKUP_MARGIN
         delivery = delivery_count(msg)
+        entry = await self.ledger.get(decision.intent_id)
+        client_ids = self.venue.capabilities.has_client_order_id
+        plan = placement_plan(entry, decision, delivery, replayed=is_replay(msg), client_ids=client_ids)
         order = None
-        if (delivery > 1 or is_replay(msg)) and not await self._provably_unsent(decision, delivery):
-            # An earlier delivery (or the message a replay copies) may have placed the order:
-            # never place again before finding out (brokers without client order ids would
-            # take it twice).
-            await self.budget.take()
-            order = await self.venue.locate(decision.intent, client_order_id, since)
-            if order is None and not self.venue.capabilities.has_client_order_id:
+        if plan.look_first:
+            # An earlier delivery may have placed the order, even one JetStream now counts as a
+            # first delivery (a restarted server forgets its latest acks): never place again
+            # before finding out (brokers without client order ids would take it twice).
+            order = await self._locate(decision, since)
+            if order is None and not plan.miss_is_conclusive:
                 self._wait_for_listing(decision)
         if order is None:
+            if plan.mark_before_placing:
+                # The mark tells any later delivery that this order may exist at the broker.
+                await self.ledger.put(LedgerEntry.of(decision, OrderStatus.SUBMITTED))
             failpoint("before_place")
             try:
                 order = await self._timed_place(decision, client_order_id)
@@ -131,27 +159,35 @@ class ExecutorHandlers:
                 # The order may exist (a lost reply) or does (a duplicate id): look it up. If it
                 # is not there the order is `unknown`: the route is redelivered, and the next
                 # delivery looks again before placing.
-                await self.budget.take()
-                order = await self.venue.locate(decision.intent, client_order_id, since)
+                order = await self._locate(decision, since)
                 if order is None:
                     await self._unknown(decision, exc)
                     raise
+            if not client_ids:
+                await self.shapes.attribute(order.broker_order_id, decision.intent_id)
         failpoint("after_place")
         await self._record_order(decision, order)
         failpoint("after_report")  # reported, not yet acked
         return str(order.status)
 
-    async def _provably_unsent(self, decision: RouteDecision, delivery: int) -> bool:
-        """True when the ledger shows the previous delivery of this very route failed before
-        reaching the broker (and, by the same rule, every delivery before it)."""
-        entry = await self.ledger.get(decision.intent_id)
-        return (
-            entry is not None
-            and entry.broker == decision.broker
-            and entry.attempt == decision.attempt
-            and entry.status is OrderStatus.NEW
-            and entry.unsent_delivery == delivery - 1
-        )
+    async def _locate(self, decision: RouteDecision, since: datetime) -> VenueOrder | None:
+        """This attempt's order at the broker, if any. Where the broker has no client order ids,
+        orders already attributed to other intents are skipped, and a found one is attributed
+        to this intent."""
+        intent = decision.intent
+        await self.budget.take()
+        if self.venue.capabilities.has_client_order_id:
+            return await self.venue.locate(intent, intent.intent_id, since)
+        others: set[str] = set()
+        for _ in range(MAX_LISTED_CANDIDATES):
+            order = await self.venue.locate(intent, intent.intent_id, since, frozenset(others))
+            if order is None:
+                return None
+            if await self.shapes.attribute(order.broker_order_id, intent.intent_id):
+                return order
+            others.add(order.broker_order_id)
+            await self.budget.take()
+        return None
 
     async def _unsent(self, decision: RouteDecision, delivery: int, exc: VenueUnavailable) -> str:
         """The request provably never reached the broker: record that, then retry later, or
@@ -331,3 +367,38 @@ def _changes(
         }
     )
     return updated, messages
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementPlan:
+    look_first: bool
+    """Look the order up at the broker before placing anything."""
+    miss_is_conclusive: bool
+    """Not finding it proves it was never placed (else: retry once the broker's list settles)."""
+    mark_before_placing: bool
+    """Write a ``submitted`` ledger entry before sending, for later deliveries to find."""
+
+
+def placement_plan(
+    entry: LedgerEntry | None, decision: RouteDecision, delivery: int, *, replayed: bool, client_ids: bool
+) -> PlacementPlan:
+    """Whether to look before placing, decided from the ledger, the delivery and the broker.
+
+    The delivery count alone cannot be trusted: a nats-server that crashed redelivers messages
+    whose acks it lost as first deliveries. So the ledger decides too: an entry of this very
+    attempt means an earlier delivery got at least as far as writing it. At a broker with client
+    order ids placing is itself safe (a repeated id is refused or returns the original order);
+    at one without, every delivery looks first, and a miss is conclusive only when nothing says
+    an earlier delivery ever tried (no entry of this attempt, first delivery, not a replay).
+    """
+    same_attempt = entry is not None and entry.broker == decision.broker and entry.attempt == decision.attempt
+    ours = entry if same_attempt else None
+    if ours is not None and ours.status is OrderStatus.NEW and ours.unsent_delivery == delivery - 1:
+        # Every earlier delivery provably failed before reaching the broker.
+        return PlacementPlan(look_first=False, miss_is_conclusive=True, mark_before_placing=not client_ids)
+    tried = ours is not None or delivery > 1 or replayed
+    return PlacementPlan(
+        look_first=tried or not client_ids,
+        miss_is_conclusive=client_ids or not tried,
+        mark_before_placing=not client_ids,
+    )

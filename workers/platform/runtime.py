@@ -102,11 +102,13 @@ class Worker:
         self.settings = settings
         self.subjects = settings.subjects
         self.broker = NatsBroker(
-            settings.nats_url,
+            settings.nats_servers,
             graceful_timeout=15.0,
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
             logger=None,
+            reconnected_cb=self._reconnected,
+            disconnected_cb=self._disconnected,
         )
         self._subscriptions: list[_Subscription] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -115,6 +117,26 @@ class Worker:
         self._js: JetStreamContext | None = None
         self._listeners: list[Any] = []
         self._timers: list[asyncio.Task[None]] = []
+
+    async def _disconnected(self) -> None:
+        if not self._stopping.is_set():
+            log.warning("disconnected from NATS; reconnecting", worker=self.name)
+
+    async def _reconnected(self) -> None:
+        log.info("reconnected to NATS", worker=self.name)
+        if self._js is not None and not self._stopping.is_set():
+            task = asyncio.create_task(self._after_reconnect(), name=f"{self.name}:reconnected")
+            self._timers.append(task)
+
+    async def _after_reconnect(self) -> None:
+        try:
+            await self.reconnected()
+        except Exception as exc:  # noqa: BLE001  (logged; the next reconnect tries again)
+            log.warning("resuming after reconnect failed", worker=self.name, error=f"{type(exc).__name__}: {exc}")
+
+    async def reconnected(self) -> None:
+        """Resume what a server restart may have broken: watches, caches (override). The
+        server may have lost its latest writes, so nothing read before may be trusted."""
 
     @property
     def js(self) -> JetStreamContext:

@@ -27,7 +27,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MBX_", extra="ignore")
 
-    nats_url: str | None = Field(default=None, description="NATS server URL; unset = embedded server.")
+    nats_url: str | None = Field(
+        default=None, description="NATS server URL, or several comma-separated (a cluster); unset = embedded server."
+    )
     database_url: str | None = Field(default=None, description="Postgres URL; unset = embedded server.")
     config_file: Path | None = Field(default=None, description="YAML config; unset = mbx.yaml in the repo.")
     subject_prefix: str = Field(default="mbx", description="First token of every subject.")
@@ -38,6 +40,11 @@ class Settings(BaseSettings):
         default="dev",
         description="Embedded NATS fsync policy: dev = JetStream default (2 min), production = always.",
     )
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """``nats_url`` as a list: it may name several servers, comma-separated (a cluster)."""
+        return split_servers(self.nats_url or "")
 
     @property
     def subjects(self) -> Subjects:
@@ -53,6 +60,11 @@ class Settings(BaseSettings):
         if not self.database_url:
             raise ConfigError("database_url: not set (MBX_DATABASE_URL, or run `mbx up`)")
         return to_sqlalchemy_url(self.database_url)
+
+
+def split_servers(url: str) -> list[str]:
+    """``nats://a:4222,nats://b:4222`` -> both URLs (nats-py wants a list, not a joined string)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
 
 
 def to_sqlalchemy_url(url: str) -> str:

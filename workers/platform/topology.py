@@ -123,6 +123,22 @@ class Topology:
         """Each broker's shared token bucket: one key per broker, updated with compare-and-set."""
         return f"{self.prefix}_rate_budgets"
 
+    @property
+    def decisions_bucket(self) -> str:
+        """The router's journal: what it published for each intent and attempt, so any later
+        delivery of the same input republishes it instead of deciding again."""
+        return f"{self.prefix}_decisions"
+
+    @property
+    def shape_locks_bucket(self) -> str:
+        """At brokers without client order ids: one lock per order shape (short-lived)."""
+        return f"{self.prefix}_shape_locks"
+
+    @property
+    def attributions_bucket(self) -> str:
+        """At brokers without client order ids: which intent each broker order belongs to."""
+        return f"{self.prefix}_attributions"
+
     def sim_book_bucket(self, broker: BrokerName | str) -> str:
         """A simulated broker's own order book (paper trading only)."""
         return f"{self.prefix}_sim_{broker}"

@@ -17,6 +17,7 @@ from workers.domain.config import MbxConfig, config_to_json
 from workers.domain.keys import CONFIG_KEY, CONFIG_STATUS_KEY, EXPOSURE_KEY
 from workers.domain.quotes import QuoteSource
 from workers.platform.bus import open_bucket, read_bucket, read_history
+from workers.platform.live_config import CONFIG_HISTORY
 from workers.platform.runtime import Worker
 from workers.platform.settings import Settings
 from workers.router.handlers import RouterHandlers
@@ -42,13 +43,33 @@ class RouterWorker(Worker):
 
     async def prepare(self) -> None:
         subjects = self.subjects
-        self.config_kv = await open_bucket(self.js, subjects.config_bucket, history=20)
-        exposure_kv = await open_bucket(self.js, subjects.exposure_bucket)
-        status_kv = await open_bucket(self.js, subjects.status_bucket)
-        quality_kv = await open_bucket(self.js, subjects.fill_quality_bucket)
+        self.config_kv = await open_bucket(self.js, subjects.config_bucket, history=CONFIG_HISTORY)
         # The YAML config seeds an empty bucket; afterwards the bucket is the source of truth.
         with contextlib.suppress(KeyWrongLastSequenceError):
             await self.config_kv.create(CONFIG_KEY, config_to_json(self.seed_config))
+        await self._follow_live_state()
+        self._preview_sub = await self.broker.connection.subscribe(
+            subjects.route_preview, queue="router", cb=self.handlers.preview
+        )
+        log.info("router state loaded", config_version=self.state.version, exposure=self.state.snapshot is not None)
+
+    async def reconnected(self) -> None:
+        """NATS came back (perhaps a restarted server, which forgets its latest writes and
+        whose old watches are gone): read the live state again, watch it anew, and treat
+        brokers not heard from since as starting."""
+        await self._stop_watches()
+        await self._follow_live_state()
+        log.info("router state reloaded after reconnect", starting=sorted(self.state.registry.starting()))
+
+    async def _follow_live_state(self) -> None:
+        """Load config, exposure, broker health and fill quality, then watch them. Brokers not
+        heard from from now on are *starting* for ``routing.startup_grace_s``."""
+        subjects = self.subjects
+        config = self.state.config
+        self.state.registry.begin_grace(config.routing.startup_grace_s, config.enabled_brokers())
+        exposure_kv = await open_bucket(self.js, subjects.exposure_bucket)
+        status_kv = await open_bucket(self.js, subjects.status_bucket)
+        quality_kv = await open_bucket(self.js, subjects.fill_quality_bucket)
         await self._load_config()
         await self._load(exposure_kv, EXPOSURE_KEY, self._apply_exposure)
         # Broker health and fill quality are read in full before the first decision; the watches
@@ -69,19 +90,19 @@ class RouterWorker(Worker):
         # Also wait for the watches' own start (bounded: the values are loaded above already).
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(e.wait() for e in caught_up)), WATCH_STARTUP_TIMEOUT)
-        self._preview_sub = await self.broker.connection.subscribe(
-            subjects.route_preview, queue="router", cb=self.handlers.preview
-        )
-        log.info("router state loaded", config_version=self.state.version, exposure=self.state.snapshot is not None)
 
-    async def cleanup(self) -> None:
+    async def _stop_watches(self) -> None:
         for watcher in self._watchers:
             with contextlib.suppress(Exception):
                 await watcher.stop()
+        self._watchers.clear()
         for task in self._watch_tasks:
             task.cancel()
         await asyncio.gather(*self._watch_tasks, return_exceptions=True)
         self._watch_tasks.clear()
+
+    async def cleanup(self) -> None:
+        await self._stop_watches()
         if self._preview_sub is not None:
             with contextlib.suppress(Exception):
                 await self._preview_sub.unsubscribe()

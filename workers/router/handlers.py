@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -15,21 +16,27 @@ from contracts import (
     DeadLetterStage,
     ExecutionReport,
     FailoverEvent,
+    Message,
     OrderIntent,
     OrderStatus,
     RouteDecision,
     RoutePreview,
 )
+from workers.domain.capabilities import CAPABILITIES
 from workers.domain.quotes import PriceCheck, QuoteSource, assess
 from workers.domain.reports import cancel_reject
 from workers.platform.bus import is_replay, publish
 from workers.platform.order_ledger import OrderLedger
 from workers.platform.runtime import PoisonMessage, Worker, parse
+from workers.router.journal import DecisionJournal, Published
 from workers.router.rules import Rejection, route
 from workers.router.state import RouterState
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
+
+STARTING_POLL_S = 0.05
+"""How often a held intent looks whether the brokers it waits for have spoken."""
 
 
 class RouterHandlers:
@@ -41,6 +48,7 @@ class RouterHandlers:
         self.failover_spec = worker.settings.topology.router_failover_consumer()
         self.cancel_spec = worker.settings.topology.router_cancel_consumer()
         self.ledger = OrderLedger(lambda: worker.js, worker.settings.topology.order_ledger_bucket)
+        self.journal = DecisionJournal(lambda: worker.js, worker.settings.topology.decisions_bucket)
 
     async def decide(
         self, intent: OrderIntent, attempt: int = 1, failed: Sequence[BrokerName] = ()
@@ -135,6 +143,7 @@ class RouterHandlers:
             # A replayed intent that already reached a broker: its order exists (or existed);
             # routing it again could place it twice.
             return "replay:already_routed"
+        await self.wait_for_starting_brokers(intent)
         outcome, price = await self.decide(intent)
         return await self._publish(intent, outcome, 1, price)
 
@@ -145,33 +154,42 @@ class RouterHandlers:
         intent = event.decision.intent
         failed = [*event.decision.failed_brokers, event.failed_broker]
         attempt = event.attempt + 1
+        await self.wait_for_starting_brokers(intent)
         outcome, price = await self.decide(intent, attempt, failed)
         return await self._publish(intent, outcome, attempt, price)
+
+    async def wait_for_starting_brokers(self, intent: OrderIntent) -> None:
+        """Hold the intent while a broker that could take it is *starting* (not heard from since
+        the router started or NATS came back), at most until the grace period ends: routing
+        before the first heartbeat would send it away from its default broker."""
+        registry = self.state.registry
+        # Polled: the registry is pure (no event loop), and this only runs during the grace period.
+        while any(CAPABILITIES[b].support_for(intent.asset_class) for b in registry.starting()):  # noqa: ASYNC110
+            await asyncio.sleep(STARTING_POLL_S)
 
     async def _publish(
         self, intent: OrderIntent, outcome: RouteDecision | Rejection, attempt: int, price: Decimal | None
     ) -> str:
+        """Journal the outcome, then publish it. If this intent and attempt was decided before
+        (a redelivery the server no longer knew was handled), the earlier outcome is published
+        again instead, unchanged: an intent is never decided twice."""
         subjects = self.worker.subjects
+        message: Message
+        if isinstance(outcome, RouteDecision):
+            subject, message, result = subjects.route(outcome.broker), outcome, f"routed:{outcome.broker}"
+        else:
+            report = rejection_report(intent, outcome, attempt)
+            subject, message = subjects.execution(None, OrderStatus.REJECTED), report
+            result = f"rejected:{outcome.reason_code}"
+        ours = Published.of(subject, message, intent.intent_id, intent.strategy_id)
+        standing = await self.journal.claim(intent.intent_id, attempt, ours)
+        await self.journal.publish(standing)
+        if standing is not ours:
+            return "replay:republished_earlier_decision"
         if isinstance(outcome, RouteDecision):
             self.state.record(outcome, price if price is not None else intent.limit_price)
             structlog.contextvars.bind_contextvars(broker=str(outcome.broker))
-            await publish(
-                self.worker.js,
-                subjects.route(outcome.broker),
-                outcome,
-                intent_id=intent.intent_id,
-                strategy_id=intent.strategy_id,
-            )
-            return f"routed:{outcome.broker}"
-        report = rejection_report(intent, outcome, attempt)
-        await publish(
-            self.worker.js,
-            subjects.execution(None, OrderStatus.REJECTED),
-            report,
-            intent_id=intent.intent_id,
-            strategy_id=intent.strategy_id,
-        )
-        return f"rejected:{outcome.reason_code}"
+        return result
 
 
 def rejection_report(intent: OrderIntent, rejection: Rejection, attempt: int = 1) -> ExecutionReport:

@@ -9,7 +9,7 @@ tests inject.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -18,6 +18,8 @@ from workers.domain.capabilities import CAPABILITIES, VenueCapabilities
 
 BROKERS: tuple[BrokerName, ...] = tuple(BrokerName)
 """Every broker, in the order ties are broken and decisions list them."""
+HEARTBEAT_SLACK_S = 0.5
+"""A heartbeat this much older than the start of a grace period still counts as recent."""
 HEALTH_REUSE_S = 0.1
 """Seconds a health map is reused: heartbeats come every second and a broker goes stale after
 several, so a tenth of a second changes no decision."""
@@ -49,6 +51,35 @@ class BrokerRegistry:
         self._clock = clock
         self._brokers: dict[BrokerName, BrokerInfo] = {}
         self._health: tuple[float, float, Mapping[BrokerName, BrokerHealth]] | None = None
+        self._grace_from = 0.0
+        self._grace_until = 0.0
+        self._awaited: frozenset[BrokerName] = frozenset()
+
+    def begin_grace(self, seconds: float, brokers: Iterable[BrokerName]) -> None:
+        """From now, for up to ``seconds``, a broker of ``brokers`` with no heartbeat since now is
+        *starting*, not down: the router just started, or NATS came back after an outage and
+        every heartbeat looks old only because the server was away."""
+        self._grace_from = self._clock()
+        self._grace_until = self._grace_from + seconds
+        self._awaited = frozenset(brokers)
+        self._health = None
+
+    def starting(self) -> frozenset[BrokerName]:
+        """The brokers still awaited within the grace period (empty once each has spoken, or
+        the period is over)."""
+        if not self._awaited:
+            return frozenset()
+        if self._clock() >= self._grace_until:
+            self._awaited = frozenset()
+            return self._awaited
+        # A heartbeat from just before the grace began counts: the executor is beating.
+        since = self._grace_from - HEARTBEAT_SLACK_S
+        self._awaited = frozenset(b for b in self._awaited if not self._heard_since(b, since))
+        return self._awaited
+
+    def _heard_since(self, name: BrokerName, since: float) -> bool:
+        info = self._brokers.get(name)
+        return info is not None and info.status is not None and info.status.last_seen.timestamp() >= since
 
     def register(self, name: BrokerName, adapter: Any = None, **overrides: Any) -> BrokerInfo:
         """Add a broker (or replace its adapter and overrides, keeping its last status)."""

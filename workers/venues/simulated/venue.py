@@ -12,7 +12,7 @@ import math
 import random
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal
@@ -192,6 +192,10 @@ class SimulatedVenue:
         self._quotes = quotes or QuoteModel()
         self.book: OrderBook = book or MemoryOrderBook()
         self.faults = Faults()
+        self.place_requests: Counter[str] = Counter()
+        """Placement requests per client order id as sent by mbx (what the broker's request log
+        would show; at Schwab the id is not kept with the order)."""
+        self._requested_as: dict[str, str] = {}
         limit, per = rate_limit or (CAPABILITIES[broker].rate_limit_per_minute, 60.0)
         self.rate = RateWindow(limit, per)
         self.starting_cash = cash
@@ -200,6 +204,10 @@ class SimulatedVenue:
         self._account_lock = asyncio.Lock()
         self._connected = False
         self._random = random.Random(str(broker))  # noqa: S311  (simulated latency, not security)
+
+    def placed_for(self, broker_order_id: str) -> str:
+        """The client order id mbx sent when this venue object created the order ("" if none)."""
+        return self._requested_as.get(broker_order_id, "")
 
     def switch_faults(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Switch faults by name (``mbx fault``); returns every fault as it now stands."""
@@ -244,7 +252,9 @@ class SimulatedVenue:
         await self._request()
         return await self.book.get(broker_order_id)
 
-    async def locate(self, intent: OrderIntent, client_order_id: str, since: datetime) -> VenueOrder | None:
+    async def locate(
+        self, intent: OrderIntent, client_order_id: str, since: datetime, exclude: frozenset[str] = frozenset()
+    ) -> VenueOrder | None:
         await self._request()
         if self.faults.hidden_lookups > 0:
             self.faults.hidden_lookups -= 1
@@ -256,6 +266,7 @@ class SimulatedVenue:
             o
             for o in await self.book.saved_since(since)
             if o.symbol == intent.symbol
+            and o.broker_order_id not in exclude
             and o.side == intent.side
             and o.submitted_at is not None
             and o.submitted_at >= since
@@ -330,6 +341,7 @@ class SimulatedVenue:
 
     async def place_order(self, intent: OrderIntent, client_order_id: str) -> VenueOrder:
         await self._request()
+        self.place_requests[client_order_id] += 1
         if self.faults.reject_next > 0:
             self.faults.reject_next -= 1
             raise VenueRejected(
@@ -382,6 +394,7 @@ class SimulatedVenue:
                 if original is not None:
                     return original
         await self.book.save(order)
+        self._requested_as[broker_order_id] = client_order_id
         if order.fills and intent.side is Side.BUY:
             self._spent += cost
         if self.faults.timeouts_after_accept > 0:
