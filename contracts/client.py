@@ -112,6 +112,11 @@ class BatchTracker:
         self._subs.clear()
 
 
+def split_servers(url: str) -> list[str]:
+    """``nats://a:4222,nats://b:4222`` -> both URLs (nats-py wants a list, not a joined string)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 class MbxClient:
     """Publish order intents and follow what happens to them."""
 
@@ -125,10 +130,11 @@ class MbxClient:
     async def connect(
         cls, url: str = "nats://127.0.0.1:4222", *, prefix: str = "mbx", **options: Any
     ) -> AsyncIterator[MbxClient]:
-        """Connect to NATS; the connection is drained when the block ends."""
+        """Connect to NATS; the connection is drained when the block ends. ``url`` may name
+        several servers of a cluster, comma-separated."""
         import nats  # noqa: PLC0415  (kept out of ``import contracts``)
 
-        nc = await nats.connect(url, **options)
+        nc = await nats.connect(servers=split_servers(url), **options)
         try:
             yield cls(nc, Subjects(prefix))
         finally:

@@ -66,10 +66,11 @@ def mixed_book() -> list[dict[str, Any]]:
     return [intent_payload(intent_id=f"nk{run}-{i:04d}", **kinds[i % len(kinds)]) for i in range(INTENTS)]
 
 
-@pytest.fixture
-async def crashable_nats(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
-    """A nats-server of this test's own (single node, default durability) that it may kill."""
-    server = EmbeddedNats(tmp_path / "nats")
+@pytest.fixture(params=["default", "sync_always"])
+async def crashable_nats(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
+    """A nats-server of this test's own (single node) that it may kill, in each durability
+    profile: JetStream's default lazy fsync, and ``sync_interval: always``."""
+    server = EmbeddedNats(tmp_path / "nats", sync_always=request.param == "sync_always")
     server.start()
     yield server
     server.stop()

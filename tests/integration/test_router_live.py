@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -11,11 +12,14 @@ from nats.aio.client import Client as NatsClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import BrokerName, ExposureSnapshot, RoutePreview
-from tests.builders import CRYPTO, intent_payload, make_intent
-from tests.conftest import Pipeline, eventually, fetch_all
+from tests.builders import CRYPTO, FRACTIONAL, OPTION, intent_payload, make_intent
+from tests.conftest import Pipeline, eventually, fetch_all, simulated_venue
 from tests.integration.test_walking_skeleton import final_order, publish_json
 from workers.domain.config import MbxConfig, config_to_json, parse_config
 from workers.domain.keys import CONFIG_KEY
+from workers.entry import build_executor_worker
+from workers.platform.db.engine import make_engine
+from workers.platform.settings import Settings
 from workers.venues.simulated.quotes import QuoteModel
 
 pytestmark = pytest.mark.integration
@@ -224,3 +228,44 @@ async def test_a_rule_added_at_runtime_applies_to_the_next_decision(pipeline: Pi
     answer = await eventually(applied, timeout=1.0)
     assert answer.decision is not None
     assert (answer.decision.broker, answer.decision.rule) == (BrokerName.SCHWAB, "rule:msft-to-schwab")
+
+
+async def test_intents_sent_before_any_heartbeat_wait_for_the_brokers_and_go_to_the_smart_defaults(
+    isolated: Settings, start_pipeline: Callable[..., Awaitable[Pipeline]], nc: NatsClient
+) -> None:
+    """Right after start-up no executor has reported yet: brokers are *starting*, not down, so
+    intents wait for their heartbeats (routing.startup_grace_s) and then go where they would
+    have gone anyway, instead of to whichever broker happened to report first."""
+    pipeline = await start_pipeline(own_settings=isolated, executors=False)
+    payloads = [intent_payload(), intent_payload(**CRYPTO), intent_payload(**OPTION), intent_payload(**FRACTIONAL)]
+    js = nc.jetstream()
+    for payload in payloads:
+        await js.publish(
+            isolated.subjects.intent("strat1"),
+            json.dumps(payload).encode(),
+            headers={"Nats-Msg-Id": payload["intent_id"]},
+        )
+
+    async def held() -> bool:
+        info = await js.consumer_info(isolated.subjects.stream_name("ORDERS"), "router")
+        return info.num_ack_pending == len(payloads)  # every one in hand, none decided
+
+    await eventually(held)
+    executors = [
+        build_executor_worker(isolated, b, simulated_venue(b, pipeline.config), pipeline.config) for b in BrokerName
+    ]
+    for executor in executors:
+        await executor.start()
+    engine = make_engine(isolated.database_url or "", pool_size=1)
+    try:
+
+        async def routed() -> dict[str, str] | None:
+            rows = await fetch_all(engine, "SELECT intent_id, broker_name FROM multi_broker_routes")
+            return {r["intent_id"]: r["broker_name"] for r in rows} if len(rows) == len(payloads) else None
+
+        brokers = await eventually(routed, timeout=20)
+        assert [brokers[p["intent_id"]] for p in payloads] == ["alpaca", "coinbase", "schwab", "robinhood"]
+    finally:
+        await engine.dispose()
+        for executor in executors:
+            await executor.stop()

@@ -11,6 +11,7 @@ import yaml
 from pydantic import ValidationError
 from rich.console import Console
 
+from contracts.client import split_servers
 from workers.domain.config import ConfigError, MbxConfig
 from workers.platform.settings import Settings, load_settings
 
@@ -109,7 +110,7 @@ async def connect(url: str) -> Any:
     import nats  # noqa: PLC0415
 
     try:
-        return await nats.connect(url, **ONE_SHOT_CONNECT)
+        return await nats.connect(servers=split_servers(url), **ONE_SHOT_CONNECT)
     except Exception as exc:
         if is_connection_error(exc):
             unreachable(url, exc)

@@ -30,7 +30,7 @@ from workers.devstack.nats import EmbeddedNats
 from workers.devstack.postgres import EmbeddedPostgres
 from workers.devstack.processes import spawn, stop
 from workers.domain.config import MbxConfig
-from workers.platform.bus import ensure_streams, open_bucket
+from workers.platform.bus import ensure_streams, open_bucket, use_replicas
 from workers.platform.db.migrate import upgrade
 from workers.platform.logs import redact_url
 from workers.platform.settings import Settings
@@ -256,7 +256,8 @@ async def _not_ready(js: Any, status_kv: Any, consumers: list[ConsumerSpec], bro
 
 
 async def _ensure_topology(nats_url: str, settings: Settings) -> None:
-    nc = await nats.connect(nats_url)
+    use_replicas(settings.stream_replicas)
+    nc = await nats.connect(servers=settings.nats_servers or [nats_url])
     try:
         await ensure_streams(nc.jetstream(), settings.subjects)
     finally:

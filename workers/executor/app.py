@@ -161,5 +161,12 @@ def build_executor(
     settings: Settings, broker: BrokerName, venue: Venue, limit: RateLimit | None = None
 ) -> ExecutorWorker:
     worker = ExecutorWorker(settings, venue, limit or rate_limit(broker, None))
-    worker.subscribe(settings.topology.executor_consumer(broker), worker.handlers.on_route, batch_size=32)
+    # Overlapping: at a broker without client order ids a route may wait for a same-shaped order's
+    # outcome, whose redelivery must not be held back behind it.
+    worker.subscribe(
+        settings.topology.executor_consumer(broker),
+        worker.handlers.on_route,
+        batch_size=32,
+        overlapping=not venue.capabilities.has_client_order_id,
+    )
     return worker

@@ -119,14 +119,13 @@ class ExecutorHandlers:
         """At a broker without client order ids, hold the order shape's lock from the first look
         until the order is attributed (``same_shape``). On failure the lock stays with this
         intent: its order may exist unattributed, and its next delivery takes the lock again."""
-        async with self.shapes.local_lock(decision.intent):
-            try:
-                await self.shapes.acquire(decision.intent)
-            except ShapeBusy as exc:
-                raise OutcomeUnknown(str(exc)) from exc
-            outcome = await self._execute(msg, decision)
-            await self.shapes.release(decision.intent)
-            return outcome
+        try:
+            await self.shapes.acquire(decision.intent)
+        except ShapeBusy as exc:
+            raise OutcomeUnknown(str(exc)) from exc
+        outcome = await self._execute(msg, decision)
+        await self.shapes.release(decision.intent)
+        return outcome
 
     async def _execute(self, msg: Msg, decision: RouteDecision) -> str:
         client_order_id = decision.intent.intent_id

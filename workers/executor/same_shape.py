@@ -68,11 +68,6 @@ class SameShapeGuard:
         self._store = LazyBucket(js, locks, ttl=LOCK_TTL_S)
         self._owners = LazyBucket(js, attributions, ttl=ATTRIBUTION_TTL_S)
         self._broker = broker
-        self._local: dict[str, asyncio.Lock] = {}
-
-    def local_lock(self, intent: OrderIntent) -> asyncio.Lock:
-        """Serialises same-shaped intents within this process before the shared lock is tried."""
-        return self._local.setdefault(shape_key(self._broker, intent), asyncio.Lock())
 
     async def acquire(self, intent: OrderIntent, wait: float = LOCK_WAIT_S) -> None:
         """Take the shape's shared lock for ``intent`` (again, if it already holds it)."""

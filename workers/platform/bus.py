@@ -48,6 +48,16 @@ log = structlog.get_logger("mbx.bus")
 PUBLISH_TIMEOUT = 5.0
 
 
+_replicas = 1
+
+
+def use_replicas(replicas: int) -> None:
+    """Copies of every stream and KV bucket this process creates (``MBX_STREAM_REPLICAS``:
+    1 on a single server, 3 on a cluster). Set once at start, before anything is created."""
+    global _replicas  # noqa: PLW0603  (one deployment setting per process, like the log config)
+    _replicas = replicas
+
+
 def stream_config(spec: StreamSpec) -> StreamConfig:
     return StreamConfig(
         name=spec.name,
@@ -59,7 +69,7 @@ def stream_config(spec: StreamSpec) -> StreamConfig:
         duplicate_window=spec.duplicate_window_seconds,
         max_msgs_per_subject=spec.max_msgs_per_subject,
         discard=DiscardPolicy.OLD,
-        num_replicas=1,
+        num_replicas=_replicas,
     )
 
 
@@ -199,7 +209,7 @@ async def open_bucket(js: JetStreamContext, bucket: str, history: int = 1, ttl: 
     try:
         return await js.key_value(bucket)
     except BucketNotFoundError:
-        return await js.create_key_value(bucket=bucket, history=history, ttl=ttl)
+        return await js.create_key_value(bucket=bucket, history=history, ttl=ttl, replicas=_replicas)
 
 
 class LazyBucket:

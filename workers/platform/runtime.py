@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from contracts import DeadLetterStage
 from workers.domain.config import ConfigError
-from workers.platform.bus import dead_letter, delivery_count, ensure_consumer, ensure_streams
+from workers.platform.bus import dead_letter, delivery_count, ensure_consumer, ensure_streams, use_replicas
 from workers.platform.settings import Settings
 from workers.platform.topology import ConsumerSpec
 
@@ -117,6 +117,7 @@ class Worker:
         self._js: JetStreamContext | None = None
         self._listeners: list[Any] = []
         self._timers: list[asyncio.Task[None]] = []
+        self._in_hand: set[asyncio.Task[None]] = set()
 
     async def _disconnected(self) -> None:
         if not self._stopping.is_set():
@@ -144,13 +145,43 @@ class Worker:
             raise RuntimeError(f"{self.name} is not started")
         return self._js
 
-    def subscribe(self, spec: ConsumerSpec, handler: Callable[[Msg], Awaitable[Any]], *, batch_size: int) -> None:
-        """Handle each message of a durable consumer; a fetched batch is handled concurrently."""
+    def subscribe(
+        self,
+        spec: ConsumerSpec,
+        handler: Callable[[Msg], Awaitable[Any]],
+        *,
+        batch_size: int,
+        overlapping: bool = False,
+    ) -> None:
+        """Handle each message of a durable consumer; a fetched batch is handled concurrently.
+
+        ``overlapping``: the next batch is fetched while earlier messages are still in hand (at
+        most ``batch_size`` at once), so a handler that waits for another message's outcome
+        (a same-shaped order at a broker without client ids) never holds that message back.
+        """
 
         async def handle(msgs: list[Msg]) -> None:
             await asyncio.gather(*(handler(m) for m in msgs))
 
-        self._subscriptions.append(_Subscription(spec, handle, batch_size))
+        if not overlapping:
+            self._subscriptions.append(_Subscription(spec, handle, batch_size))
+            return
+        room = asyncio.Semaphore(batch_size)
+
+        async def one(msg: Msg) -> None:
+            try:
+                await handler(msg)
+            finally:
+                room.release()
+
+        async def start_each(msgs: list[Msg]) -> None:
+            for msg in msgs:
+                await room.acquire()
+                task = asyncio.create_task(one(msg), name=f"{self.name}:{spec.durable}:message")
+                self._in_hand.add(task)
+                task.add_done_callback(self._in_hand.discard)
+
+        self._subscriptions.append(_Subscription(spec, start_each, batch_size))
 
     def subscribe_batch(
         self, spec: ConsumerSpec, handler: Callable[[list[Msg]], Awaitable[None]], *, batch_size: int
@@ -159,6 +190,7 @@ class Worker:
         self._subscriptions.append(_Subscription(spec, handler, batch_size))
 
     async def start(self) -> None:
+        use_replicas(self.settings.stream_replicas)
         await self.broker.connect()
         self._js = self.broker.connection.jetstream(timeout=5.0)
         await ensure_streams(self._js, self.subjects)
@@ -235,6 +267,14 @@ class Worker:
             if stuck:
                 await asyncio.wait(stuck, timeout=5.0)
         self._tasks.clear()
+        if self._in_hand:
+            # Messages handed to their own tasks by an overlapping subscription.
+            _, stuck_messages = await asyncio.wait(set(self._in_hand), timeout=STOP_TIMEOUT)
+            for task in stuck_messages:
+                task.cancel()
+            if stuck_messages:
+                log.error("handlers did not finish in time; cancelled", worker=self.name, count=len(stuck_messages))
+                await asyncio.wait(stuck_messages, timeout=5.0)
         await self._release()
         try:
             await asyncio.wait_for(self.cleanup(), STOP_TIMEOUT)

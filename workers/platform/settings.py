@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts import Subjects
+from contracts.client import split_servers
 from workers.domain.config import ConfigError, MbxConfig, parse_config
 from workers.platform.topology import Topology
 
@@ -34,6 +35,9 @@ class Settings(BaseSettings):
     config_file: Path | None = Field(default=None, description="YAML config; unset = mbx.yaml in the repo.")
     subject_prefix: str = Field(default="mbx", description="First token of every subject.")
     data_dir: Path = Field(default=REPO_ROOT / ".mbx", description="Where the embedded servers keep data.")
+    stream_replicas: int = Field(
+        default=1, ge=1, le=5, description="Copies of each stream and KV bucket: 1 on one server, 3 on a cluster."
+    )
     log_level: str = "INFO"
     log_format: Literal["auto", "console", "json"] = "auto"
     durability: Literal["dev", "production"] = Field(
@@ -60,11 +64,6 @@ class Settings(BaseSettings):
         if not self.database_url:
             raise ConfigError("database_url: not set (MBX_DATABASE_URL, or run `mbx up`)")
         return to_sqlalchemy_url(self.database_url)
-
-
-def split_servers(url: str) -> list[str]:
-    """``nats://a:4222,nats://b:4222`` -> both URLs (nats-py wants a list, not a joined string)."""
-    return [part.strip() for part in url.split(",") if part.strip()]
 
 
 def to_sqlalchemy_url(url: str) -> str:
