@@ -12,9 +12,9 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
 
 from contracts.enums import (
     AssetClass,
@@ -63,6 +63,55 @@ Symbol = Annotated[
 PositiveDecimal = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
 NonNegativeDecimal = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
 
+MAX_QUANTITY = 10**9
+"""Quantities are below one billion units, with at most 9 decimals."""
+MAX_NOTIONAL = 10**9
+"""Dollar amounts are below one billion USD, with at most 2 decimals."""
+MAX_PRICE = 10**7
+"""Prices are below ten million USD, with at most 8 decimals."""
+DEAD_LETTER_MAX_PAYLOAD = 256 * 1024
+"""Characters of the original payload a dead letter carries (it must fit NATS' 1 MB limit)."""
+METADATA_MAX_KEYS = 16
+METADATA_MAX_KEY_LENGTH = 64
+METADATA_MAX_VALUE_LENGTH = 256
+METADATA_MAX_TOTAL = 4096
+"""Characters of all metadata keys and values together."""
+
+
+def _decimal_schema(upper: int, integer_digits: int, decimals: int, what: str) -> dict[str, Any]:
+    """The JSON Schema of a bounded positive Decimal: a number, or a string of digits (what the
+    model accepts), with the same bounds."""
+    pattern = rf"^(?=.*[1-9])[0-9]{{1,{integer_digits}}}(\.[0-9]{{1,{decimals}}})?$"
+    return {
+        "anyOf": [
+            {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": upper},
+            {"type": "string", "pattern": pattern},
+        ],
+        "description": f"{what}: greater than 0, less than {upper:,}, at most {decimals} decimals; "
+        "best sent as a string.",
+    }
+
+
+Quantity = Annotated[
+    Decimal,
+    Field(gt=0, lt=MAX_QUANTITY, decimal_places=9, allow_inf_nan=False),
+    WithJsonSchema(_decimal_schema(MAX_QUANTITY, 9, 9, "Units")),
+]
+Notional = Annotated[
+    Decimal,
+    Field(gt=0, lt=MAX_NOTIONAL, decimal_places=2, allow_inf_nan=False),
+    WithJsonSchema(_decimal_schema(MAX_NOTIONAL, 9, 2, "USD")),
+]
+Price = Annotated[
+    Decimal,
+    Field(gt=0, lt=MAX_PRICE, decimal_places=8, allow_inf_nan=False),
+    WithJsonSchema(_decimal_schema(MAX_PRICE, 7, 8, "USD per unit")),
+]
+MetadataKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=METADATA_MAX_KEY_LENGTH, pattern=r"^[A-Za-z0-9_.:-]+$")
+]
+MetadataValue = Annotated[str, StringConstraints(max_length=METADATA_MAX_VALUE_LENGTH)]
+
 
 def _new_message_id() -> str:
     return uuid.uuid4().hex
@@ -108,21 +157,26 @@ class OrderIntent(Message):
     symbol: Symbol
     asset_class: AssetClass = Field(description="equity, crypto or option.")
     side: Side = Field(description="buy or sell.")
-    quantity: PositiveDecimal | None = Field(
-        default=None, description="Units to trade; fractional quantities are allowed."
+    quantity: Quantity | None = Field(
+        default=None, description="Units to trade; fractional quantities are allowed (at most 9 decimals)."
     )
-    notional: PositiveDecimal | None = Field(default=None, description="Dollar amount to trade instead of a quantity.")
+    notional: Notional | None = Field(default=None, description="Dollar amount to trade instead of a quantity.")
     order_type: OrderType = Field(default=OrderType.MARKET, description="market, limit, stop or stop_limit.")
-    limit_price: PositiveDecimal | None = Field(default=None, description="Limit price (limit, stop_limit).")
-    stop_price: PositiveDecimal | None = Field(default=None, description="Stop trigger price (stop, stop_limit).")
+    limit_price: Price | None = Field(default=None, description="Limit price (limit, stop_limit).")
+    stop_price: Price | None = Field(default=None, description="Stop trigger price (stop, stop_limit).")
     time_in_force: TimeInForce = Field(
         default=TimeInForce.DAY, description="day, gtc, ioc or fok; defaults to day (gtc for crypto)."
     )
     broker: BrokerName | None = Field(
         default=None, description="Preferred broker; honoured when it is enabled and eligible."
     )
-    metadata: dict[str, str] = Field(
-        default_factory=dict, max_length=32, description="Free-form tags kept with the order."
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict,
+        max_length=METADATA_MAX_KEYS,
+        description=f"Free-form tags kept with the order: at most {METADATA_MAX_KEYS} keys of at most "
+        f"{METADATA_MAX_KEY_LENGTH} characters (letters, digits, _ . : -), values of at most "
+        f"{METADATA_MAX_VALUE_LENGTH} characters, {METADATA_MAX_TOTAL} characters in all.",
+        json_schema_extra={"additionalProperties": False},
     )
 
     @model_validator(mode="before")
@@ -139,6 +193,9 @@ class OrderIntent(Message):
 
     @model_validator(mode="after")
     def _check_order_shape(self) -> Self:
+        size = sum(len(k) + len(v) for k, v in self.metadata.items())
+        if size > METADATA_MAX_TOTAL:
+            raise ValueError(f"metadata holds {size} characters; at most {METADATA_MAX_TOTAL} are allowed")
         if (self.quantity is None) == (self.notional is None):
             raise ValueError("give exactly one of quantity or notional")
         needs_limit = self.order_type in (OrderType.LIMIT, OrderType.STOP_LIMIT)
@@ -381,8 +438,14 @@ class DeadLetter(Message):
     stage: DeadLetterStage
     original_subject: str
     original_headers: dict[str, str] = Field(default_factory=dict)
-    payload: str = Field(description="The original payload, decoded as UTF-8 with replacement.")
-    payload_b64: str = Field(description="The original payload bytes, base64-encoded.")
+    payload: str = Field(
+        description="The original payload once: as text when it was valid UTF-8, else base64 (payload_encoding); "
+        f"cut to {DEAD_LETTER_MAX_PAYLOAD:,} characters when longer (payload_truncated)."
+    )
+    payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    payload_size: int = Field(default=0, ge=0, description="Bytes of the original payload.")
+    payload_sha256: str = Field(default="", description="SHA-256 of the original payload bytes, hex.")
+    payload_truncated: bool = Field(default=False, description="True when payload holds only the beginning.")
     error: str = Field(description="Why the message was dead-lettered.")
     delivery_count: int = Field(ge=0)
     stream_sequence: int | None = None

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from psycopg.errors import DataError, IntegrityError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from contracts import (
@@ -177,7 +178,17 @@ def _raise(exc: Exception) -> Callable[[Msg], Awaitable[str]]:
 
 def _apply_one(store: AuditStore, envelope: Envelope) -> Callable[[Msg], Awaitable[str]]:
     async def process(_msg: Msg) -> str:
-        applied = await store.apply([envelope])
+        try:
+            applied = await store.apply([envelope])
+        except DBAPIError as exc:
+            if isinstance(exc.orig, DataError | IntegrityError):
+                # The database refuses this row as it is (a value out of a column's range):
+                # the same on every delivery, so it is dead-lettered at once.
+                first_line = str(exc.orig).splitlines()[0][:300]
+                raise PoisonMessage(
+                    f"the database refuses this message: {type(exc.orig).__name__}: {first_line}"
+                ) from exc
+            raise
         return "persisted" if applied else "duplicate"
 
     return process

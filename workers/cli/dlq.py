@@ -38,6 +38,7 @@ from workers.cli.common import (
     audit_engine,
     connect,
     console,
+    err,
     fail,
     resolve_database_url,
     resolve_nats_url,
@@ -199,10 +200,13 @@ def show(letter: Annotated[str, typer.Argument(help="Sequence, letter id or inte
         console.print(f"  error       {d.error}")
         for name, value in sorted(d.original_headers.items()):
             console.print(f"  header      {name}: {value}")
+        size = f"{d.payload_size:,} bytes, sha256 {d.payload_sha256[:16]}"
+        cut = f", first {len(d.payload):,} characters shown" if d.payload_truncated else ""
+        console.print(f"  payload     {size}, {d.payload_encoding}{cut}")
         try:
             console.print_json(d.payload)
         except ValueError:
-            console.print(f"  payload     {d.payload!r}")
+            console.print(f"  payload     {d.payload[:2000]!r}" + (" ..." if len(d.payload) > 2000 else ""))
     raise typer.Exit(EXIT_OK)
 
 
@@ -228,6 +232,15 @@ def replay(
     if not letters:
         console.print("no dead letter matches")
         raise typer.Exit(EXIT_OK)
+    cut = [item for item in letters if item.letter.payload_truncated]
+    for item in cut:
+        err.print(
+            f"skipping {item.seq}: only the first {len(item.letter.payload):,} of {item.letter.payload_size:,} bytes "
+            "were kept, so it cannot be replayed"
+        )
+    letters = [item for item in letters if not item.letter.payload_truncated]
+    if not letters:
+        fail("nothing to replay: every matching dead letter was cut short")
     if dry_run:
         for item in letters:
             console.print(
@@ -260,7 +273,7 @@ async def _replay(letters: list[Letter], url: str, database: str) -> int:
                 message_id = f"replay-{d.message_id}-{uuid.uuid4().hex[:8]}"
                 headers = {k: v for k, v in d.original_headers.items() if k != MSG_ID_HEADER}
                 headers |= {MSG_ID_HEADER: message_id, REPLAY_HEADER: d.message_id}
-                await js.publish(d.original_subject, base64.b64decode(d.payload_b64), headers=headers)
+                await js.publish(d.original_subject, original_payload(d), headers=headers)
                 async with engine.begin() as conn:
                     await conn.execute(
                         insert(DeadLetterReplay).values(
@@ -316,3 +329,9 @@ def purge(
     asyncio.run(delete())
     console.print(f"deleted {len(letters)} dead letters")
     raise typer.Exit(EXIT_OK)
+
+
+def original_payload(letter: DeadLetter) -> bytes:
+    if letter.payload_encoding == "base64":
+        return base64.b64decode(letter.payload)
+    return letter.payload.encode()

@@ -8,10 +8,13 @@ settings are applied here explicitly at start-up.
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Literal
 
 import structlog
+from nats.errors import MaxPayloadError
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
@@ -34,6 +37,7 @@ from contracts import (
     StreamSpec,
     Subjects,
 )
+from contracts.messages import DEAD_LETTER_MAX_PAYLOAD
 from workers.platform.topology import ConsumerSpec
 
 if TYPE_CHECKING:
@@ -46,6 +50,11 @@ if TYPE_CHECKING:
 log = structlog.get_logger("mbx.bus")
 
 PUBLISH_TIMEOUT = 5.0
+PayloadEncoding = Literal["utf-8", "base64"]
+HEADER_MAX = 1024
+"""Characters of each header name and value a dead letter keeps."""
+HEADERS_MAX = 64
+"""Headers a dead letter keeps."""
 
 
 _replicas = 1
@@ -160,21 +169,43 @@ def stream_sequence(msg: Msg) -> int | None:
 
 
 def make_dead_letter(stage: DeadLetterStage, msg: Msg, error: str) -> DeadLetter:
-    headers: dict[str, Any] = dict(msg.headers or {})
+    """The dead letter of ``msg``: its payload once (text, or base64 when not UTF-8), cut to
+    ``DEAD_LETTER_MAX_PAYLOAD`` characters with its size and hash, so the letter always fits."""
+    headers = {str(k)[:HEADER_MAX]: str(v)[:HEADER_MAX] for k, v in list((msg.headers or {}).items())[:HEADERS_MAX]}
     seq = stream_sequence(msg)
     letter_id = f"dlq-{stage}-{_stream_name(msg)}-{seq}" if seq is not None else uuid.uuid4().hex
+    raw = msg.data or b""
+    encoding: PayloadEncoding = "utf-8"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+    truncated = len(text) > DEAD_LETTER_MAX_PAYLOAD
     return DeadLetter(
         message_id=letter_id,
-        correlation_id=str(headers.get(INTENT_ID_HEADER, "")),
+        correlation_id=headers.get(INTENT_ID_HEADER) or _intent_id_in(raw),
         stage=stage,
         original_subject=msg.subject,
-        original_headers={str(k): str(v) for k, v in headers.items()},
-        payload=msg.data.decode("utf-8", errors="replace"),
-        payload_b64=base64.b64encode(msg.data).decode("ascii"),
+        original_headers=headers,
+        payload=text[:DEAD_LETTER_MAX_PAYLOAD],
+        payload_encoding=encoding,
+        payload_size=len(raw),
+        payload_sha256=hashlib.sha256(raw).hexdigest(),
+        payload_truncated=truncated,
         error=error[:2000],
         delivery_count=delivery_count(msg),
         stream_sequence=seq,
     )
+
+
+def _intent_id_in(raw: bytes) -> str:
+    """The intent id a JSON payload names, so a letter can be found by it even when the sender
+    set no Mbx-Intent-Id header ("" when there is none or it is not plausible)."""
+    try:
+        value = json.loads(raw).get("intent_id")
+    except (ValueError, AttributeError):
+        return ""
+    return value if isinstance(value, str) and 0 < len(value) <= 200 else ""
 
 
 def _stream_name(msg: Msg) -> str:
@@ -191,13 +222,14 @@ async def dead_letter(js: JetStreamContext, subjects: Subjects, stage: DeadLette
     and the ack cannot create a second dead letter for the same delivery.
     """
     letter = make_dead_letter(stage, msg, error)
-    await publish(
-        js,
-        subjects.dlq(stage),
-        letter,
-        intent_id=letter.correlation_id,
-        strategy_id=str((msg.headers or {}).get(STRATEGY_ID_HEADER, "")),
-    )
+    strategy_id = str((msg.headers or {}).get(STRATEGY_ID_HEADER, ""))[:HEADER_MAX]
+    subject = subjects.dlq(stage)
+    try:
+        await publish(js, subject, letter, intent_id=letter.correlation_id, strategy_id=strategy_id)
+    except MaxPayloadError:
+        # A server configured with a smaller limit: keep what identifies the message, not its body.
+        bare = letter.model_copy(update={"payload": "", "payload_truncated": True, "original_headers": {}})
+        await publish(js, subject, bare, intent_id=letter.correlation_id, strategy_id=strategy_id)
     await msg.ack()
     log.warning(
         "dead-lettered", stage=str(stage), subject=msg.subject, error=error[:300], deliveries=letter.delivery_count

@@ -51,6 +51,11 @@ class PoisonMessage(Exception):
     """The message can never be processed as it is: dead-letter it with this reason."""
 
 
+DETERMINISTIC: tuple[type[Exception], ...] = (ArithmeticError, ValidationError, UnicodeError)
+"""Failures a handler meets the same way on every delivery of the same message (arithmetic on
+out-of-range numbers, a model the input cannot build): dead-lettered at once, never retried."""
+
+
 class RetryLater(Exception):
     """A transient failure with a known earliest retry time (a broker's rate-limit reset)."""
 
@@ -323,12 +328,20 @@ class Worker:
         keepalive = asyncio.create_task(_keep_in_progress(msg, spec.ack_wait_seconds / 3))
         try:
             outcome = await process(msg)
-            keepalive.cancel()
-            await msg.ack()
         except PoisonMessage as exc:
             outcome = await self._dead_letter(stage, msg, str(exc))
+        except DETERMINISTIC as exc:
+            # The same input fails the same way every time: retrying only delays the verdict.
+            outcome = await self._dead_letter(stage, msg, f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # noqa: BLE001  (every other failure is treated as transient)
             outcome = await self._retry_or_give_up(stage, spec, msg, exc)
+        else:
+            keepalive.cancel()
+            try:
+                await msg.ack()
+            except Exception as exc:  # noqa: BLE001  (handled in full: a redelivery repeats it idempotently)
+                log.warning("ack failed; the handled message may be redelivered", error=f"{type(exc).__name__}: {exc}")
+                outcome += " (ack failed)"
         finally:
             keepalive.cancel()
         # One summary line per message, with the intent and broker the handler bound.
