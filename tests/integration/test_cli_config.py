@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
+from nats.aio.client import Client as NatsClient
 
 from contracts import BrokerName, RoutePreview
 from tests.builders import make_intent
-from tests.conftest import eventually, fetch_all
+from tests.conftest import Pipeline, eventually, fetch_all
 from tests.integration.test_cli import mbx
-from workers.domain.config import parse_config
+from workers.domain.config import MbxConfig, parse_config
+from workers.domain.keys import CONFIG_KEY
 from workers.platform.db.engine import make_engine
 from workers.platform.settings import Settings
 
@@ -76,3 +80,39 @@ async def test_config_show_validate_and_set_with_an_audit_row(
     finally:
         await nc.close()
         await db.dispose()
+
+
+async def test_concurrent_live_config_changes_are_all_applied(pipeline: Pipeline, nc: NatsClient) -> None:
+    """Ten operators add a rule each at the same moment: compare-and-set keeps every one."""
+    from workers.platform.live_config import change_live_config
+
+    def adding(name: str) -> Any:
+        def change(live: dict[str, Any]) -> MbxConfig:
+            live["routing"]["rules"].append({"name": name, "match": {"symbol": [name.upper()]}, "prefer": ["ibkr"]})
+            return parse_config(live, "test")
+
+        return change
+
+    names = [f"concurrent-{i}" for i in range(10)]
+    await asyncio.gather(*(change_live_config(nc.jetstream(), pipeline.settings.subjects, adding(n)) for n in names))
+    kv = await nc.jetstream().key_value("mbx_config")
+    live = json.loads((await kv.get(CONFIG_KEY)).value or b"{}")
+    assert set(names) <= {rule["name"] for rule in live["routing"]["rules"]}
+
+
+async def test_executors_follow_a_rate_limit_changed_in_the_live_config(pipeline: Pipeline, nc: NatsClient) -> None:
+    """`mbx config set brokers.schwab.rate_limit=...` reaches the running executor's budget."""
+    from workers.executor.app import ExecutorWorker
+    from workers.platform.live_config import change_live_config
+
+    def slower(live: dict[str, Any]) -> MbxConfig:
+        live["brokers"]["schwab"]["rate_limit"] = {"requests": 7, "per_seconds": 3}
+        return parse_config(live, "test")
+
+    await change_live_config(nc.jetstream(), pipeline.settings.subjects, slower)
+    [schwab] = [w for w in pipeline.workers if isinstance(w, ExecutorWorker) and w.venue.broker == "schwab"]
+
+    async def followed() -> bool:
+        return (schwab.budget.limit.requests, schwab.budget.limit.per_seconds) == (7, 3.0)
+
+    assert await eventually(followed)

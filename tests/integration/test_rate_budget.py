@@ -9,9 +9,10 @@ import bisect
 import time
 import uuid
 
+import pytest
 from nats.aio.client import Client as NatsClient
 
-from workers.executor.budget import RateBudget, RateLimit
+from workers.executor.budget import RateBudget, RateBudgetExhausted, RateLimit
 
 
 async def _drain(budget: RateBudget, until: float, spent: list[float]) -> None:
@@ -48,4 +49,22 @@ async def test_a_budget_far_from_its_limit_takes_tokens_in_leases(nc: NatsClient
     writes = (await kv.get(key)).revision
     assert len(spent) > 10 * writes  # many tokens per compare-and-set round trip
     assert all(b.waited == 0 for b in replicas)
+    await nc.jetstream().delete_key_value(bucket)
+
+
+async def test_a_caller_waits_a_bounded_time_and_never_blocks_the_others_while_it_waits(nc: NatsClient) -> None:
+    """With the budget spent, a caller gives up after its timeout (nothing sent), and a caller
+    that is waiting does not hold the others back once tokens are there again."""
+    bucket = f"budget_{uuid.uuid4().hex[:8]}"
+    budget = RateBudget(nc.jetstream, bucket, "schwab", RateLimit(requests=1, per_seconds=60.0))
+    await budget.take()
+    started = time.monotonic()
+    with pytest.raises(RateBudgetExhausted, match="not sent"):
+        await budget.take(timeout=0.5)
+    assert time.monotonic() - started < 2.0
+    slow = asyncio.create_task(budget.take(timeout=120))  # sleeps about a minute for its token
+    await asyncio.sleep(0.2)
+    budget.limit = RateLimit(requests=10_000, per_seconds=1.0)  # the limit was raised meanwhile
+    await asyncio.wait_for(budget.take(timeout=5), 3.0)
+    slow.cancel()
     await nc.jetstream().delete_key_value(bucket)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -130,42 +131,54 @@ def set_config(
     if bool(changes) == bool(file):
         fail("give either dotted.key=value changes or --file", EXIT_USAGE)
     url = resolve_nats_url(settings)
+    replacement: MbxConfig | None = None
     if file is not None:
         try:
-            config = load_config(file)
+            replacement = load_config(file)
         except ConfigError as exc:
             fail(f"invalid: {exc}", EXIT_USAGE)
         summary = f"replaced from {file}"
     else:
-        live, _, _ = asyncio.run(_live(settings, url))
-        if live is None:
-            fail("no live config yet: start the router once (`make run`), or use --file")
-        keys = [_apply(live, change) for change in changes or []]
-        try:
-            config = parse_config(live, "the changed config")
-        except ConfigError as exc:
-            fail(f"invalid: {exc}", EXIT_USAGE)
-        summary = "; ".join(changes or []) if keys else ""
+        for change in changes or []:
+            _apply({}, change)  # a malformed change fails before anything is read
+        summary = "; ".join(changes or [])
     if reason:
         summary += f" ({reason})"
+
+    def change_live(live: dict[str, Any]) -> MbxConfig:
+        """The new config from the live one as it stands at each (re)try of the write."""
+        if replacement is not None:
+            return replacement
+        for change in changes or []:
+            _apply(live, change)
+        try:
+            return parse_config(live, "the changed config")
+        except ConfigError as exc:
+            fail(f"invalid: {exc}", EXIT_USAGE)
+
     database = settings.model_copy(update={"database_url": resolve_database_url(settings)}).sqlalchemy_url()
-    revision = asyncio.run(_write(settings, url, database, config, summary))
+    revision = asyncio.run(_write(settings, url, database, change_live, summary))
     console.print(f"[green]applied[/green]: live config revision {revision} ({summary})")
     raise typer.Exit(EXIT_OK)
 
 
-async def _write(settings: Settings, url: str, database: str, config: MbxConfig, summary: str) -> int:
+async def _write(
+    settings: Settings, url: str, database: str, change: Callable[[dict[str, Any]], MbxConfig], summary: str
+) -> int:
+    """Write the change with compare-and-set, then record it in ``config_changes``."""
     from sqlalchemy import insert  # noqa: PLC0415
 
     from workers.domain.config import config_to_json  # noqa: PLC0415
     from workers.platform.db.models import ConfigChange  # noqa: PLC0415
-    from workers.platform.live_config import write_live_config  # noqa: PLC0415
+    from workers.platform.live_config import change_live_config  # noqa: PLC0415
 
     engine = await audit_engine(database, "the change")
     try:
         nc = await connect(url)
         try:
-            revision = await write_live_config(nc.jetstream(), settings.subjects, config)
+            revision, config = await change_live_config(nc.jetstream(), settings.subjects, change)
+        except ConfigError as exc:
+            fail(str(exc))
         finally:
             await nc.close()
         async with engine.begin() as conn:

@@ -9,14 +9,17 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from nats.js.errors import KeyNotFoundError
 
 from contracts import BrokerName, BrokerStatus, PositionSnapshot
 from workers.domain.capabilities import CAPABILITIES
-from workers.domain.config import MbxConfig
+from workers.domain.config import ConfigError, MbxConfig, parse_config
+from workers.domain.keys import CONFIG_KEY
 from workers.domain.venue import SupportsFaults, Venue
 from workers.executor.budget import RateBudget, RateLimit
 from workers.executor.handlers import ExecutorHandlers
 from workers.platform.bus import open_bucket, publish
+from workers.platform.live_config import CONFIG_HISTORY
 from workers.platform.order_ledger import OrderLedger
 from workers.platform.runtime import Worker
 from workers.platform.settings import Settings
@@ -31,6 +34,8 @@ HEARTBEAT_INTERVAL = 1.0
 
 POLL_INTERVAL = 2.0
 """Seconds between looks at the broker's working orders (fills and cancels that happen there)."""
+CONFIG_POLL_INTERVAL = 2.0
+"""Seconds between looks at the live config for a changed rate limit."""
 SNAPSHOT_INTERVAL = 30.0
 """Seconds between PositionSnapshots on the timer (one more can be asked for at any time)."""
 
@@ -54,6 +59,7 @@ class ExecutorWorker(Worker):
         self._status_kv: Any = None
         self._headroom = 1.0
         self._recorded: tuple[bool | None, float] = (None, 0.0)
+        self._config_revision: int | None = None
 
     async def start(self) -> None:
         await self.venue.connect()
@@ -73,6 +79,31 @@ class ExecutorWorker(Worker):
         self.every(HEARTBEAT_INTERVAL, self.beat, "heartbeat")
         self.every(SNAPSHOT_INTERVAL, self.publish_snapshot, "position snapshot")
         self.every(POLL_INTERVAL, self.handlers.reconcile, "order polling")
+        await self.follow_live_config()
+        self.every(CONFIG_POLL_INTERVAL, self.follow_live_config, "live config")
+
+    async def follow_live_config(self) -> None:
+        """Take this broker's rate limit from the live config (``mbx config set``), as the
+        router takes everything else from it; the YAML file only seeds it."""
+        kv = await open_bucket(self.js, self.subjects.config_bucket, history=CONFIG_HISTORY)
+        try:
+            entry = await kv.get(CONFIG_KEY)
+        except KeyNotFoundError:
+            return
+        if not entry.value or entry.revision == self._config_revision:
+            return
+        self._config_revision = entry.revision
+        try:
+            config = parse_config(json.loads(entry.value), f"config revision {entry.revision}")
+        except (ConfigError, ValueError) as exc:
+            log.warning("live config refused; keeping the rate limit", error=str(exc))
+            return
+        limit = rate_limit(self.venue.broker, config)
+        if limit != self.budget.limit:
+            log.info(
+                "rate limit changed", broker=str(self.venue.broker), requests=limit.requests, per_s=limit.per_seconds
+            )
+            self.budget.limit = limit
 
     async def cleanup(self) -> None:
         with contextlib.suppress(Exception):

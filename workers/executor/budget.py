@@ -39,6 +39,12 @@ LEASE_TTL = 0.1
 """Seconds a replica may hold tokens it took ahead before they are dropped."""
 MAX_LEASE = 100
 """Most tokens taken ahead at once, whatever the limit, so replicas share the budget."""
+MAX_WAIT = 30.0
+"""Seconds a caller waits for a token before giving up (its message is retried later)."""
+
+
+class RateBudgetExhausted(Exception):
+    """No token came within the wait: nothing was sent to the broker (transient, retried)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,15 +127,28 @@ class RateBudget:
             return False
         return True
 
-    async def take(self) -> None:
-        """Wait for a token and spend it."""
-        async with self._lock:
-            if self._leased > 0 and self._clock() < self._lease_ends:
-                self._leased -= 1
+    async def take(self, timeout: float = MAX_WAIT) -> None:
+        """Wait for a token (at most ``timeout`` seconds) and spend it. The process-wide lock is
+        held only while taking, never while waiting, so one slow caller cannot stall the rest."""
+        deadline = time.monotonic() + timeout
+        while True:
+            async with self._lock:
+                if self._leased > 0 and self._clock() < self._lease_ends:
+                    self._leased -= 1
+                    return
+                wait = await self._try_take()
+            if wait <= 0:
                 return
-            await self._take()
+            if time.monotonic() + wait > deadline:
+                raise RateBudgetExhausted(
+                    f"no {self.key} rate token within {timeout:.0f}s (limit {self.limit.requests} per "
+                    f"{self.limit.per_seconds:g}s); the request was not sent"
+                )
+            self.waited += wait
+            await asyncio.sleep(wait)
 
-    async def _take(self) -> None:
+    async def _try_take(self) -> float:
+        """Take a token (0 returned), or say how long until one may be there."""
         while True:
             state, revision = await self._read()
             now = self._clock()
@@ -140,11 +159,9 @@ class RateBudget:
                 state.load += taken
                 if await self._write(state, revision):
                     self._leased, self._lease_ends = taken - 1, now + LEASE_TTL
-                    return
+                    return 0.0
                 continue  # another replica took one meanwhile: read again
-            wait = max(state.blocked_until - now, (1.0 - state.tokens) / self.limit.rate, 0.001)
-            self.waited += wait
-            await asyncio.sleep(wait)
+            return max(state.blocked_until - now, (1.0 - state.tokens) / self.limit.rate, 0.001)
 
     async def block(self, retry_after: float) -> None:
         """The broker answered 429: nobody sends before its reset time."""

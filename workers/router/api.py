@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from decimal import Decimal
+from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyWrongLastSequenceError
 
 from contracts import OrderIntent, RouteDecision, Subjects
-from workers.domain.config import ConfigError, MbxConfig, RoutingRule, config_to_json, parse_config
-from workers.domain.keys import CONFIG_KEY
-from workers.platform.bus import open_bucket
+from workers.domain.config import MbxConfig, RoutingRule, config_to_json, parse_config
+from workers.platform.live_config import change_live_config
 from workers.router.registry import BrokerRegistry
 from workers.router.rules import MarketView, Rejection, route
 from workers.router.state import RouterState
@@ -57,14 +56,11 @@ def with_rule(config: MbxConfig, rule: RoutingRule) -> MbxConfig:
     return parse_config(raw, "rules")
 
 
-async def add_rule_live(js: JetStreamContext, subjects: Subjects, rule: RoutingRule, attempts: int = 5) -> int:
+async def add_rule_live(js: JetStreamContext, subjects: Subjects, rule: RoutingRule) -> int:
     """Add a rule to the live config; returns the new revision. Retries if another edit wins."""
-    kv = await open_bucket(js, subjects.config_bucket, history=20)
-    for _ in range(attempts):
-        entry = await kv.get(CONFIG_KEY)
-        current = parse_config(json.loads(entry.value or b"{}"), "live config")
-        try:
-            return int(await kv.update(CONFIG_KEY, config_to_json(with_rule(current, rule)), last=entry.revision))
-        except KeyWrongLastSequenceError:
-            continue  # someone else changed the config meanwhile: read it again
-    raise ConfigError(f"rules: could not add {rule.name!r}: the live config kept changing")
+
+    def add(live: dict[str, Any]) -> MbxConfig:
+        return with_rule(parse_config(live, "live config"), rule)
+
+    revision, _ = await change_live_config(js, subjects, add)
+    return revision
