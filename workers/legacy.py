@@ -59,6 +59,10 @@ STATUS = {
 }
 
 
+IMPORTED_AT = datetime.now(UTC)
+"""Stands for an order's unknown creation time (orders only; fills without a time are refused)."""
+
+
 class LegacyError(Exception):
     """The source cannot be imported as it is; the message says what is wrong."""
 
@@ -68,6 +72,8 @@ class TableReport:
     read: int = 0
     written: int = 0
     already_there: int = 0
+    refused: int = 0
+    """Rows not imported because something they need is missing (listed in ``errors``)."""
     source_quantity: Decimal = Decimal(0)
     target_quantity: Decimal = Decimal(0)
     source_value: Decimal = Decimal(0)
@@ -76,7 +82,7 @@ class TableReport:
     @property
     def matches(self) -> bool:
         return (
-            self.read == self.written + self.already_there
+            self.read == self.written + self.already_there + self.refused
             and self.source_quantity == self.target_quantity
             and self.source_value == self.target_value
         )
@@ -88,6 +94,8 @@ class ImportReport:
     dry_run: bool
     backup: list[Path] = field(default_factory=list)
     tables: dict[str, TableReport] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    """One line per source row that was not imported, and why."""
 
     @property
     def matches(self) -> bool:
@@ -105,13 +113,14 @@ def _decimal(value: Any) -> Decimal:
     return Decimal(str(value)) if value is not None else Decimal(0)
 
 
-def _time(value: Any) -> datetime:
+def _time(value: Any) -> datetime | None:
+    """The source's time (UTC when it names no zone), or None when it has none: never invented."""
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, str) and value:
         parsed = datetime.fromisoformat(value)
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    return datetime.now(UTC)
+    return None
 
 
 def read_source(url: str) -> dict[str, list[dict[str, Any]]]:
@@ -177,7 +186,7 @@ def _order_rows(broker: BrokerName, rows: list[dict[str, Any]]) -> list[dict[str
                 "status": STATUS[raw_status],
                 "report_seq": 1,
                 "reason": "imported from the single-broker database",
-                "created_at": _time(_pick(r, "created_at", "submitted_at")),
+                "created_at": _time(_pick(r, "created_at", "submitted_at")) or IMPORTED_AT,
             }
         )
     return out
@@ -200,13 +209,19 @@ def _position_rows(broker: BrokerName, rows: list[dict[str, Any]]) -> list[dict[
 
 
 def _fill_rows(
-    broker: BrokerName, rows: list[dict[str, Any]], orders: dict[Any, dict[str, Any]]
+    broker: BrokerName, rows: list[dict[str, Any]], orders: dict[Any, dict[str, Any]], errors: list[str]
 ) -> list[dict[str, Any]]:
+    """The fills to import; a fill whose time is unknown is not imported (its time would be a
+    guess, and P&L and execution quality depend on it) but listed in ``errors``."""
     out = []
     for r in rows:
         legacy_id = _pick(r, "id", "trade_id")
         if legacy_id is None:
             raise LegacyError("trade_logs: a row has no id (id or trade_id)")
+        executed_at = _time(_pick(r, "executed_at", "timestamp", "created_at"))
+        if executed_at is None:
+            errors.append(f"trade_logs id {legacy_id}: no time (executed_at, timestamp or created_at); not imported")
+            continue
         order = orders.get(_pick(r, "order_id"))
         out.append(
             {
@@ -220,7 +235,7 @@ def _fill_rows(
                 "quantity": _decimal(_pick(r, "quantity", "qty")),
                 "price": _decimal(r["price"]),
                 "fee": _decimal(_pick(r, "fee", "commission", "fees")),
-                "executed_at": _time(_pick(r, "executed_at", "timestamp", "created_at")),
+                "executed_at": executed_at,
             }
         )
     return out
@@ -244,15 +259,17 @@ def import_legacy(
     legacy_orders = {_pick(r, "id", "order_id"): r for r in rows["orders"]}
     orders = _order_rows(broker, rows["orders"])
     by_legacy_id = {lid: o for lid, o in zip(legacy_orders, orders, strict=True)}
+    fills = _fill_rows(broker, rows["trade_logs"], by_legacy_id, report.errors)
     plan = {
         "orders": (Order, orders, ["broker_name", "client_order_id"]),
         "positions": (Position, _position_rows(broker, rows["positions"]), ["broker_name", "symbol"]),
-        "trade_logs": (TradeLog, _fill_rows(broker, rows["trade_logs"], by_legacy_id), ["fill_id"]),
+        "trade_logs": (TradeLog, fills, ["fill_id"]),
     }
+    read = {"orders": len(orders), "positions": len(rows["positions"]), "trade_logs": len(rows["trade_logs"])}
     with target.begin() as conn:
         for name, (model, mapped, keys) in plan.items():
             progress(f"{name}: {len(mapped)} rows")
-            table = TableReport(read=len(mapped))
+            table = TableReport(read=read[name], refused=read[name] - len(mapped))
             quantity_col = "quantity"
             value = _value_of(name)
             table.source_quantity = sum((m[quantity_col] for m in mapped), Decimal(0))
@@ -260,7 +277,7 @@ def import_legacy(
             if mapped:
                 stmt = insert(model).values(mapped).on_conflict_do_nothing(index_elements=keys)
                 table.written = len(conn.execute(stmt.returning(model.__table__.c.id)).all())
-            table.already_there = table.read - table.written
+            table.already_there = len(mapped) - table.written
             target_rows = _target_rows(conn, name, broker, mapped)
             table.target_quantity = sum((r[quantity_col] for r in target_rows), Decimal(0))
             table.target_value = sum((value(r) for r in target_rows), Decimal(0))

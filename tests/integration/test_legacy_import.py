@@ -115,3 +115,29 @@ async def test_legacy_import_says_what_is_wrong_with_the_source(isolated: Settin
     assert code == 2 and "--from" in out
     code, out = await mbx("import-legacy", "--from", f"sqlite:///{empty}", "--broker", "nobroker", env=env)
     assert code == 2
+
+
+async def test_a_fill_without_a_time_is_reported_not_imported_with_an_invented_time(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    """The validation report lists the fill and the command fails; the other rows are imported
+    and no fill gets the time of the import."""
+    source = single_broker_db(tmp_path / "trading.db")
+    con = sqlite3.connect(source)
+    con.execute("INSERT INTO trade_logs VALUES (5, 4, 'TSLA', 'buy', 1, 250.0, 0, NULL)")
+    con.commit()
+    con.close()
+    env = {"MBX_DATABASE_URL": isolated.database_url or ""}
+    code, out = await mbx(
+        "import-legacy", "--from", f"sqlite:///{source}", "--broker", "alpaca", "--backup-dir", str(tmp_path), env=env
+    )
+    assert code == 1, out
+    assert "trade_logs id 5: no time" in " ".join(out.split())
+    assert "1 source rows were not imported" in out
+    db = make_engine(isolated.database_url or "", pool_size=1)
+    try:
+        fills = await fetch_all(db, "SELECT fill_id, executed_at FROM trade_logs ORDER BY fill_id")
+        assert [f["fill_id"] for f in fills] == [f"legacy:alpaca:{i}" for i in (1, 2, 3, 4)]
+        assert max(f["executed_at"] for f in fills).year == 2026 and all(f["executed_at"].month <= 2 for f in fills)
+    finally:
+        await db.dispose()

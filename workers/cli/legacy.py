@@ -14,6 +14,7 @@ from workers.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
     console,
+    err,
     fail,
     resolve_database_url,
     settings_and_config,
@@ -63,16 +64,21 @@ def import_legacy(
     title = "dry run: nothing written" if dry_run else "imported"
     console.print(f"[bold]{title}[/bold] ({broker})")
     console.print(
-        f"  {'table':<11} {'read':>6} {'written':>8} {'present':>8}  {'quantity src/target':>32}  value src/target"
+        f"  {'table':<11} {'read':>6} {'written':>8} {'present':>8} {'refused':>8}  "
+        f"{'quantity src/target':>32}  value src/target"
     )
     for name, t in report.tables.items():
         console.print(
-            f"  {name:<11} {t.read:>6} {t.written:>8} {t.already_there:>8}  "
+            f"  {name:<11} {t.read:>6} {t.written:>8} {t.already_there:>8} {t.refused:>8}  "
             f"{f'{t.source_quantity}/{t.target_quantity}':>32}  {t.source_value}/{t.target_value}"
             + ("" if t.matches else "  [red]MISMATCH[/red]")
         )
+    for error in report.errors:
+        err.print(f"[red]not imported[/red]: {error}")
     if dry_run:
         console.print("validation: dry run, the target sums above are what the import would write")
+    elif report.errors:
+        fail(f"validation: {len(report.errors)} source rows were not imported (listed above)")
     elif report.matches:
         console.print("[green]validation: every table matches[/green]")
     else:
