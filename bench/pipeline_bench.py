@@ -106,7 +106,11 @@ class Stack:
         self.postgres.start()
         upgrade(self.postgres.url())
         config = self.root / "bench.yaml"
-        brokers = "\n".join(f"  {b}:\n    rate_limit: {{requests: 10000000, per_seconds: 1}}" for b in BrokerName)
+        # A benchmark trades far more than a paper account's 100,000 USD: the cash is raised too.
+        brokers = "\n".join(
+            f"  {b}:\n    rate_limit: {{requests: 10000000, per_seconds: 1}}\n    paper_cash: 1000000000000"
+            for b in BrokerName
+        )
         config.write_text(f"brokers:\n{brokers}\nrisk:\n  min_broker_diversification: 1\n")
         env = {k: v for k, v in os.environ.items() if not k.startswith("MBX_")}
         env |= {

@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -107,7 +108,11 @@ def unthrottled(config: MbxConfig) -> MbxConfig:
 def simulated_venue(broker: BrokerName, config: MbxConfig) -> SimulatedVenue:
     """A simulated broker enforcing the limit its executor budgets for."""
     limit = rate_limit(broker, unthrottled(config))
-    return SimulatedVenue(broker, rate_limit=(limit.requests, limit.per_seconds))
+    # Test flows buy far more than a paper account's 100,000 USD.
+    return SimulatedVenue(broker, rate_limit=(limit.requests, limit.per_seconds), cash=TEST_CASH)
+
+
+TEST_CASH = Decimal(10**12)
 
 
 class Pipeline:

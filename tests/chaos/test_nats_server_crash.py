@@ -117,7 +117,7 @@ async def test_two_nats_server_crashes_lose_double_and_reject_nothing(
     settings = Settings(nats_url=crashable_nats.url, database_url=own_database)
     config = parse_config({"routing": {"heartbeat_timeout_s": 5}})
     pipeline = Pipeline(settings, config, executors=False)
-    venues = {b: SimulatedVenue(b, rate_limit=(100_000, 1.0)) for b in BrokerName}
+    venues = {b: SimulatedVenue(b, rate_limit=(100_000, 1.0), cash=Decimal(10**12)) for b in BrokerName}
     for broker, venue in venues.items():
         pipeline.workers.insert(1, build_executor(settings, broker, venue, rate_limit(broker, pipeline.config)))
     await pipeline.start()

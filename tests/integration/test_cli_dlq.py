@@ -10,7 +10,7 @@ import pytest
 
 from contracts import BrokerName
 from tests.builders import intent_payload
-from tests.conftest import Pipeline, eventually, fetch_all
+from tests.conftest import TEST_CASH, Pipeline, eventually, fetch_all
 from tests.integration.test_cli import mbx
 from workers.domain.config import parse_config
 from workers.entry import build_executor_worker
@@ -75,7 +75,7 @@ async def test_dead_letters_are_listed_then_replayed_exactly_once(start_pipeline
         [old] = [w for w in pipeline.workers if w.name == "executor-alpaca"]
         await old.stop()
         pipeline.workers.remove(old)
-        fixed = SimulatedVenue(BrokerName.ALPACA, rate_limit=(1_000_000, 1.0))
+        fixed = SimulatedVenue(BrokerName.ALPACA, rate_limit=(1_000_000, 1.0), cash=TEST_CASH)
         executor = build_executor_worker(isolated, BrokerName.ALPACA, fixed, pipeline.config)
         await executor.start()
         pipeline.workers.append(executor)

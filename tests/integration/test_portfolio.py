@@ -10,7 +10,7 @@ import nats
 import pytest
 
 from contracts import AssetClass, BrokerName, ExposureSnapshot, FillQuality, Portfolio, SymbolExposure
-from tests.builders import intent_payload
+from tests.builders import intent_payload, make_intent
 from tests.conftest import Pipeline, eventually, fetch_all
 from workers.domain.config import parse_config
 from workers.platform.db.engine import make_engine
@@ -208,3 +208,39 @@ async def test_execution_quality_is_measured_per_broker_and_becomes_the_routers_
     # The fill score counts each broker's latest orders only; the view keeps every order.
     assert (latest_two[BrokerName.ALPACA].samples, latest_two[BrokerName.IBKR].samples) == (2, 1)
     assert {(r.broker_name, r.orders) for r in all_time} == {("alpaca", 5), ("ibkr", 1)}
+
+
+async def test_a_fill_shows_in_the_portfolio_at_once_from_a_paper_account_of_100000(
+    start_pipeline: Any, isolated: Settings
+) -> None:
+    """A filled order refreshes its broker's snapshot at once (not at the next 30 s timer), and a
+    paper account built from the config starts with 100,000 USD."""
+    from workers.entry import build_executor_worker
+
+    config = parse_config({"brokers": {"alpaca": {}}})
+    pipeline = await start_pipeline(config, own_settings=isolated, executors=False)
+    executor = build_executor_worker(isolated, BrokerName.ALPACA, config=pipeline.config)
+    await executor.start()
+    prefix = isolated.subject_prefix
+    nc = await nats.connect(isolated.nats_url or "")
+    try:
+        intent = make_intent(symbol="PFNOW", quantity="3")
+        await nc.jetstream().publish(
+            isolated.subjects.intent(intent.strategy_id),
+            intent.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": intent.intent_id},
+        )
+
+        async def held() -> Portfolio | None:
+            reply = await nc.request(f"{prefix}.api.portfolio.unified", b"", timeout=5)
+            portfolio = Portfolio.model_validate_json(reply.data)
+            return portfolio if any(p.symbol == "PFNOW" for p in portfolio.positions) else None
+
+        portfolio = await eventually(held, timeout=10)  # well inside the 30 s snapshot timer
+        [line] = [p for p in portfolio.positions if p.symbol == "PFNOW"]
+        assert line.quantity == 3
+        spent = line.quantity * (line.average_cost or 0)
+        assert portfolio.cash == Decimal(100_000) - spent
+    finally:
+        await nc.close()
+        await executor.stop()

@@ -46,6 +46,11 @@ class BrokerConfig(_Strict):
         default=None, description="The broker's request limit; unset = its documented limit."
     )
     credentials: dict[str, SecretStr] = Field(default_factory=dict)
+    paper_cash: Decimal = Field(
+        default=Decimal(100_000),
+        gt=0,
+        description="Starting cash in USD of the simulated (paper) account, as broker paper accounts start.",
+    )
     adapter: str = Field(
         default="simulated",
         min_length=1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -36,6 +37,8 @@ POLL_INTERVAL = 2.0
 """Seconds between looks at the broker's working orders (fills and cancels that happen there)."""
 CONFIG_POLL_INTERVAL = 2.0
 """Seconds between looks at the live config for a changed rate limit."""
+REFRESH_DELAY = 0.5
+"""Seconds after a fill before the broker's positions are refreshed (fills in between share it)."""
 SNAPSHOT_INTERVAL = 30.0
 """Seconds between PositionSnapshots on the timer (one more can be asked for at any time)."""
 
@@ -60,6 +63,8 @@ class ExecutorWorker(Worker):
         self._headroom = 1.0
         self._recorded: tuple[bool | None, float] = (None, 0.0)
         self._config_revision: int | None = None
+        self._refresh: asyncio.Task[None] | None = None
+        self.handlers.after_fill = self.refresh_positions_soon
 
     async def start(self) -> None:
         await self.venue.connect()
@@ -105,7 +110,25 @@ class ExecutorWorker(Worker):
             )
             self.budget.limit = limit
 
+    def refresh_positions_soon(self) -> None:
+        """Publish a fresh PositionSnapshot shortly after a fill (one for a burst of fills), so
+        the portfolio shows a position at once rather than at the next timed snapshot."""
+        if self._refresh is not None and not self._refresh.done():
+            return
+        if self.stopping.is_set():
+            return
+        self._refresh = asyncio.create_task(self._refresh_after(REFRESH_DELAY), name=f"{self.name}:refresh")
+
+    async def _refresh_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        try:
+            await self.publish_snapshot()
+        except Exception as exc:  # noqa: BLE001  (the timed snapshot follows anyway)
+            log.warning("position refresh failed", broker=str(self.venue.broker), error=f"{type(exc).__name__}: {exc}")
+
     async def cleanup(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
         with contextlib.suppress(Exception):
             await self.beat(connected=False)
 

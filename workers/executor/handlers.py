@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -88,6 +88,8 @@ class ExecutorHandlers:
         self.ledger = ledger
         self.budget = budget
         self.stats = VenueStats()
+        self.after_fill: Callable[[], None] | None = None
+        """Called when fills are reported (the worker refreshes the broker's positions)."""
         topology = worker.settings.topology
         self.shapes = SameShapeGuard(
             lambda: worker.js, topology.shape_locks_bucket, topology.attributions_bucket, str(venue.broker)
@@ -329,6 +331,8 @@ class ExecutorHandlers:
         state reported again under the same message ids, which the stream deduplicates)."""
         subjects = self.worker.subjects
         sends = []
+        if self.after_fill is not None and any(isinstance(m, Fill) for m in messages):
+            self.after_fill()
         for message in messages:
             if isinstance(message, Fill):
                 subject = subjects.fill(message.broker, message.symbol)

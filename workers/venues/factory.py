@@ -14,7 +14,7 @@ from nats.js import JetStreamContext
 
 from contracts import BrokerName
 from workers.domain.capabilities import CAPABILITIES
-from workers.domain.config import ConfigError, MbxConfig
+from workers.domain.config import BrokerConfig, ConfigError, MbxConfig
 from workers.domain.quotes import QuoteSource
 from workers.domain.venue import Venue
 from workers.platform.topology import Topology
@@ -38,7 +38,8 @@ def _simulated(
     """A simulated broker whose book lives in NATS KV, so it outlives the executor process and
     is shared by its replicas, like a real broker's; it enforces the request limit the executor
     budgets for."""
-    venue = prebuilt or SimulatedVenue(broker, rate_limit=request_limit(broker, config))
+    cash = config.brokers[broker].paper_cash if broker in config.brokers else BrokerConfig().paper_cash
+    venue = prebuilt or SimulatedVenue(broker, rate_limit=request_limit(broker, config), cash=cash)
     venue.book = KvOrderBook(context.js, context.topology.sim_book_bucket(broker))
     return venue
 

@@ -133,7 +133,8 @@ class RateWindow:
 RETURNS_ORIGINAL = frozenset({BrokerName.COINBASE, BrokerName.ROBINHOOD})
 REFUSES_DUPLICATE = frozenset({BrokerName.ALPACA, BrokerName.IBKR})  # Alpaca 422, IBKR error 103
 
-PAPER_CASH = Decimal(10**12)
+PAPER_CASH = Decimal(100_000)
+"""A paper account's starting cash, as broker paper accounts start (brokers.<name>.paper_cash)."""
 """Starting cash of a simulated account: large, so long runs and benchmarks do not run dry
 (pass ``cash`` for buying-power rejections)."""
 
