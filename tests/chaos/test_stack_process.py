@@ -118,3 +118,68 @@ def test_up_uses_external_servers_when_urls_are_set(tmp_path: Path, servers: Any
         )
         assert down.returncode == 0, down.stdout + down.stderr
         assert up.wait(60) == 0
+
+
+async def test_mbx_down_with_a_backlog_stops_within_ten_seconds_and_loses_nothing(
+    tmp_path: Path, servers: Any, isolated: Any
+) -> None:
+    """Alpaca limited to 2 requests a minute, 20 intents queued behind its rate budget: `mbx down`
+    stops everything within 10 s, and every intent is either filled or still waiting in the
+    streams to be handled (nothing was acked without being done)."""
+    import asyncio
+
+    import nats
+
+    from tests.builders import intent_payload
+    from tests.conftest import fetch_all
+    from workers.platform.db.engine import make_engine
+
+    config = tmp_path / "slow.yaml"
+    config.write_text("brokers:\n  alpaca:\n    rate_limit: {requests: 2, per_seconds: 60}\n")
+    env_vars = {
+        "MBX_NATS_URL": servers.nats_url,
+        "MBX_DATABASE_URL": isolated.database_url,
+        "MBX_SUBJECT_PREFIX": isolated.subject_prefix,
+        "MBX_CONFIG_FILE": str(config),
+    }
+    with mbx_up(tmp_path, **env_vars) as (up, _stack, env):
+        nc = await nats.connect(servers.nats_url)
+        try:
+            js = nc.jetstream()
+            for _ in range(20):
+                payload = intent_payload(broker="alpaca")
+                await js.publish(
+                    isolated.subjects.intent("strat1"),
+                    json.dumps(payload).encode(),
+                    headers={"Nats-Msg-Id": payload["intent_id"]},
+                )
+            routes = isolated.subjects.stream_name("ROUTES")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                info = await js.consumer_info(routes, "executor-alpaca")
+                if info.num_ack_pending >= 5:  # the executor holds routes waiting for tokens
+                    break
+                await asyncio.sleep(0.2)
+            started = time.monotonic()
+            down = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "workers", "down", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+            out, _ = await asyncio.wait_for(down.communicate(), 60)
+            took = time.monotonic() - started
+            assert down.returncode == 0, out.decode()
+            assert up.wait(10) == 0
+            assert took < 10, f"mbx down took {took:.1f}s"
+            executor = await js.consumer_info(routes, "executor-alpaca")
+            router = await js.consumer_info(isolated.subjects.stream_name("ORDERS"), "router")
+            unrouted = router.num_pending + router.num_ack_pending
+            unplaced = executor.num_pending + executor.num_ack_pending
+            db = make_engine(isolated.database_url, pool_size=1)
+            try:
+                rows = await fetch_all(db, "SELECT status FROM orders WHERE broker_name = 'alpaca'")
+            finally:
+                await db.dispose()
+            done = sum(1 for r in rows if r["status"] == "filled")
+            assert unplaced > 0
+            assert done + unplaced + unrouted == 20, (done, unplaced, unrouted)
+        finally:
+            await nc.close()

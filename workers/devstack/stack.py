@@ -38,6 +38,9 @@ from workers.platform.topology import ConsumerSpec
 
 STACK_FILE = "stack.json"
 RESTART_DELAY = 2.0
+WORKER_STOP_S = 8.0
+"""Seconds every worker together gets to stop before it is killed (a worker needs at most
+HANDLER_GRACE plus its clean-up steps)."""
 
 
 def stack_file(data_dir: Path) -> Path:
@@ -220,9 +223,12 @@ class Stack:
         for worker in self.workers:
             if worker.proc is not None and worker.proc.poll() is None:
                 worker.proc.send_signal(signal.SIGTERM)
+        # Every worker stops in parallel under one deadline: a worker abandons what it cannot
+        # finish in time un-acked (redelivered later), and one that still hangs is killed.
+        deadline = time.monotonic() + WORKER_STOP_S
         for worker in self.workers:
             if worker.proc is not None:
-                stop(worker.proc, timeout=20)
+                stop(worker.proc, timeout=max(deadline - time.monotonic(), 0.1))
         if self.postgres is not None:
             self.console.print("[bold]stopping[/bold] PostgreSQL")
             self.postgres.stop()

@@ -41,8 +41,11 @@ M = TypeVar("M", bound=BaseModel)
 
 PULL_WAIT = 0.5
 """Seconds a pending pull request waits for a first message (and the longest ``stop`` waits)."""
-STOP_TIMEOUT = 20.0
-"""Seconds ``stop`` waits for each step: in-hand messages, clean-up, disconnect."""
+HANDLER_GRACE = 3.0
+"""Seconds ``stop`` lets in-hand messages finish; a handler still waiting then (for a rate token
+or a slow broker) is abandoned un-acked, and its message is redelivered."""
+STEP_TIMEOUT = 2.0
+"""Seconds each later step of ``stop`` may take: timers, clean-up, disconnect."""
 DRAIN_WAIT = 0.1
 """Seconds to wait for messages ``num_pending`` promised (another replica may have taken them)."""
 
@@ -108,7 +111,7 @@ class Worker:
         self.subjects = settings.subjects
         self.broker = NatsBroker(
             settings.nats_servers,
-            graceful_timeout=15.0,
+            graceful_timeout=STEP_TIMEOUT,
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
             logger=None,
@@ -240,7 +243,7 @@ class Worker:
         for timer in self._timers:
             timer.cancel()
         if self._timers:
-            _, stuck = await asyncio.wait(self._timers, timeout=STOP_TIMEOUT)
+            _, stuck = await asyncio.wait(self._timers, timeout=STEP_TIMEOUT)
             for timer in stuck:
                 log.error("timer did not stop in time", worker=self.name, task=timer.get_name())
         self._timers.clear()
@@ -254,35 +257,39 @@ class Worker:
 
     async def stop(self) -> None:
         """Finish the messages in hand, then disconnect. Every step is bounded: a handler still
-        busy after ``STOP_TIMEOUT`` is cancelled (its message is redelivered, nothing is lost),
+        busy after ``HANDLER_GRACE`` is cancelled (its message is redelivered, nothing is lost),
         and the stack it was stuck in is logged."""
         self._stopping.set()
+        grace_ends = time.monotonic() + HANDLER_GRACE
         if self._tasks:
-            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT)
+            _, stuck = await asyncio.wait(self._tasks, timeout=HANDLER_GRACE)
             for task in stuck:
                 where = io.StringIO()
                 task.print_stack(file=where)
-                log.error(
-                    "handler did not finish in time; cancelling",
+                log.warning(
+                    "handler did not finish in time; abandoned un-acked (it will be redelivered)",
                     worker=self.name,
                     task=task.get_name(),
                     stack=where.getvalue(),
                 )
                 task.cancel()
             if stuck:
-                await asyncio.wait(stuck, timeout=5.0)
+                await asyncio.wait(stuck, timeout=STEP_TIMEOUT)
         self._tasks.clear()
         if self._in_hand:
             # Messages handed to their own tasks by an overlapping subscription.
-            _, stuck_messages = await asyncio.wait(set(self._in_hand), timeout=STOP_TIMEOUT)
+            left = max(grace_ends - time.monotonic(), 0.05)
+            _, stuck_messages = await asyncio.wait(set(self._in_hand), timeout=left)
             for task in stuck_messages:
                 task.cancel()
             if stuck_messages:
-                log.error("handlers did not finish in time; cancelled", worker=self.name, count=len(stuck_messages))
-                await asyncio.wait(stuck_messages, timeout=5.0)
+                log.warning(
+                    "handlers did not finish in time; abandoned un-acked", worker=self.name, count=len(stuck_messages)
+                )
+                await asyncio.wait(stuck_messages, timeout=STEP_TIMEOUT)
         await self._release()
         try:
-            await asyncio.wait_for(self.cleanup(), STOP_TIMEOUT)
+            await asyncio.wait_for(self.cleanup(), STEP_TIMEOUT)
         except TimeoutError:
             log.error("clean-up did not finish in time", worker=self.name)
         # Unsubscribe before the broker drains the connection: a drained pull subscription
@@ -292,7 +299,7 @@ class Worker:
                 await pull.unsubscribe()
         self._pulls.clear()
         try:
-            await asyncio.wait_for(self.broker.stop(), STOP_TIMEOUT)
+            await asyncio.wait_for(self.broker.stop(), STEP_TIMEOUT)
         except TimeoutError:
             log.error("disconnect did not finish in time; closing", worker=self.name)
             with contextlib.suppress(Exception):
