@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import BrokerName
 from tests.servers import Servers, session_servers
-from workers.domain.config import MbxConfig, RateLimitConfig
+from workers.domain.config import BrokerConfig, MbxConfig, RateLimitConfig
 from workers.domain.quotes import QuoteSource
 from workers.entry import build_executor_worker, build_worker
 from workers.executor.app import rate_limit
@@ -93,13 +93,21 @@ async def reset_exposure(js: Any, subjects: Any) -> None:
 
 
 UNTHROTTLED = RateLimitConfig(requests=1_000_000, per_seconds=1)
+TEST_CASH = Decimal(10**12)
 
 
 def unthrottled(config: MbxConfig) -> MbxConfig:
     """Brokers without a configured rate limit get a very high one: the documented limits
-    (Schwab's 120 a minute) would make most tests wait on the budget, not test anything."""
+    (Schwab's 120 a minute) would make most tests wait on the budget, not test anything. Paper
+    accounts left at the default cash get ``TEST_CASH``: test flows buy far more than 100,000 USD."""
+    default_cash = BrokerConfig().paper_cash
     brokers = {
-        name: broker if broker.rate_limit else broker.model_copy(update={"rate_limit": UNTHROTTLED})
+        name: broker.model_copy(
+            update={
+                "rate_limit": broker.rate_limit or UNTHROTTLED,
+                "paper_cash": TEST_CASH if broker.paper_cash == default_cash else broker.paper_cash,
+            }
+        )
         for name, broker in config.brokers.items()
     }
     return config.model_copy(update={"brokers": brokers})
@@ -110,9 +118,6 @@ def simulated_venue(broker: BrokerName, config: MbxConfig) -> SimulatedVenue:
     limit = rate_limit(broker, unthrottled(config))
     # Test flows buy far more than a paper account's 100,000 USD.
     return SimulatedVenue(broker, rate_limit=(limit.requests, limit.per_seconds), cash=TEST_CASH)
-
-
-TEST_CASH = Decimal(10**12)
 
 
 class Pipeline:

@@ -39,7 +39,8 @@ async def start_executor(
     # rate budget for minutes; what it tests is crash safety, so the limit is raised.
     config = log.parent / "executor.yaml"
     config.write_text(
-        f"brokers:\n  {broker}:\n    rate_limit: {{requests: 100000, per_seconds: 1}}\n    paper_cash: 1000000000\n"
+        f"brokers:\n  {broker}:\n    rate_limit: {{requests: 100000, per_seconds: 1}}\n"
+        "    paper_cash: 1000000000000000\n"
     )
     env["MBX_CONFIG_FILE"] = str(config)
     if failpoints and failpoints != "random":

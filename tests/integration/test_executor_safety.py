@@ -92,7 +92,7 @@ async def test_two_replicas_split_the_work_with_no_duplicates(
 ) -> None:
     """Two executors of one broker share its durable consumer: both work, each order is placed once."""
     pipeline = await start_pipeline(parse_config({"brokers": {"ibkr": {}}}))
-    second = build_executor_worker(settings, BrokerName.IBKR)
+    second = build_executor_worker(settings, BrokerName.IBKR, config=pipeline.config)
     await second.start()
     pipeline.workers.append(second)
     [first] = [w for w in pipeline.workers if w.name == "executor-ibkr" and w is not second]

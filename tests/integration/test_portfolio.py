@@ -218,8 +218,8 @@ async def test_a_fill_shows_in_the_portfolio_at_once_from_a_paper_account_of_100
     from workers.entry import build_executor_worker
 
     config = parse_config({"brokers": {"alpaca": {}}})
-    pipeline = await start_pipeline(config, own_settings=isolated, executors=False)
-    executor = build_executor_worker(isolated, BrokerName.ALPACA, config=pipeline.config)
+    await start_pipeline(config, own_settings=isolated, executors=False)
+    executor = build_executor_worker(isolated, BrokerName.ALPACA, config=config)  # not the tests' raised cash
     await executor.start()
     prefix = isolated.subject_prefix
     nc = await nats.connect(isolated.nats_url or "")

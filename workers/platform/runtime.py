@@ -130,9 +130,11 @@ class Worker:
     async def _disconnected(self) -> None:
         if not self._stopping.is_set():
             log.warning("disconnected from NATS; reconnecting", worker=self.name)
+            self.connection_changed()
 
     async def _reconnected(self) -> None:
         log.info("reconnected to NATS", worker=self.name)
+        self.connection_changed()
         if self._js is not None and not self._stopping.is_set():
             task = asyncio.create_task(self._after_reconnect(), name=f"{self.name}:reconnected")
             self._timers.append(task)
@@ -142,6 +144,10 @@ class Worker:
             await self.reconnected()
         except Exception as exc:  # noqa: BLE001  (logged; the next reconnect tries again)
             log.warning("resuming after reconnect failed", worker=self.name, error=f"{type(exc).__name__}: {exc}")
+
+    def connection_changed(self) -> None:
+        """Called at once (before any message is handled) when the connection drops or comes
+        back (override): what must not wait for ``reconnected``."""
 
     async def reconnected(self) -> None:
         """Resume what a server restart may have broken: watches, caches (override). The

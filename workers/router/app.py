@@ -53,6 +53,13 @@ class RouterWorker(Worker):
         )
         log.info("router state loaded", config_version=self.state.version, exposure=self.state.snapshot is not None)
 
+    def connection_changed(self) -> None:
+        """From the moment NATS drops (and again when it is back), every broker not heard from
+        since is starting: an intent delivered before the live state is reloaded waits for the
+        brokers' heartbeats instead of finding them all stale."""
+        config = self.state.config
+        self.state.registry.begin_grace(config.routing.startup_grace_s, config.enabled_brokers())
+
     async def reconnected(self) -> None:
         """NATS came back (perhaps a restarted server, which forgets its latest writes and
         whose old watches are gone): read the live state again, watch it anew, and treat
