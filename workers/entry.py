@@ -12,7 +12,7 @@ from nats.js import JetStreamContext
 
 from contracts import BrokerName
 from workers.domain.config import MbxConfig
-from workers.executor.app import ExecutorWorker, build_executor, rate_limit
+from workers.executor.app import ExecutorWorker, build_executor, rate_limit, request_timeout
 from workers.platform.runtime import Worker
 from workers.platform.settings import Settings
 from workers.venues.factory import VenueContext, build_quote_source, build_venue
@@ -55,6 +55,7 @@ def build_executor_worker(
 
     venue = build_venue(broker, config, VenueContext(js, settings.topology), simulated=simulated)
     worker = build_executor(settings, broker, venue, rate_limit(broker, config))
+    worker.handlers.request_timeout = request_timeout(broker, config)
     hosts.append(worker)
     return worker
 

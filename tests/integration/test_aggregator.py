@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +176,82 @@ async def _state(kv: Any, expected: str) -> dict[str, Any] | None:
     except Exception:
         return None
     return value if value["state"] == expected else None
+
+
+def _postgres_tree(postgres: EmbeddedPostgres) -> list[int]:
+    """The postmaster and every backend it runs."""
+    assert postgres.proc is not None
+    root = postgres.proc.pid
+    pids = [root]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == root:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+async def test_a_hung_postgres_is_an_outage_and_nothing_is_lost(
+    settings: Settings, nc: NatsClient, tmp_path: Path, start_pipeline: Any
+) -> None:
+    """Every PostgreSQL process stopped (SIGSTOP): the aggregator's writes time out, it reports
+    database_unavailable instead of hanging with its state ok, and after SIGCONT every intent
+    has exactly one row of each kind."""
+    postgres = EmbeddedPostgres(tmp_path / "hung-pg")
+    postgres.start()
+    try:
+        upgrade(postgres.url())
+        own = settings.model_copy(update={"database_url": postgres.url(), "db_timeout_s": 2.0})
+        pipeline: Pipeline = await start_pipeline()
+        [shared] = [w for w in pipeline.workers if w.name == "aggregator"]
+        await shared.stop()
+        pipeline.workers.remove(shared)
+        aggregator = build_aggregator(own, make_engine(own.sqlalchemy_url(), connect_timeout=2))
+        await aggregator.start()
+        pipeline.workers.append(aggregator)
+        db = make_engine(postgres.url(), pool_size=2)
+        ids: list[str] = []
+
+        async def publish_some(n: int) -> None:
+            for _ in range(n):
+                payload = intent_payload(strategy_id="pghang")
+                ids.append(payload["intent_id"])
+                await publish_json(nc, payload, strategy="pghang")
+
+        await publish_some(10)
+        await eventually(lambda: _count(db, "orders", ids, "filled", 10), timeout=20)
+        await db.dispose()
+        frozen = _postgres_tree(postgres)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            await publish_some(20)
+
+            async def reported(expected: str) -> dict[str, Any] | None:
+                try:
+                    kv = await nc.jetstream().key_value("mbx_worker_status")
+                except Exception:
+                    return None
+                return await _state(kv, expected)
+
+            state = await eventually(lambda: reported("database_unavailable"), timeout=20)
+            assert "did not answer" in state["error"] or "timeout" in state["error"].lower()
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+        db = make_engine(postgres.url(), pool_size=2)
+        await eventually(lambda: _count(db, "orders", ids, "filled", len(ids)), timeout=60)
+        await eventually(lambda: reported("ok"), timeout=20)
+        for table in ("orders", "multi_broker_routes", "trade_logs"):
+            rows = await fetch_all(
+                db,
+                f"SELECT intent_id, count(*) AS n FROM {table} WHERE intent_id = ANY(:ids) GROUP BY intent_id",
+                ids=ids,
+            )
+            assert sorted(r["intent_id"] for r in rows) == sorted(ids), table
+            assert {r["n"] for r in rows} == {1}, table
+        await db.dispose()
+    finally:
+        postgres.stop()

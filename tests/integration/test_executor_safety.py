@@ -143,3 +143,30 @@ async def test_a_replayed_route_at_schwab_places_nothing_twice(
     await eventually(handled, timeout=15)
     placed = await orders_at(pipeline, BrokerName.SCHWAB, lambda o: o.symbol == payload["symbol"])
     assert len(placed) == 1
+
+
+async def test_a_broker_that_does_not_answer_makes_the_order_unknown_and_it_is_looked_up_not_resent(
+    start_pipeline: Any, nc: NatsClient, db: AsyncEngine
+) -> None:
+    """A placement with no answer within request_timeout_s is reported unknown (the handler does
+    not hang), looked up on the next delivery, and placed once the broker answers again."""
+    config = parse_config({"brokers": {"alpaca": {"request_timeout_s": 0.5}}})
+    pipeline = await start_pipeline(config)
+    alpaca = pipeline.venues[BrokerName.ALPACA]
+    alpaca.faults.latency_ms = 30_000
+    payload = intent_payload(strategy_id="slowbroker")
+    sub = await nc.subscribe("mbx.exec.alpaca.unknown")
+    try:
+        await publish_json(nc, payload, strategy="slowbroker")
+        while True:
+            unknown = json.loads((await sub.next_msg(timeout=10)).data)
+            if unknown["intent_id"] == payload["intent_id"]:
+                break
+    finally:
+        await sub.unsubscribe()
+    assert "did not answer within 0.5s (placing the order)" in unknown["reason"]
+    alpaca.faults.latency_ms = 0
+    [order] = await final_order(db, payload["intent_id"])
+    assert order["status"] == "filled"
+    assert [o for o in await alpaca.book.all() if o.client_order_id == payload["intent_id"]] != []
+    assert alpaca.place_requests[payload["intent_id"]] == 2  # the timed-out one, then the one after a lookup

@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from psycopg.errors import DataError, IntegrityError
@@ -105,7 +105,7 @@ class AggregatorHandlers:
         delay, attempt = RETRY_FIRST, 0
         while True:
             try:
-                applied = await self.store.apply([e for _, e in good])
+                applied = await within(self.store.apply([e for _, e in good]), self.worker.settings.db_timeout_s)
             except Exception as exc:
                 if not database_unreachable(exc):
                     raise
@@ -124,12 +124,34 @@ class AggregatorHandlers:
             return applied
 
 
+T = TypeVar("T")
+
+
 class DatabaseUnavailable(Exception):
     """Postgres cannot be reached and the worker is stopping."""
 
 
+async def within(work: Awaitable[T], seconds: float) -> T:
+    """``work``'s result, or TimeoutError after ``seconds``. Unlike ``asyncio.wait_for`` it does
+    not wait for the abandoned call to finish cancelling: a hung database may never let it."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        task.add_done_callback(_swallow)
+        raise TimeoutError(f"the database did not answer within {seconds:g}s")
+    return task.result()
+
+
+def _swallow(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 def database_unreachable(exc: BaseException) -> bool:
-    """True for a lost or refused database connection (not for a bad row or a constraint)."""
+    """True for a lost, refused or hung database connection (not for a bad row or a constraint)."""
+    if isinstance(exc, TimeoutError):
+        return True
     if isinstance(exc, OperationalError | InterfaceError):
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:

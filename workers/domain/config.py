@@ -46,6 +46,12 @@ class BrokerConfig(_Strict):
         default=None, description="The broker's request limit; unset = its documented limit."
     )
     credentials: dict[str, SecretStr] = Field(default_factory=dict)
+    request_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest wait for one broker call; a placement not answered by then has an unknown outcome "
+        "and is looked up, never sent again blindly.",
+    )
     paper_cash: Decimal = Field(
         default=Decimal(100_000),
         gt=0,

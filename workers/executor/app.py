@@ -14,7 +14,7 @@ from nats.js.errors import KeyNotFoundError
 
 from contracts import BrokerName, BrokerStatus, PositionSnapshot
 from workers.domain.capabilities import CAPABILITIES
-from workers.domain.config import ConfigError, MbxConfig, parse_config
+from workers.domain.config import BrokerConfig, ConfigError, MbxConfig, parse_config
 from workers.domain.keys import CONFIG_KEY
 from workers.domain.venue import SupportsFaults, Venue
 from workers.executor.budget import RateBudget, RateLimit
@@ -103,6 +103,7 @@ class ExecutorWorker(Worker):
         except (ConfigError, ValueError) as exc:
             log.warning("live config refused; keeping the rate limit", error=str(exc))
             return
+        self.handlers.request_timeout = request_timeout(self.venue.broker, config)
         limit = rate_limit(self.venue.broker, config)
         if limit != self.budget.limit:
             log.info(
@@ -209,6 +210,12 @@ def rate_limit(broker: BrokerName, config: MbxConfig | None) -> RateLimit:
     if configured is not None:
         return RateLimit(configured.requests, configured.per_seconds, configured.share)
     return RateLimit(CAPABILITIES[broker].rate_limit_per_minute, 60.0)
+
+
+def request_timeout(broker: BrokerName, config: MbxConfig | None) -> float:
+    """The deadline of one call to ``broker``, from the config."""
+    broker_config = config.brokers.get(broker) if config else None
+    return broker_config.request_timeout_s if broker_config else BrokerConfig().request_timeout_s
 
 
 def build_executor(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 
 log = structlog.get_logger("mbx.executor")
+T = TypeVar("T")
 
 LOOKUP_MARGIN = timedelta(seconds=5)
 LISTING_SETTLE = timedelta(seconds=5)
@@ -72,6 +73,7 @@ class VenueStats:
         self.error_rate += self.ALPHA * ((1.0 if failed else 0.0) - self.error_rate)
 
 
+DEFAULT_REQUEST_TIMEOUT = 10.0
 MAX_LISTED_CANDIDATES = 50
 """Same-shaped orders of other intents a lookup steps over before giving up."""
 FAILOVER_AFTER = 3
@@ -88,6 +90,8 @@ class ExecutorHandlers:
         self.ledger = ledger
         self.budget = budget
         self.stats = VenueStats()
+        self.request_timeout = DEFAULT_REQUEST_TIMEOUT
+        """Seconds one broker call may take (the worker sets it from the config)."""
         self.after_fill: Callable[[], None] | None = None
         """Called when fills are reported (the worker refreshes the broker's positions)."""
         topology = worker.settings.topology
@@ -160,7 +164,11 @@ class ExecutorHandlers:
                 # The order may exist (a lost reply) or does (a duplicate id): look it up. If it
                 # is not there the order is `unknown`: the route is redelivered, and the next
                 # delivery looks again before placing.
-                order = await self._locate(decision, since)
+                try:
+                    order = await self._locate(decision, since)
+                except Exception as lookup_failed:
+                    await self._unknown(decision, exc)
+                    raise OutcomeUnknown(f"{exc}; the lookup failed too: {lookup_failed}") from lookup_failed
                 if order is None:
                     await self._unknown(decision, exc)
                     raise
@@ -171,6 +179,16 @@ class ExecutorHandlers:
         failpoint("after_report")  # reported, not yet acked
         return str(order.status)
 
+    async def _call(self, work: Awaitable[T], what: str) -> T:
+        """A broker call with its deadline (``brokers.<name>.request_timeout_s``): TimeoutError
+        after it, so nothing waits on a hung broker while its message is kept in progress."""
+        try:
+            return await asyncio.wait_for(work, self.request_timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"{self.venue.broker} did not answer within {self.request_timeout:g}s ({what})"
+            ) from None
+
     async def _locate(self, decision: RouteDecision, since: datetime) -> VenueOrder | None:
         """This attempt's order at the broker, if any. Where the broker has no client order ids,
         orders already attributed to other intents are skipped, and a found one is attributed
@@ -178,10 +196,12 @@ class ExecutorHandlers:
         intent = decision.intent
         await self.budget.take()
         if self.venue.capabilities.has_client_order_id:
-            return await self.venue.locate(intent, intent.intent_id, since)
+            return await self._call(self.venue.locate(intent, intent.intent_id, since), "looking the order up")
         others: set[str] = set()
         for _ in range(MAX_LISTED_CANDIDATES):
-            order = await self.venue.locate(intent, intent.intent_id, since, frozenset(others))
+            order = await self._call(
+                self.venue.locate(intent, intent.intent_id, since, frozenset(others)), "listing orders"
+            )
             if order is None:
                 return None
             if await self.shapes.attribute(order.broker_order_id, intent.intent_id):
@@ -242,7 +262,11 @@ class ExecutorHandlers:
         started = time.perf_counter()
         failed = False
         try:
-            return await self.venue.place_order(decision.intent, client_order_id)
+            return await self._call(self.venue.place_order(decision.intent, client_order_id), "placing the order")
+        except TimeoutError as exc:
+            failed = True
+            # Sent, unanswered: the order may exist. Look it up; never send it blindly again.
+            raise VenueAmbiguous(str(exc)) from exc
         except (VenueUnavailable, VenueAmbiguous):
             failed = True
             raise
@@ -281,10 +305,10 @@ class ExecutorHandlers:
             )
         await self.budget.take()
         try:
-            order = await self.venue.cancel_order(entry.broker_order_id)
+            order = await self._call(self.venue.cancel_order(entry.broker_order_id), "cancelling")
         except VenueRejected as exc:
             await self.budget.take()
-            current = await self.venue.get_order(entry.broker_order_id)
+            current = await self._call(self.venue.get_order(entry.broker_order_id), "reading the order")
             if current is None:
                 raise  # the ledger and the broker disagree: retry, then dead-letter
             settled = await self.sync(entry, current)
@@ -310,7 +334,7 @@ class ExecutorHandlers:
         settled = 0
         for entry in await self.ledger.open_orders(self.venue.broker):
             await self.budget.take()
-            order = await self.venue.get_order(entry.broker_order_id)
+            order = await self._call(self.venue.get_order(entry.broker_order_id), "reading the order")
             if order is None:
                 log.warning("ledger order not found at the broker", intent_id=entry.intent_id)
                 continue

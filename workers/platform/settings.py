@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     stream_replicas: int = Field(
         default=1, ge=1, le=5, description="Copies of each stream and KV bucket: 1 on one server, 3 on a cluster."
     )
+    db_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="A database call (connect or batch) not done within this is treated as an outage.",
+    )
     log_level: str = "INFO"
     log_format: Literal["auto", "console", "json"] = "auto"
     durability: Literal["dev", "production"] = Field(

@@ -341,8 +341,8 @@ class SimulatedVenue:
         return self._account
 
     async def place_order(self, intent: OrderIntent, client_order_id: str) -> VenueOrder:
+        self.place_requests[client_order_id] += 1  # an attempt, whatever becomes of it
         await self._request()
-        self.place_requests[client_order_id] += 1
         if self.faults.reject_next > 0:
             self.faults.reject_next -= 1
             raise VenueRejected(
