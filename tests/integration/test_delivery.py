@@ -142,3 +142,25 @@ async def test_an_outcome_that_stays_unknown_is_dead_lettered_after_max_deliver(
     assert "read timeout after sending" in dead.error
     assert dead.original_subject == "mbx.routes.ibkr"
     assert not [e for e in await stream_messages(nc, "EXECUTIONS", "mbx.failover.ibkr") if route.intent_id in e]
+
+
+async def test_the_inbox_forgets_message_ids_past_the_streams_horizon(db: AsyncEngine) -> None:
+    """Ids older than the retention are pruned in batches; recent ones, which a redelivery or a
+    replay of the streams could still bring, stay."""
+    from sqlalchemy import text
+
+    tag = make_intent().intent_id
+    async with db.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO inbox (message_id, subject, received_at) "
+                "SELECT :tag || '-old-' || i, 'mbx.test', now() - interval '9 days' FROM generate_series(1, 5) i "
+                "UNION ALL "
+                "SELECT :tag || '-new-' || i, 'mbx.test', now() - interval '6 days' FROM generate_series(1, 3) i"
+            ),
+            {"tag": tag},
+        )
+    deleted = await AuditStore(db).prune_inbox(batch=2)
+    assert deleted >= 5
+    left = await fetch_all(db, "SELECT message_id FROM inbox WHERE message_id LIKE :p", p=f"{tag}-%")
+    assert sorted(r["message_id"] for r in left) == [f"{tag}-new-{i}" for i in (1, 2, 3)]

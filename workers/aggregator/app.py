@@ -29,6 +29,8 @@ log = structlog.get_logger("mbx.aggregator")
 
 EXPOSURE_INTERVAL = 2.0
 """Seconds between checks whether the exposure the router sees has changed."""
+PRUNE_INTERVAL = 3600.0
+"""Seconds between prunings of the inbox (see ``INBOX_RETENTION``)."""
 QUALITY_INTERVAL = 10.0
 """Seconds between measurements of execution quality (the router's fill scores)."""
 
@@ -55,6 +57,13 @@ class AggregatorWorker(Worker):
         await self._publish_exposure_logged()
         self.every(EXPOSURE_INTERVAL, self.publish_exposure, "exposure publishing")
         self.every(QUALITY_INTERVAL, self.publish_fill_quality, "fill quality publishing")
+        self.every(PRUNE_INTERVAL, self.prune_inbox, "inbox pruning")
+
+    async def prune_inbox(self) -> int:
+        deleted = await self.portfolio.store.prune_inbox()
+        if deleted:
+            log.info("inbox pruned", deleted=deleted)
+        return deleted
 
     async def _publish_exposure_logged(self) -> None:
         try:

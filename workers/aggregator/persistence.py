@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, func
+from sqlalchemy import delete, func, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -42,9 +43,32 @@ class Envelope:
     message: Message
 
 
+INBOX_RETENTION = timedelta(days=7, hours=2)
+"""How long the inbox remembers a message id: the streams keep messages 7 days (a consumer
+replayed from the start sees them again) and publishes are deduplicated for an hour; one more
+hour of margin."""
+
+
 class AuditStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+
+    async def prune_inbox(self, older_than: timedelta = INBOX_RETENTION, batch: int = 10_000) -> int:
+        """Forget message ids received more than ``older_than`` ago, ``batch`` rows per
+        transaction (short locks); returns how many were deleted."""
+        deleted = 0
+        while True:
+            async with self.engine.begin() as conn:
+                result = await conn.execute(
+                    text(
+                        "DELETE FROM inbox WHERE message_id IN (SELECT message_id FROM inbox "
+                        "WHERE received_at < now() - make_interval(secs => :age) LIMIT :n)"
+                    ),
+                    {"age": older_than.total_seconds(), "n": batch},
+                )
+            deleted += result.rowcount or 0
+            if (result.rowcount or 0) < batch:
+                return deleted
 
     async def apply(self, batch: list[Envelope]) -> int:
         """Persist a batch in one transaction; returns how many messages were new."""

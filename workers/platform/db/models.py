@@ -207,6 +207,7 @@ class InboxMessage(Base):
     so a redelivered message changes nothing."""
 
     __tablename__ = "inbox"
+    __table_args__ = (Index("ix_inbox_received_at", "received_at"),)
 
     message_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     subject: Mapped[str] = mapped_column(String(255), nullable=False)

@@ -131,6 +131,11 @@ def decode_order(raw: bytes) -> VenueOrder:
     )
 
 
+BOOK_TTL_S = 8 * 86400
+"""A simulated order is forgotten 8 days after its last change: past the streams' 7 days no
+route or report that could need it is left."""
+
+
 class KvOrderBook:
     """The book in the KV bucket ``<prefix>_sim_<broker>``: ``o.<broker order id>`` holds an
     order as it stands, ``c.<client order id, base64>`` the order as it was created under that
@@ -140,7 +145,7 @@ class KvOrderBook:
     def __init__(self, js: Callable[[], JetStreamContext], bucket: str) -> None:
         self._js = js  # called at first use: the executor connects after it is built
         self._bucket = bucket
-        self._store = LazyBucket(js, bucket)
+        self._store = LazyBucket(js, bucket, ttl=BOOK_TTL_S)
 
     async def claim(self, client_order_id: str, order: VenueOrder) -> str | None:
         kv = await self._store()
