@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -262,3 +263,49 @@ async def test_faults_are_switched_at_runtime_and_bad_requests_get_a_reason(pipe
     reset = await control(nc, "coinbase", reject_next=0, latency_ms=0)
     assert reset["faults"]["reject_next"] == 0
     await asyncio.sleep(0)
+
+
+async def test_the_poller_and_a_cancel_racing_on_one_order_report_every_change(
+    pipeline: Pipeline, nc: NatsClient, db: AsyncEngine
+) -> None:
+    """Two writers report one working order at once from different broker states (a partial
+    fill seen by the poller, the cancel seen by the cancel handler). Their reports never share
+    a sequence number with different content: the order ends cancelled, with its fill, in the
+    ledger, on the bus and in Postgres."""
+    from workers.executor.app import ExecutorWorker
+
+    payload = intent_payload(order_type="limit", limit_price="1.00", strategy_id="racer")
+    await publish_json(nc, payload, strategy="racer")
+    venue = pipeline.venues[BrokerName.ALPACA]
+    [executor] = [w for w in pipeline.workers if isinstance(w, ExecutorWorker) and w.venue.broker == "alpaca"]
+
+    async def working() -> Any:
+        entry = await executor.ledger.get(payload["intent_id"])
+        return entry if entry is not None and entry.working else None
+
+    entry = await eventually(working)
+    await venue.trade(entry.broker_order_id, Decimal(4))
+    partial = await venue.get_order(entry.broker_order_id)
+    cancelled = await venue.cancel_order(entry.broker_order_id)
+    assert partial is not None and partial.status is OrderStatus.PARTIALLY_FILLED
+    await asyncio.gather(
+        executor.handlers.advance(payload["intent_id"], partial),
+        executor.handlers.advance(payload["intent_id"], cancelled),
+    )
+    final = await executor.ledger.get(payload["intent_id"])
+    assert final is not None and final.status is OrderStatus.CANCELLED
+    [order] = await eventually(lambda: _order_in(db, payload["intent_id"], "cancelled"))
+    assert order["filled_quantity"] == 4
+    reports = [
+        json.loads(m)
+        for m in await stream_messages(nc, "EXECUTIONS", "mbx.exec.alpaca.>")
+        if json.loads(m)["intent_id"] == payload["intent_id"]
+    ]
+    seqs = [r["report_seq"] for r in reports]
+    assert len(seqs) == len(set(seqs))
+    assert reports[-1]["status"] == "cancelled" and reports[-1]["final"]
+
+
+async def _order_in(db: AsyncEngine, intent_id: str, status: str) -> list[Any]:
+    rows = await fetch_all(db, "SELECT * FROM orders WHERE intent_id = :i AND status = :s", i=intent_id, s=status)
+    return rows

@@ -34,7 +34,7 @@ from workers.domain.venue import (
 )
 from workers.executor.budget import RateBudget
 from workers.executor.same_shape import SameShapeGuard, ShapeBusy
-from workers.platform.bus import delivery_count, is_replay, publish
+from workers.platform.bus import delivery_count, is_replay, publish, publish_checked
 from workers.platform.failpoints import failpoint
 from workers.platform.order_ledger import OrderLedger
 from workers.platform.runtime import PoisonMessage, RetryLater, Worker, parse
@@ -74,6 +74,8 @@ class VenueStats:
 
 
 DEFAULT_REQUEST_TIMEOUT = 10.0
+ADVANCE_ATTEMPTS = 5
+"""Times a report of an order is re-based on a newer ledger entry before it is retried later."""
 MAX_LISTED_CANDIDATES = 50
 """Same-shaped orders of other intents a lookup steps over before giving up."""
 FAILOVER_AFTER = 3
@@ -282,16 +284,57 @@ class ExecutorHandlers:
         )
         updated, changes = _changes(entry, order, decision)
         accepted = report(decision, OrderStatus.ACCEPTED, 1, order, final=False)
-        await asyncio.gather(self._emit_all(decision, [accepted, *changes]), self.ledger.put(updated))
+        known, revision = await self.ledger.get_versioned(decision.intent_id)
+        if known is not None and known.broker_order_id == order.broker_order_id and known.report_seq > 1:
+            # Reported further already (a redelivery after the poller or a cancel moved on):
+            # carry on from what the ledger says was reported, never re-number it.
+            await self.advance(decision.intent_id, order)
+            return
+        conflicts, wrote = await asyncio.gather(
+            self._emit_all(decision, [accepted, *changes]), self.ledger.put(updated, known, revision=revision)
+        )
+        if conflicts:
+            await self.advance(decision.intent_id, order)
+        elif not wrote:
+            # Another writer changed the entry meanwhile: deliver the route again, which reports
+            # the same messages (deduplicated) and records them on the entry as it now stands.
+            raise OutcomeUnknown(f"the ledger entry of {decision.intent_id} changed while the order was recorded")
 
-    async def sync(self, entry: LedgerEntry, order: VenueOrder) -> LedgerEntry:
-        """Publish what changed at the broker since ``entry``: new fills, then the new status."""
-        decision = entry.decision
-        if decision is None:
-            return entry
-        updated, changes = _changes(entry, order, decision)
-        await self._emit_all(decision, changes)
-        return updated
+    async def advance(self, intent_id: str, order: VenueOrder) -> LedgerEntry | None:
+        """Report what the broker's ``order`` adds to the ledger entry (new fills, then the new
+        status), then record it with compare-and-set.
+
+        The reconcile poller, a cancel and a redelivered route (in this replica or another) may
+        all report the same order. Whoever loses the compare-and-set, or finds its report's
+        sequence number already taken by another report, re-reads the ledger (and the broker)
+        and reports from there: every state change is reported once, under its own number."""
+        current: VenueOrder | None = order
+        for _ in range(ADVANCE_ATTEMPTS):
+            entry, revision = await self.ledger.get_versioned(intent_id)
+            if entry is None or entry.decision is None or current is None:
+                return entry
+            decision = entry.decision
+            updated, changes = _changes(entry, current, decision)
+            if not changes:
+                return entry
+            conflicts = await self._emit_all(decision, changes)
+            if conflicts:
+                # Another writer published this sequence number with other content, and the
+                # ledger may not show it yet (it crashed in between): take it as reported.
+                taken = ExecutionReport.model_validate_json(conflicts[-1])
+                adopted = entry.model_copy(
+                    update={
+                        "status": taken.status,
+                        "report_seq": taken.report_seq,
+                        "filled_quantity": taken.filled_quantity,
+                    }
+                )
+                await self.ledger.put(adopted, entry, revision=revision)
+            elif await self.ledger.put(updated, entry, revision=revision):
+                return updated
+            await self.budget.take()
+            current = await self._call(self.venue.get_order(entry.broker_order_id), "reading the order")
+        raise OutcomeUnknown(f"the ledger entry of {intent_id} kept changing; reporting it again later")
 
     async def cancel(self, request: CancelRequest) -> str:
         """Cancel the order at the broker, or say why it cannot be cancelled."""
@@ -311,11 +354,9 @@ class ExecutorHandlers:
             current = await self._call(self.venue.get_order(entry.broker_order_id), "reading the order")
             if current is None:
                 raise  # the ledger and the broker disagree: retry, then dead-letter
-            settled = await self.sync(entry, current)
-            await self.ledger.put(settled, entry)
+            await self.advance(entry.intent_id, current)
             return await self._cancel_rejected(request, current.status, exc.reason_code, exc.reason)
-        settled = await self.sync(entry, order)
-        await self.ledger.put(settled, entry)
+        await self.advance(entry.intent_id, order)
         return f"cancel:{order.status}"
 
     async def _cancel_rejected(self, request: CancelRequest, status: OrderStatus | None, code: str, why: str) -> str:
@@ -338,9 +379,8 @@ class ExecutorHandlers:
             if order is None:
                 log.warning("ledger order not found at the broker", intent_id=entry.intent_id)
                 continue
-            updated = await self.sync(entry, order)
-            if updated != entry:
-                await self.ledger.put(updated, entry)
+            updated = await self.advance(entry.intent_id, order)
+            if updated is not None and updated != entry:
                 settled += 1
         return settled
 
@@ -349,10 +389,12 @@ class ExecutorHandlers:
 
     async def _emit_all(
         self, decision: RouteDecision, messages: Sequence[ExecutionReport | Fill | FailoverEvent]
-    ) -> None:
+    ) -> list[bytes]:
         """Publish in order and wait for every acknowledgement together: the messages leave in
         one write, and a failure of any raises (the route is redelivered, and the broker's
-        state reported again under the same message ids, which the stream deduplicates)."""
+        state reported again under the same message ids, which the stream deduplicates).
+        Returns the stored payloads of messages whose id was already taken by other content
+        (a report numbered by another writer): never ignored, the caller reconciles."""
         subjects = self.worker.subjects
         sends = []
         if self.after_fill is not None and any(isinstance(m, Fill) for m in messages):
@@ -365,11 +407,11 @@ class ExecutorHandlers:
             else:
                 subject = subjects.execution(message.broker, message.status)
             sends.append(
-                publish(
+                publish_checked(
                     self.worker.js, subject, message, intent_id=decision.intent_id, strategy_id=decision.strategy_id
                 )
             )
-        await asyncio.gather(*sends)
+        return [stored for stored in await asyncio.gather(*sends) if stored is not None]
 
 
 def _changes(

@@ -150,6 +150,28 @@ async def publish(
     return bool(ack.duplicate)
 
 
+async def publish_checked(
+    js: JetStreamContext, subject: str, message: Message, *, intent_id: str = "", strategy_id: str = ""
+) -> bytes | None:
+    """Publish like ``publish``; when JetStream already stored this message id with other
+    content (anything but ``created_at``), return the stored payload instead of ignoring it:
+    two writers used one id for two different messages, and the caller must reconcile."""
+    data = message.model_dump_json().encode()
+    ack = await js.publish(subject, data, headers=headers_for(message, intent_id, strategy_id), timeout=PUBLISH_TIMEOUT)
+    if not ack.duplicate:
+        return None
+    stored = await js.get_msg(ack.stream, ack.seq)
+    return None if _same_message(stored.data or b"", data) else stored.data
+
+
+def _same_message(stored: bytes, ours: bytes) -> bool:
+    """The same message, built twice (its ``created_at`` is the time it was built)."""
+    first, second = json.loads(stored), json.loads(ours)
+    first.pop("created_at", None)
+    second.pop("created_at", None)
+    return bool(first == second)
+
+
 def is_replay(msg: Msg) -> bool:
     return bool((msg.headers or {}).get(REPLAY_HEADER))
 

@@ -18,7 +18,7 @@ import base64
 from collections.abc import Callable
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from contracts import BrokerName
 from workers.domain.ledger import LedgerEntry
@@ -38,23 +38,46 @@ class OrderLedger:
         self._store = LazyBucket(js, bucket, ttl=TTL_SECONDS)
 
     async def get(self, intent_id: str) -> LedgerEntry | None:
-        try:
-            entry = await (await self._store()).get(f"i.{_token(intent_id)}")
-        except KeyNotFoundError:
-            return None
-        return LedgerEntry.model_validate_json(entry.value) if entry.value else None
+        entry, _ = await self.get_versioned(intent_id)
+        return entry
 
-    async def put(self, entry: LedgerEntry, previous: LedgerEntry | None = None) -> None:
-        """Record ``entry``; keep its open-order key in step with whether it still works."""
+    async def get_versioned(self, intent_id: str) -> tuple[LedgerEntry | None, int]:
+        """The entry and its KV revision (0 when there is none), for a compare-and-set ``put``."""
+        try:
+            stored = await (await self._store()).get(f"i.{_token(intent_id)}")
+        except KeyNotFoundError:
+            return None, 0
+        entry = LedgerEntry.model_validate_json(stored.value) if stored.value else None
+        return entry, int(stored.revision or 0)
+
+    async def put(
+        self, entry: LedgerEntry, previous: LedgerEntry | None = None, *, revision: int | None = None
+    ) -> bool:
+        """Record ``entry``; keep its open-order key in step with whether it still works.
+
+        With ``revision`` the write is a compare-and-set: it happens only if the entry is still
+        at that revision (0: still absent), else nothing is written and False is returned, so
+        two writers of one order never overwrite each other's state unseen."""
         kv = await self._store()
         token = _token(entry.intent_id)
         if not entry.working:
             entry = entry.model_copy(update={"decision": None})
-        await kv.put(f"i.{token}", entry.model_dump_json().encode())
+        value = entry.model_dump_json().encode()
+        if revision is None:
+            await kv.put(f"i.{token}", value)
+        else:
+            try:
+                if revision:
+                    await kv.update(f"i.{token}", value, last=revision)
+                else:
+                    await kv.create(f"i.{token}", value)
+            except KeyWrongLastSequenceError:
+                return False
         if entry.working:
-            await kv.put(f"open.{entry.broker}.{token}", entry.model_dump_json().encode())
+            await kv.put(f"open.{entry.broker}.{token}", value)
         elif previous is not None and previous.working:
             await kv.delete(f"open.{previous.broker}.{token}")
+        return True
 
     async def open_orders(self, broker: BrokerName) -> list[LedgerEntry]:
         await self._store()
