@@ -285,15 +285,20 @@ class ExecutorHandlers:
         updated, changes = _changes(entry, order, decision)
         accepted = report(decision, OrderStatus.ACCEPTED, 1, order, final=False)
         known, revision = await self.ledger.get_versioned(decision.intent_id)
-        if known is not None and known.broker_order_id == order.broker_order_id and known.report_seq > 1:
-            # Reported further already (a redelivery after the poller or a cancel moved on):
-            # carry on from what the ledger says was reported, never re-number it.
-            await self.advance(decision.intent_id, order)
-            return
-        conflicts, wrote = await asyncio.gather(
-            self._emit_all(decision, [accepted, *changes]), self.ledger.put(updated, known, revision=revision)
+        # Report everything again (the stream drops what it already has), but never move the
+        # ledger back: a redelivered route may find the order reported further by the poller.
+        further = (
+            known is not None
+            and known.broker_order_id == order.broker_order_id
+            and known.report_seq >= updated.report_seq
         )
+        emitted = self._emit_all(decision, [accepted, *changes])
+        if further:
+            conflicts, wrote = await emitted, True
+        else:
+            conflicts, wrote = await asyncio.gather(emitted, self.ledger.put(updated, known, revision=revision))
         if conflicts:
+            # Some of these numbers were taken by reports of later states: report from the ledger.
             await self.advance(decision.intent_id, order)
         elif not wrote:
             # Another writer changed the entry meanwhile: deliver the route again, which reports
