@@ -190,10 +190,16 @@ async def isolated(servers: Servers, settings: Settings) -> AsyncIterator[Settin
     """Settings with a subject prefix and a database of their own: streams, KV buckets (the
     simulated brokers' books too) and tables start empty, whatever earlier tests left."""
     name = f"t{uuid.uuid4().hex[:10]}"
+    url = await new_database(servers, name)
+    yield settings.model_copy(update={"database_url": url, "subject_prefix": name})
+
+
+async def new_database(servers: Servers, name: str) -> str:
+    """A new database on the session's PostgreSQL, migrated to head; its URL."""
     admin = make_engine(servers.database_url, pool_size=1)
     async with admin.connect() as conn:
         await (await conn.execution_options(isolation_level="AUTOCOMMIT")).execute(text(f"CREATE DATABASE {name}"))
     await admin.dispose()
     url = servers.database_url.rsplit("/", 1)[0] + f"/{name}"
     await asyncio.to_thread(upgrade, url)
-    yield settings.model_copy(update={"database_url": url, "subject_prefix": name})
+    return url

@@ -23,18 +23,16 @@ from typing import Any
 
 import nats
 import pytest
-from sqlalchemy import text
 
 from contracts import BrokerName
 from tests.builders import CRYPTO, FRACTIONAL, OPTION, intent_payload
-from tests.conftest import Pipeline, fetch_all
+from tests.conftest import Pipeline, fetch_all, new_database
 from tests.servers import Servers
 from workers.devstack.nats import EmbeddedNats
 from workers.domain.config import parse_config
 from workers.executor.app import build_executor, rate_limit
 from workers.platform.bus import read_stream
 from workers.platform.db.engine import make_engine
-from workers.platform.db.migrate import upgrade
 from workers.platform.settings import Settings
 from workers.venues.simulated.venue import SimulatedVenue
 
@@ -77,15 +75,8 @@ async def crashable_nats(request: pytest.FixtureRequest, tmp_path: Path) -> Asyn
 
 
 @pytest.fixture
-async def own_database(servers: Servers) -> AsyncIterator[str]:
-    name = f"nk{uuid.uuid4().hex[:10]}"
-    admin = make_engine(servers.database_url, pool_size=1)
-    async with admin.connect() as conn:
-        await (await conn.execution_options(isolation_level="AUTOCOMMIT")).execute(text(f"CREATE DATABASE {name}"))
-    await admin.dispose()
-    url = servers.database_url.rsplit("/", 1)[0] + f"/{name}"
-    await asyncio.to_thread(upgrade, url)
-    yield url
+async def own_database(servers: Servers) -> str:
+    return await new_database(servers, f"nk{uuid.uuid4().hex[:10]}")
 
 
 def kill(server: EmbeddedNats) -> None:

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import FillQuality
-from workers.aggregator.handlers import AggregatorHandlers
+from workers.aggregator.handlers import AggregatorHandlers, AggregatorHealth
 from workers.aggregator.persistence import AuditStore
 from workers.aggregator.portfolio import PortfolioAggregator
 from workers.domain.keys import EXPOSURE_KEY
@@ -44,11 +44,14 @@ class AggregatorWorker(Worker):
         self.engine = engine
         self.portfolio = PortfolioAggregator(engine, settings.subjects, self._request)
         self._published: bytes = b""
+        self.health: AggregatorHealth | None = None
 
     async def _request(self, subject: str, payload: bytes, timeout: float) -> Any:
         return await self.broker.connection.request(subject, payload, timeout=timeout)
 
     async def prepare(self) -> None:
+        if self.health is not None:
+            await self.health.started()
         api = self.subjects.api
         await self.listen(api("portfolio.unified"), self._on_unified, queue="aggregator")
         await self.listen(api("portfolio.exposure"), self._on_exposure, queue="aggregator")
@@ -140,6 +143,7 @@ def build_aggregator(
     """``consumers`` replaces the durable consumers, e.g. to replay the streams from the start."""
     worker = AggregatorWorker(settings, engine)
     handlers = AggregatorHandlers(worker, AuditStore(engine))
+    worker.health = handlers.health
     for spec in consumers or settings.topology.aggregator_consumers():
         worker.subscribe_batch(spec, handlers.handler_for(spec), batch_size=batch_size)
     return worker

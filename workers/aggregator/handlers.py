@@ -175,6 +175,11 @@ class AggregatorHealth:
             self.state, self.since = "database_unavailable", datetime.now(UTC)
             await self._publish(error)
 
+    async def started(self) -> None:
+        """A (re)started aggregator says it is ok, replacing whatever a stopped one left."""
+        self.state, self.since = "ok", datetime.now(UTC)
+        await self._publish("")
+
     async def up(self) -> None:
         if self.state != "ok":
             log.info("database reachable again; catching up", down_for_s=(datetime.now(UTC) - self.since).seconds)
