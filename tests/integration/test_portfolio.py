@@ -244,3 +244,41 @@ async def test_a_fill_shows_in_the_portfolio_at_once_from_a_paper_account_of_100
     finally:
         await nc.close()
         await executor.stop()
+
+
+async def test_realized_pnl_is_kept_as_running_totals_read_once_per_fill(isolated: Settings) -> None:
+    """Each portfolio request reads only the fills written since the previous one, and the
+    realized P&L is the same as computed over the whole history."""
+    from sqlalchemy import text
+
+    from workers.readmodel.portfolio import PortfolioReader
+
+    db = make_engine(isolated.database_url or "", pool_size=2)
+
+    async def fill(n: int, side: str, quantity: int, price: str) -> None:
+        async with db.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO trade_logs (fill_id, intent_id, strategy_id, broker_name, broker_order_id, symbol, "
+                    "side, quantity, price, fee, executed_at) VALUES (:f, :i, 's', 'alpaca', :o, 'RUN', :side, :q, "
+                    ":p, 0, now())"
+                ),
+                {"f": f"run-{n}", "i": f"run-{n}", "o": f"o-{n}", "side": side, "q": quantity, "p": Decimal(price)},
+            )
+
+    try:
+        reader = PortfolioReader(db)
+        await fill(1, "buy", 10, "100")
+        await fill(2, "buy", 10, "110")
+        await reader.get_unified_portfolio()
+        assert reader.fills_read == 2
+        await fill(3, "sell", 5, "120")  # average cost 105: realized 5 * 15 = 75
+        portfolio = await reader.get_unified_portfolio()
+        assert reader.fills_read == 3  # only the new fill was read
+        assert portfolio.realized_pnl == Decimal(75)
+        fresh = PortfolioReader(db)  # the same figure from the whole history at once
+        assert (await fresh.get_unified_portfolio()).realized_pnl == Decimal(75)
+        await reader.get_unified_portfolio()
+        assert reader.fills_read == 3
+    finally:
+        await db.dispose()

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -92,27 +93,38 @@ class PortfolioReader:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._books = _Fills()
+        self._last_fill = 0
+        self._books_lock = asyncio.Lock()
+        self.fills_read = 0
+        """Fill rows read so far: each request reads only the fills added since the last."""
 
     async def _rows(self, sql: str, **params: Any) -> list[Any]:
         async with self.engine.connect() as conn:
             return list((await conn.execute(text(sql), params)).mappings().all())
 
     async def _fills(self) -> _Fills:
-        rows = await self._rows(
-            "SELECT t.broker_name, t.symbol, t.side, t.quantity, t.price, t.fee, "
-            "coalesce(o.asset_class, 'equity') AS asset_class "
-            "FROM trade_logs t LEFT JOIN orders o "
-            "ON o.broker_name = t.broker_name AND o.broker_order_id = t.broker_order_id "
-            "ORDER BY t.executed_at, t.id"
-        )
-        fills = _Fills()
-        for r in rows:
-            key = (r["broker_name"], r["symbol"])
-            book = fills.books.get(key)
-            if book is None:
-                book = fills.books[key] = _Book(AssetClass(r["asset_class"]))
-            book.apply(r["side"], r["quantity"], r["price"], r["fee"])
-        return fills
+        """Average-cost books per broker and symbol as running totals: each call applies only
+        the fills stored since the previous one (by row id, the order they were written), so a
+        request costs the same however long the trade history is."""
+        async with self._books_lock:
+            rows = await self._rows(
+                "SELECT t.id, t.broker_name, t.symbol, t.side, t.quantity, t.price, t.fee, "
+                "coalesce(o.asset_class, 'equity') AS asset_class "
+                "FROM trade_logs t LEFT JOIN orders o "
+                "ON o.broker_name = t.broker_name AND o.broker_order_id = t.broker_order_id "
+                "WHERE t.id > :after ORDER BY t.id",
+                after=self._last_fill,
+            )
+            for r in rows:
+                key = (r["broker_name"], r["symbol"])
+                book = self._books.books.get(key)
+                if book is None:
+                    book = self._books.books[key] = _Book(AssetClass(r["asset_class"]))
+                book.apply(r["side"], r["quantity"], r["price"], r["fee"])
+                self._last_fill = max(self._last_fill, int(r["id"]))
+            self.fills_read += len(rows)
+            return self._books
 
     async def _account_values(self) -> tuple[dict[BrokerName, Decimal], Decimal]:
         rows = await self._rows("SELECT broker_name, cash, portfolio_value FROM broker_accounts")
