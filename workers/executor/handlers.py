@@ -140,7 +140,7 @@ class ExecutorHandlers:
         # Orders placed for this decision cannot predate it; the margin covers clock skew.
         since = decision.created_at - LOOKUP_MARGIN
         delivery = delivery_count(msg)
-        entry = await self.ledger.get(decision.intent_id)
+        entry, revision = await self.ledger.get_versioned(decision.intent_id)
         client_ids = self.venue.capabilities.has_client_order_id
         plan = placement_plan(entry, decision, delivery, replayed=is_replay(msg), client_ids=client_ids)
         order = None
@@ -154,7 +154,8 @@ class ExecutorHandlers:
         if order is None:
             if plan.mark_before_placing:
                 # The mark tells any later delivery that this order may exist at the broker.
-                await self.ledger.put(LedgerEntry.of(decision, OrderStatus.SUBMITTED))
+                entry = LedgerEntry.of(decision, OrderStatus.SUBMITTED)
+                revision = await self.ledger.put(entry)
             failpoint("before_place")
             try:
                 order = await self._timed_place(decision, client_order_id)
@@ -177,7 +178,7 @@ class ExecutorHandlers:
             if not client_ids:
                 await self.shapes.attribute(order.broker_order_id, decision.intent_id)
         failpoint("after_place")
-        await self._record_order(decision, order)
+        await self._record_order(decision, order, entry, revision)
         failpoint("after_report")  # reported, not yet acked
         return str(order.status)
 
@@ -275,16 +276,19 @@ class ExecutorHandlers:
         finally:
             self.stats.record((time.perf_counter() - started) * 1000, failed)
 
-    async def _record_order(self, decision: RouteDecision, order: VenueOrder) -> None:
+    async def _record_order(
+        self, decision: RouteDecision, order: VenueOrder, known: LedgerEntry | None, revision: int
+    ) -> None:
         """Report a newly placed order (accepted, its fills, where it stands now) and write it to
         the ledger, together: both happen before the route is acked, and a redelivery reports
-        the order again whatever the ledger says (the stream drops the duplicates)."""
+        the order again whatever the ledger says (the stream drops the duplicates). ``known``
+        and ``revision`` are the ledger entry this delivery read (the write is a compare-and-set
+        against it)."""
         entry = LedgerEntry.of(
             decision, OrderStatus.ACCEPTED, report_seq=1, broker_order_id=order.broker_order_id, decision=decision
         )
         updated, changes = _changes(entry, order, decision)
         accepted = report(decision, OrderStatus.ACCEPTED, 1, order, final=False)
-        known, revision = await self.ledger.get_versioned(decision.intent_id)
         # Report everything again (the stream drops what it already has), but never move the
         # ledger back: a redelivered route may find the order reported further by the poller.
         further = (
@@ -296,7 +300,8 @@ class ExecutorHandlers:
         if further:
             conflicts, wrote = await emitted, True
         else:
-            conflicts, wrote = await asyncio.gather(emitted, self.ledger.put(updated, known, revision=revision))
+            conflicts, revision = await asyncio.gather(emitted, self.ledger.put(updated, known, revision=revision))
+            wrote = revision > 0
         if conflicts:
             # Some of these numbers were taken by reports of later states: report from the ledger.
             await self.advance(decision.intent_id, order)

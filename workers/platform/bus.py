@@ -20,6 +20,7 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    PubAck,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -141,12 +142,7 @@ async def publish(
 
     Returns True when JetStream had already stored this message id (a deduplicated retry).
     """
-    ack = await js.publish(
-        subject,
-        message.model_dump_json().encode(),
-        headers=headers_for(message, intent_id, strategy_id),
-        timeout=PUBLISH_TIMEOUT,
-    )
+    ack, _ = await _send(js, subject, message, intent_id, strategy_id)
     return bool(ack.duplicate)
 
 
@@ -156,12 +152,19 @@ async def publish_checked(
     """Publish like ``publish``; when JetStream already stored this message id with other
     content (anything but ``created_at``), return the stored payload instead of ignoring it:
     two writers used one id for two different messages, and the caller must reconcile."""
-    data = message.model_dump_json().encode()
-    ack = await js.publish(subject, data, headers=headers_for(message, intent_id, strategy_id), timeout=PUBLISH_TIMEOUT)
+    ack, data = await _send(js, subject, message, intent_id, strategy_id)
     if not ack.duplicate:
         return None
     stored = await js.get_msg(ack.stream, ack.seq)
     return None if _same_message(stored.data or b"", data) else stored.data
+
+
+async def _send(
+    js: JetStreamContext, subject: str, message: Message, intent_id: str, strategy_id: str
+) -> tuple[PubAck, bytes]:
+    data = message.model_dump_json().encode()
+    headers = headers_for(message, intent_id, strategy_id)
+    return await js.publish(subject, data, headers=headers, timeout=PUBLISH_TIMEOUT), data
 
 
 def _same_message(stored: bytes, ours: bytes) -> bool:

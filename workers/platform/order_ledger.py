@@ -50,34 +50,32 @@ class OrderLedger:
         entry = LedgerEntry.model_validate_json(stored.value) if stored.value else None
         return entry, int(stored.revision or 0)
 
-    async def put(
-        self, entry: LedgerEntry, previous: LedgerEntry | None = None, *, revision: int | None = None
-    ) -> bool:
+    async def put(self, entry: LedgerEntry, previous: LedgerEntry | None = None, *, revision: int | None = None) -> int:
         """Record ``entry``; keep its open-order key in step with whether it still works.
 
         With ``revision`` the write is a compare-and-set: it happens only if the entry is still
-        at that revision (0: still absent), else nothing is written and False is returned, so
-        two writers of one order never overwrite each other's state unseen."""
+        at that revision (0: still absent), else nothing is written and 0 is returned, so two
+        writers of one order never overwrite each other's state unseen. Returns the entry's new
+        revision."""
         kv = await self._store()
         token = _token(entry.intent_id)
         if not entry.working:
             entry = entry.model_copy(update={"decision": None})
         value = entry.model_dump_json().encode()
-        if revision is None:
-            await kv.put(f"i.{token}", value)
-        else:
-            try:
-                if revision:
-                    await kv.update(f"i.{token}", value, last=revision)
-                else:
-                    await kv.create(f"i.{token}", value)
-            except KeyWrongLastSequenceError:
-                return False
+        try:
+            if revision is None:
+                written = await kv.put(f"i.{token}", value)
+            elif revision:
+                written = await kv.update(f"i.{token}", value, last=revision)
+            else:
+                written = await kv.create(f"i.{token}", value)
+        except KeyWrongLastSequenceError:
+            return 0
         if entry.working:
             await kv.put(f"open.{entry.broker}.{token}", value)
         elif previous is not None and previous.working:
             await kv.delete(f"open.{previous.broker}.{token}")
-        return True
+        return int(written)
 
     async def open_orders(self, broker: BrokerName) -> list[LedgerEntry]:
         await self._store()

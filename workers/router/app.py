@@ -47,6 +47,7 @@ class RouterWorker(Worker):
         # The YAML config seeds an empty bucket; afterwards the bucket is the source of truth.
         with contextlib.suppress(KeyWrongLastSequenceError):
             await self.config_kv.create(CONFIG_KEY, config_to_json(self.seed_config))
+        self.connection_changed()  # just connected: every broker is starting until it speaks
         await self._follow_live_state()
         self._preview_sub = await self.broker.connection.subscribe(
             subjects.route_preview, queue="router", cb=self.handlers.preview
@@ -62,18 +63,15 @@ class RouterWorker(Worker):
 
     async def reconnected(self) -> None:
         """NATS came back (perhaps a restarted server, which forgets its latest writes and
-        whose old watches are gone): read the live state again, watch it anew, and treat
-        brokers not heard from since as starting."""
+        whose old watches are gone): read the live state again and watch it anew (brokers not
+        heard from since are starting from ``connection_changed``)."""
         await self._stop_watches()
         await self._follow_live_state()
         log.info("router state reloaded after reconnect", starting=sorted(self.state.registry.starting()))
 
     async def _follow_live_state(self) -> None:
-        """Load config, exposure, broker health and fill quality, then watch them. Brokers not
-        heard from from now on are *starting* for ``routing.startup_grace_s``."""
+        """Load config, exposure, broker health and fill quality, then watch them."""
         subjects = self.subjects
-        config = self.state.config
-        self.state.registry.begin_grace(config.routing.startup_grace_s, config.enabled_brokers())
         exposure_kv = await open_bucket(self.js, subjects.exposure_bucket)
         status_kv = await open_bucket(self.js, subjects.status_bucket)
         quality_kv = await open_bucket(self.js, subjects.fill_quality_bucket)
