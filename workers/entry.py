@@ -53,7 +53,8 @@ def build_executor_worker(
     def js() -> JetStreamContext:
         return hosts[0].js
 
-    venue = build_venue(broker, config, VenueContext(js, settings.topology), simulated=simulated)
+    context = VenueContext(js, settings.topology, request_log=settings.sim_request_log)
+    venue = build_venue(broker, config, context, simulated=simulated)
     worker = build_executor(settings, broker, venue, rate_limit(broker, config))
     worker.handlers.request_timeout = request_timeout(broker, config)
     hosts.append(worker)

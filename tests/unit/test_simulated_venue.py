@@ -8,8 +8,9 @@ from decimal import Decimal
 import pytest
 
 from contracts import AssetClass, BrokerName, OrderStatus
-from tests.builders import make_intent
+from tests.builders import CRYPTO, make_intent
 from workers.domain.venue import VenueRateLimited, VenueRejected, VenueUnavailable
+from workers.venues.simulated.book import Request, repeated_without_lookup
 from workers.venues.simulated.quotes import QuoteModel
 from workers.venues.simulated.venue import Faults, SimulatedVenue, estimate_fee
 
@@ -204,3 +205,27 @@ def test_faults_are_validated_by_name_and_value() -> None:
         faults.update({"reject_next": -1})
     with pytest.raises(ValueError, match="bad value"):
         faults.update({"outage": "yes"})
+
+
+async def test_the_request_log_shows_a_placement_repeated_without_a_lookup() -> None:
+    """The broker's request log, in order: a placement repeated after a lookup that found
+    nothing is not blind; one repeated straight away, or after the order was found, is."""
+    venue = SimulatedVenue(BrokerName.COINBASE)
+    careful, blind = make_intent(**CRYPTO), make_intent(**CRYPTO)
+    since = datetime.now(UTC)
+    assert await venue.locate(careful, careful.intent_id, since) is None
+    await venue.place_order(careful, careful.intent_id)
+    await venue.place_order(blind, blind.intent_id)
+    await venue.place_order(blind, blind.intent_id)  # returns the original: harmless here, blind all the same
+    assert await venue.locate(blind, blind.intent_id, since) is not None
+    await venue.place_order(blind, blind.intent_id)  # although the order was found
+
+    requests = await venue.book.requests()
+    assert [(r.kind, r.client_order_id == careful.intent_id, r.found) for r in requests[:2]] == [
+        ("lookup", True, False),
+        ("place", True, False),
+    ]
+    assert repeated_without_lookup(requests) == {blind.intent_id: 2}
+    assert repeated_without_lookup(
+        [*requests, Request("lookup", blind.intent_id), Request("place", blind.intent_id)]
+    ) == {blind.intent_id: 2}

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
         gt=0,
         description="A database call (connect or batch) not done within this is treated as an outage.",
     )
+    sim_request_log: bool = Field(
+        default=False,
+        description="Simulated brokers log every placement and lookup in their KV book (crash tests).",
+    )
     log_level: str = "INFO"
     log_format: Literal["auto", "console", "json"] = "auto"
     durability: Literal["dev", "production"] = Field(

@@ -30,6 +30,8 @@ class VenueContext:
     js: Callable[[], JetStreamContext]
     """The executor's JetStream context, once it is connected (called at first use)."""
     topology: Topology
+    request_log: bool = False
+    """A simulated broker keeps its request log (``MBX_SIM_REQUEST_LOG``; for crash tests)."""
 
 
 def _simulated(
@@ -40,7 +42,7 @@ def _simulated(
     budgets for."""
     cash = config.brokers[broker].paper_cash if broker in config.brokers else BrokerConfig().paper_cash
     venue = prebuilt or SimulatedVenue(broker, rate_limit=request_limit(broker, config), cash=cash)
-    venue.book = KvOrderBook(context.js, context.topology.sim_book_bucket(broker))
+    venue.book = KvOrderBook(context.js, context.topology.sim_book_bucket(broker), request_log=context.request_log)
     return venue
 
 

@@ -4,14 +4,20 @@ A real broker remembers an order after our executor crashes, and every replica o
 talks to the same broker. ``KvOrderBook`` gives the simulation the same property: the book lives
 in a NATS KV bucket (one per broker), and a client order id is claimed with compare-and-set, so
 two replicas submitting the same id see one order. ``MemoryOrderBook`` is for pure unit tests.
+
+A book can also keep the broker's request log (``Request``): every placement that reached the
+broker and every lookup it answered, per client order id, in the order they happened, across
+processes. Crash tests read it to show that no placement was ever repeated without a lookup
+first; ``KvOrderBook`` keeps it only when asked (``request_log=True``), as it costs a write.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -23,6 +29,37 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from contracts import OrderStatus
 from workers.domain.venue import VenueFill, VenueOrder
 from workers.platform.bus import LazyBucket, iter_stream, read_bucket
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request the broker received for a client order id: ``place`` (logged as it arrives,
+    before the order exists) or ``lookup`` (logged once answered; ``found`` says whether it
+    found an order)."""
+
+    kind: str
+    client_order_id: str
+    found: bool = False
+
+
+def repeated_without_lookup(requests: list[Request]) -> dict[str, int]:
+    """Client order ids with a placement that followed an earlier one without a lookup in
+    between that found nothing, and how many such placements each has: a blind resubmission
+    (or one made although the order was found)."""
+    placed: set[str] = set()
+    looked: set[str] = set()
+    blind: dict[str, int] = {}
+    for request in requests:
+        cid = request.client_order_id
+        if request.kind == "lookup":
+            if not request.found:
+                looked.add(cid)
+            continue
+        if cid in placed and cid not in looked:
+            blind[cid] = blind.get(cid, 0) + 1
+        placed.add(cid)
+        looked.discard(cid)
+    return blind
 
 
 class OrderBook(Protocol):
@@ -49,12 +86,27 @@ class OrderBook(Protocol):
         after" listing returns, without reading the whole book."""
         ...
 
+    async def note(self, request: Request) -> None:
+        """Add ``request`` to the broker's request log (a no-op where none is kept)."""
+        ...
+
+    async def requests(self) -> list[Request]:
+        """The request log, oldest first (empty where none is kept)."""
+        ...
+
 
 class MemoryOrderBook:
     def __init__(self) -> None:
         self._orders: dict[str, VenueOrder] = {}
         self._claims: dict[str, str] = {}
         self._versions: list[VenueOrder] = []  # position k is sequence k + 1
+        self._requests: list[Request] = []
+
+    async def note(self, request: Request) -> None:
+        self._requests.append(request)
+
+    async def requests(self) -> list[Request]:
+        return list(self._requests)
 
     async def claim(self, client_order_id: str, order: VenueOrder) -> str | None:
         existing = self._claims.get(client_order_id)
@@ -140,12 +192,31 @@ class KvOrderBook:
     """The book in the KV bucket ``<prefix>_sim_<broker>``: ``o.<broker order id>`` holds an
     order as it stands, ``c.<client order id, base64>`` the order as it was created under that
     id. The claim is the order's one atomic creation: an order whose later ``o.`` write never
-    happened (a crash in between) is still found, as at a real broker."""
+    happened (a crash in between) is still found, as at a real broker. With ``request_log``,
+    ``r.<client order id, base64>.<unique>`` records each request; the bucket's stream orders
+    them across processes."""
 
-    def __init__(self, js: Callable[[], JetStreamContext], bucket: str) -> None:
+    def __init__(self, js: Callable[[], JetStreamContext], bucket: str, *, request_log: bool = False) -> None:
         self._js = js  # called at first use: the executor connects after it is built
         self._bucket = bucket
         self._store = LazyBucket(js, bucket, ttl=BOOK_TTL_S)
+        self._request_log = request_log
+
+    async def note(self, request: Request) -> None:
+        if not self._request_log:
+            return
+        key = "r" + _key(request.client_order_id)[1:] + "." + uuid.uuid4().hex
+        value = json.dumps({"kind": request.kind, "client_order_id": request.client_order_id, "found": request.found})
+        await (await self._store()).put(key, value.encode())
+
+    async def requests(self) -> list[Request]:
+        await self._store()
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+        return [
+            Request(**json.loads(message.data))
+            async for message in iter_stream(self._js(), f"KV_{self._bucket}", f"$KV.{self._bucket}.r.>", config)
+            if message.data
+        ]
 
     async def claim(self, client_order_id: str, order: VenueOrder) -> str | None:
         kv = await self._store()

@@ -32,7 +32,7 @@ from workers.domain.venue import (
     VenueRejected,
     VenueUnavailable,
 )
-from workers.venues.simulated.book import MemoryOrderBook, OrderBook
+from workers.venues.simulated.book import MemoryOrderBook, OrderBook, Request
 from workers.venues.simulated.quotes import QuoteModel
 
 CENT = Decimal("0.01")
@@ -257,6 +257,13 @@ class SimulatedVenue:
         self, intent: OrderIntent, client_order_id: str, since: datetime, exclude: frozenset[str] = frozenset()
     ) -> VenueOrder | None:
         await self._request()
+        found = await self._locate(intent, client_order_id, since, exclude)
+        await self.book.note(Request("lookup", client_order_id, found=found is not None))
+        return found
+
+    async def _locate(
+        self, intent: OrderIntent, client_order_id: str, since: datetime, exclude: frozenset[str]
+    ) -> VenueOrder | None:
         if self.faults.hidden_lookups > 0:
             self.faults.hidden_lookups -= 1
             return None
@@ -343,6 +350,7 @@ class SimulatedVenue:
     async def place_order(self, intent: OrderIntent, client_order_id: str) -> VenueOrder:
         self.place_requests[client_order_id] += 1  # an attempt, whatever becomes of it
         await self._request()
+        await self.book.note(Request("place", client_order_id))
         if self.faults.reject_next > 0:
             self.faults.reject_next -= 1
             raise VenueRejected(
