@@ -17,6 +17,8 @@ from tests.integration.test_walking_skeleton import final_order, publish_json
 from workers.domain.config import parse_config
 from workers.domain.venue import VenueDuplicate
 from workers.entry import build_executor_worker
+from workers.executor.same_shape import SameShapeGuard
+from workers.platform.db.engine import make_engine
 from workers.platform.settings import Settings
 from workers.platform.topology import Topology
 
@@ -170,3 +172,41 @@ async def test_a_broker_that_does_not_answer_makes_the_order_unknown_and_it_is_l
     assert order["status"] == "filled"
     assert [o for o in await alpaca.book.all() if o.client_order_id == payload["intent_id"]] != []
     assert alpaca.place_requests[payload["intent_id"]] == 2  # the timed-out one, then the one after a lookup
+
+
+async def test_a_queue_of_identical_schwab_orders_waits_without_using_up_deliveries(
+    start_pipeline: Any, isolated: Settings, nc: NatsClient
+) -> None:
+    """More identical Schwab orders than an executor holds at once (32) queue behind a shape
+    lock whose holder's delivery died: the waiters are set aside, so the holder's redelivery is
+    still fetched, and each route is delivered once (none is retried, none dead-lettered)."""
+    await start_pipeline(parse_config({"brokers": {"schwab": {}}}), own_settings=isolated)
+    symbol = "KO    270115C00070000"
+    payloads = [intent_payload(**{**OPTION, "symbol": symbol, "quantity": "1"}, strategy_id="queue") for _ in range(40)]
+    holder = payloads[-1]  # its lock is taken as if an earlier delivery of it had died holding it
+    topology = isolated.topology
+    guard = SameShapeGuard(
+        nc.jetstream, topology.shape_locks_bucket, topology.attributions_bucket, str(BrokerName.SCHWAB)
+    )
+    await guard.acquire(make_intent(**holder))
+    for payload in payloads:
+        await nc.jetstream().publish(
+            isolated.subjects.intent("queue"),
+            json.dumps(payload).encode(),
+            headers={"Nats-Msg-Id": payload["intent_id"]},
+        )
+    ids = [p["intent_id"] for p in payloads]
+
+    engine = make_engine(isolated.database_url or "", pool_size=1)
+
+    async def all_filled() -> bool:
+        rows = await fetch_all(engine, "SELECT status FROM orders WHERE intent_id = ANY(:ids)", ids=ids)
+        return len(rows) == len(ids) and {r["status"] for r in rows} == {"filled"}
+
+    try:
+        await eventually(all_filled, timeout=60)
+    finally:
+        await engine.dispose()
+    spec = topology.executor_consumer(BrokerName.SCHWAB)
+    info = await nc.jetstream().consumer_info(spec.stream, spec.durable)
+    assert info.delivered.consumer_seq == len(payloads)  # no route needed a second delivery

@@ -107,7 +107,7 @@ class ExecutorHandlers:
 
     async def execute(self, msg: Msg) -> str:
         if self.worker.subjects.kind(msg.subject) == "cancels":
-            return await self.cancel(parse(CancelRequest, msg.data))
+            return await self.cancel(parse(CancelRequest, msg.data), delivery_count(msg))
         decision = parse(RouteDecision, msg.data)
         structlog.contextvars.bind_contextvars(intent_id=decision.intent_id, broker=str(decision.broker))
         if decision.broker != self.venue.broker:
@@ -128,7 +128,8 @@ class ExecutorHandlers:
         until the order is attributed (``same_shape``). On failure the lock stays with this
         intent: its order may exist unattributed, and its next delivery takes the lock again."""
         try:
-            await self.shapes.acquire(decision.intent)
+            async with self.worker.aside():  # the order ahead may be redelivered to this executor
+                await self.shapes.acquire(decision.intent)
         except ShapeBusy as exc:
             raise OutcomeUnknown(str(exc)) from exc
         outcome = await self._execute(msg, decision)
@@ -346,11 +347,19 @@ class ExecutorHandlers:
             current = await self._call(self.venue.get_order(entry.broker_order_id), "reading the order")
         raise OutcomeUnknown(f"the ledger entry of {intent_id} kept changing; reporting it again later")
 
-    async def cancel(self, request: CancelRequest) -> str:
+    async def cancel(self, request: CancelRequest, delivery: int = 1) -> str:
         """Cancel the order at the broker, or say why it cannot be cancelled."""
         structlog.contextvars.bind_contextvars(intent_id=request.intent_id, broker=str(self.venue.broker))
         entry = await self.ledger.get(request.intent_id)
-        if entry is None or entry.broker != self.venue.broker:
+        unrecorded = entry is None or (
+            entry.broker == self.venue.broker and not entry.broker_order_id and not entry.status.is_terminal
+        )
+        if unrecorded and delivery < self.spec.give_up_after:
+            # Routed here but not recorded yet: the route is queued, being placed, or was placed
+            # by a delivery that died before recording it (redelivered after the ack wait). Look
+            # again then, rather than refuse to cancel an order that may exist.
+            raise RetryLater(f"no order of {request.intent_id} recorded here yet", self.spec.ack_wait_seconds / 2)
+        if entry is None or entry.broker != self.venue.broker or unrecorded:
             return await self._cancel_rejected(request, None, "unknown_order", "no order at this broker")
         if not entry.working:
             return await self._cancel_rejected(

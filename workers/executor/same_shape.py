@@ -32,9 +32,12 @@ LOCK_TTL_S = 120.0
 """How long a lock lasts if its holder never comes back to release it."""
 ATTRIBUTION_TTL_S = 7 * 86400.0
 """As long as the streams keep a route that could be redelivered."""
-LOCK_POLL_S = 0.02
-LOCK_WAIT_S = 20.0
-"""How long a delivery waits for a same-shaped order ahead of it before retrying later."""
+LOCK_POLL_S = (0.01, 0.1)
+"""First and longest pause between looks at a lock held by another intent."""
+LOCK_WAIT_S = LOCK_TTL_S + 10.0
+"""How long a delivery waits for a same-shaped order ahead of it before retrying later: until
+the lock has surely expired, so waiting in a long queue of identical orders, or for a crashed
+holder's redelivery, never uses up the deliveries that end in the dead-letter queue."""
 
 
 class ShapeBusy(Exception):
@@ -74,6 +77,7 @@ class SameShapeGuard:
         kv = await self._store()
         key = shape_key(self._broker, intent)
         deadline = time.monotonic() + wait
+        pause, longest = LOCK_POLL_S
         while True:
             try:
                 await kv.create(key, intent.intent_id.encode())
@@ -90,7 +94,8 @@ class SameShapeGuard:
                         f"a same-shaped order ({holder.decode()}) at {self._broker} is unresolved; "
                         "orders without client ids are told apart one at a time"
                     ) from None
-                await asyncio.sleep(LOCK_POLL_S)
+                await asyncio.sleep(pause)
+                pause = min(pause * 1.5, longest)
 
     async def release(self, intent: OrderIntent) -> None:
         kv = await self._store()

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import io
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -81,6 +82,10 @@ def parse(model: type[M], data: bytes) -> M:
 def retry_delay(deliveries: int) -> float:
     """Seconds before the next delivery: 0.5, 1, 2, 4 ... capped at 30."""
     return float(min(30.0, 0.5 * 2 ** max(deliveries - 1, 0)))
+
+
+_room: contextvars.ContextVar[asyncio.Semaphore | None] = contextvars.ContextVar("room", default=None)
+"""The in-hand places of the overlapping subscription whose message this task handles."""
 
 
 @dataclass
@@ -183,6 +188,7 @@ class Worker:
         room = asyncio.Semaphore(batch_size)
 
         async def one(msg: Msg) -> None:
+            _room.set(room)
             try:
                 await handler(msg)
             finally:
@@ -196,6 +202,21 @@ class Worker:
                 task.add_done_callback(self._in_hand.discard)
 
         self._subscriptions.append(_Subscription(spec, start_each, batch_size))
+
+    @contextlib.asynccontextmanager
+    async def aside(self) -> AsyncIterator[None]:
+        """Set the message in hand aside while waiting for another message's outcome: its place
+        among the ``batch_size`` in hand is given up meanwhile (and taken back after), so the
+        message it waits for can still be fetched. Only in an ``overlapping`` subscription."""
+        room = _room.get()
+        if room is None:
+            yield
+            return
+        room.release()
+        try:
+            yield
+        finally:
+            await room.acquire()
 
     def subscribe_batch(
         self, spec: ConsumerSpec, handler: Callable[[list[Msg]], Awaitable[None]], *, batch_size: int
