@@ -13,7 +13,7 @@ from nats.aio.client import Client as NatsClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import BrokerName, CancelReject, CancelRequest, OrderStatus, PositionSnapshot, RoutePreview
-from tests.builders import intent_payload, make_intent, new_intent_id
+from tests.builders import intent_payload, make_intent, make_route, new_intent_id
 from tests.conftest import Pipeline, eventually, fetch_all, stream_messages
 from tests.integration.test_walking_skeleton import publish_json
 from workers.domain.config import parse_config
@@ -206,6 +206,44 @@ async def test_cancel_of_an_open_order_a_filled_one_and_an_unknown_one(
     await cancel(nc, ghost)
     [unknown] = await eventually(lambda: cancel_rejects(nc, ghost))
     assert (unknown.broker, unknown.reason_code) == (None, "unknown_order")
+
+
+async def test_a_cancel_that_overtakes_its_order_still_cancels_it(
+    start_pipeline: Any, nc: NatsClient, db: AsyncEngine
+) -> None:
+    """A cancel can reach the router, or the executor, before the order it cancels is recorded
+    (being placed, or placed by a delivery that died before recording it): it waits for the
+    order rather than being refused as unknown."""
+    pipeline: Pipeline = await start_pipeline(parse_config({"brokers": {"alpaca": {}}}))
+    pipeline.venues[BrokerName.ALPACA].faults.latency_ms = 1500  # the placement is under way a while
+    slow = intent_payload(strategy_id="canceller", order_type="limit", limit_price="1.00")
+    await publish_json(nc, slow, strategy="canceller")
+
+    async def routed() -> bool:
+        routes = await stream_messages(nc, "ROUTES", "mbx.routes.alpaca")
+        return any(json.loads(m)["intent_id"] == slow["intent_id"] for m in routes)
+
+    await eventually(routed)
+    await cancel(nc, slow["intent_id"])  # reaches the router before the ledger has the order
+
+    # Straight to the executor, before the route itself: as after a crash between placing and recording.
+    pipeline.venues[BrokerName.ALPACA].faults.latency_ms = 0
+    early = make_route(make_intent(strategy_id="canceller", order_type="limit", limit_price="1.00"))
+    request = CancelRequest(
+        message_id=f"cancel-{early.intent_id}",
+        correlation_id=early.intent_id,
+        intent_id=early.intent_id,
+        strategy_id="canceller",
+    )
+    await publish(nc.jetstream(), "mbx.cancels.alpaca", request, intent_id=early.intent_id)
+    await publish(nc.jetstream(), "mbx.routes.alpaca", early, intent_id=early.intent_id)
+
+    for intent_id in (slow["intent_id"], early.intent_id):
+        row = await order_row(db, intent_id, "cancelled")
+        assert row["broker_name"] == "alpaca"
+        assert await cancel_rejects(nc, intent_id) == []
+    cancelled = [o for o in await pipeline.venues[BrokerName.ALPACA].book.all() if o.status is OrderStatus.CANCELLED]
+    assert {slow["intent_id"], early.intent_id} <= {o.client_order_id for o in cancelled}
 
 
 async def test_an_executor_settles_what_changed_at_the_broker_while_it_was_down(

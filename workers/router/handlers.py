@@ -25,9 +25,9 @@ from contracts import (
 from workers.domain.capabilities import CAPABILITIES
 from workers.domain.quotes import PriceCheck, QuoteSource, assess
 from workers.domain.reports import cancel_reject
-from workers.platform.bus import is_replay, publish
+from workers.platform.bus import delivery_count, is_replay, publish
 from workers.platform.order_ledger import OrderLedger
-from workers.platform.runtime import PoisonMessage, Worker, parse
+from workers.platform.runtime import PoisonMessage, RetryLater, Worker, parse
 from workers.router.journal import DecisionJournal, Published
 from workers.router.rules import Rejection, route
 from workers.router.state import RouterState
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 STARTING_POLL_S = 0.05
 """How often a held intent looks whether the brokers it waits for have spoken."""
+CANCEL_RETRY_S = 1.0
+"""Seconds before a cancel for an intent not routed yet is looked at again."""
 
 
 class RouterHandlers:
@@ -111,8 +113,12 @@ class RouterHandlers:
         structlog.contextvars.bind_contextvars(intent_id=request.intent_id)
         entry = await self.ledger.get(request.intent_id)
         subjects = self.worker.subjects
-        if entry is None:
-            why = "no broker holds an order for this intent (never routed, or not placed yet)"
+        broker = entry.broker if entry is not None else await self._routed_to(request.intent_id)
+        if broker is None:
+            if delivery_count(msg) < self.cancel_spec.give_up_after and await self._intents_in_flight():
+                # The intent may still be queued behind others: look again before answering.
+                raise RetryLater(f"intent {request.intent_id} is not routed yet", CANCEL_RETRY_S)
+            why = "no broker holds an order for this intent (it was never routed)"
             reject = cancel_reject(request, None, "unknown_order", why)
             await publish(
                 self.worker.js,
@@ -124,12 +130,28 @@ class RouterHandlers:
             return "cancel_rejected:unknown_order"
         await publish(
             self.worker.js,
-            subjects.cancel_route(entry.broker),
+            subjects.cancel_route(broker),
             request,
             intent_id=request.intent_id,
             strategy_id=request.strategy_id,
         )
-        return f"cancel_forwarded:{entry.broker}"
+        return f"cancel_forwarded:{broker}"
+
+    async def _intents_in_flight(self) -> bool:
+        """Whether any intent is queued for the router or in a router's hands."""
+        try:
+            info = await self.worker.js.consumer_info(self.intent_spec.stream, self.intent_spec.durable)
+        except Exception:  # noqa: BLE001  (unknown: assume there may be)
+            return True
+        return bool(info.num_pending or info.num_ack_pending)
+
+    async def _routed_to(self, intent_id: str) -> BrokerName | None:
+        """The broker the intent was first routed to, from the journal: its order may exist
+        before the ledger shows it (the executor placed it and has not recorded it yet)."""
+        first = await self.journal.first(intent_id)
+        if first is None or self.worker.subjects.kind(first.subject) != "routes":
+            return None
+        return parse(RouteDecision, first.payload).broker
 
     async def route_intent(self, msg: Msg) -> str:
         intent = parse(OrderIntent, msg.data)

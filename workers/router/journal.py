@@ -73,6 +73,15 @@ class DecisionJournal:
             await kv.put(key, outcome.encode())
         return outcome
 
+    async def first(self, intent_id: str) -> Published | None:
+        """What was published for the intent's first attempt, if it was decided."""
+        kv = await self._store()
+        try:
+            entry = await kv.get(_key(intent_id, 1))
+        except KeyNotFoundError:
+            return None
+        return Published.decode(entry.value) if entry.value else None
+
     async def publish(self, outcome: Published) -> None:
         """Publish ``outcome`` and wait for the PubAck (a copy of an earlier publish is dropped
         by the stream's deduplication)."""
