@@ -8,6 +8,7 @@ settings are applied here explicitly at start-up.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import uuid
@@ -314,13 +315,20 @@ async def read_stream(
     return [m async for m in iter_stream(js, stream, subject, ConsumerConfig(deliver_policy=policy))]
 
 
+READER_IDLE_S = 10.0
+"""A reader's ephemeral consumer is deleted when done; if its process dies first, the server
+removes it after this many idle seconds."""
+
+
 async def iter_stream(js: JetStreamContext, stream: str, subject: str, config: ConsumerConfig) -> AsyncIterator[Msg]:
     """``read_stream`` a batch at a time, from where ``config`` says (e.g. a start sequence):
     for streams too long to hold in memory at once."""
-    config.ack_policy, config.inactive_threshold = AckPolicy.NONE, 60.0
+    config.ack_policy, config.inactive_threshold = AckPolicy.NONE, READER_IDLE_S
     psub = await js.pull_subscribe(subject, stream=stream, config=config)
+    name = ""
     try:
-        remaining = (await psub.consumer_info()).num_pending or 0
+        info = await psub.consumer_info()
+        name, remaining = info.name, info.num_pending or 0
         while remaining > 0:
             batch = await psub.fetch(min(remaining, 256), timeout=5.0)
             for message in batch:
@@ -328,3 +336,8 @@ async def iter_stream(js: JetStreamContext, stream: str, subject: str, config: C
             remaining = batch[-1].metadata.num_pending
     finally:
         await psub.unsubscribe()
+        if name:
+            # Deleted at once: a stream holds at most 1000 consumers (nats-server 2.15's
+            # default), and a reader per broker lookup would otherwise outlive its use.
+            with contextlib.suppress(Exception):  # not deleted: the idle threshold removes it
+                await js.delete_consumer(stream, name)
