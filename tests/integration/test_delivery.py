@@ -18,7 +18,7 @@ from workers.domain.reports import fill_message, report
 from workers.domain.venue import VenueAmbiguous, VenueUnavailable
 from workers.executor.app import build_executor
 from workers.executor.handlers import FAILOVER_AFTER
-from workers.platform.bus import publish
+from workers.platform.bus import ensure_consumer, ensure_streams, publish
 from workers.platform.settings import Settings
 from workers.venues.simulated.venue import SimulatedVenue
 
@@ -135,7 +135,7 @@ async def test_an_outcome_that_stays_unknown_is_dead_lettered_after_max_deliver(
         dead = await eventually(letter, timeout=20)
     finally:
         await worker.stop()
-    max_deliver = settings.topology.executor_consumer(BrokerName.IBKR).max_deliver
+    max_deliver = settings.topology.executor_consumer(BrokerName.IBKR).give_up_after
     assert venue.attempts == max_deliver
     assert dead.delivery_count == max_deliver
     assert "gave up after 5 deliveries" in dead.error
@@ -164,3 +164,27 @@ async def test_the_inbox_forgets_message_ids_past_the_streams_horizon(db: AsyncE
     assert deleted >= 5
     left = await fetch_all(db, "SELECT message_id FROM inbox WHERE message_id LIKE :p", p=f"{tag}-%")
     assert sorted(r["message_id"] for r in left) == [f"{tag}-new-{i}" for i in (1, 2, 3)]
+
+
+async def test_a_message_whose_deliveries_all_died_is_delivered_again(nc: NatsClient, isolated: Settings) -> None:
+    """Workers that die holding a message use up deliveries without handling it (nothing is
+    dead-lettered then): the server keeps delivering it rather than dropping it at a limit, so
+    the first delivery a worker handles decides."""
+    js = nc.jetstream()
+    await ensure_streams(js, isolated.subjects)
+    for spec in (
+        isolated.topology.router_consumer(),
+        isolated.topology.executor_consumer(BrokerName.SCHWAB),
+        *isolated.topology.aggregator_consumers(),
+    ):
+        assert spec.max_deliver == -1
+    spec = isolated.topology.executor_consumer(BrokerName.SCHWAB)
+    await ensure_consumer(js, spec)
+    route = make_route(broker=BrokerName.SCHWAB)
+    await publish(js, isolated.subjects.route(BrokerName.SCHWAB), route, intent_id=route.intent_id)
+    pull = await js.pull_subscribe_bind(spec.durable, spec.stream)
+    for delivery in range(1, spec.give_up_after + 3):
+        [msg] = await pull.fetch(1, timeout=5)
+        assert msg.metadata.num_delivered == delivery
+        await msg.nak()  # as if the worker holding it had died
+    await pull.unsubscribe()

@@ -3,8 +3,9 @@
 Delivery policy (the same for every stage):
 - a message that cannot be parsed or fails validation is a ``PoisonMessage``: copied to the
   dead-letter stream with the reason, then acked; the worker carries on;
-- any other exception is transient: nak with a growing delay, and after ``max_deliver``
-  deliveries (``dead_letter_after`` where set) the message is dead-lettered with the last error;
+- any other exception is transient: nak with a growing delay; a failure at delivery
+  ``dead_letter_after`` (5) or later dead-letters the message with the last error. The server
+  never stops redelivering by itself (``max_deliver`` -1): only a handled delivery ends one;
 - success: ack after everything the handler published was acknowledged by JetStream.
 
 Acks are explicit everywhere (never FastStream's JetStream default, which terminates a message on

@@ -20,17 +20,19 @@ class ConsumerSpec:
     stream: str
     durable: str
     filter_subjects: tuple[str, ...]
-    max_deliver: int = 5
-    """Deliveries the server makes (-1: no limit)."""
+    max_deliver: int = -1
+    """Deliveries the server makes: no limit. A server that stops delivering drops the message
+    without a trace when its last delivery dies with a crashed worker, so the worker decides
+    instead (``dead_letter_after``), and only on a delivery it handles."""
     ack_wait_seconds: float = 30.0
     max_ack_pending: int = 2000
     description: str = ""
-    dead_letter_after: int | None = None
-    """Deliveries after which a failing message is dead-lettered (default: ``max_deliver``)."""
+    dead_letter_after: int = 5
+    """Failed deliveries after which a message is dead-lettered with the last error."""
 
     @property
     def give_up_after(self) -> int:
-        return self.dead_letter_after if self.dead_letter_after is not None else self.max_deliver
+        return self.dead_letter_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,26 +89,18 @@ class Topology:
                 durable="aggregator-routes",
                 filter_subjects=(s.all_routes,),
                 max_ack_pending=10000,
-                # A database outage must never exhaust deliveries: the server redelivers without
-                # limit, and the aggregator dead-letters a message only for its own failures.
-                max_deliver=-1,
-                dead_letter_after=5,
             ),
             ConsumerSpec(
                 stream=s.stream_name("EXECUTIONS"),
                 durable="aggregator-executions",
                 filter_subjects=(s.all_executions, s.all_fills, s.all_failovers),
                 max_ack_pending=10000,
-                max_deliver=-1,
-                dead_letter_after=5,
             ),
             ConsumerSpec(
                 stream=s.stream_name("POSITIONS"),
                 durable="aggregator-positions",
                 filter_subjects=(s.all_positions, s.all_statuses),
                 max_ack_pending=1000,
-                max_deliver=-1,
-                dead_letter_after=5,
             ),
         )
 
