@@ -1,0 +1,382 @@
+"""Chaos: at least 100 SIGKILLs across the router, every executor and the aggregator, each
+aimed at a moment the worker has just fetched work, while a mixed book flows: market orders at
+all five brokers, identical Schwab orders (no client order ids there), and resting limit
+orders that fill partly at the broker and are then either filled or cancelled.
+
+Every worker is a process of its own, restarted at once after each kill. The simulated brokers
+keep their books, and their request logs, in NATS KV, so both outlive the executor processes.
+Afterwards: every intent is terminal with the status its story calls for, exactly one order
+per intent at the brokers (none lost, none doubled), fills that add up everywhere, one final
+report per intent, and no placement ever repeated without a lookup that found nothing first.
+
+``test_a_blind_resubmission_is_caught`` removes the executor's lookup and shows the request-log
+check fails, so the check can fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import sys
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client as NatsClient
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts import BrokerName, CancelRequest, OrderStatus
+from tests.builders import CRYPTO, FRACTIONAL, OPTION, intent_payload
+from tests.chaos.fleet import Fleet
+from tests.conftest import eventually, fetch_all, unthrottled
+from workers.domain.config import config_to_json, parse_config
+from workers.executor.same_shape import SameShapeGuard
+from workers.platform.bus import ensure_streams, read_stream
+from workers.platform.db.engine import make_engine
+from workers.platform.live_config import write_live_config
+from workers.platform.settings import Settings, load_config
+from workers.venues.simulated.book import KvOrderBook, Request, repeated_without_lookup
+from workers.venues.simulated.venue import SimulatedVenue
+
+pytestmark = pytest.mark.integration
+
+KILLS = 100
+RATE = 8.0
+"""Intents published per second while the kills go on."""
+MAX_INTENTS = 900
+SETTLE_S = 240.0
+"""Time the last intents get to end once the kills stop (a killed router's batch comes back
+after its consumer's 30 s ack wait)."""
+STRATEGY = "chaosbot"
+
+# Market orders at every broker (Schwab's identical in shape), and resting limit orders that are
+# partly filled at the broker, then filled (even) or cancelled (odd).
+MARKET_KINDS: list[dict[str, Any]] = [
+    {"symbol": "AAPL"},
+    CRYPTO,
+    OPTION | {"quantity": "1"},
+    FRACTIONAL,
+    {"symbol": "IBM", "broker": "ibkr"},
+    {"symbol": "ETH-USD", "asset_class": "crypto", "time_in_force": None, "quantity": "0.2"},
+    {"symbol": "SPY", "broker": "schwab", "quantity": "7"},
+    {"symbol": "NVDA", "side": "sell"},
+]
+RESTING_KINDS: list[dict[str, Any]] = [
+    {"symbol": "MSFT", "quantity": "10"},
+    {"symbol": "SOL-USD", "asset_class": "crypto", "time_in_force": "gtc", "quantity": "2"},
+    {"symbol": "KO", "quantity": "10", "broker": "ibkr"},
+    {"symbol": "PEP", "quantity": "10", "broker": "schwab"},
+    {"symbol": "F", "quantity": "0.5", "broker": "robinhood"},
+]
+
+
+@dataclass
+class Resting:
+    """A limit order far from the market: the test trades half of it at the broker, then the
+    rest (``fill_rest``) or asks mbx to cancel it."""
+
+    intent_id: str
+    quantity: Decimal
+    fill_rest: bool
+    handled: bool = False
+
+    @property
+    def final(self) -> tuple[str, Decimal]:
+        half = self.quantity / 2
+        return ("filled", self.quantity) if self.fill_rest else ("cancelled", half)
+
+
+class Book:
+    """The intents of this run, generated as they are published."""
+
+    def __init__(self) -> None:
+        self.run = uuid.uuid4().hex[:6]
+        self.payloads: list[dict[str, Any]] = []
+        self.resting: dict[Decimal, Resting] = {}  # by limit price: unique, found at every broker
+
+    def next(self) -> dict[str, Any]:
+        i = len(self.payloads)
+        intent_id = f"wk{self.run}-{i:04d}"
+        if i % 3 == 2:
+            r = len(self.resting)
+            kind = RESTING_KINDS[r % len(RESTING_KINDS)]
+            limit = Decimal("0.50") + Decimal(r) / 100
+            payload = intent_payload(
+                intent_id=intent_id, strategy_id=STRATEGY, order_type="limit", limit_price=str(limit), **kind
+            )
+            self.resting[limit] = Resting(intent_id, Decimal(kind["quantity"]), fill_rest=r % 2 == 0)
+        else:
+            kind = MARKET_KINDS[(i - i // 3) % len(MARKET_KINDS)]
+            payload = intent_payload(intent_id=intent_id, strategy_id=STRATEGY, **kind)
+        self.payloads.append(payload)
+        return payload
+
+    @property
+    def ids(self) -> list[str]:
+        return [p["intent_id"] for p in self.payloads]
+
+    def expected(self) -> dict[str, tuple[str, Decimal]]:
+        """Each intent's final status and filled quantity."""
+        by_id = {r.intent_id: r.final for r in self.resting.values()}
+        return {p["intent_id"]: by_id.get(p["intent_id"], ("filled", Decimal(p["quantity"]))) for p in self.payloads}
+
+
+def write_config(settings: Settings, path: Path) -> None:
+    """Every broker enabled, unthrottled, rich; a broker is down only after 30 s of silence, so
+    a restarted executor keeps its orders (what is tested is crash safety, not failover)."""
+    config = unthrottled(
+        parse_config({"brokers": {str(b): {} for b in BrokerName}, "routing": {"heartbeat_timeout_s": 30}})
+    )
+    path.write_text(config_to_json(config).decode())  # JSON is YAML
+
+
+async def prepare(settings: Settings, config_file: Path, nc: NatsClient) -> None:
+    await ensure_streams(nc.jetstream(), settings.subjects)
+    await write_live_config(nc.jetstream(), settings.subjects, load_config(config_file))
+
+
+async def publish(nc: NatsClient, settings: Settings, payload: dict[str, Any]) -> None:
+    await nc.jetstream().publish(
+        settings.subjects.intent(STRATEGY),
+        json.dumps(payload).encode(),
+        headers={"Nats-Msg-Id": payload["intent_id"]},
+    )
+
+
+def books(nc: NatsClient, settings: Settings) -> dict[BrokerName, KvOrderBook]:
+    return {b: KvOrderBook(nc.jetstream, settings.topology.sim_book_bucket(b)) for b in BrokerName}
+
+
+async def work_the_resting_orders(nc: NatsClient, settings: Settings, book: Book, done: asyncio.Event) -> None:
+    """The market reaches each resting order: half of it fills at the broker; then the rest
+    fills too, or the strategy asks mbx to cancel it (after the partial fill is in the book,
+    so the broker never has two writers of one order at once)."""
+    venues = {b: SimulatedVenue(b, book=kv) for b, kv in books(nc, settings).items()}
+    seen = dict.fromkeys(BrokerName, 0)
+    while not done.is_set():
+        for broker, venue in venues.items():
+            kv_book = venue.book
+            assert isinstance(kv_book, KvOrderBook)
+            async for position, order in kv_book.changes(seen[broker]):
+                seen[broker] = position
+                resting = book.resting.get(order.limit_price) if order.limit_price is not None else None
+                if resting is None or resting.handled or order.status is not OrderStatus.ACCEPTED:
+                    continue
+                resting.handled = True
+                await venue.trade(order.broker_order_id, resting.quantity / 2)
+                if resting.fill_rest:
+                    await venue.trade(order.broker_order_id)
+                else:
+                    cancel = CancelRequest(
+                        message_id=f"cancel-{resting.intent_id}",
+                        correlation_id=resting.intent_id,
+                        intent_id=resting.intent_id,
+                        strategy_id=STRATEGY,
+                        reason="chaos test",
+                    )
+                    await nc.jetstream().publish(
+                        settings.subjects.cancel(STRATEGY),
+                        cancel.model_dump_json().encode(),
+                        headers={"Nats-Msg-Id": cancel.message_id},
+                    )
+        await asyncio.sleep(0.3)
+
+
+async def all_final(db: AsyncEngine, ids: list[str]) -> bool:
+    rows = await fetch_all(
+        db,
+        "SELECT intent_id FROM orders WHERE intent_id = ANY(:ids) AND status IN ('filled', 'cancelled', 'rejected', "
+        "'failed', 'expired')",
+        ids=ids,
+    )
+    return len({r["intent_id"] for r in rows}) == len(ids)
+
+
+@pytest.mark.timeout(900)
+async def test_a_hundred_kills_in_flight_lose_and_double_nothing(isolated: Settings, tmp_path: Path) -> None:
+    settings = isolated
+    config_file = tmp_path / "chaos.yaml"
+    write_config(settings, config_file)
+    nc = await nats.connect(settings.nats_url or "")
+    db = make_engine(settings.database_url or "", pool_size=2)
+    await prepare(settings, config_file, nc)
+    fleet = Fleet(settings, config_file, tmp_path, nc.jetstream())
+    book = Book()
+    rng = random.Random(20261130)
+    done = asyncio.Event()
+    resting_task = asyncio.create_task(work_the_resting_orders(nc, settings, book, done))
+    await fleet.start_all()
+
+    async def publish_steadily(stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while not stop.is_set() and len(book.payloads) < MAX_INTENTS:
+            await publish(nc, settings, book.next())
+            await asyncio.sleep(max(0.0, started + len(book.payloads) / RATE - loop.time()))
+
+    try:
+        stop_publishing = asyncio.Event()
+        publisher = asyncio.create_task(publish_steadily(stop_publishing))
+        await asyncio.sleep(3.0)  # the fleet is up and busy
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        kills = 0
+        order = [w for w in fleet.workers]
+        while kills < KILLS:
+            rng.shuffle(order)
+            for worker in order:
+                if kills >= KILLS:
+                    break
+                kills += await fleet.kill_in_flight(worker, rng)
+                if kills % 10 == 0:
+                    print(f"{loop.time() - began:6.1f}s {kills} kills, {len(book.payloads)} intents", flush=True)
+            assert not publisher.done() or publisher.exception() is None
+        stop_publishing.set()
+        await publisher
+
+        print(f"{loop.time() - began:6.1f}s kills done; waiting for every intent to end", flush=True)
+        deadline = loop.time() + SETTLE_S
+        while not (await all_final(db, book.ids) and all(r.handled for r in book.resting.values())):
+            assert loop.time() < deadline, "not every intent ended:\n" + fleet.log_tail()
+            await fleet.restart_exited()
+            await asyncio.sleep(1.0)
+        print(f"{loop.time() - began:6.1f}s every intent ended", flush=True)
+        await asyncio.sleep(3.0)  # a late duplicate would show by now
+    finally:
+        done.set()
+        await fleet.stop_all()
+        resting_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await resting_task
+
+    try:
+        kills_by_worker = {w.name: w.kills for w in fleet.workers}
+        assert sum(kills_by_worker.values()) >= KILLS
+        assert min(kills_by_worker.values()) >= 5, f"some worker was hardly killed: {kills_by_worker}"
+        await check_outcome(nc, db, settings, book)
+    finally:
+        await nc.close()
+        await db.dispose()
+
+
+async def check_outcome(nc: NatsClient, db: AsyncEngine, settings: Settings, book: Book) -> None:
+    ids, expected = book.ids, book.expected()
+
+    # Postgres: one order row per intent, with the status and filled quantity its story calls
+    # for, and fills that add up to it.
+    rows = await fetch_all(
+        db,
+        "SELECT o.intent_id, o.broker_name, o.broker_order_id, o.status, o.filled_quantity, "
+        "count(*) OVER (PARTITION BY o.intent_id) AS n, "
+        "(SELECT coalesce(sum(t.quantity), 0) FROM trade_logs t WHERE t.intent_id = o.intent_id) AS traded "
+        "FROM orders o WHERE o.intent_id = ANY(:ids)",
+        ids=ids,
+    )
+    assert len(rows) == len(ids), f"{len(rows)} order rows for {len(ids)} intents"
+    wrong = [
+        (r["intent_id"], r["status"], r["filled_quantity"], expected[r["intent_id"]])
+        for r in rows
+        if (r["status"], Decimal(r["filled_quantity"])) != expected[r["intent_id"]]
+        or r["n"] != 1
+        or Decimal(r["traded"]) != Decimal(r["filled_quantity"])
+    ]
+    assert not wrong, f"{len(wrong)} intents ended otherwise than their story, e.g. {wrong[:5]}"
+    by_intent = {r["intent_id"]: r for r in rows}
+
+    # The brokers: exactly one order per intent (none lost, none doubled), as mbx recorded it.
+    kv_books = books(nc, settings)
+    at_brokers: Counter[str] = Counter()
+    mismatched = []
+    for broker, kv_book in kv_books.items():
+        guard = SameShapeGuard(
+            nc.jetstream,
+            settings.topology.shape_locks_bucket,
+            settings.topology.attributions_bucket,
+            str(broker),
+        )
+        for order in await kv_book.all():
+            owner = order.client_order_id or await guard.owner(order.broker_order_id) or f"unattributed {order}"
+            at_brokers[owner] += 1
+            row = by_intent.get(owner)
+            if (
+                row is None
+                or row["broker_order_id"] != order.broker_order_id
+                or (Decimal(row["filled_quantity"]) != order.filled_quantity)
+            ):
+                mismatched.append((owner, order.broker_order_id, order.status, order.filled_quantity))
+    doubled = {i: n for i, n in at_brokers.items() if n > 1}
+    assert not doubled, f"placed more than once: {doubled}"
+    assert set(at_brokers) == set(ids), f"orders missing at the brokers: {sorted(set(ids) - set(at_brokers))[:5]}"
+    assert not mismatched, f"{len(mismatched)} broker orders differ from mbx's record, e.g. {mismatched[:5]}"
+    assert {str(r["broker_name"]) for r in rows} == {str(b) for b in BrokerName}
+
+    # The bus: exactly one final report per intent.
+    finals: dict[str, int] = defaultdict(int)
+    for stored in await read_stream(
+        nc.jetstream(), settings.subjects.stream_name("EXECUTIONS"), f"{settings.subject_prefix}.exec.>"
+    ):
+        report = json.loads(stored.data)
+        if report.get("final"):
+            finals[report["intent_id"]] += 1
+    assert {i: finals.get(i, 0) for i in ids if finals.get(i, 0) != 1} == {}
+
+    # The brokers' request logs: a placement was repeated only after a lookup found nothing,
+    # and the kills did make executors look (redeliveries of work in hand).
+    requests: list[Request] = []
+    for kv_book in kv_books.values():
+        log = await kv_book.requests()
+        assert repeated_without_lookup(log) == {}
+        requests += log
+    kinds = Counter(r.kind for r in requests)
+    assert kinds["place"] >= len(ids)
+    assert kinds["lookup"] > 0, "no executor ever had to look an order up: the kills missed the work in hand"
+
+
+async def test_a_blind_resubmission_is_caught(
+    start_pipeline: Any, isolated: Settings, nc: NatsClient, tmp_path: Path
+) -> None:
+    """The same request-log check, on an executor whose lookup is removed and which dies right
+    after placing an order: its restart places that order again without looking, and the
+    check names it."""
+    config_file = tmp_path / "chaos.yaml"
+    write_config(isolated, config_file)
+    await start_pipeline(load_config(config_file), executors=False, own_settings=isolated)
+    log = tmp_path / "blind.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MBX_")}
+    env |= {
+        "MBX_NATS_URL": isolated.nats_url or "",
+        "MBX_SUBJECT_PREFIX": isolated.subject_prefix,
+        "MBX_CONFIG_FILE": str(config_file),
+        "MBX_SIM_REQUEST_LOG": "1",
+        "MBX_LOG_LEVEL": "WARNING",
+    }
+    argv = [sys.executable, "-m", "tests.chaos.blind_executor", "worker", "executor", "--broker", "alpaca"]
+    with log.open("ab") as out:
+        dying = await asyncio.create_subprocess_exec(
+            *argv, env=env | {"MBX_FAILPOINTS": "after_place:3"}, stdout=out, stderr=out
+        )
+        payloads = [intent_payload(strategy_id=STRATEGY) for _ in range(5)]
+        for payload in payloads:
+            await publish(nc, isolated, payload)
+        assert await asyncio.wait_for(dying.wait(), 60) == 137, log.read_text()
+        restarted = await asyncio.create_subprocess_exec(*argv, env=env, stdout=out, stderr=out)
+    try:
+        book = KvOrderBook(nc.jetstream, isolated.topology.sim_book_bucket(BrokerName.ALPACA))
+
+        async def blind() -> dict[str, int]:
+            return repeated_without_lookup(await book.requests())
+
+        found = await eventually(blind, timeout=60)
+        assert set(found) <= {p["intent_id"] for p in payloads}
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        await restarted.wait()
