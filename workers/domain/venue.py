@@ -12,7 +12,6 @@ from typing import Any, Protocol, runtime_checkable
 
 from contracts import AccountSnapshot, AssetClass, BrokerName, OrderIntent, OrderStatus, PositionLine
 from workers.domain.capabilities import VenueCapabilities
-from workers.domain.quotes import Quote
 
 
 class VenueError(Exception):
@@ -42,6 +41,11 @@ class VenueRateLimited(VenueUnavailable):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class VenueAuthFailed(VenueUnavailable):
+    """The broker refused the credentials (401, or 403 meaning auth): nothing was done, and
+    nothing will be until an operator renews the keys; the broker counts as down meanwhile."""
 
 
 class VenueAmbiguous(VenueError):
@@ -125,8 +129,6 @@ class Venue(Protocol):
     async def get_account(self) -> AccountSnapshot: ...
 
     async def get_positions(self) -> list[PositionLine]: ...
-
-    async def get_quote(self, symbol: str) -> Quote: ...
 
     def supported_assets(self) -> frozenset[AssetClass]: ...
 

@@ -25,6 +25,7 @@ from workers.domain.order_state import Execution, check_move
 from workers.domain.quotes import Quote
 from workers.domain.venue import (
     VenueAmbiguous,
+    VenueAuthFailed,
     VenueDuplicate,
     VenueFill,
     VenueOrder,
@@ -66,6 +67,10 @@ class Faults:
     """Symbols the broker does not list: orders for them are refused (order-specific)."""
     lot_size: Decimal | None = None
     """Market orders larger than this fill in several executions of at most this size."""
+    rate_limited_next: int = 0
+    """The next N requests are refused with a 429 that asks for a 2 s wait (VenueRateLimited)."""
+    auth_expired: bool = False
+    """Every request is refused as unauthorised (VenueAuthFailed) until switched off."""
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply changes by field name; unknown fields or bad values raise ValueError."""
@@ -80,11 +85,11 @@ class Faults:
 
 def _coerce(name: str, value: Any) -> Any:
     try:
-        if name == "outage":
+        if name in ("outage", "auth_expired"):
             if not isinstance(value, bool):
                 raise TypeError
             return value
-        if name in ("timeouts_after_accept", "reject_next", "hidden_lookups"):
+        if name in ("timeouts_after_accept", "reject_next", "hidden_lookups", "rate_limited_next"):
             if isinstance(value, bool) or int(value) != value or int(value) < 0:
                 raise TypeError
             return int(value)
@@ -228,7 +233,7 @@ class SimulatedVenue:
 
     @property
     def is_connected(self) -> bool:
-        return self._connected and not self.faults.outage
+        return self._connected and not self.faults.outage and not self.faults.auth_expired
 
     async def connect(self) -> None:
         self._connected = True
@@ -240,6 +245,11 @@ class SimulatedVenue:
         """What every call pays: reachability, the rate window, and network latency."""
         if self.faults.outage:
             raise VenueUnavailable(f"{self._broker} is unreachable")
+        if self.faults.auth_expired:
+            raise VenueAuthFailed(f"{self._broker}: the credentials were refused (401)")
+        if self.faults.rate_limited_next > 0:
+            self.faults.rate_limited_next -= 1
+            raise VenueRateLimited(f"{self._broker}: 429 too many requests", retry_after=2.0)
         self.rate.admit(self._broker)
         if self.faults.latency_ms > 0:
             median = self.faults.latency_ms
