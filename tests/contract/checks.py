@@ -1,0 +1,169 @@
+"""The venue contract: what the executor relies on from every adapter, real or simulated.
+
+Each check is a plain coroutine over a harness, so the suite runs it for every venue and
+``test_a_broken_adapter_fails`` can run it on a deliberately wrong one.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from contracts import OrderStatus
+from tests.builders import make_intent
+from tests.contract.harness import UNKNOWN_SYMBOL, Harness
+from workers.domain.venue import (
+    VenueAmbiguous,
+    VenueAuthFailed,
+    VenueDuplicate,
+    VenueRateLimited,
+    VenueRejected,
+    VenueUnavailable,
+)
+
+SINCE = timedelta(seconds=5)
+
+
+def since() -> datetime:
+    return datetime.now(UTC) - SINCE
+
+
+async def market_order_fills_and_is_found_by_client_id(h: Harness) -> None:
+    intent = make_intent(symbol=h.equity_symbol, quantity="3")
+    order = await h.venue.place_order(intent, intent.intent_id)
+    assert order.client_order_id == intent.intent_id
+    assert order.status is OrderStatus.FILLED and order.filled_quantity == 3
+    assert sum(f.quantity for f in order.fills) == 3
+    found = await h.venue.locate(intent, intent.intent_id, since())
+    assert found is not None and found.broker_order_id == order.broker_order_id
+    assert [f.fill_id for f in found.fills] == [f.fill_id for f in order.fills]
+
+
+async def a_repeated_client_id_never_makes_a_second_order(h: Harness) -> None:
+    intent = make_intent(symbol=h.equity_symbol, quantity="2")
+    first = await h.venue.place_order(intent, intent.intent_id)
+    try:
+        again = await h.venue.place_order(intent, intent.intent_id)
+    except VenueDuplicate:
+        again = None
+    if again is not None:  # brokers that answer with the original order
+        assert again.broker_order_id == first.broker_order_id
+    found = await h.venue.locate(intent, intent.intent_id, since())
+    assert found is not None and found.broker_order_id == first.broker_order_id
+
+
+async def a_lost_reply_is_ambiguous_and_the_order_is_found(h: Harness) -> None:
+    intent = make_intent(symbol=h.equity_symbol, quantity="4")
+    h.fault(timeouts_after_accept=1)
+    with pytest.raises(VenueAmbiguous):
+        await h.venue.place_order(intent, intent.intent_id)
+    found = await h.venue.locate(intent, intent.intent_id, since())
+    assert found is not None and found.filled_quantity == 4
+    with pytest.raises(VenueDuplicate):  # or the original back: never a second order
+        again = await h.venue.place_order(intent, intent.intent_id)
+        assert again.broker_order_id == found.broker_order_id
+        raise VenueDuplicate("the original was returned")
+
+
+async def a_resting_order_fills_in_parts(h: Harness) -> None:
+    intent = make_intent(symbol=h.equity_symbol, quantity="10", order_type="limit", limit_price="1.00")
+    order = await h.venue.place_order(intent, intent.intent_id)
+    assert order.status is OrderStatus.ACCEPTED and order.fills == []
+    await h.trade(order, Decimal(4))
+    partial = await h.venue.get_order(order.broker_order_id)
+    assert partial is not None and partial.status is OrderStatus.PARTIALLY_FILLED
+    assert [f.quantity for f in partial.fills] == [4]
+    await h.trade(order)
+    done = await h.venue.get_order(order.broker_order_id)
+    assert done is not None and done.status is OrderStatus.FILLED and done.filled_quantity == 10
+    assert [f.quantity for f in done.fills] == [4, 6]
+    assert done.fills[0].fill_id == partial.fills[0].fill_id  # executions keep their ids
+    assert len({f.fill_id for f in done.fills}) == 2
+
+
+async def a_working_order_cancels_and_an_ended_one_is_too_late(h: Harness) -> None:
+    intent = make_intent(symbol=h.equity_symbol, quantity="5", order_type="limit", limit_price="1.00")
+    order = await h.venue.place_order(intent, intent.intent_id)
+    cancelled = await h.venue.cancel_order(order.broker_order_id)
+    assert cancelled.status is OrderStatus.CANCELLED
+    with pytest.raises(VenueRejected) as too_late:
+        await h.venue.cancel_order(order.broker_order_id)
+    assert too_late.value.reason_code == "too_late_to_cancel"
+    with pytest.raises(VenueRejected) as unknown:
+        await h.venue.cancel_order("00000000-0000-0000-0000-000000000000")
+    assert unknown.value.reason_code == "unknown_order"
+    assert await h.venue.get_order("00000000-0000-0000-0000-000000000000") is None
+
+
+async def rejections_say_whether_another_broker_may_take_it(h: Harness) -> None:
+    h.fault(reject_next=1)
+    intent = make_intent(symbol=h.equity_symbol, quantity="1")
+    with pytest.raises(VenueRejected) as no_money:
+        await h.venue.place_order(intent, intent.intent_id)
+    assert not no_money.value.order_specific
+    unknown = make_intent(symbol=UNKNOWN_SYMBOL, quantity="1")
+    with pytest.raises(VenueRejected) as bad:
+        await h.venue.place_order(unknown, unknown.intent_id)
+    assert bad.value.order_specific
+
+
+async def a_429_names_when_to_come_back(h: Harness) -> None:
+    h.fault(rate_limited_next=1)
+    intent = make_intent(symbol=h.equity_symbol, quantity="1")
+    with pytest.raises(VenueRateLimited) as limited:
+        await h.venue.place_order(intent, intent.intent_id)
+    assert 0 < limited.value.retry_after <= 60
+    assert await h.venue.locate(intent, intent.intent_id, since()) is None  # nothing was placed
+    assert (await h.venue.place_order(intent, intent.intent_id)).status is OrderStatus.FILLED
+
+
+async def an_outage_never_reaches_the_broker(h: Harness) -> None:
+    intent = make_intent(symbol=h.equity_symbol, quantity="1")
+    h.fault(outage=True)
+    with pytest.raises(VenueUnavailable) as down:
+        await h.venue.place_order(intent, intent.intent_id)
+    assert not isinstance(down.value, VenueRateLimited | VenueAuthFailed)
+    assert not h.venue.is_connected
+    h.fault(outage=False)
+    assert await h.venue.locate(intent, intent.intent_id, since()) is None
+    assert (await h.venue.place_order(intent, intent.intent_id)).status is OrderStatus.FILLED
+    assert h.venue.is_connected
+
+
+async def expired_credentials_take_the_broker_down(h: Harness) -> None:
+    h.fault(auth_expired=True)
+    intent = make_intent(symbol=h.equity_symbol, quantity="1")
+    with pytest.raises(VenueAuthFailed):
+        await h.venue.place_order(intent, intent.intent_id)
+    with pytest.raises(VenueAuthFailed):
+        await h.venue.get_account()
+    assert not h.venue.is_connected
+    h.fault(auth_expired=False)
+    await h.venue.get_account()
+    assert h.venue.is_connected
+
+
+async def account_and_positions_follow_the_fills(h: Harness) -> None:
+    before = await h.venue.get_account()
+    intent = make_intent(symbol=h.equity_symbol, quantity="7")
+    order = await h.venue.place_order(intent, intent.intent_id)
+    after = await h.venue.get_account()
+    assert after.cash < before.cash
+    [line] = [p for p in await h.venue.get_positions() if p.symbol == h.equity_symbol]
+    assert line.quantity == 7 and line.average_cost == order.average_price
+
+
+CHECKS = [
+    market_order_fills_and_is_found_by_client_id,
+    a_repeated_client_id_never_makes_a_second_order,
+    a_lost_reply_is_ambiguous_and_the_order_is_found,
+    a_resting_order_fills_in_parts,
+    a_working_order_cancels_and_an_ended_one_is_too_late,
+    rejections_say_whether_another_broker_may_take_it,
+    a_429_names_when_to_come_back,
+    an_outage_never_reaches_the_broker,
+    expired_credentials_take_the_broker_down,
+    account_and_positions_follow_the_fills,
+]

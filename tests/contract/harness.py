@@ -1,0 +1,72 @@
+"""The venues the contract suite runs against, each with its market and its fault switches:
+the simulator, and each real adapter talking to its stateful fake broker (no network)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Protocol
+
+import httpx
+
+from contracts import BrokerName
+from tests.fakes.alpaca import FakeAlpaca
+from workers.domain.venue import Venue, VenueOrder
+from workers.venues.alpaca.venue import AlpacaVenue
+from workers.venues.simulated.venue import SimulatedVenue
+
+UNKNOWN_SYMBOL = "UNKNOWNX"
+"""A symbol no broker lists: the fakes refuse it, and the simulator is told to."""
+
+
+class Harness(Protocol):
+    venue: Venue
+    equity_symbol: str
+
+    async def trade(self, order: VenueOrder, quantity: Decimal | None = None) -> None:
+        """The market reaches a working order: fill ``quantity`` of it (all that is left)."""
+        ...
+
+    def fault(self, **changes: Any) -> None: ...
+
+
+@dataclass
+class SimulatorHarness:
+    venue: SimulatedVenue
+    equity_symbol: str = "AAPL"
+
+    @classmethod
+    async def start(cls) -> SimulatorHarness:
+        venue = SimulatedVenue(BrokerName.ALPACA)
+        venue.switch_faults({"unknown_symbols": [UNKNOWN_SYMBOL]})
+        await venue.connect()
+        return cls(venue)
+
+    async def trade(self, order: VenueOrder, quantity: Decimal | None = None) -> None:
+        await self.venue.trade(order.broker_order_id, quantity)
+
+    def fault(self, **changes: Any) -> None:
+        self.venue.switch_faults(changes)
+
+
+@dataclass
+class AlpacaHarness:
+    venue: AlpacaVenue
+    fake: FakeAlpaca
+    equity_symbol: str = "AAPL"
+
+    @classmethod
+    async def start(cls, venue_type: type[AlpacaVenue] = AlpacaVenue) -> AlpacaHarness:
+        fake = FakeAlpaca()
+        venue = venue_type(fake.key_id, fake.secret_key, transport=httpx.MockTransport(fake.handle))
+        await venue.connect()
+        return cls(venue, fake)
+
+    async def trade(self, order: VenueOrder, quantity: Decimal | None = None) -> None:
+        self.fake.trade(order.broker_order_id, quantity)
+
+    def fault(self, **changes: Any) -> None:
+        self.fake.switch_faults(changes)
+
+
+HARNESSES = {"simulated": SimulatorHarness.start, "alpaca": AlpacaHarness.start}

@@ -1,0 +1,264 @@
+"""A stateful fake of Alpaca's Trading API v2, for the adapter's tests: no network.
+
+It answers with Alpaca's own documented shapes (each order, fill, position and account is the
+golden example of ``golden/alpaca/`` with this order's values put in) and reproduces the
+semantics mbx relies on: the key headers are checked (401), a repeated client order id is
+refused with ``422 {"code": 40010001}``, an order is found by client order id, an order that
+ended cannot be cancelled (422), executions are ``FILL`` activities. Market orders fill at the
+simulator's quote; a limit order rests until ``trade`` fills it (in parts if asked).
+
+Mount it with ``httpx.MockTransport(fake.handle)``. Its fault switches are the simulator's:
+``outage``, ``timeouts_after_accept``, ``reject_next``, ``hidden_lookups``, plus
+``rate_limited_next`` (429 with ``X-RateLimit-Reset``) and ``auth_expired`` (401).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from workers.venues.simulated.quotes import QuoteModel
+
+GOLDEN = Path(__file__).parent / "golden" / "alpaca"
+
+
+def golden(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((GOLDEN / f"{name}.json").read_text())
+    return data
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class AlpacaFaults:
+    outage: bool = False
+    timeouts_after_accept: int = 0
+    reject_next: int = 0
+    hidden_lookups: int = 0
+    rate_limited_next: int = 0
+    auth_expired: bool = False
+
+
+@dataclass
+class FakeAlpaca:
+    key_id: str = "fake-key-id"
+    secret_key: str = "fake-secret-key"
+    cash: Decimal = Decimal(100_000)
+    quotes: QuoteModel = field(default_factory=QuoteModel)
+    faults: AlpacaFaults = field(default_factory=AlpacaFaults)
+    orders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    by_client_id: dict[str, str] = field(default_factory=dict)
+    activities: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    """(method, path) of every request that reached the fake."""
+
+    def switch_faults(self, changes: dict[str, Any]) -> dict[str, Any]:
+        for name, value in changes.items():
+            if not hasattr(self.faults, name):
+                raise ValueError(f"unknown fault {name!r}")
+            setattr(self.faults, name, value)
+        return dict(self.faults.__dict__)
+
+    # The wire ------------------------------------------------------------------------------
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if self.faults.outage:
+            raise httpx.ConnectError("connection refused", request=request)
+        if self.faults.rate_limited_next > 0:
+            self.faults.rate_limited_next -= 1
+            reset = str(int(time.time()) + 2)
+            return _error(429, 42910000, "rate limit exceeded", {"X-RateLimit-Reset": reset})
+        if self.faults.auth_expired or (
+            request.headers.get("APCA-API-KEY-ID"),
+            request.headers.get("APCA-API-SECRET-KEY"),
+        ) != (self.key_id, self.secret_key):
+            return _error(401, 40110000, "request is not authorized")
+        self.requests.append((request.method, request.url.path))
+        path, method = request.url.path, request.method
+        if path == "/v2/orders" and method == "POST":
+            response = self._place(json.loads(request.content))
+            if response.status_code == 200 and self.faults.timeouts_after_accept > 0:
+                self.faults.timeouts_after_accept -= 1
+                raise httpx.ReadTimeout("the reply was lost", request=request)
+            return response
+        if path == "/v2/orders:by_client_order_id" and method == "GET":
+            cid = request.url.params.get("client_order_id", "")
+            if self.faults.hidden_lookups > 0:
+                self.faults.hidden_lookups -= 1
+                return _error(404, 40410000, "order not found")
+            order_id = self.by_client_id.get(cid)
+            return _json(self.orders[order_id]) if order_id else _error(404, 40410000, "order not found")
+        if path.startswith("/v2/orders/"):
+            order_id = path.rsplit("/", 1)[1]
+            if order_id not in self.orders:
+                return _error(404, 40410000, "order not found")
+            if method == "GET":
+                return _json(self.orders[order_id])
+            if method == "DELETE":
+                return self._cancel(order_id)
+        if path == "/v2/account" and method == "GET":
+            return _json(self._account())
+        if path == "/v2/positions" and method == "GET":
+            return _json(self._positions())
+        if path == "/v2/account/activities/FILL" and method == "GET":
+            return _json(self._fills(request.url.params))
+        return _error(404, 40410000, f"no route {method} {path}")
+
+    def _place(self, body: dict[str, Any]) -> httpx.Response:
+        cid = str(body.get("client_order_id") or uuid.uuid4())
+        if cid in self.by_client_id:
+            return _error(422, 40010001, "client_order_id must be unique")
+        if self.faults.reject_next > 0:
+            self.faults.reject_next -= 1
+            return _error(403, 40310000, "insufficient buying power")
+        symbol = str(body["symbol"])
+        if symbol.startswith("UNKNOWN"):
+            return _error(422, 42210000, f'asset "{symbol}" not found')
+        crypto = "/" in symbol
+        quote = self.quotes.quote(symbol.replace("/", "-"))
+        side = body["side"]
+        touch = quote.ask if side == "buy" else quote.bid
+        qty = Decimal(body["qty"]) if body.get("qty") else (Decimal(body["notional"]) / touch).quantize(Decimal("1e-9"))
+        limit = Decimal(body["limit_price"]) if body.get("limit_price") else None
+        if side == "buy" and qty * (limit or touch) > self.cash:
+            return _error(403, 40310000, "insufficient buying power")
+        order = copy.deepcopy(golden("order" if crypto else "order_equity"))
+        now = _now()
+        order.update(
+            id=str(uuid.uuid4()),
+            client_order_id=cid,
+            asset_class="crypto" if crypto else "us_equity",
+            symbol=symbol,
+            side=side,
+            type=body["type"],
+            order_type=body["type"],
+            time_in_force=body.get("time_in_force", "day"),
+            qty=str(qty),
+            notional=body.get("notional"),
+            limit_price=body.get("limit_price"),
+            stop_price=body.get("stop_price"),
+            status="new",
+            filled_qty="0",
+            filled_avg_price=None,
+            created_at=now,
+            submitted_at=now,
+            updated_at=now,
+        )
+        self.orders[order["id"]] = order
+        self.by_client_id[cid] = order["id"]
+        marketable = limit is None or (limit >= touch if side == "buy" else limit <= touch)
+        if body["type"] == "market" or (body["type"] == "limit" and marketable):
+            self._execute(order, qty, touch)
+        return _json(order)
+
+    def trade(self, order_id: str, qty: Decimal | None = None) -> dict[str, Any]:
+        """The market reaches a working order: fill ``qty`` (all that is left when None) at
+        its limit price."""
+        order = self.orders[order_id]
+        left = Decimal(order["qty"]) - Decimal(order["filled_qty"])
+        price = Decimal(order["limit_price"]) if order.get("limit_price") else self.quotes.mid(order["symbol"])
+        self._execute(order, qty if qty is not None else left, price)
+        return order
+
+    def _execute(self, order: dict[str, Any], qty: Decimal, price: Decimal) -> None:
+        filled = Decimal(order["filled_qty"])
+        average = Decimal(order["filled_avg_price"] or 0)
+        total = filled + qty
+        order["filled_avg_price"] = str(((average * filled + price * qty) / total).quantize(Decimal("0.0001")))
+        order["filled_qty"] = str(total)
+        done = total >= Decimal(order["qty"])
+        order["status"] = "filled" if done else "partially_filled"
+        order["updated_at"] = _now()
+        if done:
+            order["filled_at"] = order["updated_at"]
+        value = qty * price
+        self.cash += -value if order["side"] == "buy" else value
+        activity = copy.deepcopy(golden("fill_activity"))
+        activity.update(
+            id=f"{datetime.now(UTC).strftime('%Y%m%d%H%M%S%f')}::{uuid.uuid4()}",
+            order_id=order["id"],
+            symbol=order["symbol"],
+            side=order["side"],
+            qty=str(qty),
+            price=str(price),
+            cum_qty=str(total),
+            leaves_qty=str(Decimal(order["qty"]) - total),
+            order_status=order["status"],
+            type="fill" if done else "partial_fill",
+            transaction_time=order["updated_at"],
+        )
+        self.activities.append(activity)
+
+    def _cancel(self, order_id: str) -> httpx.Response:
+        order = self.orders[order_id]
+        if order["status"] in ("filled", "canceled", "expired", "rejected", "done_for_day"):
+            return _error(422, 42210000, "order is not cancelable")
+        order["status"] = "canceled"
+        order["canceled_at"] = order["updated_at"] = _now()
+        return httpx.Response(204)
+
+    def _account(self) -> dict[str, Any]:
+        account = copy.deepcopy(golden("account"))
+        held = sum((Decimal(p["market_value"]) for p in self._positions()), Decimal(0))
+        account.update(cash=str(self.cash), buying_power=str(self.cash), portfolio_value=str(self.cash + held))
+        return account
+
+    def _positions(self) -> list[dict[str, Any]]:
+        held: dict[str, tuple[Decimal, Decimal, str]] = {}
+        for activity in self.activities:
+            order = self.orders[activity["order_id"]]
+            qty, cost, _ = held.get(order["symbol"], (Decimal(0), Decimal(0), order["asset_class"]))
+            signed = Decimal(activity["qty"]) * (1 if activity["side"] == "buy" else -1)
+            held[order["symbol"]] = (qty + signed, cost + signed * Decimal(activity["price"]), order["asset_class"])
+        lines = []
+        for symbol, (qty, cost, asset_class) in sorted(held.items()):
+            if qty == 0:
+                continue
+            mark = self.quotes.mid(symbol.replace("/", "-"))
+            line = copy.deepcopy(golden("position"))
+            line.update(
+                symbol=symbol,
+                asset_class=asset_class,
+                qty=str(abs(qty)),
+                side="long" if qty > 0 else "short",
+                avg_entry_price=str((cost / qty).quantize(Decimal("0.0001"))),
+                current_price=str(mark),
+                market_value=str(qty * mark),
+                cost_basis=str(cost),
+                unrealized_pl=str(qty * mark - cost),
+            )
+            lines.append(line)
+        return lines
+
+    def _fills(self, params: httpx.QueryParams) -> list[dict[str, Any]]:
+        after = _parse_time(params["after"]) if params.get("after") else None
+        page_size = int(params.get("page_size", 100))
+        token = params.get("page_token")
+        rows = [a for a in self.activities if after is None or _parse_time(a["transaction_time"]) > after]
+        if token:
+            ids = [a["id"] for a in rows]
+            rows = rows[ids.index(token) + 1 :] if token in ids else []
+        return rows[:page_size]
+
+
+def _parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _json(body: Any, status: int = 200) -> httpx.Response:
+    return httpx.Response(status, json=body)
+
+
+def _error(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.Response(status, json={"code": code, "message": message}, headers=headers)

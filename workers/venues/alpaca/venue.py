@@ -1,0 +1,201 @@
+"""Alpaca over its Trading API v2 (REST), with a thin async ``httpx`` client.
+
+Not alpaca-py: its REST client is synchronous ``requests`` with no timeout, and it resends every
+request, POST ``/v2/orders`` included, after a 429 or 504 by itself. Here a request is sent once;
+what happens after a failure is the executor's decision (look up by client order id, never send
+blindly again).
+
+The client order id is the intent id. Alpaca refuses a repeated one with
+``422 {"code": 40010001}`` (``VenueDuplicate``: the executor looks the order up) and finds an
+order by it at ``GET /v2/orders:by_client_order_id``. An order's executions come from the
+account's ``FILL`` activities.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import structlog
+
+from contracts import AccountSnapshot, AssetClass, BrokerName, OrderIntent, PositionLine
+from workers.domain.capabilities import CAPABILITIES, VenueCapabilities
+from workers.domain.venue import (
+    VenueAuthFailed,
+    VenueDuplicate,
+    VenueFill,
+    VenueOrder,
+    VenueRateLimited,
+    VenueRejected,
+    VenueUnavailable,
+)
+from workers.venues.alpaca import wire
+from workers.venues.http import error_text, make_client, send
+
+log = structlog.get_logger("mbx.alpaca")
+
+PAPER_URL = "https://paper-api.alpaca.markets"
+LIVE_URL = "https://api.alpaca.markets"
+DUPLICATE_CLIENT_ID = 40010001
+FILL_PAGE = 100
+
+
+class AlpacaVenue:
+    """The ``Venue`` protocol at Alpaca. ``transport`` replaces the network (tests)."""
+
+    def __init__(
+        self,
+        key_id: str,
+        secret_key: str,
+        *,
+        base_url: str = PAPER_URL,
+        timeout_s: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._timeout_s = timeout_s
+        self._transport = transport
+        # The keys live only in these headers: never in a message, a log line or an error text.
+        self._headers = {"APCA-API-KEY-ID": key_id, "APCA-API-SECRET-KEY": secret_key}
+        self._client: httpx.AsyncClient | None = None
+        self._down_because = "not connected yet"
+
+    @property
+    def broker(self) -> BrokerName:
+        return BrokerName.ALPACA
+
+    @property
+    def capabilities(self) -> VenueCapabilities:
+        return CAPABILITIES[BrokerName.ALPACA]
+
+    def supported_assets(self) -> frozenset[AssetClass]:
+        return frozenset(self.capabilities.assets)
+
+    @property
+    def is_connected(self) -> bool:
+        return self._client is not None and not self._down_because
+
+    @property
+    def down_because(self) -> str:
+        """Why the broker counts as down ("" when it is up): an operator can act on it."""
+        return self._down_because
+
+    async def connect(self) -> None:
+        if self._client is None:
+            self._client = make_client(
+                self._base_url, self._timeout_s, headers=self._headers, transport=self._transport
+            )
+        try:
+            await self._get("/v2/account")
+        except VenueUnavailable as exc:  # the executor starts anyway and keeps trying
+            log.warning("alpaca is not reachable yet", error=str(exc))
+
+    async def disconnect(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        if self._client is None:
+            raise VenueUnavailable("alpaca: not connected")
+        try:
+            response = await send(self._client, "alpaca", method, path, **kwargs)
+        except VenueAuthFailed as exc:
+            self._down_because = f"{exc}; renew ALPACA_API_KEY / ALPACA_SECRET_KEY"
+            raise
+        except VenueRateLimited:
+            raise  # up, but asking us to wait
+        except VenueUnavailable as exc:
+            self._down_because = str(exc)
+            raise
+        if response.status_code == 403 and method == "GET":
+            self._down_because = f"alpaca: access refused (403): {error_text(response)}"
+            raise VenueAuthFailed(self._down_because)
+        self._down_because = ""
+        return response
+
+    async def _get(self, path: str, **params: Any) -> Any:
+        response = await self._send("GET", path, params=params or None)
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return response.json()
+
+    async def place_order(self, intent: OrderIntent, client_order_id: str) -> VenueOrder:
+        response = await self._send("POST", "/v2/orders", json=wire.order_request(intent, client_order_id))
+        if response.status_code in (200, 201):
+            return await self._with_fills(response.json())
+        reason = error_text(response)
+        code = _code(response)
+        if response.status_code == 422 and code == DUPLICATE_CLIENT_ID:
+            raise VenueDuplicate(f"alpaca: client_order_id {client_order_id} must be unique")
+        if response.status_code == 403:
+            # Alpaca's 403 to an order: "buying power or shares is not sufficient".
+            raise VenueRejected("insufficient_buying_power", f"alpaca: {reason}", order_specific=False)
+        if response.status_code in (404, 422):
+            raise VenueRejected("invalid_order", f"alpaca: {reason}", order_specific=True)
+        raise VenueRejected(f"http_{response.status_code}", f"alpaca: {reason}", order_specific=False)
+
+    async def locate(
+        self, intent: OrderIntent, client_order_id: str, since: datetime, exclude: frozenset[str] = frozenset()
+    ) -> VenueOrder | None:
+        data = await self._get("/v2/orders:by_client_order_id", client_order_id=client_order_id)
+        return await self._with_fills(data) if data else None
+
+    async def get_order(self, broker_order_id: str) -> VenueOrder | None:
+        data = await self._get(f"/v2/orders/{broker_order_id}")
+        return await self._with_fills(data) if data else None
+
+    async def cancel_order(self, broker_order_id: str) -> VenueOrder:
+        response = await self._send("DELETE", f"/v2/orders/{broker_order_id}")
+        if response.status_code == 404:
+            raise VenueRejected("unknown_order", f"alpaca has no order {broker_order_id}", order_specific=True)
+        order = await self.get_order(broker_order_id)
+        if order is None:
+            raise VenueRejected("unknown_order", f"alpaca has no order {broker_order_id}", order_specific=True)
+        if response.status_code == 422:  # no longer cancelable
+            raise VenueRejected(
+                "too_late_to_cancel", f"order {broker_order_id} is already {order.status}", order_specific=True
+            )
+        if response.status_code not in (200, 204):
+            raise VenueRejected(f"http_{response.status_code}", f"alpaca: {error_text(response)}", order_specific=True)
+        return order
+
+    async def get_account(self) -> AccountSnapshot:
+        return wire.parse_account(await self._get("/v2/account"))
+
+    async def get_positions(self) -> list[PositionLine]:
+        return [wire.parse_position(p) for p in await self._get("/v2/positions") or []]
+
+    async def _with_fills(self, data: dict[str, Any]) -> VenueOrder:
+        """The order with its executions: the account's fill activities for it, oldest first."""
+        order = wire.parse_order(data)
+        if order.filled_quantity > 0:
+            order.fills = await self._fills(order)
+        return order
+
+    async def _fills(self, order: VenueOrder) -> list[VenueFill]:
+        after = (order.submitted_at - timedelta(seconds=1)).isoformat() if order.submitted_at else None
+        fills: list[VenueFill] = []
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {"direction": "asc", "page_size": FILL_PAGE}
+            if after:
+                params["after"] = after
+            if token:
+                params["page_token"] = token
+            page = await self._get("/v2/account/activities/FILL", **params) or []
+            fills += [wire.parse_fill(a) for a in page if a.get("order_id") == order.broker_order_id]
+            if len(page) < FILL_PAGE:
+                return fills
+            token = str(page[-1]["id"])
+
+
+def _code(response: httpx.Response) -> int | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    code = body.get("code") if isinstance(body, dict) else None
+    return int(code) if isinstance(code, int) else None
