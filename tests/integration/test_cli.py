@@ -107,22 +107,44 @@ async def test_invalid_config_file_fails_at_start_naming_the_key(tmp_path: Path)
     assert "brokers.alpaca.enabeld: unknown key" in " ".join(out.split())
 
 
+ALPACA_KEYS = "    credentials: {api_key: '${ALPACA_API_KEY}', secret_key: '${ALPACA_SECRET_KEY}'}\n"
+
+
 @pytest.mark.parametrize(
     ("yaml_text", "key"),
     [
-        ("brokers:\n  alpaca:\n    adapter: nonsense\n", "brokers.alpaca.adapter: unknown adapter 'nonsense'"),
-        ("market_data:\n  source: nonsense\n", "market_data.source: unknown quote source 'nonsense'"),
+        (
+            "brokers:\n  alpaca:\n    adapter: nonsense\n",
+            "brokers.alpaca.adapter: unknown adapter 'nonsense' (known: alpaca, simulated)",
+        ),
+        (
+            "market_data:\n  source: nonsense\n",
+            "market_data.source: unknown quote source 'nonsense' (known: simulated)",
+        ),
+        ("brokers:\n  coinbase:\n    adapter: alpaca\n", "brokers.coinbase.adapter: 'alpaca' is alpaca's adapter"),
+        (
+            "brokers:\n  alpaca:\n    adapter: alpaca\n" + ALPACA_KEYS,
+            "brokers.alpaca.credentials.api_key: environment variable ALPACA_API_KEY is not set",
+        ),
+        (
+            "brokers:\n  alpaca:\n    adapter: alpaca\n    paper_trading: false\n" + ALPACA_KEYS,
+            "refusing to start: alpaca would trade real money; start with --live (or MBX_LIVE=1) to allow it",
+        ),
     ],
+    ids=["unknown adapter", "unknown quote source", "another broker's adapter", "keys unset", "live without opt-in"],
 )
-async def test_an_unknown_adapter_stops_mbx_up_naming_the_key(tmp_path: Path, yaml_text: str, key: str) -> None:
-    """`mbx up` refuses an adapter or quote source it does not know before starting anything."""
+async def test_a_config_that_cannot_run_stops_mbx_up_naming_why(tmp_path: Path, yaml_text: str, key: str) -> None:
+    """`mbx up` refuses an unknown adapter or quote source, missing keys, and real money without
+    the opt-in, before starting anything."""
     config = tmp_path / "mbx.yaml"
     config.write_text(yaml_text)
     env = {"MBX_CONFIG_FILE": str(config), "MBX_DATA_DIR": str(tmp_path / "data")}
+    if "live" in key:  # keys set: only the opt-in is missing
+        env |= {"ALPACA_API_KEY": "PKTEST0000", "ALPACA_SECRET_KEY": "not-a-real-secret"}
     code, out = await mbx("up", "--nats-port", str(free_port()), "--pg-port", str(free_port()), env=env)
     assert code == 2, out
     assert key in " ".join(out.split())
-    assert "known: simulated" in out
+    assert "PKTEST0000" not in out and "not-a-real-secret" not in out
     assert not (tmp_path / "data" / "stack.json").exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Annotated
 
 import typer
@@ -25,17 +26,30 @@ from workers.platform.settings import Settings
 app = typer.Typer()
 
 
-def runnable_config() -> tuple[Settings, MbxConfig]:
-    """Settings and config, with every adapter and quote source they name known (checked before
-    anything starts, so a typo stops `mbx up` at once with the key named)."""
-    from workers.venues.factory import check_config  # noqa: PLC0415  (imports the adapters)
+def runnable_config(live: bool = False) -> tuple[Settings, MbxConfig]:
+    """Settings and config, with every adapter and quote source they name known and their
+    credentials set (checked before anything starts, so a typo stops `mbx up` at once with the
+    key named), and real money traded only with the opt-in (``--live`` or ``MBX_LIVE=1``)."""
+    from workers.venues.factory import check_config, live_brokers, live_refusal  # noqa: PLC0415
 
     settings, config = settings_and_config()
     try:
         check_config(config)
     except ConfigError as exc:
         fail(f"invalid configuration: {exc}", EXIT_USAGE)
+    allowed = live or settings.live
+    refusal = live_refusal(config, allowed)
+    if refusal:
+        fail(refusal, EXIT_USAGE)
+    if allowed and live_brokers(config):
+        console.print(f"[bold red]LIVE TRADING:[/] {', '.join(live_brokers(config))} will trade real money")
     return settings, config
+
+
+LiveOption = Annotated[
+    bool,
+    typer.Option("--live", help="Allow brokers that trade real money (no paper environment, or paper_trading: false)."),
+]
 
 
 @app.command()
@@ -45,12 +59,15 @@ def up(
     production_durability: Annotated[
         bool, typer.Option("--production-durability", help="Embedded NATS fsyncs every write (sync_interval: always).")
     ] = False,
+    live: LiveOption = False,
 ) -> None:
     """Start NATS, PostgreSQL and every worker; Ctrl-C stops it all.
 
     Example: mbx up --nats-port 4333
     """
-    settings, config = runnable_config()
+    settings, config = runnable_config(live)
+    if live:
+        os.environ["MBX_LIVE"] = "1"  # the worker processes it starts inherit the opt-in
     if production_durability:
         settings = settings.model_copy(update={"durability": "production"})
     from workers.devstack.stack import Stack, read_stack  # noqa: PLC0415
@@ -100,12 +117,13 @@ def down(timeout: Annotated[float, typer.Option(help="Seconds to wait for a clea
 def worker(
     kind: Annotated[str, typer.Argument(help="router, executor or aggregator.")],
     broker: Annotated[BrokerName | None, typer.Option(help="The executor's broker.")] = None,
+    live: LiveOption = False,
 ) -> None:
     """Run one worker in the foreground (what `mbx up` and compose start).
 
     Example: MBX_NATS_URL=nats://127.0.0.1:4222 mbx worker executor --broker alpaca
     """
-    settings, config = runnable_config()
+    settings, config = runnable_config(live)
     configure_logging(settings.log_level, settings.log_format)
     if kind not in ("router", "executor", "aggregator"):
         fail(f"unknown worker {kind!r}: use router, executor or aggregator", EXIT_USAGE)

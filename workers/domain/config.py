@@ -62,6 +62,11 @@ class BrokerConfig(_Strict):
         min_length=1,
         description="Which adapter talks to this broker; `simulated` is the paper simulator.",
     )
+    base_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="The broker API's address; unset = the broker's own (paper or live, by paper_trading).",
+    )
 
 
 class DatabaseConfig(_Strict):
@@ -202,12 +207,12 @@ class MbxConfig(_Strict):
     market_data: MarketDataConfig = Field(default_factory=MarketDataConfig)
 
     @model_validator(mode="after")
-    def _live_needs_credentials(self) -> Self:
+    def _live_needs_a_real_adapter(self) -> Self:
         for name, broker in self.brokers.items():
-            if broker.enabled and not broker.paper_trading:
+            if broker.enabled and not broker.paper_trading and broker.adapter == "simulated":
                 raise ValueError(
-                    f"brokers.{name}.paper_trading: live trading is not available in this version; "
-                    "only simulated (paper) brokers run"
+                    f"brokers.{name}.paper_trading: false needs a real adapter (brokers.{name}.adapter); "
+                    "the simulator only trades on paper"
                 )
         return self
 
@@ -261,13 +266,14 @@ def parse_config(raw: Any, source: str = "config") -> MbxConfig:
         config = MbxConfig.model_validate(expanded)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {_format_validation_error(exc)}") from None
-    needed = [m for m in missing if not _belongs_to_paper_broker(m, config)]
+    needed = [m for m in missing if not _needs_no_credentials(m, config)]
     if needed:
         raise ConfigError(f"{source}: " + "; ".join(needed))
     return config
 
 
-def _belongs_to_paper_broker(message: str, config: MbxConfig) -> bool:
+def _needs_no_credentials(message: str, config: MbxConfig) -> bool:
+    """An unset variable of a disabled broker, or of one the simulator plays, does not matter."""
     parts = message.split(".", 2)
     if len(parts) < 2 or parts[0] != "brokers":
         return False
@@ -275,7 +281,7 @@ def _belongs_to_paper_broker(message: str, config: MbxConfig) -> bool:
         broker = config.brokers.get(BrokerName(parts[1]))
     except ValueError:
         return False
-    return broker is not None and (broker.paper_trading or not broker.enabled)
+    return broker is not None and (not broker.enabled or (broker.paper_trading and broker.adapter == "simulated"))
 
 
 def config_to_json(config: MbxConfig) -> bytes:

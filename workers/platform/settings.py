@@ -43,6 +43,10 @@ class Settings(BaseSettings):
         gt=0,
         description="A database call (connect or batch) not done within this is treated as an outage.",
     )
+    live: bool = Field(
+        default=False,
+        description="Allow brokers that trade real money (MBX_LIVE=1, or `mbx up --live`).",
+    )
     sim_request_log: bool = Field(
         default=False,
         description="Simulated brokers log every placement and lookup in their KV book (crash tests).",

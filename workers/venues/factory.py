@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
+from pydantic import SecretStr
 
 from contracts import BrokerName
 from workers.domain.capabilities import CAPABILITIES
@@ -18,6 +19,9 @@ from workers.domain.config import BrokerConfig, ConfigError, MbxConfig
 from workers.domain.quotes import QuoteSource
 from workers.domain.venue import Venue
 from workers.platform.topology import Topology
+from workers.venues.alpaca.venue import LIVE_URL as ALPACA_LIVE_URL
+from workers.venues.alpaca.venue import PAPER_URL as ALPACA_PAPER_URL
+from workers.venues.alpaca.venue import AlpacaVenue
 from workers.venues.simulated.book import KvOrderBook
 from workers.venues.simulated.quotes import SimulatedQuoteSource
 from workers.venues.simulated.venue import SimulatedVenue
@@ -46,7 +50,48 @@ def _simulated(
     return venue
 
 
-ADAPTERS: dict[str, Callable[..., Venue]] = {"simulated": _simulated}
+def _alpaca(broker: BrokerName, config: MbxConfig, context: VenueContext) -> Venue:
+    """Alpaca's Trading API: paper endpoint unless ``paper_trading: false``; ``base_url``
+    points it elsewhere (a fake broker in tests)."""
+    settings = config.brokers[broker]
+    key, secret = _credentials(broker, config, "api_key", "secret_key")
+    url = settings.base_url or (ALPACA_PAPER_URL if settings.paper_trading else ALPACA_LIVE_URL)
+    return AlpacaVenue(key, secret, base_url=url, timeout_s=settings.request_timeout_s)
+
+
+ADAPTERS: dict[str, Callable[..., Venue]] = {"simulated": _simulated, "alpaca": _alpaca}
+BROKER_OF_ADAPTER: dict[str, BrokerName] = {"alpaca": BrokerName.ALPACA}
+"""Which broker each real adapter talks to (the simulator plays any)."""
+PAPER_ENDPOINT: frozenset[str] = frozenset({"alpaca"})
+"""Real adapters whose broker has a paper environment (the others trade real money)."""
+CREDENTIALS: dict[str, tuple[str, ...]] = {"alpaca": ("api_key", "secret_key")}
+
+
+def _credentials(broker: BrokerName, config: MbxConfig, *names: str) -> tuple[str, ...]:
+    held = config.brokers[broker].credentials
+    return tuple(held[name].get_secret_value() for name in names)
+
+
+def live_brokers(config: MbxConfig) -> list[str]:
+    """Enabled brokers whose adapter would trade real money: a real adapter with
+    ``paper_trading: false``, or one whose broker has no paper environment."""
+    return [
+        str(name)
+        for name, broker in config.brokers.items()
+        if broker.enabled
+        and broker.adapter != "simulated"
+        and (not broker.paper_trading or broker.adapter not in PAPER_ENDPOINT)
+    ]
+
+
+def live_refusal(config: MbxConfig, allowed: bool) -> str | None:
+    """The sentence that stops a start trading real money without the opt-in (None: go)."""
+    live = live_brokers(config)
+    if not live or allowed:
+        return None
+    return f"refusing to start: {', '.join(live)} would trade real money; start with --live (or MBX_LIVE=1) to allow it"
+
+
 QUOTE_SOURCES: dict[str, Callable[[MbxConfig], QuoteSource]] = {"simulated": lambda _config: SimulatedQuoteSource()}
 
 
@@ -61,11 +106,20 @@ def request_limit(broker: BrokerName, config: MbxConfig | None) -> tuple[int, fl
 def check_config(config: MbxConfig) -> None:
     """Refuse unknown adapter and quote-source names, naming the key (at start, before any
     worker runs)."""
-    problems = [
-        f"brokers.{name}.adapter: unknown adapter {broker.adapter!r} (known: {', '.join(sorted(ADAPTERS))})"
-        for name, broker in config.brokers.items()
-        if broker.adapter not in ADAPTERS
-    ]
+    problems = []
+    for name, broker in config.brokers.items():
+        if broker.adapter not in ADAPTERS:
+            known = ", ".join(sorted(ADAPTERS))
+            problems.append(f"brokers.{name}.adapter: unknown adapter {broker.adapter!r} (known: {known})")
+            continue
+        talks_to = BROKER_OF_ADAPTER.get(broker.adapter)
+        if talks_to is not None and talks_to != name:
+            problems.append(f"brokers.{name}.adapter: {broker.adapter!r} is {talks_to}'s adapter")
+        if broker.enabled:
+            unset = [c for c in CREDENTIALS.get(broker.adapter, ()) if not broker.credentials.get(c, SecretStr(""))]
+            unset_text = ", ".join(f"brokers.{name}.credentials.{c}" for c in unset)
+            if unset:
+                problems.append(f"{unset_text}: needed by the {broker.adapter} adapter (not set)")
     source = config.market_data.source
     if source not in QUOTE_SOURCES:
         known = ", ".join(sorted(QUOTE_SOURCES))
