@@ -6,6 +6,8 @@ Each check is a plain coroutine over a harness, so the suite runs it for every v
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -13,11 +15,12 @@ import pytest
 
 from contracts import OrderStatus
 from tests.builders import make_intent
-from tests.contract.harness import UNKNOWN_SYMBOL, Harness
+from tests.contract.harness import UNKNOWN_SYMBOL, Harness, StreamingHarness
 from workers.domain.venue import (
     VenueAmbiguous,
     VenueAuthFailed,
     VenueDuplicate,
+    VenueOrder,
     VenueRateLimited,
     VenueRejected,
     VenueUnavailable,
@@ -167,3 +170,50 @@ CHECKS = [
     expired_credentials_take_the_broker_down,
     account_and_positions_follow_the_fills,
 ]
+
+
+async def the_stream_reports_changes_and_comes_back_after_a_drop(h: StreamingHarness) -> None:
+    """Changes arrive as whole orders (fills complete); after the stream drops it reconnects by
+    itself and says so, for the caller to settle over REST what changed meanwhile."""
+    updates: asyncio.Queue[VenueOrder] = asyncio.Queue()
+    connects = asyncio.Queue[None]()
+
+    async def on_order(order: VenueOrder) -> None:
+        await updates.put(order)
+
+    async def on_connect() -> None:
+        await connects.put(None)
+
+    async def next_update(broker_order_id: str, status: OrderStatus) -> VenueOrder:
+        while True:
+            order = await asyncio.wait_for(updates.get(), 10)
+            if order.broker_order_id == broker_order_id and order.status is status:
+                return order
+
+    follow = asyncio.create_task(h.venue.stream_updates(on_order, on_connect))
+    try:
+        await asyncio.wait_for(connects.get(), 10)
+        intent = make_intent(symbol=h.equity_symbol, quantity="10", order_type="limit", limit_price="1.00")
+        order = await h.venue.place_order(intent, intent.intent_id)
+        await h.trade(order, Decimal(4))
+        partial = await next_update(order.broker_order_id, OrderStatus.PARTIALLY_FILLED)
+        assert [f.quantity for f in partial.fills] == [4]
+
+        await h.drop_stream()
+        await h.trade(order)  # fills while the stream may be away
+        await asyncio.wait_for(connects.get(), 10)  # back, and says so
+        settled = await h.venue.get_order(order.broker_order_id)
+        assert settled is not None and settled.status is OrderStatus.FILLED
+        assert [f.quantity for f in settled.fills] == [4, 6]
+
+        other = make_intent(symbol=h.equity_symbol, quantity="3", order_type="limit", limit_price="1.00")
+        working = await h.venue.place_order(other, other.intent_id)
+        await h.venue.cancel_order(working.broker_order_id)
+        await next_update(working.broker_order_id, OrderStatus.CANCELLED)  # the new connection carries on
+    finally:
+        follow.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follow
+
+
+STREAM_CHECKS = [the_stream_reports_changes_and_comes_back_after_a_drop]

@@ -3,6 +3,7 @@ the simulator, and each real adapter talking to its stateful fake broker (no net
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
@@ -11,6 +12,7 @@ import httpx
 
 from contracts import BrokerName
 from tests.fakes.alpaca import FakeAlpaca
+from tests.fakes.stream import FakeStream, serve_stream
 from workers.domain.venue import Venue, VenueOrder
 from workers.venues.alpaca.venue import AlpacaVenue
 from workers.venues.simulated.venue import SimulatedVenue
@@ -28,6 +30,16 @@ class Harness(Protocol):
         ...
 
     def fault(self, **changes: Any) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class StreamingHarness(Harness, Protocol):
+    """A venue whose broker pushes order changes, with a way to cut its stream."""
+
+    venue: Any  # a Venue that is also SupportsUpdates
+
+    async def drop_stream(self) -> None: ...
 
 
 @dataclass
@@ -48,19 +60,35 @@ class SimulatorHarness:
     def fault(self, **changes: Any) -> None:
         self.venue.switch_faults(changes)
 
+    async def close(self) -> None:
+        await self.venue.disconnect()
+
 
 @dataclass
 class AlpacaHarness:
     venue: AlpacaVenue
     fake: FakeAlpaca
+    stream: FakeStream
+    exits: AsyncExitStack
     equity_symbol: str = "AAPL"
 
     @classmethod
     async def start(cls, venue_type: type[AlpacaVenue] = AlpacaVenue) -> AlpacaHarness:
         fake = FakeAlpaca()
-        venue = venue_type(fake.key_id, fake.secret_key, transport=httpx.MockTransport(fake.handle))
+        exits = AsyncExitStack()
+        stream = await exits.enter_async_context(serve_stream(fake))
+        venue = venue_type(
+            fake.key_id, fake.secret_key, stream_url=stream.url, transport=httpx.MockTransport(fake.handle)
+        )
         await venue.connect()
-        return cls(venue, fake)
+        return cls(venue, fake, stream, exits)
+
+    async def close(self) -> None:
+        await self.venue.disconnect()
+        await self.exits.aclose()
+
+    async def drop_stream(self) -> None:
+        await self.stream.drop()
 
     async def trade(self, order: VenueOrder, quantity: Decimal | None = None) -> None:
         self.fake.trade(order.broker_order_id, quantity)
@@ -70,3 +98,5 @@ class AlpacaHarness:
 
 
 HARNESSES = {"simulated": SimulatorHarness.start, "alpaca": AlpacaHarness.start}
+STREAMING = {"alpaca": AlpacaHarness.start}
+"""The venues whose broker streams order changes (the simulator is polled)."""

@@ -6,8 +6,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tests.contract.checks import CHECKS, a_lost_reply_is_ambiguous_and_the_order_is_found
-from tests.contract.harness import HARNESSES, AlpacaHarness, Harness
+from tests.contract.checks import CHECKS, STREAM_CHECKS, a_lost_reply_is_ambiguous_and_the_order_is_found
+from tests.contract.harness import HARNESSES, STREAMING, AlpacaHarness, Harness, StreamingHarness
 from workers.domain.venue import VenueAmbiguous
 from workers.venues.alpaca.venue import AlpacaVenue
 
@@ -19,7 +19,17 @@ async def test_contract(venue: str, check: Callable[[Harness], Awaitable[None]])
     try:
         await check(harness)
     finally:
-        await harness.venue.disconnect()
+        await harness.close()
+
+
+@pytest.mark.parametrize("check", STREAM_CHECKS, ids=[c.__name__ for c in STREAM_CHECKS])
+@pytest.mark.parametrize("venue", sorted(STREAMING))
+async def test_stream_contract(venue: str, check: Callable[[StreamingHarness], Awaitable[None]]) -> None:
+    harness = await STREAMING[venue]()
+    try:
+        await check(harness)
+    finally:
+        await harness.close()
 
 
 class ResendingAlpaca(AlpacaVenue):
@@ -42,4 +52,4 @@ async def test_a_broken_adapter_fails_the_contract() -> None:
         orders = {o["client_order_id"] for o in harness.fake.orders.values()}
         assert len(orders) == 2  # what the contract caught: a second order at the broker
     finally:
-        await harness.venue.disconnect()
+        await harness.close()

@@ -18,6 +18,7 @@ import copy
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -62,6 +63,17 @@ class FakeAlpaca:
     activities: list[dict[str, Any]] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)
     """(method, path) of every request that reached the fake."""
+    listeners: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
+    """Called with each ``trade_updates`` message (the stream server registers here)."""
+
+    def _publish(self, event: str, order: dict[str, Any], **extra: Any) -> None:
+        """A ``trade_updates`` message, shaped as Alpaca's streaming docs show it."""
+        message = {
+            "stream": "trade_updates",
+            "data": {"event": event, "order": copy.deepcopy(order), "timestamp": _now(), **extra},
+        }
+        for listener in list(self.listeners):
+            listener(message)
 
     def switch_faults(self, changes: dict[str, Any]) -> dict[str, Any]:
         for name, value in changes.items():
@@ -157,6 +169,7 @@ class FakeAlpaca:
         )
         self.orders[order["id"]] = order
         self.by_client_id[cid] = order["id"]
+        self._publish("new", order)
         marketable = limit is None or (limit >= touch if side == "buy" else limit <= touch)
         if body["type"] == "market" or (body["type"] == "limit" and marketable):
             self._execute(order, qty, touch)
@@ -199,6 +212,14 @@ class FakeAlpaca:
             transaction_time=order["updated_at"],
         )
         self.activities.append(activity)
+        self._publish(
+            activity["type"],
+            order,
+            execution_id=activity["id"],
+            price=activity["price"],
+            qty=activity["qty"],
+            position_qty=activity["cum_qty"],
+        )
 
     def _cancel(self, order_id: str) -> httpx.Response:
         order = self.orders[order_id]
@@ -206,6 +227,7 @@ class FakeAlpaca:
             return _error(422, 42210000, "order is not cancelable")
         order["status"] = "canceled"
         order["canceled_at"] = order["updated_at"] = _now()
+        self._publish("canceled", order)
         return httpx.Response(204)
 
     def _account(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from tests.builders import CRYPTO, intent_payload
 from tests.conftest import eventually, fetch_all
 from tests.fakes.alpaca import FakeAlpaca
 from tests.fakes.serve import serve
+from tests.fakes.stream import serve_stream
 from workers.domain.config import parse_config
 from workers.platform.bus import publish, read_stream
 from workers.platform.db.engine import make_engine
@@ -36,6 +37,11 @@ async def test_orders_flow_through_alpaca_and_no_key_leaks(
     fake = FakeAlpaca(key_id=KEY_ID, secret_key=SECRET, cash=Decimal(10**9))
     monkeypatch.setenv("ALPACA_API_KEY", KEY_ID)
     monkeypatch.setenv("ALPACA_SECRET_KEY", SECRET)
+    async with serve_stream(fake) as stream:
+        await _run(start_pipeline, isolated, nc, capfd, fake, stream.url)
+
+
+async def _run(start_pipeline: Any, isolated: Settings, nc: NatsClient, capfd: Any, fake: FakeAlpaca, ws: str) -> None:
     with serve(fake.handle) as (url, lock):
         config = parse_config(
             {
@@ -43,6 +49,7 @@ async def test_orders_flow_through_alpaca_and_no_key_leaks(
                     "alpaca": {
                         "adapter": "alpaca",
                         "base_url": url,
+                        "stream_url": ws,
                         "credentials": {"api_key": "${ALPACA_API_KEY}", "secret_key": "${ALPACA_SECRET_KEY}"},
                     },
                     "coinbase": {},
@@ -86,11 +93,15 @@ async def test_orders_flow_through_alpaca_and_no_key_leaks(
             with lock:
                 orders = {o["client_order_id"]: o for o in fake.orders.values()}
                 first = orders[resting[0]["intent_id"]]["id"]
+                asked_before = len(fake.requests)
                 fake.trade(first, Decimal(4))
                 fake.trade(first)
             request = CancelRequest(intent_id=resting[1]["intent_id"], strategy_id="alpacabot")
             await publish(js, subjects.cancel("alpacabot"), request, intent_id=request.intent_id)
-            await eventually(lambda: all_in([resting[0]["intent_id"]], "filled"), timeout=30)
+            await eventually(lambda: all_in([resting[0]["intent_id"]], "filled"), timeout=20)
+            with lock:
+                polled = [r for r in fake.requests[asked_before:] if r == ("GET", f"/v2/orders/{first}")]
+            assert polled == []  # the fills came by the stream, not by polling the order
             await eventually(lambda: all_in([resting[1]["intent_id"]], "cancelled"), timeout=30)
             await eventually(lambda: all_in([crypto["intent_id"]], "filled"), timeout=30)
 

@@ -67,6 +67,11 @@ class BrokerConfig(_Strict):
         pattern=r"^https?://",
         description="The broker API's address; unset = the broker's own (paper or live, by paper_trading).",
     )
+    stream_url: str | None = Field(
+        default=None,
+        pattern=r"^wss?://",
+        description="The broker's order-update stream; unset = the one beside base_url.",
+    )
 
 
 class DatabaseConfig(_Strict):

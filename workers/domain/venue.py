@@ -5,6 +5,7 @@ Nothing above an adapter knows a broker SDK's exception types: adapters raise th
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -140,4 +141,19 @@ class SupportsFaults(Protocol):
 
     def switch_faults(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Apply ``changes`` by fault name (ValueError names a bad one) and return every fault."""
+        ...
+
+
+@runtime_checkable
+class SupportsUpdates(Protocol):
+    """A venue whose broker pushes order changes (Alpaca's ``trade_updates``, Coinbase's
+    ``user`` channel), so working orders need not be polled."""
+
+    async def stream_updates(
+        self, on_order: Callable[[VenueOrder], Awaitable[None]], on_connect: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Follow the broker's stream until cancelled: ``on_order`` gets each changed order as
+        it now stands (its fills complete); ``on_connect`` runs after every (re)connection,
+        for the caller to settle what changed while the stream was away. Reconnects with
+        backoff by itself."""
         ...

@@ -16,7 +16,7 @@ from contracts import BrokerName, BrokerStatus, PositionSnapshot
 from workers.domain.capabilities import CAPABILITIES
 from workers.domain.config import BrokerConfig, ConfigError, MbxConfig, parse_config
 from workers.domain.keys import CONFIG_KEY
-from workers.domain.venue import SupportsFaults, Venue
+from workers.domain.venue import SupportsFaults, SupportsUpdates, Venue, VenueOrder
 from workers.executor.budget import RateBudget, RateLimit
 from workers.executor.handlers import ExecutorHandlers
 from workers.platform.bus import open_bucket, publish
@@ -35,6 +35,8 @@ HEARTBEAT_INTERVAL = 1.0
 
 POLL_INTERVAL = 2.0
 """Seconds between looks at the broker's working orders (fills and cancels that happen there)."""
+STREAM_POLL_INTERVAL = 30.0
+"""The same, at a broker whose stream pushes order changes: only a safety net."""
 CONFIG_POLL_INTERVAL = 2.0
 """Seconds between looks at the live config for a changed rate limit."""
 REFRESH_DELAY = 0.5
@@ -83,9 +85,33 @@ class ExecutorWorker(Worker):
         await self.listen(self.subjects.control(self.venue.broker), self._on_control)
         self.every(HEARTBEAT_INTERVAL, self.beat, "heartbeat")
         self.every(SNAPSHOT_INTERVAL, self.publish_snapshot, "position snapshot")
-        self.every(POLL_INTERVAL, self.handlers.reconcile, "order polling")
+        if isinstance(self.venue, SupportsUpdates):
+            # The broker pushes order changes: follow its stream, and poll only as a safety net.
+            streaming = self.venue
+            self.background(lambda: streaming.stream_updates(self._on_update, self._settle), "order stream")
+            self.every(STREAM_POLL_INTERVAL, self.handlers.reconcile, "order polling")
+        else:
+            self.every(POLL_INTERVAL, self.handlers.reconcile, "order polling")
         await self.follow_live_config()
         self.every(CONFIG_POLL_INTERVAL, self.follow_live_config, "live config")
+
+    async def _on_update(self, order: VenueOrder) -> None:
+        """An order changed at the broker (its stream said so): report it."""
+        if not order.client_order_id:
+            return
+        try:
+            await self.handlers.advance(order.client_order_id, order)
+        except Exception as exc:  # noqa: BLE001  (the poller reports it later)
+            log.warning(
+                "stream update not reported yet", intent_id=order.client_order_id, error=f"{type(exc).__name__}: {exc}"
+            )
+
+    async def _settle(self) -> None:
+        """After the stream (re)connects: what changed while it was away, read over REST."""
+        try:
+            await self.handlers.reconcile()
+        except Exception as exc:  # noqa: BLE001  (the poller tries again)
+            log.warning("reconciliation after the stream connected failed", error=f"{type(exc).__name__}: {exc}")
 
     async def follow_live_config(self) -> None:
         """Take this broker's rate limit from the live config (``mbx config set``), as the

@@ -263,6 +263,18 @@ class Worker:
 
         self._timers.append(asyncio.create_task(loop(), name=f"{self.name}:{what}"))
 
+    def background(self, work: Callable[[], Awaitable[Any]], what: str) -> None:
+        """Run ``work`` (a loop of its own, such as a broker's event stream) until the worker
+        stops; it is cancelled then, like the timers."""
+
+        async def run() -> None:
+            try:
+                await work()
+            except Exception as exc:  # noqa: BLE001  (the worker carries on; the poller covers)
+                log.error(f"{what} ended", worker=self.name, error=f"{type(exc).__name__}: {exc}")
+
+        self._timers.append(asyncio.create_task(run(), name=f"{self.name}:{what}"))
+
     async def _release(self) -> None:
         for sub in self._listeners:
             with contextlib.suppress(Exception):

@@ -56,7 +56,7 @@ def _alpaca(broker: BrokerName, config: MbxConfig, context: VenueContext) -> Ven
     settings = config.brokers[broker]
     key, secret = _credentials(broker, config, "api_key", "secret_key")
     url = settings.base_url or (ALPACA_PAPER_URL if settings.paper_trading else ALPACA_LIVE_URL)
-    return AlpacaVenue(key, secret, base_url=url, timeout_s=settings.request_timeout_s)
+    return AlpacaVenue(key, secret, base_url=url, stream_url=settings.stream_url, timeout_s=settings.request_timeout_s)
 
 
 ADAPTERS: dict[str, Callable[..., Venue]] = {"simulated": _simulated, "alpaca": _alpaca}

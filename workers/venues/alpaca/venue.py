@@ -13,17 +13,23 @@ account's ``FILL`` activities.
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import structlog
+import websockets
+from websockets.asyncio.client import ClientConnection
 
 from contracts import AccountSnapshot, AssetClass, BrokerName, OrderIntent, PositionLine
 from workers.domain.capabilities import CAPABILITIES, VenueCapabilities
 from workers.domain.venue import (
     VenueAuthFailed,
     VenueDuplicate,
+    VenueError,
     VenueFill,
     VenueOrder,
     VenueRateLimited,
@@ -39,6 +45,8 @@ PAPER_URL = "https://paper-api.alpaca.markets"
 LIVE_URL = "https://api.alpaca.markets"
 DUPLICATE_CLIENT_ID = 40010001
 FILL_PAGE = 100
+STREAM_BACKOFF = (0.5, 30.0)
+"""First and longest pause before reconnecting the stream (reconnect storms get 429s)."""
 
 
 class AlpacaVenue:
@@ -50,10 +58,13 @@ class AlpacaVenue:
         secret_key: str,
         *,
         base_url: str = PAPER_URL,
+        stream_url: str | None = None,
         timeout_s: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
+        self._stream_url = stream_url or "ws" + self._base_url.removeprefix("http") + "/stream"
+        self._key_id, self._secret_key = key_id, secret_key
         self._timeout_s = timeout_s
         self._transport = transport
         # The keys live only in these headers: never in a message, a log line or an error text.
@@ -190,6 +201,65 @@ class AlpacaVenue:
             if len(page) < FILL_PAGE:
                 return fills
             token = str(page[-1]["id"])
+
+    async def stream_updates(
+        self, on_order: Callable[[VenueOrder], Awaitable[None]], on_connect: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Follow ``trade_updates``: authenticate, listen, hand each changed order on (its fills
+        read over REST, so they are complete and keep their ids), and reconnect with backoff
+        when the stream drops. One connection per account: Alpaca allows no more."""
+        pause = STREAM_BACKOFF[0]
+        while True:
+            try:
+                async with websockets.connect(self._stream_url, open_timeout=self._timeout_s) as ws:
+                    await self._subscribe(ws)
+                    pause = STREAM_BACKOFF[0]
+                    log.info("alpaca stream connected")
+                    await on_connect()
+                    async for frame in ws:
+                        order = self._order_of(frame)
+                        if order is None:
+                            continue
+                        try:
+                            whole = await self._with_fills(order)
+                        except VenueError as exc:  # its fills unreadable now: the poller settles it
+                            log.warning("alpaca order update not read", order_id=order.get("id"), error=str(exc))
+                            continue
+                        await on_order(whole)
+            except StreamRefused as exc:
+                self._down_because = f"{exc}; renew ALPACA_API_KEY / ALPACA_SECRET_KEY"
+                log.error("alpaca stream refused", error=str(exc))
+                pause = STREAM_BACKOFF[1]
+            except (OSError, TimeoutError, websockets.ConnectionClosed, websockets.InvalidHandshake) as exc:
+                log.warning("alpaca stream lost; reconnecting", error=f"{type(exc).__name__}", retry_in_s=pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, STREAM_BACKOFF[1])
+
+    async def _subscribe(self, ws: ClientConnection) -> None:
+        auth = {"action": "authenticate", "data": {"key_id": self._key_id, "secret_key": self._secret_key}}
+        await ws.send(json.dumps(auth))
+        answer = _frame(await asyncio.wait_for(ws.recv(), self._timeout_s))
+        if answer.get("stream") != "authorization" or answer.get("data", {}).get("status") != "authorized":
+            raise StreamRefused(f"alpaca: the stream refused the credentials ({answer.get('data', {}).get('status')})")
+        await ws.send(json.dumps({"action": "listen", "data": {"streams": ["trade_updates"]}}))
+
+    @staticmethod
+    def _order_of(frame: str | bytes) -> dict[str, Any] | None:
+        message = _frame(frame)
+        if message.get("stream") != "trade_updates":
+            return None
+        order = message.get("data", {}).get("order")
+        return order if isinstance(order, dict) else None
+
+
+class StreamRefused(Exception):
+    """The stream did not accept the credentials."""
+
+
+def _frame(raw: str | bytes) -> dict[str, Any]:
+    """One stream message; paper accounts send JSON in binary frames."""
+    data = json.loads(raw)
+    return data if isinstance(data, dict) else {}
 
 
 def _code(response: httpx.Response) -> int | None:
