@@ -59,7 +59,7 @@ async def test_config_show_validate_and_set_with_an_audit_row(
             excluded = {e.broker: e.reason_code for e in (preview.decision.excluded if preview.decision else ())}
             return preview if excluded.get(BrokerName.ALPACA) == "kill_switch" else None
 
-        preview = await eventually(alpaca_killed, timeout=2)
+        preview = await eventually(alpaca_killed, timeout=10)
         assert preview.decision is not None and preview.decision.broker is BrokerName.IBKR
         [change] = await fetch_all(db, "SELECT * FROM config_changes")
         assert change["summary"] == "risk.kill_switches.brokers=[alpaca] (test)"
