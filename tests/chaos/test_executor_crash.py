@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.builders import intent_payload, new_intent_id
 from tests.conftest import fetch_all
+from tests.fakes.alpaca import FakeAlpaca
+from tests.fakes.serve import serve
+from tests.fakes.stream import serve_stream
 from tests.integration.test_walking_skeleton import publish_json
 from tests.servers import Servers
 from workers.domain.config import parse_config
@@ -31,16 +35,17 @@ PLAN: list[str | None] = ["before_place:15", "after_place:25", "after_report:35"
 
 
 async def start_executor(
-    servers: Servers, log: Path, failpoints: str | None, broker: str
+    servers: Servers, log: Path, failpoints: str | None, broker: str, adapter: str = ""
 ) -> asyncio.subprocess.Process:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MBX_")}
     env.update({"MBX_NATS_URL": servers.nats_url, "MBX_LOG_FORMAT": "json", "MBX_LOG_LEVEL": "WARNING"})
+    env.update({"ALPACA_API_KEY": FAKE_KEYS[0], "ALPACA_SECRET_KEY": FAKE_KEYS[1]})
     # A broker's documented rate limit (Schwab: 120 a minute) would make this test wait on the
     # rate budget for minutes; what it tests is crash safety, so the limit is raised.
     config = log.parent / "executor.yaml"
     config.write_text(
         f"brokers:\n  {broker}:\n    rate_limit: {{requests: 100000, per_seconds: 1}}\n"
-        "    paper_cash: 1000000000000000\n"
+        "    paper_cash: 1000000000000000\n" + adapter
     )
     env["MBX_CONFIG_FILE"] = str(config)
     if failpoints and failpoints != "random":
@@ -61,20 +66,64 @@ async def start_executor(
         )
 
 
-@pytest.mark.parametrize("broker", ["alpaca", "schwab"])
+FAKE_KEYS = ("PKCRASHTEST0001", "crash-test-secret")
+
+
+@pytest.mark.parametrize("venue", ["alpaca", "schwab", "alpaca-over-http"])
 async def test_executor_killed_at_every_point_places_each_intent_exactly_once(
-    start_pipeline: Any, nc: NatsClient, db: AsyncEngine, servers: Servers, tmp_path: Path, broker: str
+    start_pipeline: Any, nc: NatsClient, db: AsyncEngine, servers: Servers, tmp_path: Path, venue: str
 ) -> None:
     """Alpaca refuses a repeated client order id; Schwab has none and would take a blind retry
-    as a second order, so only looking before placing keeps its book clean."""
+    as a second order, so only looking before placing keeps its book clean. The third run is
+    the real Alpaca adapter against the fake Alpaca over HTTP: the same, with real HTTP
+    semantics (a 422 on a repeated id, lookups by client id over the wire)."""
+    broker = venue.split("-", maxsplit=1)[0]
+    if venue == "alpaca-over-http":
+        fake = FakeAlpaca(*FAKE_KEYS, cash=Decimal(10**15))
+        async with serve_stream(fake) as stream:
+            with serve(fake.handle) as (url, _lock):
+                adapter = (
+                    f"    adapter: alpaca\n    base_url: {url}\n    stream_url: {stream.url}\n"
+                    '    credentials: {api_key: "${ALPACA_API_KEY}", secret_key: "${ALPACA_SECRET_KEY}"}\n'
+                )
+                ids = await crash_repeatedly(start_pipeline, nc, db, servers, tmp_path, broker, adapter)
+        # One order per intent (the shared consumer may also hand this executor earlier tests' routes).
+        assert sorted(o["client_order_id"] for o in fake.orders.values() if o["client_order_id"] in set(ids)) == sorted(
+            ids
+        )
+        return
+    ids = await crash_repeatedly(start_pipeline, nc, db, servers, tmp_path, broker)
+    # The broker's own book: exactly one order per intent (matched by client id, or by size at Schwab).
+    book = await KvOrderBook(nc.jetstream, f"mbx_sim_{broker}").all()
+    if broker == "schwab":
+        ours = sorted(int(o.quantity) for o in book if o.symbol == "AAPL" and o.quantity in SIZES[broker])
+        assert ours == sorted(SIZES[broker])
+    else:
+        assert sorted(o.client_order_id for o in book if o.client_order_id in set(ids)) == sorted(ids)
+
+
+SIZES: dict[str, list[int]] = {}
+
+
+async def crash_repeatedly(
+    start_pipeline: Any,
+    nc: NatsClient,
+    db: AsyncEngine,
+    servers: Servers,
+    tmp_path: Path,
+    broker: str,
+    adapter: str = "",
+) -> list[str]:
+    """Run the executor through ``PLAN`` while 200 intents flow; the intents' ids."""
     rng = random.Random(20261121)
     await start_pipeline(parse_config({"brokers": {broker: {}}}), executors=False)
     log = tmp_path / "executor.log"
     runs = 0
-    executor = await start_executor(servers, log, PLAN[0], broker)
+    executor = await start_executor(servers, log, PLAN[0], broker, adapter)
     ids = [new_intent_id("crash") for _ in range(INTENTS)]
     # Schwab orders can only be matched by symbol, side and size: give each intent its own size.
     sizes = rng.sample(range(1, 100_000), INTENTS)
+    SIZES[broker] = sizes
 
     async def everything_final() -> bool:
         rows = await fetch_all(db, "SELECT status FROM orders WHERE intent_id = ANY(:ids)", ids=ids)
@@ -98,7 +147,7 @@ async def test_executor_killed_at_every_point_places_each_intent_exactly_once(
             except TimeoutError:
                 continue
             runs += 1
-            executor = await start_executor(servers, log, PLAN[min(runs, len(PLAN) - 1)], broker)
+            executor = await start_executor(servers, log, PLAN[min(runs, len(PLAN) - 1)], broker, adapter)
     finally:
         if executor.returncode is None:
             executor.send_signal(signal.SIGTERM)
@@ -110,14 +159,7 @@ async def test_executor_killed_at_every_point_places_each_intent_exactly_once(
     assert {r["status"] for r in rows} == {"filled"}
     fills = await fetch_all(db, "SELECT * FROM trade_logs WHERE intent_id = ANY(:ids)", ids=ids)
     assert sorted(f["intent_id"] for f in fills) == sorted(ids)  # one fill each, none doubled
-
-    # The broker's own book: exactly one order per intent (matched by client id, or by size at Schwab).
-    book = await KvOrderBook(nc.jetstream, f"mbx_sim_{broker}").all()
-    if broker == "schwab":
-        ours = sorted(int(o.quantity) for o in book if o.symbol == "AAPL" and int(o.quantity) in set(sizes))
-        assert ours == sorted(sizes)
-    else:
-        assert sorted(o.client_order_id for o in book if o.client_order_id in set(ids)) == sorted(ids)
     log_text = log.read_text()
     for point in ("before_place", "after_place", "after_report"):
         assert f"failpoint {point} reached" in log_text
+    return ids
