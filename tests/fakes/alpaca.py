@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ class FakeAlpaca:
     activities: list[dict[str, Any]] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)
     """(method, path) of every request that reached the fake."""
+    stale_quotes: bool = False
     listeners: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
     """Called with each ``trade_updates`` message (the stream server registers here)."""
 
@@ -125,6 +126,10 @@ class FakeAlpaca:
             return _json(self._positions())
         if path == "/v2/account/activities/FILL" and method == "GET":
             return _json(self._fills(request.url.params))
+        if method == "GET" and (
+            path.startswith("/v2/stocks/") or path.endswith("/latest/quotes") or path.endswith("/quotes/latest")
+        ):
+            return self._latest_quotes(path, request.url.params)
         return _error(404, 40410000, f"no route {method} {path}")
 
     def _place(self, body: dict[str, Any]) -> httpx.Response:
@@ -220,6 +225,29 @@ class FakeAlpaca:
             qty=activity["qty"],
             position_qty=activity["cum_qty"],
         )
+
+    def _latest_quotes(self, path: str, params: httpx.QueryParams) -> httpx.Response:
+        """Market data: the simulator's quote, in Alpaca's documented shapes; ``stale_quotes``
+        dates them an hour back."""
+        at = datetime.now(UTC) - (timedelta(hours=1) if self.stale_quotes else timedelta(0))
+        stamp = at.isoformat().replace("+00:00", "Z")
+
+        def one(symbol: str, ours: str) -> dict[str, Any]:
+            quote = self.quotes.quote(ours)
+            return {"ap": float(quote.ask), "as": 1, "bp": float(quote.bid), "bs": 1, "t": stamp}
+
+        if path.startswith("/v2/stocks/"):
+            symbol = path.split("/")[3]
+            body = copy.deepcopy(golden("stock_latest_quote"))
+            body["symbol"] = symbol
+            body["quote"].update(one(symbol, symbol))
+            return _json(body)
+        symbols = [s for s in params.get("symbols", "").split(",") if s]
+        crypto = path.startswith("/v1beta3/crypto/")
+        template = golden("crypto_latest_quotes" if crypto else "option_latest_quotes")
+        example = next(iter(template["quotes"].values()))
+        quotes = {s: example | one(s, s.replace("/", "-") if crypto else s) for s in symbols}
+        return _json({"quotes": quotes})
 
     def _cancel(self, order_id: str) -> httpx.Response:
         order = self.orders[order_id]

@@ -53,7 +53,8 @@ async def _run(start_pipeline: Any, isolated: Settings, nc: NatsClient, capfd: A
                         "credentials": {"api_key": "${ALPACA_API_KEY}", "secret_key": "${ALPACA_SECRET_KEY}"},
                     },
                     "coinbase": {},
-                }
+                },
+                "market_data": {"source": "alpaca", "base_url": url},
             }
         )
         await start_pipeline(config, own_settings=isolated)
@@ -80,6 +81,10 @@ async def _run(start_pipeline: Any, isolated: Settings, nc: NatsClient, capfd: A
                 return len(found) == len(ids) and set(found.values()) == {status}
 
             await eventually(lambda: all_in([p["intent_id"] for p in market], "filled"), timeout=30)
+            [decision] = await fetch_all(
+                engine, "SELECT decision FROM multi_broker_routes WHERE intent_id = :i", i=market[0]["intent_id"]
+            )
+            assert decision["decision"]["quote"]["source"] == "alpaca"  # priced from Alpaca's market data
             await eventually(lambda: all_in([p["intent_id"] for p in resting], "accepted"), timeout=30)
 
             # The keys are refused for a while: errors flow into logs and heartbeats.

@@ -198,6 +198,15 @@ class MarketDataConfig(_Strict):
         gt=0,
         description="A quote older than this is stale: not used for risk limits, fees or slippage.",
     )
+    base_url: str | None = Field(
+        default=None, pattern=r"^https?://", description="The market-data API's address; unset = the source's own."
+    )
+    requests_per_minute: int = Field(
+        default=180, ge=1, description="Most quote requests a minute (Alpaca's free data plan allows 200)."
+    )
+    cache_s: float = Field(
+        default=1.0, ge=0, description="A symbol's quote is asked for at most once in this many seconds."
+    )
 
 
 class MbxConfig(_Strict):

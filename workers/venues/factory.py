@@ -19,6 +19,8 @@ from workers.domain.config import BrokerConfig, ConfigError, MbxConfig
 from workers.domain.quotes import QuoteSource
 from workers.domain.venue import Venue
 from workers.platform.topology import Topology
+from workers.venues.alpaca.quotes import DATA_URL as ALPACA_DATA_URL
+from workers.venues.alpaca.quotes import AlpacaQuoteSource
 from workers.venues.alpaca.venue import LIVE_URL as ALPACA_LIVE_URL
 from workers.venues.alpaca.venue import PAPER_URL as ALPACA_PAPER_URL
 from workers.venues.alpaca.venue import AlpacaVenue
@@ -92,7 +94,27 @@ def live_refusal(config: MbxConfig, allowed: bool) -> str | None:
     return f"refusing to start: {', '.join(live)} would trade real money; start with --live (or MBX_LIVE=1) to allow it"
 
 
-QUOTE_SOURCES: dict[str, Callable[[MbxConfig], QuoteSource]] = {"simulated": lambda _config: SimulatedQuoteSource()}
+def _alpaca_quotes(config: MbxConfig) -> QuoteSource:
+    """Alpaca's market data, with the keys of ``brokers.alpaca``."""
+    key, secret = _credentials(BrokerName.ALPACA, config, "api_key", "secret_key")
+    data = config.market_data
+    return AlpacaQuoteSource(
+        key,
+        secret,
+        base_url=data.base_url or ALPACA_DATA_URL,
+        requests_per_minute=data.requests_per_minute,
+        cache_s=data.cache_s,
+    )
+
+
+QUOTE_SOURCES: dict[str, Callable[[MbxConfig], QuoteSource]] = {
+    "simulated": lambda _config: SimulatedQuoteSource(),
+    "alpaca": _alpaca_quotes,
+}
+QUOTE_CREDENTIALS: dict[str, tuple[BrokerName, tuple[str, ...]]] = {
+    "alpaca": (BrokerName.ALPACA, ("api_key", "secret_key"))
+}
+"""Whose keys each real quote source uses."""
 
 
 def request_limit(broker: BrokerName, config: MbxConfig | None) -> tuple[int, float]:
@@ -121,6 +143,12 @@ def check_config(config: MbxConfig) -> None:
             if unset:
                 problems.append(f"{unset_text}: needed by the {broker.adapter} adapter (not set)")
     source = config.market_data.source
+    if source in QUOTE_CREDENTIALS:
+        owner, names = QUOTE_CREDENTIALS[source]
+        held = config.brokers[owner].credentials if owner in config.brokers else {}
+        unset = [f"brokers.{owner}.credentials.{n}" for n in names if not held.get(n, SecretStr(""))]
+        if unset:
+            problems.append(f"{', '.join(unset)}: needed by market_data.source {source!r} (not set)")
     if source not in QUOTE_SOURCES:
         known = ", ".join(sorted(QUOTE_SOURCES))
         problems.append(f"market_data.source: unknown quote source {source!r} (known: {known})")

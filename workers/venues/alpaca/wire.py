@@ -79,7 +79,7 @@ def _decimal(value: Any) -> Decimal | None:
 _FRACTION = re.compile(r"(\.\d{6})\d+")
 
 
-def _time(value: Any) -> datetime | None:
+def parse_time(value: Any) -> datetime | None:
     """An RFC 3339 time; Alpaca gives nanoseconds, which Python's parser does not take."""
     if not value:
         return None
@@ -104,7 +104,7 @@ def parse_order(data: dict[str, Any], fills: list[VenueFill] | None = None) -> V
         side=str(data.get("side") or ""),
         asset_class=str(asset),
         limit_price=_decimal(data.get("limit_price")),
-        submitted_at=_time(data.get("submitted_at") or data.get("created_at")),
+        submitted_at=parse_time(data.get("submitted_at") or data.get("created_at")),
         filled_quantity=filled,
         average_price=_decimal(data.get("filled_avg_price")),
         fills=list(fills or []),
@@ -120,7 +120,7 @@ def parse_fill(activity: dict[str, Any]) -> VenueFill:
         quantity=Decimal(str(activity["qty"])),
         price=Decimal(str(activity["price"])),
         fee=Decimal(0),
-        executed_at=_time(activity.get("transaction_time")) or datetime.fromtimestamp(0).astimezone(),
+        executed_at=parse_time(activity.get("transaction_time")) or datetime.fromtimestamp(0).astimezone(),
     )
 
 
