@@ -4,7 +4,7 @@ the simulator, and each real adapter talking to its stateful fake broker (no net
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -12,9 +12,11 @@ import httpx
 
 from contracts import BrokerName
 from tests.fakes.alpaca import FakeAlpaca
+from tests.fakes.coinbase import FakeCoinbase
 from tests.fakes.stream import FakeStream, serve_stream
 from workers.domain.venue import Venue, VenueOrder
 from workers.venues.alpaca.venue import AlpacaVenue
+from workers.venues.coinbase.venue import CoinbaseVenue
 from workers.venues.simulated.venue import SimulatedVenue
 
 UNKNOWN_SYMBOL = "UNKNOWNX"
@@ -23,7 +25,9 @@ UNKNOWN_SYMBOL = "UNKNOWNX"
 
 class Harness(Protocol):
     venue: Venue
-    equity_symbol: str
+    kind: dict[str, Any]
+    """What the venue trades, as intent fields (its symbol, asset class, time in force)."""
+    average_cost_known: bool
 
     async def trade(self, order: VenueOrder, quantity: Decimal | None = None) -> None:
         """The market reaches a working order: fill ``quantity`` of it (all that is left)."""
@@ -42,10 +46,15 @@ class StreamingHarness(Harness, Protocol):
     async def drop_stream(self) -> None: ...
 
 
+EQUITY: dict[str, Any] = {"symbol": "AAPL"}
+CRYPTO: dict[str, Any] = {"symbol": "BTC-USD", "asset_class": "crypto", "time_in_force": None}
+
+
 @dataclass
 class SimulatorHarness:
     venue: SimulatedVenue
-    equity_symbol: str = "AAPL"
+    kind: dict[str, Any] = field(default_factory=lambda: EQUITY)
+    average_cost_known: bool = True
 
     @classmethod
     async def start(cls) -> SimulatorHarness:
@@ -70,7 +79,8 @@ class AlpacaHarness:
     fake: FakeAlpaca
     stream: FakeStream
     exits: AsyncExitStack
-    equity_symbol: str = "AAPL"
+    kind: dict[str, Any] = field(default_factory=lambda: EQUITY)
+    average_cost_known: bool = True
 
     @classmethod
     async def start(cls, venue_type: type[AlpacaVenue] = AlpacaVenue) -> AlpacaHarness:
@@ -97,6 +107,35 @@ class AlpacaHarness:
         self.fake.switch_faults(changes)
 
 
-HARNESSES = {"simulated": SimulatorHarness.start, "alpaca": AlpacaHarness.start}
+@dataclass
+class CoinbaseHarness:
+    venue: CoinbaseVenue
+    fake: FakeCoinbase
+    kind: dict[str, Any] = field(default_factory=lambda: CRYPTO)
+    average_cost_known: bool = False
+    """Coinbase keeps balances, not their cost."""
+
+    @classmethod
+    async def start(cls) -> CoinbaseHarness:
+        fake = FakeCoinbase()
+        venue = CoinbaseVenue(fake.key_name, fake.private_key, transport=httpx.MockTransport(fake.handle))
+        await venue.connect()
+        return cls(venue, fake)
+
+    async def trade(self, order: VenueOrder, quantity: Decimal | None = None) -> None:
+        self.fake.trade(order.broker_order_id, quantity)
+
+    def fault(self, **changes: Any) -> None:
+        self.fake.switch_faults(changes)
+
+    async def close(self) -> None:
+        await self.venue.disconnect()
+
+
+HARNESSES = {
+    "simulated": SimulatorHarness.start,
+    "alpaca": AlpacaHarness.start,
+    "coinbase": CoinbaseHarness.start,
+}
 STREAMING = {"alpaca": AlpacaHarness.start}
 """The venues whose broker streams order changes (the simulator is polled)."""

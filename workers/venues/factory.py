@@ -24,6 +24,8 @@ from workers.venues.alpaca.quotes import AlpacaQuoteSource
 from workers.venues.alpaca.venue import LIVE_URL as ALPACA_LIVE_URL
 from workers.venues.alpaca.venue import PAPER_URL as ALPACA_PAPER_URL
 from workers.venues.alpaca.venue import AlpacaVenue
+from workers.venues.coinbase.venue import BASE_URL as COINBASE_URL
+from workers.venues.coinbase.venue import CoinbaseVenue
 from workers.venues.simulated.book import KvOrderBook
 from workers.venues.simulated.quotes import SimulatedQuoteSource
 from workers.venues.simulated.venue import SimulatedVenue
@@ -61,12 +63,21 @@ def _alpaca(broker: BrokerName, config: MbxConfig, context: VenueContext) -> Ven
     return AlpacaVenue(key, secret, base_url=url, stream_url=settings.stream_url, timeout_s=settings.request_timeout_s)
 
 
-ADAPTERS: dict[str, Callable[..., Venue]] = {"simulated": _simulated, "alpaca": _alpaca}
-BROKER_OF_ADAPTER: dict[str, BrokerName] = {"alpaca": BrokerName.ALPACA}
+def _coinbase(broker: BrokerName, config: MbxConfig, context: VenueContext) -> Venue:
+    """Coinbase Advanced Trade (no paper environment: real money, with the opt-in)."""
+    settings = config.brokers[broker]
+    key_name, private_key = _credentials(broker, config, "api_key", "api_secret")
+    return CoinbaseVenue(
+        key_name, private_key, base_url=settings.base_url or COINBASE_URL, timeout_s=settings.request_timeout_s
+    )
+
+
+ADAPTERS: dict[str, Callable[..., Venue]] = {"simulated": _simulated, "alpaca": _alpaca, "coinbase": _coinbase}
+BROKER_OF_ADAPTER: dict[str, BrokerName] = {"alpaca": BrokerName.ALPACA, "coinbase": BrokerName.COINBASE}
 """Which broker each real adapter talks to (the simulator plays any)."""
 PAPER_ENDPOINT: frozenset[str] = frozenset({"alpaca"})
 """Real adapters whose broker has a paper environment (the others trade real money)."""
-CREDENTIALS: dict[str, tuple[str, ...]] = {"alpaca": ("api_key", "secret_key")}
+CREDENTIALS: dict[str, tuple[str, ...]] = {"alpaca": ("api_key", "secret_key"), "coinbase": ("api_key", "api_secret")}
 
 
 def _credentials(broker: BrokerName, config: MbxConfig, *names: str) -> tuple[str, ...]:

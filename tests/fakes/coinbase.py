@@ -1,0 +1,294 @@
+"""A stateful fake of Coinbase Advanced Trade's REST API, for the adapter's tests: no network.
+
+Every request must carry a JWT signed by the test key pair, naming this request
+(``uri = "METHOD host/path"``), unexpired: anything else is a 401. A repeated client order id
+returns the original order with ``success: true`` (Coinbase's documented behaviour); business
+failures are HTTP 200 with ``success: false``. Market orders fill at once at the simulator's
+quote, paying the taker fee (1.2%, the entry tier); a limit order rests until ``trade`` fills it
+at its price, paying the maker fee (0.6%). Responses follow the shapes of ``golden/coinbase/``.
+Fault switches as the Alpaca fake: ``outage``, ``timeouts_after_accept``, ``reject_next``,
+``hidden_lookups``, ``rate_limited_next``, ``auth_expired``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.fakes.alpaca import AlpacaFaults as Faults
+from workers.venues.simulated.quotes import QuoteModel
+
+GOLDEN = Path(__file__).parent / "golden" / "coinbase"
+PREFIX = "/api/v3/brokerage"
+TAKER, MAKER = Decimal("0.012"), Decimal("0.006")
+
+
+def golden(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((GOLDEN / f"{name}.json").read_text())
+    return data
+
+
+def _time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def new_key_pair() -> tuple[str, Any]:
+    """A PEM EC P-256 private key (what a CDP key's secret holds) and its public key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return pem, key.public_key()
+
+
+@dataclass
+class FakeCoinbase:
+    key_name: str = "organizations/fake-org/apiKeys/fake-key"
+    private_key: str = ""
+    public_key: Any = None
+    cash: Decimal = Decimal(10**9)
+    quotes: QuoteModel = field(default_factory=QuoteModel)
+    faults: Faults = field(default_factory=Faults)
+    orders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    by_client_id: dict[str, str] = field(default_factory=dict)
+    fills: list[dict[str, Any]] = field(default_factory=list)
+    holdings: dict[str, Decimal] = field(default_factory=dict)
+    requests: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.private_key:
+            self.private_key, self.public_key = new_key_pair()
+
+    def switch_faults(self, changes: dict[str, Any]) -> dict[str, Any]:
+        for name, value in changes.items():
+            if not hasattr(self.faults, name):
+                raise ValueError(f"unknown fault {name!r}")
+            setattr(self.faults, name, value)
+        return dict(self.faults.__dict__)
+
+    # The wire ------------------------------------------------------------------------------
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if self.faults.outage:
+            raise httpx.ConnectError("connection refused", request=request)
+        if self.faults.rate_limited_next > 0:
+            self.faults.rate_limited_next -= 1
+            return httpx.Response(
+                429, json={"error": "rate_limit_exceeded"}, headers={"x-ratelimit-reset": str(int(time.time()) + 2)}
+            )
+        if self.faults.auth_expired or not self._signed(request):
+            return httpx.Response(401, json={"error": "unauthorized", "message": "Unauthorized"})
+        path, method = request.url.path.removeprefix(PREFIX), request.method
+        self.requests.append((method, path))
+        if path == "/orders" and method == "POST":
+            response = self._place(json.loads(request.content))
+            if json.loads(response.content).get("success") and self.faults.timeouts_after_accept > 0:
+                self.faults.timeouts_after_accept -= 1
+                raise httpx.ReadTimeout("the reply was lost", request=request)
+            return response
+        if path == "/orders/batch_cancel" and method == "POST":
+            return self._cancel(json.loads(request.content)["order_ids"])
+        if path == "/orders/historical/batch" and method == "GET":
+            return self._list(request.url.params)
+        if path == "/orders/historical/fills" and method == "GET":
+            ids = set(request.url.params.get_list("order_ids"))
+            return httpx.Response(200, json={"fills": [f for f in self.fills if f["order_id"] in ids], "cursor": ""})
+        if path.startswith("/orders/historical/") and method == "GET":
+            order = self.orders.get(path.rsplit("/", 1)[1])
+            if order is None:
+                return httpx.Response(
+                    404, json={"error": "NOT_FOUND", "message": "order with this orderID was not found"}
+                )
+            return httpx.Response(200, json={"order": order})
+        if path == "/accounts" and method == "GET":
+            return httpx.Response(200, json=self._accounts())
+        if path == "/best_bid_ask" and method == "GET":
+            return httpx.Response(200, json=self._books(request.url.params.get("product_ids", "").split(",")))
+        return httpx.Response(404, json={"error": "NOT_FOUND", "message": f"no route {method} {path}"})
+
+    def _signed(self, request: httpx.Request) -> bool:
+        """A valid JWT of the test key, unexpired, naming this very request."""
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            return False
+        try:
+            claims = jwt.decode(header[7:], self.public_key, algorithms=["ES256"])
+        except jwt.PyJWTError:
+            return False
+        expected = f"{request.method} {request.url.netloc.decode()}{request.url.path}"
+        return bool(claims.get("sub") == self.key_name and claims.get("uri") == expected)
+
+    def _place(self, body: dict[str, Any]) -> httpx.Response:
+        cid = str(body["client_order_id"])
+        if cid in self.by_client_id:  # the original order, not a new one
+            original = self.orders[self.by_client_id[cid]]
+            return self._created(original)
+        if self.faults.reject_next > 0:
+            self.faults.reject_next -= 1
+            return self._failed("INSUFFICIENT_FUND", "Insufficient balance in source account")
+        product = str(body["product_id"])
+        if product.startswith("UNKNOWN"):
+            return self._failed("UNKNOWN_PRODUCT_ID", f"product {product} is not listed")
+        kind, configured = next(iter(body["order_configuration"].items()))
+        quote = self.quotes.quote(product)
+        side = str(body["side"])
+        touch = quote.ask if side == "BUY" else quote.bid
+        base = (
+            Decimal(configured["base_size"]) if "base_size" in configured else Decimal(configured["quote_size"]) / touch
+        )
+        limit = Decimal(configured["limit_price"]) if "limit_price" in configured else None
+        if side == "BUY" and base * (limit or touch) > self.cash:
+            return self._failed("INSUFFICIENT_FUND", "Insufficient balance in source account")
+        order = copy.deepcopy(golden("order"))
+        order.update(
+            order_id=str(uuid.uuid4()),
+            client_order_id=cid,
+            product_id=product,
+            side=side,
+            order_configuration={kind: configured},
+            order_type="MARKET" if kind.startswith("market") else "LIMIT",
+            time_in_force="IMMEDIATE_OR_CANCEL" if kind.startswith("market") else "GOOD_UNTIL_CANCELLED",
+            status="OPEN",
+            created_time=_now(),
+            filled_size="0",
+            average_filled_price="0",
+            filled_value="0",
+            number_of_fills="0",
+            total_fees="0",
+            completion_percentage="0",
+        )
+        self.orders[order["order_id"]] = order
+        self.by_client_id[cid] = order["order_id"]
+        if limit is None or (limit >= touch if side == "BUY" else limit <= touch):
+            self._execute(order, base, touch, TAKER)
+        return self._created(order)
+
+    def _created(self, order: dict[str, Any]) -> httpx.Response:
+        body = copy.deepcopy(golden("create_order_success"))
+        body["success_response"].update(
+            order_id=order["order_id"],
+            product_id=order["product_id"],
+            side=order["side"],
+            client_order_id=order["client_order_id"],
+        )
+        body["order_id"] = order["order_id"]
+        body["order_configuration"] = order["order_configuration"]
+        return httpx.Response(200, json=body)
+
+    @staticmethod
+    def _failed(error: str, message: str) -> httpx.Response:
+        body = copy.deepcopy(golden("create_order_failure"))
+        body["error_response"].update(error=error, message=message, preview_failure_reason=f"PREVIEW_{error}")
+        return httpx.Response(200, json=body)
+
+    def trade(self, order_id: str, qty: Decimal | None = None) -> dict[str, Any]:
+        """The market reaches a resting order: fill ``qty`` of it (all that is left) at its price."""
+        order = self.orders[order_id]
+        configured = next(iter(order["order_configuration"].values()))
+        left = Decimal(configured["base_size"]) - Decimal(order["filled_size"])
+        self._execute(order, qty if qty is not None else left, Decimal(configured["limit_price"]), MAKER)
+        return order
+
+    def _execute(self, order: dict[str, Any], size: Decimal, price: Decimal, rate: Decimal) -> None:
+        filled = Decimal(order["filled_size"])
+        total = filled + size
+        value = Decimal(order["filled_value"]) + size * price
+        fee = (size * price * rate).quantize(Decimal("0.01"))
+        configured = next(iter(order["order_configuration"].values()))
+        wanted = Decimal(configured["base_size"]) if "base_size" in configured else total
+        order.update(
+            filled_size=str(total),
+            filled_value=str(value),
+            average_filled_price=str((value / total).quantize(Decimal("0.01"))),
+            total_fees=str(Decimal(order["total_fees"]) + fee),
+            number_of_fills=str(int(order["number_of_fills"]) + 1),
+            completion_percentage=str((total / wanted * 100).quantize(Decimal("0.01"))),
+            status="FILLED" if total >= wanted else "OPEN",
+            last_fill_time=_now(),
+        )
+        signed = size if order["side"] == "BUY" else -size
+        self.cash -= signed * price + fee
+        currency = order["product_id"].split("-")[0]
+        self.holdings[currency] = self.holdings.get(currency, Decimal(0)) + signed
+        fill = copy.deepcopy(golden("fill"))
+        fill.update(
+            entry_id=str(uuid.uuid4()),
+            trade_id=str(uuid.uuid4()),
+            order_id=order["order_id"],
+            trade_time=order["last_fill_time"],
+            price=str(price),
+            size=str(size),
+            commission=str(fee),
+            product_id=order["product_id"],
+            side=order["side"],
+            liquidity_indicator="MAKER" if rate == MAKER else "TAKER",
+        )
+        self.fills.append(fill)
+
+    def _cancel(self, order_ids: list[str]) -> httpx.Response:
+        results = []
+        for order_id in order_ids:
+            order = self.orders.get(order_id)
+            if order is None or order["status"] != "OPEN":
+                results.append({"success": False, "failure_reason": "UNKNOWN_CANCEL_ORDER", "order_id": order_id})
+                continue
+            order["status"] = "CANCELLED"
+            results.append({"success": True, "failure_reason": "UNKNOWN_CANCEL_FAILURE_REASON", "order_id": order_id})
+        return httpx.Response(200, json={"results": results})
+
+    def _list(self, params: httpx.QueryParams) -> httpx.Response:
+        if self.faults.hidden_lookups > 0:
+            self.faults.hidden_lookups -= 1
+            return httpx.Response(200, json={"orders": [], "sequence": "0", "has_next": False, "cursor": ""})
+        products = set(params.get_list("product_ids"))
+        start = (
+            datetime.fromisoformat(params["start_date"].replace("Z", "+00:00")) if params.get("start_date") else None
+        )
+        found = [
+            o
+            for o in self.orders.values()
+            if (not products or o["product_id"] in products) and (start is None or _time(o["created_time"]) >= start)
+        ]
+        return httpx.Response(200, json={"orders": found, "sequence": "0", "has_next": False, "cursor": ""})
+
+    def _accounts(self) -> dict[str, Any]:
+        accounts = []
+        for currency, total in [("USD", self.cash), *sorted(self.holdings.items())]:
+            account = copy.deepcopy(golden("account"))
+            account.update(
+                uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, currency)), name=f"{currency} Wallet", currency=currency
+            )
+            account["available_balance"] = {"value": str(total), "currency": currency}
+            account["hold"] = {"value": "0", "currency": currency}
+            accounts.append(account)
+        return {"accounts": accounts, "has_next": False, "cursor": "", "size": len(accounts)}
+
+    def _books(self, products: list[str]) -> dict[str, Any]:
+        books = []
+        for product in filter(None, products):
+            quote = self.quotes.quote(product)
+            books.append(
+                {
+                    "product_id": product,
+                    "bids": [{"price": str(quote.bid), "size": "1"}],
+                    "asks": [{"price": str(quote.ask), "size": "1"}],
+                    "time": _now(),
+                }
+            )
+        return {"pricebooks": books}
