@@ -1,7 +1,8 @@
-"""`mbx up` as separate processes with the real Alpaca adapter, talking HTTP and websocket to
-the fake Alpaca on loopback ports (`base_url`, `stream_url`), beside a simulated Coinbase: 200
-mixed intents end filled exactly once, resting orders' fills arrive by the stream, and every
-order and fill is in Postgres."""
+"""`mbx up` as separate processes with the real Alpaca and Coinbase adapters, talking HTTP (and
+Alpaca's websocket) to the fake brokers on loopback ports (`base_url`, `stream_url`): 200 mixed
+intents end filled exactly once, resting orders' fills at Alpaca arrive by the stream, every
+order and fill is in Postgres, and no log holds a key. Coinbase has no paper environment, so
+the stack runs with the real-money opt-in (`MBX_LIVE=1`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tests.builders import CRYPTO, intent_payload
 from tests.chaos.test_stack_process import mbx_up
 from tests.conftest import fetch_all
 from tests.fakes.alpaca import FakeAlpaca
+from tests.fakes.coinbase import FakeCoinbase
 from tests.fakes.serve import serve
 from tests.fakes.stream import serve_stream
 from workers.platform.db.engine import make_engine
@@ -41,28 +43,35 @@ def mixed(n: int) -> list[dict[str, Any]]:
     return [intent_payload(strategy_id="procbot", **kinds[i % len(kinds)]) for i in range(n)]
 
 
-async def test_mbx_up_with_the_alpaca_adapter_fills_everything_once(
+async def test_mbx_up_with_the_alpaca_and_coinbase_adapters_fills_everything_once(
     tmp_path: Path, servers: Any, isolated: Any
 ) -> None:
     fake = FakeAlpaca(key_id=KEY_ID, secret_key=SECRET, cash=Decimal(10**9))
+    coinbase = FakeCoinbase()
     async with serve_stream(fake) as stream:
-        with serve(fake.handle) as (url, lock):
-            config = tmp_path / "alpaca.yaml"
+        with serve(fake.handle) as (url, lock), serve(coinbase.handle) as (coinbase_url, coinbase_lock):
+            config = tmp_path / "brokers.yaml"
             config.write_text(
                 "brokers:\n"
                 "  alpaca:\n"
                 f"    adapter: alpaca\n    base_url: {url}\n    stream_url: {stream.url}\n"
                 '    credentials: {api_key: "${ALPACA_API_KEY}", secret_key: "${ALPACA_SECRET_KEY}"}\n'
                 "    rate_limit: {requests: 100000, per_seconds: 1}\n"
-                "  coinbase:\n    rate_limit: {requests: 100000, per_seconds: 1}\n    paper_cash: 1000000000\n"
+                "  coinbase:\n"
+                f"    adapter: coinbase\n    base_url: {coinbase_url}\n"
+                '    credentials: {api_key: "${COINBASE_API_KEY}", api_secret: "${COINBASE_API_SECRET}"}\n'
+                "    rate_limit: {requests: 100000, per_seconds: 1}\n"
             )
             env_vars = {
                 "MBX_NATS_URL": servers.nats_url,
                 "MBX_DATABASE_URL": isolated.database_url,
                 "MBX_SUBJECT_PREFIX": isolated.subject_prefix,
                 "MBX_CONFIG_FILE": str(config),
+                "MBX_LIVE": "1",
                 "ALPACA_API_KEY": KEY_ID,
                 "ALPACA_SECRET_KEY": SECRET,
+                "COINBASE_API_KEY": coinbase.key_name,
+                "COINBASE_API_SECRET": coinbase.private_key,
             }
             with mbx_up(tmp_path, **env_vars) as (up, stack, _env):
                 assert len(dict(stack["workers"])) == 4  # router, two executors, aggregator
@@ -109,6 +118,9 @@ async def test_mbx_up_with_the_alpaca_adapter_fills_everything_once(
                         ]
                         at_alpaca = sorted(o["client_order_id"] for o in fake.orders.values())
                         executions = len(fake.activities)
+                    with coinbase_lock:
+                        at_coinbase = sorted(o["client_order_id"] for o in coinbase.orders.values())
+                        coinbase_fills = len(coinbase.fills)
                     assert polled == []  # their fills came by the stream
 
                     rows = await fetch_all(
@@ -120,19 +132,23 @@ async def test_mbx_up_with_the_alpaca_adapter_fills_everything_once(
                     assert len(rows) == len(ids) and {r["n"] for r in rows} == {1}
                     alpaca_ids = sorted(r["intent_id"] for r in rows if r["broker_name"] == "alpaca")
                     assert at_alpaca == alpaca_ids  # exactly one order at Alpaca per intent sent there
+                    assert at_coinbase == sorted(r["intent_id"] for r in rows if r["broker_name"] == "coinbase")
                     assert {r["broker_name"] for r in rows} == {"alpaca", "coinbase"}
                     fills = await fetch_all(
                         db,
-                        "SELECT count(*) AS n FROM trade_logs WHERE broker_name = 'alpaca' AND intent_id = ANY(:i)",
+                        "SELECT broker_name, count(*) AS n FROM trade_logs WHERE intent_id = ANY(:i) GROUP BY 1",
                         i=ids,
                     )
-                    assert fills[0]["n"] == executions
+                    assert {r["broker_name"]: r["n"] for r in fills} == {
+                        "alpaca": executions,
+                        "coinbase": coinbase_fills,
+                    }
                 finally:
                     await nc.close()
                     await db.dispose()
                 up.terminate()
                 assert up.wait(30) == 0
-    logs, leaked = logs_holding(tmp_path, KEY_ID, SECRET)
+    logs, leaked = logs_holding(tmp_path, KEY_ID, SECRET, coinbase.private_key.splitlines()[1])
     assert any("executor-alpaca" in name for name in logs), logs
     assert leaked == []  # no worker's log holds a key
 
