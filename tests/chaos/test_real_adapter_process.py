@@ -22,7 +22,7 @@ from tests.conftest import fetch_all
 from tests.fakes.alpaca import FakeAlpaca
 from tests.fakes.coinbase import FakeCoinbase
 from tests.fakes.serve import serve
-from tests.fakes.stream import serve_stream
+from tests.fakes.stream import serve_stream, serve_user_stream
 from workers.platform.db.engine import make_engine
 
 pytestmark = pytest.mark.integration
@@ -48,7 +48,7 @@ async def test_mbx_up_with_the_alpaca_and_coinbase_adapters_fills_everything_onc
 ) -> None:
     fake = FakeAlpaca(key_id=KEY_ID, secret_key=SECRET, cash=Decimal(10**9))
     coinbase = FakeCoinbase()
-    async with serve_stream(fake) as stream:
+    async with serve_stream(fake) as stream, serve_user_stream(coinbase) as user_stream:
         with serve(fake.handle) as (url, lock), serve(coinbase.handle) as (coinbase_url, coinbase_lock):
             config = tmp_path / "brokers.yaml"
             config.write_text(
@@ -58,7 +58,7 @@ async def test_mbx_up_with_the_alpaca_and_coinbase_adapters_fills_everything_onc
                 '    credentials: {api_key: "${ALPACA_API_KEY}", secret_key: "${ALPACA_SECRET_KEY}"}\n'
                 "    rate_limit: {requests: 100000, per_seconds: 1}\n"
                 "  coinbase:\n"
-                f"    adapter: coinbase\n    base_url: {coinbase_url}\n"
+                f"    adapter: coinbase\n    base_url: {coinbase_url}\n    stream_url: {user_stream.url}\n"
                 '    credentials: {api_key: "${COINBASE_API_KEY}", api_secret: "${COINBASE_API_SECRET}"}\n'
                 "    rate_limit: {requests: 100000, per_seconds: 1}\n"
             )

@@ -13,7 +13,7 @@ import httpx
 from contracts import BrokerName
 from tests.fakes.alpaca import FakeAlpaca
 from tests.fakes.coinbase import FakeCoinbase
-from tests.fakes.stream import FakeStream, serve_stream
+from tests.fakes.stream import FakeStream, serve_stream, serve_user_stream
 from workers.domain.venue import Venue, VenueOrder
 from workers.venues.alpaca.venue import AlpacaVenue
 from workers.venues.coinbase.venue import CoinbaseVenue
@@ -111,6 +111,8 @@ class AlpacaHarness:
 class CoinbaseHarness:
     venue: CoinbaseVenue
     fake: FakeCoinbase
+    stream: FakeStream
+    exits: AsyncExitStack
     kind: dict[str, Any] = field(default_factory=lambda: CRYPTO)
     average_cost_known: bool = False
     """Coinbase keeps balances, not their cost."""
@@ -118,9 +120,16 @@ class CoinbaseHarness:
     @classmethod
     async def start(cls) -> CoinbaseHarness:
         fake = FakeCoinbase()
-        venue = CoinbaseVenue(fake.key_name, fake.private_key, transport=httpx.MockTransport(fake.handle))
+        exits = AsyncExitStack()
+        stream = await exits.enter_async_context(serve_user_stream(fake))
+        venue = CoinbaseVenue(
+            fake.key_name, fake.private_key, stream_url=stream.url, transport=httpx.MockTransport(fake.handle)
+        )
         await venue.connect()
-        return cls(venue, fake)
+        return cls(venue, fake, stream, exits)
+
+    async def drop_stream(self) -> None:
+        await self.stream.drop()
 
     async def trade(self, order: VenueOrder, quantity: Decimal | None = None) -> None:
         self.fake.trade(order.broker_order_id, quantity)
@@ -130,6 +139,7 @@ class CoinbaseHarness:
 
     async def close(self) -> None:
         await self.venue.disconnect()
+        await self.exits.aclose()
 
 
 HARNESSES = {
@@ -137,5 +147,5 @@ HARNESSES = {
     "alpaca": AlpacaHarness.start,
     "coinbase": CoinbaseHarness.start,
 }
-STREAMING = {"alpaca": AlpacaHarness.start}
+STREAMING = {"alpaca": AlpacaHarness.start, "coinbase": CoinbaseHarness.start}
 """The venues whose broker streams order changes (the simulator is polled)."""

@@ -16,6 +16,7 @@ import copy
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -70,6 +71,12 @@ class FakeCoinbase:
     fills: list[dict[str, Any]] = field(default_factory=list)
     holdings: dict[str, Decimal] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
+    listeners: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
+    """Called with an order each time it changes (the ``user`` channel server registers here)."""
+
+    def _changed(self, order: dict[str, Any]) -> None:
+        for listener in list(self.listeners):
+            listener(order)
 
     def __post_init__(self) -> None:
         if not self.private_key:
@@ -175,6 +182,7 @@ class FakeCoinbase:
         )
         self.orders[order["order_id"]] = order
         self.by_client_id[cid] = order["order_id"]
+        self._changed(order)
         if limit is None or (limit >= touch if side == "BUY" else limit <= touch):
             self._execute(order, base, touch, TAKER)
         return self._created(order)
@@ -240,6 +248,7 @@ class FakeCoinbase:
             liquidity_indicator="MAKER" if rate == MAKER else "TAKER",
         )
         self.fills.append(fill)
+        self._changed(order)
 
     def _cancel(self, order_ids: list[str]) -> httpx.Response:
         results = []
@@ -249,6 +258,7 @@ class FakeCoinbase:
                 results.append({"success": False, "failure_reason": "UNKNOWN_CANCEL_ORDER", "order_id": order_id})
                 continue
             order["status"] = "CANCELLED"
+            self._changed(order)
             results.append({"success": True, "failure_reason": "UNKNOWN_CANCEL_FAILURE_REASON", "order_id": order_id})
         return httpx.Response(200, json={"results": results})
 

@@ -1,20 +1,29 @@
-"""The fake Alpaca's ``trade_updates`` stream on a loopback websocket: authenticate with the
-fake's keys, listen, then every order change of the fake arrives as a binary frame (as paper
-accounts send them). ``drop`` closes every connection, as a network blip would."""
+"""The fake brokers' streams on loopback websockets. Alpaca's ``trade_updates``: authenticate
+with the fake's keys, listen, then every order change arrives as a binary frame (as paper
+accounts send them). Coinbase's ``user`` channel: subscribe with a JWT, get a snapshot of the
+open orders, then an update per change. ``drop`` closes every connection, as a network blip
+would."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import jwt
 import websockets
 from websockets.asyncio.server import ServerConnection
 
 from tests.fakes.alpaca import FakeAlpaca
+from tests.fakes.coinbase import FakeCoinbase
+
+GOLDEN_COINBASE = Path(__file__).parent / "golden" / "coinbase"
 
 
 @dataclass
@@ -79,3 +88,84 @@ async def serve_stream(fake: FakeAlpaca) -> AsyncIterator[FakeStream]:
 
 def _encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message).encode()
+
+
+@asynccontextmanager
+async def serve_user_stream(fake: FakeCoinbase) -> AsyncIterator[FakeStream]:
+    """The fake Coinbase's ``user`` channel: a subscription must carry a JWT of the test key;
+    it answers with a snapshot of the open orders, then an update whenever an order changes."""
+    loop = asyncio.get_running_loop()
+    stream = FakeStream("")
+    sequence = 0
+
+    def envelope(kind: str, orders: list[dict[str, Any]]) -> bytes:
+        nonlocal sequence
+        sequence += 1
+        events = [{"type": kind, "orders": [user_order(o) for o in orders]}]
+        return _encode(
+            {"channel": "user", "client_id": "", "timestamp": "", "sequence_num": sequence, "events": events}
+        )
+
+    async def session(ws: ServerConnection) -> None:
+        channels = set()
+        for _ in range(2):  # user and heartbeats
+            request = json.loads(await ws.recv())
+            try:
+                claims = jwt.decode(request.get("jwt", ""), fake.public_key, algorithms=["ES256"])
+            except jwt.PyJWTError:
+                claims = {}
+            if claims.get("sub") != fake.key_name or fake.faults.auth_expired:
+                await ws.send(_encode({"type": "error", "message": "authentication failure"}))
+                await ws.close()
+                return
+            channels.add(request.get("channel"))
+        await ws.send(_encode({"channel": "subscriptions", "events": [{"subscriptions": {c: [] for c in channels}}]}))
+        await ws.send(envelope("snapshot", [o for o in fake.orders.values() if o["status"] == "OPEN"]))
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        def listener(order: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, copy.deepcopy(order))
+
+        fake.listeners.append(listener)
+        stream.connections.add(ws)
+        stream.sessions += 1
+        closed = asyncio.ensure_future(ws.wait_closed())
+        try:
+            while True:
+                changed = asyncio.ensure_future(queue.get())
+                await asyncio.wait({changed, closed}, return_when=asyncio.FIRST_COMPLETED)
+                if not changed.done():
+                    changed.cancel()
+                    return
+                await ws.send(envelope("update", [changed.result()]))
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            closed.cancel()
+            fake.listeners.remove(listener)
+            stream.connections.discard(ws)
+
+    async with websockets.serve(session, "127.0.0.1", 0) as server:
+        host, port = next(iter(server.sockets)).getsockname()[:2]
+        stream.url = f"ws://{host}:{port}"
+        yield stream
+
+
+def user_order(order: dict[str, Any]) -> dict[str, Any]:
+    """An order as the ``user`` channel shows it (golden/coinbase/user_order.json's fields)."""
+    shown: dict[str, Any] = json.loads((GOLDEN_COINBASE / "user_order.json").read_text())
+    configured = next(iter(order["order_configuration"].values()))
+    size = Decimal(configured.get("base_size", order["filled_size"]))
+    shown.update(
+        order_id=order["order_id"],
+        client_order_id=order["client_order_id"],
+        cumulative_quantity=order["filled_size"],
+        leaves_quantity=str(max(size - Decimal(order["filled_size"]), Decimal(0))),
+        avg_price=order["average_filled_price"],
+        total_fees=order["total_fees"],
+        status=order["status"],
+        product_id=order["product_id"],
+        creation_time=order["created_time"],
+        order_side=order["side"],
+    )
+    return shown

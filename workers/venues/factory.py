@@ -25,6 +25,7 @@ from workers.venues.alpaca.venue import LIVE_URL as ALPACA_LIVE_URL
 from workers.venues.alpaca.venue import PAPER_URL as ALPACA_PAPER_URL
 from workers.venues.alpaca.venue import AlpacaVenue
 from workers.venues.coinbase.venue import BASE_URL as COINBASE_URL
+from workers.venues.coinbase.venue import USER_STREAM_URL as COINBASE_STREAM_URL
 from workers.venues.coinbase.venue import CoinbaseVenue
 from workers.venues.simulated.book import KvOrderBook
 from workers.venues.simulated.quotes import SimulatedQuoteSource
@@ -68,7 +69,11 @@ def _coinbase(broker: BrokerName, config: MbxConfig, context: VenueContext) -> V
     settings = config.brokers[broker]
     key_name, private_key = _credentials(broker, config, "api_key", "api_secret")
     return CoinbaseVenue(
-        key_name, private_key, base_url=settings.base_url or COINBASE_URL, timeout_s=settings.request_timeout_s
+        key_name,
+        private_key,
+        base_url=settings.base_url or COINBASE_URL,
+        stream_url=settings.stream_url or COINBASE_STREAM_URL,
+        timeout_s=settings.request_timeout_s,
     )
 
 

@@ -24,14 +24,16 @@ class Signer:
         self._key, self._algorithm = _load(private_key)
 
     def token(self, method: str, host: str, path: str, now: float | None = None) -> str:
+        """For one REST request: the token names it."""
+        return self._encode({"uri": f"{method} {host}{path}"}, now)
+
+    def stream_token(self, now: float | None = None) -> str:
+        """For subscribing to the websocket channels: no request to name."""
+        return self._encode({}, now)
+
+    def _encode(self, extra: dict[str, str], now: float | None) -> str:
         issued = int(time.time() if now is None else now)
-        claims = {
-            "sub": self._key_name,
-            "iss": "cdp",
-            "nbf": issued,
-            "exp": issued + TOKEN_LIFETIME_S,
-            "uri": f"{method} {host}{path}",
-        }
+        claims = {"sub": self._key_name, "iss": "cdp", "nbf": issued, "exp": issued + TOKEN_LIFETIME_S, **extra}
         headers = {"kid": self._key_name, "nonce": secrets.token_hex()}
         return jwt.encode(claims, self._key, algorithm=self._algorithm, headers=headers)
 

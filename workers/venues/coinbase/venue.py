@@ -12,6 +12,9 @@ paper environment: this adapter trades real money (``mbx up --live``).
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -19,11 +22,13 @@ from urllib.parse import urlsplit
 
 import httpx
 import structlog
+import websockets
 
 from contracts import AccountSnapshot, AssetClass, BrokerName, OrderIntent, PositionLine
 from workers.domain.capabilities import CAPABILITIES, VenueCapabilities
 from workers.domain.venue import (
     VenueAuthFailed,
+    VenueError,
     VenueFill,
     VenueOrder,
     VenueRateLimited,
@@ -37,6 +42,9 @@ from workers.venues.http import error_text, make_client, send
 log = structlog.get_logger("mbx.coinbase")
 
 BASE_URL = "https://api.coinbase.com"
+USER_STREAM_URL = "wss://advanced-trade-ws-user.coinbase.com"
+STREAM_BACKOFF = (0.5, 30.0)
+"""First and longest pause before reconnecting the user stream."""
 PREFIX = "/api/v3/brokerage"
 PAGE = 100
 LISTING_MARGIN = timedelta(seconds=5)
@@ -51,10 +59,12 @@ class CoinbaseVenue:
         private_key: str,
         *,
         base_url: str = BASE_URL,
+        stream_url: str = USER_STREAM_URL,
         timeout_s: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
+        self._stream_url = stream_url
         self._host = urlsplit(self._base_url).netloc
         self._signer = Signer(key_name, private_key)
         self._timeout_s = timeout_s
@@ -245,6 +255,48 @@ class CoinbaseVenue:
             for product, quantity in sorted(held.items())
         ]
 
+    async def stream_updates(
+        self, on_order: Callable[[VenueOrder], Awaitable[None]], on_connect: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Follow the ``user`` channel (and ``heartbeats``, without which Coinbase closes a quiet
+        channel): each order it mentions is read whole over REST and handed on; reconnects with
+        backoff, and ``on_connect`` runs after every connection."""
+        pause = STREAM_BACKOFF[0]
+        while True:
+            try:
+                async with websockets.connect(self._stream_url, open_timeout=self._timeout_s) as ws:
+                    for channel in ("user", "heartbeats"):
+                        await ws.send(
+                            json.dumps({"type": "subscribe", "channel": channel, "jwt": self._signer.stream_token()})
+                        )
+                    pause = STREAM_BACKOFF[0]
+                    log.info("coinbase stream connected")
+                    await on_connect()
+                    async for frame in ws:
+                        message = json.loads(frame)
+                        if message.get("type") == "error":
+                            raise StreamRefused(
+                                f"coinbase: the stream refused the subscription ({message.get('message')})"
+                            )
+                        if message.get("channel") != "user":
+                            continue
+                        for order_id in _order_ids(message):
+                            try:
+                                order = await self.get_order(order_id)
+                            except VenueError as exc:  # unreadable now: the poller settles it
+                                log.warning("coinbase order update not read", order_id=order_id, error=str(exc))
+                                continue
+                            if order is not None:
+                                await on_order(order)
+            except StreamRefused as exc:
+                self._down_because = f"{exc}; renew COINBASE_API_KEY / COINBASE_API_SECRET"
+                log.error("coinbase stream refused", error=str(exc))
+                pause = STREAM_BACKOFF[1]
+            except (OSError, TimeoutError, ValueError, websockets.ConnectionClosed, websockets.InvalidHandshake) as exc:
+                log.warning("coinbase stream lost; reconnecting", error=type(exc).__name__, retry_in_s=pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, STREAM_BACKOFF[1])
+
     async def _with_fills(self, data: dict[str, Any]) -> VenueOrder:
         order = wire.parse_order(data)
         if order.filled_quantity > 0:
@@ -267,3 +319,17 @@ class CoinbaseVenue:
 
 def _price(levels: list[dict[str, Any]]) -> Decimal:
     return Decimal(str(levels[0]["price"]))
+
+
+class StreamRefused(Exception):
+    """The stream did not accept the subscription (its token)."""
+
+
+def _order_ids(message: dict[str, Any]) -> list[str]:
+    """The orders a ``user`` channel message mentions, snapshot or update, in order, once each."""
+    ids: dict[str, None] = {}
+    for event in message.get("events") or []:
+        for order in event.get("orders") or []:
+            if order.get("order_id"):
+                ids[str(order["order_id"])] = None
+    return list(ids)
