@@ -99,9 +99,12 @@ class FakeCoinbase:
             return httpx.Response(
                 429, json={"error": "rate_limit_exceeded"}, headers={"x-ratelimit-reset": str(int(time.time()) + 2)}
             )
+        path, method = request.url.path.removeprefix(PREFIX), request.method
+        if path.startswith("/market/products/") and path.endswith("/ticker") and method == "GET":
+            self.requests.append((method, path))
+            return self._ticker(path.split("/")[3])  # public: no token needed
         if self.faults.auth_expired or not self._signed(request):
             return httpx.Response(401, json={"error": "unauthorized", "message": "Unauthorized"})
-        path, method = request.url.path.removeprefix(PREFIX), request.method
         self.requests.append((method, path))
         if path == "/orders" and method == "POST":
             response = self._place(json.loads(request.content))
@@ -288,6 +291,15 @@ class FakeCoinbase:
             account["hold"] = {"value": "0", "currency": currency}
             accounts.append(account)
         return {"accounts": accounts, "has_next": False, "cursor": "", "size": len(accounts)}
+
+    def _ticker(self, product: str) -> httpx.Response:
+        if product.startswith("UNKNOWN"):
+            return httpx.Response(404, json={"error": "NOT_FOUND", "message": "product not found"})
+        quote = self.quotes.quote(product)
+        body = copy.deepcopy(golden("ticker"))
+        body["trades"][0].update(product_id=product, price=str(quote.mid), time=_now())
+        body.update(best_bid=str(quote.bid), best_ask=str(quote.ask))
+        return httpx.Response(200, json=body)
 
     def _books(self, products: list[str]) -> dict[str, Any]:
         books = []

@@ -24,6 +24,7 @@ from workers.venues.alpaca.quotes import AlpacaQuoteSource
 from workers.venues.alpaca.venue import LIVE_URL as ALPACA_LIVE_URL
 from workers.venues.alpaca.venue import PAPER_URL as ALPACA_PAPER_URL
 from workers.venues.alpaca.venue import AlpacaVenue
+from workers.venues.coinbase.quotes import CoinbaseQuoteSource
 from workers.venues.coinbase.venue import BASE_URL as COINBASE_URL
 from workers.venues.coinbase.venue import USER_STREAM_URL as COINBASE_STREAM_URL
 from workers.venues.coinbase.venue import CoinbaseVenue
@@ -123,9 +124,18 @@ def _alpaca_quotes(config: MbxConfig) -> QuoteSource:
     )
 
 
+def _coinbase_quotes(config: MbxConfig) -> QuoteSource:
+    """Coinbase's public tickers (no keys): crypto pairs only."""
+    data = config.market_data
+    return CoinbaseQuoteSource(
+        base_url=data.base_url or COINBASE_URL, requests_per_minute=data.requests_per_minute, cache_s=data.cache_s
+    )
+
+
 QUOTE_SOURCES: dict[str, Callable[[MbxConfig], QuoteSource]] = {
     "simulated": lambda _config: SimulatedQuoteSource(),
     "alpaca": _alpaca_quotes,
+    "coinbase": _coinbase_quotes,
 }
 QUOTE_CREDENTIALS: dict[str, tuple[BrokerName, tuple[str, ...]]] = {
     "alpaca": (BrokerName.ALPACA, ("api_key", "secret_key"))

@@ -9,20 +9,15 @@ None: the router then routes as it does without a quote (docs/routing.md, "Refer
 
 from __future__ import annotations
 
-import time
-from collections import deque
 from decimal import Decimal
 from typing import Any
 
 import httpx
-import structlog
 
 from workers.domain.quotes import Quote
-from workers.domain.venue import VenueError
 from workers.venues.alpaca.wire import parse_time
 from workers.venues.http import make_client, send
-
-log = structlog.get_logger("mbx.alpaca.quotes")
+from workers.venues.quote_cache import CachedQuotes
 
 DATA_URL = "https://data.alpaca.markets"
 SOURCE = "alpaca"
@@ -34,7 +29,7 @@ def _is_option(symbol: str) -> bool:
     return len(compact) > 15 and compact[-9] in "CP" and compact[-8:].isdigit() and compact[-15:-9].isdigit()
 
 
-class AlpacaQuoteSource:
+class AlpacaQuoteSource(CachedQuotes):
     name = SOURCE
 
     def __init__(
@@ -50,35 +45,9 @@ class AlpacaQuoteSource:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         headers = {"APCA-API-KEY-ID": key_id, "APCA-API-SECRET-KEY": secret_key}
-        self._client = make_client(base_url.rstrip("/"), timeout_s, headers=headers, transport=transport)
+        client = make_client(base_url.rstrip("/"), timeout_s, headers=headers, transport=transport)
+        super().__init__(client, requests_per_minute=requests_per_minute, cache_s=cache_s)
         self._feed = feed
-        self._limit = requests_per_minute
-        self._cache_s = cache_s
-        self._sent: deque[float] = deque()
-        self._cache: dict[str, tuple[float, Quote | None]] = {}
-
-    async def quote(self, symbol: str) -> Quote | None:
-        now = time.monotonic()
-        cached = self._cache.get(symbol)
-        if cached is not None and now - cached[0] < self._cache_s:
-            return cached[1]
-        if not self._may_send(now):
-            return cached[1] if cached else None  # the last one, whose age the router judges
-        try:
-            found = await self._fetch(symbol)
-        except (VenueError, httpx.HTTPError, ValueError, KeyError) as exc:
-            log.warning("no quote from alpaca", symbol=symbol, error=f"{type(exc).__name__}: {exc}")
-            found = None
-        self._cache[symbol] = (now, found)
-        return found
-
-    def _may_send(self, now: float) -> bool:
-        while self._sent and self._sent[0] <= now - 60.0:
-            self._sent.popleft()
-        if len(self._sent) >= self._limit:
-            return False
-        self._sent.append(now)
-        return True
 
     async def _fetch(self, symbol: str) -> Quote | None:
         if symbol.endswith("-USD") or "/" in symbol:
@@ -101,9 +70,6 @@ class AlpacaQuoteSource:
         response.raise_for_status()
         body = response.json()
         return body if isinstance(body, dict) else None
-
-    async def close(self) -> None:
-        await self._client.aclose()
 
 
 def _quote(symbol: str, raw: dict[str, Any]) -> Quote | None:
