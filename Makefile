@@ -55,6 +55,10 @@ bench: install ## Benchmarks: routing, aggregator, end-to-end pipeline (results 
 	$(BIN)/python -m bench.aggregator_bench
 	$(BIN)/python -m bench.pipeline_bench
 
+.PHONY: record-alpaca
+record-alpaca: install ## Record fresh Alpaca payloads from a paper account (needs ALPACA_API_KEY/SECRET_KEY)
+	$(BIN)/python -m tests.fakes.record_alpaca
+
 .PHONY: clean
 clean: ## Remove the virtualenv, caches and the embedded servers' data (.mbx/)
 	rm -rf $(VENV) .mbx .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
