@@ -73,8 +73,30 @@ class SimulatorHarness:
         await self.venue.disconnect()
 
 
+class FakeBrokerHarness:
+    """A real adapter against its fake broker and the fake's stream."""
+
+    venue: AlpacaVenue | CoinbaseVenue
+    fake: FakeAlpaca | FakeCoinbase
+    stream: FakeStream
+    exits: AsyncExitStack
+
+    async def trade(self, order: VenueOrder, quantity: Decimal | None = None) -> None:
+        self.fake.trade(order.broker_order_id, quantity)
+
+    def fault(self, **changes: Any) -> None:
+        self.fake.switch_faults(changes)
+
+    async def drop_stream(self) -> None:
+        await self.stream.drop()
+
+    async def close(self) -> None:
+        await self.venue.disconnect()
+        await self.exits.aclose()
+
+
 @dataclass
-class AlpacaHarness:
+class AlpacaHarness(FakeBrokerHarness):
     venue: AlpacaVenue
     fake: FakeAlpaca
     stream: FakeStream
@@ -93,22 +115,9 @@ class AlpacaHarness:
         await venue.connect()
         return cls(venue, fake, stream, exits)
 
-    async def close(self) -> None:
-        await self.venue.disconnect()
-        await self.exits.aclose()
-
-    async def drop_stream(self) -> None:
-        await self.stream.drop()
-
-    async def trade(self, order: VenueOrder, quantity: Decimal | None = None) -> None:
-        self.fake.trade(order.broker_order_id, quantity)
-
-    def fault(self, **changes: Any) -> None:
-        self.fake.switch_faults(changes)
-
 
 @dataclass
-class CoinbaseHarness:
+class CoinbaseHarness(FakeBrokerHarness):
     venue: CoinbaseVenue
     fake: FakeCoinbase
     stream: FakeStream
@@ -127,19 +136,6 @@ class CoinbaseHarness:
         )
         await venue.connect()
         return cls(venue, fake, stream, exits)
-
-    async def drop_stream(self) -> None:
-        await self.stream.drop()
-
-    async def trade(self, order: VenueOrder, quantity: Decimal | None = None) -> None:
-        self.fake.trade(order.broker_order_id, quantity)
-
-    def fault(self, **changes: Any) -> None:
-        self.fake.switch_faults(changes)
-
-    async def close(self) -> None:
-        await self.venue.disconnect()
-        await self.exits.aclose()
 
 
 HARNESSES = {

@@ -42,13 +42,32 @@ def _now() -> str:
 
 
 @dataclass
-class AlpacaFaults:
+class FakeFaults:
+    """The fault switches every fake broker has (the simulator's, by the same names)."""
+
     outage: bool = False
     timeouts_after_accept: int = 0
     reject_next: int = 0
     hidden_lookups: int = 0
     rate_limited_next: int = 0
     auth_expired: bool = False
+
+    def switch(self, changes: dict[str, Any]) -> dict[str, Any]:
+        for name, value in changes.items():
+            if not hasattr(self, name):
+                raise ValueError(f"unknown fault {name!r}")
+            setattr(self, name, value)
+        return dict(self.__dict__)
+
+    def network(self, request: httpx.Request) -> int | None:
+        """What the network and the broker's gate do before the request is read: a refused
+        connection (raised), or the reset time (UNIX seconds) of a 429 to answer with."""
+        if self.outage:
+            raise httpx.ConnectError("connection refused", request=request)
+        if self.rate_limited_next > 0:
+            self.rate_limited_next -= 1
+            return int(time.time()) + 2
+        return None
 
 
 @dataclass
@@ -57,7 +76,7 @@ class FakeAlpaca:
     secret_key: str = "fake-secret-key"
     cash: Decimal = Decimal(100_000)
     quotes: QuoteModel = field(default_factory=QuoteModel)
-    faults: AlpacaFaults = field(default_factory=AlpacaFaults)
+    faults: FakeFaults = field(default_factory=FakeFaults)
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)
     by_client_id: dict[str, str] = field(default_factory=dict)
     activities: list[dict[str, Any]] = field(default_factory=list)
@@ -77,21 +96,14 @@ class FakeAlpaca:
             listener(message)
 
     def switch_faults(self, changes: dict[str, Any]) -> dict[str, Any]:
-        for name, value in changes.items():
-            if not hasattr(self.faults, name):
-                raise ValueError(f"unknown fault {name!r}")
-            setattr(self.faults, name, value)
-        return dict(self.faults.__dict__)
+        return self.faults.switch(changes)
 
     # The wire ------------------------------------------------------------------------------
 
     def handle(self, request: httpx.Request) -> httpx.Response:
-        if self.faults.outage:
-            raise httpx.ConnectError("connection refused", request=request)
-        if self.faults.rate_limited_next > 0:
-            self.faults.rate_limited_next -= 1
-            reset = str(int(time.time()) + 2)
-            return _error(429, 42910000, "rate limit exceeded", {"X-RateLimit-Reset": reset})
+        reset = self.faults.network(request)
+        if reset is not None:
+            return _error(429, 42910000, "rate limit exceeded", {"X-RateLimit-Reset": str(reset)})
         if self.faults.auth_expired or (
             request.headers.get("APCA-API-KEY-ID"),
             request.headers.get("APCA-API-SECRET-KEY"),

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.fakes.alpaca import AlpacaFaults as Faults
+from tests.fakes.alpaca import FakeFaults
 from workers.venues.simulated.quotes import QuoteModel
 
 GOLDEN = Path(__file__).parent / "golden" / "coinbase"
@@ -65,7 +64,7 @@ class FakeCoinbase:
     public_key: Any = None
     cash: Decimal = Decimal(10**9)
     quotes: QuoteModel = field(default_factory=QuoteModel)
-    faults: Faults = field(default_factory=Faults)
+    faults: FakeFaults = field(default_factory=FakeFaults)
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)
     by_client_id: dict[str, str] = field(default_factory=dict)
     fills: list[dict[str, Any]] = field(default_factory=list)
@@ -83,22 +82,14 @@ class FakeCoinbase:
             self.private_key, self.public_key = new_key_pair()
 
     def switch_faults(self, changes: dict[str, Any]) -> dict[str, Any]:
-        for name, value in changes.items():
-            if not hasattr(self.faults, name):
-                raise ValueError(f"unknown fault {name!r}")
-            setattr(self.faults, name, value)
-        return dict(self.faults.__dict__)
+        return self.faults.switch(changes)
 
     # The wire ------------------------------------------------------------------------------
 
     def handle(self, request: httpx.Request) -> httpx.Response:
-        if self.faults.outage:
-            raise httpx.ConnectError("connection refused", request=request)
-        if self.faults.rate_limited_next > 0:
-            self.faults.rate_limited_next -= 1
-            return httpx.Response(
-                429, json={"error": "rate_limit_exceeded"}, headers={"x-ratelimit-reset": str(int(time.time()) + 2)}
-            )
+        reset = self.faults.network(request)
+        if reset is not None:
+            return httpx.Response(429, json={"error": "rate_limit_exceeded"}, headers={"x-ratelimit-reset": str(reset)})
         path, method = request.url.path.removeprefix(PREFIX), request.method
         if path.startswith("/market/products/") and path.endswith("/ticker") and method == "GET":
             self.requests.append((method, path))

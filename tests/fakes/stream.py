@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -37,10 +37,42 @@ class FakeStream:
         for connection in list(self.connections):
             await connection.close(code=1011, reason="dropped by the test")
 
+    async def pump(
+        self,
+        ws: ServerConnection,
+        listeners: list[Callable[[dict[str, Any]], None]],
+        frame: Callable[[dict[str, Any]], bytes],
+    ) -> None:
+        """Send each change the fake announces to its ``listeners`` (from any thread) as a
+        frame, until the client goes away."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        def listener(change: dict[str, Any]) -> None:  # may run in the HTTP server's thread
+            loop.call_soon_threadsafe(queue.put_nowait, copy.deepcopy(change))
+
+        listeners.append(listener)
+        self.connections.add(ws)
+        self.sessions += 1
+        closed = asyncio.ensure_future(ws.wait_closed())
+        try:
+            while True:
+                change = asyncio.ensure_future(queue.get())
+                await asyncio.wait({change, closed}, return_when=asyncio.FIRST_COMPLETED)
+                if not change.done():
+                    change.cancel()
+                    return  # the client went away
+                await ws.send(frame(change.result()))
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            closed.cancel()
+            listeners.remove(listener)
+            self.connections.discard(ws)
+
 
 @asynccontextmanager
 async def serve_stream(fake: FakeAlpaca) -> AsyncIterator[FakeStream]:
-    loop = asyncio.get_running_loop()
     stream = FakeStream("")
 
     async def session(ws: ServerConnection) -> None:
@@ -56,29 +88,7 @@ async def serve_stream(fake: FakeAlpaca) -> AsyncIterator[FakeStream]:
         listen = json.loads(await ws.recv())
         streams = listen.get("data", {}).get("streams", [])
         await ws.send(_encode({"stream": "listening", "data": {"streams": streams}}))
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-        def listener(message: dict[str, Any]) -> None:  # may run in the HTTP server's thread
-            loop.call_soon_threadsafe(queue.put_nowait, message)
-
-        fake.listeners.append(listener)
-        stream.connections.add(ws)
-        stream.sessions += 1
-        closed = asyncio.ensure_future(ws.wait_closed())
-        try:
-            while True:
-                message = asyncio.ensure_future(queue.get())
-                await asyncio.wait({message, closed}, return_when=asyncio.FIRST_COMPLETED)
-                if not message.done():
-                    message.cancel()
-                    return  # the client went away
-                await ws.send(_encode(message.result()))
-        except websockets.ConnectionClosed:
-            pass
-        finally:
-            closed.cancel()
-            fake.listeners.remove(listener)
-            stream.connections.discard(ws)
+        await stream.pump(ws, fake.listeners, _encode)
 
     async with websockets.serve(session, "127.0.0.1", 0) as server:
         host, port = next(iter(server.sockets)).getsockname()[:2]
@@ -94,7 +104,6 @@ def _encode(message: dict[str, Any]) -> bytes:
 async def serve_user_stream(fake: FakeCoinbase) -> AsyncIterator[FakeStream]:
     """The fake Coinbase's ``user`` channel: a subscription must carry a JWT of the test key;
     it answers with a snapshot of the open orders, then an update whenever an order changes."""
-    loop = asyncio.get_running_loop()
     stream = FakeStream("")
     sequence = 0
 
@@ -121,29 +130,7 @@ async def serve_user_stream(fake: FakeCoinbase) -> AsyncIterator[FakeStream]:
             channels.add(request.get("channel"))
         await ws.send(_encode({"channel": "subscriptions", "events": [{"subscriptions": {c: [] for c in channels}}]}))
         await ws.send(envelope("snapshot", [o for o in fake.orders.values() if o["status"] == "OPEN"]))
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-        def listener(order: dict[str, Any]) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, copy.deepcopy(order))
-
-        fake.listeners.append(listener)
-        stream.connections.add(ws)
-        stream.sessions += 1
-        closed = asyncio.ensure_future(ws.wait_closed())
-        try:
-            while True:
-                changed = asyncio.ensure_future(queue.get())
-                await asyncio.wait({changed, closed}, return_when=asyncio.FIRST_COMPLETED)
-                if not changed.done():
-                    changed.cancel()
-                    return
-                await ws.send(envelope("update", [changed.result()]))
-        except websockets.ConnectionClosed:
-            pass
-        finally:
-            closed.cancel()
-            fake.listeners.remove(listener)
-            stream.connections.discard(ws)
+        await stream.pump(ws, fake.listeners, lambda order: envelope("update", [order]))
 
     async with websockets.serve(session, "127.0.0.1", 0) as server:
         host, port = next(iter(server.sockets)).getsockname()[:2]

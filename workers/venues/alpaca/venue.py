@@ -21,23 +21,19 @@ from typing import Any
 
 import httpx
 import structlog
-import websockets
 from websockets.asyncio.client import ClientConnection
 
-from contracts import AccountSnapshot, AssetClass, BrokerName, OrderIntent, PositionLine
-from workers.domain.capabilities import CAPABILITIES, VenueCapabilities
+from contracts import AccountSnapshot, BrokerName, OrderIntent, PositionLine
 from workers.domain.venue import (
-    VenueAuthFailed,
     VenueDuplicate,
     VenueError,
     VenueFill,
     VenueOrder,
-    VenueRateLimited,
     VenueRejected,
-    VenueUnavailable,
 )
 from workers.venues.alpaca import wire
-from workers.venues.http import error_text, make_client, send
+from workers.venues.http import error_text
+from workers.venues.http_venue import HttpVenue, StreamRefused
 
 log = structlog.get_logger("mbx.alpaca")
 
@@ -45,12 +41,13 @@ PAPER_URL = "https://paper-api.alpaca.markets"
 LIVE_URL = "https://api.alpaca.markets"
 DUPLICATE_CLIENT_ID = 40010001
 FILL_PAGE = 100
-STREAM_BACKOFF = (0.5, 30.0)
-"""First and longest pause before reconnecting the stream (reconnect storms get 429s)."""
 
 
-class AlpacaVenue:
+class AlpacaVenue(HttpVenue):
     """The ``Venue`` protocol at Alpaca. ``transport`` replaces the network (tests)."""
+
+    broker = BrokerName.ALPACA
+    renew_hint = "ALPACA_API_KEY / ALPACA_SECRET_KEY"
 
     def __init__(
         self,
@@ -62,69 +59,14 @@ class AlpacaVenue:
         timeout_s: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._base_url = base_url.rstrip("/")
+        # The keys live only in these headers: never in a message, a log line or an error text.
+        headers = {"APCA-API-KEY-ID": key_id, "APCA-API-SECRET-KEY": secret_key}
+        super().__init__(base_url, timeout_s, headers=headers, transport=transport)
         self._stream_url = stream_url or "ws" + self._base_url.removeprefix("http") + "/stream"
         self._key_id, self._secret_key = key_id, secret_key
-        self._timeout_s = timeout_s
-        self._transport = transport
-        # The keys live only in these headers: never in a message, a log line or an error text.
-        self._headers = {"APCA-API-KEY-ID": key_id, "APCA-API-SECRET-KEY": secret_key}
-        self._client: httpx.AsyncClient | None = None
-        self._down_because = "not connected yet"
 
-    @property
-    def broker(self) -> BrokerName:
-        return BrokerName.ALPACA
-
-    @property
-    def capabilities(self) -> VenueCapabilities:
-        return CAPABILITIES[BrokerName.ALPACA]
-
-    def supported_assets(self) -> frozenset[AssetClass]:
-        return frozenset(self.capabilities.assets)
-
-    @property
-    def is_connected(self) -> bool:
-        return self._client is not None and not self._down_because
-
-    @property
-    def down_because(self) -> str:
-        """Why the broker counts as down ("" when it is up): an operator can act on it."""
-        return self._down_because
-
-    async def connect(self) -> None:
-        if self._client is None:
-            self._client = make_client(
-                self._base_url, self._timeout_s, headers=self._headers, transport=self._transport
-            )
-        try:
-            await self._get("/v2/account")
-        except VenueUnavailable as exc:  # the executor starts anyway and keeps trying
-            log.warning("alpaca is not reachable yet", error=str(exc))
-
-    async def disconnect(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        if self._client is None:
-            raise VenueUnavailable("alpaca: not connected")
-        try:
-            response = await send(self._client, "alpaca", method, path, **kwargs)
-        except VenueAuthFailed as exc:
-            self._down_because = f"{exc}; renew ALPACA_API_KEY / ALPACA_SECRET_KEY"
-            raise
-        except VenueRateLimited:
-            raise  # up, but asking us to wait
-        except VenueUnavailable as exc:
-            self._down_because = str(exc)
-            raise
-        if response.status_code == 403 and method == "GET":
-            self._down_because = f"alpaca: access refused (403): {error_text(response)}"
-            raise VenueAuthFailed(self._down_because)
-        self._down_because = ""
-        return response
+    async def _probe(self) -> None:
+        await self._get("/v2/account")
 
     async def _get(self, path: str, **params: Any) -> Any:
         response = await self._send("GET", path, params=params or None)
@@ -208,32 +150,22 @@ class AlpacaVenue:
         """Follow ``trade_updates``: authenticate, listen, hand each changed order on (its fills
         read over REST, so they are complete and keep their ids), and reconnect with backoff
         when the stream drops. One connection per account: Alpaca allows no more."""
-        pause = STREAM_BACKOFF[0]
-        while True:
-            try:
-                async with websockets.connect(self._stream_url, open_timeout=self._timeout_s) as ws:
-                    await self._subscribe(ws)
-                    pause = STREAM_BACKOFF[0]
-                    log.info("alpaca stream connected")
-                    await on_connect()
-                    async for frame in ws:
-                        order = self._order_of(frame)
-                        if order is None:
-                            continue
-                        try:
-                            whole = await self._with_fills(order)
-                        except VenueError as exc:  # its fills unreadable now: the poller settles it
-                            log.warning("alpaca order update not read", order_id=order.get("id"), error=str(exc))
-                            continue
-                        await on_order(whole)
-            except StreamRefused as exc:
-                self._down_because = f"{exc}; renew ALPACA_API_KEY / ALPACA_SECRET_KEY"
-                log.error("alpaca stream refused", error=str(exc))
-                pause = STREAM_BACKOFF[1]
-            except (OSError, TimeoutError, websockets.ConnectionClosed, websockets.InvalidHandshake) as exc:
-                log.warning("alpaca stream lost; reconnecting", error=f"{type(exc).__name__}", retry_in_s=pause)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, STREAM_BACKOFF[1])
+
+        async def session(ws: ClientConnection, connected: Callable[[], Awaitable[None]]) -> None:
+            await self._subscribe(ws)
+            await connected()
+            async for frame in ws:
+                order = self._order_of(frame)
+                if order is None:
+                    continue
+                try:
+                    whole = await self._with_fills(order)
+                except VenueError as exc:  # its fills unreadable now: the poller settles it
+                    log.warning("alpaca order update not read", order_id=order.get("id"), error=str(exc))
+                    continue
+                await on_order(whole)
+
+        await self._follow(self._stream_url, session, on_connect)
 
     async def _subscribe(self, ws: ClientConnection) -> None:
         auth = {"action": "authenticate", "data": {"key_id": self._key_id, "secret_key": self._secret_key}}
@@ -250,10 +182,6 @@ class AlpacaVenue:
             return None
         order = message.get("data", {}).get("order")
         return order if isinstance(order, dict) else None
-
-
-class StreamRefused(Exception):
-    """The stream did not accept the credentials."""
 
 
 def _frame(raw: str | bytes) -> dict[str, Any]:

@@ -12,7 +12,6 @@ paper environment: this adapter trades real money (``mbx up --live``).
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -22,36 +21,34 @@ from urllib.parse import urlsplit
 
 import httpx
 import structlog
-import websockets
+from websockets.asyncio.client import ClientConnection
 
 from contracts import AccountSnapshot, AssetClass, BrokerName, OrderIntent, PositionLine
-from workers.domain.capabilities import CAPABILITIES, VenueCapabilities
 from workers.domain.venue import (
-    VenueAuthFailed,
     VenueError,
     VenueFill,
     VenueOrder,
-    VenueRateLimited,
     VenueRejected,
-    VenueUnavailable,
 )
 from workers.venues.coinbase import wire
 from workers.venues.coinbase.auth import Signer
-from workers.venues.http import error_text, make_client, send
+from workers.venues.http import error_text
+from workers.venues.http_venue import HttpVenue, StreamRefused
 
 log = structlog.get_logger("mbx.coinbase")
 
 BASE_URL = "https://api.coinbase.com"
 USER_STREAM_URL = "wss://advanced-trade-ws-user.coinbase.com"
-STREAM_BACKOFF = (0.5, 30.0)
-"""First and longest pause before reconnecting the user stream."""
 PREFIX = "/api/v3/brokerage"
 PAGE = 100
 LISTING_MARGIN = timedelta(seconds=5)
 
 
-class CoinbaseVenue:
+class CoinbaseVenue(HttpVenue):
     """The ``Venue`` protocol at Coinbase. ``transport`` replaces the network (tests)."""
+
+    broker = BrokerName.COINBASE
+    renew_hint = "COINBASE_API_KEY / COINBASE_API_SECRET"
 
     def __init__(
         self,
@@ -63,79 +60,27 @@ class CoinbaseVenue:
         timeout_s: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._base_url = base_url.rstrip("/")
+        super().__init__(base_url, timeout_s, sign=self._sign_request, transport=transport)
         self._stream_url = stream_url
         self._host = urlsplit(self._base_url).netloc
         self._signer = Signer(key_name, private_key)
-        self._timeout_s = timeout_s
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
-        self._down_because = "not connected yet"
 
-    @property
-    def broker(self) -> BrokerName:
-        return BrokerName.COINBASE
+    async def _probe(self) -> None:
+        await self._get("/accounts", limit=1)
 
-    @property
-    def capabilities(self) -> VenueCapabilities:
-        return CAPABILITIES[BrokerName.COINBASE]
-
-    def supported_assets(self) -> frozenset[AssetClass]:
-        return frozenset(self.capabilities.assets)
-
-    @property
-    def is_connected(self) -> bool:
-        return self._client is not None and not self._down_because
-
-    @property
-    def down_because(self) -> str:
-        return self._down_because
-
-    async def connect(self) -> None:
-        if self._client is None:
-            self._client = make_client(self._base_url, self._timeout_s, transport=self._transport)
-        try:
-            await self._get("/accounts", limit=1)
-        except VenueUnavailable as exc:
-            log.warning("coinbase is not reachable yet", error=str(exc))
-
-    async def disconnect(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-    def _sign(self, request: httpx.Request) -> None:
+    def _sign_request(self, request: httpx.Request) -> None:
         token = self._signer.token(request.method, self._host, request.url.path)
         request.headers["Authorization"] = f"Bearer {token}"
 
-    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        if self._client is None:
-            raise VenueUnavailable("coinbase: not connected")
-        try:
-            response = await send(self._client, "coinbase", method, PREFIX + path, sign=self._sign, **kwargs)
-        except VenueAuthFailed as exc:
-            self._down_because = f"{exc}; renew COINBASE_API_KEY / COINBASE_API_SECRET"
-            raise
-        except VenueRateLimited:
-            raise
-        except VenueUnavailable as exc:
-            self._down_because = str(exc)
-            raise
-        if response.status_code == 403:
-            self._down_because = f"coinbase: access refused (403): {error_text(response)}"
-            raise VenueAuthFailed(self._down_because)
-        self._down_because = ""
-        return response
-
     async def _get(self, path: str, **params: Any) -> Any:
-        response = await self._send("GET", path, params=params or None)
+        response = await self._send("GET", PREFIX + path, params=params or None)
         if response.status_code in (400, 404):
             return None
         response.raise_for_status()
         return response.json()
 
     async def place_order(self, intent: OrderIntent, client_order_id: str) -> VenueOrder:
-        response = await self._send("POST", "/orders", json=wire.order_request(intent, client_order_id))
+        response = await self._send("POST", PREFIX + "/orders", json=wire.order_request(intent, client_order_id))
         if response.status_code != 200:
             raise VenueRejected(
                 f"http_{response.status_code}", f"coinbase: {error_text(response)}", order_specific=True
@@ -188,7 +133,7 @@ class CoinbaseVenue:
         return await self._with_fills(data) if data else None
 
     async def cancel_order(self, broker_order_id: str) -> VenueOrder:
-        response = await self._send("POST", "/orders/batch_cancel", json={"order_ids": [broker_order_id]})
+        response = await self._send("POST", PREFIX + "/orders/batch_cancel", json={"order_ids": [broker_order_id]})
         results = (response.json() or {}).get("results") or [{}] if response.status_code == 200 else [{}]
         order = await self.get_order(broker_order_id)
         if order is None:
@@ -261,41 +206,27 @@ class CoinbaseVenue:
         """Follow the ``user`` channel (and ``heartbeats``, without which Coinbase closes a quiet
         channel): each order it mentions is read whole over REST and handed on; reconnects with
         backoff, and ``on_connect`` runs after every connection."""
-        pause = STREAM_BACKOFF[0]
-        while True:
-            try:
-                async with websockets.connect(self._stream_url, open_timeout=self._timeout_s) as ws:
-                    for channel in ("user", "heartbeats"):
-                        await ws.send(
-                            json.dumps({"type": "subscribe", "channel": channel, "jwt": self._signer.stream_token()})
-                        )
-                    pause = STREAM_BACKOFF[0]
-                    log.info("coinbase stream connected")
-                    await on_connect()
-                    async for frame in ws:
-                        message = json.loads(frame)
-                        if message.get("type") == "error":
-                            raise StreamRefused(
-                                f"coinbase: the stream refused the subscription ({message.get('message')})"
-                            )
-                        if message.get("channel") != "user":
-                            continue
-                        for order_id in _order_ids(message):
-                            try:
-                                order = await self.get_order(order_id)
-                            except VenueError as exc:  # unreadable now: the poller settles it
-                                log.warning("coinbase order update not read", order_id=order_id, error=str(exc))
-                                continue
-                            if order is not None:
-                                await on_order(order)
-            except StreamRefused as exc:
-                self._down_because = f"{exc}; renew COINBASE_API_KEY / COINBASE_API_SECRET"
-                log.error("coinbase stream refused", error=str(exc))
-                pause = STREAM_BACKOFF[1]
-            except (OSError, TimeoutError, ValueError, websockets.ConnectionClosed, websockets.InvalidHandshake) as exc:
-                log.warning("coinbase stream lost; reconnecting", error=type(exc).__name__, retry_in_s=pause)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, STREAM_BACKOFF[1])
+
+        async def session(ws: ClientConnection, connected: Callable[[], Awaitable[None]]) -> None:
+            for channel in ("user", "heartbeats"):
+                await ws.send(json.dumps({"type": "subscribe", "channel": channel, "jwt": self._signer.stream_token()}))
+            await connected()
+            async for frame in ws:
+                message = json.loads(frame)
+                if message.get("type") == "error":
+                    raise StreamRefused(f"coinbase: the stream refused the subscription ({message.get('message')})")
+                if message.get("channel") != "user":
+                    continue
+                for order_id in _order_ids(message):
+                    try:
+                        order = await self.get_order(order_id)
+                    except VenueError as exc:  # unreadable now: the poller settles it
+                        log.warning("coinbase order update not read", order_id=order_id, error=str(exc))
+                        continue
+                    if order is not None:
+                        await on_order(order)
+
+        await self._follow(self._stream_url, session, on_connect)
 
     async def _with_fills(self, data: dict[str, Any]) -> VenueOrder:
         order = wire.parse_order(data)
@@ -319,10 +250,6 @@ class CoinbaseVenue:
 
 def _price(levels: list[dict[str, Any]]) -> Decimal:
     return Decimal(str(levels[0]["price"]))
-
-
-class StreamRefused(Exception):
-    """The stream did not accept the subscription (its token)."""
 
 
 def _order_ids(message: dict[str, Any]) -> list[str]:

@@ -1,0 +1,141 @@
+"""What the HTTP broker adapters share: the pooled client's life, the broker's health as the
+requests find it (``down_because``), and a stream that reconnects by itself.
+
+An adapter sets ``broker`` and ``renew_hint`` (the variables an operator renews when the keys
+are refused), and sends every request through ``_send``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import structlog
+import websockets
+
+from contracts import AssetClass, BrokerName
+from workers.domain.capabilities import CAPABILITIES, VenueCapabilities
+from workers.domain.venue import VenueAuthFailed, VenueRateLimited, VenueUnavailable
+from workers.venues.http import error_text, make_client, send
+
+log = structlog.get_logger("mbx.venues")
+
+STREAM_BACKOFF = (0.5, 30.0)
+"""First and longest pause before a stream reconnects (reconnect storms get 429s)."""
+
+
+class StreamRefused(Exception):
+    """The broker's stream did not accept the credentials."""
+
+
+class HttpVenue:
+    broker: BrokerName
+    renew_hint = ""
+
+    def __init__(
+        self,
+        base_url: str,
+        timeout_s: float,
+        *,
+        headers: dict[str, str] | None = None,
+        sign: Callable[[httpx.Request], None] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._timeout_s = timeout_s
+        self._headers = headers or {}
+        self._sign = sign
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._down_because = "not connected yet"
+
+    @property
+    def capabilities(self) -> VenueCapabilities:
+        return CAPABILITIES[self.broker]
+
+    def supported_assets(self) -> frozenset[AssetClass]:
+        return frozenset(self.capabilities.assets)
+
+    @property
+    def is_connected(self) -> bool:
+        return self._client is not None and not self._down_because
+
+    @property
+    def down_because(self) -> str:
+        """Why the broker counts as down ("" when it is up), in words an operator can act on."""
+        return self._down_because
+
+    async def connect(self) -> None:
+        if self._client is None:
+            self._client = make_client(
+                self._base_url, self._timeout_s, headers=self._headers, transport=self._transport
+            )
+        try:
+            await self._probe()
+        except VenueUnavailable as exc:  # the executor starts anyway and keeps trying
+            log.warning("broker not reachable yet", broker=str(self.broker), error=str(exc))
+
+    async def _probe(self) -> None:
+        """One cheap authenticated read, to learn at start whether the broker answers."""
+
+    async def disconnect(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request; its failure or success updates ``down_because``."""
+        if self._client is None:
+            raise VenueUnavailable(f"{self.broker}: not connected")
+        try:
+            response = await send(self._client, str(self.broker), method, path, sign=self._sign, **kwargs)
+        except VenueAuthFailed as exc:
+            self._down_because = f"{exc}; renew {self.renew_hint}"
+            raise
+        except VenueRateLimited:
+            raise  # up, but asking us to wait
+        except VenueUnavailable as exc:
+            self._down_because = str(exc)
+            raise
+        if response.status_code == 403 and method == "GET":
+            self._down_because = f"{self.broker}: access refused (403): {error_text(response)}; renew {self.renew_hint}"
+            raise VenueAuthFailed(self._down_because)
+        self._down_because = ""
+        return response
+
+    async def _follow(
+        self,
+        url: str,
+        session: Callable[[Any, Callable[[], Awaitable[None]]], Awaitable[None]],
+        on_connect: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Run ``session`` on a websocket to ``url`` until cancelled, reconnecting with backoff
+        when it drops; ``session`` subscribes, calls the ``connected`` it is given once the
+        broker accepted, then reads frames."""
+        pause = STREAM_BACKOFF[0]
+        while True:
+
+            async def connected() -> None:
+                nonlocal pause
+                pause = STREAM_BACKOFF[0]
+                log.info("broker stream connected", broker=str(self.broker))
+                await on_connect()
+
+            try:
+                async with websockets.connect(url, open_timeout=self._timeout_s) as ws:
+                    await session(ws, connected)
+            except StreamRefused as exc:
+                self._down_because = f"{exc}; renew {self.renew_hint}"
+                log.error("broker stream refused", broker=str(self.broker), error=str(exc))
+                pause = STREAM_BACKOFF[1]
+            except (OSError, TimeoutError, ValueError, websockets.ConnectionClosed, websockets.InvalidHandshake) as exc:
+                log.warning(
+                    "broker stream lost; reconnecting",
+                    broker=str(self.broker),
+                    error=type(exc).__name__,
+                    retry_in_s=pause,
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, STREAM_BACKOFF[1])
