@@ -115,11 +115,11 @@ ALPACA_KEYS = "    credentials: {api_key: '${ALPACA_API_KEY}', secret_key: '${AL
     [
         (
             "brokers:\n  alpaca:\n    adapter: nonsense\n",
-            "brokers.alpaca.adapter: unknown adapter 'nonsense' (known: alpaca, simulated)",
+            "brokers.alpaca.adapter: unknown adapter 'nonsense' (known: alpaca, coinbase, simulated)",
         ),
         (
             "market_data:\n  source: nonsense\n",
-            "market_data.source: unknown quote source 'nonsense' (known: simulated)",
+            "market_data.source: unknown quote source 'nonsense' (known: alpaca, coinbase, simulated)",
         ),
         ("brokers:\n  coinbase:\n    adapter: alpaca\n", "brokers.coinbase.adapter: 'alpaca' is alpaca's adapter"),
         (
