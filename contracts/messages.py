@@ -429,6 +429,11 @@ class BrokerStatus(Message):
     error_rate: float = Field(ge=0, le=1, description="Share of recent requests that failed.")
     rate_limit_headroom: float = Field(ge=0, le=1, description="Share of the rate budget left.")
     last_seen: AwareDatetime = Field(default_factory=_now)
+    reason: str = Field(
+        default="",
+        max_length=500,
+        description="Why the broker is down, in words an operator can act on (empty when it is up).",
+    )
 
 
 class DeadLetter(Message):

@@ -5,7 +5,6 @@ entry or database row, even after the keys were refused for a while."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from decimal import Decimal
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from sqlalchemy import text
 
-from contracts import BrokerName, CancelRequest
+from contracts import BrokerName, BrokerStatus, CancelRequest
 from tests.builders import CRYPTO, intent_payload
 from tests.conftest import eventually, fetch_all
 from tests.fakes.alpaca import FakeAlpaca
@@ -87,12 +86,24 @@ async def _run(start_pipeline: Any, isolated: Settings, nc: NatsClient, capfd: A
             assert decision["decision"]["quote"]["source"] == "alpaca"  # priced from Alpaca's market data
             await eventually(lambda: all_in([p["intent_id"] for p in resting], "accepted"), timeout=30)
 
-            # The keys are refused for a while: errors flow into logs and heartbeats.
+            # The keys are refused for a while: the broker goes down with a reason an operator
+            # can act on (its status, the router's exclusions), and errors reach the logs.
             with lock:
                 fake.faults.auth_expired = True
-            await asyncio.sleep(2.5)
+            answer = await nc.request(subjects.snapshot_request(BrokerName.ALPACA), b"", timeout=10)
+            assert "credentials were refused" in answer.data.decode()
+            health = await js.key_value(subjects.status_bucket)
+
+            async def alpaca_down() -> BrokerStatus | None:
+                status = BrokerStatus.model_validate_json((await health.get("alpaca")).value or b"")
+                return status if not status.connected else None
+
+            down = await eventually(alpaca_down, timeout=10)
+            assert "renew ALPACA_API_KEY / ALPACA_SECRET_KEY" in down.reason
             with lock:
                 fake.faults.auth_expired = False
+            answer = await nc.request(subjects.snapshot_request(BrokerName.ALPACA), b"", timeout=10)
+            assert "error" not in json.loads(answer.data)
 
             # One resting order fills at the broker in two parts; the other is cancelled.
             with lock:

@@ -84,8 +84,13 @@ async def test_a_broker_outage_fails_over_and_routing_returns_after_recovery(
     assert {r["status"] for r in failed} == {"failed"}
     assert {r["intent_id"] for r in failed} == {f["intent_id"] for f in failovers}
 
-    # While it is down, the router no longer sends it anything.
+    # While it is down, the router no longer sends it anything, and says why.
     await eventually(lambda: _is(preview_broker(nc), "ibkr"))
+    reply = await nc.request("mbx.api.route.preview", make_intent().model_dump_json().encode(), timeout=5)
+    decision = RoutePreview.model_validate_json(reply.data).decision
+    assert decision is not None
+    excluded = {e.broker: e.reason for e in decision.excluded}
+    assert excluded[BrokerName.ALPACA] == "alpaca is down: alpaca is unreachable (simulated outage)"
     while_down = await burst(3)
     assert set((await filled_everywhere(db, while_down)).values()) == {"ibkr"}
     assert not await fetch_all(db, "SELECT 1 FROM failover_events WHERE intent_id = ANY(:ids)", ids=while_down)

@@ -202,7 +202,7 @@ async def test_a_stopped_executor_takes_its_broker_out_of_routing(
     answer = await eventually(avoided, timeout=2.0)
     assert answer.decision is not None
     down = {e.broker: e for e in answer.decision.excluded}[BrokerName.ALPACA]
-    assert (down.reason_code, down.reason) == ("down", "alpaca is disconnected")
+    assert (down.reason_code, down.reason) == ("down", "alpaca is down: the alpaca executor stopped")
     payload = intent_payload()
     await publish_json(nc, payload)
     [order] = await final_order(db, payload["intent_id"])

@@ -48,6 +48,8 @@ def test_stale_disconnected_and_silent_brokers_are_down() -> None:
     assert reg.get_connected() == [BrokerName.ALPACA]
     assert "6s old" in reg.health(BrokerName.SCHWAB).reason
     assert "disconnected" in reg.health(BrokerName.IBKR).reason
+    refused = registry(status(BrokerName.IBKR, connected=False).model_copy(update={"reason": "keys refused (401)"}))
+    assert refused.health(BrokerName.IBKR).reason == "ibkr is down: keys refused (401)"
     assert "no heartbeat" in reg.health(BrokerName.COINBASE).reason
 
 

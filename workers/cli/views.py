@@ -57,7 +57,7 @@ def _age(moment: datetime) -> str:
 
 def _broker_table(statuses: list[BrokerStatus], timeout: float) -> Table:
     table = Table(title="brokers")
-    for column in ("broker", "state", "latency ms", "error rate", "rate headroom", "last heartbeat"):
+    for column in ("broker", "state", "latency ms", "error rate", "rate headroom", "last heartbeat", "why down"):
         table.add_column(column)
     for s in statuses:
         stale = (datetime.now(UTC) - s.last_seen).total_seconds() > timeout
@@ -69,6 +69,7 @@ def _broker_table(statuses: list[BrokerStatus], timeout: float) -> Table:
             f"{s.error_rate:.0%}",
             f"{s.rate_limit_headroom:.0%}",
             _age(s.last_seen),
+            "" if s.connected and not stale else s.reason,
         )
     return table
 

@@ -110,6 +110,11 @@ class Venue(Protocol):
     @property
     def is_connected(self) -> bool: ...
 
+    @property
+    def down_because(self) -> str:
+        """Why the broker counts as down ("" when it is up), in words an operator can act on."""
+        ...
+
     async def place_order(self, intent: OrderIntent, client_order_id: str) -> VenueOrder: ...
 
     async def locate(

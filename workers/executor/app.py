@@ -165,13 +165,21 @@ class ExecutorWorker(Worker):
 
     def status(self, connected: bool | None = None) -> BrokerStatus:
         stats = self.handlers.stats
+        up = self.venue.is_connected if connected is None else connected
+        if up:
+            reason = ""
+        elif connected is False:
+            reason = f"the {self.venue.broker} executor stopped"
+        else:
+            reason = self.venue.down_because or f"{self.venue.broker} is not connected"
         return BrokerStatus(
             correlation_id=str(self.venue.broker),
             broker=self.venue.broker,
-            connected=self.venue.is_connected if connected is None else connected,
+            connected=up,
             latency_ms=round(stats.latency_ms, 3),
             error_rate=round(stats.error_rate, 4),
             rate_limit_headroom=self._headroom,
+            reason=reason[:500],
         )
 
     async def beat(self, connected: bool | None = None) -> None:
@@ -183,6 +191,8 @@ class ExecutorWorker(Worker):
         await self._status_kv.put(str(self.venue.broker), status.model_dump_json().encode())
         now = time.monotonic()
         if status.connected != self._recorded[0] or now - self._recorded[1] >= SNAPSHOT_INTERVAL:
+            if not status.connected:
+                log.error("broker down", broker=str(self.venue.broker), reason=status.reason)
             await publish(self.js, self.subjects.status(self.venue.broker), status)
             self._recorded = (status.connected, now)
 

@@ -109,7 +109,8 @@ class BrokerRegistry:
         if age > self.heartbeat_timeout:
             return BrokerHealth(False, f"{name}'s last heartbeat is {age:.0f}s old", status.latency_ms)
         if not status.connected:
-            return BrokerHealth(False, f"{name} is disconnected", status.latency_ms)
+            why = f"{name} is down: {status.reason}" if status.reason else f"{name} is disconnected"
+            return BrokerHealth(False, why, status.latency_ms)
         return BrokerHealth(True, "", status.latency_ms, status.rate_limit_headroom, status.error_rate)
 
     def health_map(self) -> Mapping[BrokerName, BrokerHealth]:

@@ -233,7 +233,17 @@ class SimulatedVenue:
 
     @property
     def is_connected(self) -> bool:
-        return self._connected and not self.faults.outage and not self.faults.auth_expired
+        return not self.down_because
+
+    @property
+    def down_because(self) -> str:
+        if not self._connected:
+            return f"{self._broker}: not connected"
+        if self.faults.outage:
+            return f"{self._broker} is unreachable (simulated outage)"
+        if self.faults.auth_expired:
+            return f"{self._broker}: the credentials were refused (simulated); switch the fault off to renew them"
+        return ""
 
     async def connect(self) -> None:
         self._connected = True
