@@ -13,10 +13,12 @@ import httpx
 from contracts import BrokerName
 from tests.fakes.alpaca import FakeAlpaca
 from tests.fakes.coinbase import FakeCoinbase
+from tests.fakes.robinhood import FakeRobinhood
 from tests.fakes.stream import FakeStream, serve_stream, serve_user_stream
 from workers.domain.venue import Venue, VenueOrder
 from workers.venues.alpaca.venue import AlpacaVenue
 from workers.venues.coinbase.venue import CoinbaseVenue
+from workers.venues.robinhood.venue import RobinhoodCryptoVenue
 from workers.venues.simulated.venue import SimulatedVenue
 
 UNKNOWN_SYMBOL = "UNKNOWNX"
@@ -138,10 +140,36 @@ class CoinbaseHarness(FakeBrokerHarness):
         return cls(venue, fake, stream, exits)
 
 
+@dataclass
+class RobinhoodHarness:
+    venue: RobinhoodCryptoVenue
+    fake: FakeRobinhood
+    kind: dict[str, Any] = field(default_factory=lambda: CRYPTO)
+    average_cost_known: bool = False
+    """Robinhood's holdings carry no cost."""
+
+    @classmethod
+    async def start(cls) -> RobinhoodHarness:
+        fake = FakeRobinhood()
+        venue = RobinhoodCryptoVenue(fake.api_key, fake.private_key, transport=httpx.MockTransport(fake.handle))
+        await venue.connect()
+        return cls(venue, fake)
+
+    async def trade(self, order: VenueOrder, quantity: Decimal | None = None) -> None:
+        self.fake.trade(order.broker_order_id, quantity)
+
+    def fault(self, **changes: Any) -> None:
+        self.fake.switch_faults(changes)
+
+    async def close(self) -> None:
+        await self.venue.disconnect()
+
+
 HARNESSES = {
     "simulated": SimulatorHarness.start,
     "alpaca": AlpacaHarness.start,
     "coinbase": CoinbaseHarness.start,
+    "robinhood_crypto": RobinhoodHarness.start,
 }
 STREAMING = {"alpaca": AlpacaHarness.start, "coinbase": CoinbaseHarness.start}
 """The venues whose broker streams order changes (the simulator is polled)."""

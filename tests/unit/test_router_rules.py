@@ -13,6 +13,7 @@ from tests.builders import CRYPTO, FRACTIONAL, NOTIONAL, OPTION, make_intent
 from workers.domain.config import MbxConfig, parse_config
 from workers.router.registry import BrokerHealth
 from workers.router.rules import MarketView, Rejection, route
+from workers.venues.factory import resolve_config
 
 
 def decide(config: MbxConfig | None = None, reference_price: str | None = None, **overrides: Any) -> RouteDecision:
@@ -127,3 +128,27 @@ def test_a_broker_near_its_rate_limit_is_skipped_only_while_another_can_take_the
     alone = parse_config({"brokers": {"alpaca": {}}})
     waiting = route(make_intent(), alone, market=MarketView(health={BrokerName.ALPACA: health(0.01)}))
     assert isinstance(waiting, RouteDecision) and waiting.broker is BrokerName.ALPACA
+
+
+def test_a_crypto_only_robinhood_sends_fractional_equities_to_the_next_broker_and_says_why() -> None:
+    """With the robinhood_crypto adapter Robinhood takes only crypto: fractional equity, whose
+    smart default it is, goes to the next eligible broker, and the decision names the reason."""
+    keys = {"api_key": "k", "private_key": "p"}
+    config = resolve_config(
+        parse_config(
+            {
+                "brokers": {
+                    "alpaca": {},
+                    "robinhood": {"adapter": "robinhood_crypto", "credentials": keys},
+                    "coinbase": {},
+                }
+            }
+        )
+    )
+    decision = decide(config, **FRACTIONAL)
+    assert decision.broker is BrokerName.ALPACA
+    robinhood = {e.broker: e for e in decision.excluded}[BrokerName.ROBINHOOD]
+    assert robinhood.reason_code == "unsupported_asset"
+    assert robinhood.reason == "robinhood takes only crypto here (brokers.robinhood.assets, adapter robinhood_crypto)"
+    assert "robinhood (the default) is not eligible" in decision.reason
+    assert decide(config, **CRYPTO, broker="robinhood").broker is BrokerName.ROBINHOOD  # crypto still goes there

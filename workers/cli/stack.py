@@ -30,13 +30,14 @@ def runnable_config(live: bool = False) -> tuple[Settings, MbxConfig]:
     """Settings and config, with every adapter and quote source they name known and their
     credentials set (checked before anything starts, so a typo stops `mbx up` at once with the
     key named), and real money traded only with the opt-in (``--live`` or ``MBX_LIVE=1``)."""
-    from workers.venues.factory import check_config, live_brokers, live_refusal  # noqa: PLC0415
+    from workers.venues.factory import check_config, live_brokers, live_refusal, resolve_config  # noqa: PLC0415
 
     settings, config = settings_and_config()
     try:
         check_config(config)
     except ConfigError as exc:
         fail(f"invalid configuration: {exc}", EXIT_USAGE)
+    config = resolve_config(config)
     allowed = live or settings.live
     refusal = live_refusal(config, allowed)
     if refusal:

@@ -67,6 +67,11 @@ class BrokerConfig(_Strict):
         pattern=r"^https?://",
         description="The broker API's address; unset = the broker's own (paper or live, by paper_trading).",
     )
+    assets: list[AssetClass] | None = Field(
+        default=None,
+        description="The asset classes routed to this broker; unset = all its adapter trades "
+        "(an adapter that trades fewer sets it, e.g. robinhood_crypto: [crypto]).",
+    )
     stream_url: str | None = Field(
         default=None,
         pattern=r"^wss?://",

@@ -57,6 +57,13 @@ def capability_exclusion(intent: OrderIntent, broker: BrokerName, config: MbxCon
         return ExcludedBroker(
             broker=broker, reason_code="unsupported_asset", reason=f"{broker} does not trade {intent.asset_class}"
         )
+    if broker_config.assets is not None and intent.asset_class not in broker_config.assets:
+        taken = ", ".join(str(a) for a in broker_config.assets) or "nothing"
+        return ExcludedBroker(
+            broker=broker,
+            reason_code="unsupported_asset",
+            reason=f"{broker} takes only {taken} here (brokers.{broker}.assets, adapter {broker_config.adapter})",
+        )
     asset = intent.asset_class
     unsupported = (
         (intent.order_type not in support.order_types, "order_type", f"has no {intent.order_type} orders for {asset}"),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from nats.js import JetStreamContext
 from pydantic import SecretStr
 
-from contracts import BrokerName
+from contracts import AssetClass, BrokerName
 from workers.domain.capabilities import CAPABILITIES
 from workers.domain.config import BrokerConfig, ConfigError, MbxConfig
 from workers.domain.quotes import QuoteSource
@@ -28,6 +28,8 @@ from workers.venues.coinbase.quotes import CoinbaseQuoteSource
 from workers.venues.coinbase.venue import BASE_URL as COINBASE_URL
 from workers.venues.coinbase.venue import USER_STREAM_URL as COINBASE_STREAM_URL
 from workers.venues.coinbase.venue import CoinbaseVenue
+from workers.venues.robinhood.venue import BASE_URL as ROBINHOOD_URL
+from workers.venues.robinhood.venue import RobinhoodCryptoVenue
 from workers.venues.simulated.book import KvOrderBook
 from workers.venues.simulated.quotes import SimulatedQuoteSource
 from workers.venues.simulated.venue import SimulatedVenue
@@ -78,17 +80,53 @@ def _coinbase(broker: BrokerName, config: MbxConfig, context: VenueContext) -> V
     )
 
 
-ADAPTERS: dict[str, Callable[..., Venue]] = {"simulated": _simulated, "alpaca": _alpaca, "coinbase": _coinbase}
-BROKER_OF_ADAPTER: dict[str, BrokerName] = {"alpaca": BrokerName.ALPACA, "coinbase": BrokerName.COINBASE}
+def _robinhood_crypto(broker: BrokerName, config: MbxConfig, context: VenueContext) -> Venue:
+    """Robinhood's Crypto Trading API (crypto only; no paper environment: real money)."""
+    settings = config.brokers[broker]
+    api_key, private_key = _credentials(broker, config, "api_key", "private_key")
+    return RobinhoodCryptoVenue(
+        api_key, private_key, base_url=settings.base_url or ROBINHOOD_URL, timeout_s=settings.request_timeout_s
+    )
+
+
+ADAPTERS: dict[str, Callable[..., Venue]] = {
+    "simulated": _simulated,
+    "alpaca": _alpaca,
+    "coinbase": _coinbase,
+    "robinhood_crypto": _robinhood_crypto,
+}
+BROKER_OF_ADAPTER: dict[str, BrokerName] = {
+    "alpaca": BrokerName.ALPACA,
+    "coinbase": BrokerName.COINBASE,
+    "robinhood_crypto": BrokerName.ROBINHOOD,
+}
+ADAPTER_ASSETS: dict[str, list[AssetClass]] = {"robinhood_crypto": [AssetClass.CRYPTO]}
+"""Adapters that trade fewer asset classes than the broker: routing sends them only these."""
 """Which broker each real adapter talks to (the simulator plays any)."""
 PAPER_ENDPOINT: frozenset[str] = frozenset({"alpaca"})
 """Real adapters whose broker has a paper environment (the others trade real money)."""
-CREDENTIALS: dict[str, tuple[str, ...]] = {"alpaca": ("api_key", "secret_key"), "coinbase": ("api_key", "api_secret")}
+CREDENTIALS: dict[str, tuple[str, ...]] = {
+    "alpaca": ("api_key", "secret_key"),
+    "coinbase": ("api_key", "api_secret"),
+    "robinhood_crypto": ("api_key", "private_key"),
+}
 
 
 def _credentials(broker: BrokerName, config: MbxConfig, *names: str) -> tuple[str, ...]:
     held = config.brokers[broker].credentials
     return tuple(held[name].get_secret_value() for name in names)
+
+
+def resolve_config(config: MbxConfig) -> MbxConfig:
+    """The config with each broker's ``assets`` narrowed to what its adapter trades, so the
+    router (which reads only the config) never sends a broker what its adapter cannot place."""
+    brokers = dict(config.brokers)
+    for name, broker in config.brokers.items():
+        only = ADAPTER_ASSETS.get(broker.adapter)
+        if only is not None:
+            wanted = broker.assets if broker.assets is not None else only
+            brokers[name] = broker.model_copy(update={"assets": [a for a in wanted if a in only]})
+    return config.model_copy(update={"brokers": brokers})
 
 
 def live_brokers(config: MbxConfig) -> list[str]:
@@ -160,6 +198,10 @@ def check_config(config: MbxConfig) -> None:
             known = ", ".join(sorted(ADAPTERS))
             problems.append(f"brokers.{name}.adapter: unknown adapter {broker.adapter!r} (known: {known})")
             continue
+        only = ADAPTER_ASSETS.get(broker.adapter)
+        beyond = [str(a) for a in broker.assets or [] if only is not None and a not in only]
+        if beyond:
+            problems.append(f"brokers.{name}.assets: the {broker.adapter} adapter does not trade {', '.join(beyond)}")
         talks_to = BROKER_OF_ADAPTER.get(broker.adapter)
         if talks_to is not None and talks_to != name:
             problems.append(f"brokers.{name}.adapter: {broker.adapter!r} is {talks_to}'s adapter")

@@ -1,0 +1,73 @@
+"""What is Robinhood Crypto's own: an Ed25519 signature over the exact request, UUID client
+order ids, lookups by listing through pages, crypto only, and no paper environment."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import pytest
+
+from tests.builders import CRYPTO, FRACTIONAL, make_intent
+from tests.fakes.robinhood import FakeRobinhood, new_key_pair
+from workers.domain.config import parse_config
+from workers.domain.venue import VenueAuthFailed, VenueRejected
+from workers.venues.factory import live_refusal, resolve_config
+from workers.venues.robinhood.venue import RobinhoodCryptoVenue, Signer, client_order_id
+
+
+def test_the_signature_covers_key_time_path_method_and_body() -> None:
+    private, public = new_key_pair()
+    signer = Signer("rh-api-key", private)
+    body = '{"symbol": "BTC-USD"}'
+    headers = signer.headers("/api/v1/crypto/trading/orders/", "POST", body, now=1_700_000_000)
+    assert (headers["x-api-key"], headers["x-timestamp"]) == ("rh-api-key", "1700000000")
+    message = "rh-api-key1700000000/api/v1/crypto/trading/orders/POST" + body
+    assert signer.message(1_700_000_000, "/api/v1/crypto/trading/orders/", "POST", body) == message
+    public.verify(base64.b64decode(headers["x-signature"]), message.encode())  # raises if wrong
+    with pytest.raises(VenueAuthFailed) as bad:
+        Signer("rh-api-key", "not base64 at all!")
+    assert "not base64" not in str(bad.value)
+
+
+def test_an_intent_always_gets_the_same_uuid_client_id() -> None:
+    assert client_order_id("intent-1") == client_order_id("intent-1") != client_order_id("intent-2")
+    assert len(client_order_id("intent-1")) == 36
+
+
+async def test_a_wrong_signature_is_refused() -> None:
+    fake = FakeRobinhood()
+    other, _ = new_key_pair()
+    venue = RobinhoodCryptoVenue(fake.api_key, other, transport=httpx.MockTransport(fake.handle))
+    await venue.connect()
+    intent = make_intent(**CRYPTO)
+    with pytest.raises(VenueAuthFailed):
+        await venue.place_order(intent, intent.intent_id)
+    assert fake.orders == {} and not venue.is_connected
+    await venue.disconnect()
+
+
+async def test_an_order_is_found_across_pages_and_equities_are_refused() -> None:
+    fake = FakeRobinhood()
+    venue = RobinhoodCryptoVenue(fake.api_key, fake.private_key, transport=httpx.MockTransport(fake.handle))
+    await venue.connect()
+    intents = [make_intent(**CRYPTO) for _ in range(5)]
+    placed = [await venue.place_order(i, i.intent_id) for i in intents]
+    found = await venue.locate(intents[-1], intents[-1].intent_id, placed[0].submitted_at or placed[-1].submitted_at)  # type: ignore[arg-type]
+    assert found is not None and found.broker_order_id == placed[-1].broker_order_id
+    assert sum(1 for method, path in fake.requests if method == "GET" and path == "/trading/orders/") == 3
+    with pytest.raises(VenueRejected) as equity:
+        await venue.place_order(make_intent(**FRACTIONAL), "e-1")
+    assert equity.value.reason_code == "unsupported_asset" and not equity.value.order_specific
+    await venue.disconnect()
+
+
+def test_the_adapter_restricts_routing_to_crypto_and_needs_the_live_opt_in() -> None:
+    raw = {
+        "brokers": {"robinhood": {"adapter": "robinhood_crypto", "credentials": {"api_key": "k", "private_key": "p"}}}
+    }
+    config = resolve_config(parse_config(raw))
+    assert config.brokers["robinhood"].assets == ["crypto"]
+    assert live_refusal(config, allowed=False) == (
+        "refusing to start: robinhood would trade real money; start with --live (or MBX_LIVE=1) to allow it"
+    )
