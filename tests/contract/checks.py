@@ -218,3 +218,16 @@ async def the_stream_reports_changes_and_comes_back_after_a_drop(h: StreamingHar
 
 
 STREAM_CHECKS = [the_stream_reports_changes_and_comes_back_after_a_drop]
+
+
+async def a_large_market_order_fills_in_lots(h: Harness) -> None:
+    """Several executions of one order, each kept with its own id."""
+    h.fault(lot_size="2")
+    intent = make_intent(**h.kind, quantity="5")
+    order = await h.venue.place_order(intent, intent.intent_id)
+    h.fault(lot_size=None)
+    assert order.status is OrderStatus.FILLED and [f.quantity for f in order.fills] == [2, 2, 1]
+    assert len({f.fill_id for f in order.fills}) == 3
+
+
+CHECKS.append(a_large_market_order_fills_in_lots)

@@ -43,7 +43,8 @@ def _now() -> str:
 
 @dataclass
 class FakeFaults:
-    """The fault switches every fake broker has (the simulator's, by the same names)."""
+    """The fault switches every fake broker has: the simulator's, by the same names (all but
+    latency_ms: a fake answers at once), plus 429s and expired keys."""
 
     outage: bool = False
     timeouts_after_accept: int = 0
@@ -51,12 +52,23 @@ class FakeFaults:
     hidden_lookups: int = 0
     rate_limited_next: int = 0
     auth_expired: bool = False
+    unknown_symbols: list[str] = field(default_factory=lambda: ["UNKNOWNX"])
+    """Symbols the broker does not list (its refusal is order-specific)."""
+    lot_size: Decimal | None = None
+    """Marketable orders larger than this fill in several executions of at most this size."""
+
+    def lots(self, quantity: Decimal) -> list[Decimal]:
+        """The executions a marketable order of ``quantity`` fills in."""
+        if self.lot_size is None or quantity <= self.lot_size:
+            return [quantity]
+        whole, rest = divmod(quantity, self.lot_size)
+        return [self.lot_size] * int(whole) + ([rest] if rest else [])
 
     def switch(self, changes: dict[str, Any]) -> dict[str, Any]:
         for name, value in changes.items():
             if not hasattr(self, name):
                 raise ValueError(f"unknown fault {name!r}")
-            setattr(self, name, value)
+            setattr(self, name, Decimal(str(value)) if name == "lot_size" and value is not None else value)
         return dict(self.__dict__)
 
     def network(self, request: httpx.Request) -> int | None:
@@ -152,7 +164,7 @@ class FakeAlpaca:
             self.faults.reject_next -= 1
             return _error(403, 40310000, "insufficient buying power")
         symbol = str(body["symbol"])
-        if symbol.startswith("UNKNOWN"):
+        if symbol in self.faults.unknown_symbols:
             return _error(422, 42210000, f'asset "{symbol}" not found')
         crypto = "/" in symbol
         quote = self.quotes.quote(symbol.replace("/", "-"))
@@ -189,7 +201,8 @@ class FakeAlpaca:
         self._publish("new", order)
         marketable = limit is None or (limit >= touch if side == "buy" else limit <= touch)
         if body["type"] == "market" or (body["type"] == "limit" and marketable):
-            self._execute(order, qty, touch)
+            for lot in self.faults.lots(qty):
+                self._execute(order, lot, touch)
         return _json(order)
 
     def trade(self, order_id: str, qty: Decimal | None = None) -> dict[str, Any]:

@@ -144,7 +144,7 @@ class FakeCoinbase:
             self.faults.reject_next -= 1
             return self._failed("INSUFFICIENT_FUND", "Insufficient balance in source account")
         product = str(body["product_id"])
-        if product.startswith("UNKNOWN"):
+        if product in self.faults.unknown_symbols:
             return self._failed("UNKNOWN_PRODUCT_ID", f"product {product} is not listed")
         kind, configured = next(iter(body["order_configuration"].items()))
         quote = self.quotes.quote(product)
@@ -178,7 +178,8 @@ class FakeCoinbase:
         self.by_client_id[cid] = order["order_id"]
         self._changed(order)
         if limit is None or (limit >= touch if side == "BUY" else limit <= touch):
-            self._execute(order, base, touch, TAKER)
+            for lot in self.faults.lots(base):
+                self._execute(order, lot, touch, TAKER)
         return self._created(order)
 
     def _created(self, order: dict[str, Any]) -> httpx.Response:

@@ -134,7 +134,7 @@ class FakeRobinhood:
             self.faults.reject_next -= 1
             return _invalid("non_field_errors", "Insufficient buying power.")
         symbol = str(body["symbol"])
-        if symbol.startswith("UNKNOWN"):
+        if symbol in self.faults.unknown_symbols:
             return _invalid("symbol", "Invalid symbol.")
         config = body.get("limit_order_config") or body.get("market_order_config") or {}
         quote = self.quotes.quote(symbol)
@@ -168,7 +168,8 @@ class FakeRobinhood:
         self.orders[order["id"]] = order
         self.by_client_id[cid] = order["id"]
         if limit is None or (limit >= touch if body["side"] == "buy" else limit <= touch):
-            self._execute(order, size, touch)
+            for lot in self.faults.lots(size):
+                self._execute(order, lot, touch)
         return httpx.Response(201, json=order)
 
     def trade(self, order_id: str, qty: Decimal | None = None) -> dict[str, Any]:
