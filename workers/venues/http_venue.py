@@ -33,6 +33,10 @@ class StreamRefused(Exception):
 class HttpVenue:
     broker: BrokerName
     renew_hint = ""
+    read_prefix = ""
+    """Put before the paths ``_get`` reads."""
+    not_found: tuple[int, ...] = (404,)
+    """Answers to a read that mean "no such thing" (None), not a failure."""
 
     def __init__(
         self,
@@ -104,6 +108,14 @@ class HttpVenue:
             raise VenueAuthFailed(self._down_because)
         self._down_because = ""
         return response
+
+    async def _get(self, path: str, **params: Any) -> Any:
+        """A read: its JSON, or None when the broker has no such thing."""
+        response = await self._send("GET", self.read_prefix + path, params=params or None)
+        if response.status_code in self.not_found:
+            return None
+        response.raise_for_status()
+        return response.json()
 
     async def _follow(
         self,

@@ -68,13 +68,6 @@ class AlpacaVenue(HttpVenue):
     async def _probe(self) -> None:
         await self._get("/v2/account")
 
-    async def _get(self, path: str, **params: Any) -> Any:
-        response = await self._send("GET", path, params=params or None)
-        if response.status_code == 404:
-            return None
-        response.raise_for_status()
-        return response.json()
-
     async def place_order(self, intent: OrderIntent, client_order_id: str) -> VenueOrder:
         response = await self._send("POST", "/v2/orders", json=wire.order_request(intent, client_order_id))
         if response.status_code in (200, 201):

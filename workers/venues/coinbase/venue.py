@@ -49,6 +49,8 @@ class CoinbaseVenue(HttpVenue):
 
     broker = BrokerName.COINBASE
     renew_hint = "COINBASE_API_KEY / COINBASE_API_SECRET"
+    read_prefix = PREFIX
+    not_found = (400, 404)
 
     def __init__(
         self,
@@ -71,13 +73,6 @@ class CoinbaseVenue(HttpVenue):
     def _sign_request(self, request: httpx.Request) -> None:
         token = self._signer.token(request.method, self._host, request.url.path)
         request.headers["Authorization"] = f"Bearer {token}"
-
-    async def _get(self, path: str, **params: Any) -> Any:
-        response = await self._send("GET", PREFIX + path, params=params or None)
-        if response.status_code in (400, 404):
-            return None
-        response.raise_for_status()
-        return response.json()
 
     async def place_order(self, intent: OrderIntent, client_order_id: str) -> VenueOrder:
         response = await self._send("POST", PREFIX + "/orders", json=wire.order_request(intent, client_order_id))

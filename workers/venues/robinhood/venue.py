@@ -113,13 +113,6 @@ class RobinhoodCryptoVenue(HttpVenue):
     async def _probe(self) -> None:
         await self._get("/api/v1/crypto/trading/accounts/")
 
-    async def _get(self, path: str, **params: Any) -> Any:
-        response = await self._send("GET", path, params=params or None)
-        if response.status_code == 404:
-            return None
-        response.raise_for_status()
-        return response.json()
-
     async def place_order(self, intent: OrderIntent, client_order_id_: str) -> VenueOrder:
         if intent.asset_class is not AssetClass.CRYPTO:
             raise VenueRejected(
