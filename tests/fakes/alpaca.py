@@ -56,6 +56,27 @@ class FakeFaults:
     """Symbols the broker does not list (its refusal is order-specific)."""
     lot_size: Decimal | None = None
     """Marketable orders larger than this fill in several executions of at most this size."""
+    lagging_fills: int = 0
+    """The next N reads of executions miss the latest one, as a broker's lists lag its orders."""
+    unreadable_after_place: bool = False
+    """The read right after the next placement fails with a 503 (the order exists all the same)."""
+    _failing_reads: int = 0
+
+    def placed(self) -> None:
+        if self.unreadable_after_place:
+            self.unreadable_after_place, self._failing_reads = False, 1
+
+    def read_fails(self, request: httpx.Request) -> bool:
+        if request.method == "GET" and self._failing_reads > 0:
+            self._failing_reads -= 1
+            return True
+        return False
+
+    def lag(self, fills: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.lagging_fills > 0 and fills:
+            self.lagging_fills -= 1
+            return fills[:-1]
+        return fills
 
     def lots(self, quantity: Decimal) -> list[Decimal]:
         """The executions a marketable order of ``quantity`` fills in."""
@@ -116,6 +137,8 @@ class FakeAlpaca:
         reset = self.faults.network(request)
         if reset is not None:
             return _error(429, 42910000, "rate limit exceeded", {"X-RateLimit-Reset": str(reset)})
+        if self.faults.read_fails(request):
+            return _error(503, 50300000, "service unavailable")
         if self.faults.auth_expired or (
             request.headers.get("APCA-API-KEY-ID"),
             request.headers.get("APCA-API-SECRET-KEY"),
@@ -125,6 +148,8 @@ class FakeAlpaca:
         path, method = request.url.path, request.method
         if path == "/v2/orders" and method == "POST":
             response = self._place(json.loads(request.content))
+            if response.status_code == 200:
+                self.faults.placed()
             if response.status_code == 200 and self.faults.timeouts_after_accept > 0:
                 self.faults.timeouts_after_accept -= 1
                 raise httpx.ReadTimeout("the reply was lost", request=request)
@@ -320,7 +345,9 @@ class FakeAlpaca:
         after = _parse_time(params["after"]) if params.get("after") else None
         page_size = int(params.get("page_size", 100))
         token = params.get("page_token")
-        rows = [a for a in self.activities if after is None or _parse_time(a["transaction_time"]) > after]
+        rows = self.faults.lag(
+            [a for a in self.activities if after is None or _parse_time(a["transaction_time"]) > after]
+        )
         if token:
             ids = [a["id"] for a in rows]
             rows = rows[ids.index(token) + 1 :] if token in ids else []

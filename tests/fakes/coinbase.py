@@ -90,6 +90,8 @@ class FakeCoinbase:
         reset = self.faults.network(request)
         if reset is not None:
             return httpx.Response(429, json={"error": "rate_limit_exceeded"}, headers={"x-ratelimit-reset": str(reset)})
+        if self.faults.read_fails(request):
+            return httpx.Response(503, json={"error": "unavailable", "message": "service unavailable"})
         path, method = request.url.path.removeprefix(PREFIX), request.method
         if path.startswith("/market/products/") and path.endswith("/ticker") and method == "GET":
             self.requests.append((method, path))
@@ -99,6 +101,8 @@ class FakeCoinbase:
         self.requests.append((method, path))
         if path == "/orders" and method == "POST":
             response = self._place(json.loads(request.content))
+            if json.loads(response.content).get("success"):
+                self.faults.placed()
             if json.loads(response.content).get("success") and self.faults.timeouts_after_accept > 0:
                 self.faults.timeouts_after_accept -= 1
                 raise httpx.ReadTimeout("the reply was lost", request=request)
@@ -109,7 +113,8 @@ class FakeCoinbase:
             return self._list(request.url.params)
         if path == "/orders/historical/fills" and method == "GET":
             ids = set(request.url.params.get_list("order_ids"))
-            return httpx.Response(200, json={"fills": [f for f in self.fills if f["order_id"] in ids], "cursor": ""})
+            fills = self.faults.lag([f for f in self.fills if f["order_id"] in ids])
+            return httpx.Response(200, json={"fills": fills, "cursor": ""})
         if path.startswith("/orders/historical/") and method == "GET":
             order = self.orders.get(path.rsplit("/", 1)[1])
             if order is None:

@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Any
 
 import httpx
 import structlog
 import websockets
 
-from contracts import AssetClass, BrokerName
+from contracts import AssetClass, BrokerName, OrderStatus
 from workers.domain.capabilities import CAPABILITIES, VenueCapabilities
-from workers.domain.venue import VenueAuthFailed, VenueRateLimited, VenueUnavailable
+from workers.domain.venue import (
+    VenueAmbiguous,
+    VenueAuthFailed,
+    VenueError,
+    VenueOrder,
+    VenueRateLimited,
+    VenueUnavailable,
+)
 from workers.venues.http import error_text, make_client, send
 
 log = structlog.get_logger("mbx.venues")
@@ -151,3 +159,25 @@ class HttpVenue:
                 )
             await asyncio.sleep(pause)
             pause = min(pause * 2, STREAM_BACKOFF[1])
+
+
+def as_far_as_known(order: VenueOrder) -> VenueOrder:
+    """The order as far as its executions are known. A broker's execution list can lag its
+    order totals: an order shown filled (or ended) before all its executions are listed is
+    reported as still partly filled, so it stays working in the ledger and the missing
+    executions are reported when they appear, never lost behind a final report."""
+    known = sum((f.quantity for f in order.fills), Decimal(0))
+    if known >= order.filled_quantity:
+        return order
+    order.filled_quantity = known
+    order.status = OrderStatus.PARTIALLY_FILLED if known > 0 else OrderStatus.ACCEPTED
+    return order
+
+
+async def read_after_placing(read: Callable[[], Awaitable[VenueOrder | None]], broker: str) -> VenueOrder | None:
+    """Read an order the broker just accepted. A failure to read it is not a failure to place
+    it: the outcome is ambiguous (the executor looks it up), never "did not reach the broker"."""
+    try:
+        return await read()
+    except VenueError as exc:
+        raise VenueAmbiguous(f"{broker} accepted the order but it could not be read back: {exc}") from exc

@@ -33,7 +33,7 @@ from workers.domain.venue import (
 )
 from workers.venues.alpaca import wire
 from workers.venues.http import error_text
-from workers.venues.http_venue import HttpVenue, StreamRefused
+from workers.venues.http_venue import HttpVenue, StreamRefused, as_far_as_known, read_after_placing
 
 log = structlog.get_logger("mbx.alpaca")
 
@@ -71,7 +71,10 @@ class AlpacaVenue(HttpVenue):
     async def place_order(self, intent: OrderIntent, client_order_id: str) -> VenueOrder:
         response = await self._send("POST", "/v2/orders", json=wire.order_request(intent, client_order_id))
         if response.status_code in (200, 201):
-            return await self._with_fills(response.json())
+            placed = response.json()
+            order = await read_after_placing(lambda: self._with_fills(placed), "alpaca")
+            assert order is not None
+            return order
         reason = error_text(response)
         code = _code(response)
         if response.status_code == 422 and code == DUPLICATE_CLIENT_ID:
@@ -119,7 +122,7 @@ class AlpacaVenue(HttpVenue):
         order = wire.parse_order(data)
         if order.filled_quantity > 0:
             order.fills = await self._fills(order)
-        return order
+        return as_far_as_known(order)
 
     async def _fills(self, order: VenueOrder) -> list[VenueFill]:
         after = (order.submitted_at - timedelta(seconds=1)).isoformat() if order.submitted_at else None

@@ -33,7 +33,7 @@ from workers.domain.venue import (
 from workers.venues.coinbase import wire
 from workers.venues.coinbase.auth import Signer
 from workers.venues.http import error_text
-from workers.venues.http_venue import HttpVenue, StreamRefused
+from workers.venues.http_venue import HttpVenue, StreamRefused, as_far_as_known, read_after_placing
 
 log = structlog.get_logger("mbx.coinbase")
 
@@ -99,7 +99,7 @@ class CoinbaseVenue(HttpVenue):
                 order_specific=True,
             )
         order_id = str(placed.get("order_id") or body.get("order_id"))
-        order = await self.get_order(order_id)
+        order = await read_after_placing(lambda: self.get_order(order_id), "coinbase")
         if order is None:  # accepted, not readable yet: known by its id
             return VenueOrder(order_id, client_order_id, wire.STATUSES["PENDING"], intent.quantity or Decimal(0))
         return order
@@ -227,7 +227,7 @@ class CoinbaseVenue(HttpVenue):
         order = wire.parse_order(data)
         if order.filled_quantity > 0:
             order.fills = await self._fills(order.broker_order_id)
-        return order
+        return as_far_as_known(order)
 
     async def _fills(self, order_id: str) -> list[VenueFill]:
         fills: list[VenueFill] = []
