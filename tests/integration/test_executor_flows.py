@@ -4,6 +4,7 @@ recovery, the shared rate budget, cancels, reconciliation on start, snapshots an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from decimal import Decimal
 from typing import Any
@@ -352,3 +353,63 @@ async def test_the_poller_and_a_cancel_racing_on_one_order_report_every_change(
 async def _order_in(db: AsyncEngine, intent_id: str, status: str) -> list[Any]:
     rows = await fetch_all(db, "SELECT * FROM orders WHERE intent_id = :i AND status = :s", i=intent_id, s=status)
     return rows
+
+
+async def test_a_stale_route_delivery_never_records_a_state_whose_report_lost_its_number(
+    pipeline: Pipeline, nc: NatsClient
+) -> None:
+    """The chaos test's race: a cancel reports a partly filled order cancelled (report 2) while a
+    redelivered route, which saw the order only partly filled, records it. The route's report 2
+    loses its number to the cancel's; it must not record "partially filled" under it (which made
+    the cancel report "cancelled" a second time, as report 3). One final report, whoever wins."""
+    from workers.executor.app import ExecutorWorker
+
+    payload = intent_payload(order_type="limit", limit_price="1.00", strategy_id="stale")
+    await publish_json(nc, payload, strategy="stale")
+    venue = pipeline.venues[BrokerName.ALPACA]
+    [executor] = [w for w in pipeline.workers if isinstance(w, ExecutorWorker) and w.venue.broker == "alpaca"]
+    handlers = executor.handlers
+
+    async def working() -> Any:
+        entry = await executor.ledger.get(payload["intent_id"])
+        return entry if entry is not None and entry.working else None
+
+    accepted = await eventually(working)
+    known, revision = await executor.ledger.get_versioned(payload["intent_id"])
+    assert known is not None and known.decision is not None
+    await venue.trade(accepted.broker_order_id, Decimal(4))
+    partial = await venue.get_order(accepted.broker_order_id)
+    assert partial is not None and partial.status is OrderStatus.PARTIALLY_FILLED
+
+    # The stale route delivery records what it saw just after the cancel published its reports
+    # and just before the cancel records them.
+    put = executor.ledger.put
+    stale_done = False
+
+    async def put_after_the_stale_delivery(*args: Any, **kwargs: Any) -> int:
+        nonlocal stale_done
+        if not stale_done:
+            stale_done = True
+            with contextlib.suppress(Exception):  # it may ask for a redelivery: fine
+                await handlers._record_order(known.decision, partial, known, revision)
+        return await put(*args, **kwargs)
+
+    executor.ledger.put = put_after_the_stale_delivery  # type: ignore[method-assign]
+    try:
+        await handlers.cancel(
+            CancelRequest(intent_id=payload["intent_id"], strategy_id="stale", reason="race"), delivery=1
+        )
+    finally:
+        executor.ledger.put = put  # type: ignore[method-assign]
+    assert stale_done
+    final = await executor.ledger.get(payload["intent_id"])
+    assert final is not None and (final.status, final.filled_quantity) == (OrderStatus.CANCELLED, 4)
+    reports = [
+        json.loads(m)
+        for m in await stream_messages(nc, "EXECUTIONS", "mbx.exec.alpaca.>")
+        if json.loads(m)["intent_id"] == payload["intent_id"]
+    ]
+    finals = [r for r in reports if r["final"]]
+    assert [r["status"] for r in finals] == ["cancelled"], reports
+    seqs = [r["report_seq"] for r in reports]
+    assert len(seqs) == len(set(seqs))

@@ -280,8 +280,8 @@ class ExecutorHandlers:
     async def _record_order(
         self, decision: RouteDecision, order: VenueOrder, known: LedgerEntry | None, revision: int
     ) -> None:
-        """Report a newly placed order (accepted, its fills, where it stands now) and write it to
-        the ledger, together: both happen before the route is acked, and a redelivery reports
+        """Report a newly placed order (accepted, its fills, where it stands now), then write it to
+        the ledger: both happen before the route is acked, and a redelivery reports
         the order again whatever the ledger says (the stream drops the duplicates). ``known``
         and ``revision`` are the ledger entry this delivery read (the write is a compare-and-set
         against it)."""
@@ -297,16 +297,17 @@ class ExecutorHandlers:
             and known.broker_order_id == order.broker_order_id
             and known.report_seq >= updated.report_seq
         )
-        emitted = self._emit_all(decision, [accepted, *changes])
-        if further:
-            conflicts, wrote = await emitted, True
-        else:
-            conflicts, revision = await asyncio.gather(emitted, self.ledger.put(updated, known, revision=revision))
-            wrote = revision > 0
+        # Published first, recorded after: an entry must never record a state whose report lost
+        # its sequence number to another writer's report (the chaos test caught a stale route
+        # delivery recording "partially filled" under a number a cancel had already used).
+        conflicts = await self._emit_all(decision, [accepted, *changes])
         if conflicts:
             # Some of these numbers were taken by reports of later states: report from the ledger.
             await self.advance(decision.intent_id, order)
-        elif not wrote:
+            return
+        if further:
+            return
+        if not await self.ledger.put(updated, known, revision=revision):
             # Another writer changed the entry meanwhile: deliver the route again, which reports
             # the same messages (deduplicated) and records them on the entry as it now stands.
             raise OutcomeUnknown(f"the ledger entry of {decision.intent_id} changed while the order was recorded")
