@@ -115,7 +115,7 @@ ALPACA_KEYS = "    credentials: {api_key: '${ALPACA_API_KEY}', secret_key: '${AL
     [
         (
             "brokers:\n  alpaca:\n    adapter: nonsense\n",
-            "brokers.alpaca.adapter: unknown adapter 'nonsense' (known: alpaca, coinbase, simulated)",
+            "brokers.alpaca.adapter: unknown adapter 'nonsense' (known: alpaca, coinbase, robinhood_crypto, simulated)",
         ),
         (
             "market_data:\n  source: nonsense\n",

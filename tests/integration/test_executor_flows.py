@@ -4,6 +4,7 @@ recovery, the shared rate budget, cancels, reconciliation on start, snapshots an
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 from decimal import Decimal
@@ -413,3 +414,40 @@ async def test_a_stale_route_delivery_never_records_a_state_whose_report_lost_it
     assert [r["status"] for r in finals] == ["cancelled"], reports
     seqs = [r["report_seq"] for r in reports]
     assert len(seqs) == len(set(seqs))
+
+
+async def test_an_order_whose_first_reports_went_out_unrecorded_is_still_recorded(
+    pipeline: Pipeline, nc: NatsClient
+) -> None:
+    """A delivery published "accepted" and died before writing the ledger; the order then part
+    filled. The next delivery's reports differ from what is out (report 1 was built from the
+    unfilled order): it still records the order, then reports what changed, so a cancel or the
+    poller can find it."""
+    from workers.executor.app import ExecutorWorker
+
+    payload = intent_payload(order_type="limit", limit_price="1.00", strategy_id="unrecorded")
+    await publish_json(nc, payload, strategy="unrecorded")
+    venue = pipeline.venues[BrokerName.ALPACA]
+    [executor] = [w for w in pipeline.workers if isinstance(w, ExecutorWorker) and w.venue.broker == "alpaca"]
+
+    async def working() -> Any:
+        entry = await executor.ledger.get(payload["intent_id"])
+        return entry if entry is not None and entry.working else None
+
+    recorded = await eventually(working)
+    decision = recorded.decision
+    assert decision is not None
+    # As if the ledger write never happened (the delivery died after publishing).
+    kv = await nc.jetstream().key_value(pipeline.settings.topology.order_ledger_bucket)
+    for key in await kv.keys():
+        if key.endswith(base64.urlsafe_b64encode(payload["intent_id"].encode()).decode().rstrip("=")):
+            await kv.purge(key)
+    assert await executor.ledger.get(payload["intent_id"]) is None
+    await venue.trade(recorded.broker_order_id, Decimal(4))
+    partial = await venue.get_order(recorded.broker_order_id)
+    assert partial is not None
+
+    await executor.handlers._record_order(decision, partial, None, 0)
+    entry = await executor.ledger.get(payload["intent_id"])
+    assert entry is not None and entry.working
+    assert (entry.status, entry.filled_quantity, entry.fill_count) == (OrderStatus.PARTIALLY_FILLED, 4, 1)

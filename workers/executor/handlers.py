@@ -302,7 +302,12 @@ class ExecutorHandlers:
         # delivery recording "partially filled" under a number a cancel had already used).
         conflicts = await self._emit_all(decision, [accepted, *changes])
         if conflicts:
-            # Some of these numbers were taken by reports of later states: report from the ledger.
+            # Some of these numbers were taken by reports another delivery built from another
+            # state of the order. Make sure the ledger holds the order (report 1, "accepted", is
+            # out whoever built it), then report from the ledger.
+            unrecorded = known is None or known.broker_order_id != order.broker_order_id
+            if unrecorded and not await self.ledger.put(entry, known, revision=revision):
+                raise OutcomeUnknown(f"the ledger entry of {decision.intent_id} changed while the order was recorded")
             await self.advance(decision.intent_id, order)
             return
         if further:
