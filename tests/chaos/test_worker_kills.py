@@ -34,7 +34,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts import BrokerName, CancelRequest, OrderStatus
+from contracts import BrokerName, CancelRequest
 from tests.builders import CRYPTO, FRACTIONAL, OPTION, intent_payload
 from tests.chaos.fleet import Fleet
 from tests.conftest import eventually, fetch_all, unthrottled
@@ -88,6 +88,7 @@ class Resting:
     quantity: Decimal
     fill_rest: bool
     handled: bool = False
+    steps: int = 0
 
     @property
     def final(self) -> tuple[str, Decimal]:
@@ -159,36 +160,57 @@ def books(nc: NatsClient, settings: Settings) -> dict[BrokerName, KvOrderBook]:
 async def work_the_resting_orders(nc: NatsClient, settings: Settings, book: Book, done: asyncio.Event) -> None:
     """The market reaches each resting order: half of it fills at the broker; then the rest
     fills too, or the strategy asks mbx to cancel it (after the partial fill is in the book,
-    so the broker never has two writers of one order at once)."""
+    so the broker never has two writers of one order at once). Each step is done once and
+    retried on the next pass if it failed (a loaded machine times reads out), so one failure
+    never strands the orders after it."""
     venues = {b: SimulatedVenue(b, book=kv) for b, kv in books(nc, settings).items()}
     seen = dict.fromkeys(BrokerName, 0)
+    found: dict[str, tuple[BrokerName, str]] = {}  # intent id -> (broker, broker order id)
     while not done.is_set():
         for broker, venue in venues.items():
             kv_book = venue.book
             assert isinstance(kv_book, KvOrderBook)
-            async for position, order in kv_book.changes(seen[broker]):
-                seen[broker] = position
-                resting = book.resting.get(order.limit_price) if order.limit_price is not None else None
-                if resting is None or resting.handled or order.status is not OrderStatus.ACCEPTED:
-                    continue
-                resting.handled = True
-                await venue.trade(order.broker_order_id, resting.quantity / 2)
-                if resting.fill_rest:
-                    await venue.trade(order.broker_order_id)
-                else:
-                    cancel = CancelRequest(
-                        message_id=f"cancel-{resting.intent_id}",
-                        correlation_id=resting.intent_id,
-                        intent_id=resting.intent_id,
-                        strategy_id=STRATEGY,
-                        reason="chaos test",
-                    )
-                    await nc.jetstream().publish(
-                        settings.subjects.cancel(STRATEGY),
-                        cancel.model_dump_json().encode(),
-                        headers={"Nats-Msg-Id": cancel.message_id},
-                    )
+            try:
+                async for position, order in kv_book.changes(seen[broker]):
+                    seen[broker] = position
+                    resting = book.resting.get(order.limit_price) if order.limit_price is not None else None
+                    if resting is not None and resting.intent_id not in found:
+                        found[resting.intent_id] = (broker, order.broker_order_id)
+            except Exception as exc:
+                print(f"resting orders: reading {broker}'s book failed ({exc!r}); trying again", flush=True)
+        for resting in list(book.resting.values()):  # the publisher adds to it meanwhile
+            if resting.handled or resting.intent_id not in found:
+                continue
+            broker, order_id = found[resting.intent_id]
+            try:
+                await step(nc, settings, venues[broker], resting, order_id)
+            except Exception as exc:
+                print(f"resting orders: {resting.intent_id} failed a step ({exc!r}); trying again", flush=True)
         await asyncio.sleep(0.3)
+
+
+async def step(nc: NatsClient, settings: Settings, venue: SimulatedVenue, resting: Resting, order_id: str) -> None:
+    """The next step for one resting order: half of it fills, then the rest fills or mbx is
+    asked to cancel it."""
+    if resting.steps == 0:
+        await venue.trade(order_id, resting.quantity / 2)
+        resting.steps = 1
+    if resting.fill_rest:
+        await venue.trade(order_id)
+    else:
+        cancel = CancelRequest(
+            message_id=f"cancel-{resting.intent_id}",
+            correlation_id=resting.intent_id,
+            intent_id=resting.intent_id,
+            strategy_id=STRATEGY,
+            reason="chaos test",
+        )
+        await nc.jetstream().publish(
+            settings.subjects.cancel(STRATEGY),
+            cancel.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": cancel.message_id},
+        )
+    resting.handled = True
 
 
 async def all_final(db: AsyncEngine, ids: list[str]) -> bool:
@@ -247,6 +269,7 @@ async def test_a_hundred_kills_in_flight_lose_and_double_nothing(isolated: Setti
         deadline = loop.time() + SETTLE_S
         while not (await all_final(db, book.ids) and all(r.handled for r in book.resting.values())):
             assert loop.time() < deadline, "not every intent ended:\n" + fleet.log_tail()
+            assert not resting_task.done(), f"the resting-order worker stopped: {resting_task.exception()!r}"
             await fleet.restart_exited()
             await asyncio.sleep(1.0)
         print(f"{loop.time() - began:6.1f}s every intent ended", flush=True)
