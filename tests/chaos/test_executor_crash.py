@@ -86,23 +86,20 @@ async def test_executor_killed_at_every_point_places_each_intent_exactly_once(
                     f"    adapter: alpaca\n    base_url: {url}\n    stream_url: {stream.url}\n"
                     '    credentials: {api_key: "${ALPACA_API_KEY}", secret_key: "${ALPACA_SECRET_KEY}"}\n'
                 )
-                ids = await crash_repeatedly(start_pipeline, nc, db, servers, tmp_path, broker, adapter)
+                ids, _ = await crash_repeatedly(start_pipeline, nc, db, servers, tmp_path, broker, adapter)
         # One order per intent (the shared consumer may also hand this executor earlier tests' routes).
         assert sorted(o["client_order_id"] for o in fake.orders.values() if o["client_order_id"] in set(ids)) == sorted(
             ids
         )
         return
-    ids = await crash_repeatedly(start_pipeline, nc, db, servers, tmp_path, broker)
+    ids, sizes = await crash_repeatedly(start_pipeline, nc, db, servers, tmp_path, broker)
     # The broker's own book: exactly one order per intent (matched by client id, or by size at Schwab).
     book = await KvOrderBook(nc.jetstream, f"mbx_sim_{broker}").all()
     if broker == "schwab":
-        ours = sorted(int(o.quantity) for o in book if o.symbol == "AAPL" and o.quantity in SIZES[broker])
-        assert ours == sorted(SIZES[broker])
+        ours = sorted(int(o.quantity) for o in book if o.symbol == "AAPL" and o.quantity in sizes)
+        assert ours == sorted(sizes)
     else:
         assert sorted(o.client_order_id for o in book if o.client_order_id in set(ids)) == sorted(ids)
-
-
-SIZES: dict[str, list[int]] = {}
 
 
 async def crash_repeatedly(
@@ -113,8 +110,8 @@ async def crash_repeatedly(
     tmp_path: Path,
     broker: str,
     adapter: str = "",
-) -> list[str]:
-    """Run the executor through ``PLAN`` while 200 intents flow; the intents' ids."""
+) -> tuple[list[str], list[int]]:
+    """Run the executor through ``PLAN`` while 200 intents flow; the intents' ids and sizes."""
     rng = random.Random(20261121)
     await start_pipeline(parse_config({"brokers": {broker: {}}}), executors=False)
     log = tmp_path / "executor.log"
@@ -123,7 +120,6 @@ async def crash_repeatedly(
     ids = [new_intent_id("crash") for _ in range(INTENTS)]
     # Schwab orders can only be matched by symbol, side and size: give each intent its own size.
     sizes = rng.sample(range(1, 100_000), INTENTS)
-    SIZES[broker] = sizes
 
     async def everything_final() -> bool:
         rows = await fetch_all(db, "SELECT status FROM orders WHERE intent_id = ANY(:ids)", ids=ids)
@@ -162,4 +158,4 @@ async def crash_repeatedly(
     log_text = log.read_text()
     for point in ("before_place", "after_place", "after_report"):
         assert f"failpoint {point} reached" in log_text
-    return ids
+    return ids, sizes

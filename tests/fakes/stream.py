@@ -30,8 +30,6 @@ GOLDEN_COINBASE = Path(__file__).parent / "golden" / "coinbase"
 class FakeStream:
     url: str
     connections: set[ServerConnection] = field(default_factory=set)
-    sessions: int = 0
-    """Connections that authenticated and listened, over the stream's life."""
 
     async def drop(self) -> None:
         for connection in list(self.connections):
@@ -53,7 +51,6 @@ class FakeStream:
 
         listeners.append(listener)
         self.connections.add(ws)
-        self.sessions += 1
         closed = asyncio.ensure_future(ws.wait_closed())
         try:
             while True:

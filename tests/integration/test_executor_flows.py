@@ -324,11 +324,7 @@ async def test_the_poller_and_a_cancel_racing_on_one_order_report_every_change(
     venue = pipeline.venues[BrokerName.ALPACA]
     [executor] = [w for w in pipeline.workers if isinstance(w, ExecutorWorker) and w.venue.broker == "alpaca"]
 
-    async def working() -> Any:
-        entry = await executor.ledger.get(payload["intent_id"])
-        return entry if entry is not None and entry.working else None
-
-    entry = await eventually(working)
+    entry = await eventually(lambda: working_entry(executor, payload["intent_id"]))
     await venue.trade(entry.broker_order_id, Decimal(4))
     partial = await venue.get_order(entry.broker_order_id)
     cancelled = await venue.cancel_order(entry.broker_order_id)
@@ -351,6 +347,12 @@ async def test_the_poller_and_a_cancel_racing_on_one_order_report_every_change(
     assert reports[-1]["status"] == "cancelled" and reports[-1]["final"]
 
 
+async def working_entry(executor: Any, intent_id: str) -> Any:
+    """The intent's ledger entry once its order works at the broker."""
+    entry = await executor.ledger.get(intent_id)
+    return entry if entry is not None and entry.working else None
+
+
 async def _order_in(db: AsyncEngine, intent_id: str, status: str) -> list[Any]:
     rows = await fetch_all(db, "SELECT * FROM orders WHERE intent_id = :i AND status = :s", i=intent_id, s=status)
     return rows
@@ -371,11 +373,7 @@ async def test_a_stale_route_delivery_never_records_a_state_whose_report_lost_it
     [executor] = [w for w in pipeline.workers if isinstance(w, ExecutorWorker) and w.venue.broker == "alpaca"]
     handlers = executor.handlers
 
-    async def working() -> Any:
-        entry = await executor.ledger.get(payload["intent_id"])
-        return entry if entry is not None and entry.working else None
-
-    accepted = await eventually(working)
+    accepted = await eventually(lambda: working_entry(executor, payload["intent_id"]))
     known, revision = await executor.ledger.get_versioned(payload["intent_id"])
     assert known is not None and known.decision is not None
     await venue.trade(accepted.broker_order_id, Decimal(4))
@@ -430,11 +428,7 @@ async def test_an_order_whose_first_reports_went_out_unrecorded_is_still_recorde
     venue = pipeline.venues[BrokerName.ALPACA]
     [executor] = [w for w in pipeline.workers if isinstance(w, ExecutorWorker) and w.venue.broker == "alpaca"]
 
-    async def working() -> Any:
-        entry = await executor.ledger.get(payload["intent_id"])
-        return entry if entry is not None and entry.working else None
-
-    recorded = await eventually(working)
+    recorded = await eventually(lambda: working_entry(executor, payload["intent_id"]))
     decision = recorded.decision
     assert decision is not None
     # As if the ledger write never happened (the delivery died after publishing).

@@ -9,14 +9,18 @@ is ``VenueAmbiguous``: the order is looked up, never sent blindly again.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 
 from workers.domain.venue import VenueAmbiguous, VenueAuthFailed, VenueRateLimited, VenueUnavailable
+
+_FRACTION = re.compile(r"(\.\d{6})\d+")
 
 DEFAULT_RETRY_AFTER_S = 1.0
 """How long to wait after a 429 that names no reset time."""
@@ -96,6 +100,14 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float:
         except ValueError:
             pass
     return DEFAULT_RETRY_AFTER_S
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An RFC 3339 time from a broker (``Z`` and nanoseconds allowed, which Python's parser
+    does not take), or None when empty."""
+    if not value:
+        return None
+    return datetime.fromisoformat(_FRACTION.sub(r"\1", str(value)).replace("Z", "+00:00"))
 
 
 def error_text(response: httpx.Response) -> str:

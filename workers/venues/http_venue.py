@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import structlog
@@ -29,6 +29,7 @@ from workers.domain.venue import (
 from workers.venues.http import error_text, make_client, send
 
 log = structlog.get_logger("mbx.venues")
+T = TypeVar("T")
 
 STREAM_BACKOFF = (0.5, 30.0)
 """First and longest pause before a stream reconnects (reconnect storms get 429s)."""
@@ -174,7 +175,7 @@ def as_far_as_known(order: VenueOrder) -> VenueOrder:
     return order
 
 
-async def read_after_placing(read: Callable[[], Awaitable[VenueOrder | None]], broker: str) -> VenueOrder | None:
+async def read_after_placing(read: Callable[[], Awaitable[T]], broker: str) -> T:
     """Read an order the broker just accepted. A failure to read it is not a failure to place
     it: the outcome is ambiguous (the executor looks it up), never "did not reach the broker"."""
     try:

@@ -5,6 +5,7 @@ then routes as without a quote) rather than an error."""
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 
 import httpx
@@ -16,7 +17,7 @@ from workers.domain.venue import VenueError
 log = structlog.get_logger("mbx.quotes")
 
 
-class CachedQuotes:
+class CachedQuotes(ABC):
     name = ""
 
     def __init__(self, client: httpx.AsyncClient, *, requests_per_minute: int, cache_s: float) -> None:
@@ -55,8 +56,9 @@ class CachedQuotes:
         """Whether the source quotes ``symbol`` at all (no request is spent on one it does not)."""
         return bool(symbol)
 
+    @abstractmethod
     async def _fetch(self, symbol: str) -> Quote | None:
-        raise NotImplementedError
+        """Ask the source for ``symbol``'s quote (None: it has none)."""
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -15,8 +15,7 @@ from typing import Any
 import httpx
 
 from workers.domain.quotes import Quote
-from workers.venues.alpaca.wire import parse_time
-from workers.venues.http import make_client, send
+from workers.venues.http import make_client, parse_time, send
 from workers.venues.quote_cache import CachedQuotes
 
 DATA_URL = "https://data.alpaca.markets"

@@ -72,9 +72,7 @@ class AlpacaVenue(HttpVenue):
         response = await self._send("POST", "/v2/orders", json=wire.order_request(intent, client_order_id))
         if response.status_code in (200, 201):
             placed = response.json()
-            order = await read_after_placing(lambda: self._with_fills(placed), "alpaca")
-            assert order is not None
-            return order
+            return await read_after_placing(lambda: self._with_fills(placed), "alpaca")
         reason = error_text(response)
         code = _code(response)
         if response.status_code == 422 and code == DUPLICATE_CLIENT_ID:

@@ -8,13 +8,13 @@ must read.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from contracts import AccountSnapshot, AssetClass, OrderIntent, OrderStatus, PositionLine
 from workers.domain.venue import VenueFill, VenueOrder
+from workers.venues.http import parse_time
 
 # Alpaca's order statuses, by what they mean for mbx (reference section 7.1).
 STATUSES: dict[str, OrderStatus] = {
@@ -74,16 +74,6 @@ def order_request(intent: OrderIntent, client_order_id: str) -> dict[str, Any]:
 
 def _decimal(value: Any) -> Decimal | None:
     return None if value in (None, "") else Decimal(str(value))
-
-
-_FRACTION = re.compile(r"(\.\d{6})\d+")
-
-
-def parse_time(value: Any) -> datetime | None:
-    """An RFC 3339 time; Alpaca gives nanoseconds, which Python's parser does not take."""
-    if not value:
-        return None
-    return datetime.fromisoformat(_FRACTION.sub(r"\1", str(value)).replace("Z", "+00:00"))
 
 
 def parse_order(data: dict[str, Any], fills: list[VenueFill] | None = None) -> VenueOrder:

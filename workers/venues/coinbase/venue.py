@@ -129,7 +129,8 @@ class CoinbaseVenue(HttpVenue):
 
     async def cancel_order(self, broker_order_id: str) -> VenueOrder:
         response = await self._send("POST", PREFIX + "/orders/batch_cancel", json={"order_ids": [broker_order_id]})
-        results = (response.json() or {}).get("results") or [{}] if response.status_code == 200 else [{}]
+        body = response.json() if response.status_code == 200 else {}
+        results = body.get("results") or [{}]
         order = await self.get_order(broker_order_id)
         if order is None:
             raise VenueRejected("unknown_order", f"coinbase has no order {broker_order_id}", order_specific=True)

@@ -5,13 +5,13 @@ its official SDK); ``tests/fakes/golden/coinbase/`` holds examples in those shap
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from contracts import OrderIntent, OrderStatus, OrderType, TimeInForce
 from workers.domain.venue import VenueFill, VenueOrder
+from workers.venues.http import parse_time
 
 STATUSES: dict[str, OrderStatus] = {
     "PENDING": OrderStatus.SUBMITTED,
@@ -56,15 +56,6 @@ def order_request(intent: OrderIntent, client_order_id: str) -> dict[str, Any]:
         "side": str(intent.side).upper(),
         "order_configuration": order_configuration(intent),
     }
-
-
-_FRACTION = re.compile(r"(\.\d{6})\d+")
-
-
-def parse_time(value: Any) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(_FRACTION.sub(r"\1", str(value)).replace("Z", "+00:00"))
 
 
 def _decimal(value: Any) -> Decimal:

@@ -28,7 +28,7 @@ from contracts import AccountSnapshot, AssetClass, BrokerName, OrderIntent, Orde
 from workers.domain.capabilities import CAPABILITIES as BROKERS
 from workers.domain.capabilities import VenueCapabilities
 from workers.domain.venue import VenueAuthFailed, VenueFill, VenueOrder, VenueRejected
-from workers.venues.http import error_text
+from workers.venues.http import error_text, parse_time
 from workers.venues.http_venue import HttpVenue
 
 BASE_URL = "https://trading.robinhood.com"
@@ -243,10 +243,6 @@ def order_request(intent: OrderIntent, client_order_id_: str) -> dict[str, Any]:
     return body
 
 
-def _time(value: Any) -> datetime | None:
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
-
-
 def parse_order(data: dict[str, Any]) -> VenueOrder:
     config = data.get("limit_order_config") or data.get("market_order_config") or {}
     executions = data.get("executions") or []
@@ -256,7 +252,7 @@ def parse_order(data: dict[str, Any]) -> VenueOrder:
             quantity=Decimal(str(e["quantity"])),
             price=Decimal(str(e["effective_price"])),
             fee=Decimal(0),  # the spread is the fee at Robinhood's market-maker routing
-            executed_at=_time(e.get("timestamp")) or datetime.fromtimestamp(0).astimezone(),
+            executed_at=parse_time(e.get("timestamp")) or datetime.fromtimestamp(0).astimezone(),
         )
         for n, e in enumerate(executions, start=1)
     ]
@@ -271,7 +267,7 @@ def parse_order(data: dict[str, Any]) -> VenueOrder:
         side=str(data.get("side") or ""),
         asset_class=str(AssetClass.CRYPTO),
         limit_price=Decimal(str(config["limit_price"])) if config.get("limit_price") else None,
-        submitted_at=_time(data.get("created_at")),
+        submitted_at=parse_time(data.get("created_at")),
         filled_quantity=filled,
         average_price=Decimal(str(data["average_price"])) if data.get("average_price") and filled > 0 else None,
         fills=fills,
