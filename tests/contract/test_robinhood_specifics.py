@@ -30,6 +30,33 @@ def test_the_signature_covers_key_time_path_method_and_body() -> None:
     assert "not base64" not in str(bad.value)
 
 
+# docs.robinhood.com/crypto/trading, "Headers and Signature": the published example key, request and
+# signature (public example values, not credentials). Its Python example signs the body as Python
+# prints the dict, so that string is the body here; what matters is signing the bytes we send.
+DOCS_PRIVATE_KEY = "xQnTJVeQLmw1/Mg2YimEViSpw/SdJcgNXZ5kQkAXNPU="
+DOCS_PUBLIC_KEY = "jPItx4TLjcnSUnmnXQQyAKL4eJj3+oWNNMmmm2vATqk="
+DOCS_API_KEY = "rh-api-6148effc-c0b1-486c-8940-a1d099456be6"
+DOCS_BODY = str(
+    {
+        "client_order_id": "131de903-5a9c-4260-abc1-28d562a5dcf0",
+        "side": "buy",
+        "symbol": "BTC-USD",
+        "type": "market",
+        "market_order_config": {"asset_quantity": "0.1"},
+    }
+)
+DOCS_SIGNATURE = "q/nEtxp/P2Or3hph3KejBqnw5o9qeuQ+hYRnB56FaHbjDsNUY9KhB1asMxohDnzdVFSD7StaTqjSd9U9HvaRAw=="
+
+
+def test_the_signer_reproduces_the_documented_test_vector() -> None:
+    signer = Signer(DOCS_API_KEY, DOCS_PRIVATE_KEY)
+    headers = signer.headers("/api/v1/crypto/trading/orders/", "POST", DOCS_BODY, now=1698708981)
+    assert headers == {"x-api-key": DOCS_API_KEY, "x-timestamp": "1698708981", "x-signature": DOCS_SIGNATURE}
+    assert signer.public_key_b64() == DOCS_PUBLIC_KEY
+    other = signer.headers("/api/v1/crypto/trading/orders/", "POST", DOCS_BODY.replace("0.1", "0.2"), now=1698708981)
+    assert other["x-signature"] != DOCS_SIGNATURE
+
+
 def test_an_intent_always_gets_the_same_uuid_client_id() -> None:
     assert client_order_id("intent-1") == client_order_id("intent-1") != client_order_id("intent-2")
     assert len(client_order_id("intent-1")) == 36

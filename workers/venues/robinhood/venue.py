@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from contracts import AccountSnapshot, AssetClass, BrokerName, OrderIntent, OrderStatus, OrderType, PositionLine
@@ -71,6 +72,11 @@ class Signer:
         except (ValueError, binascii.Error):
             raise VenueAuthFailed("robinhood: the private key is not a base64 Ed25519 key") from None
         self._api_key = api_key
+
+    def public_key_b64(self) -> str:
+        """The public half, as Robinhood's credentials page asks for it (base64 of the raw 32 bytes)."""
+        raw = self._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return base64.b64encode(raw).decode()
 
     def message(self, timestamp: int, path: str, method: str, body: str) -> str:
         return f"{self._api_key}{timestamp}{path}{method}{body}"
