@@ -117,22 +117,6 @@ async def connect(url: str) -> Any:
         raise
 
 
-async def audit_engine(url: str, what: str) -> Any:
-    """An engine for the audit trail, checked first: nothing is changed that cannot be recorded."""
-    from sqlalchemy import text  # noqa: PLC0415
-
-    from workers.platform.db.engine import make_engine  # noqa: PLC0415
-
-    engine = make_engine(url, pool_size=1)
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001  (any failure here means: do not go on)
-        await engine.dispose()
-        fail(f"cannot record {what}: the database is not reachable ({type(exc).__name__})")
-    return engine
-
-
 def print_route(route: Any) -> None:
     chain = ", ".join(route.fallback_chain) or "none"
     console.print(

@@ -10,7 +10,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
@@ -18,7 +18,6 @@ import yaml
 from workers.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
-    audit_engine,
     connect,
     console,
     fail,
@@ -26,34 +25,21 @@ from workers.cli.common import (
     resolve_nats_url,
     settings_and_config,
 )
-from workers.domain.config import ConfigError, MbxConfig, parse_config
+from workers.domain.config import ConfigError, MbxConfig
 from workers.platform.settings import Settings, load_config
+
+if TYPE_CHECKING:
+    from workers.ops.config import LiveConfig
 
 config_app = typer.Typer(help="The live trading config: show, validate, set.", no_args_is_help=True)
 
 
-async def _live(settings: Settings, url: str) -> tuple[dict[str, Any] | None, int, str]:
-    """(live config as stored, its revision, the router's last refusal) from KV."""
-    from nats.js.errors import BucketNotFoundError, KeyNotFoundError  # noqa: PLC0415
-
-    from workers.domain.keys import CONFIG_KEY, CONFIG_STATUS_KEY  # noqa: PLC0415
+async def _live(settings: Settings, url: str) -> LiveConfig:
+    from workers.ops.config import read_live_config  # noqa: PLC0415
 
     nc = await connect(url)
     try:
-        try:
-            kv = await nc.jetstream().key_value(settings.subjects.config_bucket)
-        except BucketNotFoundError:
-            return None, 0, ""
-        try:
-            entry = await kv.get(CONFIG_KEY)
-            live, revision = json.loads(entry.value or b"{}"), int(entry.revision or 0)
-        except KeyNotFoundError:
-            live, revision = None, 0
-        try:
-            refusal = (await kv.get(CONFIG_STATUS_KEY)).value or b""
-        except KeyNotFoundError:
-            refusal = b""
-        return live, revision, refusal.decode()
+        return await read_live_config(nc.jetstream(), settings.subjects)
     finally:
         await nc.close()
 
@@ -65,7 +51,8 @@ def show(as_json: Annotated[bool, typer.Option("--json", help="JSON instead of Y
     Example: mbx config show
     """
     settings, _ = settings_and_config()
-    live, revision, refusal = asyncio.run(_live(settings, resolve_nats_url(settings)))
+    current = asyncio.run(_live(settings, resolve_nats_url(settings)))
+    live, revision, refusal = current.config, current.revision, current.refusal
     if live is None:
         fail("no live config yet: the router seeds it from mbx.yaml when it first starts")
     if as_json:
@@ -95,24 +82,15 @@ def validate(path: Annotated[Path, typer.Argument(help="A YAML config file.")]) 
     raise typer.Exit(EXIT_OK)
 
 
-def _apply(base: dict[str, Any], change: str) -> str:
-    """Apply ``dotted.key=value`` (value in YAML) to ``base``; returns the key."""
-    key, sep, raw = change.partition("=")
-    if not sep or not key:
-        fail(f"{change!r}: expected dotted.key=value (e.g. risk.kill_switches.all=true)", EXIT_USAGE)
+def _parsed(changes: list[str]) -> dict[str, Any]:
+    """``dotted.key=value`` changes as {key: value}; a malformed one fails before anything is read."""
+    from workers.ops.config import parse_change  # noqa: PLC0415
+    from workers.ops.errors import OperatorError  # noqa: PLC0415
+
     try:
-        value = yaml.safe_load(raw) if raw else None
-    except yaml.YAMLError as exc:
-        fail(f"{key}: the value is not valid YAML ({exc})", EXIT_USAGE)
-    node = base
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            fail(f"{key}: {part} is not a section", EXIT_USAGE)
-        node = child
-    node[parts[-1]] = value
-    return key
+        return dict(parse_change(change) for change in changes)
+    except OperatorError as exc:
+        fail(str(exc), EXIT_USAGE)
 
 
 @config_app.command("set")
@@ -131,33 +109,22 @@ def set_config(
     if bool(changes) == bool(file):
         fail("give either dotted.key=value changes or --file", EXIT_USAGE)
     url = resolve_nats_url(settings)
-    replacement: MbxConfig | None = None
+    from workers.ops.config import changed  # noqa: PLC0415
+
     if file is not None:
         try:
             replacement = load_config(file)
         except ConfigError as exc:
             fail(f"invalid: {exc}", EXIT_USAGE)
         summary = f"replaced from {file}"
+        change: Callable[[dict[str, Any]], MbxConfig] = lambda _live: replacement  # noqa: E731
     else:
-        for change in changes or []:
-            _apply({}, change)  # a malformed change fails before anything is read
+        change = changed(_parsed(changes or []))
         summary = "; ".join(changes or [])
     if reason:
         summary += f" ({reason})"
-
-    def change_live(live: dict[str, Any]) -> MbxConfig:
-        """The new config from the live one as it stands at each (re)try of the write."""
-        if replacement is not None:
-            return replacement
-        for change in changes or []:
-            _apply(live, change)
-        try:
-            return parse_config(live, "the changed config")
-        except ConfigError as exc:
-            fail(f"invalid: {exc}", EXIT_USAGE)
-
     database = settings.model_copy(update={"database_url": resolve_database_url(settings)}).sqlalchemy_url()
-    revision = asyncio.run(_write(settings, url, database, change_live, summary))
+    revision = asyncio.run(_write(settings, url, database, change, summary))
     console.print(f"[green]applied[/green]: live config revision {revision} ({summary})")
     raise typer.Exit(EXIT_OK)
 
@@ -166,30 +133,27 @@ async def _write(
     settings: Settings, url: str, database: str, change: Callable[[dict[str, Any]], MbxConfig], summary: str
 ) -> int:
     """Write the change with compare-and-set, then record it in ``config_changes``."""
-    from sqlalchemy import insert  # noqa: PLC0415
+    from workers.ops.config import change_config  # noqa: PLC0415
+    from workers.ops.errors import InvalidChange, OperatorError  # noqa: PLC0415
+    from workers.platform.db.engine import make_engine  # noqa: PLC0415
 
-    from workers.domain.config import config_to_json  # noqa: PLC0415
-    from workers.platform.db.models import ConfigChange  # noqa: PLC0415
-    from workers.platform.live_config import change_live_config  # noqa: PLC0415
-
-    engine = await audit_engine(database, "the change")
+    engine = make_engine(database, pool_size=1)
     try:
         nc = await connect(url)
         try:
-            revision, config = await change_live_config(nc.jetstream(), settings.subjects, change)
-        except ConfigError as exc:
+            return await change_config(
+                nc.jetstream(),
+                engine,
+                settings.subjects,
+                change,
+                summary=summary,
+                operator=os.environ.get("USER", "operator"),
+            )
+        except InvalidChange as exc:
+            fail(f"invalid: {exc}", EXIT_USAGE)
+        except (ConfigError, OperatorError) as exc:
             fail(str(exc))
         finally:
             await nc.close()
-        async with engine.begin() as conn:
-            await conn.execute(
-                insert(ConfigChange).values(
-                    revision=revision,
-                    changed_by=os.environ.get("USER", "operator"),
-                    summary=summary,
-                    config=json.loads(config_to_json(config)),
-                )
-            )
-        return revision
     finally:
         await engine.dispose()

@@ -10,32 +10,20 @@ Every replay is recorded in Postgres (``dlq_replays``). Registered on the ``mbx`
 from __future__ import annotations
 
 import asyncio
-import base64
-import fnmatch
 import json
 import os
-import uuid
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from contracts import (
-    INTENT_ID_HEADER,
-    MSG_ID_HEADER,
-    REPLAY_HEADER,
-    DeadLetter,
-    DeadLetterStage,
-    Subjects,
-)
+from contracts import DeadLetterStage, Subjects
 from workers.cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
-    audit_engine,
     connect,
     console,
     err,
@@ -44,39 +32,10 @@ from workers.cli.common import (
     resolve_nats_url,
     settings_and_config,
 )
+from workers.ops.dlq import Filters, Letter, find_letters, replayable
+from workers.ops.errors import OperatorError
 
 dlq = typer.Typer(help="Dead letters: list, show, replay, purge.", no_args_is_help=True)
-
-
-@dataclass(frozen=True)
-class Letter:
-    seq: int
-    letter: DeadLetter
-
-
-@dataclass(frozen=True)
-class Filters:
-    stage: DeadLetterStage | None
-    subject: str | None
-    error: str | None
-    since: datetime | None
-    until: datetime | None
-    ids: tuple[str, ...]
-
-    @property
-    def empty(self) -> bool:
-        return not (self.stage or self.subject or self.error or self.since or self.until or self.ids)
-
-    def match(self, item: Letter) -> bool:
-        d = item.letter
-        return (
-            (self.stage is None or d.stage is self.stage)
-            and (self.subject is None or fnmatch.fnmatch(d.original_subject, self.subject))
-            and (self.error is None or self.error.lower() in d.error.lower())
-            and (self.since is None or d.created_at >= self.since)
-            and (self.until is None or d.created_at <= self.until)
-            and (not self.ids or bool({str(item.seq), d.message_id, d.correlation_id} & set(self.ids)))
-        )
 
 
 def _time(value: str | None, name: str) -> datetime | None:
@@ -108,20 +67,6 @@ def _filters(
     return Filters(stage, subject, error, _time(since, "since"), _time(until, "until"), tuple(ids or ()))
 
 
-async def _letters(js: Any, subjects: Subjects, filters: Filters) -> list[Letter]:
-    from workers.platform.bus import read_stream  # noqa: PLC0415
-
-    found = []
-    for msg in await read_stream(js, subjects.stream_name("DLQ"), subjects.dlq("*")):
-        try:
-            item = Letter(msg.metadata.sequence.stream, DeadLetter.model_validate_json(msg.data))
-        except ValueError:
-            continue  # not a dead letter (published there by hand): not ours to show
-        if filters.match(item):
-            found.append(item)
-    return found
-
-
 def _load(filters: Filters) -> tuple[list[Letter], str, Subjects]:
     settings, _ = settings_and_config()
     url = resolve_nats_url(settings)
@@ -129,7 +74,7 @@ def _load(filters: Filters) -> tuple[list[Letter], str, Subjects]:
     async def load() -> list[Letter]:
         nc = await connect(url)
         try:
-            return await _letters(nc.jetstream(), settings.subjects, filters)
+            return await find_letters(nc.jetstream(), settings.subjects, filters)
         finally:
             await nc.close()
 
@@ -232,13 +177,12 @@ def replay(
     if not letters:
         console.print("no dead letter matches")
         raise typer.Exit(EXIT_OK)
-    cut = [item for item in letters if item.letter.payload_truncated]
+    letters, cut = replayable(letters)
     for item in cut:
         err.print(
             f"skipping {item.seq}: only the first {len(item.letter.payload):,} of {item.letter.payload_size:,} bytes "
             "were kept, so it cannot be replayed"
         )
-    letters = [item for item in letters if not item.letter.payload_truncated]
     if not letters:
         fail("nothing to replay: every matching dead letter was cut short")
     if dry_run:
@@ -256,42 +200,28 @@ def replay(
 
 
 async def _replay(letters: list[Letter], url: str, database: str) -> int:
-    from sqlalchemy import insert  # noqa: PLC0415
+    from workers.ops.dlq import replay as replay_letters  # noqa: PLC0415
+    from workers.platform.db.engine import make_engine  # noqa: PLC0415
 
-    from workers.platform.db.models import DeadLetterReplay  # noqa: PLC0415
-
-    engine = await audit_engine(database, "replays")  # before anything is published
-    nc = await connect(url)
-    who = os.environ.get("USER", "operator")
-    done = 0
+    engine = make_engine(database, pool_size=1)
     try:
-        js = nc.jetstream()
-        with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("replaying", total=len(letters))
-            for item in letters:
-                d = item.letter
-                message_id = f"replay-{d.message_id}-{uuid.uuid4().hex[:8]}"
-                headers = {k: v for k, v in d.original_headers.items() if k != MSG_ID_HEADER}
-                headers |= {MSG_ID_HEADER: message_id, REPLAY_HEADER: d.message_id}
-                await js.publish(d.original_subject, original_payload(d), headers=headers)
-                async with engine.begin() as conn:
-                    await conn.execute(
-                        insert(DeadLetterReplay).values(
-                            letter_id=d.message_id,
-                            stage=str(d.stage),
-                            original_subject=d.original_subject,
-                            new_message_id=message_id,
-                            intent_id=headers.get(INTENT_ID_HEADER) or d.correlation_id or None,
-                            error=d.error,
-                            replayed_by=who,
-                        )
-                    )
-                done += 1
-                progress.advance(task)
+        nc = await connect(url)
+        try:
+            with Progress(console=console, transient=True) as progress:
+                task = progress.add_task("replaying", total=len(letters))
+                return await replay_letters(
+                    nc.jetstream(),
+                    engine,
+                    letters,
+                    os.environ.get("USER", "operator"),
+                    on_each=lambda _item: progress.advance(task),
+                )
+        except OperatorError as exc:
+            fail(str(exc))
+        finally:
+            await nc.close()
     finally:
-        await nc.close()
         await engine.dispose()
-    return done
 
 
 @dlq.command()
@@ -329,9 +259,3 @@ def purge(
     asyncio.run(delete())
     console.print(f"deleted {len(letters)} dead letters")
     raise typer.Exit(EXIT_OK)
-
-
-def original_payload(letter: DeadLetter) -> bytes:
-    if letter.payload_encoding == "base64":
-        return base64.b64decode(letter.payload)
-    return letter.payload.encode()

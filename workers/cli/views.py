@@ -28,19 +28,8 @@ from workers.cli.common import (
     resolve_nats_url,
     settings_and_config,
 )
-from workers.platform.topology import Topology
 
 app = typer.Typer()
-
-
-async def _broker_statuses(js: Any, subjects: Subjects) -> list[BrokerStatus]:
-    from workers.platform.bus import read_bucket  # noqa: PLC0415
-
-    try:
-        entries = await read_bucket(js, subjects.status_bucket)
-    except Exception:  # noqa: BLE001  (no bucket yet: no executor ever ran)
-        return []
-    return sorted((BrokerStatus.model_validate_json(v) for _, v in entries), key=lambda s: str(s.broker))
 
 
 def _num(value: Any) -> str:
@@ -56,20 +45,22 @@ def _age(moment: datetime) -> str:
 
 
 def _broker_table(statuses: list[BrokerStatus], timeout: float) -> Table:
+    from workers.ops.status import broker_state  # noqa: PLC0415
+
+    colours = {"up": "green", "down": "red", "stale": "red"}
     table = Table(title="brokers")
     for column in ("broker", "state", "latency ms", "error rate", "rate headroom", "last heartbeat", "why down"):
         table.add_column(column)
     for s in statuses:
-        stale = (datetime.now(UTC) - s.last_seen).total_seconds() > timeout
-        state = "[red]stale[/red]" if stale else "[green]up[/green]" if s.connected else "[red]down[/red]"
+        state = broker_state(s, timeout)
         table.add_row(
             str(s.broker),
-            state,
+            f"[{colours[state]}]{state}[/{colours[state]}]",
             f"{s.latency_ms:.1f}",
             f"{s.error_rate:.0%}",
             f"{s.rate_limit_headroom:.0%}",
             _age(s.last_seen),
-            "" if s.connected and not stale else s.reason,
+            "" if state == "up" else s.reason,
         )
     return table
 
@@ -86,53 +77,28 @@ def status() -> None:
 
 
 async def _status(url: str, subjects: Subjects, heartbeat_timeout: float) -> int:
-    from workers.platform.bus import read_bucket  # noqa: PLC0415
+    from workers.ops.status import stack_status  # noqa: PLC0415
 
     nc = await connect(url)
     try:
-        js = nc.jetstream()
-        statuses = await _broker_statuses(js, subjects)
-        topology = Topology(subjects)
-        lag = Table(title="consumers")
-        for column in ("stream", "consumer", "pending", "unacked", "redelivered"):
-            lag.add_column(column)
-        specs = [
-            topology.router_consumer(),
-            topology.router_failover_consumer(),
-            topology.router_cancel_consumer(),
-            *(topology.executor_consumer(s.broker) for s in statuses),
-            *topology.aggregator_consumers(),
-        ]
-        missing = []
-        for spec in specs:
-            try:
-                info = await js.consumer_info(spec.stream, spec.durable)
-            except Exception:  # noqa: BLE001  (never started)
-                missing.append(spec.durable)
-                continue
-            lag.add_row(
-                spec.stream,
-                spec.durable,
-                str(info.num_pending),
-                str(info.num_ack_pending),
-                str(info.num_redelivered),
-            )
-        try:
-            workers = dict(await read_bucket(js, subjects.worker_status_bucket))
-        except Exception:  # noqa: BLE001
-            workers = {}
+        stack = await stack_status(nc.jetstream(), subjects)
     finally:
         await nc.close()
     console.print(f"NATS {url}: [green]reachable[/green]")
-    if statuses:
-        console.print(_broker_table(statuses, heartbeat_timeout))
+    if stack.brokers:
+        console.print(_broker_table(stack.brokers, heartbeat_timeout))
     else:
         console.print("[yellow]no broker heartbeat yet[/yellow]: no executor has run")
+    lag = Table(title="consumers")
+    for column in ("stream", "consumer", "pending", "unacked", "redelivered"):
+        lag.add_column(column)
+    for c in stack.consumers:
+        lag.add_row(c.stream, c.consumer, str(c.pending), str(c.unacked), str(c.redelivered))
     console.print(lag)
-    if missing:
-        console.print(f"[yellow]not created yet[/yellow] (worker never started): {', '.join(missing)}")
-    if "aggregator" in workers:
-        state = json.loads(workers["aggregator"])
+    if stack.never_started:
+        console.print(f"[yellow]not created yet[/yellow] (worker never started): {', '.join(stack.never_started)}")
+    if stack.aggregator:
+        state = stack.aggregator
         colour = "green" if state["state"] == "ok" else "red"
         error = f": {state['error']}" if state.get("error") else ""
         console.print(f"aggregator: [{colour}]{state['state']}[/{colour}] since {state['since']}{error}")
@@ -149,9 +115,11 @@ def brokers() -> None:
     url = resolve_nats_url(settings)
 
     async def show() -> int:
+        from workers.ops.status import broker_statuses  # noqa: PLC0415
+
         nc = await connect(url)
         try:
-            statuses = await _broker_statuses(nc.jetstream(), settings.subjects)
+            statuses = await broker_statuses(nc.jetstream(), settings.subjects)
         finally:
             await nc.close()
         if not statuses:
