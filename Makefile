@@ -30,10 +30,10 @@ test: install ## Run the tests (starts its own nats-server and PostgreSQL)
 	$(BIN)/python -m pytest
 
 .PHONY: lint
-lint: install ## ruff, mypy --strict on contracts/ and workers/, and the import-boundary check
+lint: install ## ruff, mypy --strict on contracts/, workers/ and dashboard/, and the import-boundary check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy contracts workers
+	$(BIN)/mypy contracts workers dashboard
 	$(BIN)/lint-imports
 
 .PHONY: fmt

@@ -61,10 +61,12 @@ def up(
         bool, typer.Option("--production-durability", help="Embedded NATS fsyncs every write (sync_interval: always).")
     ] = False,
     live: LiveOption = False,
+    dashboard_port: Annotated[int, typer.Option(help="Port of the dashboard.")] = 8501,
+    no_dashboard: Annotated[bool, typer.Option("--no-dashboard", help="Do not start the dashboard.")] = False,
 ) -> None:
-    """Start NATS, PostgreSQL and every worker; Ctrl-C stops it all.
+    """Start NATS, PostgreSQL, every worker and the dashboard; Ctrl-C stops it all.
 
-    Example: mbx up --nats-port 4333
+    Example: mbx up --nats-port 4333 --no-dashboard
     """
     settings, config = runnable_config(live)
     if live:
@@ -78,9 +80,48 @@ def up(
         fail(f"mbx is already running (pid {running['pid']}, NATS {running['nats_url']}); stop it with `mbx down`")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        code = Stack(settings, config, nats_port=nats_port, pg_port=pg_port, console=console).run()
+        code = Stack(
+            settings,
+            config,
+            nats_port=nats_port,
+            pg_port=pg_port,
+            dashboard_port=None if no_dashboard else dashboard_port,
+            console=console,
+        ).run()
     except RuntimeError as exc:
         fail(str(exc))
+    raise typer.Exit(code)
+
+
+@app.command()
+def dashboard(
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501,
+    address: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+) -> None:
+    """Serve the dashboard (broker status, portfolio, routing, configuration) in the foreground.
+
+    It connects to the running stack (or MBX_NATS_URL / MBX_DASHBOARD_DATABASE_URL) as the
+    database role mbx_dashboard, which can read and append audit rows only.
+
+    Example: mbx dashboard --port 8502
+    """
+    import subprocess  # noqa: PLC0415
+
+    from workers.devstack import dashboard as served  # noqa: PLC0415
+    from workers.devstack.processes import port_open  # noqa: PLC0415
+    from workers.platform.settings import dashboard_database_url  # noqa: PLC0415
+
+    settings, _ = settings_and_config()
+    if port_open("127.0.0.1", port):
+        fail(f"port {port} is in use (is the dashboard of `mbx up` already there?); use --port", EXIT_USAGE)
+    nats_url = resolve_nats_url(settings)
+    reader = dashboard_database_url(settings, resolve_database_url(settings))
+    console.print(f"dashboard: [bold]{served.url(port, address)}[/bold] (Ctrl-C stops it)")
+    env = served.environment(nats_url, reader, settings.subject_prefix)
+    try:
+        code = subprocess.call(served.command(port, address), env=env)  # noqa: S603  (our own arguments)
+    except KeyboardInterrupt:
+        code = 0
     raise typer.Exit(code)
 
 

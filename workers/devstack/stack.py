@@ -74,12 +74,15 @@ class Stack:
     config: MbxConfig
     nats_port: int = 4222
     pg_port: int = 54329
+    dashboard_port: int | None = 8501
+    """None: no dashboard."""
     console: Console = field(default_factory=lambda: Console(stderr=False))
     nats: EmbeddedNats | None = None
     postgres: EmbeddedPostgres | None = None
     workers: list[WorkerProcess] = field(default_factory=list)
     _stopping: bool = False
     _env: dict[str, str] = field(default_factory=dict)
+    _dashboard_env: dict[str, str] = field(default_factory=dict)
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -92,7 +95,8 @@ class Stack:
             self._start_workers(nats_url, database_url)
             self.console.print("[bold]waiting for the workers[/bold] to pull and report")
             asyncio.run(self._wait_ready(nats_url))
-            self._announce(nats_url, database_url)
+            dashboard = self._start_dashboard(nats_url, database_url)
+            self._announce(nats_url, database_url, dashboard)
             self._supervise()
         except KeyboardInterrupt:
             pass  # Ctrl-C or SIGTERM: the normal way to stop; shutdown() below does the work
@@ -166,7 +170,42 @@ class Stack:
         finally:
             await nc.close()
 
-    def _announce(self, nats_url: str, database_url: str) -> None:
+    def _start_dashboard(self, nats_url: str, database_url: str) -> str | None:
+        """Start the dashboard and wait for its health endpoint; its URL, or None (said why)."""
+        from workers.devstack import dashboard  # noqa: PLC0415
+        from workers.devstack.processes import port_open, wait_until  # noqa: PLC0415
+        from workers.platform.settings import dashboard_database_url  # noqa: PLC0415
+
+        port = self.dashboard_port
+        if port is None:
+            return None
+        if port_open("127.0.0.1", port):
+            self.console.print(
+                f"[yellow]dashboard not started[/yellow]: port {port} is in use (use --dashboard-port, "
+                "or --no-dashboard)"
+            )
+            return None
+        self.console.print("[bold]starting the dashboard[/bold]")
+        reader = dashboard_database_url(self.settings, database_url)
+        env = dashboard.environment(nats_url, reader, self.settings.subject_prefix)
+        process = WorkerProcess("dashboard", dashboard.command(port), self.settings.data_dir / "logs" / "dashboard.log")
+        process.proc = spawn(process.args, process.log_file, env=env)
+        self.workers.append(process)
+        self._dashboard_env = env
+        try:
+            wait_until(
+                lambda: dashboard.healthy(port),
+                timeout=60,
+                what="the dashboard",
+                proc=process.proc,
+                log_file=process.log_file,
+            )
+        except RuntimeError as exc:
+            self.console.print(f"[yellow]dashboard not started[/yellow]: {exc}")
+            return None
+        return dashboard.url(port)
+
+    def _announce(self, nats_url: str, database_url: str, dashboard: str | None = None) -> None:
         data = self.settings.data_dir
         stack_file(data).write_text(
             json.dumps(
@@ -190,8 +229,11 @@ class Stack:
         table.add_row("NATS (JetStream)", nats_url)
         table.add_row("PostgreSQL", redact_url(database_url))
         for w in self.workers:
-            table.add_row(w.name, f"pid {w.proc.pid if w.proc else '-'}, log {w.log_file}")
+            where = f"pid {w.proc.pid if w.proc else '-'}, log {w.log_file}"
+            table.add_row(w.name, f"{dashboard}, {where}" if w.name == "dashboard" and dashboard else where)
         self.console.print(table)
+        if dashboard:
+            self.console.print(f"Dashboard: [bold]{dashboard}[/bold]")
         self.console.print(
             "Send an order from another terminal:  [bold].venv/bin/mbx submit --symbol AAPL --quantity 10[/bold]"
         )
@@ -211,7 +253,8 @@ class Stack:
                         f"restarting (log: {worker.log_file})"
                     )
                 elif now - worker.died_at >= RESTART_DELAY:
-                    worker.proc = spawn(worker.args, worker.log_file, env=self._env)
+                    env = self._dashboard_env if worker.name == "dashboard" else self._env
+                    worker.proc = spawn(worker.args, worker.log_file, env=env)
                     worker.restarts += 1
                     worker.died_at = None
             time.sleep(0.25)

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
         default=None, description="NATS server URL, or several comma-separated (a cluster); unset = embedded server."
     )
     database_url: str | None = Field(default=None, description="Postgres URL; unset = embedded server.")
+    dashboard_database_url: str | None = Field(
+        default=None,
+        description="The dashboard's Postgres URL (role mbx_dashboard); unset = database_url as mbx_dashboard.",
+    )
     config_file: Path | None = Field(default=None, description="YAML config; unset = mbx.yaml in the repo.")
     subject_prefix: str = Field(default="mbx", description="First token of every subject.")
     data_dir: Path = Field(default=REPO_ROOT / ".mbx", description="Where the embedded servers keep data.")
@@ -77,6 +81,18 @@ class Settings(BaseSettings):
         if not self.database_url:
             raise ConfigError("database_url: not set (MBX_DATABASE_URL, or run `mbx up`)")
         return to_sqlalchemy_url(self.database_url)
+
+
+def dashboard_database_url(settings: Settings, database_url: str) -> str:
+    """The URL the dashboard connects with: ``MBX_DASHBOARD_DATABASE_URL``, else ``database_url``
+    as the ``mbx_dashboard`` role without a password (the embedded server trusts local users;
+    elsewhere give the role a password and set the variable)."""
+    if settings.dashboard_database_url:
+        return settings.dashboard_database_url
+    from sqlalchemy import make_url  # noqa: PLC0415
+
+    url = make_url(to_sqlalchemy_url(database_url)).set(username="mbx_dashboard", password=None)
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def to_sqlalchemy_url(url: str) -> str:

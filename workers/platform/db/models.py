@@ -76,6 +76,8 @@ class MultiBrokerRoute(Base):
     __table_args__ = (
         UniqueConstraint("intent_id", "attempt"),
         Index(None, "broker_name", "decided_at"),
+        Index(None, "decided_at"),
+        Index(None, "strategy_id", "decided_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -103,6 +105,7 @@ class Order(Base):
         Index(None, "broker_name", "status"),
         Index(None, "intent_id"),
         Index(None, "strategy_id", "created_at"),
+        Index(None, "symbol", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -249,7 +252,11 @@ class FailoverRecord(Base):
     """Append-only log of failed attempts that were handed to the next broker."""
 
     __tablename__ = "failover_events"
-    __table_args__ = (UniqueConstraint("intent_id", "attempt"), Index(None, "failed_broker", "occurred_at"))
+    __table_args__ = (
+        UniqueConstraint("intent_id", "attempt"),
+        Index(None, "failed_broker", "occurred_at"),
+        Index(None, "occurred_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     intent_id: Mapped[str] = mapped_column(String(48), nullable=False)
