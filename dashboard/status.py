@@ -13,6 +13,7 @@ from dashboard.widgets import answer, frame
 from workers.ops.status import broker_state
 
 REFRESH_S = 3
+FORMATS = {"latency ms": "{:.1f}", "error rate": "{:.0%}", "rate headroom": "{:.0%}", "last heartbeat s": "{:.1f}"}
 
 
 def render(backend: Backend) -> None:
@@ -63,9 +64,7 @@ def show(backend: Backend) -> None:
     else:
         table = frame(rows)
         st.dataframe(
-            table.style.apply(_down_rows, axis=1).format(
-                {"latency ms": "{:.1f}", "error rate": "{:.0%}", "rate headroom": "{:.0%}", "last heartbeat s": "{:.1f}"}
-            ),
+            table.style.apply(_down_rows, axis=1).format(FORMATS),
             hide_index=True,
             key="brokers",
         )
