@@ -26,8 +26,24 @@ run: install ## Run the whole system on embedded NATS and PostgreSQL (Ctrl-C sto
 	$(BIN)/mbx up
 
 .PHONY: test
-test: install ## Run the tests (starts its own nats-server and PostgreSQL)
+test: install browser ## Run the tests (starts its own nats-server and PostgreSQL)
 	$(BIN)/python -m pytest
+
+.PHONY: browser
+browser: ## Install Debian's Chromium for the dashboard's browser test, if it is missing (apt)
+	@if command -v chromium >/dev/null; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+		echo "Chromium is missing and apt-get is not here: install chromium yourself for the browser test"; \
+		if [ -n "$$CI" ]; then exit 1; fi; exit 0; fi; \
+	SUDO=; if [ "$$(id -u)" != 0 ]; then SUDO=sudo; fi; \
+	echo "installing Chromium (Debian package, about 20 s)"; \
+	{ $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		$$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
+	{ echo "could not install Chromium: the browser test is skipped here (and fails in CI)"; [ -z "$$CI" ]; }
+
+.PHONY: dashboard
+dashboard: install ## Serve the dashboard for the running stack (mbx up starts one too)
+	$(BIN)/mbx dashboard
 
 .PHONY: lint
 lint: install ## ruff, mypy --strict on contracts/, workers/ and dashboard/, and the import-boundary check

@@ -4,6 +4,7 @@ nothing is applied); the change history; dead letters with filters, a dry run an
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import streamlit as st
@@ -95,7 +96,7 @@ def edit_form(backend: Backend, config: MbxConfig) -> None:
     if not changes:
         st.info("nothing changed")
         return
-    summary = "; ".join(f"{k}={v}" for k, v in changes.items()) + (f" ({reason})" if reason else "")
+    summary = "; ".join(f"{k}={json.dumps(v)}" for k, v in changes.items()) + (f" ({reason})" if reason else "")
     try:
         revision = backend.change_config(changes, operator, summary)
     except OperatorError as exc:

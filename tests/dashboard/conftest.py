@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from workers.domain.config import MbxConfig
 from workers.platform.db.engine import make_engine
 from workers.platform.settings import Settings, dashboard_database_url
 
+PAPER_CASH = Decimal(250_000)
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 ORDERS = (
     ("equity", {"symbol": "AAPL", "quantity": "10"}),
@@ -63,11 +65,17 @@ class Flow:
         }
 
 
+def paper_accounts(config: MbxConfig) -> MbxConfig:
+    """Paper accounts of a realistic size (the pictures in the README come from this stack)."""
+    brokers = {name: b.model_copy(update={"paper_cash": PAPER_CASH}) for name, b in config.brokers.items()}
+    return config.model_copy(update={"brokers": brokers})
+
+
 @pytest.fixture
 async def flow(
     isolated: Settings, start_pipeline: Callable[..., Awaitable[Pipeline]], monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Flow]:
-    pipeline = await start_pipeline(MbxConfig(), own_settings=isolated)
+    pipeline = await start_pipeline(paper_accounts(MbxConfig()), own_settings=isolated)
     nc = await nats.connect(isolated.nats_url or "")
     db = make_engine(isolated.sqlalchemy_url(), pool_size=2)
     flowing = Flow(isolated, pipeline, nc, db)

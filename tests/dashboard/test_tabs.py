@@ -140,7 +140,7 @@ async def test_a_bad_config_edit_is_refused_naming_the_field_and_a_good_one_is_a
     next(b for b in at.button if b.label == "Apply").click()
     await run(at)
     [applied] = texts(at, "success")
-    assert "applied: live config revision" in applied and "risk.kill_switches.brokers=['schwab']" in applied
+    assert "applied: live config revision" in applied and 'risk.kill_switches.brokers=["schwab"]' in applied
     after = await read_live_config(js, flow.settings.subjects)
     assert after.revision > before.revision and after.config is not None
     assert after.config["risk"]["kill_switches"]["brokers"] == ["schwab"]

@@ -1,0 +1,91 @@
+"""The dashboard in a real browser: Debian's Chromium driven by Playwright (never a downloaded
+browser), served by Streamlit as `mbx dashboard` serves it, with orders flowing. Every tab
+opens without a Streamlit exception or a page error, a config edit is clicked through, and each
+tab is saved as a screenshot (``.artifacts/dashboard/``; the README's pictures come from there)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import fetch_all
+from tests.dashboard.conftest import Flow
+from workers.devstack import dashboard
+from workers.devstack.processes import free_port, spawn, stop, wait_until
+
+pytestmark = pytest.mark.integration
+
+ARTIFACTS = Path(os.environ.get("MBX_ARTIFACTS_DIR", Path(__file__).resolve().parents[2] / ".artifacts")) / "dashboard"
+TABS = ("Broker status", "Portfolio", "Routing", "Configuration")
+
+
+def chromium() -> str:
+    found = shutil.which("chromium")
+    if found is None:
+        message = "Chromium is not installed: `make browser` installs Debian's package with apt"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # in CI the browser test always runs
+        pytest.skip(message)
+    return found
+
+
+def drive(browser_path: str, url: str, shots: Path) -> list[str]:
+    """Open every tab, click through a config edit; returns the page errors seen."""
+    from playwright.sync_api import expect, sync_playwright
+
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1700})
+            page.set_default_timeout(30_000)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(url)
+            for k, name in enumerate(TABS, start=1):
+                tab = page.get_by_role("tab", name=name, exact=True)
+                tab.click()
+                expect(tab).to_have_attribute("aria-selected", "true")
+                panel = page.locator("[data-testid=stTabPanel]:visible").first
+                expect(panel.locator("[data-testid=stDataFrame]").first).to_be_visible()
+                page.wait_for_timeout(1500)  # charts finish drawing
+                expect(page.locator("[data-testid=stException]")).to_have_count(0)
+                page.screenshot(path=str(shots / f"{k}-{name.lower().replace(' ', '-')}.png"), full_page=True)
+            panel = page.locator("[data-testid=stTabPanel]:visible").first  # Configuration
+            panel.get_by_label("your name (for the audit trail)").first.fill("carol")
+            panel.get_by_label("why").fill("browser test")
+            panel.get_by_text("stop all trading").click()
+            panel.get_by_role("button", name="Apply").click()
+            expect(panel.get_by_text("applied: live config revision")).to_be_visible()
+            expect(page.locator("[data-testid=stException]")).to_have_count(0)
+        finally:
+            browser.close()
+    return errors
+
+
+async def test_every_tab_works_in_a_real_browser(flow: Flow) -> None:
+    browser_path = chromium()
+    port = free_port()
+    log = ARTIFACTS / "dashboard.log"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log.unlink(missing_ok=True)
+    server = spawn(dashboard.command(port), log, env={**os.environ, **flow.env()})
+    try:
+        await asyncio.to_thread(
+            wait_until, lambda: dashboard.healthy(port), timeout=60, what="the dashboard", proc=server, log_file=log
+        )
+        errors = await asyncio.to_thread(drive, browser_path, f"http://127.0.0.1:{port}", ARTIFACTS)
+    finally:
+        stop(server)
+    assert errors == []
+    assert sorted(p.name for p in ARTIFACTS.glob("*.png")) == [
+        "1-broker-status.png",
+        "2-portfolio.png",
+        "3-routing.png",
+        "4-configuration.png",
+    ]
+    [change] = await fetch_all(flow.db, "SELECT * FROM config_changes")
+    assert change["changed_by"] == "carol (dashboard)" and change["config"]["risk"]["kill_switches"]["all"] is True
