@@ -8,7 +8,7 @@ import asyncio
 import json
 import threading
 from collections.abc import Coroutine
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import nats
@@ -188,7 +188,3 @@ def _signed(operator: str, doing: str) -> str:
     if not operator.strip():
         raise OperatorError(f"say who is {doing}: the audit trail names every operator")
     return f"{operator.strip()[:80]} (dashboard)"
-
-
-def since(hours: float) -> datetime:
-    return datetime.now(UTC) - timedelta(hours=hours)

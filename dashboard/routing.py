@@ -14,9 +14,10 @@ import streamlit as st
 from pydantic import ValidationError
 
 from contracts import AssetClass, BrokerName, OrderIntent, OrderType, Side
-from dashboard.backend import Backend, since
+from dashboard.backend import Backend
 from dashboard.widgets import answer, frame
 from workers.readmodel.routing import RouteFilter, candidate_rows
+from workers.readmodel.routing import since_hours as since
 
 WINDOWS = {"last hour": 1.0, "last 6 hours": 6.0, "last day": 24.0, "last week": 168.0}
 BUCKETS = {1.0: timedelta(minutes=5), 6.0: timedelta(minutes=15), 24.0: timedelta(hours=1), 168.0: timedelta(hours=6)}

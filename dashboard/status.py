@@ -3,7 +3,9 @@ the consumers' lag, and the aggregator; refreshed every few seconds without relo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -13,7 +15,12 @@ from dashboard.widgets import answer, frame
 from workers.ops.status import broker_state
 
 REFRESH_S = 3
-FORMATS = {"latency ms": "{:.1f}", "error rate": "{:.0%}", "rate headroom": "{:.0%}", "last heartbeat s": "{:.1f}"}
+FORMATS: dict[Any, str | Callable[[object], str] | None] = {
+    "latency ms": "{:.1f}",
+    "error rate": "{:.0%}",
+    "rate headroom": "{:.0%}",
+    "last heartbeat s": "{:.1f}",
+}
 
 
 def render(backend: Backend) -> None:

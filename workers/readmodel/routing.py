@@ -7,7 +7,7 @@ index), so a page that refreshes costs the same with a million rows in the audit
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 ROUTES_LIMIT = 200
 FAILOVERS_LIMIT = 100
 HISTORY_LIMIT = 50
-QUALITY_PER_BROKER = 2000
+QUALITY_PER_BROKER = 1000
 """Orders per broker the quality charts are drawn over (the newest in the window)."""
 
 COMPONENTS = (("cost_score", "cost"), ("speed_score", "speed"), ("fill_score", "fill quality"))
@@ -41,6 +41,11 @@ class RouteFilter:
     broker: str | None = None
     symbol: str | None = None
     rule: str | None = None
+
+
+def since_hours(hours: float) -> datetime:
+    """The start of a window of ``hours`` ending now."""
+    return datetime.now(UTC) - timedelta(hours=hours)
 
 
 async def _rows(engine: AsyncEngine, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
