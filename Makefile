@@ -66,10 +66,11 @@ schemas: install ## Regenerate contracts/schemas/ (JSON Schemas and AsyncAPI)
 	$(BIN)/mbx schemas
 
 .PHONY: bench
-bench: install ## Benchmarks: routing, aggregator, end-to-end pipeline (results in bench/results/; ~6 min)
+bench: install ## Benchmarks: routing, aggregator, pipeline, dashboard queries (results in bench/results/; ~10 min)
 	$(BIN)/python -m bench.route_bench
 	$(BIN)/python -m bench.aggregator_bench
 	$(BIN)/python -m bench.pipeline_bench
+	$(BIN)/python -m bench.dashboard_bench
 
 .PHONY: record-alpaca
 record-alpaca: install ## Record fresh Alpaca payloads from a paper account (needs ALPACA_API_KEY/SECRET_KEY)
