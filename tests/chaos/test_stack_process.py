@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from workers.devstack import dashboard
 from workers.devstack.processes import free_port
 
 pytestmark = pytest.mark.integration
@@ -48,7 +49,10 @@ def wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> dict[
 def mbx_up(
     tmp_path: Path, *args: str, **env_vars: str
 ) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, object], dict[str, str]]]:
-    """Run `mbx up` as a user would (no MBX_* variables but those given); kill it if the test fails."""
+    """Run `mbx up` as a user would (no MBX_* variables but those given); kill it if the test fails.
+    Without ``--dashboard-port`` in ``args`` the dashboard is left out (its default port may be taken)."""
+    if "--dashboard-port" not in args:
+        args = (*args, "--no-dashboard")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MBX_")}
     env.update({"MBX_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200", **env_vars})
     with (tmp_path / "up.log").open("wb") as log:
@@ -64,12 +68,16 @@ def mbx_up(
 
 
 def test_up_runs_the_system_submit_fills_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
-    """The README's `make run` flow: up, submit 10 AAPL from another terminal, Ctrl-C."""
-    nats_port, pg_port = free_port(), free_port()
-    with mbx_up(tmp_path, "--nats-port", str(nats_port), "--pg-port", str(pg_port)) as (up, stack, env):
+    """The README's `make run` flow: up (the dashboard too), submit 10 AAPL from another
+    terminal, Ctrl-C."""
+    nats_port, pg_port, web_port = free_port(), free_port(), free_port()
+    ports = ("--nats-port", str(nats_port), "--pg-port", str(pg_port), "--dashboard-port", str(web_port))
+    with mbx_up(tmp_path, *ports) as (up, stack, env):
         assert stack["nats_url"] == f"nats://127.0.0.1:{nats_port}"
         pids = [*dict(stack["workers"]).values(), *dict(stack["servers"]).values()]  # type: ignore[call-overload]
-        assert len(pids) == 9  # router, five executors, aggregator, nats-server, postgres
+        assert len(pids) == 10  # router, five executors, aggregator, dashboard, nats-server, postgres
+        assert f"Dashboard: http://localhost:{web_port}" in (tmp_path / "up.log").read_text()
+        assert dashboard.healthy(web_port)
 
         submit = subprocess.run(
             [sys.executable, "-m", "workers", "submit", "--symbol", "AAPL", "--quantity", "10"],
