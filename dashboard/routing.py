@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from contracts import AssetClass, BrokerName, OrderIntent, OrderType, Side
 from dashboard.backend import Backend
 from dashboard.widgets import answer, frame
+from workers.readmodel.explain import by_attempt, order_outcome, router_rejections
 from workers.readmodel.routing import RouteFilter, candidate_rows
 from workers.readmodel.routing import since_hours as since
 
@@ -63,9 +64,7 @@ def render(backend: Backend) -> None:
     st.subheader("Failovers", anchor=False)
     failovers = answer("failovers (database)", lambda: backend.failovers(since(hours))) or []
     st.dataframe(
-        frame(
-            failovers, ["occurred_at", "intent_id", "strategy_id", "failed_broker", "attempt", "reason_code", "reason"]
-        ),
+        frame(failovers, FAILOVER_COLUMNS),
         hide_index=True,
         key="failovers",
     )
@@ -94,39 +93,27 @@ def show_story(backend: Backend, intent_id: str) -> None:
     if not any(story.values()):
         st.info(f"nothing is recorded for intent {intent_id!r} (never submitted, or not persisted yet)")
         return
-    failovers = {f["attempt"]: f for f in story["failovers"]}
-    orders = {(o["attempt"], o["broker_name"]): o for o in story["orders"]}
-    for route in story["routes"]:
+    for route, order, failover in by_attempt(story):
         after = f" after {route['failover_from']} failed" if route["failover_from"] else ""
         st.markdown(
             f"**attempt {route['attempt']}**: routed to **{route['broker_name']}** by `{route['rule']}`{after}  \n"
             f"why: {route['decision'].get('reason', '')}"
         )
         st.dataframe(
-            frame(
-                candidate_rows(route), ["broker", "total", "cost", "speed", "fill", "est. fee", "latency ms", "outcome"]
-            ),
+            frame(candidate_rows(route), CANDIDATE_COLUMNS),
             hide_index=True,
             key=f"candidates_{intent_id}_{route['attempt']}",
         )
-        order = orders.get((route["attempt"], route["broker_name"]))
         if order:
-            filled = (
-                f", {order['filled_quantity']:f} filled @ {order['average_price']:f}" if order["average_price"] else ""
-            )
-            reason = f" ({order['reason']})" if order["reason"] else ""
-            st.markdown(f"order at {route['broker_name']}: **{order['status']}**{filled}{reason}")
-        failover = failovers.get(route["attempt"])
+            status, detail = order_outcome(order)
+            st.markdown(f"order at {route['broker_name']}: **{status}**{detail}")
         if failover:
             st.markdown(f":red[failed over]: {failover['reason_code']}: {failover['reason']}")
-    for order in story["orders"]:
-        if order["broker_name"] is None:
-            st.markdown(f"rejected by the router: {order['reason']}")
+    for reason in router_rejections(story):
+        st.markdown(f"rejected by the router: {reason}")
     if story["fills"]:
         st.dataframe(
-            frame(
-                story["fills"], ["executed_at", "fill_id", "broker_name", "side", "quantity", "symbol", "price", "fee"]
-            ),
+            frame(story["fills"], FILL_COLUMNS),
             hide_index=True,
             key=f"fills_{intent_id}",
         )
@@ -205,9 +192,7 @@ def preview_form(backend: Backend) -> None:
         st.success(f"would go to **{d.broker}** by `{d.rule}`: {d.reason}")
         route = {"broker_name": str(d.broker), "rule": d.rule, "decision": d.model_dump(mode="json")}
         st.dataframe(
-            frame(
-                candidate_rows(route), ["broker", "total", "cost", "speed", "fill", "est. fee", "latency ms", "outcome"]
-            ),
+            frame(candidate_rows(route), CANDIDATE_COLUMNS),
             hide_index=True,
             key="preview_candidates",
         )

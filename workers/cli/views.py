@@ -32,13 +32,6 @@ from workers.cli.common import (
 app = typer.Typer()
 
 
-def _num(value: Any) -> str:
-    """A database number as people write it: 2, not 2.0000000000; 0, not 0E-10."""
-    if isinstance(value, Decimal):
-        return f"{value.normalize():f}" if value else "0"
-    return str(value)
-
-
 def _age(moment: datetime) -> str:
     seconds = (datetime.now(UTC) - moment).total_seconds()
     return f"{seconds:.1f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
@@ -232,9 +225,9 @@ def explain(
     if as_json:
         console.print_json(json.dumps(story, default=str))
         raise typer.Exit(EXIT_OK)
-    failovers = {f["attempt"]: f for f in story["failovers"]}
-    orders = {(o["attempt"], o["broker_name"]): o for o in story["orders"]}
-    for route in story["routes"]:
+    from workers.readmodel.explain import by_attempt, number, order_outcome, router_rejections  # noqa: PLC0415
+
+    for route, order, failover in by_attempt(story):
         decision = route["decision"]
         head = f"attempt {route['attempt']}: routed to [bold]{route['broker_name']}[/bold] by {route['rule']}"
         console.print(head + (f" (after {route['failover_from']} failed)" if route["failover_from"] else ""))
@@ -249,31 +242,24 @@ def explain(
                 f"{c['cost_score']:.3f}",
                 f"{c['speed_score']:.3f}",
                 f"{c['fill_score']:.3f}",
-                _num(Decimal(str(c["estimated_fee"]))),
+                number(Decimal(str(c["estimated_fee"]))),
                 f"{c['expected_latency_ms']:.0f}",
             )
         console.print(table)
         for e in decision.get("excluded", []):
             console.print(f"  left out: {e['broker']} ({e['reason_code']}): {e['reason']}")
-        order = orders.get((route["attempt"], route["broker_name"]))
         if order:
-            filled = (
-                f", {_num(order['filled_quantity'])} filled @ {_num(order['average_price'])}"
-                if order["average_price"]
-                else ""
-            )
-            reason = f" ({order['reason']})" if order["reason"] else ""
-            console.print(f"  order at {route['broker_name']}: [bold]{order['status']}[/bold]{filled}{reason}")
-        failover = failovers.get(route["attempt"])
+            status, detail = order_outcome(order)
+            console.print(f"  order at {route['broker_name']}: [bold]{status}[/bold]{detail}")
         if failover:
             console.print(f"  [red]failed over[/red]: {failover['reason_code']}: {failover['reason']}")
-    for order in story["orders"]:
-        if order["broker_name"] is None:
-            console.print(f"rejected by the router: {order['reason']}")
+    for reason in router_rejections(story):
+        console.print(f"rejected by the router: {reason}")
     for fill in story["fills"]:
         console.print(
-            f"fill {fill['fill_id']}: {fill['side']} {_num(fill['quantity'])} {fill['symbol']} @ {_num(fill['price'])} "
-            f"at {fill['broker_name']} (fee {_num(fill['fee'])}, {fill['executed_at']:%H:%M:%S.%f})"
+            f"fill {fill['fill_id']}: {fill['side']} {number(fill['quantity'])} {fill['symbol']} "
+            f"@ {number(fill['price'])} "
+            f"at {fill['broker_name']} (fee {number(fill['fee'])}, {fill['executed_at']:%H:%M:%S.%f})"
         )
     raise typer.Exit(EXIT_OK)
 

@@ -3,6 +3,7 @@ fills (``mbx explain``, the dashboard's routing tab)."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import text
@@ -23,3 +24,33 @@ async def intent_story(engine: AsyncEngine, intent_id: str) -> dict[str, list[di
             name: [dict(r) for r in (await conn.execute(text(sql), {"i": intent_id})).mappings()]
             for name, sql in STORY_QUERIES.items()
         }
+
+
+def number(value: Any) -> str:
+    """A database number as people write it: 2, not 2.0000000000; 0, not 0E-10."""
+    if isinstance(value, Decimal):
+        return f"{value.normalize():f}" if value else "0"
+    return str(value)
+
+
+def by_attempt(story: dict[str, list[dict[str, Any]]]) -> list[tuple[dict[str, Any], Any, Any]]:
+    """Each route decision with its order at that broker and its failover (None when there is none)."""
+    failovers = {f["attempt"]: f for f in story["failovers"]}
+    orders = {(o["attempt"], o["broker_name"]): o for o in story["orders"]}
+    return [
+        (route, orders.get((route["attempt"], route["broker_name"])), failovers.get(route["attempt"]))
+        for route in story["routes"]
+    ]
+
+
+def order_outcome(order: dict[str, Any]) -> tuple[str, str]:
+    """(status, what else to say): ", 10 filled @ 332.73 (reason)"."""
+    price = order["average_price"]
+    filled = f", {number(order['filled_quantity'])} filled @ {number(price)}" if price else ""
+    reason = f" ({order['reason']})" if order["reason"] else ""
+    return order["status"], filled + reason
+
+
+def router_rejections(story: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Why the router refused the intent, if it did (an order row with no broker)."""
+    return [o["reason"] for o in story["orders"] if o["broker_name"] is None]
