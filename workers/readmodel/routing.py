@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 ROUTES_LIMIT = 200
 FAILOVERS_LIMIT = 100
 HISTORY_LIMIT = 50
-QUALITY_PER_BROKER = 1000
+QUALITY_PER_BROKER = 2000
 """Orders per broker the quality charts are drawn over (the newest in the window)."""
 
 COMPONENTS = (("cost_score", "cost"), ("speed_score", "speed"), ("fill_score", "fill quality"))
@@ -128,34 +128,31 @@ async def quality_over_time(
 ) -> list[dict[str, Any]]:
     """Per broker and time bucket, over each broker's newest ``per_broker`` orders since
     ``since``: orders, fill rate, average slippage in bps against the decision's reference price
-    (positive = worse for us), latency from decision to first fill (p50, p99, ms) and fees."""
+    (positive = worse for us), latency from decision to first fill (p50, p99, ms) and fees. One
+    index range of ``orders`` per broker: the decision time, reference price and first fill time
+    are on the order row (migration 0010)."""
     return await _rows(
         engine,
         """
         SELECT broker_name, date_bin(:bucket, decided_at, TIMESTAMPTZ '2000-01-01') AS bucket,
                count(*) AS orders,
                round(count(*) FILTER (WHERE status = 'filled')::numeric / count(*), 4) AS fill_rate,
-               round(avg(direction * (average_price - reference_price) / reference_price * 10000)
+               round(avg(CASE WHEN side = 'buy' THEN 1 ELSE -1 END
+                         * (average_price - reference_price) / reference_price * 10000)
                      FILTER (WHERE status = 'filled' AND reference_price > 0), 3) AS slippage_bps,
                percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM first_fill_at - decided_at) * 1000)
                    AS latency_p50_ms,
                percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM first_fill_at - decided_at) * 1000)
                    AS latency_p99_ms,
                coalesce(sum(fees), 0) AS fees
-          FROM (
-            SELECT o.broker_name, o.status, o.fees, o.average_price, r.decided_at,
-                   (r.decision ->> 'reference_price')::numeric AS reference_price,
-                   CASE WHEN o.side = 'buy' THEN 1 ELSE -1 END AS direction,
-                   (SELECT min(t.executed_at) FROM trade_logs t
-                     WHERE t.broker_name = o.broker_name AND t.broker_order_id = o.broker_order_id) AS first_fill_at
-              FROM unnest(CAST(:brokers AS text[])) AS b(name)
-              CROSS JOIN LATERAL (
-                    SELECT * FROM multi_broker_routes routes
-                     WHERE routes.broker_name = b.name AND routes.decided_at >= :since
-                     ORDER BY routes.decided_at DESC
-                     LIMIT :per_broker) r
-              JOIN orders o ON o.intent_id = r.intent_id AND o.attempt = r.attempt AND o.broker_name = r.broker_name
-          ) per_order
+          FROM unnest(CAST(:brokers AS text[])) AS b(name)
+          CROSS JOIN LATERAL (
+                SELECT o.broker_name, o.decided_at, o.status, o.side, o.average_price, o.reference_price,
+                       o.first_fill_at, o.fees
+                  FROM orders o
+                 WHERE o.broker_name = b.name AND o.decided_at >= :since
+                 ORDER BY o.decided_at DESC
+                 LIMIT :per_broker) o
       GROUP BY broker_name, bucket
       ORDER BY bucket, broker_name
         """,

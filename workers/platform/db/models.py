@@ -106,6 +106,7 @@ class Order(Base):
         Index(None, "intent_id"),
         Index(None, "strategy_id", "created_at"),
         Index(None, "symbol", "created_at"),
+        Index(None, "broker_name", "decided_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -129,6 +130,10 @@ class Order(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
+    # Kept by triggers (migration 0010) from the route and the fills, for quality over time:
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reference_price: Mapped[Decimal | None] = mapped_column(Money)
+    first_fill_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Position(Base):
