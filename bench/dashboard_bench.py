@@ -70,11 +70,13 @@ GENERATE = [
         """
         INSERT INTO orders (intent_id, strategy_id, broker_name, client_order_id, broker_order_id, attempt, symbol,
                             asset_class, side, order_type, quantity, filled_quantity, average_price, fees, status,
-                            report_seq, created_at, updated_at)
+                            report_seq, created_at, updated_at, decided_at, reference_price, first_fill_at)
         SELECT r.intent_id, r.strategy_id, r.broker_name, r.intent_id, 'bo-' || r.id, 1, 'S' || (r.id %% 200),
                'equity', CASE WHEN r.id %% 3 = 0 THEN 'sell' ELSE 'buy' END, 'market', 10,
                CASE WHEN r.id %% 50 = 0 THEN 0 ELSE 10 END, 100 + (r.id %% 7) * 0.01, 0.01,
-               CASE WHEN r.id %% 50 = 0 THEN 'rejected' ELSE 'filled' END, 2, r.decided_at, r.decided_at
+               CASE WHEN r.id %% 50 = 0 THEN 'rejected' ELSE 'filled' END, 2, r.decided_at, r.decided_at,
+               r.decided_at, 100.00,
+               CASE WHEN r.id %% 50 = 0 THEN NULL ELSE r.decided_at + interval '20 milliseconds' END
           FROM multi_broker_routes r WHERE r.intent_id LIKE 'b-%%'
         """,
     ),

@@ -330,6 +330,9 @@ class ExecutionReport(Message):
     fees: NonNegativeDecimal = Decimal(0)
     reason_code: str = Field(default="", description="Machine-readable reason for a rejection or failure.")
     reason: str = Field(default="", description="Human-readable reason.")
+    first_fill_at: AwareDatetime | None = Field(
+        default=None, description="When the broker first filled this order; null before any fill."
+    )
     final: bool = Field(
         default=False,
         description=(

@@ -276,7 +276,13 @@ _ORDER_COLUMNS = {
     "status": "varchar",
     "report_seq": "integer",
 }
-_INSERT_ORDER = _ArrayInsert("orders", _ORDER_COLUMNS, "ON CONFLICT (broker_name, client_order_id) DO NOTHING")
+# An order stored from its route carries the decision's time and reference price; one stored
+# first from a report gets them when its route is stored (trigger, migration 0010).
+_INSERT_ORDER = _ArrayInsert(
+    "orders",
+    _ORDER_COLUMNS | {"decided_at": "timestamptz", "reference_price": "numeric"},
+    "ON CONFLICT (broker_name, client_order_id) DO NOTHING",
+)
 _UPSERT_REPORT = _ArrayInsert(
     "orders",
     _ORDER_COLUMNS
@@ -286,12 +292,14 @@ _UPSERT_REPORT = _ArrayInsert(
         "average_price": "numeric",
         "fees": "numeric",
         "reason": "text",
+        "first_fill_at": "timestamptz",
     },
     "ON CONFLICT (broker_name, client_order_id) DO UPDATE SET "
     "broker_order_id = coalesce(nullif(excluded.broker_order_id, ''), orders.broker_order_id), "
     "status = excluded.status, quantity = coalesce(excluded.quantity, orders.quantity), "
     "filled_quantity = excluded.filled_quantity, average_price = excluded.average_price, "
-    "fees = excluded.fees, report_seq = excluded.report_seq, reason = excluded.reason, updated_at = now() "
+    "fees = excluded.fees, report_seq = excluded.report_seq, reason = excluded.reason, updated_at = now(), "
+    "first_fill_at = least(orders.first_fill_at, excluded.first_fill_at) "
     "WHERE orders.report_seq < excluded.report_seq",
 )
 _INSERT_FILL = _ArrayInsert(
@@ -352,6 +360,8 @@ def _order_row_from_route(r: RouteDecision) -> dict[str, Any]:
         "notional": i.notional,
         "status": "new",
         "report_seq": 0,
+        "decided_at": r.created_at,
+        "reference_price": r.reference_price,
     }
 
 
@@ -375,6 +385,7 @@ def _order_row_from_report(r: ExecutionReport) -> dict[str, Any]:
         "status": str(r.status),
         "report_seq": r.report_seq,
         "reason": r.reason or None,
+        "first_fill_at": r.first_fill_at,
     }
 
 

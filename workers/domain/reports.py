@@ -55,6 +55,7 @@ def report(
         fees=order.fees if order else Decimal(0),
         reason_code=reason_code,
         reason=reason,
+        first_fill_at=min((f.executed_at for f in order.fills), default=None) if order else None,
         final=status.is_terminal if final is None else final,
     )
 
