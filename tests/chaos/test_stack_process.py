@@ -76,7 +76,11 @@ def test_up_runs_the_system_submit_fills_and_ctrl_c_leaves_no_process(tmp_path: 
         assert stack["nats_url"] == f"nats://127.0.0.1:{nats_port}"
         pids = [*dict(stack["workers"]).values(), *dict(stack["servers"]).values()]  # type: ignore[call-overload]
         assert len(pids) == 10  # router, five executors, aggregator, dashboard, nats-server, postgres
-        assert f"Dashboard: http://localhost:{web_port}" in (tmp_path / "up.log").read_text()
+        announced = f"Dashboard: http://localhost:{web_port}"
+        deadline = time.monotonic() + 30  # the stack file is written just before the announcement
+        while announced not in " ".join((tmp_path / "up.log").read_text().split()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert announced in " ".join((tmp_path / "up.log").read_text().split())
         assert dashboard.healthy(web_port)
 
         submit = subprocess.run(

@@ -25,3 +25,18 @@ def test_every_command_has_an_example_in_its_help() -> None:
         result = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "200"})
         assert result.exit_code == 0, (args, result.output)
         assert "Example" in result.output, args
+
+
+def test_loading_the_command_line_loads_no_database_bus_or_dashboard_library() -> None:
+    """`mbx` starts every worker process and every operator command: what a command needs is
+    loaded when it runs, so a restart after a crash and `mbx --help` stay quick."""
+    import subprocess
+    import sys
+
+    heavy = ["sqlalchemy", "nats", "psycopg", "faststream", "alembic", "httpx", "streamlit", "pandas", "workers.ops"]
+    probe = (
+        "import sys, workers.cli.main; "
+        f"print(sorted(h for h in {heavy!r} if any(m == h or m.startswith(h + '.') for m in sys.modules)))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
+    assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr

@@ -13,7 +13,7 @@ import asyncio
 import json
 import os
 from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import Progress
@@ -32,8 +32,9 @@ from workers.cli.common import (
     resolve_nats_url,
     settings_and_config,
 )
-from workers.ops.dlq import Filters, Letter, find_letters, replayable
-from workers.ops.errors import OperatorError
+
+if TYPE_CHECKING:  # the operator actions load on use: `mbx --help` and every worker start stay quick
+    from workers.ops.dlq import Filters, Letter
 
 dlq = typer.Typer(help="Dead letters: list, show, replay, purge.", no_args_is_help=True)
 
@@ -64,6 +65,8 @@ def _filters(
     until: str | None,
     ids: list[str] | None,
 ) -> Filters:
+    from workers.ops.dlq import Filters  # noqa: PLC0415
+
     return Filters(stage, subject, error, _time(since, "since"), _time(until, "until"), tuple(ids or ()))
 
 
@@ -72,6 +75,8 @@ def _load(filters: Filters) -> tuple[list[Letter], str, Subjects]:
     url = resolve_nats_url(settings)
 
     async def load() -> list[Letter]:
+        from workers.ops.dlq import find_letters  # noqa: PLC0415
+
         nc = await connect(url)
         try:
             return await find_letters(nc.jetstream(), settings.subjects, filters)
@@ -134,7 +139,9 @@ def show(letter: Annotated[str, typer.Argument(help="Sequence, letter id or inte
 
     Example: mbx dlq show 42
     """
-    letters, _, _ = _load(Filters(None, None, None, None, None, (letter,)))
+    from workers.ops.dlq import Filters  # noqa: PLC0415
+
+    letters, _, _ = _load(Filters(ids=(letter,)))
     if not letters:
         fail(f"no dead letter {letter!r}")
     for item in letters:
@@ -177,6 +184,8 @@ def replay(
     if not letters:
         console.print("no dead letter matches")
         raise typer.Exit(EXIT_OK)
+    from workers.ops.dlq import replayable  # noqa: PLC0415
+
     letters, cut = replayable(letters)
     for item in cut:
         err.print(
@@ -201,6 +210,7 @@ def replay(
 
 async def _replay(letters: list[Letter], url: str, database: str) -> int:
     from workers.ops.dlq import replay as replay_letters  # noqa: PLC0415
+    from workers.ops.errors import OperatorError  # noqa: PLC0415
     from workers.platform.db.engine import make_engine  # noqa: PLC0415
 
     engine = make_engine(database, pool_size=1)
