@@ -215,6 +215,26 @@ async def step(nc: NatsClient, settings: Settings, venue: SimulatedVenue, restin
     resting.handled = True
 
 
+async def unfinished(db: AsyncEngine, book: Book) -> str:
+    """What has not ended yet, for the failure message: each intent's order rows as stored."""
+    rows = await fetch_all(
+        db,
+        "SELECT intent_id, broker_name, status, filled_quantity, report_seq, updated_at FROM orders "
+        "WHERE intent_id = ANY(:ids) AND status NOT IN ('filled', 'cancelled', 'rejected', 'failed', 'expired')",
+        ids=book.ids,
+    )
+    stored = {
+        r["intent_id"]
+        for r in await fetch_all(db, "SELECT intent_id FROM orders WHERE intent_id = ANY(:ids)", ids=book.ids)
+    }
+    missing = [i for i in book.ids if i not in stored]
+    waiting = [r.intent_id for r in book.resting.values() if not r.handled]
+    return (
+        f"{len(rows)} not final, e.g. {[dict(r) for r in rows[:8]]}; {len(missing)} with no order row, e.g. "
+        f"{missing[:8]}; resting orders not yet worked: {waiting[:8]}"
+    )
+
+
 async def all_final(db: AsyncEngine, ids: list[str]) -> bool:
     rows = await fetch_all(
         db,
@@ -274,7 +294,8 @@ async def test_a_hundred_kills_in_flight_lose_and_double_nothing(isolated: Setti
         print(f"{loop.time() - began:6.1f}s kills done; waiting for every intent to end", flush=True)
         deadline = loop.time() + SETTLE_S
         while not (await all_final(db, book.ids) and all(r.handled for r in book.resting.values())):
-            assert loop.time() < deadline, "not every intent ended:\n" + fleet.log_tail()
+            if loop.time() >= deadline:
+                raise AssertionError(f"not every intent ended: {await unfinished(db, book)}\n{fleet.log_tail()}")
             assert not resting_task.done(), f"the resting-order worker stopped: {resting_task.exception()!r}"
             await fleet.restart_exited()
             await asyncio.sleep(1.0)
