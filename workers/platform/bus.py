@@ -171,9 +171,9 @@ async def _send(
 BUILD_DEPENDENT = ("created_at", "first_fill_at")
 """Fields two builds of one message may differ in: ``created_at`` is when it was built, and an
 execution report's ``first_fill_at`` is known only when the broker's answer listed the order's
-fills (a lookup by listing may not). Compared, the second made every redelivery of a Schwab
-order's report a conflict with the first, and the executor reconciled it for ever (found by the
-worker-kill test)."""
+fills. Compared, it would make two honest builds of one report a conflict for the executor to
+reconcile; while it was compared, the worker-kill test stranded resting Schwab orders (left
+accepted or partly filled) in two runs of three."""
 
 
 def _same_message(stored: bytes, ours: bytes) -> bool:
