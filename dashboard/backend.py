@@ -93,9 +93,10 @@ class Backend:
 
         return self._run(read())
 
-    def live_config(self) -> MbxConfig:
-        """The config the router uses now (defaults before the router first started)."""
-        return parse_config(self.live().config or {}, "the live config")
+    def live_config(self, live: live_config.LiveConfig | None = None) -> MbxConfig:
+        """The config the router uses now (defaults before the router first started), from
+        ``live`` when the caller has already read it."""
+        return parse_config((live or self.live()).config or {}, "the live config")
 
     async def _request(self, name: str, payload: bytes = b"", timeout: float = 10) -> dict[str, Any]:
         await self._js()

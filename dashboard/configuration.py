@@ -25,7 +25,7 @@ def render(backend: Backend) -> None:
     if live.config is None:
         st.info("no live config yet: the router seeds it from mbx.yaml when it first starts")
         return
-    config = backend.live_config()
+    config = backend.live_config(live)
     st.caption(f"live config revision {live.revision}")
     if live.refusal:
         st.warning(f"the router refused the last change: {live.refusal}")

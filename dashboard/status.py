@@ -43,15 +43,16 @@ def show(backend: Backend) -> None:
         return
     timeout = config.routing.heartbeat_timeout_s
     now = datetime.now(UTC)
+    states = {s.broker: broker_state(s, timeout, now) for s in stack.brokers}
     rows = [
         {
             "broker": str(s.broker),
-            "state": broker_state(s, timeout, now),
+            "state": states[s.broker],
             "latency ms": round(s.latency_ms, 1),
             "error rate": s.error_rate,
             "rate headroom": s.rate_limit_headroom,
             "last heartbeat s": round((now - s.last_seen).total_seconds(), 1),
-            "why down": "" if broker_state(s, timeout, now) == "up" else s.reason,
+            "why down": "" if states[s.broker] == "up" else s.reason,
         }
         for s in stack.brokers
     ]

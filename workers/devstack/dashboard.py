@@ -10,8 +10,6 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from workers.devstack.processes import port_open
-
 HEALTH_PATH = "/_stcore/health"
 
 
@@ -47,8 +45,6 @@ def environment(nats_url: str, database_url: str, prefix: str | None = None) -> 
 
 
 def healthy(port: int, address: str = "127.0.0.1") -> bool:
-    if not port_open(address, port):
-        return False
     try:
         with urllib.request.urlopen(f"http://{address}:{port}{HEALTH_PATH}", timeout=1) as reply:
             return bool(reply.read().strip() == b"ok")

@@ -28,7 +28,7 @@ from rich.table import Table
 from contracts import BrokerName, BrokerStatus
 from workers.devstack.nats import EmbeddedNats
 from workers.devstack.postgres import EmbeddedPostgres
-from workers.devstack.processes import spawn, stop
+from workers.devstack.processes import port_open, spawn, stop, wait_until
 from workers.domain.config import MbxConfig
 from workers.platform.bus import ensure_streams, open_bucket, use_replicas
 from workers.platform.db.migrate import upgrade
@@ -173,7 +173,6 @@ class Stack:
     def _start_dashboard(self, nats_url: str, database_url: str) -> str | None:
         """Start the dashboard and wait for its health endpoint; its URL, or None (said why)."""
         from workers.devstack import dashboard  # noqa: PLC0415
-        from workers.devstack.processes import port_open, wait_until  # noqa: PLC0415
         from workers.platform.settings import dashboard_database_url  # noqa: PLC0415
 
         port = self.dashboard_port
