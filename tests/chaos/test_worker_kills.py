@@ -34,7 +34,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts import BrokerName, CancelRequest
+from contracts import BrokerName, CancelRequest, DeadLetter
 from tests.builders import CRYPTO, FRACTIONAL, OPTION, intent_payload
 from tests.chaos.fleet import Fleet
 from tests.conftest import eventually, fetch_all, unthrottled
@@ -215,8 +215,9 @@ async def step(nc: NatsClient, settings: Settings, venue: SimulatedVenue, restin
     resting.handled = True
 
 
-async def unfinished(db: AsyncEngine, book: Book) -> str:
-    """What has not ended yet, for the failure message: each intent's order rows as stored."""
+async def unfinished(db: AsyncEngine, book: Book, nc: NatsClient, settings: Settings) -> str:
+    """What has not ended yet, for the failure message: each intent's order rows as stored, and
+    the dead letters."""
     rows = await fetch_all(
         db,
         "SELECT intent_id, broker_name, status, filled_quantity, report_seq, updated_at FROM orders "
@@ -229,9 +230,14 @@ async def unfinished(db: AsyncEngine, book: Book) -> str:
     }
     missing = [i for i in book.ids if i not in stored]
     waiting = [r.intent_id for r in book.resting.values() if not r.handled]
+    letters = [
+        DeadLetter.model_validate_json(m.data)
+        for m in await read_stream(nc.jetstream(), settings.subjects.stream_name("DLQ"), settings.subjects.dlq("*"))
+    ]
     return (
         f"{len(rows)} not final, e.g. {[dict(r) for r in rows[:8]]}; {len(missing)} with no order row, e.g. "
-        f"{missing[:8]}; resting orders not yet worked: {waiting[:8]}"
+        f"{missing[:8]}; resting orders not yet worked: {waiting[:8]}; {len(letters)} dead letters, e.g. "
+        f"{[(d.original_subject, d.error, d.delivery_count) for d in letters[:8]]}"
     )
 
 
@@ -295,7 +301,8 @@ async def test_a_hundred_kills_in_flight_lose_and_double_nothing(isolated: Setti
         deadline = loop.time() + SETTLE_S
         while not (await all_final(db, book.ids) and all(r.handled for r in book.resting.values())):
             if loop.time() >= deadline:
-                raise AssertionError(f"not every intent ended: {await unfinished(db, book)}\n{fleet.log_tail()}")
+                left = await unfinished(db, book, nc, settings)
+                raise AssertionError(f"not every intent ended: {left}\n{fleet.log_tail()}")
             assert not resting_task.done(), f"the resting-order worker stopped: {resting_task.exception()!r}"
             await fleet.restart_exited()
             await asyncio.sleep(1.0)

@@ -395,9 +395,7 @@ async def test_a_stale_route_delivery_never_records_a_state_whose_report_lost_it
 
     executor.ledger.put = put_after_the_stale_delivery  # type: ignore[method-assign]
     try:
-        await handlers.cancel(
-            CancelRequest(intent_id=payload["intent_id"], strategy_id="stale", reason="race"), delivery=1
-        )
+        await handlers.cancel(CancelRequest(intent_id=payload["intent_id"], strategy_id="stale", reason="race"))
     finally:
         executor.ledger.put = put  # type: ignore[method-assign]
     assert stale_done

@@ -3,6 +3,7 @@ resolved by looking the order up, never by placing it blindly again."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -210,3 +211,47 @@ async def test_a_queue_of_identical_schwab_orders_waits_without_using_up_deliver
     spec = topology.executor_consumer(BrokerName.SCHWAB)
     info = await nc.jetstream().consumer_info(spec.stream, spec.durable)
     assert info.delivered.consumer_seq == len(payloads)  # no route needed a second delivery
+
+
+async def test_identical_orders_waiting_in_one_process_poll_the_shared_lock_one_at_a_time(
+    isolated: Settings, nc: NatsClient
+) -> None:
+    """Forty identical orders waiting for a holder cost one poller of the shared lock, not forty
+    (a hundred pollers once starved the holder of the CPU it needed to finish); the holder's own
+    redelivery passes the queue at once; the waiters then take the lock in turn, each once."""
+    topology = isolated.topology
+    guard = SameShapeGuard(
+        nc.jetstream, topology.shape_locks_bucket, topology.attributions_bucket, str(BrokerName.SCHWAB)
+    )
+    holder, *waiters = [make_intent(**{**OPTION, "quantity": "1"}, strategy_id="queue") for _ in range(41)]
+    await guard.acquire(holder)
+    looks = 0
+    look = guard._holder
+
+    async def counted(kv: Any, key: str) -> str | None:
+        nonlocal looks
+        looks += 1
+        return await look(kv, key)
+
+    guard._holder = counted  # type: ignore[method-assign]
+    turns: list[str] = []
+
+    async def take_turn(intent: Any) -> None:
+        await guard.acquire(intent)
+        turns.append(intent.intent_id)
+        await guard.release(intent)
+
+    queue = [asyncio.create_task(take_turn(w)) for w in waiters]
+
+    async def all_queued() -> bool:
+        return looks >= len(waiters)  # each has looked once and queued
+
+    await eventually(all_queued)
+    looks = 0
+    await asyncio.sleep(1.0)
+    assert looks <= 25, f"{looks} looks at the lock in a second: more than one poller"
+    await asyncio.wait_for(guard.acquire(holder), 1.0)  # its redelivery does not queue
+    assert turns == []
+    await guard.release(holder)
+    await asyncio.wait_for(asyncio.gather(*queue), 60)
+    assert sorted(turns) == sorted(w.intent_id for w in waiters)

@@ -1,5 +1,6 @@
 """The delivery policy's verdicts that need no server: a failed ack after a handled message is
-not a failed delivery, and a deterministic error is dead-lettered at once."""
+not a failed delivery, a deterministic error is dead-lettered at once, and a message still
+waiting on something under way is never dead-lettered for its number of deliveries."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from contracts import DeadLetterStage
-from workers.platform.runtime import Worker
+from workers.platform.runtime import StillPending, Worker
 from workers.platform.settings import Settings
 from workers.platform.topology import ConsumerSpec
 
@@ -71,3 +72,23 @@ async def test_an_arithmetic_error_is_dead_lettered_at_its_first_delivery_not_re
     assert outcome == "dead_letter"
     assert msg.naks == 0
     assert worker.letters and worker.letters[0].startswith(InvalidOperation.__name__)
+
+
+async def test_a_message_still_pending_is_retried_past_the_dead_letter_limit() -> None:
+    """Crashed workers use up deliveries of every message in their hands: a route waiting on a
+    same-shaped order ahead of it, or on an order that may exist, is retried whatever the count,
+    while any other failure on that delivery is dead-lettered."""
+    worker = RecordingWorker()
+    msg = Delivery()
+    msg.metadata = SimpleNamespace(num_delivered=9, num_pending=0, stream="ORDERS", sequence=SimpleNamespace(stream=9))
+
+    async def waiting(_msg: Any) -> str:
+        raise StillPending("a same-shaped order ahead of this one is unresolved")
+
+    async def failing(_msg: Any) -> str:
+        raise ConnectionError("the broker closed the connection")
+
+    assert await worker.deliver(DeadLetterStage.EXECUTOR, SPEC, msg, waiting) != "dead_letter"  # type: ignore[arg-type]
+    assert (worker.letters, msg.naks) == ([], 1)
+    assert await worker.deliver(DeadLetterStage.EXECUTOR, SPEC, msg, failing) == "dead_letter"  # type: ignore[arg-type]
+    assert worker.letters == ["gave up after 9 deliveries: ConnectionError: the broker closed the connection"]

@@ -34,10 +34,10 @@ from workers.domain.venue import (
 )
 from workers.executor.budget import RateBudget
 from workers.executor.same_shape import SameShapeGuard, ShapeBusy
-from workers.platform.bus import delivery_count, is_replay, publish, publish_checked
+from workers.platform.bus import delivery_count, is_replay, publish, publish_checked, stored_at
 from workers.platform.failpoints import failpoint
 from workers.platform.order_ledger import OrderLedger
-from workers.platform.runtime import PoisonMessage, RetryLater, Worker, parse
+from workers.platform.runtime import PoisonMessage, RetryLater, StillPending, Worker, parse
 from workers.platform.topology import ConsumerSpec
 
 if TYPE_CHECKING:
@@ -47,12 +47,15 @@ if TYPE_CHECKING:
 log = structlog.get_logger("mbx.executor")
 T = TypeVar("T")
 
+CANCEL_WAIT = timedelta(minutes=5)
+"""How long a cancel waits for the order it cancels to be recorded here before it is refused."""
 LOOKUP_MARGIN = timedelta(seconds=5)
 LISTING_SETTLE = timedelta(seconds=5)
 
 
-class OutcomeUnknown(Exception):
-    """Whether an earlier attempt placed the order is not known yet: retry later (transient)."""
+class OutcomeUnknown(StillPending):
+    """Whether an earlier attempt placed the order is not known yet: retried until it is known
+    (never dead-lettered: that would leave an order that may exist unresolved)."""
 
 
 class VenueStats:
@@ -107,7 +110,7 @@ class ExecutorHandlers:
 
     async def execute(self, msg: Msg) -> str:
         if self.worker.subjects.kind(msg.subject) == "cancels":
-            return await self.cancel(parse(CancelRequest, msg.data), delivery_count(msg))
+            return await self.cancel(parse(CancelRequest, msg.data), stored_at(msg))
         decision = parse(RouteDecision, msg.data)
         structlog.contextvars.bind_contextvars(intent_id=decision.intent_id, broker=str(decision.broker))
         if decision.broker != self.venue.broker:
@@ -177,7 +180,7 @@ class ExecutorHandlers:
                     await self._unknown(decision, exc)
                     raise
             if not client_ids:
-                await self.shapes.attribute(order.broker_order_id, decision.intent_id)
+                await self.shapes.attribute(order.broker_order_id, decision.intent)
         failpoint("after_place")
         await self._record_order(decision, order, entry, revision)
         failpoint("after_report")  # reported, not yet acked
@@ -201,18 +204,21 @@ class ExecutorHandlers:
         await self.budget.take()
         if self.venue.capabilities.has_client_order_id:
             return await self._call(self.venue.locate(intent, intent.intent_id, since), "looking the order up")
-        others: set[str] = set()
         for _ in range(MAX_LISTED_CANDIDATES):
             order = await self._call(
-                self.venue.locate(intent, intent.intent_id, since, frozenset(others)), "listing orders"
+                self.venue.locate(intent, intent.intent_id, since, self.shapes.others(intent)), "listing orders"
             )
             if order is None:
                 return None
-            if await self.shapes.attribute(order.broker_order_id, intent.intent_id):
+            if await self.shapes.attribute(order.broker_order_id, intent):
                 return order
-            others.add(order.broker_order_id)
             await self.budget.take()
-        return None
+        # Not "not found": an order of this intent may come after those stepped over so far (the
+        # next delivery goes on from them, remembered as other intents' orders).
+        raise OutcomeUnknown(
+            f"{MAX_LISTED_CANDIDATES} same-shaped orders of other intents listed at {self.venue.broker} "
+            "and this intent's not among them yet; looking further before anything is placed"
+        )
 
     async def _unsent(self, decision: RouteDecision, delivery: int, exc: VenueUnavailable) -> str:
         """The request provably never reached the broker: record that, then retry later, or
@@ -353,20 +359,26 @@ class ExecutorHandlers:
             current = await self._call(self.venue.get_order(entry.broker_order_id), "reading the order")
         raise OutcomeUnknown(f"the ledger entry of {intent_id} kept changing; reporting it again later")
 
-    async def cancel(self, request: CancelRequest, delivery: int = 1) -> str:
-        """Cancel the order at the broker, or say why it cannot be cancelled."""
+    async def cancel(self, request: CancelRequest, sent_at: datetime | None = None) -> str:
+        """Cancel the order at the broker, or say why it cannot be cancelled. ``sent_at``: when
+        the router forwarded the request here."""
         structlog.contextvars.bind_contextvars(intent_id=request.intent_id, broker=str(self.venue.broker))
         entry = await self.ledger.get(request.intent_id)
         unrecorded = entry is None or (
             entry.broker == self.venue.broker and not entry.broker_order_id and not entry.status.is_terminal
         )
-        if unrecorded and delivery < self.spec.give_up_after:
+        waited = datetime.now(UTC) - (sent_at or datetime.now(UTC))
+        if unrecorded and waited < CANCEL_WAIT:
             # Routed here but not recorded yet: the route is queued, being placed, or was placed
             # by a delivery that died before recording it (redelivered after the ack wait). Look
-            # again then, rather than refuse to cancel an order that may exist.
-            raise RetryLater(f"no order of {request.intent_id} recorded here yet", self.spec.ack_wait_seconds / 2)
+            # again then, rather than refuse to cancel an order that may exist. Bounded by time,
+            # not deliveries: a crashed executor takes a delivery of every message in its hands.
+            raise StillPending(f"no order of {request.intent_id} recorded here yet", self.spec.ack_wait_seconds / 2)
         if entry is None or entry.broker != self.venue.broker or unrecorded:
-            return await self._cancel_rejected(request, None, "unknown_order", "no order at this broker")
+            why = "no order at this broker"
+            if unrecorded:
+                why = f"no order of this intent was recorded here within {CANCEL_WAIT.total_seconds():.0f}s"
+            return await self._cancel_rejected(request, None, "unknown_order", why)
         if not entry.working:
             return await self._cancel_rejected(
                 request, entry.status, "too_late_to_cancel", f"the order is already {entry.status}"

@@ -20,10 +20,13 @@ import asyncio
 import base64
 import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 
 from contracts import OrderIntent
 from workers.platform.bus import LazyBucket
@@ -32,6 +35,9 @@ LOCK_TTL_S = 120.0
 """How long a lock lasts if its holder never comes back to release it."""
 ATTRIBUTION_TTL_S = 7 * 86400.0
 """As long as the streams keep a route that could be redelivered."""
+REMEMBERED_PER_SHAPE = 1000
+REMEMBERED_SHAPES = 1000
+"""Bounds of what a process remembers of whose orders are whose (the latest are kept)."""
 LOCK_POLL_S = (0.01, 0.1)
 """First and longest pause between looks at a lock held by another intent."""
 LOCK_WAIT_S = LOCK_TTL_S + 10.0
@@ -66,36 +72,87 @@ def _token(value: str) -> str:
     return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
 
 
+@dataclass
+class _Gate:
+    """Where this process's same-shaped intents queue for their turn to poll the shared lock."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 class SameShapeGuard:
     def __init__(self, js: Callable[[], JetStreamContext], locks: str, attributions: str, broker: str) -> None:
         self._store = LazyBucket(js, locks, ttl=LOCK_TTL_S)
         self._owners = LazyBucket(js, attributions, ttl=ATTRIBUTION_TTL_S)
         self._broker = broker
+        self._gates: dict[str, _Gate] = {}
+        self._known: dict[str, OrderedDict[str, str]] = {}  # shape key -> broker order id -> intent
 
     async def acquire(self, intent: OrderIntent, wait: float = LOCK_WAIT_S) -> None:
-        """Take the shape's shared lock for ``intent`` (again, if it already holds it)."""
+        """Take the shape's shared lock for ``intent`` (again, if it already holds it).
+
+        Within one process, same-shaped intents queue on a local gate and only the first of them
+        polls the shared lock: a queue of identical orders then costs one poller per process, not
+        one per order (a hundred pollers starved the holder they waited for of the CPU it needed
+        to finish). The holder itself never queues at the gate: its redelivery must get through."""
         kv = await self._store()
         key = shape_key(self._broker, intent)
         deadline = time.monotonic() + wait
+        if await self._take(kv, key, intent):
+            return
+        gate = self._gates.setdefault(key, _Gate())
+        gate.users += 1
+        try:
+            try:
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                    await gate.lock.acquire()
+            except TimeoutError:
+                raise self._busy(await self._holder(kv, key)) from None
+            try:
+                await self._poll(kv, key, intent, deadline)
+            finally:
+                gate.lock.release()
+        finally:
+            gate.users -= 1
+            if not gate.users:
+                del self._gates[key]
+
+    async def _poll(self, kv: KeyValue, key: str, intent: OrderIntent, deadline: float) -> None:
         pause, longest = LOCK_POLL_S
+        while not await self._take(kv, key, intent):
+            if time.monotonic() >= deadline:
+                raise self._busy(await self._holder(kv, key))
+            await asyncio.sleep(pause)
+            pause = min(pause * 1.5, longest)
+
+    async def _take(self, kv: KeyValue, key: str, intent: OrderIntent) -> bool:
+        """Create the lock for ``intent``; True if it is now (or already was) the holder."""
         while True:
             try:
                 await kv.create(key, intent.intent_id.encode())
-                return
+                return True
+            except KeyNotFoundError:
+                # nats-py's create, refused because the key existed, reads it to tell a deleted
+                # key from a live one; a lock that expired in between is simply gone.
+                continue
             except KeyWrongLastSequenceError:
-                try:
-                    holder = (await kv.get(key)).value or b""
-                except KeyNotFoundError:
+                holder = await self._holder(kv, key)
+                if holder is None:
                     continue  # released in between: try again
-                if holder.decode() == intent.intent_id:
-                    return
-                if time.monotonic() >= deadline:
-                    raise ShapeBusy(
-                        f"a same-shaped order ({holder.decode()}) at {self._broker} is unresolved; "
-                        "orders without client ids are told apart one at a time"
-                    ) from None
-                await asyncio.sleep(pause)
-                pause = min(pause * 1.5, longest)
+                return holder == intent.intent_id
+
+    @staticmethod
+    async def _holder(kv: KeyValue, key: str) -> str | None:
+        try:
+            return ((await kv.get(key)).value or b"").decode()
+        except (KeyNotFoundError, KeyDeletedError):
+            return None
+
+    def _busy(self, holder: str | None) -> ShapeBusy:
+        return ShapeBusy(
+            f"a same-shaped order ({holder or 'just released'}) at {self._broker} is unresolved; "
+            "orders without client ids are told apart one at a time"
+        )
 
     async def release(self, intent: OrderIntent) -> None:
         kv = await self._store()
@@ -119,12 +176,32 @@ class SameShapeGuard:
             return None
         return (entry.value or b"").decode() or None
 
-    async def attribute(self, broker_order_id: str, intent_id: str) -> bool:
-        """Record that the order is ``intent_id``'s; False if it already belongs to another."""
+    async def attribute(self, broker_order_id: str, intent: OrderIntent) -> bool:
+        """Record that the order is ``intent``'s; False if it already belongs to another."""
         kv = await self._owners()
         key = f"order.{self._broker}.{_token(broker_order_id)}"
         try:
-            await kv.create(key, intent_id.encode())
+            await kv.create(key, intent.intent_id.encode())
+            owner: str | None = intent.intent_id
         except KeyWrongLastSequenceError:
-            return await self.owner(broker_order_id) == intent_id
-        return True
+            owner = await self.owner(broker_order_id)
+        if owner:
+            self._remember(shape_key(self._broker, intent), broker_order_id, owner)
+        return owner == intent.intent_id
+
+    def others(self, intent: OrderIntent) -> frozenset[str]:
+        """Orders of ``intent``'s shape this process knows belong to other intents: a lookup
+        skips them without asking the broker about each one again."""
+        owners = self._known.get(shape_key(self._broker, intent))
+        if owners is None:
+            return frozenset()
+        return frozenset(order for order, owner in owners.items() if owner != intent.intent_id)
+
+    def _remember(self, key: str, broker_order_id: str, owner: str) -> None:
+        owners = self._known.pop(key, None) or OrderedDict[str, str]()
+        self._known[key] = owners  # the most recently used shape last
+        owners[broker_order_id] = owner
+        while len(owners) > REMEMBERED_PER_SHAPE:
+            owners.popitem(last=False)
+        while len(self._known) > REMEMBERED_SHAPES:
+            del self._known[next(iter(self._known))]

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
 import structlog
@@ -194,6 +195,15 @@ def delivery_count(msg: Msg) -> int:
         return int(msg.metadata.num_delivered)
     except Exception:  # noqa: BLE001  (a core message has no metadata; count it as one delivery)
         return 1
+
+
+def stored_at(msg: Msg) -> datetime | None:
+    """When the stream stored ``msg`` (the server's clock); None for a core message."""
+    try:
+        stamp = msg.metadata.timestamp
+    except Exception:  # noqa: BLE001  (a core message has no metadata)
+        return None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
 
 def stream_sequence(msg: Msg) -> int | None:

@@ -69,6 +69,13 @@ class RetryLater(Exception):
         self.after = after
 
 
+class StillPending(RetryLater):
+    """The message's outcome waits on something under way (another message's order, a broker's
+    order list catching up, a lookup of an order that may exist): retried until it resolves and
+    never dead-lettered for its number of deliveries. Those count every delivery a crashed worker
+    took with it, and a dead letter would leave the order unresolved rather than resolve it."""
+
+
 def parse(model: type[M], data: bytes) -> M:
     """Decode a payload into a contract model, or raise ``PoisonMessage`` saying why not."""
     try:
@@ -406,7 +413,7 @@ class Worker:
     async def _retry_or_give_up(self, stage: DeadLetterStage, spec: ConsumerSpec, msg: Msg, exc: Exception) -> str:
         deliveries = delivery_count(msg)
         error = f"{type(exc).__name__}: {exc}"
-        if deliveries >= spec.give_up_after:
+        if deliveries >= spec.give_up_after and not isinstance(exc, StillPending):
             return await self._dead_letter(stage, msg, f"gave up after {deliveries} deliveries: {error}")
         log.warning(
             "transient failure, will retry", stage=str(stage), subject=msg.subject, error=error, deliveries=deliveries

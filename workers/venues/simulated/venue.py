@@ -289,13 +289,15 @@ class SimulatedVenue:
             return None
         if self.capabilities.has_client_order_id:
             return await self.book.by_client_id(client_order_id)
-        # No client order id (Schwab): list recent orders and match what the intent describes.
+        # No client order id (Schwab): list recent orders and match what the intent describes
+        # (what its shape lock tells apart: symbol, side, size and limit price).
         candidates = [
             o
             for o in await self.book.saved_since(since)
             if o.symbol == intent.symbol
             and o.broker_order_id not in exclude
             and o.side == intent.side
+            and o.limit_price == intent.limit_price
             and o.submitted_at is not None
             and o.submitted_at >= since
             and (intent.quantity is None or o.quantity == intent.quantity)
