@@ -66,10 +66,11 @@ schemas: install ## Regenerate contracts/schemas/ (JSON Schemas and AsyncAPI)
 	$(BIN)/mbx schemas
 
 .PHONY: bench
-bench: install ## Benchmarks: routing, aggregator, pipeline, dashboard queries (results in bench/results/; ~10 min)
+bench: install ## Benchmarks: routing, aggregator, pipeline, a burst at the brokers' rate limits, dashboard queries (results in bench/results/; ~15 min)
 	$(BIN)/python -m bench.route_bench
 	$(BIN)/python -m bench.aggregator_bench
 	$(BIN)/python -m bench.pipeline_bench
+	$(BIN)/python -m bench.burst_bench
 	$(BIN)/python -m bench.dashboard_bench
 
 .PHONY: record-alpaca

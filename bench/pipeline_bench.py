@@ -95,8 +95,10 @@ def _tree_cpu(root: int) -> float:
 class Stack:
     """Embedded servers and one process per worker, in a temporary directory."""
 
-    def __init__(self, root: Path, sync_always: bool) -> None:
+    def __init__(self, root: Path, sync_always: bool, config: str | None = None) -> None:
+        """``config``: the YAML the workers run with (default: every broker, rate limits raised)."""
         self.root = root
+        self.config_text = config
         self.nats = EmbeddedNats(root / "nats", sync_always=sync_always)
         self.postgres = EmbeddedPostgres(root / "postgres")
         self.workers: dict[str, Any] = {}
@@ -111,7 +113,7 @@ class Stack:
             f"  {b}:\n    rate_limit: {{requests: 10000000, per_seconds: 1}}\n    paper_cash: 1000000000000"
             for b in BrokerName
         )
-        config.write_text(f"brokers:\n{brokers}\nrisk:\n  min_broker_diversification: 1\n")
+        config.write_text(self.config_text or f"brokers:\n{brokers}\nrisk:\n  min_broker_diversification: 1\n")
         env = {k: v for k, v in os.environ.items() if not k.startswith("MBX_")}
         env |= {
             "MBX_NATS_URL": self.nats.url,

@@ -234,7 +234,14 @@ class CandidateScore(BaseModel):
 
     broker: BrokerName
     estimated_fee: NonNegativeDecimal = Field(description="Estimated total fee in USD.")
-    expected_latency_ms: float = Field(ge=0, description="Expected time to fill, milliseconds.")
+    expected_latency_ms: float = Field(
+        ge=0, description="Expected time to fill, milliseconds, including expected_wait_ms."
+    )
+    expected_wait_ms: float = Field(
+        default=0.0,
+        ge=0,
+        description="Expected wait for the broker's rate budget behind the orders already queued there, milliseconds.",
+    )
     fill_score: float = Field(ge=0, le=1, description="Measured fill quality, 0 (worst) to 1 (best).")
     cost_score: float = Field(ge=0, le=1, description="1 - normalised fee.")
     speed_score: float = Field(ge=0, le=1, description="1 - normalised latency.")

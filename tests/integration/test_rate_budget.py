@@ -68,3 +68,24 @@ async def test_a_caller_waits_a_bounded_time_and_never_blocks_the_others_while_i
     await asyncio.wait_for(budget.take(timeout=5), 3.0)
     slow.cancel()
     await nc.jetstream().delete_key_value(bucket)
+
+
+async def test_requests_waiting_for_a_token_count_against_the_headroom(nc: NatsClient) -> None:
+    """Robinhood's 32 a minute: two requests granted leave most of the five-second load window,
+    but with ten more waiting for their tokens the broker has no headroom left, and reports it
+    while they wait (granted tokens alone made a saturated broker look free between grants)."""
+    bucket = f"budget_{uuid.uuid4().hex[:8]}"
+    budget = RateBudget(nc.jetstream, bucket, "robinhood", RateLimit(requests=32, per_seconds=60.0))
+    await budget.take()
+    granted_only = await budget.headroom()
+    assert granted_only > 0.3
+    queue = [asyncio.create_task(budget.take(timeout=120)) for _ in range(10)]
+    await asyncio.sleep(0.3)
+    assert budget.waiting >= 9
+    assert await budget.headroom() == 0.0
+    for waiter in queue:
+        waiter.cancel()
+    await asyncio.gather(*queue, return_exceptions=True)
+    assert budget.waiting == 0
+    assert await budget.headroom() > 0.3
+    await nc.jetstream().delete_key_value(bucket)

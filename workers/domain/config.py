@@ -16,6 +16,7 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from contracts import AssetClass, BrokerName, OrderType, Side
+from workers.domain.capabilities import CAPABILITIES
 from workers.domain.fees import DEFAULT_FEES, FeeSchedule, RegulatoryFees
 
 
@@ -33,6 +34,22 @@ class RateLimitConfig(_Strict):
     requests: int = Field(ge=1)
     per_seconds: float = Field(gt=0)
     share: float = Field(default=0.9, gt=0, le=1, description="The part of the limit mbx may use.")
+
+
+def rate_limit_of(broker: BrokerName, config: MbxConfig | None) -> RateLimitConfig:
+    """The broker's configured request limit, else its documented one."""
+    broker_config = config.brokers.get(broker) if config is not None else None
+    if broker_config is not None and broker_config.rate_limit is not None:
+        return broker_config.rate_limit
+    return RateLimitConfig(requests=CAPABILITIES[broker].rate_limit_per_minute, per_seconds=60.0)
+
+
+def seconds_per_order(broker: BrokerName, config: MbxConfig | None) -> float:
+    """The rate budget one order spends, in seconds: placing it, and first listing the orders
+    where the broker has no client order ids (so as never to place one twice)."""
+    limit = rate_limit_of(broker, config)
+    requests = 1 if CAPABILITIES[broker].has_client_order_id else 2
+    return requests * limit.per_seconds / (limit.share * limit.requests)
 
 
 class BrokerConfig(_Strict):
@@ -180,6 +197,12 @@ class RoutingConfig(_Strict):
     )
     min_rate_headroom: float = Field(
         default=0.05, ge=0, le=1, description="Below this share of its rate budget left a broker is skipped."
+    )
+    max_queue_wait_s: float | None = Field(
+        default=2.0,
+        ge=0,
+        description="A broker whose queued orders would keep a new one waiting longer than this for its rate "
+        "budget is skipped while another can take the order (null: never skipped for its queue).",
     )
 
     @model_validator(mode="after")

@@ -150,6 +150,16 @@ class SupportsFaults(Protocol):
 
 
 @runtime_checkable
+class SupportsRateStats(Protocol):
+    """A venue that plays the broker's side of its rate limit (the simulator): what it saw."""
+
+    def rate_stats(self) -> dict[str, Any]:
+        """``limit`` and ``per_seconds`` of the window, ``peak`` (most requests seen in one
+        window) and ``refused`` (requests answered 429)."""
+        ...
+
+
+@runtime_checkable
 class SupportsUpdates(Protocol):
     """A venue whose broker pushes order changes (Alpaca's ``trade_updates``, Coinbase's
     ``user`` channel), so working orders need not be polled."""

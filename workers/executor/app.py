@@ -13,10 +13,9 @@ import structlog
 from nats.js.errors import KeyNotFoundError
 
 from contracts import BrokerName, BrokerStatus, PositionSnapshot
-from workers.domain.capabilities import CAPABILITIES
-from workers.domain.config import BrokerConfig, ConfigError, MbxConfig, parse_config
+from workers.domain.config import BrokerConfig, ConfigError, MbxConfig, parse_config, rate_limit_of
 from workers.domain.keys import CONFIG_KEY
-from workers.domain.venue import SupportsFaults, SupportsUpdates, Venue, VenueOrder
+from workers.domain.venue import SupportsFaults, SupportsRateStats, SupportsUpdates, Venue, VenueOrder
 from workers.executor.budget import RateBudget, RateLimit
 from workers.executor.handlers import ExecutorHandlers
 from workers.platform.bus import open_bucket, publish
@@ -41,6 +40,10 @@ CONFIG_POLL_INTERVAL = 2.0
 """Seconds between looks at the live config for a changed rate limit."""
 REFRESH_DELAY = 0.5
 """Seconds after a fill before the broker's positions are refreshed (fills in between share it)."""
+REFRESH_BUDGET_SHARE = 0.1
+"""Most of the rate budget refreshes after fills may spend (two requests each): at a slow broker
+they come less often, never at the cost of the orders (at 32 requests a minute a refresh every
+half second would have taken the whole budget)."""
 SNAPSHOT_INTERVAL = 30.0
 """Seconds between PositionSnapshots on the timer (one more can be asked for at any time)."""
 
@@ -144,7 +147,11 @@ class ExecutorWorker(Worker):
             return
         if self.stopping.is_set():
             return
-        self._refresh = asyncio.create_task(self._refresh_after(REFRESH_DELAY), name=f"{self.name}:refresh")
+        limit = self.budget.limit
+        spacing = 2 * limit.per_seconds / (limit.share * limit.requests) / REFRESH_BUDGET_SHARE
+        self._refresh = asyncio.create_task(
+            self._refresh_after(max(REFRESH_DELAY, spacing)), name=f"{self.name}:refresh"
+        )
 
     async def _refresh_after(self, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -223,7 +230,8 @@ class ExecutorWorker(Worker):
             await msg.respond(reply)
 
     async def _on_control(self, msg: Msg) -> None:
-        """``{"faults": {"outage": true, ...}}`` switches faults; ``{}`` just reads them."""
+        """``{"faults": {"outage": true, ...}}`` switches faults; ``{}`` just reads them (and the
+        simulator's side of the rate limit)."""
         if not isinstance(self.venue, SupportsFaults):
             answer: dict[str, Any] = {"error": f"{self.venue.broker}'s adapter has no switchable faults"}
         else:
@@ -233,6 +241,8 @@ class ExecutorWorker(Worker):
                     raise ValueError("the request must be a JSON object")
                 faults = self.venue.switch_faults(request.get("faults") or {})
                 answer = {"broker": str(self.venue.broker), "faults": faults}
+                if isinstance(self.venue, SupportsRateStats):
+                    answer["rate"] = self.venue.rate_stats()
                 log.warning("faults switched", broker=str(self.venue.broker), faults=faults)
             except ValueError as exc:
                 answer = {"error": str(exc)}
@@ -242,10 +252,8 @@ class ExecutorWorker(Worker):
 
 def rate_limit(broker: BrokerName, config: MbxConfig | None) -> RateLimit:
     """The configured limit of ``broker``, else its documented one."""
-    configured = config.brokers[broker].rate_limit if config and broker in config.brokers else None
-    if configured is not None:
-        return RateLimit(configured.requests, configured.per_seconds, configured.share)
-    return RateLimit(CAPABILITIES[broker].rate_limit_per_minute, 60.0)
+    limit = rate_limit_of(broker, config)
+    return RateLimit(limit.requests, limit.per_seconds, limit.share)
 
 
 def request_timeout(broker: BrokerName, config: MbxConfig | None) -> float:

@@ -15,8 +15,9 @@ requests. For the documented limits (a few requests a second) the lease is one t
 matters only where the limit is high enough for the KV round trips to be the bottleneck. A 429
 answer empties the bucket until the broker's reset time (``retry_after``), for every replica.
 
-``headroom`` is the share of the budget the recent load leaves: 1 idle, 0 saturated or blocked.
-It goes out in BrokerStatus so the router can avoid a broker near its limit.
+``headroom`` is the share of the budget the recent load and the requests waiting for a token
+leave: 1 idle, 0 saturated, blocked, or with a queue of requests. It goes out in BrokerStatus
+so the router can avoid a broker near its limit.
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ class RateBudget:
         self._clock = clock  # wall clock: replicas in other processes share it
         self._store = LazyBucket(js, bucket)
         self.waited = 0.0
+        self.waiting = 0
+        """Callers of this process waiting for a token right now."""
         self._lock = asyncio.Lock()  # this process's callers queue here rather than race on CAS
         self._leased = 0  # tokens taken ahead, spendable until _lease_ends
         self._lease_ends = 0.0
@@ -145,7 +148,11 @@ class RateBudget:
                     f"{self.limit.per_seconds:g}s); the request was not sent"
                 )
             self.waited += wait
-            await asyncio.sleep(wait)
+            self.waiting += 1
+            try:
+                await asyncio.sleep(wait)
+            finally:
+                self.waiting -= 1
 
     async def _try_take(self) -> float:
         """Take a token (0 returned), or say how long until one may be there."""
@@ -182,4 +189,6 @@ class RateBudget:
         if now < state.blocked_until:
             return 0.0
         capacity = self.limit.rate * LOAD_WINDOW
-        return round(max(0.0, min(1.0, 1.0 - state.load / capacity)), 4)
+        # Requests waiting for a token are load the budget has not granted yet: counted, a
+        # saturated broker never looks idle between two grants.
+        return round(max(0.0, min(1.0, 1.0 - (state.load + self.waiting) / capacity)), 4)

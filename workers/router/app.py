@@ -20,6 +20,7 @@ from workers.platform.bus import open_bucket, read_bucket, read_history
 from workers.platform.live_config import CONFIG_HISTORY
 from workers.platform.runtime import Worker
 from workers.platform.settings import Settings
+from workers.router.backlog import READ_EVERY_S
 from workers.router.handlers import RouterHandlers
 from workers.router.state import RouterState
 
@@ -52,6 +53,11 @@ class RouterWorker(Worker):
         self._preview_sub = await self.broker.connection.subscribe(
             subjects.route_preview, queue="router", cb=self.handlers.preview
         )
+        try:
+            await self.handlers.read_backlog()  # what the executors have queued already
+        except Exception as exc:  # noqa: BLE001  (read again in a moment)
+            log.warning("backlog reading failed", error=f"{type(exc).__name__}: {exc}")
+        self.every(READ_EVERY_S, self.handlers.read_backlog, "backlog reading")
         log.info("router state loaded", config_version=self.state.version, exposure=self.state.snapshot is not None)
 
     def connection_changed(self) -> None:

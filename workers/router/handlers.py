@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import structlog
+from nats.js.errors import NotFoundError
 
 from contracts import (
     BrokerName,
@@ -167,6 +168,7 @@ class RouterHandlers:
             return "replay:already_routed"
         await self.wait_for_starting_brokers(intent)
         outcome, price = await self.decide(intent)
+        self._count(outcome)
         return await self._publish(intent, outcome, 1, price)
 
     async def reroute(self, msg: Msg) -> str:
@@ -178,7 +180,26 @@ class RouterHandlers:
         attempt = event.attempt + 1
         await self.wait_for_starting_brokers(intent)
         outcome, price = await self.decide(intent, attempt, failed)
+        self._count(outcome)
         return await self._publish(intent, outcome, attempt, price)
+
+    def _count(self, outcome: RouteDecision | Rejection) -> None:
+        """A route joins its broker's queue at once, before any other decision is made (decisions
+        of one batch run together): the next intent already sees it."""
+        if isinstance(outcome, RouteDecision):
+            self.state.backlog.routed(outcome.broker)
+
+    async def read_backlog(self) -> None:
+        """Read every enabled broker's executor queue (routes stored and not yet acked)."""
+        began = self.state.backlog.begin_reading()
+        topology = self.worker.settings.topology
+        for broker in self.state.config.enabled_brokers():
+            spec = topology.executor_consumer(broker)
+            try:
+                info = await self.worker.js.consumer_info(spec.stream, spec.durable)
+            except NotFoundError:
+                continue  # no executor of that broker ever started: nothing queued for it yet
+            self.state.backlog.observe(broker, info.num_pending + info.num_ack_pending, began)
 
     async def wait_for_starting_brokers(self, intent: OrderIntent) -> None:
         """Hold the intent while a broker that could take it is *starting* (not heard from since

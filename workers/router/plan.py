@@ -19,7 +19,7 @@ from decimal import Decimal
 
 from contracts import AssetClass, BrokerName, ExcludedBroker, OrderIntent, OrderType, Side, TimeInForce
 from workers.domain.capabilities import CAPABILITIES
-from workers.domain.config import MbxConfig, RoutingRule
+from workers.domain.config import MbxConfig, RoutingRule, seconds_per_order
 from workers.domain.fees import FeeModel, RegulatoryFees
 from workers.router.registry import BROKERS
 from workers.router.risk import Denial, halted
@@ -179,6 +179,9 @@ class RoutingPlan:
         self.weights = Weights(routing.weights.cost, routing.weights.speed, routing.weights.fill)
         self.priority = tuple(config.brokers[b].priority if b in config.brokers else 0 for b in BROKERS)
         self.latency = tuple(routing.expected_latency_ms.get(b, 100.0) for b in BROKERS)
+        self.seconds_per_order = tuple(seconds_per_order(b, config) for b in BROKERS)
+        """The rate budget one order spends at each broker: its queue times this is its wait."""
+        self.max_queue_wait_s = routing.max_queue_wait_s
         self.fee_models: dict[tuple[BrokerName, AssetClass], FeeModel | None] = {}
         for broker in BROKERS:
             for asset in AssetClass:

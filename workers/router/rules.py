@@ -4,8 +4,9 @@
 1. **Eligibility**: a broker must be configured, enabled, and support the intent's asset class,
    order type, time in force, and fractional or dollar-amount size; brokers that already failed
    this intent, killed brokers and brokers over their allocation limits are out too. A broker
-   near its rate limit is left out only while another broker can take the order (otherwise
-   the order waits for its budget). Every broker left out is listed with its reason.
+   near its rate limit, or whose queue would keep the order waiting longer than
+   ``routing.max_queue_wait_s``, is left out only while another broker can take the order
+   (otherwise the order waits for its budget). Every broker left out is listed with its reason.
 2. **User rules** (``routing.rules``, in config order) that match the intent apply together:
    ``exclude`` removes brokers, ``require`` keeps only the listed ones (both hard constraints);
    the first matching rule with ``weights`` sets the scoring weights; the first matching rule
@@ -40,6 +41,8 @@ from workers.router.risk import RiskView, broker_exclusion, diversification_excl
 from workers.router.scoring import rank_columns
 
 ZERO = Decimal(0)
+WAIT_FOR_IT = frozenset({"rate_limited", "queue_wait"})
+"""Reasons a broker is left out only while another broker can take the order."""
 FEE_STEP = Decimal("0.0001")
 NO_FEE = Decimal("0.0000")
 
@@ -70,6 +73,9 @@ class MarketView:
     price_check: PriceCheck | None = None
     """The quote source's answer for this symbol; None when no source was asked (a caller that
     passes ``reference_price`` alone, as in-process routing and tests do)."""
+    queued: Mapping[BrokerName, int] = field(default_factory=dict)
+    """Orders routed to each broker and not yet sent (``backlog.py``); a broker not named has
+    none queued."""
 
 
 def order_size(intent: OrderIntent, price: Decimal | None) -> tuple[Decimal | None, Decimal | None]:
@@ -142,7 +148,7 @@ def route(
     if denial is not None:
         return Rejection(denial.reason_code, denial.reason, ())
     outcome = plan.outcome(shape, shape.matching(quantity, notional))
-    eligible, excluded = _eligibility(
+    eligible, excluded, queued_everywhere = _eligibility(
         plan, outcome, intent=intent, notional=notional, market=market, risk=risk, failed=failed
     )
     if not eligible:
@@ -152,7 +158,17 @@ def route(
     ranked = _ranked(
         plan, shape, outcome, intent=intent, eligible=eligible, quantity=quantity, price=price, market=market
     )
-    chosen, rule, why = _choose(intent, shape.default, outcome.prefer, eligible, ranked)
+    if queued_everywhere:
+        # Every broker that can take it has a long queue: time is what the order lacks, so the
+        # shortest wait decides (the best score among equal waits), whatever the defaults.
+        soonest = min(ranked, key=lambda c: c["expected_wait_ms"])  # ranked is best score first
+        chosen, rule = soonest["broker"], "queue"
+        why = (
+            f"every broker that can take it has a queue past routing.max_queue_wait_s; "
+            f"{chosen}'s is the shortest (about {soonest['expected_wait_ms'] / 1000:.1f}s)"
+        )
+    else:
+        chosen, rule, why = _choose(intent, shape.default, outcome.prefer, eligible, ranked)
     if outcome.weight_rule is not None:
         why += f"; weights from rule {outcome.weight_rule}"
     if check is not None and check.price is None:
@@ -193,8 +209,9 @@ def _eligibility(
     market: MarketView,
     risk: RiskView,
     failed: Sequence[BrokerName],
-) -> tuple[list[BrokerName], list[ExcludedBroker]]:
-    """The brokers that may take the order, and every other broker with its reason."""
+) -> tuple[list[BrokerName], list[ExcludedBroker], bool]:
+    """The brokers that may take the order, every other broker with its reason, and whether the
+    eligible ones are all brokers with a long queue (kept because no other can take it)."""
     config = plan.config
     excluded: list[ExcludedBroker] = []
     eligible: list[BrokerName] = []
@@ -205,6 +222,7 @@ def _eligibility(
     check_risk = plan.broker_kills or (
         notional is not None and risk.snapshot is not None and risk.snapshot.portfolio_value > 0
     )
+    queued, max_wait = market.queued, plan.max_queue_wait_s
     for broker, static_reason in zip(BROKERS, outcome.out, strict=True):
         reason = _failed(broker) if broker in failed else static_reason
         if reason is None and health is not None:
@@ -213,23 +231,27 @@ def _eligibility(
                 reason = _health_exclusion(broker, state, min_headroom)
         if reason is None and check_risk:
             reason = broker_exclusion(broker, notional, config, risk)
+        if reason is None and max_wait is not None and broker in queued:
+            reason = _queue_exclusion(broker, queued[broker], plan.seconds_per_order[RANK[broker]], max_wait)
         if reason is None:
             eligible.append(broker)
-        elif reason.reason_code == "rate_limited":
+        elif reason.reason_code in WAIT_FOR_IT:
             throttled.append(reason)
         else:
             excluded.append(reason)
+    queued_everywhere = False
     if eligible or not throttled:
         excluded += throttled
     else:
-        # Only brokers near their rate limit are left: the order waits for their budget
-        # rather than being refused.
+        # Only brokers near their rate limit or with a long queue are left: the order waits
+        # for their budget rather than being refused.
         eligible = [t.broker for t in throttled]
+        queued_everywhere = any(t.reason_code == "queue_wait" for t in throttled)
     if plan.diversify:
         for spread in diversification_exclusions(eligible, config, risk, intent):
             eligible.remove(spread.broker)
             excluded.append(spread)
-    return eligible, excluded
+    return eligible, excluded, queued_everywhere
 
 
 def _ranked(
@@ -246,8 +268,8 @@ def _ranked(
     """Every eligible broker's fee, latency, fill score and priority, scored, best first."""
     routing = plan.config.routing
     regulatory = routing.regulatory if shape.regulated else None
-    prior, fill_scores, health = routing.fill_score_prior, market.fill_scores, market.health
-    fees, latencies, fills, priorities = [], [], [], []
+    prior, fill_scores, health, queued = routing.fill_score_prior, market.fill_scores, market.health, market.queued
+    fees, latencies, waits, fills, priorities = [], [], [], [], []
     for broker in eligible:
         k = RANK[broker]
         model = shape.fees[k]
@@ -256,9 +278,11 @@ def _ranked(
         latencies.append(
             measured.latency_ms if measured is not None and measured.latency_ms is not None else plan.latency[k]
         )
+        # The orders queued ahead spend the budget first: waiting for it is latency too.
+        waits.append(queued.get(broker, 0) * plan.seconds_per_order[k] * 1000)
         fills.append(fill_scores.get(broker, prior))
         priorities.append(plan.priority[k])
-    return rank_columns(eligible, fees, latencies, fills, priorities, outcome.weights)
+    return rank_columns(eligible, fees, latencies, fills, priorities, outcome.weights, waits)
 
 
 def route_batch(
@@ -284,6 +308,18 @@ def _health_exclusion(broker: BrokerName, state: BrokerHealth | None, min_headro
             reason=f"{broker} has {state.rate_limit_headroom:.0%} of its rate budget left",
         )
     return None
+
+
+def _queue_exclusion(broker: BrokerName, queued: int, per_order: float, max_wait: float) -> ExcludedBroker | None:
+    wait = queued * per_order
+    if wait <= max_wait:
+        return None
+    return ExcludedBroker(
+        broker=broker,
+        reason_code="queue_wait",
+        reason=f"{broker} has {queued} orders queued, about {wait:.1f}s of its rate budget "
+        f"(routing.max_queue_wait_s is {max_wait:g}s)",
+    )
 
 
 def _choose(

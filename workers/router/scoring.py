@@ -2,11 +2,14 @@
 
     score = w_cost * (1 - normalized_fee) + w_speed * (1 - normalized_latency) + w_fill * fill_score
 
+The latency is the broker's measured (or configured) latency plus the expected wait for its rate
+budget behind the orders already queued there.
+
 Normalisation is min-max across the eligible candidates of one intent: the cheapest gets
 normalized fee 0 and the dearest 1. When all candidates have the same value (including a single
 candidate) every normalized value is 0, so that component favours nobody. Ties in the total are
-broken by the configured priority (lower first), then by the broker's name order; totals are
-compared as shown, rounded to six decimals.
+broken by the shorter expected wait, then the configured priority (lower first), then the
+broker's name order; totals are compared as shown, rounded to six decimals.
 """
 
 from __future__ import annotations
@@ -68,20 +71,23 @@ def rank_columns(  # noqa: PLR0917  (one list per input: the decision's hot path
     fills: list[float],
     priorities: list[int],
     weights: Weights,
+    waits: list[float] | None = None,
 ) -> list[dict[str, Any]]:
     """``score`` as plain field dicts (a decision validates them with itself, in one pass), from
-    one list per input (no per-candidate objects to build)."""
+    one list per input (no per-candidate objects to build). ``waits``: each broker's expected
+    wait for its rate budget, ms (the orders queued ahead of this one), added to its latency."""
     if not brokers:
         return []
+    waits = waits or [0.0] * len(brokers)
     fee_ns = _normalize([float(f) for f in fees])
-    lat_ns = _normalize(latencies)
+    lat_ns = _normalize([latency + wait for latency, wait in zip(latencies, waits, strict=True)])
     w_cost, w_speed, w_fill = weights.cost, weights.speed, weights.fill
     keyed = []
     # Rounding inline: this loop is hot. Scores are shown to six decimals, rounded half up.
-    # Totals equal to six decimals are a tie: priority decides, then the broker's rank
-    # (unique, so rows are never compared).
-    for broker, fee, latency, fill, priority, fee_n, lat_n in zip(
-        brokers, fees, latencies, fills, priorities, fee_ns, lat_ns, strict=True
+    # Totals equal to six decimals are a tie: the shorter wait decides, then priority, then the
+    # broker's rank (unique, so rows are never compared).
+    for broker, fee, latency, wait, fill, priority, fee_n, lat_n in zip(
+        brokers, fees, latencies, waits, fills, priorities, fee_ns, lat_ns, strict=True
     ):
         cost, speed = 1.0 - fee_n, 1.0 - lat_n
         total = floor((w_cost * cost + w_speed * speed + w_fill * fill) * 1e6 + 0.5) / 1e6
@@ -92,12 +98,13 @@ def rank_columns(  # noqa: PLR0917  (one list per input: the decision's hot path
         row = {
             "broker": broker,
             "estimated_fee": fee,
-            "expected_latency_ms": latency,
+            "expected_latency_ms": latency + wait,
+            "expected_wait_ms": wait,
             "fill_score": fill,
             "cost_score": floor(cost * 1e6 + 0.5) / 1e6,
             "speed_score": floor(speed * 1e6 + 0.5) / 1e6,
             "total": total,
         }
-        keyed.append((-total, priority, RANK[broker], row))
+        keyed.append((-total, wait, priority, RANK[broker], row))
     keyed.sort()
     return [row for *_, row in keyed]

@@ -5,6 +5,7 @@
   revision is the ``config_version`` every decision carries.
 - Exposure: the aggregator's latest snapshot, plus what this router routed since (dropped once
   a newer snapshot includes it).
+- Backlog: the orders queued at each broker's executors (``backlog.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 from contracts import BrokerName, ExposureSnapshot, FillQuality, RouteDecision
 from workers.domain.config import ConfigError, MbxConfig, parse_config
 from workers.domain.quotes import PriceCheck
+from workers.router.backlog import Backlog
 from workers.router.registry import BrokerRegistry
 from workers.router.risk import RiskView, signed
 from workers.router.rules import MarketView, order_size
@@ -42,6 +44,7 @@ class RouterState:
         self.config = config
         self.version = version
         self.registry = registry or BrokerRegistry(config.routing.heartbeat_timeout_s)
+        self.backlog = Backlog()
         self._fill_quality: dict[BrokerName, FillQuality] = {}
         self.last_error: str = ""
         self.snapshot: ExposureSnapshot | None = None
@@ -64,8 +67,8 @@ class RouterState:
         self._fill_quality[quality.broker] = quality
 
     def market(self, reference_price: Decimal | None, price_check: PriceCheck | None = None) -> MarketView:
-        """Live broker health and the fill scores measured over enough orders, at the quote
-        ``price_check`` judged (None: no quote source was asked)."""
+        """Live broker health, the brokers' queues and the fill scores measured over enough
+        orders, at the quote ``price_check`` judged (None: no quote source was asked)."""
         minimum = self.config.routing.min_fill_samples
         scores = {b: q.fill_score for b, q in self._fill_quality.items() if q.samples >= minimum}
         return MarketView(
@@ -73,6 +76,7 @@ class RouterState:
             health=self.registry.health_map(),
             fill_scores=scores,
             price_check=price_check,
+            queued=self.backlog.snapshot(),
         )
 
     def apply_exposure(self, raw: bytes) -> str | None:

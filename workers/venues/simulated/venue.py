@@ -220,6 +220,15 @@ class SimulatedVenue:
         self.faults.update(changes)
         return self.faults.as_dict()
 
+    def rate_stats(self) -> dict[str, Any]:
+        window = self.rate
+        return {
+            "limit": window.limit,
+            "per_seconds": window.per_seconds,
+            "peak": window.peak,
+            "refused": window.refused,
+        }
+
     @property
     def broker(self) -> BrokerName:
         return self._broker
