@@ -240,11 +240,14 @@ async def test_a_hung_postgres_is_an_outage_and_nothing_is_lost(
         await eventually(lambda: _count(db, "orders", ids, "filled", len(ids)), timeout=60)
         await eventually(lambda: reported("ok"), timeout=20)
         for table in ("orders", "multi_broker_routes", "trade_logs"):
-            rows = await fetch_all(
-                db,
-                f"SELECT intent_id, count(*) AS n FROM {table} WHERE intent_id = ANY(:ids) GROUP BY intent_id",
-                ids=ids,
-            )
+            # Each kind of message has a consumer of its own: routes may land after the fills.
+            query = f"SELECT intent_id, count(*) AS n FROM {table} WHERE intent_id = ANY(:ids) GROUP BY intent_id"
+
+            async def every_intent(query: str = query) -> list[Any]:
+                rows = await fetch_all(db, query, ids=ids)
+                return rows if len(rows) == len(ids) else []
+
+            rows = await eventually(every_intent, timeout=60)
             assert sorted(r["intent_id"] for r in rows) == sorted(ids), table
             assert {r["n"] for r in rows} == {1}, table
         await db.dispose()
