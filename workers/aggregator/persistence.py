@@ -146,24 +146,28 @@ class AuditStore:
             )
             if claimed.first() is None:
                 continue
-            await conn.execute(delete(Position).where(Position.broker_name == broker))
+            # Only what changed is written: rewriting every position of every snapshot (one after
+            # each burst of fills) cost more the more symbols a broker held, and left a dead row
+            # per position each time for autovacuum; after a 5,000-intent burst that work slowed
+            # the whole machine (docs/architecture.md, "Latency after a burst").
+            held = [p.symbol for p in snap.positions]
+            await conn.execute(delete(Position).where(Position.broker_name == broker, Position.symbol.not_in(held)))
             if snap.positions:
-                await conn.execute(
-                    insert(Position).values(
-                        [
-                            {
-                                "broker_name": broker,
-                                "symbol": p.symbol,
-                                "asset_class": str(p.asset_class),
-                                "quantity": p.quantity,
-                                "average_cost": p.average_cost,
-                                "market_price": p.market_price,
-                                "market_value": p.market_value,
-                                "unrealized_pnl": p.unrealized_pnl,
-                            }
-                            for p in snap.positions
-                        ]
-                    )
+                await _UPSERT_POSITIONS.run(
+                    conn,
+                    [
+                        {
+                            "broker_name": broker,
+                            "symbol": p.symbol,
+                            "asset_class": str(p.asset_class),
+                            "quantity": p.quantity,
+                            "average_cost": p.average_cost,
+                            "market_price": p.market_price,
+                            "market_value": p.market_value,
+                            "unrealized_pnl": p.unrealized_pnl,
+                        }
+                        for p in snap.positions
+                    ],
                 )
             account = insert(BrokerAccount).values(
                 broker_name=broker,
@@ -260,6 +264,27 @@ _INSERT_ROUTE = _ArrayInsert(
         "decided_at": "timestamptz",
     },
     "ON CONFLICT (intent_id, attempt) DO NOTHING",
+)
+_POSITION_VALUES = ("asset_class", "quantity", "average_cost", "market_price", "market_value", "unrealized_pnl")
+_UPSERT_POSITIONS = _ArrayInsert(
+    "positions",
+    {
+        "broker_name": "varchar",
+        "symbol": "varchar",
+        "asset_class": "varchar",
+        "quantity": "numeric",
+        "average_cost": "numeric",
+        "market_price": "numeric",
+        "market_value": "numeric",
+        "unrealized_pnl": "numeric",
+    },
+    "ON CONFLICT (broker_name, symbol) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _POSITION_VALUES)
+    + ", updated_at = now() WHERE ("
+    + ", ".join(f"positions.{c}" for c in _POSITION_VALUES)
+    + ") IS DISTINCT FROM ("
+    + ", ".join(f"excluded.{c}" for c in _POSITION_VALUES)
+    + ")",
 )
 _ORDER_COLUMNS = {
     "intent_id": "varchar",
