@@ -1,5 +1,6 @@
 """Chaos: at least 100 SIGKILLs across the router, every executor and the aggregator, each
-aimed at a moment the worker has just fetched work, while a mixed book flows: market orders at
+aimed at a moment the worker has just fetched work (two killers at once, on different workers),
+while a mixed book flows: market orders at
 all five brokers, identical Schwab orders (no client order ids there), and resting limit
 orders that fill partly at the broker and are then either filled or cancelled.
 
@@ -279,21 +280,29 @@ async def test_a_hundred_kills_in_flight_lose_and_double_nothing(isolated: Setti
         await asyncio.sleep(3.0)  # the fleet is up and busy
         loop = asyncio.get_running_loop()
         began = loop.time()
-        kills = 0
-        order = [w for w in fleet.workers]
-        while kills < KILLS:
-            rng.shuffle(order)
-            for worker in order:
-                if kills >= KILLS:
-                    break
-                kills += await fleet.kill_in_flight(worker, rng)
-                if kills % 10 == 0:
-                    print(f"{loop.time() - began:6.1f}s {kills} kills, {len(book.payloads)} intents", flush=True)
-            assert not publisher.done(), (
-                f"the flow of intents ended ({len(book.payloads)}) after only {kills} kills: "
-                "nothing is left in flight to kill"
-                + (f"; the publisher failed: {publisher.exception()!r}" if publisher.exception() else "")
-            )
+        killed = [0]
+
+        async def killer(workers: list[Any], seed: int) -> None:
+            """Kills among ``workers`` until the fleet has had ``KILLS``; two run at once, on
+            different workers, so two processes are often down together."""
+            own = random.Random(seed)
+            while killed[0] < KILLS:
+                own.shuffle(workers)
+                for worker in workers:
+                    if killed[0] >= KILLS:
+                        break
+                    if await fleet.kill_in_flight(worker, own):
+                        killed[0] += 1
+                        if killed[0] % 10 == 0:
+                            at = loop.time() - began
+                            print(f"{at:6.1f}s {killed[0]} kills, {len(book.payloads)} intents", flush=True)
+                assert not publisher.done(), (
+                    f"the flow of intents ended ({len(book.payloads)}) after only {killed[0]} kills: "
+                    "nothing is left in flight to kill"
+                    + (f"; the publisher failed: {publisher.exception()!r}" if publisher.exception() else "")
+                )
+
+        await asyncio.gather(killer(fleet.workers[0::2], rng.random()), killer(fleet.workers[1::2], rng.random()))
         stop_publishing.set()
         await publisher
 

@@ -14,6 +14,7 @@ from tests.conftest import TEST_CASH, Pipeline, eventually, fetch_all
 from tests.integration.test_cli import mbx
 from workers.domain.config import parse_config
 from workers.entry import build_executor_worker
+from workers.platform.bus import read_stream
 from workers.platform.db.engine import make_engine
 from workers.platform.settings import Settings
 from workers.venues.simulated.venue import SimulatedVenue
@@ -55,11 +56,12 @@ async def test_dead_letters_are_listed_then_replayed_exactly_once(start_pipeline
             )
 
         async def all_dead() -> bool:
-            code, out = await mbx("dlq", "list", "--json", env=env)
-            letters = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-            return code == 0 and len(letters) == 4
+            # Read straight from the stream while waiting: a CLI process a second would load
+            # the machine it waits on; the CLI is asked once they are all there.
+            stored = await read_stream(js, isolated.subjects.stream_name("DLQ"), isolated.subjects.dlq("*"))
+            return len(stored) == 4
 
-        await eventually(all_dead, timeout=40, interval=1.0)
+        await eventually(all_dead, timeout=40, interval=0.5)
         code, out = await mbx("dlq", "list", env=env)
         assert code == 0, out
         assert "4 dead letters" in out
