@@ -94,3 +94,36 @@ def test_the_queue_is_the_last_reading_plus_the_routes_decided_since_it_began() 
     now[0] += STALE_S + 1  # the reading is old: no longer trusted
     assert backlog.queued(BrokerName.ALPACA) == 0
     assert backlog.snapshot() == {}
+
+
+def test_the_drain_rate_is_measured_only_while_a_queue_waits_and_goes_stale() -> None:
+    now = [0.0]
+    backlog = Backlog(clock=lambda: now[0])
+    backlog.observe(BrokerName.SCHWAB, 0, backlog.begin_reading(), acked=100)
+    now[0] = 1.0
+    backlog.observe(BrokerName.SCHWAB, 50, backlog.begin_reading(), acked=140)
+    assert backlog.seconds_per_order(BrokerName.SCHWAB) is None  # no queue waited before: not measured
+    now[0] = 2.0
+    backlog.observe(BrokerName.SCHWAB, 60, backlog.begin_reading(), acked=150)  # 10 in a second
+    assert backlog.seconds_per_order(BrokerName.SCHWAB) == 0.1
+    now[0] = 3.0
+    backlog.observe(BrokerName.SCHWAB, 70, backlog.begin_reading(), acked=150)  # none: stalled
+    assert abs(backlog.seconds_per_order(BrokerName.SCHWAB) - 1 / 7) < 1e-9  # averaged, not zeroed
+    now[0] += STALE_S + 1
+    assert backlog.seconds_per_order(BrokerName.SCHWAB) is None
+
+
+def test_executors_slower_than_the_rate_limit_make_the_wait_longer() -> None:
+    """Limits raised (the rate allows thousands a second), but Schwab's executor has handled ten
+    orders a second: 30 queued are 3 s, past the 2 s a default may keep an option waiting."""
+    raised = {"rate_limit": {"requests": 100_000, "per_seconds": 1}}
+    config = parse_config({"brokers": {str(b): raised for b in BrokerName}})
+    queued = {BrokerName.SCHWAB: 30}
+    option = {"symbol": "AAPL  270115C00200000", "asset_class": "option", "quantity": "2"}
+    by_limit = route(make_intent(**option), config, market=MarketView(reference_price=Decimal(5), queued=queued))
+    assert isinstance(by_limit, RouteDecision) and by_limit.broker is BrokerName.SCHWAB
+    measured = MarketView(reference_price=Decimal(5), queued=queued, drain={BrokerName.SCHWAB: 0.1})
+    slow = route(make_intent(**option), config, market=measured)
+    assert isinstance(slow, RouteDecision) and slow.broker is not BrokerName.SCHWAB  # the best score of the rest
+    [why] = [e for e in slow.excluded if e.broker is BrokerName.SCHWAB]
+    assert why.reason_code == "queue_wait" and "about 3.0s" in why.reason

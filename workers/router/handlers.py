@@ -199,7 +199,9 @@ class RouterHandlers:
                 info = await self.worker.js.consumer_info(spec.stream, spec.durable)
             except NotFoundError:
                 continue  # no executor of that broker ever started: nothing queued for it yet
-            self.state.backlog.observe(broker, info.num_pending + info.num_ack_pending, began)
+            self.state.backlog.observe(
+                broker, info.num_pending + info.num_ack_pending, began, info.ack_floor.consumer_seq
+            )
 
     async def wait_for_starting_brokers(self, intent: OrderIntent) -> None:
         """Hold the intent while a broker that could take it is *starting* (not heard from since

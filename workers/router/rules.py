@@ -76,6 +76,9 @@ class MarketView:
     queued: Mapping[BrokerName, int] = field(default_factory=dict)
     """Orders routed to each broker and not yet sent (``backlog.py``); a broker not named has
     none queued."""
+    drain: Mapping[BrokerName, float] = field(default_factory=dict)
+    """Seconds one order has lately taken each broker's executors while a queue waited, where
+    measured (``backlog.py``); the wait counts it where it is slower than the rate limit."""
 
 
 def order_size(intent: OrderIntent, price: Decimal | None) -> tuple[Decimal | None, Decimal | None]:
@@ -232,7 +235,7 @@ def _eligibility(
         if reason is None and check_risk:
             reason = broker_exclusion(broker, notional, config, risk)
         if reason is None and max_wait is not None and broker in queued:
-            reason = _queue_exclusion(broker, queued[broker], plan.seconds_per_order[RANK[broker]], max_wait)
+            reason = _queue_exclusion(broker, queued[broker], _per_order(plan, market, broker), max_wait)
         if reason is None:
             eligible.append(broker)
         elif reason.reason_code in WAIT_FOR_IT:
@@ -279,7 +282,7 @@ def _ranked(
             measured.latency_ms if measured is not None and measured.latency_ms is not None else plan.latency[k]
         )
         # The orders queued ahead spend the budget first: waiting for it is latency too.
-        waits.append(queued.get(broker, 0) * plan.seconds_per_order[k] * 1000)
+        waits.append(queued.get(broker, 0) * _per_order(plan, market, broker) * 1000)
         fills.append(fill_scores.get(broker, prior))
         priorities.append(plan.priority[k])
     return rank_columns(eligible, fees, latencies, fills, priorities, outcome.weights, waits)
@@ -308,6 +311,12 @@ def _health_exclusion(broker: BrokerName, state: BrokerHealth | None, min_headro
             reason=f"{broker} has {state.rate_limit_headroom:.0%} of its rate budget left",
         )
     return None
+
+
+def _per_order(plan: RoutingPlan, market: MarketView, broker: BrokerName) -> float:
+    """What one queued order costs at ``broker``: its share of the rate limit, or the measured
+    time its executors take per order where that is longer."""
+    return max(plan.seconds_per_order[RANK[broker]], market.drain.get(broker, 0.0))
 
 
 def _queue_exclusion(broker: BrokerName, queued: int, per_order: float, max_wait: float) -> ExcludedBroker | None:

@@ -77,6 +77,7 @@ class RouterState:
             fill_scores=scores,
             price_check=price_check,
             queued=self.backlog.snapshot(),
+            drain=self.backlog.drain_snapshot(),
         )
 
     def apply_exposure(self, raw: bytes) -> str | None:
