@@ -109,6 +109,14 @@ def test_the_drain_rate_is_measured_only_while_a_queue_waits_and_goes_stale() ->
     now[0] = 3.0
     backlog.observe(BrokerName.SCHWAB, 70, backlog.begin_reading(), acked=150)  # none: stalled
     assert abs(backlog.seconds_per_order(BrokerName.SCHWAB) - 1 / 7) < 1e-9  # averaged, not zeroed
+    now[0] = 4.0
+    backlog.observe(BrokerName.SCHWAB, 0, backlog.begin_reading(), acked=220)  # caught up
+    assert backlog.seconds_per_order(BrokerName.SCHWAB) is None  # the slow rate is forgotten
+    now[0] = 5.0
+    backlog.observe(BrokerName.SCHWAB, 5, backlog.begin_reading(), acked=225)
+    now[0] = 6.0
+    backlog.observe(BrokerName.SCHWAB, 5, backlog.begin_reading(), acked=245)
+    assert backlog.seconds_per_order(BrokerName.SCHWAB) == 0.05
     now[0] += STALE_S + 1
     assert backlog.seconds_per_order(BrokerName.SCHWAB) is None
 

@@ -60,6 +60,11 @@ class Backlog:
             return
         previous = self._handled.get(broker)
         self._handled[broker] = (at, acked, pending)
+        if not pending:
+            # The executors caught up: nothing says they are slow any more (a rate measured
+            # while they were stalled, by an outage say, must not outlive it).
+            self._drain.pop(broker, None)
+            return
         if previous is None or at <= previous[0] or not (previous[2] and pending):
             return  # a rate is measured only while a queue waited the whole interval
         rate = max(acked - previous[1], 0) / (at - previous[0])
