@@ -147,8 +147,7 @@ class ExecutorWorker(Worker):
             return
         if self.stopping.is_set():
             return
-        limit = self.budget.limit
-        spacing = 2 * limit.per_seconds / (limit.share * limit.requests) / REFRESH_BUDGET_SHARE
+        spacing = 2 / self.budget.limit.rate / REFRESH_BUDGET_SHARE  # two requests at the budget's rate
         self._refresh = asyncio.create_task(
             self._refresh_after(max(REFRESH_DELAY, spacing)), name=f"{self.name}:refresh"
         )

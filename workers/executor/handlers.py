@@ -367,8 +367,8 @@ class ExecutorHandlers:
         unrecorded = entry is None or (
             entry.broker == self.venue.broker and not entry.broker_order_id and not entry.status.is_terminal
         )
-        waited = datetime.now(UTC) - (sent_at or datetime.now(UTC))
-        if unrecorded and waited < CANCEL_WAIT:
+        now = datetime.now(UTC)
+        if unrecorded and now - (sent_at or now) < CANCEL_WAIT:
             # Routed here but not recorded yet: the route is queued, being placed, or was placed
             # by a delivery that died before recording it (redelivered after the ack wait). Look
             # again then, rather than refuse to cancel an order that may exist. Bounded by time,

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from contracts import OrderIntent
@@ -145,7 +145,7 @@ class SameShapeGuard:
     async def _holder(kv: KeyValue, key: str) -> str | None:
         try:
             return ((await kv.get(key)).value or b"").decode()
-        except (KeyNotFoundError, KeyDeletedError):
+        except KeyNotFoundError:  # also a deleted key: KeyValue.get raises this for both
             return None
 
     def _busy(self, holder: str | None) -> ShapeBusy:

@@ -151,15 +151,24 @@ def route(
     if denial is not None:
         return Rejection(denial.reason_code, denial.reason, ())
     outcome = plan.outcome(shape, shape.matching(quantity, notional))
+    waits = _waits(plan, market)
     eligible, excluded, queued_everywhere = _eligibility(
-        plan, outcome, intent=intent, notional=notional, market=market, risk=risk, failed=failed
+        plan, outcome, intent=intent, notional=notional, market=market, risk=risk, failed=failed, waits=waits
     )
     if not eligible:
         code = "chain_exhausted" if failed else "no_eligible_broker"
         why = "every eligible broker failed this order" if failed else "no enabled broker can take this order"
         return Rejection(code, why, tuple(excluded))
     ranked = _ranked(
-        plan, shape, outcome, intent=intent, eligible=eligible, quantity=quantity, price=price, market=market
+        plan,
+        shape,
+        outcome,
+        intent=intent,
+        eligible=eligible,
+        quantity=quantity,
+        price=price,
+        market=market,
+        waits=waits,
     )
     if queued_everywhere:
         # Every broker that can take it has a long queue: time is what the order lacks, so the
@@ -212,6 +221,7 @@ def _eligibility(
     market: MarketView,
     risk: RiskView,
     failed: Sequence[BrokerName],
+    waits: Mapping[BrokerName, float],
 ) -> tuple[list[BrokerName], list[ExcludedBroker], bool]:
     """The brokers that may take the order, every other broker with its reason, and whether the
     eligible ones are all brokers with a long queue (kept because no other can take it)."""
@@ -225,7 +235,7 @@ def _eligibility(
     check_risk = plan.broker_kills or (
         notional is not None and risk.snapshot is not None and risk.snapshot.portfolio_value > 0
     )
-    queued, max_wait = market.queued, plan.max_queue_wait_s
+    max_wait = plan.max_queue_wait_s
     for broker, static_reason in zip(BROKERS, outcome.out, strict=True):
         reason = _failed(broker) if broker in failed else static_reason
         if reason is None and health is not None:
@@ -234,8 +244,8 @@ def _eligibility(
                 reason = _health_exclusion(broker, state, min_headroom)
         if reason is None and check_risk:
             reason = broker_exclusion(broker, notional, config, risk)
-        if reason is None and max_wait is not None and broker in queued:
-            reason = _queue_exclusion(broker, queued[broker], _per_order(plan, market, broker), max_wait)
+        if reason is None and max_wait is not None and waits.get(broker, 0.0) > max_wait:
+            reason = _queue_exclusion(broker, market.queued[broker], waits[broker], max_wait)
         if reason is None:
             eligible.append(broker)
         elif reason.reason_code in WAIT_FOR_IT:
@@ -267,12 +277,13 @@ def _ranked(
     quantity: Decimal | None,
     price: Decimal | None,
     market: MarketView,
+    waits: Mapping[BrokerName, float],
 ) -> list[dict[str, Any]]:
     """Every eligible broker's fee, latency, fill score and priority, scored, best first."""
     routing = plan.config.routing
     regulatory = routing.regulatory if shape.regulated else None
-    prior, fill_scores, health, queued = routing.fill_score_prior, market.fill_scores, market.health, market.queued
-    fees, latencies, waits, fills, priorities = [], [], [], [], []
+    prior, fill_scores, health = routing.fill_score_prior, market.fill_scores, market.health
+    fees, latencies, waits_ms, fills, priorities = [], [], [], [], []
     for broker in eligible:
         k = RANK[broker]
         model = shape.fees[k]
@@ -282,10 +293,10 @@ def _ranked(
             measured.latency_ms if measured is not None and measured.latency_ms is not None else plan.latency[k]
         )
         # The orders queued ahead spend the budget first: waiting for it is latency too.
-        waits.append(queued.get(broker, 0) * _per_order(plan, market, broker) * 1000)
+        waits_ms.append(waits.get(broker, 0.0) * 1000)
         fills.append(fill_scores.get(broker, prior))
         priorities.append(plan.priority[k])
-    return rank_columns(eligible, fees, latencies, fills, priorities, outcome.weights, waits)
+    return rank_columns(eligible, fees, latencies, fills, priorities, outcome.weights, waits_ms)
 
 
 def route_batch(
@@ -313,20 +324,21 @@ def _health_exclusion(broker: BrokerName, state: BrokerHealth | None, min_headro
     return None
 
 
-def _per_order(plan: RoutingPlan, market: MarketView, broker: BrokerName) -> float:
-    """What one queued order costs at ``broker``: its share of the rate limit, or the measured
-    time its executors take per order where that is longer."""
-    return max(plan.seconds_per_order[RANK[broker]], market.drain.get(broker, 0.0))
+def _waits(plan: RoutingPlan, market: MarketView) -> dict[BrokerName, float]:
+    """Seconds a new order would wait at each broker with a queue: the orders queued ahead, each
+    costing its share of the rate limit, or the measured time the executors take per order
+    where that is longer."""
+    return {
+        broker: queued * max(plan.seconds_per_order[RANK[broker]], market.drain.get(broker, 0.0))
+        for broker, queued in market.queued.items()
+    }
 
 
-def _queue_exclusion(broker: BrokerName, queued: int, per_order: float, max_wait: float) -> ExcludedBroker | None:
-    wait = queued * per_order
-    if wait <= max_wait:
-        return None
+def _queue_exclusion(broker: BrokerName, queued: int, wait: float, max_wait: float) -> ExcludedBroker:
     return ExcludedBroker(
         broker=broker,
         reason_code="queue_wait",
-        reason=f"{broker} has {queued} orders queued, about {wait:.1f}s of its rate budget "
+        reason=f"{broker} has {queued} orders queued, about {wait:.1f}s to wait "
         f"(routing.max_queue_wait_s is {max_wait:g}s)",
     )
 
