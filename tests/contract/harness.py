@@ -3,9 +3,11 @@ the simulator, and each real adapter talking to its stateful fake broker (no net
 
 from __future__ import annotations
 
+import tempfile
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
@@ -14,11 +16,14 @@ from contracts import BrokerName
 from tests.fakes.alpaca import FakeAlpaca
 from tests.fakes.coinbase import FakeCoinbase
 from tests.fakes.robinhood import FakeRobinhood
+from tests.fakes.schwab import FakeSchwab
 from tests.fakes.stream import FakeStream, serve_stream, serve_user_stream
 from workers.domain.venue import Venue, VenueOrder
 from workers.venues.alpaca.venue import AlpacaVenue
 from workers.venues.coinbase.venue import CoinbaseVenue
 from workers.venues.robinhood.venue import RobinhoodCryptoVenue
+from workers.venues.schwab.tokens import TokenStore
+from workers.venues.schwab.venue import SchwabVenue
 from workers.venues.simulated.venue import SimulatedVenue
 
 UNKNOWN_SYMBOL = "UNKNOWNX"
@@ -59,11 +64,16 @@ class SimulatorHarness:
     average_cost_known: bool = True
 
     @classmethod
-    async def start(cls) -> SimulatorHarness:
-        venue = SimulatedVenue(BrokerName.ALPACA)
+    async def start(cls, broker: BrokerName = BrokerName.ALPACA) -> SimulatorHarness:
+        venue = SimulatedVenue(broker)
         venue.switch_faults({"unknown_symbols": [UNKNOWN_SYMBOL]})
         await venue.connect()
         return cls(venue)
+
+    @classmethod
+    async def start_schwab(cls) -> SimulatorHarness:
+        """The simulator playing a broker without client order ids."""
+        return await cls.start(BrokerName.SCHWAB)
 
     async def trade(self, order: VenueOrder, quantity: Decimal | None = None) -> None:
         await self.venue.trade(order.broker_order_id, quantity)
@@ -165,8 +175,42 @@ class RobinhoodHarness:
         await self.venue.disconnect()
 
 
+@dataclass
+class SchwabHarness:
+    """schwab-py's client over a stored login, against the fake Trader API and OAuth server."""
+
+    venue: SchwabVenue
+    fake: FakeSchwab
+    store: TokenStore
+    home: tempfile.TemporaryDirectory[str]
+    kind: dict[str, Any] = field(default_factory=lambda: EQUITY)
+    average_cost_known: bool = True
+
+    @classmethod
+    async def start(cls) -> SchwabHarness:
+        fake = FakeSchwab()
+        home = tempfile.TemporaryDirectory(prefix="mbx-schwab-")
+        store = TokenStore(Path(home.name) / "schwab-token.json")
+        store.save_login(fake.issue_tokens())
+        venue = SchwabVenue(fake.app_key, fake.app_secret, store, transport=httpx.MockTransport(fake.handle))
+        await venue.connect()
+        return cls(venue, fake, store, home)
+
+    async def trade(self, order: VenueOrder, quantity: Decimal | None = None) -> None:
+        self.fake.trade(order.broker_order_id, quantity)
+
+    def fault(self, **changes: Any) -> None:
+        self.fake.switch_faults(changes)
+
+    async def close(self) -> None:
+        await self.venue.disconnect()
+        self.home.cleanup()
+
+
 HARNESSES = {
     "simulated": SimulatorHarness.start,
+    "simulated_schwab": SimulatorHarness.start_schwab,
+    "schwab": SchwabHarness.start,
     "alpaca": AlpacaHarness.start,
     "coinbase": CoinbaseHarness.start,
     "robinhood_crypto": RobinhoodHarness.start,

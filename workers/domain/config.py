@@ -94,6 +94,16 @@ class BrokerConfig(_Strict):
         pattern=r"^wss?://",
         description="The broker's order-update stream; unset = the one beside base_url.",
     )
+    account_number: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]{4,20}$",
+        description="Schwab: the account to trade when the login reaches several; unset = the only one.",
+    )
+    callback_url: str | None = Field(
+        default=None,
+        pattern=r"^https://",
+        description="Schwab: the callback URL registered with the app (`mbx auth schwab`); unset = https://127.0.0.1:8182.",
+    )
 
 
 class DatabaseConfig(_Strict):

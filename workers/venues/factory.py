@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nats.js import JetStreamContext
 from pydantic import SecretStr
@@ -33,6 +34,10 @@ from workers.venues.robinhood.venue import RobinhoodCryptoVenue
 from workers.venues.simulated.book import KvOrderBook
 from workers.venues.simulated.quotes import SimulatedQuoteSource
 from workers.venues.simulated.venue import SimulatedVenue
+
+if TYPE_CHECKING:
+    from workers.venues.schwab.login import Login
+    from workers.venues.schwab.tokens import TokenStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,16 +94,61 @@ def _robinhood_crypto(broker: BrokerName, config: MbxConfig, context: VenueConte
     )
 
 
+def _schwab(broker: BrokerName, config: MbxConfig, context: VenueContext) -> Venue:
+    """Schwab's Trader API through schwab-py, over the login ``mbx auth schwab`` stored
+    (imported here: schwab-py is heavy, and only its executor needs it)."""
+    from workers.venues.schwab.venue import SchwabVenue  # noqa: PLC0415
+
+    settings = config.brokers[broker]
+    app_key, app_secret = _credentials(broker, config, "app_key", "app_secret")
+    return SchwabVenue(
+        app_key,
+        app_secret,
+        schwab_token_store(),
+        account_number=settings.account_number,
+        base_url=settings.base_url,
+        timeout_s=settings.request_timeout_s,
+    )
+
+
+def schwab_token_store() -> TokenStore:
+    """Where the Schwab login is kept (``MBX_SCHWAB_TOKEN_FILE``)."""
+    from workers.venues.schwab.tokens import TokenStore  # noqa: PLC0415
+
+    return TokenStore.from_env()
+
+
+def schwab_login(config: MbxConfig) -> Login:
+    """The terminal login to Schwab, with the app's keys and callback URL from the config."""
+    from workers.venues.schwab.login import API_URL, DEFAULT_CALLBACK_URL, Login  # noqa: PLC0415
+
+    broker = BrokerName.SCHWAB
+    settings = config.brokers.get(broker) or BrokerConfig(adapter="schwab")
+    held = settings.credentials
+    unset = [f"brokers.schwab.credentials.{n}" for n in ("app_key", "app_secret") if not held.get(n, SecretStr(""))]
+    if unset:
+        raise ConfigError(f"{', '.join(unset)}: needed to log in to Schwab (not set)")
+    app_key, app_secret = _credentials(broker, config, "app_key", "app_secret")
+    return Login(
+        app_key,
+        app_secret,
+        callback_url=settings.callback_url or DEFAULT_CALLBACK_URL,
+        base_url=settings.base_url or API_URL,
+    )
+
+
 ADAPTERS: dict[str, Callable[..., Venue]] = {
     "simulated": _simulated,
     "alpaca": _alpaca,
     "coinbase": _coinbase,
     "robinhood_crypto": _robinhood_crypto,
+    "schwab": _schwab,
 }
 BROKER_OF_ADAPTER: dict[str, BrokerName] = {
     "alpaca": BrokerName.ALPACA,
     "coinbase": BrokerName.COINBASE,
     "robinhood_crypto": BrokerName.ROBINHOOD,
+    "schwab": BrokerName.SCHWAB,
 }
 ADAPTER_ASSETS: dict[str, list[AssetClass]] = {"robinhood_crypto": [AssetClass.CRYPTO]}
 """Adapters that trade fewer asset classes than the broker: routing sends them only these."""
@@ -109,6 +159,7 @@ CREDENTIALS: dict[str, tuple[str, ...]] = {
     "alpaca": ("api_key", "secret_key"),
     "coinbase": ("api_key", "api_secret"),
     "robinhood_crypto": ("api_key", "private_key"),
+    "schwab": ("app_key", "app_secret"),
 }
 
 

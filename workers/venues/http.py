@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -57,8 +57,15 @@ async def send(
     request = client.build_request(method, path, **kwargs)
     if sign is not None:
         sign(request)
+    return await answer(broker, method, path, client.send(request))
+
+
+async def answer(broker: str, method: str, path: str, sending: Awaitable[httpx.Response]) -> httpx.Response:
+    """The broker's answer to a request being sent (by this module or by a broker's SDK on
+    ``httpx``), with every failure that is not the broker's own answer about the order raised
+    as its venue error (see ``send``)."""
     try:
-        response = await client.send(request)
+        response = await sending
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
         raise VenueUnavailable(f"{broker}: {method} {path} did not reach the broker ({_name(exc)})") from None
     except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError, httpx.ReadError) as exc:
