@@ -19,16 +19,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.builders import intent_payload, new_intent_id
 from tests.conftest import fetch_all
 from tests.fakes.alpaca import FakeAlpaca
+from tests.fakes.schwab import FakeSchwab
 from tests.fakes.serve import serve
 from tests.fakes.stream import serve_stream
 from tests.integration.test_walking_skeleton import publish_json
 from tests.servers import Servers
 from workers.domain.config import parse_config
+from workers.venues.schwab.tokens import TokenStore
 from workers.venues.simulated.book import KvOrderBook
 
 pytestmark = pytest.mark.integration
 
 INTENTS = 200
+SAME_SIZE_INTENTS = 120
+"""Identical orders go one at a time (the shape lock): fewer, still past every failpoint."""
 # Each executor run dies at one point: before sending, after sending but before reporting,
 # after reporting but before the ack, then twice at a random moment (SIGKILL), then runs clean.
 PLAN: list[str | None] = ["before_place:15", "after_place:25", "after_report:35", "random", "random", None]
@@ -40,6 +44,10 @@ async def start_executor(
     env = {k: v for k, v in os.environ.items() if not k.startswith("MBX_")}
     env.update({"MBX_NATS_URL": servers.nats_url, "MBX_LOG_FORMAT": "json", "MBX_LOG_LEVEL": "WARNING"})
     env.update({"ALPACA_API_KEY": FAKE_KEYS[0], "ALPACA_SECRET_KEY": FAKE_KEYS[1]})
+    env.update({"SCHWAB_APP_KEY": FakeSchwab.app_key, "SCHWAB_APP_SECRET": FakeSchwab.app_secret})
+    env["MBX_SCHWAB_TOKEN_FILE"] = str(log.parent / "schwab-token.json")
+    if "adapter: schwab" in adapter:
+        env["MBX_LIVE"] = "1"  # Schwab has no paper environment (here: its fake)
     # A broker's documented rate limit (Schwab: 120 a minute) would make this test wait on the
     # rate budget for minutes; what it tests is crash safety, so the limit is raised.
     config = log.parent / "executor.yaml"
@@ -69,15 +77,38 @@ async def start_executor(
 FAKE_KEYS = ("PKCRASHTEST0001", "crash-test-secret")
 
 
-@pytest.mark.parametrize("venue", ["alpaca", "schwab", "alpaca-over-http"])
+@pytest.mark.parametrize("venue", ["alpaca", "schwab", "alpaca-over-http", "schwab-over-http"])
 async def test_executor_killed_at_every_point_places_each_intent_exactly_once(
     start_pipeline: Any, nc: NatsClient, db: AsyncEngine, servers: Servers, tmp_path: Path, venue: str
 ) -> None:
     """Alpaca refuses a repeated client order id; Schwab has none and would take a blind retry
     as a second order, so only looking before placing keeps its book clean. The third run is
     the real Alpaca adapter against the fake Alpaca over HTTP: the same, with real HTTP
-    semantics (a 422 on a repeated id, lookups by client id over the wire)."""
+    semantics (a 422 on a repeated id, lookups by client id over the wire). The fourth is the
+    real Schwab adapter against the fake Schwab over HTTP, every intent the same size: only
+    the shape lock and the attributions tell their orders apart."""
     broker = venue.split("-", maxsplit=1)[0]
+    if venue == "schwab-over-http":
+        schwab = FakeSchwab(cash=Decimal(10**15))
+        TokenStore(tmp_path / "schwab-token.json").save_login(schwab.issue_tokens())
+        with serve(schwab.handle) as (url, lock):
+            adapter = (
+                f"    adapter: schwab\n    base_url: {url}\n"
+                '    credentials: {app_key: "${SCHWAB_APP_KEY}", app_secret: "${SCHWAB_APP_SECRET}"}\n'
+            )
+            ids, sizes = await crash_repeatedly(
+                start_pipeline, nc, db, servers, tmp_path, broker, adapter, same_size=True
+            )
+            with lock:
+                ours = {
+                    str(o["orderId"])
+                    for o in schwab.orders.values()
+                    if o["orderLegCollection"][0]["instrument"]["symbol"] == "AAPL" and o["quantity"] == sizes[0]
+                }
+        rows = await fetch_all(db, "SELECT broker_order_id FROM orders WHERE intent_id = ANY(:ids)", ids=ids)
+        # One order at the broker per intent, each intent's own: none doubled, none shared.
+        assert len(ours) == SAME_SIZE_INTENTS and sorted(r["broker_order_id"] for r in rows) == sorted(ours)
+        return
     if venue == "alpaca-over-http":
         fake = FakeAlpaca(*FAKE_KEYS, cash=Decimal(10**15))
         async with serve_stream(fake) as stream:
@@ -110,20 +141,26 @@ async def crash_repeatedly(
     tmp_path: Path,
     broker: str,
     adapter: str = "",
+    *,
+    same_size: bool = False,
 ) -> tuple[list[str], list[int]]:
-    """Run the executor through ``PLAN`` while 200 intents flow; the intents' ids and sizes."""
+    """Run the executor through ``PLAN`` while its intents flow (200; 120 of one size); the intents' ids and sizes
+    (each its own, or with ``same_size`` one size for all, unlike any other test's)."""
     rng = random.Random(20261121)
     await start_pipeline(parse_config({"brokers": {broker: {}}}), executors=False)
     log = tmp_path / "executor.log"
     runs = 0
     executor = await start_executor(servers, log, PLAN[0], broker, adapter)
-    ids = [new_intent_id("crash") for _ in range(INTENTS)]
+    count = SAME_SIZE_INTENTS if same_size else INTENTS
+    ids = [new_intent_id("crash") for _ in range(count)]
     # Schwab orders can only be matched by symbol, side and size: give each intent its own size.
-    sizes = rng.sample(range(1, 100_000), INTENTS)
+    sizes = rng.sample(range(1, 100_000), count)
+    if same_size:
+        sizes = [100_000 + rng.randrange(100_000)] * count
 
     async def everything_final() -> bool:
         rows = await fetch_all(db, "SELECT status FROM orders WHERE intent_id = ANY(:ids)", ids=ids)
-        return len(rows) == INTENTS and all(r["status"] in ("filled", "rejected", "failed", "cancelled") for r in rows)
+        return len(rows) == count and all(r["status"] in ("filled", "rejected", "failed", "cancelled") for r in rows)
 
     try:
         await asyncio.sleep(1.5)  # its first heartbeat: the router sees the broker up
