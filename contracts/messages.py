@@ -444,6 +444,12 @@ class BrokerStatus(Message):
         max_length=500,
         description="Why the broker is down, in words an operator can act on (empty when it is up).",
     )
+    warning: str = Field(
+        default="",
+        max_length=500,
+        description="What an operator should act on soon while the broker is still up, such as a login "
+        "about to end (empty when there is nothing). Added in 1 without a version change: optional.",
+    )
 
 
 class DeadLetter(Message):

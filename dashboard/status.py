@@ -53,6 +53,7 @@ def show(backend: Backend) -> None:
             "rate headroom": s.rate_limit_headroom,
             "last heartbeat s": round((now - s.last_seen).total_seconds(), 1),
             "why down": "" if states[s.broker] == "up" else s.reason,
+            "warning": s.warning,
         }
         for s in stack.brokers
     ]
@@ -65,6 +66,9 @@ def show(backend: Backend) -> None:
     third.metric("messages pending", sum(c.pending for c in stack.consumers))
     for r in down:
         st.error(f"**{r['broker']} is {r['state']}**: {r['why down'] or 'no reason given'}", icon=":material/error:")
+    for r in rows:
+        if r["warning"]:
+            st.warning(f"**{r['broker']}**: {r['warning']}", icon=":material/schedule:")
     if aggregator.get("error"):
         st.error(f"aggregator: {aggregator['error']}")
     if not rows:

@@ -181,3 +181,15 @@ def test_the_login_warns_a_day_before_it_ends(tmp_path: Path) -> None:
     assert "expires in 11h" in warning and "mbx auth schwab" in warning
     ended = datetime.now(UTC) - timedelta(minutes=1)
     assert "expired" in expiry_warning(ended)
+
+
+async def test_the_adapter_carries_the_warning_its_heartbeat_sends(h: SchwabHarness) -> None:
+    assert h.venue.warning == ""
+    stored = h.store.read()
+    stored["creation_timestamp"] = int(time.time() - timedelta(days=6, hours=20).total_seconds())
+    h.store.write(stored)
+    fresh = SchwabVenue(h.fake.app_key, h.fake.app_secret, h.store, transport=httpx.MockTransport(h.fake.handle))
+    assert "the login expires in 3h 59m" in fresh.warning
+    await fresh.get_account()  # still up meanwhile
+    assert fresh.is_connected
+    await fresh.disconnect()

@@ -42,6 +42,14 @@ async def test_broker_status_shows_every_broker_and_a_down_one_stands_out(flow: 
     assert "simulated outage" in why["ibkr"] and why["alpaca"] == ""
     assert {m.label: m.value for m in at.metric}["brokers up"] == "4 of 5"
 
+    flow.pipeline.venues[BrokerName.SCHWAB].switch_faults({"warning": "schwab: the login expires in 5h 0m"})
+
+    async def warned() -> bool:
+        return any("the login expires in 5h 0m" in w for w in texts(await run(at), "warning"))
+
+    await eventually(warned, timeout=20, interval=0.5)
+    assert {m.label: m.value for m in at.metric}["brokers up"] == "4 of 5"  # a warning is not down
+
 
 async def test_portfolio_shows_positions_by_symbol_and_broker_allocation_and_exposure(flow: Flow) -> None:
     async def filled_positions() -> bool:

@@ -202,7 +202,14 @@ async def test_status_shows_brokers_consumers_and_the_aggregator(pipeline: Pipel
         assert broker in out
     assert "executor-alpaca" in out and "aggregator-executions" in out and "router" in out
     code, out = await mbx("brokers", env=cli_env)
-    assert code == 0 and "rate headroom" in out and "up" in out
+    assert code == 0 and "rate headroom" in out and "up" in out and "warning" not in out
+
+    # A warning (a login about to end) shows while the broker is still up.
+    pipeline.venues[BrokerName.SCHWAB].switch_faults({"warning": "schwab: the login expires in 5h 0m"})
+    await asyncio.sleep(1.5)  # the next heartbeat
+    code, out = await mbx("status", env=cli_env)
+    assert code == 0 and "warning" in out and "the login expires in 5h 0m" in out
+    pipeline.venues[BrokerName.SCHWAB].switch_faults({"warning": ""})
 
 
 async def test_status_without_a_stack_says_which_url_and_how_to_start(tmp_path: Path) -> None:

@@ -42,7 +42,9 @@ def _broker_table(statuses: list[BrokerStatus], timeout: float) -> Table:
 
     colours = {"up": "green", "down": "red", "stale": "red"}
     table = Table(title="brokers")
-    for column in ("broker", "state", "latency ms", "error rate", "rate headroom", "last heartbeat", "why down"):
+    columns = ["broker", "state", "latency ms", "error rate", "rate headroom", "last heartbeat", "why down"]
+    warned = any(s.warning for s in statuses)
+    for column in [*columns, "warning"] if warned else columns:
         table.add_column(column)
     for s in statuses:
         state = broker_state(s, timeout)
@@ -54,6 +56,7 @@ def _broker_table(statuses: list[BrokerStatus], timeout: float) -> Table:
             f"{s.rate_limit_headroom:.0%}",
             _age(s.last_seen),
             "" if state == "up" else s.reason,
+            *([f"[yellow]{s.warning}[/yellow]"] if warned else []),
         )
     return table
 

@@ -150,6 +150,17 @@ class SupportsFaults(Protocol):
 
 
 @runtime_checkable
+class SupportsWarning(Protocol):
+    """A venue that can tell ahead of a failure what an operator should do (Schwab's login,
+    which ends after seven days)."""
+
+    @property
+    def warning(self) -> str:
+        """What to act on soon ("" when nothing)."""
+        ...
+
+
+@runtime_checkable
 class SupportsRateStats(Protocol):
     """A venue that plays the broker's side of its rate limit (the simulator): what it saw."""
 

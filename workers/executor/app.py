@@ -15,7 +15,14 @@ from nats.js.errors import KeyNotFoundError
 from contracts import BrokerName, BrokerStatus, PositionSnapshot
 from workers.domain.config import BrokerConfig, ConfigError, MbxConfig, parse_config, rate_limit_of
 from workers.domain.keys import CONFIG_KEY
-from workers.domain.venue import SupportsFaults, SupportsRateStats, SupportsUpdates, Venue, VenueOrder
+from workers.domain.venue import (
+    SupportsFaults,
+    SupportsRateStats,
+    SupportsUpdates,
+    SupportsWarning,
+    Venue,
+    VenueOrder,
+)
 from workers.executor.budget import RateBudget, RateLimit
 from workers.executor.handlers import ExecutorHandlers
 from workers.platform.bus import open_bucket, publish
@@ -67,6 +74,7 @@ class ExecutorWorker(Worker):
         self._status_kv: Any = None
         self._headroom = 1.0
         self._recorded: tuple[bool | None, float] = (None, 0.0)
+        self._warned = ""
         self._config_revision: int | None = None
         self._refresh: asyncio.Task[None] | None = None
         self.handlers.after_fill = self.refresh_positions_soon
@@ -186,6 +194,7 @@ class ExecutorWorker(Worker):
             error_rate=round(stats.error_rate, 4),
             rate_limit_headroom=self._headroom,
             reason=reason[:500],
+            warning=self.venue.warning[:500] if isinstance(self.venue, SupportsWarning) else "",
         )
 
     async def beat(self, connected: bool | None = None) -> None:
@@ -196,6 +205,9 @@ class ExecutorWorker(Worker):
         status = self.status(connected)
         await self._status_kv.put(str(self.venue.broker), status.model_dump_json().encode())
         now = time.monotonic()
+        if status.warning and not self._warned:  # once when it appears (its text counts down)
+            log.warning("broker warning", broker=str(self.venue.broker), warning=status.warning)
+        self._warned = status.warning
         if status.connected != self._recorded[0] or now - self._recorded[1] >= SNAPSHOT_INTERVAL:
             if not status.connected:
                 log.error("broker down", broker=str(self.venue.broker), reason=status.reason)

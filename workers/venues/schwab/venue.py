@@ -17,6 +17,7 @@ working orders are polled within the rate budget.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -53,6 +54,7 @@ logging.getLogger("schwab").setLevel(logging.WARNING)  # its debug lines carry w
 
 LISTING_MARGIN = timedelta(seconds=5)
 """Widens the listing window: Schwab's entered times have whole seconds, clocks drift."""
+EXPIRY_REREAD_S = 60.0
 TOKEN_LEEWAY_S = 300
 """Renew the access token this long before it ends (as schwab-py does)."""
 
@@ -115,6 +117,7 @@ class SchwabVenue:
         self._client: AsyncClient | None = None
         self._hash: str | None = None
         self._down_because = "not connected yet"
+        self._expiry_read: tuple[float, datetime | None] = (-EXPIRY_REREAD_S, None)
 
     @property
     def capabilities(self) -> VenueCapabilities:
@@ -133,8 +136,12 @@ class SchwabVenue:
 
     @property
     def warning(self) -> str:
-        """A day before the login ends, what to do about it ("" until then)."""
-        return expiry_warning(self._store.expires_at())
+        """A day before the login ends, what to do about it ("" until then). The store is read
+        at most once a minute (the heartbeat asks every second)."""
+        now = time.monotonic()
+        if now - self._expiry_read[0] >= EXPIRY_REREAD_S:
+            self._expiry_read = (now, self._store.expires_at())
+        return expiry_warning(self._expiry_read[1])
 
     # The session --------------------------------------------------------------------------
 

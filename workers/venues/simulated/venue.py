@@ -71,13 +71,17 @@ class Faults:
     """The next N requests are refused with a 429 that asks for a 2 s wait (VenueRateLimited)."""
     auth_expired: bool = False
     """Every request is refused as unauthorised (VenueAuthFailed) until switched off."""
+    warning: str = ""
+    """A warning the broker's heartbeat carries while it is up (as a login about to end)."""
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply changes by field name; unknown fields or bad values raise ValueError."""
         for name, value in changes.items():
             if name not in self.__dataclass_fields__:
                 raise ValueError(f"unknown fault {name!r}; known: {', '.join(self.__dataclass_fields__)}")
-            setattr(self, name, _coerce(name, value))
+            if name == "warning" and not (isinstance(value, str) and len(value) <= 500):
+                raise ValueError("fault warning: expected a text of at most 500 characters")
+            setattr(self, name, value if name == "warning" else _coerce(name, value))
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in asdict(self).items()}
@@ -253,6 +257,10 @@ class SimulatedVenue:
         if self.faults.auth_expired:
             return f"{self._broker}: the credentials were refused (simulated); switch the fault off to renew them"
         return ""
+
+    @property
+    def warning(self) -> str:
+        return self.faults.warning
 
     async def connect(self) -> None:
         self._connected = True
