@@ -110,7 +110,8 @@ class Stack:
         config = self.root / "bench.yaml"
         # A benchmark trades far more than a paper account's 100,000 USD: the cash is raised too.
         brokers = "\n".join(
-            f"  {b}:\n    rate_limit: {{requests: 10000000, per_seconds: 1}}\n    paper_cash: 1000000000000"
+            f"  {b}:\n    rate_limit: {{requests: 10000000, per_seconds: 1}}\n"
+            "    orders_per_day: 1000000000\n    paper_cash: 1000000000000"
             for b in BrokerName
         )
         config.write_text(self.config_text or f"brokers:\n{brokers}\nrisk:\n  min_broker_diversification: 1\n")

@@ -93,18 +93,21 @@ async def reset_exposure(js: Any, subjects: Any) -> None:
 
 
 UNTHROTTLED = RateLimitConfig(requests=1_000_000, per_seconds=1)
+UNTHROTTLED_DAY = 1_000_000_000
+"""Schwab's 4,000 order calls a day would end the test session's Schwab orders partway."""
 TEST_CASH = Decimal(10**12)
 
 
 def unthrottled(config: MbxConfig) -> MbxConfig:
-    """Brokers without a configured rate limit get a very high one: the documented limits
-    (Schwab's 120 a minute) would make most tests wait on the budget, not test anything. Paper
+    """Brokers without a configured rate limit (or daily order limit) get a very high one: the
+    documented limits (Schwab's 120 a minute) would make most tests wait on the budget, not test anything. Paper
     accounts left at the default cash get ``TEST_CASH``: test flows buy far more than 100,000 USD."""
     default_cash = BrokerConfig().paper_cash
     brokers = {
         name: broker.model_copy(
             update={
                 "rate_limit": broker.rate_limit or UNTHROTTLED,
+                "orders_per_day": broker.orders_per_day or UNTHROTTLED_DAY,
                 "paper_cash": TEST_CASH if broker.paper_cash == default_cash else broker.paper_cash,
             }
         )

@@ -52,7 +52,7 @@ async def start_executor(
     # rate budget for minutes; what it tests is crash safety, so the limit is raised.
     config = log.parent / "executor.yaml"
     config.write_text(
-        f"brokers:\n  {broker}:\n    rate_limit: {{requests: 100000, per_seconds: 1}}\n"
+        f"brokers:\n  {broker}:\n    rate_limit: {{requests: 100000, per_seconds: 1}}\n    orders_per_day: 1000000000\n"
         "    paper_cash: 1000000000000000\n" + adapter
     )
     env["MBX_CONFIG_FILE"] = str(config)

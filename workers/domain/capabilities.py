@@ -28,6 +28,8 @@ class VenueCapabilities:
     assets: dict[AssetClass, AssetSupport]
     has_client_order_id: bool
     rate_limit_per_minute: int
+    orders_per_day: int | None = None
+    """Order calls (placements and cancels) the broker allows a day, where it counts them."""
 
     def support_for(self, asset: AssetClass) -> AssetSupport | None:
         return self.assets.get(asset)
@@ -98,6 +100,7 @@ CAPABILITIES: dict[BrokerName, VenueCapabilities] = {
         },
         has_client_order_id=False,
         rate_limit_per_minute=120,
+        orders_per_day=4000,
     ),
     BrokerName.IBKR: VenueCapabilities(
         BrokerName.IBKR,

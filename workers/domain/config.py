@@ -44,6 +44,14 @@ def rate_limit_of(broker: BrokerName, config: MbxConfig | None) -> RateLimitConf
     return RateLimitConfig(requests=CAPABILITIES[broker].rate_limit_per_minute, per_seconds=60.0)
 
 
+def orders_per_day_of(broker: BrokerName, config: MbxConfig | None) -> int | None:
+    """The order calls a day the broker allows: configured, else documented (None: no such limit)."""
+    broker_config = config.brokers.get(broker) if config is not None else None
+    if broker_config is not None and broker_config.orders_per_day is not None:
+        return broker_config.orders_per_day
+    return CAPABILITIES[broker].orders_per_day
+
+
 def seconds_per_order(broker: BrokerName, config: MbxConfig | None) -> float:
     """The rate budget one order spends, in seconds: placing it, and first listing the orders
     where the broker has no client order ids (so as never to place one twice)."""
@@ -61,6 +69,12 @@ class BrokerConfig(_Strict):
     priority: int = Field(default=100, ge=0, description="Lower is preferred when scores tie.")
     rate_limit: RateLimitConfig | None = Field(
         default=None, description="The broker's request limit; unset = its documented limit."
+    )
+    orders_per_day: int | None = Field(
+        default=None,
+        ge=1,
+        description="Order calls (placements and cancels) the broker allows a day; unset = its documented "
+        "limit (Schwab 4,000, the others none). New orders stop at 90% of it; cancels may use the rest.",
     )
     credentials: dict[str, SecretStr] = Field(default_factory=dict)
     request_timeout_s: float = Field(

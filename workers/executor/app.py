@@ -13,7 +13,7 @@ import structlog
 from nats.js.errors import KeyNotFoundError
 
 from contracts import BrokerName, BrokerStatus, PositionSnapshot
-from workers.domain.config import BrokerConfig, ConfigError, MbxConfig, parse_config, rate_limit_of
+from workers.domain.config import BrokerConfig, ConfigError, MbxConfig, orders_per_day_of, parse_config, rate_limit_of
 from workers.domain.keys import CONFIG_KEY
 from workers.domain.venue import (
     SupportsFaults,
@@ -23,7 +23,7 @@ from workers.domain.venue import (
     Venue,
     VenueOrder,
 )
-from workers.executor.budget import RateBudget, RateLimit
+from workers.executor.budget import DailyOrderBudget, RateBudget, RateLimit
 from workers.executor.handlers import ExecutorHandlers
 from workers.platform.bus import open_bucket, publish
 from workers.platform.live_config import CONFIG_HISTORY
@@ -62,14 +62,17 @@ class ExecutorWorker(Worker):
     disconnected, when it stops), and publishes account and positions on a timer and on request.
     A simulated venue's faults can be switched over ``mbx.control.<broker>``."""
 
-    def __init__(self, settings: Settings, venue: Venue, limit: RateLimit) -> None:
+    def __init__(self, settings: Settings, venue: Venue, limit: RateLimit, config: MbxConfig | None = None) -> None:
         super().__init__(f"executor-{venue.broker}", settings)
         self.venue = venue
         topology = settings.topology
         self.ledger = OrderLedger(lambda: self.js, topology.order_ledger_bucket)
         self.budget = RateBudget(lambda: self.js, topology.rate_budget_bucket, str(venue.broker), limit)
+        self.daily = DailyOrderBudget(
+            lambda: self.js, topology.rate_budget_bucket, str(venue.broker), orders_per_day_of(venue.broker, config)
+        )
         self.handlers = ExecutorHandlers(
-            self, topology.executor_consumer(venue.broker), venue, self.ledger, self.budget
+            self, topology.executor_consumer(venue.broker), venue, self.ledger, self.budget, daily=self.daily
         )
         self._status_kv: Any = None
         self._headroom = 1.0
@@ -141,6 +144,7 @@ class ExecutorWorker(Worker):
             log.warning("live config refused; keeping the rate limit", error=str(exc))
             return
         self.handlers.request_timeout = request_timeout(self.venue.broker, config)
+        self.daily.per_day = orders_per_day_of(self.venue.broker, config)
         limit = rate_limit(self.venue.broker, config)
         if limit != self.budget.limit:
             log.info(
@@ -180,7 +184,10 @@ class ExecutorWorker(Worker):
     def status(self, connected: bool | None = None) -> BrokerStatus:
         stats = self.handlers.stats
         up = self.venue.is_connected if connected is None else connected
-        if up:
+        spent = self.daily.spent_reason()
+        if up and spent and connected is None:
+            up, reason = False, spent  # the router sends new orders elsewhere until the next day
+        elif up:
             reason = ""
         elif connected is False:
             reason = f"the {self.venue.broker} executor stopped"
@@ -274,9 +281,13 @@ def request_timeout(broker: BrokerName, config: MbxConfig | None) -> float:
 
 
 def build_executor(
-    settings: Settings, broker: BrokerName, venue: Venue, limit: RateLimit | None = None
+    settings: Settings,
+    broker: BrokerName,
+    venue: Venue,
+    limit: RateLimit | None = None,
+    config: MbxConfig | None = None,
 ) -> ExecutorWorker:
-    worker = ExecutorWorker(settings, venue, limit or rate_limit(broker, None))
+    worker = ExecutorWorker(settings, venue, limit or rate_limit(broker, config), config)
     # Overlapping: at a broker without client order ids a route may wait for a same-shaped order's
     # outcome, whose redelivery must not be held back behind it.
     worker.subscribe(

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
+from workers.domain.venue import VenueUnavailable
 from workers.platform.bus import LazyBucket
 
 LOAD_WINDOW = 5.0
@@ -192,3 +193,75 @@ class RateBudget:
         # Requests waiting for a token are load the budget has not granted yet: counted, a
         # saturated broker never looks idle between two grants.
         return round(max(0.0, min(1.0, 1.0 - (state.load + self.waiting) / capacity)), 4)
+
+
+DAILY_SHARE = 0.9
+"""The part of a daily order limit new orders may use: the rest is kept for cancels."""
+
+
+class DailyOrdersSpent(VenueUnavailable):
+    """The day's order calls are used up: nothing was sent (new orders go to other brokers)."""
+
+
+class DailyOrderBudget:
+    """The order calls (placements and cancels) a broker allows per day (Schwab: 4,000), counted
+    for every replica in one KV key per UTC day, incremented with compare-and-set before each
+    call. New orders stop at ``DAILY_SHARE`` of the limit, so cancels, which reduce risk, still
+    have the rest; until the next day the broker counts as down with that reason."""
+
+    def __init__(
+        self,
+        js: Callable[[], JetStreamContext],
+        bucket: str,
+        broker: str,
+        per_day: int | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.broker = broker
+        self.per_day = per_day
+        self._clock = clock
+        self._store = LazyBucket(js, bucket)
+        self._spent_on = ""
+        """The day (YYYYMMDD) on which new orders were last refused."""
+
+    def _day(self) -> str:
+        return time.strftime("%Y%m%d", time.gmtime(self._clock()))
+
+    async def take(self, *, placement: bool) -> None:
+        """Count one order call, or raise ``DailyOrdersSpent`` without counting it."""
+        if self.per_day is None:
+            return
+        day = self._day()
+        cap = math.floor(DAILY_SHARE * self.per_day) if placement else self.per_day
+        kv = await self._store()
+        key = f"{self.broker}.orders.{day}"
+        while True:
+            try:
+                entry = await kv.get(key)
+                used, revision = int(entry.value or b"0"), entry.revision
+            except KeyNotFoundError:
+                used, revision = 0, None
+            if used >= cap:
+                if placement:
+                    self._spent_on = day
+                raise DailyOrdersSpent(self._spent_text(used))
+            try:
+                if revision is None:
+                    await kv.create(key, str(used + 1).encode())
+                else:
+                    await kv.update(key, str(used + 1).encode(), last=revision)
+            except KeyWrongLastSequenceError:
+                continue  # another replica counted one meanwhile: read again
+            return
+
+    def _spent_text(self, used: int) -> str:
+        return (
+            f"{self.broker}: {used:,} of the day's {self.per_day:,} order calls are used (the rest is kept for "
+            "cancels); new orders go to other brokers until 00:00 UTC"
+        )
+
+    def spent_reason(self) -> str:
+        """Why the broker takes no new orders today ("" when it does)."""
+        if not self._spent_on or self._spent_on != self._day() or self.per_day is None:
+            return ""
+        return self._spent_text(math.floor(DAILY_SHARE * self.per_day))

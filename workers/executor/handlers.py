@@ -32,7 +32,7 @@ from workers.domain.venue import (
     VenueRejected,
     VenueUnavailable,
 )
-from workers.executor.budget import RateBudget
+from workers.executor.budget import DailyOrderBudget, RateBudget
 from workers.executor.same_shape import SameShapeGuard, ShapeBusy
 from workers.platform.bus import delivery_count, is_replay, publish, publish_checked, stored_at
 from workers.platform.failpoints import failpoint
@@ -87,13 +87,21 @@ FAILOVER_AFTER = 3
 
 class ExecutorHandlers:
     def __init__(
-        self, worker: Worker, spec: ConsumerSpec, venue: Venue, ledger: OrderLedger, budget: RateBudget
+        self,
+        worker: Worker,
+        spec: ConsumerSpec,
+        venue: Venue,
+        ledger: OrderLedger,
+        budget: RateBudget,
+        *,
+        daily: DailyOrderBudget,
     ) -> None:
         self.worker = worker
         self.spec = spec
         self.venue = venue
         self.ledger = ledger
         self.budget = budget
+        self.daily = daily
         self.stats = VenueStats()
         self.request_timeout = DEFAULT_REQUEST_TIMEOUT
         """Seconds one broker call may take (the worker sets it from the config)."""
@@ -268,6 +276,7 @@ class ExecutorHandlers:
 
     async def _timed_place(self, decision: RouteDecision, client_order_id: str) -> VenueOrder:
         """Place the order, feeding latency and error rate into the heartbeat's statistics."""
+        await self.daily.take(placement=True)
         await self.budget.take()
         started = time.perf_counter()
         failed = False
@@ -383,6 +392,7 @@ class ExecutorHandlers:
             return await self._cancel_rejected(
                 request, entry.status, "too_late_to_cancel", f"the order is already {entry.status}"
             )
+        await self.daily.take(placement=False)
         await self.budget.take()
         try:
             order = await self._call(self.venue.cancel_order(entry.broker_order_id), "cancelling")
