@@ -15,12 +15,15 @@ import httpx
 from contracts import BrokerName
 from tests.fakes.alpaca import FakeAlpaca
 from tests.fakes.coinbase import FakeCoinbase
+from tests.fakes.ibkr import FakeGateway
 from tests.fakes.robinhood import FakeRobinhood
 from tests.fakes.schwab import FakeSchwab
 from tests.fakes.stream import FakeStream, serve_stream, serve_user_stream
 from workers.domain.venue import Venue, VenueOrder
 from workers.venues.alpaca.venue import AlpacaVenue
 from workers.venues.coinbase.venue import CoinbaseVenue
+from workers.venues.ibkr.order_ids import MemoryOrderIds
+from workers.venues.ibkr.venue import IbkrVenue
 from workers.venues.robinhood.venue import RobinhoodCryptoVenue
 from workers.venues.schwab.tokens import TokenStore
 from workers.venues.schwab.venue import SchwabVenue
@@ -207,13 +210,44 @@ class SchwabHarness:
         self.home.cleanup()
 
 
+@dataclass
+class IbkrHarness:
+    """ib_async's IB with its client answered by the fake gateway."""
+
+    venue: IbkrVenue
+    gateway: FakeGateway
+    kind: dict[str, Any] = field(default_factory=lambda: EQUITY)
+    average_cost_known: bool = True
+
+    @classmethod
+    async def start(cls) -> IbkrHarness:
+        gateway = FakeGateway()
+        venue = IbkrVenue("127.0.0.1", 4002, 7, MemoryOrderIds(), timeout_s=2.0, make_ib=gateway.make_ib)
+        await venue.connect()
+        return cls(venue, gateway)
+
+    async def trade(self, order: VenueOrder, quantity: Decimal | None = None) -> None:
+        self.gateway.trade(int(order.broker_order_id), quantity)
+
+    def fault(self, **changes: Any) -> None:
+        self.gateway.switch_faults(changes)
+
+    async def drop_stream(self) -> None:
+        for client in list(self.gateway.clients):
+            client.drop()
+
+    async def close(self) -> None:
+        await self.venue.disconnect()
+
+
 HARNESSES = {
     "simulated": SimulatorHarness.start,
     "simulated_schwab": SimulatorHarness.start_schwab,
     "schwab": SchwabHarness.start,
+    "ibkr": IbkrHarness.start,
     "alpaca": AlpacaHarness.start,
     "coinbase": CoinbaseHarness.start,
     "robinhood_crypto": RobinhoodHarness.start,
 }
-STREAMING = {"alpaca": AlpacaHarness.start, "coinbase": CoinbaseHarness.start}
+STREAMING = {"alpaca": AlpacaHarness.start, "coinbase": CoinbaseHarness.start, "ibkr": IbkrHarness.start}
 """The venues whose broker streams order changes (the simulator is polled)."""

@@ -60,6 +60,16 @@ def seconds_per_order(broker: BrokerName, config: MbxConfig | None) -> float:
     return requests * limit.per_seconds / (limit.share * limit.requests)
 
 
+class GatewayConfig(_Strict):
+    """Where TWS or IB Gateway listens (Interactive Brokers)."""
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="unset = IB Gateway's port: 4002 paper, 4001 live (TWS: 7497, 7496)."
+    )
+    client_id: int = Field(default=1, ge=0, description="The API client id; each connection needs its own.")
+
+
 class BrokerConfig(_Strict):
     """One broker account."""
 
@@ -107,6 +117,9 @@ class BrokerConfig(_Strict):
         default=None,
         pattern=r"^wss?://",
         description="The broker's order-update stream; unset = the one beside base_url.",
+    )
+    gateway: GatewayConfig | None = Field(
+        default=None, description="Interactive Brokers: the TWS or IB Gateway to connect to; unset = localhost."
     )
     account_number: str | None = Field(
         default=None,

@@ -133,6 +133,10 @@ class Topology:
         """At brokers without client order ids: which intent each broker order belongs to."""
         return f"{self.prefix}_attributions"
 
+    def order_ids_bucket(self, broker: BrokerName | str) -> str:
+        """A broker's order ids that mbx picks (IBKR): each intent's, written before it is sent."""
+        return f"{self.prefix}_order_ids_{broker}"
+
     def sim_book_bucket(self, broker: BrokerName | str) -> str:
         """A simulated broker's own order book (paper trading only)."""
         return f"{self.prefix}_sim_{broker}"

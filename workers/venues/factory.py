@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from contracts import AssetClass, BrokerName
 from workers.domain.capabilities import CAPABILITIES
-from workers.domain.config import BrokerConfig, ConfigError, MbxConfig
+from workers.domain.config import BrokerConfig, ConfigError, GatewayConfig, MbxConfig
 from workers.domain.quotes import QuoteSource
 from workers.domain.venue import Venue
 from workers.platform.topology import Topology
@@ -111,6 +111,25 @@ def _schwab(broker: BrokerName, config: MbxConfig, context: VenueContext) -> Ven
     )
 
 
+def _ibkr(broker: BrokerName, config: MbxConfig, context: VenueContext) -> Venue:
+    """Interactive Brokers through ib_async to TWS or IB Gateway (imported here: only its
+    executor needs it). Order ids are kept in KV, shared by the replicas."""
+    from workers.venues.ibkr.order_ids import KvOrderIds  # noqa: PLC0415
+    from workers.venues.ibkr.venue import IbkrVenue  # noqa: PLC0415
+
+    settings = config.brokers[broker]
+    gateway = settings.gateway or GatewayConfig()
+    port = gateway.port or (4002 if settings.paper_trading else 4001)
+    return IbkrVenue(
+        gateway.host,
+        port,
+        gateway.client_id,
+        KvOrderIds(context.js, context.topology.order_ids_bucket(broker)),
+        timeout_s=settings.request_timeout_s,
+        paper=settings.paper_trading,
+    )
+
+
 def schwab_token_store() -> TokenStore:
     """Where the Schwab login is kept (``MBX_SCHWAB_TOKEN_FILE``)."""
     from workers.venues.schwab.tokens import TokenStore  # noqa: PLC0415
@@ -143,17 +162,19 @@ ADAPTERS: dict[str, Callable[..., Venue]] = {
     "coinbase": _coinbase,
     "robinhood_crypto": _robinhood_crypto,
     "schwab": _schwab,
+    "ibkr": _ibkr,
 }
 BROKER_OF_ADAPTER: dict[str, BrokerName] = {
     "alpaca": BrokerName.ALPACA,
     "coinbase": BrokerName.COINBASE,
     "robinhood_crypto": BrokerName.ROBINHOOD,
     "schwab": BrokerName.SCHWAB,
+    "ibkr": BrokerName.IBKR,
 }
 ADAPTER_ASSETS: dict[str, list[AssetClass]] = {"robinhood_crypto": [AssetClass.CRYPTO]}
 """Adapters that trade fewer asset classes than the broker: routing sends them only these."""
 """Which broker each real adapter talks to (the simulator plays any)."""
-PAPER_ENDPOINT: frozenset[str] = frozenset({"alpaca"})
+PAPER_ENDPOINT: frozenset[str] = frozenset({"alpaca", "ibkr"})
 """Real adapters whose broker has a paper environment (the others trade real money)."""
 CREDENTIALS: dict[str, tuple[str, ...]] = {
     "alpaca": ("api_key", "secret_key"),

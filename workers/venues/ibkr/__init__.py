@@ -1,0 +1,1 @@
+"""Interactive Brokers through ib_async (``adapter: ibkr``)."""

@@ -1,0 +1,98 @@
+"""Which IB order id each intent's order has, written before the order is sent.
+
+TWS orders carry an order id the client picks (above ``nextValidId``). The id of an intent is
+recorded before its order goes out, so a resubmission after a crash sends the same id and the
+gateway refuses it as a duplicate (error 103) if it arrived, instead of taking a second order.
+``nextValidId`` rolls back after a gateway restart: ids are also kept above the highest one mbx
+ever used, so an id never names two orders.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Protocol
+
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+from workers.platform.bus import LazyBucket
+
+HIGH_KEY = "high"
+
+
+class OrderIds(Protocol):
+    async def of_intent(self, intent_id: str) -> int | None: ...
+
+    async def intent_of(self, order_id: int) -> str | None: ...
+
+    async def assign(self, intent_id: str, at_least: int) -> int:
+        """A new order id for the intent, above ``at_least`` and every id used before; recorded
+        before it is returned."""
+        ...
+
+
+class MemoryOrderIds:
+    """In one process only (tests)."""
+
+    def __init__(self) -> None:
+        self.by_intent: dict[str, int] = {}
+        self.high = 0
+
+    async def of_intent(self, intent_id: str) -> int | None:
+        return self.by_intent.get(intent_id)
+
+    async def intent_of(self, order_id: int) -> str | None:
+        return next((i for i, o in self.by_intent.items() if o == order_id), None)
+
+    async def assign(self, intent_id: str, at_least: int) -> int:
+        self.high = max(at_least, self.high + 1)
+        self.by_intent[intent_id] = self.high
+        return self.high
+
+
+def _token(value: str) -> str:
+    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+class KvOrderIds:
+    """In a NATS KV bucket, shared by the executor's replicas and outliving its crashes."""
+
+    def __init__(self, js: Callable[[], JetStreamContext], bucket: str) -> None:
+        self._store = LazyBucket(js, bucket)
+
+    async def of_intent(self, intent_id: str) -> int | None:
+        kv = await self._store()
+        try:
+            entry = await kv.get(f"i.{_token(intent_id)}")
+        except KeyNotFoundError:
+            return None
+        return int(entry.value) if entry.value else None
+
+    async def intent_of(self, order_id: int) -> str | None:
+        kv = await self._store()
+        try:
+            entry = await kv.get(f"o.{order_id}")
+        except KeyNotFoundError:
+            return None
+        return entry.value.decode() if entry.value else None
+
+    async def assign(self, intent_id: str, at_least: int) -> int:
+        kv = await self._store()
+        while True:
+            try:
+                entry = await kv.get(HIGH_KEY)
+                high, revision = int(entry.value or b"0"), entry.revision
+            except KeyNotFoundError:
+                high, revision = 0, None
+            order_id = max(at_least, high + 1)
+            try:
+                if revision is None:
+                    await kv.create(HIGH_KEY, str(order_id).encode())
+                else:
+                    await kv.update(HIGH_KEY, str(order_id).encode(), last=revision)
+            except (KeyWrongLastSequenceError, KeyNotFoundError):
+                continue  # another replica took one meanwhile (nats-py's create may say either)
+            await kv.put(f"o.{order_id}", intent_id.encode())
+            await kv.put(f"i.{_token(intent_id)}", str(order_id).encode())
+            return order_id
