@@ -19,6 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.builders import intent_payload, new_intent_id
 from tests.conftest import fetch_all
 from tests.fakes.alpaca import FakeAlpaca
+from tests.fakes.ibkr import FakeGateway
+from tests.fakes.ibkr_bridge import BRIDGE_ENV, serve_gateway
 from tests.fakes.schwab import FakeSchwab
 from tests.fakes.serve import serve
 from tests.fakes.stream import serve_stream
@@ -31,6 +33,7 @@ from workers.venues.simulated.book import KvOrderBook
 pytestmark = pytest.mark.integration
 
 INTENTS = 200
+IBKR_EXECUTOR = "tests.chaos.ibkr_executor"
 SAME_SIZE_INTENTS = 120
 """Identical orders go one at a time (the shape lock): fewer, still past every failpoint."""
 # Each executor run dies at one point: before sending, after sending but before reporting,
@@ -39,7 +42,7 @@ PLAN: list[str | None] = ["before_place:15", "after_place:25", "after_report:35"
 
 
 async def start_executor(
-    servers: Servers, log: Path, failpoints: str | None, broker: str, adapter: str = ""
+    servers: Servers, log: Path, failpoints: str | None, broker: str, adapter: str = "", module: str = "workers"
 ) -> asyncio.subprocess.Process:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MBX_")}
     env.update({"MBX_NATS_URL": servers.nats_url, "MBX_LOG_FORMAT": "json", "MBX_LOG_LEVEL": "WARNING"})
@@ -63,7 +66,7 @@ async def start_executor(
         return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "workers",
+            module,
             "worker",
             "executor",
             "--broker",
@@ -77,7 +80,7 @@ async def start_executor(
 FAKE_KEYS = ("PKCRASHTEST0001", "crash-test-secret")
 
 
-@pytest.mark.parametrize("venue", ["alpaca", "schwab", "alpaca-over-http", "schwab-over-http"])
+@pytest.mark.parametrize("venue", ["alpaca", "schwab", "alpaca-over-http", "schwab-over-http", "ibkr-over-bridge"])
 async def test_executor_killed_at_every_point_places_each_intent_exactly_once(
     start_pipeline: Any, nc: NatsClient, db: AsyncEngine, servers: Servers, tmp_path: Path, venue: str
 ) -> None:
@@ -88,6 +91,20 @@ async def test_executor_killed_at_every_point_places_each_intent_exactly_once(
     real Schwab adapter against the fake Schwab over HTTP, every intent the same size: only
     the shape lock and the attributions tell their orders apart."""
     broker = venue.split("-", maxsplit=1)[0]
+    if venue == "ibkr-over-bridge":
+        gateway = FakeGateway(cash=Decimal(10**15))
+        async with serve_gateway(gateway) as address:
+            os.environ[BRIDGE_ENV] = address  # the executor processes inherit it
+            try:
+                ids, _ = await crash_repeatedly(
+                    start_pipeline, nc, db, servers, tmp_path, broker, "    adapter: ibkr\n", module=IBKR_EXECUTOR
+                )
+            finally:
+                del os.environ[BRIDGE_ENV]
+        # One order per intent at the gateway, whatever was resent (a resent id is refused as 103).
+        refs = sorted(o.order.orderRef for o in gateway.orders.values() if o.order.orderRef in set(ids))
+        assert refs == sorted(ids)
+        return
     if venue == "schwab-over-http":
         schwab = FakeSchwab(cash=Decimal(10**15))
         TokenStore(tmp_path / "schwab-token.json").save_login(schwab.issue_tokens())
@@ -143,6 +160,7 @@ async def crash_repeatedly(
     adapter: str = "",
     *,
     same_size: bool = False,
+    module: str = "workers",
 ) -> tuple[list[str], list[int]]:
     """Run the executor through ``PLAN`` while its intents flow (200; 120 of one size); the intents' ids and sizes
     (each its own, or with ``same_size`` one size for all, unlike any other test's)."""
@@ -150,7 +168,7 @@ async def crash_repeatedly(
     await start_pipeline(parse_config({"brokers": {broker: {}}}), executors=False)
     log = tmp_path / "executor.log"
     runs = 0
-    executor = await start_executor(servers, log, PLAN[0], broker, adapter)
+    executor = await start_executor(servers, log, PLAN[0], broker, adapter, module)
     count = SAME_SIZE_INTENTS if same_size else INTENTS
     ids = [new_intent_id("crash") for _ in range(count)]
     # Schwab orders can only be matched by symbol, side and size: give each intent its own size.
@@ -180,7 +198,7 @@ async def crash_repeatedly(
             except TimeoutError:
                 continue
             runs += 1
-            executor = await start_executor(servers, log, PLAN[min(runs, len(PLAN) - 1)], broker, adapter)
+            executor = await start_executor(servers, log, PLAN[min(runs, len(PLAN) - 1)], broker, adapter, module)
     finally:
         if executor.returncode is None:
             executor.send_signal(signal.SIGTERM)

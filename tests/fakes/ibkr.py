@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from ib_async import IB, Client, CommissionReport, Contract, Execution, Order, OrderState
+from ib_async import IB, Client, CommissionReport, Contract, ContractDetails, Execution, Order, OrderState
 
 from tests.fakes.alpaca import FakeFaults
 from workers.venues.simulated.quotes import QuoteModel
@@ -74,6 +75,7 @@ class FakeGateway:
     clients: list[FakeIbClient] = field(default_factory=list)
     lost: bool = False
     """Error 1100 was sent: the gateway lost its connection to IB."""
+    quote_requests: list[str] = field(default_factory=list)
     placements: list[int] = field(default_factory=list)
     """Order ids of every placement message that reached the gateway."""
     _perm_ids: Any = field(default_factory=lambda: itertools.count(9_000_001))
@@ -294,56 +296,16 @@ class FakeGateway:
             client.wrapper.updateAccountValue(tag, str(value), "USD", ACCOUNT)
 
 
-class FakeIbClient(Client):
-    """``ib_async.Client`` with the fake gateway where the socket would be."""
+class GatewaySession:
+    """The requests a client connection sends, answered by the gateway through ``later`` (in
+    this process, or over the bridge's socket: ``ibkr_bridge.py``)."""
 
-    def __init__(self, wrapper: Any, gateway: FakeGateway) -> None:
-        super().__init__(wrapper)
-        self.gateway = gateway
+    gateway: FakeGateway
+    wrapper: Any
+    clientId: int
 
     def later(self, callback: Callable[..., Any], *args: Any) -> None:
-        """Deliver a callback on a later turn of the loop, as the socket would (never after a drop)."""
-
-        def deliver() -> None:
-            if self.isReady():
-                callback(*args)
-
-        asyncio.get_running_loop().call_soon(deliver)
-
-    async def connectAsync(self, host: str, port: int, clientId: int, timeout: float | None = 2.0) -> None:
-        await asyncio.sleep(0)
-        if self.gateway.faults.outage:
-            raise ConnectionRefusedError(f"[Errno 111] Connect call failed ('{host}', {port})")
-        self.host, self.port, self.clientId = host, int(port), int(clientId)
-        self.connState = Client.CONNECTED
-        self._apiReady = True
-        self._serverVersion = 178
-        self._accounts = [ACCOUNT]
-        self.wrapper.managedAccounts(ACCOUNT)
-        self.updateReqId(self.gateway.next_valid_id)  # nextValidId
-        self.gateway.clients.append(self)
-        if self.gateway.lost:
-            self.later(
-                self.wrapper.error, -1, 1100, "Connectivity between IB and Trader Workstation has been lost.", ""
-            )
-
-    def disconnect(self) -> None:
-        if self in self.gateway.clients:
-            self.gateway.clients.remove(self)
-        super().disconnect()
-
-    def drop(self) -> None:
-        """The gateway's side closes the connection (what ib_async does when its socket drops)."""
-        if self in self.gateway.clients:
-            self.gateway.clients.remove(self)
-        super().disconnect()
-        self.wrapper.connectionClosed()
-        self.apiEnd.emit()
-
-    def send(self, *fields: Any, makeEmpty: bool = True) -> None:
-        raise AssertionError(f"the fake gateway does not answer this request: {fields[:2]}")
-
-    # Requests ------------------------------------------------------------------------------
+        raise NotImplementedError
 
     def placeOrder(self, orderId: int, contract: Contract, order: Order) -> None:
         self.gateway.place(self, orderId, contract, order)
@@ -400,3 +362,76 @@ class FakeIbClient(Client):
 
     def reqAccountUpdatesMulti(self, reqId: int, account: str, modelCode: str, ledgerAndNLV: bool) -> None:
         self.later(self.wrapper.accountUpdateMultiEnd, reqId)
+
+    def reqContractDetails(self, reqId: int, contract: Contract) -> None:
+        """One match, with a conId, for any symbol the gateway knows."""
+        symbol = quote_symbol(contract)
+        if symbol not in self.gateway.faults.unknown_symbols:
+            qualified = copy.copy(contract)
+            qualified.conId = int.from_bytes(hashlib.sha256(symbol.encode()).digest()[:4], "big")
+            self.later(self.wrapper.contractDetails, reqId, ContractDetails(contract=qualified))
+        self.later(self.wrapper.contractDetailsEnd, reqId)
+
+    def reqMktData(
+        self, reqId: int, contract: Contract, genericTickList: str, snapshot: bool, regulatorySnapshot: bool,
+        mktDataOptions: Any,
+    ) -> None:  # fmt: skip
+        """A snapshot of the best bid and ask (ticks 1 and 2), as a subscribed account gets it."""
+        self.gateway.quote_requests.append(quote_symbol(contract))
+        if quote_symbol(contract) in self.gateway.faults.unknown_symbols:
+            self.later(self.wrapper.error, reqId, 200, "No security definition has been found for the request", "")
+            return
+        quote = self.gateway.quotes.quote(quote_symbol(contract))
+        self.later(self.wrapper.priceSizeTick, reqId, 1, float(quote.bid), 100.0)
+        self.later(self.wrapper.priceSizeTick, reqId, 2, float(quote.ask), 100.0)
+        self.later(self.wrapper.tickSnapshotEnd, reqId)
+
+
+class FakeIbClient(GatewaySession, Client):
+    """``ib_async.Client`` with the fake gateway where the socket would be."""
+
+    def __init__(self, wrapper: Any, gateway: FakeGateway) -> None:
+        super().__init__(wrapper)
+        self.gateway = gateway
+
+    def later(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Deliver a callback on a later turn of the loop, as the socket would (never after a drop)."""
+
+        def deliver() -> None:
+            if self.isReady():
+                callback(*args)
+
+        asyncio.get_running_loop().call_soon(deliver)
+
+    async def connectAsync(self, host: str, port: int, clientId: int, timeout: float | None = 2.0) -> None:
+        await asyncio.sleep(0)
+        if self.gateway.faults.outage:
+            raise ConnectionRefusedError(f"[Errno 111] Connect call failed ('{host}', {port})")
+        self.host, self.port, self.clientId = host, int(port), int(clientId)
+        self.connState = Client.CONNECTED
+        self._apiReady = True
+        self._serverVersion = 178
+        self._accounts = [ACCOUNT]
+        self.wrapper.managedAccounts(ACCOUNT)
+        self.updateReqId(self.gateway.next_valid_id)  # nextValidId
+        self.gateway.clients.append(self)
+        if self.gateway.lost:
+            self.later(
+                self.wrapper.error, -1, 1100, "Connectivity between IB and Trader Workstation has been lost.", ""
+            )
+
+    def disconnect(self) -> None:
+        if self in self.gateway.clients:
+            self.gateway.clients.remove(self)
+        super().disconnect()
+
+    def drop(self) -> None:
+        """The gateway's side closes the connection (what ib_async does when its socket drops)."""
+        if self in self.gateway.clients:
+            self.gateway.clients.remove(self)
+        super().disconnect()
+        self.wrapper.connectionClosed()
+        self.apiEnd.emit()
+
+    def send(self, *fields: Any, makeEmpty: bool = True) -> None:
+        raise AssertionError(f"the fake gateway does not answer this request: {fields[:2]}")

@@ -242,10 +242,27 @@ def _coinbase_quotes(config: MbxConfig) -> QuoteSource:
     )
 
 
+def _ibkr_quotes(config: MbxConfig) -> QuoteSource:
+    """IB market data through the router's own connection to the gateway of ``brokers.ibkr``."""
+    from workers.venues.ibkr.quotes import QUOTE_CLIENT_ID_OFFSET, IbkrQuoteSource  # noqa: PLC0415
+
+    settings = config.brokers.get(BrokerName.IBKR) or BrokerConfig(adapter="ibkr")
+    gateway = settings.gateway or GatewayConfig()
+    data = config.market_data
+    return IbkrQuoteSource(
+        gateway.host,
+        gateway.port or (4002 if settings.paper_trading else 4001),
+        gateway.client_id + QUOTE_CLIENT_ID_OFFSET,
+        requests_per_minute=data.requests_per_minute,
+        cache_s=data.cache_s,
+    )
+
+
 QUOTE_SOURCES: dict[str, Callable[[MbxConfig], QuoteSource]] = {
     "simulated": lambda _config: SimulatedQuoteSource(),
     "alpaca": _alpaca_quotes,
     "coinbase": _coinbase_quotes,
+    "ibkr": _ibkr_quotes,
 }
 QUOTE_CREDENTIALS: dict[str, tuple[BrokerName, tuple[str, ...]]] = {
     "alpaca": (BrokerName.ALPACA, ("api_key", "secret_key"))

@@ -20,7 +20,8 @@ log = structlog.get_logger("mbx.quotes")
 class CachedQuotes(ABC):
     name = ""
 
-    def __init__(self, client: httpx.AsyncClient, *, requests_per_minute: int, cache_s: float) -> None:
+    def __init__(self, client: httpx.AsyncClient | None, *, requests_per_minute: int, cache_s: float) -> None:
+        """``client``: the HTTP client a source sends through (None: the source has its own way)."""
         self._client = client
         self._limit = requests_per_minute
         self._cache_s = cache_s
@@ -44,6 +45,13 @@ class CachedQuotes(ABC):
         self._cache[symbol] = (now, found)
         return found
 
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        """The HTTP client of a source that has one."""
+        if self._client is None:
+            raise TypeError(f"the {self.name} quote source sends no HTTP")
+        return self._client
+
     def _may_send(self, now: float) -> bool:
         while self._sent and self._sent[0] <= now - 60.0:
             self._sent.popleft()
@@ -61,4 +69,5 @@ class CachedQuotes(ABC):
         """Ask the source for ``symbol``'s quote (None: it has none)."""
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._client is not None:
+            await self._client.aclose()

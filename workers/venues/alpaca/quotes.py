@@ -63,7 +63,7 @@ class AlpacaQuoteSource(CachedQuotes):
         return _quote(symbol, raw) if raw else None
 
     async def _get(self, path: str, **params: Any) -> dict[str, Any] | None:
-        response = await send(self._client, "alpaca market data", "GET", path, params=params)
+        response = await send(self._http, "alpaca market data", "GET", path, params=params)
         if response.status_code in (400, 404, 422):  # an unknown symbol: no quote
             return None
         response.raise_for_status()

@@ -38,7 +38,7 @@ class CoinbaseQuoteSource(CachedQuotes):
 
     async def _fetch(self, symbol: str) -> Quote | None:
         path = f"/api/v3/brokerage/market/products/{symbol}/ticker"
-        response = await send(self._client, "coinbase market data", "GET", path, params={"limit": 1})
+        response = await send(self._http, "coinbase market data", "GET", path, params={"limit": 1})
         if response.status_code in (400, 404):
             return None
         response.raise_for_status()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -56,6 +57,7 @@ UNSET = 1.7976931348623157e308  # ib_async's UNSET_DOUBLE
 MARGIN_WORDS = ("margin", "buying power", "equity with loan", "insufficient")
 LOST, RESTORED = 1100, (1101, 1102)
 DUPLICATE_ID, PACING, NO_CONTRACT, REJECTED = 103, 100, 200, 201
+OCC = re.compile(r"[A-Z.]{1,6}\d{6}[CP]\d{8}")
 TIME_IN_FORCE = {"day": "DAY", "gtc": "GTC", "ioc": "IOC", "fok": "FOK"}
 
 
@@ -367,13 +369,26 @@ def _decimal(value: Any) -> Decimal:
 
 
 def contract_for(intent: OrderIntent) -> Contract:
-    if intent.asset_class is AssetClass.CRYPTO:
-        base, _, quote = intent.symbol.partition("-")
+    return contract_of(intent.symbol, intent.asset_class)
+
+
+def contract_of(symbol: str, asset: AssetClass) -> Contract:
+    if asset is AssetClass.CRYPTO:
+        base, _, quote = symbol.partition("-")
         return Crypto(base, "PAXOS", quote or "USD")
-    if intent.asset_class is AssetClass.OPTION:
-        root, contract = intent.symbol[:-15], intent.symbol[-15:]
+    if asset is AssetClass.OPTION:
+        root, contract = symbol[:-15], symbol[-15:]
         return Contract(secType="OPT", localSymbol=f"{root:<6}{contract}", exchange="SMART", currency="USD")
-    return Stock(intent.symbol, "SMART", "USD")
+    return Stock(symbol, "SMART", "USD")
+
+
+def contract_of_symbol(symbol: str) -> Contract:
+    """The contract a bare symbol names: a pair is crypto, an OCC symbol an option, else a stock."""
+    if "-" in symbol:
+        return contract_of(symbol, AssetClass.CRYPTO)
+    if OCC.fullmatch(symbol):
+        return contract_of(symbol, AssetClass.OPTION)
+    return contract_of(symbol, AssetClass.EQUITY)
 
 
 def symbol_of(contract: Contract) -> str:
