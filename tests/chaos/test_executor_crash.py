@@ -28,7 +28,6 @@ from tests.integration.test_walking_skeleton import publish_json
 from tests.servers import Servers
 from workers.domain.config import parse_config
 from workers.venues.schwab.tokens import TokenStore
-from workers.venues.simulated.book import KvOrderBook
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +38,9 @@ SAME_SIZE_INTENTS = 120
 # Each executor run dies at one point: before sending, after sending but before reporting,
 # after reporting but before the ack, then twice at a random moment (SIGKILL), then runs clean.
 PLAN: list[str | None] = ["before_place:15", "after_place:25", "after_report:35", "random", "random", None]
+SAME_SIZE_PLAN: list[str | None] = ["before_place:10", "after_place:20", "after_report:30", None]
+"""Identical orders wait for a killed holder's redelivery (the 10 s ack wait) at every crash:
+the three failpoints, without the random kills, keep that test at the length of the others."""
 
 
 async def start_executor(
@@ -80,16 +82,17 @@ async def start_executor(
 FAKE_KEYS = ("PKCRASHTEST0001", "crash-test-secret")
 
 
-@pytest.mark.parametrize("venue", ["alpaca", "schwab", "alpaca-over-http", "schwab-over-http", "ibkr-over-bridge"])
+@pytest.mark.parametrize("venue", ["alpaca-over-http", "schwab-over-http", "ibkr-over-bridge"])
 async def test_executor_killed_at_every_point_places_each_intent_exactly_once(
     start_pipeline: Any, nc: NatsClient, db: AsyncEngine, servers: Servers, tmp_path: Path, venue: str
 ) -> None:
-    """Alpaca refuses a repeated client order id; Schwab has none and would take a blind retry
-    as a second order, so only looking before placing keeps its book clean. The third run is
-    the real Alpaca adapter against the fake Alpaca over HTTP: the same, with real HTTP
-    semantics (a 422 on a repeated id, lookups by client id over the wire). The fourth is the
-    real Schwab adapter against the fake Schwab over HTTP, every intent the same size: only
-    the shape lock and the attributions tell their orders apart."""
+    """Each real adapter against its fake broker, the executor a process killed at every point
+    of its work. Alpaca refuses a repeated client order id (422), over real HTTP. Schwab has none
+    and would take a blind retry as a second order: every intent the same size, only looking
+    before placing, the shape lock and the attributions keep its book clean. IBKR's gateway lives
+    in the test and is reached across processes; a resent order id is refused (error 103). The
+    simulated brokers are killed the same way in the worker-kill chaos test
+    (tests/chaos/test_worker_kills.py)."""
     broker = venue.split("-", maxsplit=1)[0]
     if venue == "ibkr-over-bridge":
         gateway = FakeGateway(cash=Decimal(10**15))
@@ -140,14 +143,6 @@ async def test_executor_killed_at_every_point_places_each_intent_exactly_once(
             ids
         )
         return
-    ids, sizes = await crash_repeatedly(start_pipeline, nc, db, servers, tmp_path, broker)
-    # The broker's own book: exactly one order per intent (matched by client id, or by size at Schwab).
-    book = await KvOrderBook(nc.jetstream, f"mbx_sim_{broker}").all()
-    if broker == "schwab":
-        ours = sorted(int(o.quantity) for o in book if o.symbol == "AAPL" and o.quantity in sizes)
-        assert ours == sorted(sizes)
-    else:
-        assert sorted(o.client_order_id for o in book if o.client_order_id in set(ids)) == sorted(ids)
 
 
 async def crash_repeatedly(
@@ -162,13 +157,14 @@ async def crash_repeatedly(
     same_size: bool = False,
     module: str = "workers",
 ) -> tuple[list[str], list[int]]:
-    """Run the executor through ``PLAN`` while its intents flow (200; 120 of one size); the intents' ids and sizes
-    (each its own, or with ``same_size`` one size for all, unlike any other test's)."""
+    """Run the executor through its plan while its intents flow; the intents' ids and sizes (each
+    its own, or with ``same_size`` one size for all, unlike any other test's)."""
+    plan = SAME_SIZE_PLAN if same_size else PLAN
     rng = random.Random(20261121)
     await start_pipeline(parse_config({"brokers": {broker: {}}}), executors=False)
     log = tmp_path / "executor.log"
     runs = 0
-    executor = await start_executor(servers, log, PLAN[0], broker, adapter, module)
+    executor = await start_executor(servers, log, plan[0], broker, adapter, module)
     count = SAME_SIZE_INTENTS if same_size else INTENTS
     ids = [new_intent_id("crash") for _ in range(count)]
     # Schwab orders can only be matched by symbol, side and size: give each intent its own size.
@@ -189,7 +185,7 @@ async def crash_repeatedly(
         deadline = asyncio.get_running_loop().time() + 180
         while not await everything_final():
             assert asyncio.get_running_loop().time() < deadline, f"not all intents final; see {log}"
-            if PLAN[min(runs, len(PLAN) - 1)] == "random" and executor.returncode is None:
+            if plan[min(runs, len(plan) - 1)] == "random" and executor.returncode is None:
                 await asyncio.sleep(rng.uniform(0.3, 1.5))
                 if executor.returncode is None:
                     executor.send_signal(signal.SIGKILL)
@@ -198,13 +194,13 @@ async def crash_repeatedly(
             except TimeoutError:
                 continue
             runs += 1
-            executor = await start_executor(servers, log, PLAN[min(runs, len(PLAN) - 1)], broker, adapter, module)
+            executor = await start_executor(servers, log, plan[min(runs, len(plan) - 1)], broker, adapter, module)
     finally:
         if executor.returncode is None:
             executor.send_signal(signal.SIGTERM)
             await executor.wait()
 
-    assert runs >= 5, f"the executor crashed only {runs} times; see {log}"
+    assert runs >= len(plan) - 1, f"the executor crashed only {runs} times; see {log}"
     rows = await fetch_all(db, "SELECT * FROM orders WHERE intent_id = ANY(:ids)", ids=ids)
     assert sorted(r["intent_id"] for r in rows) == sorted(ids)  # no lost intent, one order row each
     assert {r["status"] for r in rows} == {"filled"}

@@ -116,3 +116,14 @@ async def test_commissions_come_from_the_commission_reports(h: IbkrHarness) -> N
     intent = make_intent(quantity="300")
     order = await h.venue.place_order(intent, intent.intent_id)
     assert order.fees == Decimal("1.5")  # 300 x 0.005, as the gateway reported it
+
+
+def test_paper_ibkr_needs_no_opt_in_and_live_does() -> None:
+    from workers.domain.config import parse_config
+    from workers.venues.factory import check_config, live_refusal
+
+    paper = parse_config({"brokers": {"ibkr": {"adapter": "ibkr", "gateway": {"port": 7497, "client_id": 3}}}})
+    check_config(paper)
+    assert live_refusal(paper, allowed=False) is None
+    live = parse_config({"brokers": {"ibkr": {"adapter": "ibkr", "paper_trading": False}}})
+    assert "ibkr would trade real money" in (live_refusal(live, allowed=False) or "")

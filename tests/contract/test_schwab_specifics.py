@@ -193,3 +193,18 @@ async def test_the_adapter_carries_the_warning_its_heartbeat_sends(h: SchwabHarn
     await fresh.get_account()  # still up meanwhile
     assert fresh.is_connected
     await fresh.disconnect()
+
+
+def test_the_config_names_what_schwab_needs_and_it_trades_real_money() -> None:
+    from workers.domain.config import ConfigError, parse_config
+    from workers.venues.factory import check_config, live_refusal
+
+    with pytest.raises(ConfigError) as unset:
+        check_config(parse_config({"brokers": {"schwab": {"adapter": "schwab"}}}))
+    assert "brokers.schwab.credentials.app_key" in str(unset.value) and "schwab adapter" in str(unset.value)
+    with pytest.raises(ConfigError, match="account_number"):
+        parse_config({"brokers": {"schwab": {"adapter": "schwab", "account_number": "12-34"}}})
+    keys = {"app_key": "k", "app_secret": "s"}
+    config = parse_config({"brokers": {"schwab": {"adapter": "schwab", "credentials": keys}}})
+    check_config(config)
+    assert "schwab would trade real money" in (live_refusal(config, allowed=False) or "")

@@ -115,11 +115,12 @@ ALPACA_KEYS = "    credentials: {api_key: '${ALPACA_API_KEY}', secret_key: '${AL
     [
         (
             "brokers:\n  alpaca:\n    adapter: nonsense\n",
-            "brokers.alpaca.adapter: unknown adapter 'nonsense' (known: alpaca, coinbase, robinhood_crypto, simulated)",
+            "brokers.alpaca.adapter: unknown adapter 'nonsense' "
+            "(known: alpaca, coinbase, ibkr, robinhood_crypto, schwab, simulated)",
         ),
         (
             "market_data:\n  source: nonsense\n",
-            "market_data.source: unknown quote source 'nonsense' (known: alpaca, coinbase, simulated)",
+            "market_data.source: unknown quote source 'nonsense' (known: alpaca, coinbase, ibkr, simulated)",
         ),
         ("brokers:\n  coinbase:\n    adapter: alpaca\n", "brokers.coinbase.adapter: 'alpaca' is alpaca's adapter"),
         (

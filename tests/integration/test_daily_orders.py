@@ -5,20 +5,21 @@ count starts again the next day."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from typing import Any
 
 import pytest
 from nats.aio.client import Client as NatsClient
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import BrokerName
 from tests.builders import OPTION, intent_payload
 from tests.conftest import eventually, fetch_all
-from tests.integration.test_walking_skeleton import publish_json
 from workers.domain.config import parse_config
 from workers.executor.budget import DailyOrderBudget, DailyOrdersSpent
+from workers.platform.db.engine import make_engine
+from workers.platform.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -52,15 +53,22 @@ async def test_new_orders_stop_at_ninety_percent_cancels_may_use_the_rest(nc: Na
 
 
 async def test_past_the_daily_limit_orders_go_to_another_broker(
-    start_pipeline: Any, nc: NatsClient, db: AsyncEngine
+    start_pipeline: Any, isolated: Settings, nc: NatsClient
 ) -> None:
+    """Its own subjects and KV: Schwab orders of earlier tests today do not count."""
     config = parse_config({"brokers": {"schwab": {"orders_per_day": 3}, "alpaca": {}}})
-    pipeline = await start_pipeline(config)
+    pipeline = await start_pipeline(config, own_settings=isolated)
     sizes = [11, 12, 13]
     payloads = [intent_payload(**(OPTION | {"quantity": str(n)}), broker="schwab") for n in sizes]
-    for payload in payloads[:2]:
-        await publish_json(nc, payload)
     ids = [p["intent_id"] for p in payloads]
+
+    async def publish(payload: dict[str, Any]) -> None:
+        subject = isolated.subjects.intent(payload["strategy_id"])
+        await nc.jetstream().publish(
+            subject, json.dumps(payload).encode(), headers={"Nats-Msg-Id": payload["intent_id"]}
+        )
+
+    db = make_engine(isolated.database_url or "", pool_size=1)
 
     async def filled(n: int) -> list[Any]:
         rows = await fetch_all(
@@ -68,12 +76,19 @@ async def test_past_the_daily_limit_orders_go_to_another_broker(
         )
         return rows if len(rows) == n else []
 
-    first = await eventually(lambda: filled(2))
-    assert {r["broker_name"] for r in first} == {"schwab"}  # 2 = 90% of 3 placements
-    await publish_json(nc, payloads[2])
-    rows = await eventually(lambda: filled(3))
-    assert {r["intent_id"]: r["broker_name"] for r in rows}[ids[2]] == "alpaca"
-    [failover] = await eventually(lambda: fetch_all(db, "SELECT * FROM failover_events WHERE intent_id = :i", i=ids[2]))
+    try:
+        for payload in payloads[:2]:
+            await publish(payload)
+        first = await eventually(lambda: filled(2))
+        assert {r["broker_name"] for r in first} == {"schwab"}  # 2 = 90% of 3 placements
+        await publish(payloads[2])
+        rows = await eventually(lambda: filled(3))
+        assert {r["intent_id"]: r["broker_name"] for r in rows}[ids[2]] == "alpaca"
+        [failover] = await eventually(
+            lambda: fetch_all(db, "SELECT * FROM failover_events WHERE intent_id = :i", i=ids[2])
+        )
+    finally:
+        await db.dispose()
     assert failover["failed_broker"] == "schwab" and "order calls are used" in failover["reason"]
     at_schwab = sorted(int(o.quantity) for o in await pipeline.venues[BrokerName.SCHWAB].book.all())
     assert at_schwab == sizes[:2]  # the third was never sent there
