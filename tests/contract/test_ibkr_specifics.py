@@ -127,3 +127,16 @@ def test_paper_ibkr_needs_no_opt_in_and_live_does() -> None:
     assert live_refusal(paper, allowed=False) is None
     live = parse_config({"brokers": {"ibkr": {"adapter": "ibkr", "paper_trading": False}}})
     assert "ibkr would trade real money" in (live_refusal(live, allowed=False) or "")
+
+
+async def test_concurrent_lookups_share_the_gateways_answers(h: IbkrHarness) -> None:
+    """ib_async files the answers to open- and completed-order requests under one key each: two
+    such requests at once would leave one waiting forever. Lookups after a restart come many
+    at once (the executor's redeliveries)."""
+    intents = [make_intent(quantity=str(n), order_type="limit", limit_price="1.00") for n in (1, 2, 3, 4)]
+    placed = [await h.venue.place_order(i, i.intent_id) for i in intents]
+    h.venue._ib.wrapper.trades.clear()  # as after a restart: nothing known on this connection
+    found = await asyncio.wait_for(
+        asyncio.gather(*(h.venue.locate(i, i.intent_id, i.created_at) for i in intents)), 5
+    )
+    assert [f.broker_order_id if f else None for f in found] == [p.broker_order_id for p in placed]

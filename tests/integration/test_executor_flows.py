@@ -20,7 +20,7 @@ from tests.conftest import Pipeline, eventually, fetch_all, stream_messages
 from tests.integration.test_walking_skeleton import publish_json
 from workers.domain.config import parse_config
 from workers.entry import build_executor_worker
-from workers.platform.bus import publish
+from workers.platform.bus import publish, read_bucket
 from workers.platform.settings import Settings
 from workers.venues.simulated.book import KvOrderBook
 
@@ -430,8 +430,10 @@ async def test_an_order_whose_first_reports_went_out_unrecorded_is_still_recorde
     decision = recorded.decision
     assert decision is not None
     # As if the ledger write never happened (the delivery died after publishing).
-    kv = await nc.jetstream().key_value(pipeline.settings.topology.order_ledger_bucket)
-    for key in await kv.keys():
+    bucket = pipeline.settings.topology.order_ledger_bucket
+    kv = await nc.jetstream().key_value(bucket)
+    # read_bucket, not kv.keys(): nats-py's listing can miss every key under load (NoKeysError).
+    for key, _ in await read_bucket(nc.jetstream(), bucket):
         if key.endswith(base64.urlsafe_b64encode(payload["intent_id"].encode()).decode().rstrip("=")):
             await kv.purge(key)
     assert await executor.ledger.get(payload["intent_id"]) is None

@@ -86,7 +86,10 @@ class IbkrVenue:
         self._down_because = "not connected yet"
         self._lost = ""
         """Why TWS has no connection to IB (error 1100), until 1101/1102."""
-        self._connecting = asyncio.Lock()
+        self._syncing = asyncio.Lock()
+        """Held while a connection synchronises or a refresh runs (see ``_refresh``)."""
+        self._refreshes = 0
+        self._settling: set[asyncio.Future[None]] = set()
         self._closing = False
         self._reconnect: asyncio.Task[None] | None = None
         self._connected_callbacks: list[Callable[[], Awaitable[None]]] = []
@@ -125,9 +128,9 @@ class IbkrVenue:
 
     async def _ensure_connected(self) -> IB:
         """The connected IB (connecting now if it is not), or VenueUnavailable."""
-        if self._ib.isConnected():
+        if self._ib.isConnected() and not self._syncing.locked():
             return self._ib
-        async with self._connecting:
+        async with self._syncing:
             if self._ib.isConnected():
                 return self._ib
             try:
@@ -153,8 +156,10 @@ class IbkrVenue:
                 raise VenueUnavailable(self._down_because)
             self._down_because = ""
             log.info("broker connected", broker=str(self.broker), host=self._host, port=self._port)
-        for callback in list(self._connected_callbacks):
-            await callback()
+        for callback in list(self._connected_callbacks):  # the executor settles its working orders
+            task: asyncio.Future[None] = asyncio.ensure_future(callback())
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
         return self._ib
 
     def _on_disconnect(self) -> None:
@@ -252,11 +257,19 @@ class IbkrVenue:
         return venue_order(trade) if trade is not None and not _refused(trade) else None
 
     async def _refresh(self) -> None:
-        """Ask the gateway for every open and completed order and the day's executions."""
+        """Ask the gateway for every open and completed order and the day's executions: one
+        refresh at a time (ib_async files each of these answers under one fixed key, so two at
+        once would leave one waiting forever), and none while a connection is synchronising; a
+        caller takes a refresh that began after it asked."""
         ib = await self._ready()
-        await asyncio.wait_for(ib.reqAllOpenOrdersAsync(), self._timeout_s)
-        await asyncio.wait_for(ib.reqCompletedOrdersAsync(apiOnly=True), self._timeout_s)
-        await asyncio.wait_for(ib.reqExecutionsAsync(), self._timeout_s)
+        wanted = self._refreshes + 1
+        async with self._syncing:
+            if self._refreshes >= wanted:
+                return  # one began after this caller asked, and has finished
+            self._refreshes += 1
+            await asyncio.wait_for(ib.reqAllOpenOrdersAsync(), self._timeout_s)
+            await asyncio.wait_for(ib.reqCompletedOrdersAsync(apiOnly=True), self._timeout_s)
+            await asyncio.wait_for(ib.reqExecutionsAsync(), self._timeout_s)
 
     async def get_order(self, broker_order_id: str) -> VenueOrder | None:
         if not broker_order_id.isdigit():
