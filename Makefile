@@ -26,8 +26,8 @@ run: install ## Run the whole system on embedded NATS and PostgreSQL (Ctrl-C sto
 	$(BIN)/mbx up
 
 .PHONY: test
-test: install browser ## Run the tests (starts its own nats-server and PostgreSQL)
-	$(BIN)/python -m pytest
+test: install browser ## Run the tests: the chaos tests beside the rest, each part with its own nats-server and PostgreSQL
+	$(BIN)/python -m tests.run_split
 
 .PHONY: browser
 browser: ## Install Debian's Chromium for the dashboard's browser test, if it is missing (apt)

@@ -141,8 +141,12 @@ def documented_config(cash: int = 10**12) -> str:
 
 
 def raised_config(cash: int = 10**12) -> str:
-    raised = "rate_limit: {requests: 10000000, per_seconds: 1}\n    orders_per_day: 1000000000"
-    brokers = "\n".join(f"  {b}:\n    {raised}\n    paper_cash: {cash}" for b in BrokerName)
+    raised = "rate_limit: {requests: 10000000, per_seconds: 1}"
+    daily = "\n    orders_per_day: 1000000000"  # where the broker counts order calls a day (Schwab)
+    brokers = "\n".join(
+        f"  {b}:\n    {raised}{daily if CAPABILITIES[b].orders_per_day else ''}\n    paper_cash: {cash}"
+        for b in BrokerName
+    )
     return f"brokers:\n{brokers}\nrisk:\n  min_broker_diversification: 1\n  max_broker_allocation: 1\n"
 
 

@@ -41,6 +41,7 @@ from tests.builders import intent_payload
 from workers.devstack.nats import EmbeddedNats
 from workers.devstack.postgres import EmbeddedPostgres
 from workers.devstack.processes import spawn
+from workers.domain.capabilities import CAPABILITIES
 from workers.platform.bus import ensure_streams
 from workers.platform.db.migrate import upgrade
 from workers.platform.settings import Settings
@@ -111,7 +112,8 @@ class Stack:
         # A benchmark trades far more than a paper account's 100,000 USD: the cash is raised too.
         brokers = "\n".join(
             f"  {b}:\n    rate_limit: {{requests: 10000000, per_seconds: 1}}\n"
-            "    orders_per_day: 1000000000\n    paper_cash: 1000000000000"
+            + ("    orders_per_day: 1000000000\n" if CAPABILITIES[b].orders_per_day else "")
+            + "    paper_cash: 1000000000000"
             for b in BrokerName
         )
         config.write_text(self.config_text or f"brokers:\n{brokers}\nrisk:\n  min_broker_diversification: 1\n")

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import BrokerName
 from tests.servers import Servers, session_servers
+from workers.domain.capabilities import CAPABILITIES
 from workers.domain.config import BrokerConfig, MbxConfig, RateLimitConfig
 from workers.domain.quotes import QuoteSource
 from workers.entry import build_executor_worker, build_worker
@@ -107,7 +108,8 @@ def unthrottled(config: MbxConfig) -> MbxConfig:
         name: broker.model_copy(
             update={
                 "rate_limit": broker.rate_limit or UNTHROTTLED,
-                "orders_per_day": broker.orders_per_day or UNTHROTTLED_DAY,
+                "orders_per_day": broker.orders_per_day
+                or (UNTHROTTLED_DAY if CAPABILITIES[name].orders_per_day else None),
                 "paper_cash": TEST_CASH if broker.paper_cash == default_cash else broker.paper_cash,
             }
         )

@@ -91,7 +91,9 @@ async def start_executor(servers: Servers, run: Run, failpoints: str | None) -> 
     config = run.root / "executor.yaml"
     config.write_text(
         f"brokers:\n  {run.broker}:\n    rate_limit: {{requests: 100000, per_seconds: 1}}\n"
-        "    orders_per_day: 1000000000\n    paper_cash: 1000000000000000\n" + run.adapter
+        + ("    orders_per_day: 1000000000\n" if run.broker == "schwab" else "")
+        + "    paper_cash: 1000000000000000\n"
+        + run.adapter
     )
     env["MBX_CONFIG_FILE"] = str(config)
     if failpoints and failpoints != "random":

@@ -136,7 +136,5 @@ async def test_concurrent_lookups_share_the_gateways_answers(h: IbkrHarness) -> 
     intents = [make_intent(quantity=str(n), order_type="limit", limit_price="1.00") for n in (1, 2, 3, 4)]
     placed = [await h.venue.place_order(i, i.intent_id) for i in intents]
     h.venue._ib.wrapper.trades.clear()  # as after a restart: nothing known on this connection
-    found = await asyncio.wait_for(
-        asyncio.gather(*(h.venue.locate(i, i.intent_id, i.created_at) for i in intents)), 5
-    )
+    found = await asyncio.wait_for(asyncio.gather(*(h.venue.locate(i, i.intent_id, i.created_at) for i in intents)), 5)
     assert [f.broker_order_id if f else None for f in found] == [p.broker_order_id for p in placed]

@@ -25,7 +25,7 @@ from workers.devstack.processes import free_port
 pytestmark = pytest.mark.integration
 
 
-async def mbx(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, str]:
+async def mbx(*args: str, env: dict[str, str] | None = None, timeout: float = 90) -> tuple[int, str]:
     """Run `python -m workers <args>` without blocking the in-process workers."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -275,7 +275,7 @@ async def start_tail(*args: str, env: dict[str, str]) -> asyncio.subprocess.Proc
         env={**os.environ, "COLUMNS": "200", **env},
     )
     assert proc.stderr is not None
-    banner = await asyncio.wait_for(proc.stderr.readline(), 30)
+    banner = await asyncio.wait_for(proc.stderr.readline(), 90)
     assert b"following" in banner, banner
     return proc
 
@@ -289,11 +289,11 @@ async def test_tail_follows_one_strategys_fills_and_routes(
     mine = [intent_payload(strategy_id="tailbot", symbol=s) for s in ("AAPL", "MSFT")]
     for payload in mine:
         await publish_json(nc, payload, strategy="tailbot")
-    out, _ = await asyncio.wait_for(fills.communicate(), 30)
+    out, _ = await asyncio.wait_for(fills.communicate(), 90)
     lines = [json.loads(line) for line in out.decode().splitlines()]
     assert sorted(f["intent_id"] for f in lines) == sorted(p["intent_id"] for p in mine)
     assert {f["strategy_id"] for f in lines} == {"tailbot"}
-    out, _ = await asyncio.wait_for(routes.communicate(), 30)
+    out, _ = await asyncio.wait_for(routes.communicate(), 90)
     assert fills.returncode == 0 and routes.returncode == 0
     assert "route" in out.decode() and "-> alpaca (attempt 1, default:equity)" in out.decode()
 

@@ -46,14 +46,14 @@ async def login(env: dict[str, str], browser: object) -> tuple[int, str]:
     assert proc.stdout is not None and proc.stdin is not None
     seen = []
     while True:
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        line = (await asyncio.wait_for(proc.stdout.readline(), 90)).decode()
         assert line, "".join(seen)
         seen.append(line)
         if line.startswith("http"):
             break
     proc.stdin.write((browser(line.strip()) + "\n").encode())  # type: ignore[operator]
     await proc.stdin.drain()
-    rest, _ = await asyncio.wait_for(proc.communicate(), 30)
+    rest, _ = await asyncio.wait_for(proc.communicate(), 90)
     return await proc.wait(), "".join(seen) + rest.decode()
 
 
