@@ -94,6 +94,18 @@ class VenueOrder:
         return max(self.quantity - self.filled_quantity, Decimal(0))
 
 
+def cancellable(order: VenueOrder | None, broker: str, broker_order_id: str) -> VenueOrder:
+    """The order, when it can still be cancelled; else the refusal every venue gives
+    (``unknown_order``, ``too_late_to_cancel``)."""
+    if order is None:
+        raise VenueRejected("unknown_order", f"{broker} has no order {broker_order_id}", order_specific=True)
+    if order.status.is_terminal:
+        raise VenueRejected(
+            "too_late_to_cancel", f"order {broker_order_id} is already {order.status}", order_specific=True
+        )
+    return order
+
+
 class Venue(Protocol):
     """What every broker adapter provides (real or simulated)."""
 

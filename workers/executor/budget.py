@@ -33,7 +33,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from workers.domain.venue import VenueUnavailable
-from workers.platform.bus import LazyBucket
+from workers.platform.bus import LazyBucket, update_int
 
 LOAD_WINDOW = 5.0
 """Seconds over which the recent load (for headroom) is averaged."""
@@ -233,26 +233,16 @@ class DailyOrderBudget:
             return
         day = self._day()
         cap = math.floor(DAILY_SHARE * self.per_day) if placement else self.per_day
-        kv = await self._store()
         key = f"{self.broker}.orders.{day}"
-        while True:
-            try:
-                entry = await kv.get(key)
-                used, revision = int(entry.value or b"0"), entry.revision
-            except KeyNotFoundError:
-                used, revision = 0, None
+
+        def one_more(used: int) -> int:
             if used >= cap:
                 if placement:
                     self._spent_on = day
                 raise DailyOrdersSpent(self._spent_text(used))
-            try:
-                if revision is None:
-                    await kv.create(key, str(used + 1).encode())
-                else:
-                    await kv.update(key, str(used + 1).encode(), last=revision)
-            except KeyWrongLastSequenceError:
-                continue  # another replica counted one meanwhile: read again
-            return
+            return used + 1
+
+        await update_int(await self._store(), key, one_more)
 
     def _spent_text(self, used: int) -> str:
         return (

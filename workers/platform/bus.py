@@ -27,7 +27,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from contracts import (
     INTENT_ID_HEADER,
@@ -287,6 +287,27 @@ async def open_bucket(js: JetStreamContext, bucket: str, history: int = 1, ttl: 
         return await js.key_value(bucket)
     except BucketNotFoundError:
         return await js.create_key_value(bucket=bucket, history=history, ttl=ttl, replicas=_replicas)
+
+
+async def update_int(kv: KeyValue, key: str, next_value: Callable[[int], int]) -> int:
+    """Replace the integer at ``key`` (0 when missing) with ``next_value(current)`` by
+    compare-and-set, again when another writer got there first; the value written.
+    ``next_value`` may raise to write nothing."""
+    while True:
+        try:
+            entry = await kv.get(key)
+            current, revision = int(entry.value or b"0"), entry.revision
+        except KeyNotFoundError:
+            current, revision = 0, None
+        value = next_value(current)
+        try:
+            if revision is None:
+                await kv.create(key, str(value).encode())
+            else:
+                await kv.update(key, str(value).encode(), last=revision)
+        except (KeyWrongLastSequenceError, KeyNotFoundError):
+            continue  # nats-py's create says either when the key appeared meanwhile
+        return value
 
 
 class LazyBucket:

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError
 
-from workers.platform.bus import LazyBucket
+from workers.platform.bus import LazyBucket, update_int
 
 HIGH_KEY = "high"
 
@@ -79,20 +79,7 @@ class KvOrderIds:
 
     async def assign(self, intent_id: str, at_least: int) -> int:
         kv = await self._store()
-        while True:
-            try:
-                entry = await kv.get(HIGH_KEY)
-                high, revision = int(entry.value or b"0"), entry.revision
-            except KeyNotFoundError:
-                high, revision = 0, None
-            order_id = max(at_least, high + 1)
-            try:
-                if revision is None:
-                    await kv.create(HIGH_KEY, str(order_id).encode())
-                else:
-                    await kv.update(HIGH_KEY, str(order_id).encode(), last=revision)
-            except (KeyWrongLastSequenceError, KeyNotFoundError):
-                continue  # another replica took one meanwhile (nats-py's create may say either)
-            await kv.put(f"o.{order_id}", intent_id.encode())
-            await kv.put(f"i.{_token(intent_id)}", str(order_id).encode())
-            return order_id
+        order_id = await update_int(kv, HIGH_KEY, lambda high: max(at_least, high + 1))
+        await kv.put(f"o.{order_id}", intent_id.encode())
+        await kv.put(f"i.{_token(intent_id)}", str(order_id).encode())
+        return order_id

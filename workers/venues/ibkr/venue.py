@@ -41,6 +41,7 @@ from workers.domain.venue import (
     VenueRateLimited,
     VenueRejected,
     VenueUnavailable,
+    cancellable,
 )
 from workers.venues.http_venue import as_far_as_known
 from workers.venues.ibkr.order_ids import OrderIds
@@ -284,13 +285,7 @@ class IbkrVenue:
         return venue_order(trade) if trade is not None and not _refused(trade) else None
 
     async def cancel_order(self, broker_order_id: str) -> VenueOrder:
-        order = await self.get_order(broker_order_id)
-        if order is None:
-            raise VenueRejected("unknown_order", f"ibkr has no order {broker_order_id}", order_specific=True)
-        if order.status.is_terminal:
-            raise VenueRejected(
-                "too_late_to_cancel", f"order {broker_order_id} is already {order.status}", order_specific=True
-            )
+        cancellable(await self.get_order(broker_order_id), "ibkr", broker_order_id)
         ib = await self._ready()
         trade = self._trade_by_id(int(broker_order_id))
         if trade is None:

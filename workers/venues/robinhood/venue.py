@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from contracts import AccountSnapshot, AssetClass, BrokerName, OrderIntent, OrderStatus, OrderType, PositionLine
 from workers.domain.capabilities import CAPABILITIES as BROKERS
 from workers.domain.capabilities import VenueCapabilities
-from workers.domain.venue import VenueAuthFailed, VenueFill, VenueOrder, VenueRejected
+from workers.domain.venue import VenueAuthFailed, VenueFill, VenueOrder, VenueRejected, cancellable
 from workers.venues.http import error_text, parse_time
 from workers.venues.http_venue import HttpVenue
 
@@ -160,13 +160,7 @@ class RobinhoodCryptoVenue(HttpVenue):
         return parse_order(data) if data else None
 
     async def cancel_order(self, broker_order_id: str) -> VenueOrder:
-        order = await self.get_order(broker_order_id)
-        if order is None:
-            raise VenueRejected("unknown_order", f"robinhood has no order {broker_order_id}", order_specific=True)
-        if order.status.is_terminal:
-            raise VenueRejected(
-                "too_late_to_cancel", f"order {broker_order_id} is already {order.status}", order_specific=True
-            )
+        order = cancellable(await self.get_order(broker_order_id), "robinhood", broker_order_id)
         response = await self._send("POST", f"{ORDERS}{broker_order_id}/cancel/", content="")
         after = await self.get_order(broker_order_id) or order
         if response.status_code not in (200, 201, 202) and not after.status.is_terminal:

@@ -42,6 +42,7 @@ from workers.domain.venue import (
     VenueRateLimited,
     VenueRejected,
     VenueUnavailable,
+    cancellable,
 )
 from workers.venues.http import answer, error_text, parse_time
 from workers.venues.http_venue import as_far_as_known, read_after_placing
@@ -321,13 +322,7 @@ class SchwabVenue:
         return parse_order(response.json())
 
     async def cancel_order(self, broker_order_id: str) -> VenueOrder:
-        order = await self.get_order(broker_order_id)
-        if order is None:
-            raise VenueRejected("unknown_order", f"schwab has no order {broker_order_id}", order_specific=True)
-        if order.status.is_terminal:
-            raise VenueRejected(
-                "too_late_to_cancel", f"order {broker_order_id} is already {order.status}", order_specific=True
-            )
+        order = cancellable(await self.get_order(broker_order_id), "schwab", broker_order_id)
         account = await self._account()
         response = await self._call(
             "DELETE", f"/orders/{broker_order_id}", lambda c: c.cancel_order(int(broker_order_id), account)
