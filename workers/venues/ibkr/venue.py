@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Iterable
@@ -47,6 +48,8 @@ from workers.venues.http_venue import as_far_as_known
 from workers.venues.ibkr.order_ids import OrderIds
 
 log = structlog.get_logger("mbx.venues")
+logging.getLogger("ib_async.client").setLevel(logging.CRITICAL)  # every failed reconnect; the heartbeat says why
+logging.getLogger("ib_async.wrapper").setLevel(logging.WARNING)  # every order's every update at INFO
 
 PAPER_PORTS = (7497, 4002)
 MESSAGES_PER_SECOND = 45
