@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,10 @@ async def test_fault_switches_a_simulated_broker_at_runtime(pipeline: Pipeline, 
     assert code == 0, out
     assert pipeline.venues[BrokerName.SCHWAB].faults.outage is True
     assert "outage" in out and "True" in out
+    rate = re.search(r"rate limit: at most (\d+) of (\d+) requests .* (\d+) refused with 429", out)
+    window = pipeline.venues[BrokerName.SCHWAB].rate
+    assert rate is not None, out
+    assert int(rate[1]) <= window.peak and int(rate[2]) == window.limit and int(rate[3]) == window.refused
     code, out = await mbx("fault", "schwab", "outage=off", "latency_ms=0", env=cli_env)
     assert code == 0, out
     assert pipeline.venues[BrokerName.SCHWAB].faults.outage is False

@@ -26,7 +26,7 @@ app = typer.Typer()
 
 FAULT_HELP = (
     "outage=true|false, reject_next=N, timeouts_after_accept=N, hidden_lookups=N, latency_ms=X, "
-    "unknown_symbols=A,B, lot_size=Q|none"
+    "unknown_symbols=A,B, lot_size=Q|none, rate_limited_next=N, auth_expired=true|false, warning=TEXT"
 )
 
 
@@ -87,4 +87,10 @@ async def _fault(subject: str, changes: dict[str, Any], url: str) -> int:
     console.print(f"[bold]{answer['broker']}[/bold] faults:")
     for name, value in answer["faults"].items():
         console.print(f"  {name:<22} {value}")
+    rate = answer.get("rate")
+    if rate:  # the simulator plays the broker's side of its rate limit
+        console.print(
+            f"rate limit: at most {rate['peak']} of {rate['limit']} requests in any {rate['per_seconds']:g} s window "
+            f"so far; {rate['refused']} refused with 429"
+        )
     return EXIT_OK
