@@ -27,8 +27,47 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
+    from nats.js.api import PubAck
 
 M = TypeVar("M", bound=BaseModel)
+
+
+RETRY_FOR_S = 60.0
+"""How long a publish is sent again while the stream does not answer: a restarting server or a
+cluster's leader election takes seconds. Far inside the ORDERS stream's duplicate window (an
+hour), so a message that was stored after all is recognised and stored once."""
+RETRY_PAUSE_S = (0.05, 0.5)
+"""First and longest pause between two sends."""
+
+
+async def publish_retrying(
+    js: JetStreamContext,
+    subject: str,
+    data: bytes,
+    headers: dict[str, str],
+    *,
+    timeout: float = 5.0,
+    retry_for: float = RETRY_FOR_S,
+) -> PubAck:
+    """Publish to JetStream and wait for its ack; after a timeout, "no response from stream" or
+    "service unavailable", send the very same message again (same ``Nats-Msg-Id``, so JetStream
+    stores it once) with a growing pause, until ``retry_for`` seconds have passed; then the last
+    error is raised. nats-py retries none of these by itself."""
+    from nats.errors import ConnectionReconnectingError  # noqa: PLC0415  (kept out of ``import contracts``)
+    from nats.errors import TimeoutError as NatsTimeoutError  # noqa: PLC0415
+    from nats.js.errors import NoStreamResponseError, ServiceUnavailableError  # noqa: PLC0415
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + retry_for
+    pause = RETRY_PAUSE_S[0]
+    while True:
+        try:
+            return await js.publish(subject, data, headers=headers, timeout=timeout)
+        except (NatsTimeoutError, NoStreamResponseError, ServiceUnavailableError, ConnectionReconnectingError):
+            if loop.time() + pause > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, RETRY_PAUSE_S[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,16 +179,21 @@ class MbxClient:
         finally:
             await nc.drain()
 
-    async def submit(self, intent: OrderIntent) -> SubmitAck:
-        """Publish an intent with its dedup header and wait for JetStream to store it."""
-        ack = await self._js.publish(
+    async def submit(self, intent: OrderIntent, retry_for: float = RETRY_FOR_S) -> SubmitAck:
+        """Publish an intent with its dedup header and wait for JetStream to store it; while
+        the stream does not answer (a server restarting, a cluster electing the stream's
+        leader) the same message is sent again for up to ``retry_for`` seconds
+        (``publish_retrying``)."""
+        ack = await publish_retrying(
+            self._js,
             self.subjects.intent(intent.strategy_id),
             intent.model_dump_json().encode(),
-            headers={
+            {
                 MSG_ID_HEADER: intent.intent_id,
                 INTENT_ID_HEADER: intent.intent_id,
                 STRATEGY_ID_HEADER: intent.strategy_id,
             },
+            retry_for=retry_for,
         )
         return SubmitAck(stream=ack.stream, sequence=ack.seq, duplicate=bool(ack.duplicate))
 

@@ -25,6 +25,7 @@ import nats
 import pytest
 
 from contracts import BrokerName
+from contracts.client import publish_retrying
 from tests.builders import CRYPTO, FRACTIONAL, OPTION, intent_payload
 from tests.conftest import Pipeline, fetch_all, new_database
 from tests.servers import Servers
@@ -86,19 +87,15 @@ def kill(server: EmbeddedNats) -> None:
 
 
 async def publish_until_acked(js: Any, payload: dict[str, Any]) -> None:
-    """A strategy's publish: retried with the same Nats-Msg-Id until JetStream acknowledges it."""
-    data = json.dumps(payload).encode()
-    while True:
-        try:
-            await js.publish(
-                f"mbx.orders.intent.{payload['strategy_id']}",
-                data,
-                headers={"Nats-Msg-Id": payload["intent_id"]},
-                timeout=2.0,
-            )
-            return
-        except Exception:  # server away: the same message again, deduplicated
-            await asyncio.sleep(0.2)
+    """A strategy's publish through the client library's retry: the same Nats-Msg-Id again
+    while the server is away, stored once."""
+    await publish_retrying(
+        js,
+        f"mbx.orders.intent.{payload['strategy_id']}",
+        json.dumps(payload).encode(),
+        {"Nats-Msg-Id": payload["intent_id"]},
+        timeout=2.0,
+    )
 
 
 async def test_two_nats_server_crashes_lose_double_and_reject_nothing(
