@@ -22,7 +22,7 @@ import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,8 @@ class Run:
     module: str = "workers"
     same_size: bool = False
     env: dict[str, str] | None = None
+    placed: list[str] = field(default_factory=list)
+    """Broker order ids the fake holds for this run (Schwab: compared with Postgres)."""
 
     @property
     def log(self) -> Path:
@@ -136,7 +138,7 @@ async def schwab_run(run: Run) -> AsyncIterator[Callable[[list[str], list[int]],
             with lock:
                 placed = [str(o["orderId"]) for o in fake.orders.values() if o["quantity"] == sizes[0]]
             assert len(placed) == len(ids), f"{run.name}: {len(placed)} orders at the broker for {len(ids)} intents"
-            run.placed = placed  # type: ignore[attr-defined]
+            run.placed = placed
 
         yield check
 
@@ -183,7 +185,7 @@ async def test_executors_killed_at_every_point_place_each_intent_exactly_once(
                 rows = await fetch_all(db, "SELECT broker_order_id FROM orders WHERE intent_id = ANY(:i)", i=ids)
             finally:
                 await db.dispose()
-            assert sorted(r["broker_order_id"] for r in rows) == sorted(run.placed)  # type: ignore[attr-defined]
+            assert sorted(r["broker_order_id"] for r in rows) == sorted(run.placed)
 
     await asyncio.gather(*(one(run) for run in runs))
 

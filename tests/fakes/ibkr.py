@@ -23,6 +23,7 @@ import asyncio
 import copy
 import hashlib
 import itertools
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -296,7 +297,7 @@ class FakeGateway:
             client.wrapper.updateAccountValue(tag, str(value), "USD", ACCOUNT)
 
 
-class GatewaySession:
+class GatewaySession(ABC):
     """The requests a client connection sends, answered by the gateway through ``later`` (in
     this process, or over the bridge's socket: ``ibkr_bridge.py``)."""
 
@@ -304,8 +305,9 @@ class GatewaySession:
     wrapper: Any
     clientId: int
 
+    @abstractmethod
     def later(self, callback: Callable[..., Any], *args: Any) -> None:
-        raise NotImplementedError
+        """Deliver a gateway callback to this connection's wrapper."""
 
     def placeOrder(self, orderId: int, contract: Contract, order: Order) -> None:
         self.gateway.place(self, orderId, contract, order)
@@ -317,7 +319,8 @@ class GatewaySession:
         self.later(self.wrapper.nextValidId, self.gateway.next_valid_id)
 
     def reqAutoOpenOrders(self, bAutoBind: bool) -> None:
-        pass
+        """Binding orders entered in TWS by hand (client id 0 only): the fake has none."""
+        return
 
     def reqOpenOrders(self) -> None:
         self._open_orders(lambda o: o.client_id == self.clientId)

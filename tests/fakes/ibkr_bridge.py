@@ -208,7 +208,7 @@ class BridgeClient(Client):
         self._request("reqIds", numIds)
 
     def reqAutoOpenOrders(self, bAutoBind: bool) -> None:
-        pass
+        """Binding orders entered in TWS by hand (client id 0 only): the fake has none."""
 
     def reqOpenOrders(self) -> None:
         self._request("reqOpenOrders")

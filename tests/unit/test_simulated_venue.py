@@ -12,7 +12,7 @@ from tests.builders import CRYPTO, make_intent
 from workers.domain.venue import VenueRateLimited, VenueRejected, VenueUnavailable
 from workers.venues.simulated.book import Request, repeated_without_lookup
 from workers.venues.simulated.quotes import QuoteModel
-from workers.venues.simulated.venue import Faults, SimulatedVenue, estimate_fee
+from workers.venues.simulated.venue import COERCE, Faults, SimulatedVenue, estimate_fee
 
 NOW = datetime.now(UTC)
 
@@ -205,6 +205,9 @@ def test_faults_are_validated_by_name_and_value() -> None:
         faults.update({"reject_next": -1})
     with pytest.raises(ValueError, match="bad value"):
         faults.update({"outage": "yes"})
+    with pytest.raises(ValueError, match="bad value"):
+        faults.update({"warning": "x" * 501})
+    assert set(COERCE) == set(Faults.__dataclass_fields__)  # every fault is checked
 
 
 async def test_the_request_log_shows_a_placement_repeated_without_a_lookup() -> None:

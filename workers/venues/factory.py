@@ -111,6 +111,13 @@ def _schwab(broker: BrokerName, config: MbxConfig, context: VenueContext) -> Ven
     )
 
 
+def _gateway(settings: BrokerConfig) -> tuple[str, int, int]:
+    """Where the IB gateway listens (host, port, client id); port unset = IB Gateway's paper or
+    live port, by ``paper_trading``."""
+    gateway = settings.gateway or GatewayConfig()
+    return gateway.host, gateway.port or (4002 if settings.paper_trading else 4001), gateway.client_id
+
+
 def _ibkr(broker: BrokerName, config: MbxConfig, context: VenueContext) -> Venue:
     """Interactive Brokers through ib_async to TWS or IB Gateway (imported here: only its
     executor needs it). Order ids are kept in KV, shared by the replicas."""
@@ -118,12 +125,11 @@ def _ibkr(broker: BrokerName, config: MbxConfig, context: VenueContext) -> Venue
     from workers.venues.ibkr.venue import IbkrVenue  # noqa: PLC0415
 
     settings = config.brokers[broker]
-    gateway = settings.gateway or GatewayConfig()
-    port = gateway.port or (4002 if settings.paper_trading else 4001)
+    host, port, client_id = _gateway(settings)
     return IbkrVenue(
-        gateway.host,
+        host,
         port,
-        gateway.client_id,
+        client_id,
         KvOrderIds(context.js, context.topology.order_ids_bucket(broker)),
         timeout_s=settings.request_timeout_s,
         paper=settings.paper_trading,
@@ -246,13 +252,12 @@ def _ibkr_quotes(config: MbxConfig) -> QuoteSource:
     """IB market data through the router's own connection to the gateway of ``brokers.ibkr``."""
     from workers.venues.ibkr.quotes import QUOTE_CLIENT_ID_OFFSET, IbkrQuoteSource  # noqa: PLC0415
 
-    settings = config.brokers.get(BrokerName.IBKR) or BrokerConfig(adapter="ibkr")
-    gateway = settings.gateway or GatewayConfig()
+    host, port, client_id = _gateway(config.brokers.get(BrokerName.IBKR) or BrokerConfig(adapter="ibkr"))
     data = config.market_data
     return IbkrQuoteSource(
-        gateway.host,
-        gateway.port or (4002 if settings.paper_trading else 4001),
-        gateway.client_id + QUOTE_CLIENT_ID_OFFSET,
+        host,
+        port,
+        client_id + QUOTE_CLIENT_ID_OFFSET,
         requests_per_minute=data.requests_per_minute,
         cache_s=data.cache_s,
     )

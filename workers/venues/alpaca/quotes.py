@@ -16,16 +16,11 @@ import httpx
 
 from workers.domain.quotes import Quote
 from workers.venues.http import make_client, parse_time, send
+from workers.venues.options import compact, is_option
 from workers.venues.quote_cache import CachedQuotes
 
 DATA_URL = "https://data.alpaca.markets"
 SOURCE = "alpaca"
-
-
-def _is_option(symbol: str) -> bool:
-    """An OCC option symbol: root, yymmdd, C/P, eight-digit strike (padding spaces allowed)."""
-    compact = symbol.replace(" ", "")
-    return len(compact) > 15 and compact[-9] in "CP" and compact[-8:].isdigit() and compact[-15:-9].isdigit()
 
 
 class AlpacaQuoteSource(CachedQuotes):
@@ -53,8 +48,8 @@ class AlpacaQuoteSource(CachedQuotes):
             pair = symbol.replace("-", "/")
             body = await self._get("/v1beta3/crypto/us/latest/quotes", symbols=pair)
             raw = (body.get("quotes") or {}).get(pair) if body else None
-        elif _is_option(symbol):
-            occ = symbol.replace(" ", "")
+        elif is_option(symbol):
+            occ = compact(symbol)
             body = await self._get("/v1beta1/options/quotes/latest", symbols=occ, feed="indicative")
             raw = (body.get("quotes") or {}).get(occ) if body else None
         else:

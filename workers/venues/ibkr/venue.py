@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import re
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -46,6 +45,7 @@ from workers.domain.venue import (
 )
 from workers.venues.http_venue import as_far_as_known
 from workers.venues.ibkr.order_ids import OrderIds
+from workers.venues.options import compact, is_option, padded
 
 log = structlog.get_logger("mbx.venues")
 logging.getLogger("ib_async.client").setLevel(logging.CRITICAL)  # every failed reconnect; the heartbeat says why
@@ -61,7 +61,6 @@ UNSET = 1.7976931348623157e308  # ib_async's UNSET_DOUBLE
 MARGIN_WORDS = ("margin", "buying power", "equity with loan", "insufficient")
 LOST, RESTORED = 1100, (1101, 1102)
 DUPLICATE_ID, PACING, NO_CONTRACT, REJECTED = 103, 100, 200, 201
-OCC = re.compile(r"[A-Z.]{1,6}\d{6}[CP]\d{8}")
 TIME_IN_FORCE = {"day": "DAY", "gtc": "GTC", "ioc": "IOC", "fok": "FOK"}
 
 
@@ -188,7 +187,7 @@ class IbkrVenue:
 
     def _on_error(self, req_id: int, code: int, text: str, contract: Any) -> None:
         if code == LOST:
-            self._lost = f"ibkr: TWS lost its connection to IB (error {code}: {text}); check its login"
+            self._lost = _lost_text(text)
             log.error("broker down", broker=str(self.broker), reason=self._lost)
         elif code in RESTORED:
             self._lost = ""
@@ -388,8 +387,7 @@ def contract_of(symbol: str, asset: AssetClass) -> Contract:
         base, _, quote = symbol.partition("-")
         return Crypto(base, "PAXOS", quote or "USD")
     if asset is AssetClass.OPTION:
-        root, contract = symbol[:-15], symbol[-15:]
-        return Contract(secType="OPT", localSymbol=f"{root:<6}{contract}", exchange="SMART", currency="USD")
+        return Contract(secType="OPT", localSymbol=padded(symbol), exchange="SMART", currency="USD")
     return Stock(symbol, "SMART", "USD")
 
 
@@ -397,7 +395,7 @@ def contract_of_symbol(symbol: str) -> Contract:
     """The contract a bare symbol names: a pair is crypto, an OCC symbol an option, else a stock."""
     if "-" in symbol:
         return contract_of(symbol, AssetClass.CRYPTO)
-    if OCC.fullmatch(symbol):
+    if is_option(symbol):
         return contract_of(symbol, AssetClass.OPTION)
     return contract_of(symbol, AssetClass.EQUITY)
 
@@ -406,7 +404,7 @@ def symbol_of(contract: Contract) -> str:
     if contract.secType == "CRYPTO":
         return f"{contract.symbol}-{contract.currency}"
     if contract.secType == "OPT":
-        return contract.localSymbol.replace(" ", "")
+        return compact(contract.localSymbol)
     return str(contract.symbol)
 
 
@@ -448,9 +446,13 @@ def _refused(trade: Trade) -> bool:
     return trade.orderStatus.status in IbStatus.DoneStates and not trade.order.permId and not trade.fills
 
 
+def _lost_text(text: str) -> str:
+    return f"ibkr: TWS lost its connection to IB (error {LOST}: {text}); check its login"
+
+
 def _refusal(order_id: int, code: int, text: str) -> Exception:
     if code == LOST:
-        return VenueAuthFailed(f"ibkr: TWS lost its connection to IB (error {code}: {text}); check its login")
+        return VenueAuthFailed(_lost_text(text))
     if code == DUPLICATE_ID:
         return VenueDuplicate(f"ibkr: order id {order_id} was used before (error 103): {text}")
     if code == PACING:

@@ -46,6 +46,7 @@ from workers.domain.venue import (
 )
 from workers.venues.http import answer, error_text, parse_time
 from workers.venues.http_venue import as_far_as_known, read_after_placing
+from workers.venues.options import compact, is_option, padded
 from workers.venues.schwab.login import API_URL, TOKEN_PATH
 from workers.venues.schwab.tokens import LOGIN_HINT, TokenStore, TokenStoreError, expiry_warning
 
@@ -75,6 +76,10 @@ ORDER_TYPES = {
 }
 DURATIONS = {"day": "DAY", "gtc": "GOOD_TILL_CANCEL", "ioc": "IMMEDIATE_OR_CANCEL", "fok": "FILL_OR_KILL"}
 ASSETS = {"EQUITY": AssetClass.EQUITY, "OPTION": AssetClass.OPTION, "ETF": AssetClass.EQUITY}
+
+
+class RenewalRefused(VenueAuthFailed):
+    """Schwab refused to renew the login (its seven days are over): only a new login helps."""
 
 
 class RebasedTransport(httpx.AsyncBaseTransport):
@@ -201,11 +206,13 @@ class SchwabVenue:
         client = self._open()
         try:
             response = await self._renewing(answer("schwab", method, path, call(client)))
-        except VenueAuthFailed as exc:
-            if not renewed and not self._down_because.startswith("schwab: renewing"):
+        except RenewalRefused:
+            raise
+        except VenueAuthFailed as exc:  # a 401
+            if not renewed:
                 await self._renewing(client.session.refresh_token(API_URL + TOKEN_PATH))
                 return await self._call(method, path, call, renewed=True)
-            self._down_because = f"{exc}; {LOGIN_HINT}" if LOGIN_HINT not in str(exc) else str(exc)
+            self._down_because = f"{exc}; {LOGIN_HINT}"
             await self._drop_session()
             raise VenueAuthFailed(self._down_because) from None
         except VenueRateLimited:
@@ -229,7 +236,7 @@ class SchwabVenue:
                 f"schwab: renewing the login was refused ({exc.error or type(exc).__name__}); {LOGIN_HINT}"
             )
             await self._drop_session()
-            raise VenueAuthFailed(self._down_because) from None
+            raise RenewalRefused(self._down_because) from None
         except httpx.HTTPStatusError as exc:
             self._down_because = f"schwab: renewing the login failed ({exc.response.status_code})"
             raise VenueUnavailable(self._down_because) from None
@@ -373,7 +380,7 @@ class SchwabVenue:
             profit = held.get("longOpenProfitLoss") if quantity > 0 else held.get("shortOpenProfitLoss")
             lines.append(
                 PositionLine(
-                    symbol=plain_symbol(str(instrument.get("symbol") or "")),
+                    symbol=compact(str(instrument.get("symbol") or "")),
                     asset_class=asset,
                     quantity=quantity,
                     average_cost=_decimal(held.get("averagePrice")),
@@ -391,14 +398,9 @@ def _decimal(value: Any) -> Decimal:
 
 def schwab_symbol(intent: OrderIntent) -> str:
     """Schwab writes option symbols with the root padded to six characters (``AAPL  261218C00190000``)."""
-    if intent.asset_class is not AssetClass.OPTION or len(intent.symbol) <= 15:
-        return intent.symbol
-    root, contract = intent.symbol[:-15], intent.symbol[-15:]
-    return f"{root:<6}{contract}"
-
-
-def plain_symbol(symbol: str) -> str:
-    return symbol.replace(" ", "")
+    return (
+        padded(intent.symbol) if intent.asset_class is AssetClass.OPTION and is_option(intent.symbol) else intent.symbol
+    )
 
 
 def instruction(intent: OrderIntent) -> str:
@@ -443,7 +445,7 @@ def same_shape(data: dict[str, Any], wanted: dict[str, Any]) -> bool:
         [leg] = data["orderLegCollection"]
         [want] = wanted["orderLegCollection"]
         return (
-            plain_symbol(str(leg["instrument"]["symbol"])) == plain_symbol(want["instrument"]["symbol"])
+            compact(str(leg["instrument"]["symbol"])) == compact(want["instrument"]["symbol"])
             and leg["instruction"] == want["instruction"]
             and _decimal(data.get("quantity")) == want["quantity"]
             and data.get("orderType") == wanted["orderType"]
@@ -488,7 +490,7 @@ def parse_order(data: dict[str, Any]) -> VenueOrder:
         client_order_id="",
         status=status,
         quantity=_decimal(data.get("quantity")),
-        symbol=plain_symbol(str(instrument.get("symbol") or "")),
+        symbol=compact(str(instrument.get("symbol") or "")),
         side="buy" if str(leg.get("instruction", "")).startswith("BUY") else "sell",
         asset_class=str(asset),
         limit_price=_price(data.get("price")),

@@ -13,6 +13,7 @@ import random
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal
@@ -79,38 +80,69 @@ class Faults:
         for name, value in changes.items():
             if name not in self.__dataclass_fields__:
                 raise ValueError(f"unknown fault {name!r}; known: {', '.join(self.__dataclass_fields__)}")
-            if name == "warning" and not (isinstance(value, str) and len(value) <= 500):
-                raise ValueError("fault warning: expected a text of at most 500 characters")
-            setattr(self, name, value if name == "warning" else _coerce(name, value))
+            setattr(self, name, _coerce(name, value))
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in asdict(self).items()}
 
 
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError
+    return value
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or int(value) != value or int(value) < 0:
+        raise TypeError
+    return int(value)
+
+
+def _milliseconds(value: Any) -> float:
+    if isinstance(value, bool) or float(value) < 0:
+        raise TypeError
+    return float(value)
+
+
+def _symbols(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 500:
+        raise TypeError
+    return value
+
+
+def _lot(value: Any) -> Decimal | None:
+    if value is None:
+        return None
+    lot = Decimal(str(value))
+    if lot <= 0:
+        raise TypeError
+    return lot
+
+
+COERCE: dict[str, Callable[[Any], Any]] = {
+    "outage": _flag,
+    "auth_expired": _flag,
+    "timeouts_after_accept": _count,
+    "reject_next": _count,
+    "hidden_lookups": _count,
+    "rate_limited_next": _count,
+    "latency_ms": _milliseconds,
+    "unknown_symbols": _symbols,
+    "lot_size": _lot,
+    "warning": _text,
+}
+"""How each fault's value is checked and converted (``mbx fault`` sends text and JSON)."""
+
+
 def _coerce(name: str, value: Any) -> Any:
     try:
-        if name in ("outage", "auth_expired"):
-            if not isinstance(value, bool):
-                raise TypeError
-            return value
-        if name in ("timeouts_after_accept", "reject_next", "hidden_lookups", "rate_limited_next"):
-            if isinstance(value, bool) or int(value) != value or int(value) < 0:
-                raise TypeError
-            return int(value)
-        if name == "latency_ms":
-            if isinstance(value, bool) or float(value) < 0:
-                raise TypeError
-            return float(value)
-        if name == "unknown_symbols":
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise TypeError
-            return value
-        if value is None:
-            return None
-        lot = Decimal(str(value))
-        if lot <= 0:
-            raise TypeError
-        return lot
+        return COERCE[name](value)
     except (TypeError, ValueError, ArithmeticError):
         raise ValueError(f"fault {name!r}: bad value {value!r}") from None
 
