@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts import INTENT_ID_HEADER, MSG_ID_HEADER, REPLAY_HEADER, DeadLetter, DeadLetterStage, Subjects
 from workers.ops.config import check_database
 from workers.ops.errors import OperatorError
-from workers.platform.bus import iter_stream
+from workers.platform.bus import iter_stream, send
 from workers.platform.db.models import DeadLetterReplay
 
 
@@ -112,7 +112,7 @@ async def replay(
         message_id = f"replay-{d.message_id}-{uuid.uuid4().hex[:8]}"
         headers = {k: v for k, v in d.original_headers.items() if k != MSG_ID_HEADER}
         headers |= {MSG_ID_HEADER: message_id, REPLAY_HEADER: d.message_id}
-        await js.publish(d.original_subject, original_payload(d), headers=headers)
+        await send(js, d.original_subject, original_payload(d), headers)
         async with engine.begin() as conn:
             await conn.execute(
                 insert(DeadLetterReplay).values(

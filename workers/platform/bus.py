@@ -40,6 +40,7 @@ from contracts import (
     StreamSpec,
     Subjects,
 )
+from contracts.client import publish_retrying
 from contracts.messages import DEAD_LETTER_MAX_PAYLOAD
 from workers.platform.topology import ConsumerSpec
 
@@ -53,6 +54,13 @@ if TYPE_CHECKING:
 log = structlog.get_logger("mbx.bus")
 
 PUBLISH_TIMEOUT = 5.0
+"""Seconds one send waits for its PubAck."""
+RETRY_FOR_S = 30.0
+"""How long a worker sends a publish again (the same ``Nats-Msg-Id``) while the stream does not
+answer: a cluster elects a stream's new leader in 4-8 s after losing a node, a restarted single
+server takes longer. The message in hand is kept in progress meanwhile, so it is not delivered
+elsewhere; past this the handler fails and the message comes back later. Far inside every
+stream's duplicate window, so a send that was stored after all is stored once."""
 PayloadEncoding = Literal["utf-8", "base64"]
 HEADER_MAX = 1024
 """Characters of each header name and value a dead letter keeps."""
@@ -165,8 +173,12 @@ async def _send(
     js: JetStreamContext, subject: str, message: Message, intent_id: str, strategy_id: str
 ) -> tuple[PubAck, bytes]:
     data = message.model_dump_json().encode()
-    headers = headers_for(message, intent_id, strategy_id)
-    return await js.publish(subject, data, headers=headers, timeout=PUBLISH_TIMEOUT), data
+    return await send(js, subject, data, headers_for(message, intent_id, strategy_id)), data
+
+
+async def send(js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str]) -> PubAck:
+    """Publish ``data`` and wait for its PubAck, sent again while the stream does not answer."""
+    return await publish_retrying(js, subject, data, headers, timeout=PUBLISH_TIMEOUT, retry_for=RETRY_FOR_S)
 
 
 BUILD_DEPENDENT = ("created_at", "first_fill_at")

@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from contracts import Message
-from workers.platform.bus import PUBLISH_TIMEOUT, LazyBucket, headers_for
+from workers.platform.bus import LazyBucket, headers_for, send
 
 TTL_SECONDS = 7 * 86400
 
@@ -85,4 +85,4 @@ class DecisionJournal:
     async def publish(self, outcome: Published) -> None:
         """Publish ``outcome`` and wait for the PubAck (a copy of an earlier publish is dropped
         by the stream's deduplication)."""
-        await self._js().publish(outcome.subject, outcome.payload, headers=outcome.headers, timeout=PUBLISH_TIMEOUT)
+        await send(self._js(), outcome.subject, outcome.payload, outcome.headers)
