@@ -13,6 +13,7 @@ from nats.js import JetStreamContext
 from contracts import BrokerName
 from workers.domain.config import MbxConfig
 from workers.executor.app import ExecutorWorker, build_executor, rate_limit, request_timeout
+from workers.platform.bus import BUS_UNAVAILABLE
 from workers.platform.runtime import Worker
 from workers.platform.settings import Settings
 from workers.venues.factory import VenueContext, build_quote_source, build_venue
@@ -72,14 +73,18 @@ async def run_until_signalled(worker: Worker) -> None:
     await worker.stop()
 
 
+RETRY_START: tuple[type[Exception], ...] = (OSError, *BUS_UNAVAILABLE)
+
+
 async def _start_with_retry(worker: Worker, stopping: asyncio.Event) -> None:
-    """Keep trying to connect while NATS is not there yet (a compose start-up race)."""
+    """Keep trying to start while NATS is not there yet (a compose start-up race) or cannot
+    answer yet (a cluster electing a stream's leader)."""
     delay = 0.5
     while not stopping.is_set():
         try:
             await worker.start()
             return
-        except (OSError, TimeoutError) as exc:
+        except RETRY_START as exc:
             log.warning("cannot start yet, retrying", worker=worker.name, error=str(exc), retry_in=delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), delay)

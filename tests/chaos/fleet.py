@@ -21,6 +21,7 @@ from pathlib import Path
 from nats.js import JetStreamContext
 
 from contracts import BrokerName
+from workers.devstack.stack import replica_names
 from workers.platform.settings import Settings
 from workers.platform.topology import ConsumerSpec
 
@@ -55,27 +56,43 @@ class Fleet:
     js: JetStreamContext
     executor_module: str = "workers"
     env: dict[str, str] = field(default_factory=dict)
+    replicas: int = 1
+    """Processes of each worker, sharing its durable consumers."""
     workers: list[WorkerProcess] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         topology = self.settings.topology
-        self.workers = [
-            WorkerProcess(
+        kinds: list[tuple[str, list[str], tuple[ConsumerSpec, ...], str]] = [
+            (
                 "router",
                 ["router"],
                 (topology.router_consumer(), topology.router_failover_consumer(), topology.router_cancel_consumer()),
+                "workers",
             ),
             *(
-                WorkerProcess(
+                (
                     f"executor-{b}",
                     ["executor", "--broker", str(b)],
                     (topology.executor_consumer(b),),
-                    module=self.executor_module,
+                    self.executor_module,
                 )
                 for b in BrokerName
             ),
-            WorkerProcess("aggregator", ["aggregator"], topology.aggregator_consumers()),
+            ("aggregator", ["aggregator"], topology.aggregator_consumers(), "workers"),
         ]
+        self.workers = [
+            WorkerProcess(name, args, consumers, module=module)
+            for kind, args, consumers, module in kinds
+            for name in replica_names(kind, self.replicas)
+        ]
+
+    def replicas_of(self, kind: str) -> list[WorkerProcess]:
+        """The processes of one worker (``router``, ``executor-alpaca``...)."""
+        return [w for w in self.workers if w.name in replica_names(kind, self.replicas)]
+
+    @property
+    def kinds(self) -> list[str]:
+        return list(dict.fromkeys(w.name.rsplit("-", 1)[0] if self.replicas > 1 else w.name for w in self.workers))
 
     def _environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MBX_")}
@@ -86,6 +103,7 @@ class Fleet:
                 "MBX_SUBJECT_PREFIX": self.settings.subject_prefix,
                 "MBX_CONFIG_FILE": str(self.config_file),
                 "MBX_SIM_REQUEST_LOG": "1",
+                "MBX_STREAM_REPLICAS": str(self.settings.stream_replicas),
                 "MBX_LOG_FORMAT": "json",
                 "MBX_LOG_LEVEL": "WARNING",
             }
@@ -141,6 +159,27 @@ class Fleet:
                 return True
             last = now
         return False
+
+    async def ready(self, timeout: float = 90.0) -> None:
+        """Until every durable consumer has a worker pulling from it (started processes import,
+        connect and load their state first: seconds each, on shared cores)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for spec in {s.durable: s for w in self.workers for s in w.consumers}.values():
+            while True:
+                with contextlib.suppress(Exception):  # not created yet
+                    if (await self.js.consumer_info(spec.stream, spec.durable)).num_waiting:
+                        break
+                assert loop.time() < deadline, f"no worker pulls from {spec.durable} after {timeout:.0f} s"
+                await asyncio.sleep(0.2)
+
+    async def kill(self, worker: WorkerProcess) -> None:
+        """SIGKILL ``worker`` wherever it is in its work (it stays down until started)."""
+        if worker.running:
+            assert worker.process is not None
+            worker.process.send_signal(signal.SIGKILL)
+            await worker.process.wait()
+            worker.kills += 1
 
     async def restart_exited(self) -> None:
         """A worker that died by itself (a failpoint) is started again."""

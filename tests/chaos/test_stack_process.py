@@ -116,6 +116,51 @@ def test_up_runs_the_system_submit_fills_and_ctrl_c_leaves_no_process(tmp_path: 
     assert "nothing is left running" in (tmp_path / "up.log").read_text()
 
 
+def free_cluster_port() -> int:
+    """A client port P with P..P+2, their routes (+2000) and monitoring (+4000) all free."""
+    from workers.devstack.processes import port_open
+
+    for _ in range(50):
+        base = free_port()
+        if base + 4002 < 65536 and not any(
+            port_open("127.0.0.1", base + offset + i) for offset in (0, 2000, 4000) for i in range(3)
+        ):
+            return base
+    raise AssertionError("no free block of ports for a three-node cluster")
+
+
+def test_up_with_a_cluster_and_replicas_fills_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
+    """`mbx up --cluster 3 --replicas 2`: three nats-servers, two of every worker, an order
+    fills, and Ctrl-C stops all of it."""
+    nats_port = free_cluster_port()
+    with mbx_up(
+        tmp_path, "--cluster", "3", "--replicas", "2", "--nats-port", str(nats_port), "--pg-port", str(free_port())
+    ) as (up, stack, env):
+        assert stack["nats_url"] == ",".join(f"nats://127.0.0.1:{nats_port + i}" for i in range(3))
+        workers, servers = dict(stack["workers"]), dict(stack["servers"])  # type: ignore[call-overload]
+        assert sorted(servers) == ["nats-n1", "nats-n2", "nats-n3", "postgres"]
+        assert len(workers) == 14 and {"router-1", "router-2", "aggregator-2", "executor-ibkr-1"} <= workers.keys()
+        pids = [*workers.values(), *servers.values()]
+        submit = subprocess.run(
+            [sys.executable, "-m", "workers", "submit", "--symbol", "AAPL", "--quantity", "10"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert submit.returncode == 0, submit.stdout + submit.stderr
+        assert "filled at alpaca 10 @" in submit.stdout
+        conf = (tmp_path / "data" / "nats-cluster" / "n2" / "nats-server.conf").read_text()
+        assert f"127.0.0.1:{nats_port + 2001}" in conf and f"127.0.0.1:{nats_port + 4001}" in conf
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+    deadline = time.monotonic() + 10
+    while any(alive(int(p)) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [p for p in pids if alive(int(p))] == []
+
+
 def test_up_uses_external_servers_when_urls_are_set(tmp_path: Path, servers: Any) -> None:
     """With MBX_NATS_URL and MBX_DATABASE_URL set, mbx up starts only the workers; `mbx down`
     from another terminal stops it."""

@@ -81,3 +81,42 @@ def test_a_bad_command_would_be_caught() -> None:
         except ValueError:
             continue
         raise AssertionError(f"accepted {bad}")
+
+
+def merged_cluster_compose() -> dict[str, Any]:
+    """compose.yaml with compose.cluster.yaml laid over it, as `docker compose -f ... -f ...`
+    merges them (mappings merged key by key, anything else replaced)."""
+
+    def merge(base: Any, over: Any) -> Any:
+        if isinstance(base, dict) and isinstance(over, dict):
+            return {
+                k: merge(base[k], over[k]) if k in base and k in over else over.get(k, base.get(k)) for k in base | over
+            }
+        return over
+
+    return dict(merge(load_compose(), yaml.safe_load((ROOT / "compose.cluster.yaml").read_text())))
+
+
+def test_the_cluster_variant_runs_three_routed_nodes_and_two_of_every_worker() -> None:
+    compose = merged_cluster_compose()
+    services = compose["services"]
+    nodes = {name: s for name, s in services.items() if name == "nats" or name.startswith("nats-")}
+    assert len(nodes) == 3
+    names, routes = set(), set()
+    for node in nodes.values():
+        flags = dict(zip(node["command"][2::2], node["command"][3::2], strict=True))
+        names.add(flags["--name"])
+        routes.add(flags["--routes"])
+        assert flags["--cluster_name"] == "mbx"
+    assert len(names) == 3, "every node needs a name of its own"
+    (route_list,) = routes
+    assert sorted(r.split("//")[1].split(":")[0] for r in route_list.split(",")) == sorted(nodes)
+    assert {v.split(":")[0] for s in nodes.values() for v in s.get("volumes", [])} >= {"nats-data-2", "nats-data-3"}
+    for name, service in services.items():
+        if name in ("router", "aggregator") or name.startswith("executor-"):
+            env = service["environment"]
+            assert sorted(u.split("//")[1].split(":")[0] for u in env["MBX_NATS_URL"].split(",")) == sorted(nodes)
+            assert env["MBX_STREAM_REPLICAS"] == "3"
+            assert env["MBX_DATABASE_URL"]  # kept from compose.yaml
+            assert service["deploy"]["replicas"] == 2
+            parse_cli(list(service["command"]))

@@ -47,6 +47,25 @@ def runnable_config(live: bool = False) -> tuple[Settings, MbxConfig]:
     return settings, config
 
 
+def with_cluster(settings: Settings, cluster: int) -> Settings:
+    """The stream copies a cluster of ``cluster`` embedded nodes keeps: MBX_STREAM_REPLICAS when
+    set, else 3 (or every node of a two-node cluster); never more copies than nodes."""
+    if cluster == 1:
+        if settings.stream_replicas > 1 and not settings.nats_url:
+            fail(
+                f"MBX_STREAM_REPLICAS={settings.stream_replicas} needs a cluster: add --cluster 3 "
+                "(or set MBX_STREAM_REPLICAS=1)",
+                EXIT_USAGE,
+            )
+        return settings
+    if settings.nats_url:
+        fail("--cluster starts embedded nats-servers: unset MBX_NATS_URL, or leave --cluster out", EXIT_USAGE)
+    replicas = settings.stream_replicas if "stream_replicas" in settings.model_fields_set else min(cluster, 3)
+    if replicas > cluster:
+        fail(f"MBX_STREAM_REPLICAS={replicas} is more copies than --cluster {cluster} has nodes", EXIT_USAGE)
+    return settings.model_copy(update={"stream_replicas": replicas})
+
+
 LiveOption = Annotated[
     bool,
     typer.Option("--live", help="Allow brokers that trade real money (no paper environment, or paper_trading: false)."),
@@ -63,12 +82,26 @@ def up(
     live: LiveOption = False,
     dashboard_port: Annotated[int, typer.Option(help="Port of the dashboard.")] = 8501,
     no_dashboard: Annotated[bool, typer.Option("--no-dashboard", help="Do not start the dashboard.")] = False,
+    cluster: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=7,
+            help="Embedded nats-servers: a cluster of this many on loopback (clients on --nats-port and up, "
+            "routes +2000, monitoring +4000), each stream kept on 3 of them unless MBX_STREAM_REPLICAS says.",
+        ),
+    ] = 1,
+    replicas: Annotated[
+        int, typer.Option(min=1, max=8, help="Processes of each worker, sharing its durable consumers.")
+    ] = 1,
 ) -> None:
     """Start NATS, PostgreSQL, every worker and the dashboard; Ctrl-C stops it all.
 
     Example: mbx up --nats-port 4333 --no-dashboard
+    Example: mbx up --cluster 3 --replicas 2
     """
     settings, config = runnable_config(live)
+    settings = with_cluster(settings, cluster)
     if live:
         os.environ["MBX_LIVE"] = "1"  # the worker processes it starts inherit the opt-in
     if production_durability:
@@ -86,6 +119,8 @@ def up(
             nats_port=nats_port,
             pg_port=pg_port,
             dashboard_port=None if no_dashboard else dashboard_port,
+            cluster=cluster,
+            replicas=replicas,
             console=console,
         ).run()
     except RuntimeError as exc:

@@ -26,7 +26,8 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts import BrokerName, BrokerStatus
-from workers.devstack.nats import EmbeddedNats
+from contracts.client import split_servers
+from workers.devstack.nats import EmbeddedNats, EmbeddedNatsCluster
 from workers.devstack.postgres import EmbeddedPostgres
 from workers.devstack.processes import port_open, spawn, stop, wait_until
 from workers.domain.config import MbxConfig
@@ -76,8 +77,12 @@ class Stack:
     pg_port: int = 54329
     dashboard_port: int | None = 8501
     """None: no dashboard."""
+    cluster: int = 1
+    """Embedded nats-servers: 1, or a cluster of that many on loopback."""
+    replicas: int = 1
+    """Processes of each worker, sharing its durable consumers."""
     console: Console = field(default_factory=lambda: Console(stderr=False))
-    nats: EmbeddedNats | None = None
+    nats: EmbeddedNats | EmbeddedNatsCluster | None = None
     postgres: EmbeddedPostgres | None = None
     workers: list[WorkerProcess] = field(default_factory=list)
     _stopping: bool = False
@@ -114,10 +119,18 @@ class Stack:
         nats_url = self.settings.nats_url
         if not nats_url:
             profile = "sync_interval: always" if self.settings.durability == "production" else "default fsync (2 min)"
-            self.console.print(f"[bold]starting nats-server[/bold] (JetStream, {profile})")
-            self.nats = EmbeddedNats(
-                data / "nats", port=self.nats_port, sync_always=self.settings.durability == "production"
-            )
+            sync_always = self.settings.durability == "production"
+            if self.cluster > 1:
+                self.console.print(
+                    f"[bold]starting a cluster of {self.cluster} nats-servers[/bold] (JetStream, {profile}, "
+                    f"{self.settings.stream_replicas} copies of each stream)"
+                )
+                self.nats = EmbeddedNatsCluster(
+                    data / "nats-cluster", size=self.cluster, port=self.nats_port, sync_always=sync_always
+                )
+            else:
+                self.console.print(f"[bold]starting nats-server[/bold] (JetStream, {profile})")
+                self.nats = EmbeddedNats(data / "nats", port=self.nats_port, sync_always=sync_always)
             self.nats.start()
             nats_url = self.nats.url
         database_url = self.settings.database_url
@@ -129,19 +142,27 @@ class Stack:
         return nats_url, database_url
 
     def _start_workers(self, nats_url: str, database_url: str) -> None:
-        logs = self.settings.data_dir / "logs"
         base = [sys.executable, "-m", "workers", "worker"]
-        self.workers = [WorkerProcess("router", [*base, "router"], logs / "router.log")]
-        for broker in self.config.enabled_brokers():
-            self.workers.append(
-                WorkerProcess(
-                    f"executor-{broker}", [*base, "executor", "--broker", str(broker)], logs / f"executor-{broker}.log"
-                )
-            )
-        self.workers.append(WorkerProcess("aggregator", [*base, "aggregator"], logs / "aggregator.log"))
-        self._env = {**os.environ, "MBX_NATS_URL": nats_url, "MBX_DATABASE_URL": database_url, "MBX_LOG_FORMAT": "json"}
+        kinds = [("router", ["router"])]
+        kinds += [(f"executor-{b}", ["executor", "--broker", str(b)]) for b in self.config.enabled_brokers()]
+        kinds.append(("aggregator", ["aggregator"]))
+        self.workers = [
+            WorkerProcess(name, [*base, *args], self._log(name))
+            for kind, args in kinds
+            for name in replica_names(kind, self.replicas)
+        ]
+        self._env = {
+            **os.environ,
+            "MBX_NATS_URL": nats_url,
+            "MBX_DATABASE_URL": database_url,
+            "MBX_STREAM_REPLICAS": str(self.settings.stream_replicas),
+            "MBX_LOG_FORMAT": "json",
+        }
         for worker in self.workers:
             worker.proc = spawn(worker.args, worker.log_file, env=self._env)
+
+    def _log(self, name: str) -> Path:
+        return self.settings.data_dir / "logs" / f"{name}.log"
 
     async def _wait_ready(self, nats_url: str, timeout: float = 90.0) -> None:
         """Until every durable consumer has a worker pulling and every executor reported in."""
@@ -152,7 +173,7 @@ class Stack:
             *topology.aggregator_consumers(),
             *(topology.executor_consumer(b) for b in self.config.enabled_brokers()),
         ]
-        nc = await nats.connect(nats_url)
+        nc = await nats.connect(servers=split_servers(nats_url))
         try:
             js = nc.jetstream()
             status_kv = await open_bucket(js, topology.subjects.status_bucket)
@@ -213,11 +234,7 @@ class Stack:
                     "nats_url": nats_url,
                     "database_url": database_url,
                     "workers": {w.name: w.proc.pid for w in self.workers if w.proc},
-                    "servers": {
-                        name: server.proc.pid
-                        for name, server in (("nats", self.nats), ("postgres", self.postgres))
-                        if server is not None and server.proc is not None
-                    },
+                    "servers": self._server_pids(),
                 },
                 indent=2,
             )
@@ -225,7 +242,7 @@ class Stack:
         table = Table(title="mbx is running", show_header=True)
         table.add_column("component")
         table.add_column("where")
-        table.add_row("NATS (JetStream)", nats_url)
+        table.add_row("NATS (JetStream)", nats_url.replace(",", "\n"))
         table.add_row("PostgreSQL", redact_url(database_url))
         for w in self.workers:
             where = f"pid {w.proc.pid if w.proc else '-'}, log {w.log_file}"
@@ -237,6 +254,15 @@ class Stack:
             "Send an order from another terminal:  [bold].venv/bin/mbx submit --symbol AAPL --quantity 10[/bold]"
         )
         self.console.print("Stop everything with Ctrl-C.")
+
+    def _server_pids(self) -> dict[str, int]:
+        nodes: list[tuple[str, EmbeddedNats | EmbeddedPostgres | None]] = []
+        if isinstance(self.nats, EmbeddedNatsCluster):
+            nodes += [(f"nats-{node.server_name}", node) for node in self.nats.nodes]
+        else:
+            nodes.append(("nats", self.nats))
+        nodes.append(("postgres", self.postgres))
+        return {name: server.proc.pid for name, server in nodes if server is not None and server.proc is not None}
 
     def _supervise(self) -> None:
         while not self._stopping:
@@ -275,11 +301,16 @@ class Stack:
             self.console.print("[bold]stopping[/bold] PostgreSQL")
             self.postgres.stop()
         if self.nats is not None:
-            self.console.print("[bold]stopping[/bold] nats-server")
+            self.console.print("[bold]stopping[/bold] nats-server" + ("s" if self.cluster > 1 else ""))
             self.nats.stop()
         stack_file(self.settings.data_dir).unlink(missing_ok=True)
         self.console.print("stopped; nothing is left running")
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def replica_names(kind: str, replicas: int) -> list[str]:
+    """``router``, or ``router-1``, ``router-2``... when several processes share its consumers."""
+    return [kind] if replicas == 1 else [f"{kind}-{n}" for n in range(1, replicas + 1)]
 
 
 async def _not_ready(js: Any, status_kv: Any, consumers: list[ConsumerSpec], brokers: list[BrokerName]) -> list[str]:
@@ -305,11 +336,11 @@ async def _not_ready(js: Any, status_kv: Any, consumers: list[ConsumerSpec], bro
 
 async def _ensure_topology(nats_url: str, settings: Settings) -> None:
     use_replicas(settings.stream_replicas)
-    nc = await nats.connect(servers=settings.nats_servers or [nats_url])
+    nc = await nats.connect(servers=split_servers(nats_url))
     try:
         await ensure_streams(nc.jetstream(), settings.subjects)
     finally:
         await nc.close()
 
 
-__all__ = ["Stack", "read_stack", "stack_file"]
+__all__ = ["Stack", "read_stack", "replica_names", "stack_file"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import contextvars
 import hashlib
 import json
 import uuid
@@ -16,7 +17,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
 import structlog
-from nats.errors import MaxPayloadError
+from nats.errors import ConnectionReconnectingError, MaxPayloadError, NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
@@ -27,7 +29,14 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 
 from contracts import (
     INTENT_ID_HEADER,
@@ -52,6 +61,16 @@ if TYPE_CHECKING:
     from nats.js.kv import KeyValue
 
 log = structlog.get_logger("mbx.bus")
+
+BUS_UNAVAILABLE: tuple[type[Exception], ...] = (
+    NatsTimeoutError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+    NoRespondersError,
+    ConnectionReconnectingError,
+)
+"""What NATS answers while it cannot serve a request yet: a server restarting, a reconnect, a
+cluster electing a stream's leader. Worth asking again; anything else is not."""
 
 PUBLISH_TIMEOUT = 5.0
 """Seconds one send waits for its PubAck."""
@@ -113,12 +132,31 @@ async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
     for spec in subjects.streams:
         config = stream_config(spec)
         try:
-            await js.stream_info(spec.name)
+            info = await js.stream_info(spec.name)
         except NotFoundError:
             await js.add_stream(config)
             log.info("stream created", stream=spec.name)
         else:
+            config.num_replicas = _kept_replicas(spec.name, info.config.num_replicas)
             await js.update_stream(config)
+
+
+def _kept_replicas(stream: str, existing: int | None) -> int:
+    """Copies a stream keeps: raised to ``MBX_STREAM_REPLICAS`` (JetStream copies the data), never
+    lowered by a process that was started without the setting; lowering is an operator's
+    deliberate act (``nats stream edit --replicas``)."""
+    existing = existing or 1
+    if _replicas < existing:
+        log.warning(
+            "MBX_STREAM_REPLICAS is lower than the copies this stream keeps; kept as it is",
+            stream=stream,
+            setting=_replicas,
+            copies=existing,
+        )
+        return existing
+    if _replicas > existing:
+        log.info("stream copies raised", stream=stream, copies=_replicas, were=existing)
+    return _replicas
 
 
 async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
@@ -202,11 +240,18 @@ def is_replay(msg: Msg) -> bool:
     return bool((msg.headers or {}).get(REPLAY_HEADER))
 
 
+RERUNS: contextvars.ContextVar[int] = contextvars.ContextVar("reruns", default=0)
+"""Times the message in hand was handled again in place (the worker runtime sets it)."""
+
+
 def delivery_count(msg: Msg) -> int:
+    """Deliveries of ``msg`` so far; each time it was handled again in place counts as one more
+    (an earlier run may have done part of the work, as an earlier delivery may have)."""
     try:
-        return int(msg.metadata.num_delivered)
+        delivered = int(msg.metadata.num_delivered)
     except Exception:  # noqa: BLE001  (a core message has no metadata; count it as one delivery)
-        return 1
+        delivered = 1
+    return delivered + RERUNS.get()
 
 
 def stored_at(msg: Msg) -> datetime | None:
@@ -296,9 +341,16 @@ async def dead_letter(js: JetStreamContext, subjects: Subjects, stage: DeadLette
 async def open_bucket(js: JetStreamContext, bucket: str, history: int = 1, ttl: float | None = None) -> KeyValue:
     """A KV bucket, created on first use; ``ttl`` (seconds) expires entries not written since."""
     try:
-        return await js.key_value(bucket)
+        kv = await js.key_value(bucket)
     except BucketNotFoundError:
         return await js.create_key_value(bucket=bucket, history=history, ttl=ttl, replicas=_replicas)
+    if _replicas > 1:  # a bucket made before the cluster (or the setting) gets its copies now
+        stream = f"KV_{bucket}"
+        info = await js.stream_info(stream)
+        if (info.config.num_replicas or 1) < _replicas:
+            info.config.num_replicas = _kept_replicas(stream, info.config.num_replicas)
+            await js.update_stream(info.config)
+    return kv
 
 
 async def update_int(kv: KeyValue, key: str, next_value: Callable[[int], int]) -> int:

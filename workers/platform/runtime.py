@@ -29,7 +29,16 @@ from pydantic import BaseModel, ValidationError
 
 from contracts import DeadLetterStage
 from workers.domain.config import ConfigError
-from workers.platform.bus import dead_letter, delivery_count, ensure_consumer, ensure_streams, use_replicas
+from workers.platform.bus import (
+    BUS_UNAVAILABLE,
+    RERUNS,
+    RETRY_FOR_S,
+    dead_letter,
+    delivery_count,
+    ensure_consumer,
+    ensure_streams,
+    use_replicas,
+)
 from workers.platform.settings import Settings
 from workers.platform.topology import ConsumerSpec
 
@@ -50,6 +59,10 @@ STEP_TIMEOUT = 2.0
 """Seconds each later step of ``stop`` may take: timers, clean-up, disconnect."""
 DRAIN_WAIT = 0.1
 """Seconds to wait for messages ``num_pending`` promised (another replica may have taken them)."""
+BUS_PAUSE_S = (0.1, 2.0)
+"""First and longest pause before a message is handled again while NATS cannot answer."""
+RESUME_PAUSE_S = (0.5, 5.0)
+"""First and longest pause between two tries to resume after a reconnect."""
 
 
 class PoisonMessage(Exception):
@@ -139,6 +152,7 @@ class Worker:
         self._listeners: list[Any] = []
         self._timers: list[asyncio.Task[None]] = []
         self._in_hand: set[asyncio.Task[None]] = set()
+        self._resuming: asyncio.Task[None] | None = None
 
     async def _disconnected(self) -> None:
         if not self._stopping.is_set():
@@ -149,14 +163,31 @@ class Worker:
         log.info("reconnected to NATS", worker=self.name)
         self.connection_changed()
         if self._js is not None and not self._stopping.is_set():
-            task = asyncio.create_task(self._after_reconnect(), name=f"{self.name}:reconnected")
-            self._timers.append(task)
+            if self._resuming is not None:
+                self._resuming.cancel()  # this connection is the one to resume on
+            self._resuming = asyncio.create_task(self._after_reconnect(), name=f"{self.name}:reconnected")
+            self._timers.append(self._resuming)
 
     async def _after_reconnect(self) -> None:
-        try:
-            await self.reconnected()
-        except Exception as exc:  # noqa: BLE001  (logged; the next reconnect tries again)
-            log.warning("resuming after reconnect failed", worker=self.name, error=f"{type(exc).__name__}: {exc}")
+        """``reconnected`` until it succeeds: a cluster that lost a node answers "no response
+        from stream" or times out until its new stream leaders are elected (seconds), and a
+        resume given up on leaves watches dead with no later reconnect to try again."""
+        pause = RESUME_PAUSE_S[0]
+        while not self._stopping.is_set():
+            try:
+                await self.reconnected()
+            except Exception as exc:  # noqa: BLE001  (logged; tried again)
+                log.warning(
+                    "resuming after reconnect failed; trying again",
+                    worker=self.name,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in_s=pause,
+                )
+            else:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), pause)
+            pause = min(pause * 2, RESUME_PAUSE_S[1])
 
     def connection_changed(self) -> None:
         """Called at once (before any message is handled) when the connection drops or comes
@@ -381,7 +412,7 @@ class Worker:
         structlog.contextvars.bind_contextvars(subject=msg.subject)
         keepalive = asyncio.create_task(_keep_in_progress(msg, spec.ack_wait_seconds / 3))
         try:
-            outcome = await process(msg)
+            outcome = await self._while_bus_answers(process, msg)
         except PoisonMessage as exc:
             outcome = await self._dead_letter(stage, msg, str(exc))
         except DETERMINISTIC as exc:
@@ -410,10 +441,37 @@ class Worker:
         structlog.contextvars.unbind_contextvars("subject", "intent_id", "broker")
         return outcome
 
+    @staticmethod
+    async def _while_bus_answers(process: Callable[[Msg], Awaitable[str]], msg: Msg) -> str:
+        """``process``, run again at once while NATS cannot answer (a cluster electing a
+        stream's leader, a reconnect), for up to ``RETRY_FOR_S``: a nak may not reach the
+        server then either, and the redelivery would wait out the ack wait. Every handler is
+        idempotent (a redelivery repeats it the same way); the message stays in progress."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RETRY_FOR_S
+        pause = BUS_PAUSE_S[0]
+        reruns = RERUNS.set(0)
+        try:
+            while True:
+                try:
+                    return await process(msg)
+                except BUS_UNAVAILABLE as exc:
+                    if loop.time() + pause > deadline:
+                        raise
+                    log.info(
+                        "NATS cannot answer yet; handling again", error=f"{type(exc).__name__}: {exc}", pause_s=pause
+                    )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, BUS_PAUSE_S[1])
+                RERUNS.set(RERUNS.get() + 1)  # the next run sees one delivery more, and looks first
+        finally:
+            RERUNS.reset(reruns)
+
     async def _retry_or_give_up(self, stage: DeadLetterStage, spec: ConsumerSpec, msg: Msg, exc: Exception) -> str:
         deliveries = delivery_count(msg)
         error = f"{type(exc).__name__}: {exc}"
-        if deliveries >= spec.give_up_after and not isinstance(exc, StillPending):
+        # Neither a pending cancel nor an unavailable bus is the message's fault: never a dead letter.
+        if deliveries >= spec.give_up_after and not isinstance(exc, (StillPending, *BUS_UNAVAILABLE)):
             return await self._dead_letter(stage, msg, f"gave up after {deliveries} deliveries: {error}")
         log.warning(
             "transient failure, will retry", stage=str(stage), subject=msg.subject, error=error, deliveries=deliveries
