@@ -12,8 +12,8 @@ document in ``contracts/schemas/asyncapi.yaml``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -68,6 +68,22 @@ async def publish_retrying(
                 raise
         await asyncio.sleep(pause)
         pause = min(pause * 2, RETRY_PAUSE_S[1])
+
+
+@contextmanager
+def _producer_span(name: str, intent_id: str, headers: dict[str, str]) -> Iterator[None]:
+    """A PRODUCER span whose context goes into ``headers``; nothing without OpenTelemetry (an
+    optional dependency of the client: its API does nothing until the strategy configures an
+    SDK)."""
+    try:
+        from opentelemetry import propagate, trace  # noqa: PLC0415
+    except ImportError:
+        yield
+        return
+    tracer = trace.get_tracer("mbx.client")
+    with tracer.start_as_current_span(name, kind=trace.SpanKind.PRODUCER, attributes={"intent_id": intent_id}):
+        propagate.inject(headers)
+        yield
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,18 +199,21 @@ class MbxClient:
         """Publish an intent with its dedup header and wait for JetStream to store it; while
         the stream does not answer (a server restarting, a cluster electing the stream's
         leader) the same message is sent again for up to ``retry_for`` seconds
-        (``publish_retrying``)."""
-        ack = await publish_retrying(
-            self._js,
-            self.subjects.intent(intent.strategy_id),
-            intent.model_dump_json().encode(),
-            {
-                MSG_ID_HEADER: intent.intent_id,
-                INTENT_ID_HEADER: intent.intent_id,
-                STRATEGY_ID_HEADER: intent.strategy_id,
-            },
-            retry_for=retry_for,
-        )
+        (``publish_retrying``).
+
+        With OpenTelemetry configured in the strategy, the publish is a PRODUCER span of the
+        strategy's current trace, carried in the W3C ``traceparent`` header: mbx's router,
+        executor and aggregator continue that trace."""
+        subject = self.subjects.intent(intent.strategy_id)
+        headers = {
+            MSG_ID_HEADER: intent.intent_id,
+            INTENT_ID_HEADER: intent.intent_id,
+            STRATEGY_ID_HEADER: intent.strategy_id,
+        }
+        with _producer_span(f"submit {subject}", intent.intent_id, headers):
+            ack = await publish_retrying(
+                self._js, subject, intent.model_dump_json().encode(), headers, retry_for=retry_for
+            )
         return SubmitAck(stream=ack.stream, sequence=ack.seq, duplicate=bool(ack.duplicate))
 
     async def track(self, intent_id: str) -> IntentTracker:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from workers.devstack.nats import EmbeddedNats
 from workers.devstack.postgres import EmbeddedPostgres
+from workers.devstack.processes import free_port
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class Servers:
     nats_url: str
     database_url: str
     postgres: EmbeddedPostgres | None  # None when the database is external
+    nats_monitor_url: str | None = None  # the embedded server's /varz, /jsz
 
 
 @contextmanager
@@ -42,16 +44,18 @@ def session_servers(tmp: Path) -> Iterator[Servers]:
         nats_url = os.environ.get("MBX_TEST_NATS_URL")
         database_url = os.environ.get("MBX_TEST_DATABASE_URL")
         postgres = None
+        monitor = None
         if os.environ.get("MBX_TEST_DOCKER") == "1" and not (nats_url or database_url):
             nats_url, database_url = stack.enter_context(_docker())
         if not nats_url:
-            server = EmbeddedNats(tmp / "nats")
+            server = EmbeddedNats(tmp / "nats", monitor_port=free_port())
             server.start()
             stack.callback(server.stop)
             nats_url = server.url
+            monitor = f"http://127.0.0.1:{server.monitor_port}"
         if not database_url:
             postgres = EmbeddedPostgres(tmp / "postgres")
             postgres.start()
             stack.callback(postgres.stop)
             database_url = postgres.url()
-        yield Servers(nats_url, database_url, postgres)
+        yield Servers(nats_url, database_url, postgres, monitor)

@@ -15,6 +15,7 @@ from workers.aggregator.handlers import AggregatorHandlers, AggregatorHealth
 from workers.aggregator.persistence import AuditStore
 from workers.aggregator.portfolio import PortfolioAggregator
 from workers.domain.keys import EXPOSURE_KEY
+from workers.platform import metrics
 from workers.platform.bus import open_bucket
 from workers.platform.runtime import Worker
 from workers.platform.settings import Settings
@@ -52,6 +53,8 @@ class AggregatorWorker(Worker):
     async def prepare(self) -> None:
         if self.health is not None:
             await self.health.started()
+        if self.metrics_url and self.settings.nats_monitor_url:
+            metrics.watch_nats_server(self.settings.nats_monitor_url)
         api = self.subjects.api
         await self.listen(api("portfolio.unified"), self._on_unified, queue="aggregator")
         await self.listen(api("portfolio.exposure"), self._on_exposure, queue="aggregator")

@@ -31,6 +31,7 @@ from contracts import (
     RouteDecision,
 )
 from workers.aggregator.persistence import AuditStore, Envelope
+from workers.platform import metrics, telemetry
 from workers.platform.bus import open_bucket
 from workers.platform.runtime import PoisonMessage, Worker, parse
 from workers.platform.topology import ConsumerSpec
@@ -84,15 +85,25 @@ class AggregatorHandlers:
                 await self.worker.deliver(DeadLetterStage.AGGREGATOR, spec, msg, _raise(exc))
         if not good:
             return
+        # One span per message, in its own trace, ended when its rows are committed.
+        spans = [telemetry.start_child("persist", msg.headers, subject=msg.subject, batch=len(good)) for msg, _ in good]
         try:
+            committing = time.perf_counter()
             applied = await self._apply_while_database_is_down(spec, good)
+            metrics.COMMIT_SECONDS.observe(time.perf_counter() - committing)
+            metrics.BATCH_SIZE.observe(len(good))
         except DatabaseUnavailable:
             return  # stopping: the batch stays unacked and is redelivered, nothing is lost
         except Exception as exc:  # noqa: BLE001  (isolate the failing message below)
             log.warning("batch failed, retrying one by one", size=len(good), error=f"{type(exc).__name__}: {exc}")
+            for span in spans:
+                telemetry.failed(span, exc)
             for msg, envelope in good:
                 await self.worker.deliver(DeadLetterStage.AGGREGATOR, spec, msg, _apply_one(self.store, envelope))
             return
+        finally:
+            for span in spans:
+                span.end()
         for msg, _ in good:
             await msg.ack()
         log.info(

@@ -94,6 +94,12 @@ def up(
     replicas: Annotated[
         int, typer.Option(min=1, max=8, help="Processes of each worker, sharing its durable consumers.")
     ] = 1,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            min=0, max=65000, help="Prometheus metrics of the first worker; the others take the next ports (0: none)."
+        ),
+    ] = 9464,
 ) -> None:
     """Start NATS, PostgreSQL, every worker and the dashboard; Ctrl-C stops it all.
 
@@ -121,6 +127,7 @@ def up(
             dashboard_port=None if no_dashboard else dashboard_port,
             cluster=cluster,
             replicas=replicas,
+            metrics_port=metrics_port,
             console=console,
         ).run()
     except RuntimeError as exc:

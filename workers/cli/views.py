@@ -98,6 +98,10 @@ async def _status(url: str, subjects: Subjects, heartbeat_timeout: float) -> int
         colour = "green" if state["state"] == "ok" else "red"
         error = f": {state['error']}" if state.get("error") else ""
         console.print(f"aggregator: [{colour}]{state['state']}[/{colour}] since {state['since']}{error}")
+    if stack.scrape:
+        console.print("metrics (Prometheus): " + ", ".join(f"{worker} {url}" for worker, url in stack.scrape))
+    else:
+        console.print("metrics: not served (set MBX_METRICS_PORT for each worker, or run `mbx up`)")
     return EXIT_OK
 
 

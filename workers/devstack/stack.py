@@ -67,6 +67,8 @@ class WorkerProcess:
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     died_at: float | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    """Variables of this process alone (its metrics port)."""
 
 
 @dataclass
@@ -81,6 +83,8 @@ class Stack:
     """Embedded nats-servers: 1, or a cluster of that many on loopback."""
     replicas: int = 1
     """Processes of each worker, sharing its durable consumers."""
+    metrics_port: int = 9464
+    """The first worker's Prometheus port; the others take the next ones (0: none served)."""
     console: Console = field(default_factory=lambda: Console(stderr=False))
     nats: EmbeddedNats | EmbeddedNatsCluster | None = None
     postgres: EmbeddedPostgres | None = None
@@ -130,7 +134,9 @@ class Stack:
                 )
             else:
                 self.console.print(f"[bold]starting nats-server[/bold] (JetStream, {profile})")
-                self.nats = EmbeddedNats(data / "nats", port=self.nats_port, sync_always=sync_always)
+                self.nats = EmbeddedNats(
+                    data / "nats", port=self.nats_port, sync_always=sync_always, monitor_port=self.nats_port + 4000
+                )
             self.nats.start()
             nats_url = self.nats.url
         database_url = self.settings.database_url
@@ -158,8 +164,20 @@ class Stack:
             "MBX_STREAM_REPLICAS": str(self.settings.stream_replicas),
             "MBX_LOG_FORMAT": "json",
         }
-        for worker in self.workers:
-            worker.proc = spawn(worker.args, worker.log_file, env=self._env)
+        monitor = self._nats_monitor_url()
+        if monitor:
+            self._env["MBX_NATS_MONITOR_URL"] = monitor
+        for n, worker in enumerate(self.workers):
+            if self.metrics_port:
+                worker.env = {"MBX_METRICS_PORT": str(self.metrics_port + n)}
+            worker.proc = spawn(worker.args, worker.log_file, env=self._env | worker.env)
+
+    def _nats_monitor_url(self) -> str | None:
+        """The embedded nats-server's monitoring endpoint (a cluster's first node), if ours."""
+        node = self.nats.nodes[0] if isinstance(self.nats, EmbeddedNatsCluster) else self.nats
+        if node is None or not node.monitor_port:
+            return None
+        return f"http://{node.host}:{node.monitor_port}"
 
     def _log(self, name: str) -> Path:
         return self.settings.data_dir / "logs" / f"{name}.log"
@@ -246,6 +264,8 @@ class Stack:
         table.add_row("PostgreSQL", redact_url(database_url))
         for w in self.workers:
             where = f"pid {w.proc.pid if w.proc else '-'}, log {w.log_file}"
+            if "MBX_METRICS_PORT" in w.env:
+                where += f", metrics :{w.env['MBX_METRICS_PORT']}"
             table.add_row(w.name, f"{dashboard}, {where}" if w.name == "dashboard" and dashboard else where)
         self.console.print(table)
         if dashboard:
@@ -278,7 +298,7 @@ class Stack:
                         f"restarting (log: {worker.log_file})"
                     )
                 elif now - worker.died_at >= RESTART_DELAY:
-                    env = self._dashboard_env if worker.name == "dashboard" else self._env
+                    env = self._dashboard_env if worker.name == "dashboard" else self._env | worker.env
                     worker.proc = spawn(worker.args, worker.log_file, env=env)
                     worker.restarts += 1
                     worker.died_at = None

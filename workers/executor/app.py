@@ -25,6 +25,7 @@ from workers.domain.venue import (
 )
 from workers.executor.budget import DailyOrderBudget, RateBudget, RateLimit
 from workers.executor.handlers import ExecutorHandlers
+from workers.platform import metrics
 from workers.platform.bus import open_bucket, publish
 from workers.platform.live_config import CONFIG_HISTORY
 from workers.platform.order_ledger import OrderLedger
@@ -209,6 +210,7 @@ class ExecutorWorker(Worker):
         audit trail, when the connection state changes and every ``SNAPSHOT_INTERVAL``."""
         with contextlib.suppress(Exception):  # headroom unknown: keep the last figure
             self._headroom = await self.budget.headroom()
+        metrics.RATE_HEADROOM.labels(str(self.venue.broker)).set(self._headroom)
         status = self.status(connected)
         await self._status_kv.put(str(self.venue.broker), status.model_dump_json().encode())
         now = time.monotonic()

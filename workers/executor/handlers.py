@@ -34,6 +34,7 @@ from workers.domain.venue import (
 )
 from workers.executor.budget import DailyOrderBudget, RateBudget
 from workers.executor.same_shape import SameShapeGuard, ShapeBusy
+from workers.platform import metrics, telemetry
 from workers.platform.bus import delivery_count, is_replay, publish, publish_checked, stored_at
 from workers.platform.failpoints import failpoint
 from workers.platform.order_ledger import OrderLedger
@@ -197,12 +198,15 @@ class ExecutorHandlers:
     async def _call(self, work: Awaitable[T], what: str) -> T:
         """A broker call with its deadline (``brokers.<name>.request_timeout_s``): TimeoutError
         after it, so nothing waits on a hung broker while its message is kept in progress."""
-        try:
-            return await asyncio.wait_for(work, self.request_timeout)
-        except TimeoutError:
-            raise TimeoutError(
-                f"{self.venue.broker} did not answer within {self.request_timeout:g}s ({what})"
-            ) from None
+        broker = str(self.venue.broker)
+        with telemetry.span("broker call", broker=broker, call=what):
+            started = time.perf_counter()
+            try:
+                return await asyncio.wait_for(work, self.request_timeout)
+            except TimeoutError:
+                raise TimeoutError(f"{broker} did not answer within {self.request_timeout:g}s ({what})") from None
+            finally:
+                metrics.BROKER_CALL_SECONDS.labels(broker, what).observe(time.perf_counter() - started)
 
     async def _locate(self, decision: RouteDecision, since: datetime) -> VenueOrder | None:
         """This attempt's order at the broker, if any. Where the broker has no client order ids,
@@ -277,7 +281,10 @@ class ExecutorHandlers:
     async def _timed_place(self, decision: RouteDecision, client_order_id: str) -> VenueOrder:
         """Place the order, feeding latency and error rate into the heartbeat's statistics."""
         await self.daily.take(placement=True)
-        await self.budget.take()
+        with telemetry.span("rate-wait", broker=str(self.venue.broker)):
+            waited = time.perf_counter()
+            await self.budget.take()
+            metrics.RATE_WAIT_SECONDS.labels(str(self.venue.broker)).observe(time.perf_counter() - waited)
         started = time.perf_counter()
         failed = False
         try:

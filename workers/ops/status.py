@@ -30,6 +30,8 @@ class StackStatus:
     """Durable consumers not created yet: their worker never ran."""
     aggregator: dict[str, Any] | None = None
     """The aggregator's last word: ``state`` (ok or failing), ``since`` and ``error``."""
+    scrape: list[tuple[str, str]] = field(default_factory=list)
+    """Where to scrape Prometheus metrics: (worker, URL), as each serving worker announced."""
 
 
 def broker_state(status: BrokerStatus, heartbeat_timeout_s: float, now: datetime | None = None) -> str:
@@ -72,4 +74,9 @@ async def stack_status(js: Any, subjects: Subjects) -> StackStatus:
     except Exception:  # noqa: BLE001  (no worker has reported yet)
         workers = {}
     aggregator = json.loads(workers["aggregator"]) if "aggregator" in workers else None
-    return StackStatus(statuses, lags, missing, aggregator)
+    try:
+        announced = [json.loads(v) for _, v in await read_bucket(js, topology.scrape_bucket)]
+    except Exception:  # noqa: BLE001  (no worker serves metrics)
+        announced = []
+    scrape = sorted({(a["worker"], a["url"]) for a in announced})
+    return StackStatus(statuses, lags, missing, aggregator, scrape)

@@ -51,6 +51,7 @@ from contracts import (
 )
 from contracts.client import publish_retrying
 from contracts.messages import DEAD_LETTER_MAX_PAYLOAD
+from workers.platform import telemetry
 from workers.platform.topology import ConsumerSpec
 
 if TYPE_CHECKING:
@@ -175,7 +176,7 @@ async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
 
 def headers_for(message: Message, intent_id: str = "", strategy_id: str = "") -> dict[str, str]:
     """JetStream dedup header plus the routing headers subscribers filter on cheaply."""
-    headers = {MSG_ID_HEADER: message.message_id}
+    headers = telemetry.inject({MSG_ID_HEADER: message.message_id})
     if intent_id:
         headers[INTENT_ID_HEADER] = intent_id
     if strategy_id:

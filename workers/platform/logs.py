@@ -25,12 +25,15 @@ def redact_url(url: str | None) -> str:
 
 def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     """Configure structlog and the standard library once, for the whole process."""
+    from workers.platform.telemetry import add_trace_ids  # noqa: PLC0415  (loaded when a command runs, not on import)
+
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: Any = structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_trace_ids,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

@@ -18,6 +18,10 @@ import asyncio
 import contextlib
 import contextvars
 import io
+import json
+import os
+import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -27,8 +31,9 @@ import structlog
 from faststream.nats import NatsBroker
 from pydantic import BaseModel, ValidationError
 
-from contracts import DeadLetterStage
+from contracts import INTENT_ID_HEADER, DeadLetterStage
 from workers.domain.config import ConfigError
+from workers.platform import metrics, telemetry
 from workers.platform.bus import (
     BUS_UNAVAILABLE,
     RERUNS,
@@ -37,6 +42,7 @@ from workers.platform.bus import (
     delivery_count,
     ensure_consumer,
     ensure_streams,
+    open_bucket,
     use_replicas,
 )
 from workers.platform.settings import Settings
@@ -153,6 +159,7 @@ class Worker:
         self._timers: list[asyncio.Task[None]] = []
         self._in_hand: set[asyncio.Task[None]] = set()
         self._resuming: asyncio.Task[None] | None = None
+        self.metrics_url: str | None = None
 
     async def _disconnected(self) -> None:
         if not self._stopping.is_set():
@@ -265,10 +272,15 @@ class Worker:
 
     async def start(self) -> None:
         use_replicas(self.settings.stream_replicas)
+        telemetry.configure_tracing(self.name)
         await self.broker.connect()
         self._js = self.broker.connection.jetstream(timeout=5.0)
         await ensure_streams(self._js, self.subjects)
         self._stopping.clear()
+        self.metrics_url = _serve_metrics(self.settings)
+        if self.metrics_url:
+            await self._announce_metrics()
+            self.every(metrics.ANNOUNCE_TTL_S / 3, self._announce_metrics, "announcing the metrics address")
         await self.prepare()
         for sub in self._subscriptions:
             await ensure_consumer(self._js, sub.spec)
@@ -279,6 +291,13 @@ class Worker:
 
     async def prepare(self) -> None:
         """Load what the handlers need before the first message is pulled (override)."""
+
+    async def _announce_metrics(self) -> None:
+        """Say where this worker's metrics are, for ``mbx status`` (the entry expires unless
+        said again)."""
+        kv = await open_bucket(self.js, self.settings.topology.scrape_bucket, ttl=metrics.ANNOUNCE_TTL_S)
+        key = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.name}.{socket.gethostname()}.{os.getpid()}")
+        await kv.put(key, json.dumps({"worker": self.name, "url": self.metrics_url}).encode())
 
     async def listen(self, subject: str, handler: Callable[[Msg], Awaitable[None]], queue: str = "") -> None:
         """Answer core NATS requests on ``subject`` until the worker stops (request/reply APIs)."""
@@ -390,6 +409,7 @@ class Worker:
             try:
                 msgs = await pull.fetch(1, timeout=PULL_WAIT)
                 waiting = _num_pending(msgs[-1])
+                metrics.CONSUMER_PENDING.labels(sub.spec.durable).set(waiting)
                 if waiting and sub.batch_size > 1:
                     with contextlib.suppress(TimeoutError):
                         msgs += await pull.fetch(min(sub.batch_size - 1, waiting), timeout=DRAIN_WAIT)
@@ -407,9 +427,37 @@ class Worker:
     async def deliver(
         self, stage: DeadLetterStage, spec: ConsumerSpec, msg: Msg, process: Callable[[Msg], Awaitable[str]]
     ) -> str:
-        """Run ``process`` on one message under the delivery policy; returns the outcome."""
+        """Run ``process`` on one message under the delivery policy, in a span of the trace its
+        publisher sent; returns the outcome."""
         started = time.perf_counter()
         structlog.contextvars.bind_contextvars(subject=msg.subject)
+        with telemetry.consuming(
+            f"{stage} {self.subjects.kind(msg.subject)}",
+            msg.headers,
+            subject=msg.subject,
+            intent_id=(msg.headers or {}).get(INTENT_ID_HEADER, ""),
+            delivery=delivery_count(msg),
+        ) as span:
+            outcome = await self._handle(stage, spec, msg, process)
+            span.set_attribute("outcome", outcome)
+            took = time.perf_counter() - started
+            # One summary line per message, with the intent and broker the handler bound.
+            log.info(
+                "handled",
+                stage=str(stage),
+                subject=msg.subject,
+                outcome=outcome,
+                deliveries=delivery_count(msg),
+                duration_ms=round(took * 1000, 2),
+            )
+        metrics.MESSAGES_HANDLED.labels(str(stage), outcome.split(":", 1)[0]).inc()
+        metrics.HANDLE_SECONDS.labels(str(stage)).observe(took)
+        structlog.contextvars.unbind_contextvars("subject", "intent_id", "broker")
+        return outcome
+
+    async def _handle(
+        self, stage: DeadLetterStage, spec: ConsumerSpec, msg: Msg, process: Callable[[Msg], Awaitable[str]]
+    ) -> str:
         keepalive = asyncio.create_task(_keep_in_progress(msg, spec.ack_wait_seconds / 3))
         try:
             outcome = await self._while_bus_answers(process, msg)
@@ -429,16 +477,6 @@ class Worker:
                 outcome += " (ack failed)"
         finally:
             keepalive.cancel()
-        # One summary line per message, with the intent and broker the handler bound.
-        log.info(
-            "handled",
-            stage=str(stage),
-            subject=msg.subject,
-            outcome=outcome,
-            deliveries=delivery_count(msg),
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
-        )
-        structlog.contextvars.unbind_contextvars("subject", "intent_id", "broker")
         return outcome
 
     @staticmethod
@@ -491,6 +529,7 @@ class Worker:
         except Exception:  # left unacked: redelivered after ack_wait, nothing lost
             log.exception("dead-lettering failed; the message will be redelivered")
             return "dead_letter_failed"
+        metrics.DEAD_LETTERS.labels(str(stage)).inc()
         return "dead_letter"
 
 
@@ -503,6 +542,19 @@ async def _keep_in_progress(msg: Msg, every: float) -> None:
             await msg.in_progress()
         except Exception:  # noqa: BLE001  (a lost +WPI only risks the redelivery it tried to prevent)
             return
+
+
+_metrics_url: str | None = None
+"""This process's metrics address, once served (in-process workers share one server)."""
+
+
+def _serve_metrics(settings: Settings) -> str | None:
+    global _metrics_url  # noqa: PLW0603  (one metrics server per process)
+    if settings.metrics_port is None:
+        return None
+    if _metrics_url is None:
+        _metrics_url = metrics.serve(settings.metrics_port, settings.metrics_host)
+    return _metrics_url
 
 
 def _num_pending(msg: Msg) -> int:

@@ -55,6 +55,16 @@ class Settings(BaseSettings):
         default=False,
         description="Simulated brokers log every placement and lookup in their KV book (crash tests).",
     )
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Serve Prometheus metrics on this port (unset: not served)."
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Address the metrics port listens on (0.0.0.0: every interface)."
+    )
+    nats_monitor_url: str | None = Field(
+        default=None,
+        description="nats-server's monitoring endpoint (http://host:8222): the aggregator adds its figures.",
+    )
     log_level: str = "INFO"
     log_format: Literal["auto", "console", "json"] = "auto"
     durability: Literal["dev", "production"] = Field(

@@ -137,6 +137,11 @@ class Topology:
         """A broker's order ids that mbx picks (IBKR): each intent's, written before it is sent."""
         return f"{self.prefix}_order_ids_{broker}"
 
+    @property
+    def scrape_bucket(self) -> str:
+        """Where each worker serving metrics announces its address (entries expire)."""
+        return f"{self.prefix}_scrape"
+
     def sim_book_bucket(self, broker: BrokerName | str) -> str:
         """A simulated broker's own order book (paper trading only)."""
         return f"{self.prefix}_sim_{broker}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -26,11 +27,13 @@ from contracts import (
 from workers.domain.capabilities import CAPABILITIES
 from workers.domain.quotes import PriceCheck, QuoteSource, assess
 from workers.domain.reports import cancel_reject
+from workers.platform import metrics, telemetry
 from workers.platform.bus import delivery_count, is_replay, publish
 from workers.platform.order_ledger import OrderLedger
 from workers.platform.runtime import PoisonMessage, RetryLater, Worker, parse
 from workers.router.journal import DecisionJournal, Published
-from workers.router.rules import Rejection, route
+from workers.router.plan import plan_for
+from workers.router.rules import Rejection, queue_waits, route
 from workers.router.state import RouterState
 
 if TYPE_CHECKING:
@@ -57,16 +60,19 @@ class RouterHandlers:
         self, intent: OrderIntent, attempt: int = 1, failed: Sequence[BrokerName] = ()
     ) -> tuple[RouteDecision | Rejection, Decimal | None]:
         """Route ``intent`` at the current quote; returns the outcome and the price it used."""
-        check = await self.price(intent.symbol)
-        outcome = route(
-            intent,
-            self.state.config,
-            attempt=attempt,
-            failed=failed,
-            market=self.state.market(check.price, check),
-            risk=self.state.risk_view(),
-            config_version=self.state.version,
-        )
+        with telemetry.span("decide", intent_id=intent.intent_id, attempt=attempt):
+            started = time.perf_counter()
+            check = await self.price(intent.symbol)
+            outcome = route(
+                intent,
+                self.state.config,
+                attempt=attempt,
+                failed=failed,
+                market=self.state.market(check.price, check),
+                risk=self.state.risk_view(),
+                config_version=self.state.version,
+            )
+            metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
         return outcome, check.price
 
     async def price(self, symbol: str) -> PriceCheck:
@@ -181,7 +187,10 @@ class RouterHandlers:
         await self.wait_for_starting_brokers(intent)
         outcome, price = await self.decide(intent, attempt, failed)
         self._count(outcome)
-        return await self._publish(intent, outcome, attempt, price)
+        result = await self._publish(intent, outcome, attempt, price)
+        if not result.startswith("replay:"):
+            metrics.FAILOVERS.labels(str(event.failed_broker)).inc()
+        return result
 
     def _count(self, outcome: RouteDecision | Rejection) -> None:
         """A route joins its broker's queue at once, before any other decision is made (decisions
@@ -202,6 +211,9 @@ class RouterHandlers:
             self.state.backlog.observe(
                 broker, info.num_pending + info.num_ack_pending, began, info.ack_floor.consumer_seq
             )
+        waits = queue_waits(plan_for(self.state.config), self.state.market(None))
+        for broker in self.state.config.enabled_brokers():
+            metrics.QUEUE_WAIT.labels(str(broker)).set(waits.get(broker, 0.0))
 
     async def wait_for_starting_brokers(self, intent: OrderIntent) -> None:
         """Hold the intent while a broker that could take it is *starting* (not heard from since
@@ -234,6 +246,9 @@ class RouterHandlers:
         if isinstance(outcome, RouteDecision):
             self.state.record(outcome, price if price is not None else intent.limit_price)
             structlog.contextvars.bind_contextvars(broker=str(outcome.broker))
+            metrics.INTENTS_ROUTED.labels(str(outcome.broker), outcome.rule).inc()
+        else:
+            metrics.INTENTS_REJECTED.labels(outcome.reason_code).inc()
         return result
 
 

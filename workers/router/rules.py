@@ -151,7 +151,7 @@ def route(
     if denial is not None:
         return Rejection(denial.reason_code, denial.reason, ())
     outcome = plan.outcome(shape, shape.matching(quantity, notional))
-    waits = _waits(plan, market)
+    waits = queue_waits(plan, market)
     eligible, excluded, queued_everywhere = _eligibility(
         plan, outcome, intent=intent, notional=notional, market=market, risk=risk, failed=failed, waits=waits
     )
@@ -324,7 +324,7 @@ def _health_exclusion(broker: BrokerName, state: BrokerHealth | None, min_headro
     return None
 
 
-def _waits(plan: RoutingPlan, market: MarketView) -> dict[BrokerName, float]:
+def queue_waits(plan: RoutingPlan, market: MarketView) -> dict[BrokerName, float]:
     """Seconds a new order would wait at each broker with a queue: the orders queued ahead, each
     costing its share of the rate limit, or the measured time the executors take per order
     where that is longer."""
