@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from contracts.messages import ExecutionReport, Fill, OrderIntent, RouteDecision
+from contracts.messages import CancelRequest, ExecutionReport, Fill, OrderIntent, RouteDecision
 from contracts.subjects import INTENT_ID_HEADER, MSG_ID_HEADER, STRATEGY_ID_HEADER, Subjects
 
 if TYPE_CHECKING:
@@ -48,11 +48,13 @@ async def publish_retrying(
     *,
     timeout: float = 5.0,
     retry_for: float = RETRY_FOR_S,
+    refused: Callable[[], Exception | None] | None = None,
 ) -> PubAck:
     """Publish to JetStream and wait for its ack; after a timeout, "no response from stream" or
     "service unavailable", send the very same message again (same ``Nats-Msg-Id``, so JetStream
     stores it once) with a growing pause, until ``retry_for`` seconds have passed; then the last
-    error is raised. nats-py retries none of these by itself."""
+    error is raised. nats-py retries none of these by itself. ``refused`` is asked after each
+    failure: an error it returns (the server refused the publish) is raised at once instead."""
     from nats.errors import ConnectionReconnectingError  # noqa: PLC0415  (kept out of ``import contracts``)
     from nats.errors import TimeoutError as NatsTimeoutError  # noqa: PLC0415
     from nats.js.errors import NoStreamResponseError, ServiceUnavailableError  # noqa: PLC0415
@@ -64,6 +66,9 @@ async def publish_retrying(
         try:
             return await js.publish(subject, data, headers=headers, timeout=timeout)
         except (NatsTimeoutError, NoStreamResponseError, ServiceUnavailableError, ConnectionReconnectingError):
+            denial = refused() if refused is not None else None
+            if denial is not None:
+                raise denial from None
             if loop.time() + pause > deadline:
                 raise
         await asyncio.sleep(pause)
@@ -84,6 +89,11 @@ def _producer_span(name: str, intent_id: str, headers: dict[str, str]) -> Iterat
     with tracer.start_as_current_span(name, kind=trace.SpanKind.PRODUCER, attributes={"intent_id": intent_id}):
         propagate.inject(headers)
         yield
+
+
+class PublishDenied(PermissionError):
+    """The server refused this connection's user the subject (its permissions do not allow it).
+    Sent again it would be refused again: raised at once, with the server's words."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +189,19 @@ class MbxClient:
         self._nc = nc
         self._js: JetStreamContext = nc.jetstream(timeout=publish_timeout)
         self.subjects = subjects or Subjects()
+        self.refusals: list[str] = []
+        """What the server refused this connection (permission violations), newest last: nats-py
+        reports them only to its error callback, which ``connect`` installs."""
+
+    def _refused(self, subject: str) -> PublishDenied | None:
+        quoted = f'"{subject}"'
+        for text in reversed(self.refusals):
+            if "publish" in text.lower() and quoted in text:
+                return PublishDenied(
+                    f"NATS refused this user publishing to {subject} ({text}); a strategy may publish only "
+                    f"its own intents and cancels ({self.subjects.intent('<its id>')}), with its own credentials"
+                )
+        return None
 
     @classmethod
     @asynccontextmanager
@@ -189,9 +212,20 @@ class MbxClient:
         several servers of a cluster, comma-separated."""
         import nats  # noqa: PLC0415  (kept out of ``import contracts``)
 
-        nc = await nats.connect(servers=split_servers(url), **options)
+        theirs = options.pop("error_cb", None)
+        refusals: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            if "permissions violation" in str(exc).lower():
+                refusals.append(str(exc))
+            if theirs is not None:
+                await theirs(exc)
+
+        nc = await nats.connect(servers=split_servers(url), error_cb=on_error, **options)
+        client = cls(nc, Subjects(prefix))
+        client.refusals = refusals
         try:
-            yield cls(nc, Subjects(prefix))
+            yield client
         finally:
             await nc.drain()
 
@@ -212,8 +246,31 @@ class MbxClient:
         }
         with _producer_span(f"submit {subject}", intent.intent_id, headers):
             ack = await publish_retrying(
-                self._js, subject, intent.model_dump_json().encode(), headers, retry_for=retry_for
+                self._js,
+                subject,
+                intent.model_dump_json().encode(),
+                headers,
+                retry_for=retry_for,
+                refused=lambda: self._refused(subject),
             )
+        return SubmitAck(stream=ack.stream, sequence=ack.seq, duplicate=bool(ack.duplicate))
+
+    async def cancel(self, intent_id: str, strategy_id: str, reason: str = "") -> SubmitAck:
+        """Ask mbx to cancel the working order of ``intent_id`` (published as ``strategy_id``, the
+        intent's own strategy). The outcome is a ``cancelled`` report, or a ``cancel_rejected``
+        one saying why (already filled, unknown): follow it with ``track``."""
+        subject = self.subjects.cancel(strategy_id)
+        request = CancelRequest(
+            message_id=f"cancel-{intent_id}",
+            correlation_id=intent_id,
+            intent_id=intent_id,
+            strategy_id=strategy_id,
+            reason=reason,
+        )
+        headers = {MSG_ID_HEADER: request.message_id, INTENT_ID_HEADER: intent_id, STRATEGY_ID_HEADER: strategy_id}
+        ack = await publish_retrying(
+            self._js, subject, request.model_dump_json().encode(), headers, refused=lambda: self._refused(subject)
+        )
         return SubmitAck(stream=ack.stream, sequence=ack.seq, duplicate=bool(ack.duplicate))
 
     async def track(self, intent_id: str) -> IntentTracker:

@@ -21,6 +21,7 @@ from workers.ops import config as live_config
 from workers.ops import dlq
 from workers.ops.errors import OperatorError
 from workers.ops.status import StackStatus, stack_status
+from workers.platform.access import connect_options
 from workers.platform.db.engine import make_engine
 from workers.platform.settings import Settings
 from workers.readmodel import routing
@@ -57,6 +58,7 @@ class Backend:
                     connect_timeout=2,
                     max_reconnect_attempts=-1,
                     allow_reconnect=True,
+                    **connect_options(self.settings),
                 )
             except Exception as exc:  # noqa: BLE001  (any failure to connect is shown, not raised)
                 raise Unavailable(f"NATS at {self.settings.nats_url} does not answer ({type(exc).__name__})") from None

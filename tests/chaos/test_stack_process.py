@@ -161,6 +161,47 @@ def test_up_with_a_cluster_and_replicas_fills_and_ctrl_c_leaves_no_process(tmp_p
     assert [p for p in pids if alive(int(p))] == []
 
 
+def test_up_secure_runs_every_worker_as_its_role_and_refuses_strangers(tmp_path: Path) -> None:
+    """`mbx up --secure`: users, permissions and TLS are made, every worker connects as its
+    role, an order fills through the CLI (the operator's credentials, from the stack file), and
+    a connection without the CA or credentials gets nothing."""
+    import asyncio
+
+    import nats
+
+    nats_port = free_port()
+    ports = ("--nats-port", str(nats_port), "--pg-port", str(free_port()), "--metrics-port", "0")
+    with mbx_up(tmp_path, "--secure", *ports) as (up, stack, env):
+        access = dict(stack["nats_access"])  # type: ignore[call-overload]
+        assert access["nats_user"] == "operator"
+        security = tmp_path / "data" / "security"
+        assert (security / "nats-auth.conf").stat().st_mode & 0o077 == 0
+        submit = subprocess.run(
+            [sys.executable, "-m", "workers", "submit", "--symbol", "AAPL", "--quantity", "10"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert submit.returncode == 0, submit.stdout + submit.stderr
+        assert "filled at alpaca 10 @" in submit.stdout
+        logs = tmp_path / "data" / "logs"
+        assert "NATS refused" not in "".join(p.read_text() for p in logs.glob("*.log"))
+
+        async def stranger() -> str:
+            try:
+                nc = await nats.connect(f"nats://127.0.0.1:{nats_port}", allow_reconnect=False, connect_timeout=3)
+            except Exception as exc:
+                return f"{type(exc).__name__}: {exc}"
+            await nc.close()
+            return "connected"
+
+        assert "CERTIFICATE_VERIFY_FAILED" in asyncio.run(stranger())
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+
+
 def test_up_uses_external_servers_when_urls_are_set(tmp_path: Path, servers: Any) -> None:
     """With MBX_NATS_URL and MBX_DATABASE_URL set, mbx up starts only the workers; `mbx down`
     from another terminal stops it."""

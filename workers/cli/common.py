@@ -46,6 +46,33 @@ def settings_and_config() -> tuple[Settings, MbxConfig]:
         fail(f"invalid configuration: {exc}", EXIT_USAGE)
 
 
+def cli_settings() -> Settings:
+    """The environment's settings; without a NATS user there, the operator's credentials of a
+    running `mbx up --secure` (so its own terminal's commands just work)."""
+    settings, _ = settings_and_config()
+    if settings.nats_user:
+        return settings
+    from workers.devstack.stack import read_stack  # noqa: PLC0415
+
+    stack = read_stack(settings.data_dir)
+    access = stack.get("nats_access") if stack else None
+    if not isinstance(access, dict):
+        return settings
+    files = {k: Path(v) for k, v in access.items() if k.endswith("_file") and v}
+    return settings.model_copy(update={"nats_user": access.get("nats_user"), **files})
+
+
+def client_options() -> dict[str, Any]:
+    """``nats.connect`` options of a one-shot command: fail fast, and the credentials, private
+    inbox and TLS of ``cli_settings``; a clear error (exit 2) when those are unusable."""
+    from workers.platform.access import connect_options  # noqa: PLC0415
+
+    try:
+        return {**ONE_SHOT_CONNECT, **connect_options(cli_settings())}
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
 def resolve_nats_url(settings: Settings) -> str:
     """MBX_NATS_URL, else the running ``mbx up`` stack, else the default local port."""
     if settings.nats_url:
@@ -110,7 +137,7 @@ async def connect(url: str) -> Any:
     import nats  # noqa: PLC0415
 
     try:
-        return await nats.connect(servers=split_servers(url), **ONE_SHOT_CONNECT)
+        return await nats.connect(servers=split_servers(url), **client_options())
     except Exception as exc:
         if is_connection_error(exc):
             unreachable(url, exc)

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from workers.cli import auth, config, dlq, legacy, orders, sim, stack, views
+from workers.cli import auth, config, dlq, legacy, orders, security, sim, stack, views
 
 app = typer.Typer(
     help="mbx: smart multi-broker execution.",
@@ -19,6 +19,7 @@ for group in (stack, orders, views, sim, legacy):
 app.add_typer(dlq.dlq, name="dlq")
 app.add_typer(config.config_app, name="config")
 app.add_typer(auth.auth_app, name="auth")
+app.add_typer(security.security_app, name="security")
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from workers.cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
-    ONE_SHOT_CONNECT,
+    client_options,
     connect,
     console,
     decimal_option,
@@ -187,7 +187,7 @@ async def _submit(intent: OrderIntent, url: str, prefix: str, timeout: float) ->
     from contracts.client import MbxClient  # noqa: PLC0415
 
     try:
-        async with MbxClient.connect(url, prefix=prefix, **ONE_SHOT_CONNECT) as client:
+        async with MbxClient.connect(url, prefix=prefix, **client_options()) as client:
             tracker = await client.track(intent.intent_id)
             ack = await client.submit(intent)
             dup = " (duplicate: this intent id was already submitted)" if ack.duplicate else ""

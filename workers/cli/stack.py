@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,6 +22,9 @@ from workers.cli.common import (
 from workers.domain.config import ConfigError, MbxConfig
 from workers.platform.logs import configure_logging
 from workers.platform.settings import Settings
+
+if TYPE_CHECKING:
+    from workers.ops.security import SecuritySetup
 
 app = typer.Typer()
 
@@ -66,6 +69,30 @@ def with_cluster(settings: Settings, cluster: int) -> Settings:
     return settings.model_copy(update={"stream_replicas": replicas})
 
 
+def secured(settings: Settings, config: MbxConfig) -> SecuritySetup:
+    """The security set-up in the data directory, made first if there is none."""
+    from workers.cli.security import DEFAULT_STRATEGIES, default_directory  # noqa: PLC0415
+    from workers.ops import security  # noqa: PLC0415
+    from workers.ops.errors import OperatorError  # noqa: PLC0415
+
+    if settings.nats_url:
+        fail("--secure starts the embedded nats-server secured: unset MBX_NATS_URL", EXIT_USAGE)
+    directory = default_directory(settings.data_dir)
+    try:
+        if not (directory / "users.json").exists():
+            console.print(
+                f"[bold]writing NATS users, permissions and TLS[/bold] to {directory} "
+                f"(strategies: {', '.join(DEFAULT_STRATEGIES)}; `mbx security init --strategy ...` for yours)"
+            )
+            return security.init(directory, settings.subjects, DEFAULT_STRATEGIES, config.enabled_brokers())
+        setup = security.load(directory)
+        for broker in config.enabled_brokers():
+            security.access(setup, f"executor-{broker}")  # every enabled broker has its user
+    except OperatorError as exc:
+        fail(str(exc), EXIT_USAGE)
+    return setup
+
+
 LiveOption = Annotated[
     bool,
     typer.Option("--live", help="Allow brokers that trade real money (no paper environment, or paper_trading: false)."),
@@ -100,11 +127,20 @@ def up(
             min=0, max=65000, help="Prometheus metrics of the first worker; the others take the next ports (0: none)."
         ),
     ] = 9464,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            help="NATS with a user per role, their permissions and TLS, from `mbx security init` "
+            "(made now, for strategy cli, if there is none).",
+        ),
+    ] = False,
 ) -> None:
     """Start NATS, PostgreSQL, every worker and the dashboard; Ctrl-C stops it all.
 
     Example: mbx up --nats-port 4333 --no-dashboard
     Example: mbx up --cluster 3 --replicas 2
+    Example: mbx up --secure
     """
     settings, config = runnable_config(live)
     settings = with_cluster(settings, cluster)
@@ -128,6 +164,7 @@ def up(
             cluster=cluster,
             replicas=replicas,
             metrics_port=metrics_port,
+            security=secured(settings, config) if secure else None,
             console=console,
         ).run()
     except RuntimeError as exc:

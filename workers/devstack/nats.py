@@ -52,6 +52,10 @@ class EmbeddedNats:
     cluster_port: int = 0
     routes: tuple[int, ...] = ()
     monitor_port: int = 0
+    extra_config: str = ""
+    """Appended to the generated config: ``mbx security init``'s accounts, users and TLS."""
+    route_tls: str = ""
+    """A ``tls { ... }`` block for the cluster routes."""
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -81,8 +85,10 @@ class EmbeddedNats:
             routes = ", ".join(f'"nats-route://{self.host}:{p}"' for p in self.routes)
             lines.append(
                 f'cluster {{\n  name: "{CLUSTER_NAME}"\n  listen: "{self.host}:{self.cluster_port}"\n'
-                f"  routes: [{routes}]\n}}"
+                f"  routes: [{routes}]\n{self.route_tls}}}"
             )
+        if self.extra_config:
+            lines.append(self.extra_config)
         return "\n".join(lines) + "\n"
 
     def launch(self) -> None:
@@ -151,6 +157,8 @@ class EmbeddedNatsCluster:
     port: int = 0
     sync_always: bool = False
     host: str = "127.0.0.1"
+    extra_config: str = ""
+    route_tls: str = ""
     nodes: list[EmbeddedNats] = field(default_factory=list, init=False)
 
     @property
@@ -189,6 +197,8 @@ class EmbeddedNatsCluster:
                 cluster_port=cluster,
                 routes=routes,
                 monitor_port=monitor,
+                extra_config=self.extra_config,
+                route_tls=self.route_tls,
             )
             for i, (client, cluster, monitor) in enumerate(ports)
         ]

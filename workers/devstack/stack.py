@@ -31,6 +31,8 @@ from workers.devstack.nats import EmbeddedNats, EmbeddedNatsCluster
 from workers.devstack.postgres import EmbeddedPostgres
 from workers.devstack.processes import port_open, spawn, stop, wait_until
 from workers.domain.config import MbxConfig
+from workers.ops.security import SecuritySetup, access, route_tls_block
+from workers.platform.access import connect_options
 from workers.platform.bus import ensure_streams, open_bucket, use_replicas
 from workers.platform.db.migrate import upgrade
 from workers.platform.logs import redact_url
@@ -85,6 +87,8 @@ class Stack:
     """Processes of each worker, sharing its durable consumers."""
     metrics_port: int = 9464
     """The first worker's Prometheus port; the others take the next ones (0: none served)."""
+    security: SecuritySetup | None = None
+    """Run NATS with these users, permissions and TLS (``mbx up --secure``)."""
     console: Console = field(default_factory=lambda: Console(stderr=False))
     nats: EmbeddedNats | EmbeddedNatsCluster | None = None
     postgres: EmbeddedPostgres | None = None
@@ -100,7 +104,7 @@ class Stack:
             nats_url, database_url = self._start_servers()
             self.console.print("[bold]applying migrations[/bold]")
             upgrade(database_url)
-            asyncio.run(_ensure_topology(nats_url, self.settings))
+            asyncio.run(_ensure_topology(nats_url, self._operator()))
             self._start_workers(nats_url, database_url)
             self.console.print("[bold]waiting for the workers[/bold] to pull and report")
             asyncio.run(self._wait_ready(nats_url))
@@ -124,18 +128,29 @@ class Stack:
         if not nats_url:
             profile = "sync_interval: always" if self.settings.durability == "production" else "default fsync (2 min)"
             sync_always = self.settings.durability == "production"
+            extra = self.security.server_config.read_text() if self.security else ""
+            route_tls = route_tls_block(self.security) if self.security else ""
             if self.cluster > 1:
                 self.console.print(
                     f"[bold]starting a cluster of {self.cluster} nats-servers[/bold] (JetStream, {profile}, "
                     f"{self.settings.stream_replicas} copies of each stream)"
                 )
                 self.nats = EmbeddedNatsCluster(
-                    data / "nats-cluster", size=self.cluster, port=self.nats_port, sync_always=sync_always
+                    data / "nats-cluster",
+                    size=self.cluster,
+                    port=self.nats_port,
+                    sync_always=sync_always,
+                    extra_config=extra,
+                    route_tls=route_tls,
                 )
             else:
                 self.console.print(f"[bold]starting nats-server[/bold] (JetStream, {profile})")
                 self.nats = EmbeddedNats(
-                    data / "nats", port=self.nats_port, sync_always=sync_always, monitor_port=self.nats_port + 4000
+                    data / "nats",
+                    port=self.nats_port,
+                    sync_always=sync_always,
+                    monitor_port=self.nats_port + 4000,
+                    extra_config=extra,
                 )
             self.nats.start()
             nats_url = self.nats.url
@@ -170,6 +185,8 @@ class Stack:
         for n, worker in enumerate(self.workers):
             if self.metrics_port:
                 worker.env = {"MBX_METRICS_PORT": str(self.metrics_port + n)}
+            if self.security:
+                worker.env |= access(self.security, kind_of(worker.name, self.replicas))
             worker.proc = spawn(worker.args, worker.log_file, env=self._env | worker.env)
 
     def _nats_monitor_url(self) -> str | None:
@@ -178,6 +195,20 @@ class Stack:
         if node is None or not node.monitor_port:
             return None
         return f"http://{node.host}:{node.monitor_port}"
+
+    def _operator_access(self) -> dict[str, str] | None:
+        """The operator's credentials (settings field names), for this supervisor and the CLI."""
+        if self.security is None:
+            return None
+        env = access(self.security, "operator")
+        return {k.removeprefix("MBX_").lower(): v for k, v in env.items()}
+
+    def _operator(self) -> Settings:
+        access_ = self._operator_access()
+        if access_ is None:
+            return self.settings
+        files = {k: Path(v) for k, v in access_.items() if k.endswith("_file")}
+        return self.settings.model_copy(update={"nats_user": access_["nats_user"], **files})
 
     def _log(self, name: str) -> Path:
         return self.settings.data_dir / "logs" / f"{name}.log"
@@ -191,7 +222,7 @@ class Stack:
             *topology.aggregator_consumers(),
             *(topology.executor_consumer(b) for b in self.config.enabled_brokers()),
         ]
-        nc = await nats.connect(servers=split_servers(nats_url))
+        nc = await nats.connect(servers=split_servers(nats_url), **connect_options(self._operator()))
         try:
             js = nc.jetstream()
             status_kv = await open_bucket(js, topology.subjects.status_bucket)
@@ -226,6 +257,8 @@ class Stack:
         self.console.print("[bold]starting the dashboard[/bold]")
         reader = dashboard_database_url(self.settings, database_url)
         env = dashboard.environment(nats_url, reader, self.settings.subject_prefix)
+        if self.security:
+            env |= access(self.security, "operator")  # the dashboard acts for operators
         process = WorkerProcess("dashboard", dashboard.command(port), self.settings.data_dir / "logs" / "dashboard.log")
         process.proc = spawn(process.args, process.log_file, env=env)
         self.workers.append(process)
@@ -251,6 +284,7 @@ class Stack:
                     "pid": os.getpid(),
                     "nats_url": nats_url,
                     "database_url": database_url,
+                    "nats_access": self._operator_access(),
                     "workers": {w.name: w.proc.pid for w in self.workers if w.proc},
                     "servers": self._server_pids(),
                 },
@@ -328,6 +362,11 @@ class Stack:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def kind_of(name: str, replicas: int) -> str:
+    """``router-2`` -> ``router`` (the role every replica of a worker shares)."""
+    return name.rsplit("-", 1)[0] if replicas > 1 else name
+
+
 def replica_names(kind: str, replicas: int) -> list[str]:
     """``router``, or ``router-1``, ``router-2``... when several processes share its consumers."""
     return [kind] if replicas == 1 else [f"{kind}-{n}" for n in range(1, replicas + 1)]
@@ -356,7 +395,7 @@ async def _not_ready(js: Any, status_kv: Any, consumers: list[ConsumerSpec], bro
 
 async def _ensure_topology(nats_url: str, settings: Settings) -> None:
     use_replicas(settings.stream_replicas)
-    nc = await nats.connect(servers=split_servers(nats_url))
+    nc = await nats.connect(servers=split_servers(nats_url), **connect_options(settings))
     try:
         await ensure_streams(nc.jetstream(), settings.subjects)
     finally:

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ValidationError
 from contracts import INTENT_ID_HEADER, DeadLetterStage
 from workers.domain.config import ConfigError
 from workers.platform import metrics, telemetry
+from workers.platform.access import broker_options
 from workers.platform.bus import (
     BUS_UNAVAILABLE,
     RERUNS,
@@ -149,6 +150,8 @@ class Worker:
             logger=None,
             reconnected_cb=self._reconnected,
             disconnected_cb=self._disconnected,
+            error_cb=self._nats_error,
+            **broker_options(settings),
         )
         self._subscriptions: list[_Subscription] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -160,6 +163,16 @@ class Worker:
         self._in_hand: set[asyncio.Task[None]] = set()
         self._resuming: asyncio.Task[None] | None = None
         self.metrics_url: str | None = None
+        self.refusals: list[str] = []
+        """What NATS refused this worker (permissions, credentials), newest last."""
+
+    async def _nats_error(self, exc: Exception) -> None:
+        """What NATS refused (a permission, the credentials) is logged; the connection's own
+        troubles are told by the disconnect and reconnect lines."""
+        text = str(exc)
+        if "permissions violation" in text.lower() or "authorization" in text.lower():
+            self.refusals.append(text)
+            log.error("NATS refused", worker=self.name, error=text)
 
     async def _disconnected(self) -> None:
         if not self._stopping.is_set():

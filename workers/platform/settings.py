@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         default=False,
         description="Simulated brokers log every placement and lookup in their KV book (crash tests).",
     )
+    nats_user: str | None = Field(default=None, description="NATS user (`mbx security init` makes one per role).")
+    nats_password_file: Path | None = Field(
+        default=None, description="File holding the NATS user's password (mode 600)."
+    )
+    nats_ca_file: Path | None = Field(default=None, description="CA that signed the NATS servers' TLS certificates.")
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve Prometheus metrics on this port (unset: not served)."
     )
