@@ -296,7 +296,8 @@ async def test_position_snapshot_on_request_and_on_the_stream(
     [line] = [p for p in snapshot.positions if p.symbol == "SNAP"]
     assert line.quantity >= 7
     stored = await stream_messages(nc, "POSITIONS", "mbx.positions.alpaca")
-    assert PositionSnapshot.model_validate_json(stored[-1]).message_id == snapshot.message_id
+    # The answer is published too (a refresh after the fill may follow it on the stream).
+    assert snapshot.message_id in {PositionSnapshot.model_validate_json(m).message_id for m in stored}
 
 
 async def test_faults_are_switched_at_runtime_and_bad_requests_get_a_reason(pipeline: Pipeline, nc: NatsClient) -> None:

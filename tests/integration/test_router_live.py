@@ -87,10 +87,13 @@ async def test_a_rule_written_to_kv_changes_the_next_decision_without_restart(
 
 
 async def test_weights_written_to_kv_change_the_ranking(pipeline: Pipeline, nc: NatsClient) -> None:
-    """Cost-only weights rank the cheapest broker first; speed-only the fastest."""
+    """Cost-only weights rank the cheapest broker first; speed-only the fastest. Fill scores
+    measured from earlier tests' orders (this session's database) are left out, so every broker
+    has the same prior fill score and a fill-heavy weighting ties."""
 
     async def top(weights: dict[str, float]) -> BrokerName:
-        revision = await put_config(nc, parse_config({"routing": {"weights": weights}}))
+        routing = {"weights": weights, "min_fill_samples": 10**9}
+        revision = await put_config(nc, parse_config({"routing": routing}))
 
         async def applied() -> RoutePreview | None:
             answer = await preview(nc, **CRYPTO)

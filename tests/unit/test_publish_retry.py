@@ -84,3 +84,25 @@ async def test_a_worker_handles_a_message_again_while_nats_cannot_answer_and_cou
     failures[:] = [NoStreamResponseError()]
     with pytest.raises(NoStreamResponseError):
         await Worker._while_bus_answers(handler, msg)  # past the retry window: left to redelivery
+
+
+async def test_a_rerun_waits_until_the_worker_is_back_on_nats(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the connection is away the handler is not run again: what it knew went stale."""
+    msg: Any = Msg(_client=None, subject="mbx.orders.intent.s1")
+    answers = iter([False, False, True])
+    asked: list[str] = []
+    runs: list[int] = []
+
+    def back() -> bool:
+        asked.append("asked")
+        return next(answers)
+
+    async def handler(m: Msg) -> str:
+        runs.append(len(asked))
+        if len(runs) == 1:
+            raise NoStreamResponseError()
+        return "routed"
+
+    monkeypatch.setattr(runtime, "BUS_PAUSE_S", (0.0, 0.0))
+    assert await Worker._while_bus_answers(handler, msg, back) == "routed"
+    assert runs == [0, 3]  # run again only once the third look found the connection back

@@ -164,6 +164,7 @@ class Worker:
         self._resuming: asyncio.Task[None] | None = None
         self.metrics_url: str | None = None
         self.refusals: list[str] = []
+        self._away = False
         """What NATS refused this worker (permissions, credentials), newest last."""
 
     async def _nats_error(self, exc: Exception) -> None:
@@ -174,7 +175,12 @@ class Worker:
             self.refusals.append(text)
             log.error("NATS refused", worker=self.name, error=text)
 
+    def _back(self) -> bool:
+        """Connected, and ``connection_changed`` has run since the connection last dropped."""
+        return not self._away and self.broker.connection.is_connected
+
     async def _disconnected(self) -> None:
+        self._away = True
         if not self._stopping.is_set():
             log.warning("disconnected from NATS; reconnecting", worker=self.name)
             self.connection_changed()
@@ -182,6 +188,7 @@ class Worker:
     async def _reconnected(self) -> None:
         log.info("reconnected to NATS", worker=self.name)
         self.connection_changed()
+        self._away = False
         if self._js is not None and not self._stopping.is_set():
             if self._resuming is not None:
                 self._resuming.cancel()  # this connection is the one to resume on
@@ -473,7 +480,7 @@ class Worker:
     ) -> str:
         keepalive = asyncio.create_task(_keep_in_progress(msg, spec.ack_wait_seconds / 3))
         try:
-            outcome = await self._while_bus_answers(process, msg)
+            outcome = await self._while_bus_answers(process, msg, self._back)
         except PoisonMessage as exc:
             outcome = await self._dead_letter(stage, msg, str(exc))
         except DETERMINISTIC as exc:
@@ -493,11 +500,16 @@ class Worker:
         return outcome
 
     @staticmethod
-    async def _while_bus_answers(process: Callable[[Msg], Awaitable[str]], msg: Msg) -> str:
-        """``process``, run again at once while NATS cannot answer (a cluster electing a
-        stream's leader, a reconnect), for up to ``RETRY_FOR_S``: a nak may not reach the
-        server then either, and the redelivery would wait out the ack wait. Every handler is
-        idempotent (a redelivery repeats it the same way); the message stays in progress."""
+    async def _while_bus_answers(
+        process: Callable[[Msg], Awaitable[str]], msg: Msg, connected: Callable[[], bool] = lambda: True
+    ) -> str:
+        """``process``, run again while NATS cannot answer (a cluster electing a stream's
+        leader, a reconnect), for up to ``RETRY_FOR_S``: a nak may not reach the server then
+        either, and the redelivery would wait out the ack wait. Every handler is idempotent (a
+        redelivery repeats it the same way); the message stays in progress. A run again waits
+        for the connection first: what a worker knew of the world (the brokers' heartbeats)
+        went stale while it was away, and ``connection_changed`` must have run on its return
+        (a rerun during a server restart once rejected an intent for want of fresh heartbeats)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + RETRY_FOR_S
         pause = BUS_PAUSE_S[0]
@@ -513,6 +525,10 @@ class Worker:
                         "NATS cannot answer yet; handling again", error=f"{type(exc).__name__}: {exc}", pause_s=pause
                     )
                 await asyncio.sleep(pause)
+                while not connected():
+                    if loop.time() > deadline:
+                        raise ConnectionError("NATS did not come back in time; left for redelivery")
+                    await asyncio.sleep(BUS_PAUSE_S[0])
                 pause = min(pause * 2, BUS_PAUSE_S[1])
                 RERUNS.set(RERUNS.get() + 1)  # the next run sees one delivery more, and looks first
         finally:
