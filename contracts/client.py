@@ -91,6 +91,10 @@ def _producer_span(name: str, intent_id: str, headers: dict[str, str]) -> Iterat
         yield
 
 
+class SubscribeDenied(PermissionError):
+    """The server refused this connection's user reading a subject."""
+
+
 class PublishDenied(PermissionError):
     """The server refused this connection's user the subject (its permissions do not allow it).
     Sent again it would be refused again: raised at once, with the server's words."""
@@ -192,6 +196,7 @@ class MbxClient:
         self.refusals: list[str] = []
         """What the server refused this connection (permission violations), newest last: nats-py
         reports them only to its error callback, which ``connect`` installs."""
+        self._checks_refusals = False
 
     def _refused(self, subject: str) -> PublishDenied | None:
         quoted = f'"{subject}"'
@@ -224,6 +229,7 @@ class MbxClient:
         nc = await nats.connect(servers=split_servers(url), error_cb=on_error, **options)
         client = cls(nc, Subjects(prefix))
         client.refusals = refusals
+        client._checks_refusals = True
         try:
             yield client
         finally:
@@ -273,36 +279,41 @@ class MbxClient:
         )
         return SubmitAck(stream=ack.stream, sequence=ack.seq, duplicate=bool(ack.duplicate))
 
-    async def track(self, intent_id: str) -> IntentTracker:
-        """Start following one intent's routes and reports (call before ``submit``)."""
+    def _results(self, strategy_id: str | None) -> tuple[str, str]:
+        """Route and report subjects to follow: one strategy's (all a strategy's user may read),
+        or every strategy's (an operator)."""
+        if strategy_id is None:
+            return f"{self.subjects.prefix}.routes.>", f"{self.subjects.prefix}.exec.>"
+        routes, reports, _ = self.subjects.results_of(strategy_id)
+        return routes, reports
+
+    async def track(self, intent_id: str, strategy_id: str | None = None) -> IntentTracker:
+        """Start following one intent's routes and reports (call before ``submit``). Give the
+        intent's ``strategy_id`` when connected as that strategy: its user may read only its own."""
         tracker = IntentTracker(intent_id)
+        routes, reports = self._results(strategy_id)
 
         def matches(msg: Msg) -> bool:
             return (msg.headers or {}).get(INTENT_ID_HEADER) == intent_id
 
-        tracker._subs.append(
-            await self._subscribe(f"{self.subjects.prefix}.routes.>", RouteDecision, tracker._on_route, matches)
-        )
-        tracker._subs.append(
-            await self._subscribe(f"{self.subjects.prefix}.exec.>", ExecutionReport, tracker._on_report, matches)
-        )
+        tracker._subs.append(await self._subscribe(routes, RouteDecision, tracker._on_route, matches))
+        tracker._subs.append(await self._subscribe(reports, ExecutionReport, tracker._on_report, matches))
         return tracker
 
-    async def track_many(self, intent_ids: Iterable[str]) -> BatchTracker:
+    async def track_many(self, intent_ids: Iterable[str], strategy_id: str | None = None) -> BatchTracker:
         """Follow the final reports of many intents with one subscription (call before submitting)."""
         tracker = BatchTracker(set(intent_ids))
+        _, reports = self._results(strategy_id)
 
         def matches(msg: Msg) -> bool:
             return (msg.headers or {}).get(INTENT_ID_HEADER) in tracker.waiting
 
-        tracker._subs.append(
-            await self._subscribe(f"{self.subjects.prefix}.exec.>", ExecutionReport, tracker._on_report, matches)
-        )
+        tracker._subs.append(await self._subscribe(reports, ExecutionReport, tracker._on_report, matches))
         return tracker
 
     async def submit_and_wait(self, intent: OrderIntent, timeout: float = 30.0) -> IntentTracker:
         """Submit an intent and wait for its terminal report."""
-        tracker = await self.track(intent.intent_id)
+        tracker = await self.track(intent.intent_id, intent.strategy_id)
         try:
             await self.submit(intent)
             await tracker.wait(timeout)
@@ -327,13 +338,13 @@ class MbxClient:
             return (msg.headers or {}).get(STRATEGY_ID_HEADER) == strategy_id
 
         subs = []
-        p = self.subjects.prefix
+        routes, reports, fills = self.subjects.results_of(strategy_id)
         if on_route:
-            subs.append(await self._subscribe(f"{p}.routes.>", RouteDecision, on_route, matches))
+            subs.append(await self._subscribe(routes, RouteDecision, on_route, matches))
         if on_report:
-            subs.append(await self._subscribe(f"{p}.exec.>", ExecutionReport, on_report, matches))
+            subs.append(await self._subscribe(reports, ExecutionReport, on_report, matches))
         if on_fill:
-            subs.append(await self._subscribe(f"{p}.fills.>", Fill, on_fill, matches))
+            subs.append(await self._subscribe(fills, Fill, on_fill, matches))
         return subs
 
     async def _subscribe(
@@ -349,7 +360,19 @@ class MbxClient:
             if asyncio.iscoroutine(result):
                 await result
 
-        return await self._nc.subscribe(subject, cb=handle)
+        sub = await self._nc.subscribe(subject, cb=handle)
+        if self._checks_refusals:
+            # A refused subscription is told only to the error callback, and then nothing ever
+            # arrives: wait for the server's word (a ping round trip) and say so plainly.
+            await self._nc.flush()
+            quoted = f'subscription to "{subject}"'
+            if any(quoted in text.lower() for text in self.refusals):
+                await sub.unsubscribe()
+                raise SubscribeDenied(
+                    f"NATS refused this user reading {subject}; a strategy may read only its own results: "
+                    "pass its strategy_id (track(intent_id, strategy_id), submit_and_wait does)"
+                )
+        return sub
 
     async def __aenter__(self) -> MbxClient:
         return self

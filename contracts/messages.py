@@ -272,7 +272,7 @@ class ReferenceQuote(BaseModel):
 
 
 class RouteDecision(Message):
-    """Where the router sent an intent, and why. Published to ``mbx.routes.<broker>``."""
+    """Where the router sent an intent, and why. Published to ``mbx.routes.<broker>.<strategy>``."""
 
     intent_id: IntentId
     strategy_id: StrategyId
@@ -310,7 +310,7 @@ class RouteDecision(Message):
 
 
 class ExecutionReport(Message):
-    """The state of an order at a broker. Published to ``mbx.exec.<broker>.<status>``.
+    """The state of an order at a broker. Published to ``mbx.exec.<broker>.<status>.<strategy>``.
 
     ``broker`` is empty when the router rejected the intent before choosing one; such reports
     go to ``mbx.exec.unrouted.rejected``. ``report_seq`` increases with every report for the
@@ -352,10 +352,11 @@ class ExecutionReport(Message):
 class CancelReject(Message):
     """A cancel request that could not be carried out, and why (FIX's OrderCancelReject).
 
-    Published to ``mbx.exec.<broker>.cancel_rejected`` (``unrouted`` when no broker holds the
+    Published to ``mbx.exec.<broker>.cancel_rejected.<strategy>`` (``unrouted`` when no broker holds the
     intent). ``reason_code`` is ``unknown_order`` (mbx has no order for this intent: never
-    routed, or not placed yet) or ``too_late_to_cancel`` (the order already reached
-    ``order_status``, a terminal state). The order itself is unchanged.
+    routed, or not placed yet), ``too_late_to_cancel`` (the order already reached
+    ``order_status``, a terminal state) or ``not_your_order`` (the intent belongs to another
+    strategy). The order itself is unchanged.
     """
 
     intent_id: IntentId
@@ -367,7 +368,7 @@ class CancelReject(Message):
 
 
 class Fill(Message):
-    """One execution of (part of) an order. Published to ``mbx.fills.<broker>.<symbol>``."""
+    """One execution of (part of) an order. Published to ``mbx.fills.<broker>.<symbol>.<strategy>``."""
 
     fill_id: str = Field(min_length=1, max_length=200)
     intent_id: IntentId

@@ -14,8 +14,14 @@ from dataclasses import dataclass, field
 
 from contracts.enums import BrokerName, DeadLetterStage, OrderStatus
 
+SUBJECTS_VERSION = 2
+"""The subject layout. 2: routes, execution reports, cancel rejections and fills end with the
+strategy id, so a strategy can be allowed its own results and no other's (version 1 ended them
+with the broker, status or symbol). Executors also consume version-1 routes still stored."""
+
 DEFAULT_PREFIX = "mbx"
 UNROUTED = "unrouted"
+CANCEL_REJECTED = "cancel_rejected"
 """Broker token of reports about intents the router rejected before choosing a broker."""
 
 INTENT_ID_HEADER = "Mbx-Intent-Id"
@@ -114,8 +120,12 @@ class Subjects:
     def cancel(self, strategy_id: str) -> str:
         return f"{self.prefix}.orders.cancel.{strategy_id}"
 
-    def route(self, broker: BrokerName | str) -> str:
-        return f"{self.prefix}.routes.{broker}"
+    def route(self, broker: BrokerName | str, strategy_id: str) -> str:
+        return f"{self.prefix}.routes.{broker}.{strategy_id}"
+
+    def routes_to(self, broker: BrokerName | str) -> tuple[str, str]:
+        """Every route to ``broker``: whatever the strategy, and as version 1 named them."""
+        return f"{self.prefix}.routes.{broker}.*", f"{self.prefix}.routes.{broker}"
 
     def cancel_route(self, broker: BrokerName | str) -> str:
         """A cancel request forwarded to the broker that holds the order."""
@@ -125,14 +135,25 @@ class Subjects:
         """Request/reply: switch a simulated broker's faults at runtime."""
         return f"{self.prefix}.control.{broker}"
 
-    def execution(self, broker: BrokerName | str | None, status: OrderStatus | str) -> str:
-        return f"{self.prefix}.exec.{broker or UNROUTED}.{status}"
+    def execution(self, broker: BrokerName | str | None, status: OrderStatus | str, strategy_id: str) -> str:
+        return f"{self.prefix}.exec.{broker or UNROUTED}.{status}.{strategy_id}"
 
-    def cancel_reject(self, broker: BrokerName | str | None) -> str:
-        return f"{self.prefix}.exec.{broker or UNROUTED}.cancel_rejected"
+    def cancel_reject(self, broker: BrokerName | str | None, strategy_id: str) -> str:
+        return f"{self.prefix}.exec.{broker or UNROUTED}.{CANCEL_REJECTED}.{strategy_id}"
 
-    def fill(self, broker: BrokerName | str, symbol: str) -> str:
-        return f"{self.prefix}.fills.{broker}.{symbol_token(symbol)}"
+    def fill(self, broker: BrokerName | str, symbol: str, strategy_id: str) -> str:
+        return f"{self.prefix}.fills.{broker}.{symbol_token(symbol)}.{strategy_id}"
+
+    def results_of(self, strategy_id: str) -> tuple[str, str, str]:
+        """The routes, reports (cancel rejections included) and fills of one strategy's intents:
+        what a strategy's user may read."""
+        p = self.prefix
+        return f"{p}.routes.*.{strategy_id}", f"{p}.exec.*.*.{strategy_id}", f"{p}.fills.*.*.{strategy_id}"
+
+    def is_cancel_reject(self, subject: str) -> bool:
+        """A cancel rejection's subject (version 1 or 2), not an execution report's."""
+        parts = subject.split(".")
+        return len(parts) >= 4 and parts[0] == self.prefix and parts[1] == "exec" and parts[3] == CANCEL_REJECTED
 
     def failover(self, broker: BrokerName | str) -> str:
         return f"{self.prefix}.failover.{broker}"

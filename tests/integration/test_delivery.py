@@ -181,7 +181,7 @@ async def test_a_message_whose_deliveries_all_died_is_delivered_again(nc: NatsCl
     spec = isolated.topology.executor_consumer(BrokerName.SCHWAB)
     await ensure_consumer(js, spec)
     route = make_route(broker=BrokerName.SCHWAB)
-    await publish(js, isolated.subjects.route(BrokerName.SCHWAB), route, intent_id=route.intent_id)
+    await publish(js, isolated.subjects.route(BrokerName.SCHWAB, route.strategy_id), route, intent_id=route.intent_id)
     pull = await js.pull_subscribe_bind(spec.durable, spec.stream)
     for delivery in range(1, spec.give_up_after + 3):
         [msg] = await pull.fetch(1, timeout=5)

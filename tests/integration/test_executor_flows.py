@@ -168,7 +168,7 @@ async def cancel(nc: NatsClient, intent_id: str, strategy: str = "canceller") ->
 
 
 async def cancel_rejects(nc: NatsClient, intent_id: str) -> list[CancelReject]:
-    found = await stream_messages(nc, "EXECUTIONS", "mbx.exec.*.cancel_rejected")
+    found = await stream_messages(nc, "EXECUTIONS", "mbx.exec.*.cancel_rejected.*")
     return [r for r in (CancelReject.model_validate_json(m) for m in found) if r.intent_id == intent_id]
 
 
@@ -227,7 +227,7 @@ async def test_a_cancel_that_overtakes_its_order_still_cancels_it(
     await publish_json(nc, slow, strategy="canceller")
 
     async def routed() -> bool:
-        routes = await stream_messages(nc, "ROUTES", "mbx.routes.alpaca")
+        routes = await stream_messages(nc, "ROUTES", "mbx.routes.alpaca.*")
         return any(json.loads(m)["intent_id"] == slow["intent_id"] for m in routes)
 
     await eventually(routed)

@@ -84,7 +84,7 @@ async def test_ambiguous_timeout_at_alpaca_is_resolved_by_lookup_after_the_422(
     # While the outcome was ambiguous the order was reported `unknown`, superseded by what followed.
     reports = [
         ExecutionReport.model_validate_json(m)
-        for m in await stream_messages(nc, "EXECUTIONS", "mbx.exec.alpaca.unknown")
+        for m in await stream_messages(nc, "EXECUTIONS", "mbx.exec.alpaca.unknown.*")
     ]
     [unknown] = [r for r in reports if r.intent_id == payload["intent_id"]]
     assert (unknown.report_seq, unknown.reason_code, unknown.final) == (0, "outcome_unknown", False)
@@ -125,7 +125,7 @@ async def test_a_replayed_route_at_schwab_places_nothing_twice(
     assert order["broker_name"] == "schwab"
     [route] = [
         m
-        for m in await stream_messages(nc, "ROUTES", "mbx.routes.schwab")
+        for m in await stream_messages(nc, "ROUTES", "mbx.routes.schwab.*")
         if json.loads(m)["intent_id"] == payload["intent_id"]
     ]
     await nc.jetstream().publish(

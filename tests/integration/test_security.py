@@ -23,8 +23,8 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from contracts import BrokerName, OrderIntent, Subjects
-from contracts.client import MbxClient, PublishDenied
+from contracts import BrokerName, CancelReject, CancelRequest, OrderIntent, Subjects
+from contracts.client import MbxClient, PublishDenied, SubscribeDenied
 from tests.builders import CRYPTO, FRACTIONAL, OPTION, intent_payload
 from tests.conftest import eventually, fetch_all, new_database, simulated_venue, unthrottled
 from tests.servers import Servers
@@ -121,17 +121,24 @@ async def test_every_worker_runs_as_its_role_and_an_intent_fills(
             for intent in intents:
                 tracker = await client.submit_and_wait(intent, timeout=30)
                 assert tracker.terminal is not None and str(tracker.terminal.status) == "filled", intent
-            tracker = await client.track(resting.intent_id)
+            with pytest.raises(SubscribeDenied, match="pass its strategy_id"):
+                await client.track(resting.intent_id)  # every strategy's results: not for s1
+            tracker = await client.track(resting.intent_id, "s1")
             await client.submit(resting)
 
             async def accepted() -> bool:
                 return any(str(r.status) == "accepted" for r in tracker.reports)
 
             await eventually(accepted, timeout=30)
+            # Another strategy names s1's intent on its own cancel subject: refused, order unchanged.
+            assert await cancel_as_another(secured, "s2", resting.intent_id) == "not_your_order"
+            assert not tracker.terminal
             await client.cancel(resting.intent_id, "s1", reason="security test")  # the router forwards it
             assert str((await tracker.wait(30)).status) == "cancelled"
             await tracker.close()
-            assert client.refusals == []
+            assert client.refusals == [
+                'nats: permissions violation for subscription to "mbx.routes.>"'
+            ]  # the one above
         # An operator asks the aggregator for a fresh portfolio: it asks every executor in turn.
         reply = await operator.request(Subjects().api("portfolio.sync"), b"", timeout=15)
         assert reply.data
@@ -149,6 +156,30 @@ async def test_every_worker_runs_as_its_role_and_an_intent_fills(
         await db.dispose()
 
 
+async def cancel_as_another(secured: tuple[EmbeddedNats, security.SecuritySetup], strategy: str, intent_id: str) -> str:
+    """``strategy`` asks to cancel ``intent_id`` on its own cancel subject; the reason code of
+    the answer it reads on its own results."""
+    server, setup = secured
+    nc = await nats.connect(server.url, **connect_options(as_role(setup, server, f"strategy-{strategy}")))
+    try:
+        answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        async def got(msg: Any) -> None:
+            if not answer.done():
+                answer.set_result(msg.data)
+
+        await nc.subscribe(Subjects().cancel_reject("*", strategy), cb=got)
+        request = CancelRequest(
+            message_id=f"cancel-{uuid.uuid4().hex}", correlation_id=intent_id, intent_id=intent_id, strategy_id=strategy
+        )
+        await nc.jetstream().publish(
+            Subjects().cancel(strategy), request.model_dump_json().encode(), headers={"Nats-Msg-Id": request.message_id}
+        )
+        return CancelReject.model_validate_json(await asyncio.wait_for(answer, 20)).reason_code
+    finally:
+        await nc.close()
+
+
 async def test_a_strategy_may_not_publish_another_strategys_intent(
     secured: tuple[EmbeddedNats, security.SecuritySetup],
 ) -> None:
@@ -160,7 +191,7 @@ async def test_a_strategy_may_not_publish_another_strategys_intent(
         assert any("permissions violation" in r.lower() for r in client.refusals)
 
 
-async def test_a_strategy_may_not_read_dead_letters_streams_or_others_replies_nor_change_the_config(
+async def test_a_strategy_reads_only_its_own_results_and_no_dead_letters_streams_replies_or_config(
     secured: tuple[EmbeddedNats, security.SecuritySetup],
 ) -> None:
     server, setup = secured
@@ -180,6 +211,8 @@ async def test_a_strategy_may_not_read_dead_letters_streams_or_others_replies_no
 
         await nc.subscribe("mbx.dlq.>", cb=got)
         await nc.subscribe(f"{inbox_prefix('strategy-s2')}.>", cb=got)
+        for subject in (*Subjects().results_of("s2"), "mbx.fills.>", "mbx.exec.>"):
+            await nc.subscribe(subject, cb=got)  # another strategy's results, or everyone's
         with pytest.raises(nats.errors.TimeoutError):
             await js.stream_info("DLQ")
         with pytest.raises(nats.errors.TimeoutError):
@@ -194,6 +227,8 @@ async def test_a_strategy_may_not_read_dead_letters_streams_or_others_replies_no
         assert f'permissions violation for subscription to "{inbox_prefix("strategy-s2").lower()}.>"' in text
         assert '"$js.api.stream.info.dlq"' in text
         assert '"$kv.mbx_config.trading"' in text
+        for subject in (*Subjects().results_of("s2"), "mbx.fills.>", "mbx.exec.>"):
+            assert f'permissions violation for subscription to "{subject}"' in text, subject
         assert seen == []
     finally:
         await nc.close()

@@ -131,10 +131,19 @@ def test_subjects_follow_the_design_table() -> None:
     """Subject strings, with a custom prefix and symbols made into single tokens."""
     s = Subjects()
     assert s.intent("strat1") == "mbx.orders.intent.strat1"
-    assert s.route("alpaca") == "mbx.routes.alpaca"
-    assert s.execution("alpaca", OrderStatus.FILLED) == "mbx.exec.alpaca.filled"
-    assert s.execution(None, OrderStatus.REJECTED) == "mbx.exec.unrouted.rejected"
-    assert s.fill("alpaca", "BRK.B") == "mbx.fills.alpaca.BRK_B"
+    assert s.route("alpaca", "s1") == "mbx.routes.alpaca.s1"
+    assert s.execution("alpaca", OrderStatus.FILLED, "s1") == "mbx.exec.alpaca.filled.s1"
+    assert s.execution(None, OrderStatus.REJECTED, "s1") == "mbx.exec.unrouted.rejected.s1"
+    assert s.fill("alpaca", "BRK.B", "s1") == "mbx.fills.alpaca.BRK_B.s1"
+    assert s.cancel_reject("alpaca", "s1") == "mbx.exec.alpaca.cancel_rejected.s1"
+    # A strategy's results, and nothing of another's, match its three wildcards.
+    own = s.results_of("s1")
+    assert own == ("mbx.routes.*.s1", "mbx.exec.*.*.s1", "mbx.fills.*.*.s1")
+    assert s.is_cancel_reject("mbx.exec.alpaca.cancel_rejected.s1")
+    assert s.is_cancel_reject("mbx.exec.alpaca.cancel_rejected")  # version 1, still readable
+    assert not s.is_cancel_reject("mbx.exec.alpaca.filled.s1")
+    # Executors consume routes of any strategy, and version-1 routes still stored.
+    assert s.routes_to("ibkr") == ("mbx.routes.ibkr.*", "mbx.routes.ibkr")
     assert s.dlq("router") == "mbx.dlq.router"
     assert [st.name for st in s.streams] == ["ORDERS", "ROUTES", "EXECUTIONS", "POSITIONS", "DLQ"]
     assert Subjects("desk2").stream_name("ORDERS") == "DESK2_ORDERS"

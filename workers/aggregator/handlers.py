@@ -62,7 +62,7 @@ class AggregatorHandlers:
 
     def decode(self, msg: Msg) -> Envelope:
         kind = self.worker.subjects.kind(msg.subject)
-        if kind == "exec" and msg.subject.endswith(".cancel_rejected"):
+        if kind == "exec" and self.worker.subjects.is_cancel_reject(msg.subject):
             return Envelope(msg.subject, parse(CancelReject, msg.data))
         model = MODELS.get(kind)
         if model is None:

@@ -188,7 +188,7 @@ async def _submit(intent: OrderIntent, url: str, prefix: str, timeout: float) ->
 
     try:
         async with MbxClient.connect(url, prefix=prefix, **client_options()) as client:
-            tracker = await client.track(intent.intent_id)
+            tracker = await client.track(intent.intent_id, intent.strategy_id)
             ack = await client.submit(intent)
             dup = " (duplicate: this intent id was already submitted)" if ack.duplicate else ""
             console.print(f"submitted [bold]{intent.intent_id}[/bold] to {ack.stream} seq {ack.sequence}{dup}")
@@ -221,7 +221,10 @@ async def _submit(intent: OrderIntent, url: str, prefix: str, timeout: float) ->
 @app.command()
 def cancel(
     intent_id: Annotated[str | None, typer.Argument(help="The intent whose order to cancel.")] = None,
-    strategy: Annotated[str, typer.Option(help="Strategy id the request is sent as.")] = "cli",
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="Strategy id the request is sent as (default: the intent's own while its order works; cli)."),
+    ] = None,
     reason: Annotated[str, typer.Option(help="Why, for the audit trail.")] = "",
     file: Annotated[
         Path | None,
@@ -242,7 +245,8 @@ def cancel(
         if file is not None
         else {"intent_id": intent_id, "strategy_id": strategy, "reason": reason}
     )
-    raw.setdefault("strategy_id", strategy)
+    given = raw.get("strategy_id") is not None
+    raw["strategy_id"] = raw.get("strategy_id") or "cli"
     raw.setdefault("message_id", f"cancel-{uuid.uuid4().hex}")
     raw.setdefault("correlation_id", raw.get("intent_id") or "")
     try:
@@ -250,14 +254,22 @@ def cancel(
     except ValidationError as exc:
         fail(f"invalid cancel request: {validation_problems(exc, 'request')}", EXIT_USAGE)
     url = resolve_nats_url(settings)
-    raise typer.Exit(asyncio.run(_cancel(request, url, Subjects(settings.subject_prefix), timeout)))
+    raise typer.Exit(asyncio.run(_cancel(request, url, Subjects(settings.subject_prefix), timeout, given)))
 
 
-async def _cancel(request: CancelRequest, url: str, subjects: Subjects, timeout: float) -> int:
+async def _cancel(request: CancelRequest, url: str, subjects: Subjects, timeout: float, given: bool) -> int:
     from workers.platform.bus import publish  # noqa: PLC0415
+    from workers.platform.order_ledger import OrderLedger  # noqa: PLC0415
+    from workers.platform.topology import Topology  # noqa: PLC0415
 
     nc = await connect(url)
     try:
+        if not given:
+            # An operator cancels for the strategy that sent the intent: the router refuses a
+            # cancel from any other strategy.
+            entry = await OrderLedger(nc.jetstream, Topology(subjects).order_ledger_bucket).get(request.intent_id)
+            if entry is not None and entry.decision is not None:
+                request = request.model_copy(update={"strategy_id": entry.decision.strategy_id})
         outcome: asyncio.Future[tuple[str, bytes]] = asyncio.get_running_loop().create_future()
 
         async def seen(msg: Any) -> None:
@@ -265,9 +277,8 @@ async def _cancel(request: CancelRequest, url: str, subjects: Subjects, timeout:
                 outcome.set_result((msg.subject, msg.data))
 
         subs = [
-            await nc.subscribe(subjects.execution("*", "cancelled"), cb=seen),
-            await nc.subscribe(subjects.cancel_reject("*"), cb=seen),
-            await nc.subscribe(subjects.cancel_reject(None), cb=seen),
+            await nc.subscribe(subjects.execution("*", "cancelled", request.strategy_id), cb=seen),
+            await nc.subscribe(subjects.cancel_reject("*", request.strategy_id), cb=seen),
         ]
         await publish(nc.jetstream(), subjects.cancel(request.strategy_id), request, intent_id=request.intent_id)
         try:
@@ -280,7 +291,7 @@ async def _cancel(request: CancelRequest, url: str, subjects: Subjects, timeout:
                 await sub.unsubscribe()
     finally:
         await nc.close()
-    if subject.endswith(".cancel_rejected"):
+    if subjects.is_cancel_reject(subject):
         reject = CancelReject.model_validate_json(data)
         status = f" (order {reject.order_status})" if reject.order_status else ""
         console.print(f"[red]not cancelled[/red]: {reject.reason_code}: {reject.reason}{status}")

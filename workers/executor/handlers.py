@@ -417,7 +417,7 @@ class ExecutorHandlers:
         reject = cancel_reject(request, self.venue.broker, code, why, status)
         await publish(
             self.worker.js,
-            self.worker.subjects.cancel_reject(self.venue.broker),
+            self.worker.subjects.cancel_reject(self.venue.broker, request.strategy_id),
             reject,
             intent_id=request.intent_id,
             strategy_id=request.strategy_id,
@@ -455,11 +455,11 @@ class ExecutorHandlers:
             self.after_fill()
         for message in messages:
             if isinstance(message, Fill):
-                subject = subjects.fill(message.broker, message.symbol)
+                subject = subjects.fill(message.broker, message.symbol, message.strategy_id)
             elif isinstance(message, FailoverEvent):
                 subject = subjects.failover(message.failed_broker)
             else:
-                subject = subjects.execution(message.broker, message.status)
+                subject = subjects.execution(message.broker, message.status, message.strategy_id)
             sends.append(
                 publish_checked(
                     self.worker.js, subject, message, intent_id=decision.intent_id, strategy_id=decision.strategy_id

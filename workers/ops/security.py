@@ -143,9 +143,7 @@ def roles(subjects: Subjects, strategies: list[str], brokers: list[BrokerName]) 
             Role(
                 f"strategy-{strategy}",
                 publish=(s.intent(strategy), s.cancel(strategy)),
-                # Reports, fills and routes carry no strategy in their subject (contract v1): a
-                # strategy reads every strategy's; see docs/operations.md.
-                subscribe=(s.all_executions, s.all_fills, s.all_routes),
+                subscribe=s.results_of(strategy),  # its own routes, reports and fills only
             )
         )
     out.append(Role("operator", publish=(">",), subscribe=(">",)))

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from contracts import (
+    SUBJECTS_VERSION,
     BrokerStatus,
     CancelReject,
     CancelRequest,
@@ -87,30 +88,38 @@ def asyncapi() -> dict[str, Any]:
             "Cancel requests for working orders.",
         ),
         "routeDecision": (
-            "mbx.routes.{broker}",
+            "mbx.routes.{broker}.{strategy_id}",
             "RouteDecision",
-            {"broker": broker},
+            {"broker": broker, "strategy_id": strategy},
             "Where each intent was routed and why.",
         ),
         "executionReport": (
-            "mbx.exec.{broker}.{status}",
+            "mbx.exec.{broker}.{status}.{strategy_id}",
             "ExecutionReport",
             {
                 "broker": _param("The broker, or 'unrouted' for a router rejection.", [*brokers, "unrouted"]),
                 "status": _param("The order status.", [str(x) for x in OrderStatus]),
+                "strategy_id": strategy,
             },
             "Order state changes at the brokers.",
         ),
         "cancelReject": (
-            "mbx.exec.{broker}.cancel_rejected",
+            "mbx.exec.{broker}.cancel_rejected.{strategy_id}",
             "CancelReject",
-            {"broker": _param("The broker holding the order, or 'unrouted' when none does.", [*brokers, "unrouted"])},
+            {
+                "broker": _param("The broker holding the order, or 'unrouted' when none does.", [*brokers, "unrouted"]),
+                "strategy_id": strategy,
+            },
             "Cancel requests that could not be carried out (unknown order, too late to cancel).",
         ),
         "fill": (
-            "mbx.fills.{broker}.{symbol}",
+            "mbx.fills.{broker}.{symbol}.{strategy_id}",
             "Fill",
-            {"broker": broker, "symbol": _param("The symbol with . and spaces replaced by _.")},
+            {
+                "broker": broker,
+                "symbol": _param("The symbol with . and spaces replaced by _."),
+                "strategy_id": strategy,
+            },
             "Executions.",
         ),
         "failoverEvent": (
@@ -179,7 +188,7 @@ def asyncapi() -> dict[str, Any]:
         "asyncapi": "3.0.0",
         "info": {
             "title": "mbx",
-            "version": "1.0.0",
+            "version": f"{SUBJECTS_VERSION}.0.0",
             "description": (
                 "Smart multi-broker execution over NATS JetStream. Subjects start with a configurable "
                 "prefix (default mbx). JetStream streams: " + streams

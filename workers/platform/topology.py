@@ -75,7 +75,7 @@ class Topology:
         return ConsumerSpec(
             stream=self.subjects.stream_name("ROUTES"),
             durable=f"executor-{broker}",
-            filter_subjects=(self.subjects.route(broker), self.subjects.cancel_route(broker)),
+            filter_subjects=(*self.subjects.routes_to(broker), self.subjects.cancel_route(broker)),
             # Short, so a crashed replica's orders come back quickly; placement takes well under it.
             ack_wait_seconds=10.0,
             description=f"Route decisions for {broker}, shared by its executor replicas.",

@@ -120,6 +120,19 @@ class RouterHandlers:
         structlog.contextvars.bind_contextvars(intent_id=request.intent_id)
         entry = await self.ledger.get(request.intent_id)
         subjects = self.worker.subjects
+        owner = entry.decision.strategy_id if entry is not None and entry.decision is not None else None
+        if owner is not None and owner != request.strategy_id:
+            # Each strategy may publish only on its own cancel subject; the intent id it names
+            # must be its own too, or it could cancel another strategy's order.
+            why = f"intent {request.intent_id} belongs to another strategy; a strategy cancels only its own"
+            await publish(
+                self.worker.js,
+                subjects.cancel_reject(None, request.strategy_id),
+                cancel_reject(request, None, "not_your_order", why),
+                intent_id=request.intent_id,
+                strategy_id=request.strategy_id,
+            )
+            return "cancel_rejected:not_your_order"
         broker = entry.broker if entry is not None else await self._routed_to(request.intent_id)
         if broker is None:
             if delivery_count(msg) < self.cancel_spec.give_up_after and await self._intents_in_flight():
@@ -129,7 +142,7 @@ class RouterHandlers:
             reject = cancel_reject(request, None, "unknown_order", why)
             await publish(
                 self.worker.js,
-                subjects.cancel_reject(None),
+                subjects.cancel_reject(None, request.strategy_id),
                 reject,
                 intent_id=request.intent_id,
                 strategy_id=request.strategy_id,
@@ -233,10 +246,11 @@ class RouterHandlers:
         subjects = self.worker.subjects
         message: Message
         if isinstance(outcome, RouteDecision):
-            subject, message, result = subjects.route(outcome.broker), outcome, f"routed:{outcome.broker}"
+            subject, message = subjects.route(outcome.broker, intent.strategy_id), outcome
+            result = f"routed:{outcome.broker}"
         else:
             report = rejection_report(intent, outcome, attempt)
-            subject, message = subjects.execution(None, OrderStatus.REJECTED), report
+            subject, message = subjects.execution(None, OrderStatus.REJECTED, intent.strategy_id), report
             result = f"rejected:{outcome.reason_code}"
         ours = Published.of(subject, message, intent.intent_id, intent.strategy_id)
         standing = await self.journal.claim(intent.intent_id, attempt, ours)
