@@ -158,7 +158,7 @@ async def test_a_broker_that_does_not_answer_makes_the_order_unknown_and_it_is_l
     alpaca = pipeline.venues[BrokerName.ALPACA]
     alpaca.faults.latency_ms = 30_000
     payload = intent_payload(strategy_id="slowbroker")
-    sub = await nc.subscribe("mbx.exec.alpaca.unknown")
+    sub = await nc.subscribe(Subjects().execution(BrokerName.ALPACA, "unknown", "slowbroker"))
     try:
         await publish_json(nc, payload, strategy="slowbroker")
         while True:

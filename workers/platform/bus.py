@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import contextvars
 import hashlib
 import json
 import uuid
@@ -241,18 +240,11 @@ def is_replay(msg: Msg) -> bool:
     return bool((msg.headers or {}).get(REPLAY_HEADER))
 
 
-RERUNS: contextvars.ContextVar[int] = contextvars.ContextVar("reruns", default=0)
-"""Times the message in hand was handled again in place (the worker runtime sets it)."""
-
-
 def delivery_count(msg: Msg) -> int:
-    """Deliveries of ``msg`` so far; each time it was handled again in place counts as one more
-    (an earlier run may have done part of the work, as an earlier delivery may have)."""
     try:
-        delivered = int(msg.metadata.num_delivered)
+        return int(msg.metadata.num_delivered)
     except Exception:  # noqa: BLE001  (a core message has no metadata; count it as one delivery)
-        delivered = 1
-    return delivered + RERUNS.get()
+        return 1
 
 
 def stored_at(msg: Msg) -> datetime | None:

@@ -37,8 +37,6 @@ from workers.platform import metrics, telemetry
 from workers.platform.access import broker_options
 from workers.platform.bus import (
     BUS_UNAVAILABLE,
-    RERUNS,
-    RETRY_FOR_S,
     dead_letter,
     delivery_count,
     ensure_consumer,
@@ -66,8 +64,6 @@ STEP_TIMEOUT = 2.0
 """Seconds each later step of ``stop`` may take: timers, clean-up, disconnect."""
 DRAIN_WAIT = 0.1
 """Seconds to wait for messages ``num_pending`` promised (another replica may have taken them)."""
-BUS_PAUSE_S = (0.1, 2.0)
-"""First and longest pause before a message is handled again while NATS cannot answer."""
 RESUME_PAUSE_S = (0.5, 5.0)
 """First and longest pause between two tries to resume after a reconnect."""
 
@@ -164,7 +160,6 @@ class Worker:
         self._resuming: asyncio.Task[None] | None = None
         self.metrics_url: str | None = None
         self.refusals: list[str] = []
-        self._away = False
         """What NATS refused this worker (permissions, credentials), newest last."""
 
     async def _nats_error(self, exc: Exception) -> None:
@@ -175,12 +170,7 @@ class Worker:
             self.refusals.append(text)
             log.error("NATS refused", worker=self.name, error=text)
 
-    def _back(self) -> bool:
-        """Connected, and ``connection_changed`` has run since the connection last dropped."""
-        return not self._away and self.broker.connection.is_connected
-
     async def _disconnected(self) -> None:
-        self._away = True
         if not self._stopping.is_set():
             log.warning("disconnected from NATS; reconnecting", worker=self.name)
             self.connection_changed()
@@ -188,7 +178,6 @@ class Worker:
     async def _reconnected(self) -> None:
         log.info("reconnected to NATS", worker=self.name)
         self.connection_changed()
-        self._away = False
         if self._js is not None and not self._stopping.is_set():
             if self._resuming is not None:
                 self._resuming.cancel()  # this connection is the one to resume on
@@ -480,7 +469,7 @@ class Worker:
     ) -> str:
         keepalive = asyncio.create_task(_keep_in_progress(msg, spec.ack_wait_seconds / 3))
         try:
-            outcome = await self._while_bus_answers(process, msg, self._back)
+            outcome = await process(msg)
         except PoisonMessage as exc:
             outcome = await self._dead_letter(stage, msg, str(exc))
         except DETERMINISTIC as exc:
@@ -498,41 +487,6 @@ class Worker:
         finally:
             keepalive.cancel()
         return outcome
-
-    @staticmethod
-    async def _while_bus_answers(
-        process: Callable[[Msg], Awaitable[str]], msg: Msg, connected: Callable[[], bool] = lambda: True
-    ) -> str:
-        """``process``, run again while NATS cannot answer (a cluster electing a stream's
-        leader, a reconnect), for up to ``RETRY_FOR_S``: a nak may not reach the server then
-        either, and the redelivery would wait out the ack wait. Every handler is idempotent (a
-        redelivery repeats it the same way); the message stays in progress. A run again waits
-        for the connection first: what a worker knew of the world (the brokers' heartbeats)
-        went stale while it was away, and ``connection_changed`` must have run on its return
-        (a rerun during a server restart once rejected an intent for want of fresh heartbeats)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + RETRY_FOR_S
-        pause = BUS_PAUSE_S[0]
-        reruns = RERUNS.set(0)
-        try:
-            while True:
-                try:
-                    return await process(msg)
-                except BUS_UNAVAILABLE as exc:
-                    if loop.time() + pause > deadline:
-                        raise
-                    log.info(
-                        "NATS cannot answer yet; handling again", error=f"{type(exc).__name__}: {exc}", pause_s=pause
-                    )
-                await asyncio.sleep(pause)
-                while not connected():
-                    if loop.time() > deadline:
-                        raise ConnectionError("NATS did not come back in time; left for redelivery")
-                    await asyncio.sleep(BUS_PAUSE_S[0])
-                pause = min(pause * 2, BUS_PAUSE_S[1])
-                RERUNS.set(RERUNS.get() + 1)  # the next run sees one delivery more, and looks first
-        finally:
-            RERUNS.reset(reruns)
 
     async def _retry_or_give_up(self, stage: DeadLetterStage, spec: ConsumerSpec, msg: Msg, exc: Exception) -> str:
         deliveries = delivery_count(msg)
