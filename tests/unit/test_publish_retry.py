@@ -44,4 +44,3 @@ async def test_it_gives_up_with_the_last_error_and_other_errors_are_not_retried(
     with pytest.raises(PermissionError):
         await publish_retrying(refused, "mbx.orders.intent.s1", b"{}", {"Nats-Msg-Id": "i-3"})
     assert len(refused.sent) == 1
-
