@@ -45,6 +45,23 @@ def wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> dict[
     raise AssertionError("mbx up did not come up in time")
 
 
+def assert_all_gone(pids: list[Any]) -> None:
+    """Every one of ``pids`` ends within 10 s."""
+    deadline = time.monotonic() + 10
+    while any(alive(int(p)) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [p for p in pids if alive(int(p))] == []
+
+
+def run_mbx(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``mbx <args>`` from another terminal, which must succeed; its output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "workers", *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
 @contextmanager
 def mbx_up(
     tmp_path: Path, *args: str, **env_vars: str
@@ -83,35 +100,16 @@ def test_up_runs_the_system_submit_fills_and_ctrl_c_leaves_no_process(tmp_path: 
         assert announced in " ".join((tmp_path / "up.log").read_text().split())
         assert dashboard.healthy(web_port)
 
-        submit = subprocess.run(
-            [sys.executable, "-m", "workers", "submit", "--symbol", "AAPL", "--quantity", "10"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert submit.returncode == 0, submit.stdout + submit.stderr
+        submit = run_mbx(env, "submit", "--symbol", "AAPL", "--quantity", "10")
         assert "routed to alpaca" in submit.stdout
         assert "filled at alpaca 10 @" in submit.stdout
-        status = subprocess.run(
-            [sys.executable, "-m", "workers", "status"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert status.returncode == 0, status.stdout + status.stderr
+        status = run_mbx(env, "status")
         assert f"nats://127.0.0.1:{nats_port}: reachable" in status.stdout  # found through the stack file
         assert "executor-schwab" in status.stdout
 
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0
-    deadline = time.monotonic() + 10
-    while any(alive(int(p)) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert [p for p in pids if alive(int(p))] == []
+    assert_all_gone(pids)
     assert not (tmp_path / "data" / "stack.json").exists()
     assert "nothing is left running" in (tmp_path / "up.log").read_text()
 
@@ -141,24 +139,13 @@ def test_up_with_a_cluster_and_replicas_fills_and_ctrl_c_leaves_no_process(tmp_p
         assert sorted(servers) == ["nats-n1", "nats-n2", "nats-n3", "postgres"]
         assert len(workers) == 14 and {"router-1", "router-2", "aggregator-2", "executor-ibkr-1"} <= workers.keys()
         pids = [*workers.values(), *servers.values()]
-        submit = subprocess.run(
-            [sys.executable, "-m", "workers", "submit", "--symbol", "AAPL", "--quantity", "10"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert submit.returncode == 0, submit.stdout + submit.stderr
+        submit = run_mbx(env, "submit", "--symbol", "AAPL", "--quantity", "10")
         assert "filled at alpaca 10 @" in submit.stdout
         conf = (tmp_path / "data" / "nats-cluster" / "n2" / "nats-server.conf").read_text()
         assert f"127.0.0.1:{nats_port + 2001}" in conf and f"127.0.0.1:{nats_port + 4001}" in conf
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0
-    deadline = time.monotonic() + 10
-    while any(alive(int(p)) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert [p for p in pids if alive(int(p))] == []
+    assert_all_gone(pids)
 
 
 def test_up_secure_runs_every_worker_as_its_role_and_refuses_strangers(tmp_path: Path) -> None:
@@ -176,15 +163,7 @@ def test_up_secure_runs_every_worker_as_its_role_and_refuses_strangers(tmp_path:
         assert access["nats_user"] == "operator"
         security = tmp_path / "data" / "security"
         assert (security / "nats-auth.conf").stat().st_mode & 0o077 == 0
-        submit = subprocess.run(
-            [sys.executable, "-m", "workers", "submit", "--symbol", "AAPL", "--quantity", "10"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert submit.returncode == 0, submit.stdout + submit.stderr
+        submit = run_mbx(env, "submit", "--symbol", "AAPL", "--quantity", "10")
         assert "filled at alpaca 10 @" in submit.stdout
         logs = tmp_path / "data" / "logs"
         assert "NATS refused" not in "".join(p.read_text() for p in logs.glob("*.log"))
@@ -211,10 +190,7 @@ def test_up_uses_external_servers_when_urls_are_set(tmp_path: Path, servers: Any
         assert len(dict(stack["workers"])) == 7  # type: ignore[call-overload]
         assert not (tmp_path / "data" / "nats").exists()
         assert not (tmp_path / "data" / "postgres").exists()
-        down = subprocess.run(
-            [sys.executable, "-m", "workers", "down"], env=env, capture_output=True, text=True, timeout=90, check=False
-        )
-        assert down.returncode == 0, down.stdout + down.stderr
+        run_mbx(env, "down", timeout=90)
         assert up.wait(60) == 0
 
 

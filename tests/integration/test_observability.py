@@ -38,6 +38,7 @@ from tests.servers import Servers
 from workers.devstack.processes import free_port
 from workers.platform import telemetry
 from workers.platform.db.engine import make_engine
+from workers.platform.logs import add_trace_ids
 from workers.platform.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -107,7 +108,7 @@ async def test_one_intent_is_one_trace_from_the_strategy_through_router_executor
 
     # Log lines written inside a span carry its ids.
     with strategy.start_as_current_span("logged") as logged:
-        event = telemetry.add_trace_ids(None, "info", {"event": "x"})
+        event = add_trace_ids(None, "info", {"event": "x"})
     assert event["trace_id"] == format(logged.get_span_context().trace_id, "032x")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -23,10 +24,22 @@ def redact_url(url: str | None) -> str:
     return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@" if m["pw"] else m[0], url)
 
 
+def add_trace_ids(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: the current trace and span ids on every line logged inside a span.
+    OpenTelemetry is looked up, not imported: a process that made no span (an operator's
+    command) never pays for loading it."""
+    otel_trace = sys.modules.get("opentelemetry.trace")
+    if otel_trace is None:
+        return event
+    context = otel_trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event.setdefault("trace_id", format(context.trace_id, "032x"))
+        event.setdefault("span_id", format(context.span_id, "016x"))
+    return event
+
+
 def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     """Configure structlog and the standard library once, for the whole process."""
-    from workers.platform.telemetry import add_trace_ids  # noqa: PLC0415  (loaded when a command runs, not on import)
-
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: Any = structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)

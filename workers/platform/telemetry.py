@@ -11,7 +11,7 @@ There is no official OpenTelemetry instrumentation for nats-py, so this is done 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -74,12 +74,3 @@ def start_child(name: str, headers: Mapping[str, str] | None, **attributes: Any)
 
 def failed(span_: Span, error: BaseException) -> None:
     span_.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-
-
-def add_trace_ids(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: the current trace and span ids on every line logged inside a span."""
-    context = trace.get_current_span().get_span_context()
-    if context.is_valid:
-        event.setdefault("trace_id", format(context.trace_id, "032x"))
-        event.setdefault("span_id", format(context.span_id, "016x"))
-    return event
