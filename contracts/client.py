@@ -40,6 +40,22 @@ RETRY_PAUSE_S = (0.05, 0.5)
 """First and longest pause between two sends."""
 
 
+def unavailable_errors() -> tuple[type[Exception], ...]:
+    """What nats-py raises while NATS cannot serve a request yet (a server restarting, a
+    reconnect, a cluster electing a stream's leader): worth asking again; nothing else is."""
+    from nats.errors import ConnectionReconnectingError, NoRespondersError  # noqa: PLC0415  (kept out of ``import contracts``)
+    from nats.errors import TimeoutError as NatsTimeoutError  # noqa: PLC0415
+    from nats.js.errors import NoStreamResponseError, ServiceUnavailableError  # noqa: PLC0415
+
+    return (
+        NatsTimeoutError,
+        NoStreamResponseError,
+        ServiceUnavailableError,
+        NoRespondersError,
+        ConnectionReconnectingError,
+    )
+
+
 async def publish_retrying(
     js: JetStreamContext,
     subject: str,
@@ -55,17 +71,14 @@ async def publish_retrying(
     stores it once) with a growing pause, until ``retry_for`` seconds have passed; then the last
     error is raised. nats-py retries none of these by itself. ``refused`` is asked after each
     failure: an error it returns (the server refused the publish) is raised at once instead."""
-    from nats.errors import ConnectionReconnectingError  # noqa: PLC0415  (kept out of ``import contracts``)
-    from nats.errors import TimeoutError as NatsTimeoutError  # noqa: PLC0415
-    from nats.js.errors import NoStreamResponseError, ServiceUnavailableError  # noqa: PLC0415
-
+    unavailable = unavailable_errors()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + retry_for
     pause = RETRY_PAUSE_S[0]
     while True:
         try:
             return await js.publish(subject, data, headers=headers, timeout=timeout)
-        except (NatsTimeoutError, NoStreamResponseError, ServiceUnavailableError, ConnectionReconnectingError):
+        except unavailable:
             denial = refused() if refused is not None else None
             if denial is not None:
                 raise denial from None

@@ -16,8 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
 import structlog
-from nats.errors import ConnectionReconnectingError, MaxPayloadError, NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
+from nats.errors import MaxPayloadError
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
@@ -32,9 +31,7 @@ from nats.js.errors import (
     BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
-    NoStreamResponseError,
     NotFoundError,
-    ServiceUnavailableError,
 )
 
 from contracts import (
@@ -48,7 +45,7 @@ from contracts import (
     StreamSpec,
     Subjects,
 )
-from contracts.client import publish_retrying
+from contracts.client import publish_retrying, unavailable_errors
 from contracts.messages import DEAD_LETTER_MAX_PAYLOAD
 from workers.platform import telemetry
 from workers.platform.topology import ConsumerSpec
@@ -62,15 +59,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("mbx.bus")
 
-BUS_UNAVAILABLE: tuple[type[Exception], ...] = (
-    NatsTimeoutError,
-    NoStreamResponseError,
-    ServiceUnavailableError,
-    NoRespondersError,
-    ConnectionReconnectingError,
-)
-"""What NATS answers while it cannot serve a request yet: a server restarting, a reconnect, a
-cluster electing a stream's leader. Worth asking again; anything else is not."""
+BUS_UNAVAILABLE = unavailable_errors()
+"""What NATS answers while it cannot serve a request yet (the client library's list)."""
 
 PUBLISH_TIMEOUT = 5.0
 """Seconds one send waits for its PubAck."""
@@ -340,8 +330,9 @@ async def open_bucket(js: JetStreamContext, bucket: str, history: int = 1, ttl: 
     if _replicas > 1:  # a bucket made before the cluster (or the setting) gets its copies now
         stream = f"KV_{bucket}"
         info = await js.stream_info(stream)
-        if (info.config.num_replicas or 1) < _replicas:
-            info.config.num_replicas = _kept_replicas(stream, info.config.num_replicas)
+        copies = _kept_replicas(stream, info.config.num_replicas)
+        if copies != (info.config.num_replicas or 1):
+            info.config.num_replicas = copies
             await js.update_stream(info.config)
     return kv
 
