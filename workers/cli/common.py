@@ -58,8 +58,9 @@ def cli_settings() -> Settings:
     access = stack.get("nats_access") if stack else None
     if not isinstance(access, dict):
         return settings
-    files = {k: Path(v) for k, v in access.items() if k.endswith("_file") and v}
-    return settings.model_copy(update={"nats_user": access.get("nats_user"), **files})
+    from workers.platform.access import with_access  # noqa: PLC0415
+
+    return with_access(settings, access)
 
 
 def client_options() -> dict[str, Any]:

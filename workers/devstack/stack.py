@@ -32,7 +32,7 @@ from workers.devstack.postgres import EmbeddedPostgres
 from workers.devstack.processes import port_open, spawn, stop, wait_until
 from workers.domain.config import MbxConfig
 from workers.ops.security import SecuritySetup, access, route_tls_block
-from workers.platform.access import connect_options
+from workers.platform.access import connect_options, with_access
 from workers.platform.bus import ensure_streams, open_bucket, use_replicas
 from workers.platform.db.migrate import upgrade
 from workers.platform.logs import redact_url
@@ -205,10 +205,7 @@ class Stack:
 
     def _operator(self) -> Settings:
         access_ = self._operator_access()
-        if access_ is None:
-            return self.settings
-        files = {k: Path(v) for k, v in access_.items() if k.endswith("_file")}
-        return self.settings.model_copy(update={"nats_user": access_["nats_user"], **files})
+        return self.settings if access_ is None else with_access(self.settings, access_)
 
     def _log(self, name: str) -> Path:
         return self.settings.data_dir / "logs" / f"{name}.log"

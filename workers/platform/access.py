@@ -33,6 +33,12 @@ def read_secret(path: Path, what: str) -> str:
     return text
 
 
+def with_access(settings: Settings, access: dict[str, str]) -> Settings:
+    """``settings`` connecting as the user ``access`` names (``nats_user``, ``*_file`` paths)."""
+    files = {k: Path(v) for k, v in access.items() if k.endswith("_file") and v}
+    return settings.model_copy(update={"nats_user": access.get("nats_user"), **files})
+
+
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
     if settings.nats_ca_file is None:
         return None
