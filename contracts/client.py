@@ -12,7 +12,7 @@ document in ``contracts/schemas/asyncapi.yaml``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -71,14 +71,30 @@ async def publish_retrying(
     stores it once) with a growing pause, until ``retry_for`` seconds have passed; then the last
     error is raised. nats-py retries none of these by itself. ``refused`` is asked after each
     failure: an error it returns (the server refused the publish) is raised at once instead."""
-    unavailable = unavailable_errors()
+    return await sent_again(
+        lambda: js.publish(subject, data, headers=headers, timeout=timeout),
+        unavailable_errors(),
+        retry_for,
+        refused,
+    )
+
+
+async def sent_again(
+    send: Callable[[], Awaitable[PubAck]],
+    errors: tuple[type[Exception], ...],
+    retry_for: float,
+    refused: Callable[[], Exception | None] | None = None,
+) -> PubAck:
+    """``send()`` again, with a growing pause, while it fails with one of ``errors``, until
+    ``retry_for`` seconds have passed (then the last error is raised); ``refused`` as in
+    ``publish_retrying``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + retry_for
     pause = RETRY_PAUSE_S[0]
     while True:
         try:
-            return await js.publish(subject, data, headers=headers, timeout=timeout)
-        except unavailable:
+            return await send()
+        except errors:
             denial = refused() if refused is not None else None
             if denial is not None:
                 raise denial from None

@@ -22,6 +22,7 @@ from workers.ops import dlq
 from workers.ops.errors import OperatorError
 from workers.ops.status import StackStatus, stack_status
 from workers.platform.access import connect_options
+from workers.platform.bus import jetstream
 from workers.platform.db.engine import make_engine
 from workers.platform.settings import Settings
 from workers.readmodel import routing
@@ -62,7 +63,7 @@ class Backend:
                 )
             except Exception as exc:  # noqa: BLE001  (any failure to connect is shown, not raised)
                 raise Unavailable(f"NATS at {self.settings.nats_url} does not answer ({type(exc).__name__})") from None
-        return self._nc.jetstream()
+        return jetstream(self._nc)
 
     def _db(self) -> AsyncEngine:
         if self._engine is None:

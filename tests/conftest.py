@@ -24,7 +24,7 @@ from workers.domain.config import BrokerConfig, MbxConfig, RateLimitConfig
 from workers.domain.quotes import QuoteSource
 from workers.entry import build_executor_worker, build_worker
 from workers.executor.app import rate_limit
-from workers.platform.bus import ensure_streams, read_stream
+from workers.platform.bus import ensure_streams, jetstream, read_stream
 from workers.platform.db.engine import make_engine
 from workers.platform.db.migrate import upgrade
 from workers.platform.live_config import write_live_config

@@ -8,12 +8,11 @@ import contextlib
 import signal
 
 import structlog
-from nats.js import JetStreamContext
 
 from contracts import BrokerName
 from workers.domain.config import MbxConfig
 from workers.executor.app import ExecutorWorker, build_executor, rate_limit, request_timeout
-from workers.platform.bus import BUS_UNAVAILABLE
+from workers.platform.bus import BUS_UNAVAILABLE, JetStream
 from workers.platform.runtime import Worker
 from workers.platform.settings import Settings
 from workers.venues.factory import VenueContext, build_quote_source, build_venue
@@ -51,7 +50,7 @@ def build_executor_worker(
     config = config or MbxConfig()
     hosts: list[ExecutorWorker] = []
 
-    def js() -> JetStreamContext:
+    def js() -> JetStream:
         return hosts[0].js
 
     context = VenueContext(js, settings.topology, request_log=settings.sim_request_log)

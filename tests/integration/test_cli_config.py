@@ -17,6 +17,7 @@ from tests.conftest import Pipeline, eventually, fetch_all
 from tests.integration.test_cli import mbx
 from workers.domain.config import MbxConfig, parse_config
 from workers.domain.keys import CONFIG_KEY
+from workers.platform.bus import jetstream
 from workers.platform.db.engine import make_engine
 from workers.platform.settings import Settings
 
@@ -94,7 +95,7 @@ async def test_concurrent_live_config_changes_are_all_applied(pipeline: Pipeline
         return change
 
     names = [f"concurrent-{i}" for i in range(10)]
-    await asyncio.gather(*(change_live_config(nc.jetstream(), pipeline.settings.subjects, adding(n)) for n in names))
+    await asyncio.gather(*(change_live_config(jetstream(nc), pipeline.settings.subjects, adding(n)) for n in names))
     kv = await nc.jetstream().key_value("mbx_config")
     live = json.loads((await kv.get(CONFIG_KEY)).value or b"{}")
     assert set(names) <= {rule["name"] for rule in live["routing"]["rules"]}
@@ -109,7 +110,7 @@ async def test_executors_follow_a_rate_limit_changed_in_the_live_config(pipeline
         live["brokers"]["schwab"]["rate_limit"] = {"requests": 7, "per_seconds": 3}
         return parse_config(live, "test")
 
-    await change_live_config(nc.jetstream(), pipeline.settings.subjects, slower)
+    await change_live_config(jetstream(nc), pipeline.settings.subjects, slower)
     [schwab] = [w for w in pipeline.workers if isinstance(w, ExecutorWorker) and w.venue.broker == "schwab"]
 
     async def followed() -> bool:

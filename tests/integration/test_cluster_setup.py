@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from contracts import Subjects
 from workers.cli.main import app
 from workers.devstack.nats import EmbeddedNatsCluster
-from workers.platform.bus import ensure_streams, open_bucket, use_replicas
+from workers.platform.bus import ensure_streams, jetstream, open_bucket, use_replicas
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,7 @@ async def copies(nc: NatsClient, stream: str) -> int:
 
 
 async def test_streams_and_buckets_get_their_copies_raised_and_never_lowered(cnc: NatsClient) -> None:
-    js = cnc.jetstream()
+    js = jetstream(cnc)
     subjects = Subjects("rep")
     use_replicas(1)  # made on the cluster before anyone asked for copies
     await ensure_streams(js, subjects)

@@ -215,11 +215,12 @@ async def test_a_stopped_executor_takes_its_broker_out_of_routing(
 async def test_a_rule_added_at_runtime_applies_to_the_next_decision(pipeline: Pipeline, nc: NatsClient) -> None:
     """add_rule_live appends to the live config with compare-and-set; the router picks it up."""
     from workers.domain.config import RoutingRule
+    from workers.platform.bus import jetstream
     from workers.platform.settings import Settings
     from workers.router.api import add_rule_live
 
     revision = await add_rule_live(
-        nc.jetstream(),
+        jetstream(nc),
         Settings().subjects,
         RoutingRule(name="msft-to-schwab", match={"symbol": ["MSFT"]}, prefer=["schwab"]),
     )

@@ -33,6 +33,7 @@ from workers.domain.config import MbxConfig
 from workers.entry import build_executor_worker, build_worker
 from workers.ops import security
 from workers.platform.access import connect_options, inbox_prefix
+from workers.platform.bus import jetstream
 from workers.platform.db.engine import make_engine
 from workers.platform.live_config import write_live_config
 from workers.platform.runtime import Worker
@@ -97,7 +98,7 @@ async def test_every_worker_runs_as_its_role_and_an_intent_fills(
     server, setup = secured
     database = await new_database(servers, f"sec{uuid.uuid4().hex[:8]}")
     config = unthrottled(MbxConfig())
-    await write_live_config(operator.jetstream(), Subjects(), config)
+    await write_live_config(jetstream(operator), Subjects(), config)
     workers: list[Worker] = [
         build_worker("router", as_role(setup, server, "router"), config),
         *(

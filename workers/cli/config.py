@@ -135,6 +135,7 @@ async def _write(
     """Write the change with compare-and-set, then record it in ``config_changes``."""
     from workers.ops.config import change_config  # noqa: PLC0415
     from workers.ops.errors import InvalidChange, OperatorError  # noqa: PLC0415
+    from workers.platform.bus import jetstream  # noqa: PLC0415
     from workers.platform.db.engine import make_engine  # noqa: PLC0415
 
     engine = make_engine(database, pool_size=1)
@@ -142,7 +143,7 @@ async def _write(
         nc = await connect(url)
         try:
             return await change_config(
-                nc.jetstream(),
+                jetstream(nc),
                 engine,
                 settings.subjects,
                 change,

@@ -24,12 +24,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from contracts import OrderIntent
-from workers.platform.bus import LazyBucket
+from workers.platform.bus import JetStream, LazyBucket
 
 LOCK_TTL_S = 120.0
 """How long a lock lasts if its holder never comes back to release it."""
@@ -81,7 +80,7 @@ class _Gate:
 
 
 class SameShapeGuard:
-    def __init__(self, js: Callable[[], JetStreamContext], locks: str, attributions: str, broker: str) -> None:
+    def __init__(self, js: Callable[[], JetStream], locks: str, attributions: str, broker: str) -> None:
         self._store = LazyBucket(js, locks, ttl=LOCK_TTL_S)
         self._owners = LazyBucket(js, attributions, ttl=ATTRIBUTION_TTL_S)
         self._broker = broker

@@ -19,6 +19,7 @@ from contracts import Subjects
 from workers.domain.config import ConfigError, MbxConfig, config_to_json, parse_config
 from workers.domain.keys import CONFIG_KEY, CONFIG_STATUS_KEY
 from workers.ops.errors import InvalidChange, OperatorError
+from workers.platform.bus import JetStream
 from workers.platform.db.models import ConfigChange
 from workers.platform.live_config import change_live_config
 
@@ -96,7 +97,7 @@ async def check_database(engine: AsyncEngine, what: str) -> None:
 
 
 async def change_config(
-    js: Any,
+    js: JetStream,
     engine: AsyncEngine,
     subjects: Subjects,
     change: Callable[[dict[str, Any]], MbxConfig],

@@ -13,10 +13,11 @@ import hashlib
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 from nats.errors import MaxPayloadError
+from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
@@ -31,6 +32,7 @@ from nats.js.errors import (
     BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
+    NoStreamResponseError,
     NotFoundError,
 )
 
@@ -45,7 +47,7 @@ from contracts import (
     StreamSpec,
     Subjects,
 )
-from contracts.client import publish_retrying, unavailable_errors
+from contracts.client import publish_retrying, sent_again, unavailable_errors
 from contracts.messages import DEAD_LETTER_MAX_PAYLOAD
 from workers.platform import telemetry
 from workers.platform.topology import ConsumerSpec
@@ -53,8 +55,8 @@ from workers.platform.topology import ConsumerSpec
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
+    from nats.aio.client import Client as NatsClient
     from nats.aio.msg import Msg
-    from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
 
 log = structlog.get_logger("mbx.bus")
@@ -75,6 +77,26 @@ HEADER_MAX = 1024
 """Characters of each header name and value a dead letter keeps."""
 HEADERS_MAX = 64
 """Headers a dead letter keeps."""
+NO_STREAM_FOR_S = 5.0
+"""How long a JetStream write that reached no stream is sent again (see ``JetStream``)."""
+
+
+class JetStream(JetStreamContext):
+    """nats-py's JetStream context, except that a publish answered "no responders" (so every KV
+    write too) is sent again for up to ``NO_STREAM_FOR_S`` seconds, as nats.go does and nats-py
+    does not. On a cluster a stream or bucket just created is served by each server a moment
+    after the create returns: a write through a server that has not caught up reaches no stream
+    (seen in CI: the router's first config write, right after it made the bucket). Nothing was
+    stored, so sending again is safe even for a compare-and-set write."""
+
+    async def publish(self, *args: Any, **kwargs: Any) -> PubAck:
+        publish = super().publish
+        return await sent_again(lambda: publish(*args, **kwargs), (NoStreamResponseError,), NO_STREAM_FOR_S)
+
+
+def jetstream(nc: NatsClient, timeout: float = PUBLISH_TIMEOUT) -> JetStream:
+    """The JetStream context every part of mbx writes through (``JetStream``)."""
+    return JetStream(nc, timeout=timeout)
 
 
 _replicas = 1
@@ -321,7 +343,7 @@ async def dead_letter(js: JetStreamContext, subjects: Subjects, stage: DeadLette
     )
 
 
-async def open_bucket(js: JetStreamContext, bucket: str, history: int = 1, ttl: float | None = None) -> KeyValue:
+async def open_bucket(js: JetStream, bucket: str, history: int = 1, ttl: float | None = None) -> KeyValue:
     """A KV bucket, created on first use; ``ttl`` (seconds) expires entries not written since."""
     try:
         kv = await js.key_value(bucket)
@@ -362,7 +384,7 @@ class LazyBucket:
     """A KV bucket opened (created when missing) at first use: a worker builds its parts before
     it connects. Call it for the bucket."""
 
-    def __init__(self, js: Callable[[], JetStreamContext], name: str, ttl: float | None = None) -> None:
+    def __init__(self, js: Callable[[], JetStream], name: str, ttl: float | None = None) -> None:
         self._js, self.name, self._ttl = js, name, ttl
         self._kv: KeyValue | None = None
 

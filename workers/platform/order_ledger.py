@@ -18,12 +18,11 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 
-from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from contracts import BrokerName
 from workers.domain.ledger import LedgerEntry
-from workers.platform.bus import LazyBucket, read_bucket
+from workers.platform.bus import JetStream, LazyBucket, read_bucket
 
 TTL_SECONDS = 7 * 86400
 
@@ -33,7 +32,7 @@ def _token(intent_id: str) -> str:
 
 
 class OrderLedger:
-    def __init__(self, js: Callable[[], JetStreamContext], bucket: str) -> None:
+    def __init__(self, js: Callable[[], JetStream], bucket: str) -> None:
         self._js = js  # called at first use: the worker connects after it is built
         self._bucket = bucket
         self._store = LazyBucket(js, bucket, ttl=TTL_SECONDS)

@@ -37,10 +37,12 @@ from workers.platform import metrics, telemetry
 from workers.platform.access import broker_options
 from workers.platform.bus import (
     BUS_UNAVAILABLE,
+    JetStream,
     dead_letter,
     delivery_count,
     ensure_consumer,
     ensure_streams,
+    jetstream,
     open_bucket,
     use_replicas,
 )
@@ -153,7 +155,7 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._pulls: list[JetStreamContext.PullSubscription] = []
         self._stopping = asyncio.Event()
-        self._js: JetStreamContext | None = None
+        self._js: JetStream | None = None
         self._listeners: list[Any] = []
         self._timers: list[asyncio.Task[None]] = []
         self._in_hand: set[asyncio.Task[None]] = set()
@@ -214,7 +216,7 @@ class Worker:
         server may have lost its latest writes, so nothing read before may be trusted."""
 
     @property
-    def js(self) -> JetStreamContext:
+    def js(self) -> JetStream:
         if self._js is None:
             raise RuntimeError(f"{self.name} is not started")
         return self._js
@@ -283,7 +285,7 @@ class Worker:
         use_replicas(self.settings.stream_replicas)
         telemetry.configure_tracing(self.name)
         await self.broker.connect()
-        self._js = self.broker.connection.jetstream(timeout=5.0)
+        self._js = jetstream(self.broker.connection)
         await ensure_streams(self._js, self.subjects)
         self._stopping.clear()
         self.metrics_url = _serve_metrics(self.settings)

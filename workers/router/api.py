@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from nats.js import JetStreamContext
-
 from contracts import OrderIntent, RouteDecision, Subjects
 from workers.domain.config import MbxConfig, RoutingRule, config_to_json, parse_config
+from workers.platform.bus import JetStream
 from workers.platform.live_config import change_live_config
 from workers.router.registry import BrokerRegistry
 from workers.router.rules import MarketView, Rejection, route
@@ -56,7 +55,7 @@ def with_rule(config: MbxConfig, rule: RoutingRule) -> MbxConfig:
     return parse_config(raw, "rules")
 
 
-async def add_rule_live(js: JetStreamContext, subjects: Subjects, rule: RoutingRule) -> int:
+async def add_rule_live(js: JetStream, subjects: Subjects, rule: RoutingRule) -> int:
     """Add a rule to the live config; returns the new revision. Retries if another edit wins."""
 
     def add(live: dict[str, Any]) -> MbxConfig:

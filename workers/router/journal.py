@@ -15,11 +15,10 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from contracts import Message
-from workers.platform.bus import LazyBucket, headers_for, send
+from workers.platform.bus import JetStream, LazyBucket, headers_for, send
 
 TTL_SECONDS = 7 * 86400
 
@@ -51,7 +50,7 @@ def _key(intent_id: str, attempt: int) -> str:
 
 
 class DecisionJournal:
-    def __init__(self, js: Callable[[], JetStreamContext], bucket: str) -> None:
+    def __init__(self, js: Callable[[], JetStream], bucket: str) -> None:
         self._js = js  # called at first use: the worker connects after it is built
         self._store = LazyBucket(js, bucket, ttl=TTL_SECONDS)
 

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from nats.js import JetStreamContext
 from pydantic import SecretStr
 
 from contracts import AssetClass, BrokerName
@@ -36,6 +35,7 @@ from workers.venues.simulated.quotes import SimulatedQuoteSource
 from workers.venues.simulated.venue import SimulatedVenue
 
 if TYPE_CHECKING:
+    from workers.platform.bus import JetStream
     from workers.venues.schwab.login import Login
     from workers.venues.schwab.tokens import TokenStore
 
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 class VenueContext:
     """What an adapter may need from the executor that hosts it."""
 
-    js: Callable[[], JetStreamContext]
+    js: Callable[[], JetStream]
     """The executor's JetStream context, once it is connected (called at first use)."""
     topology: Topology
     request_log: bool = False

@@ -13,10 +13,9 @@ import base64
 from collections.abc import Callable
 from typing import Protocol
 
-from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 
-from workers.platform.bus import LazyBucket, update_int
+from workers.platform.bus import JetStream, LazyBucket, update_int
 
 HIGH_KEY = "high"
 
@@ -58,7 +57,7 @@ def _token(value: str) -> str:
 class KvOrderIds:
     """In a NATS KV bucket, shared by the executor's replicas and outliving its crashes."""
 
-    def __init__(self, js: Callable[[], JetStreamContext], bucket: str) -> None:
+    def __init__(self, js: Callable[[], JetStream], bucket: str) -> None:
         self._store = LazyBucket(js, bucket)
 
     async def of_intent(self, intent_id: str) -> int | None:

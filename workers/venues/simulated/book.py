@@ -22,13 +22,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
-from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from contracts import OrderStatus
 from workers.domain.venue import VenueFill, VenueOrder
-from workers.platform.bus import LazyBucket, iter_stream, read_bucket
+from workers.platform.bus import JetStream, LazyBucket, iter_stream, read_bucket
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +195,7 @@ class KvOrderBook:
     ``r.<client order id, base64>.<unique>`` records each request; the bucket's stream orders
     them across processes."""
 
-    def __init__(self, js: Callable[[], JetStreamContext], bucket: str, *, request_log: bool = False) -> None:
+    def __init__(self, js: Callable[[], JetStream], bucket: str, *, request_log: bool = False) -> None:
         self._js = js  # called at first use: the executor connects after it is built
         self._bucket = bucket
         self._store = LazyBucket(js, bucket, ttl=BOOK_TTL_S)
