@@ -14,7 +14,6 @@ Run with `make bench`; results go to bench/results/aggregator.json.
 from __future__ import annotations
 
 import asyncio
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from pathlib import Path
 import nats
 import psycopg
 
-from bench.report import publish
+from bench.report import publish, sizes
 from contracts import BrokerName, OrderStatus
 from tests.builders import make_intent, make_route
 from workers.aggregator.app import build_aggregator
@@ -164,7 +163,7 @@ def run(intents: int = 5000, progress: Callable[[str], None] = print) -> dict[st
 
 def main() -> None:
     configure_logging("WARNING", "console")  # one line per batch would cost more than it tells
-    intents = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+    [intents] = sizes("bench.aggregator_bench", __doc__, ("intents", 5000, "intents whose messages are persisted"))
     results = run(intents)
     publish("aggregator throughput (embedded NATS and PostgreSQL, this machine)", "aggregator", results)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -29,7 +28,7 @@ import psycopg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.report import publish
+from bench.report import publish, sizes
 from workers.devstack.postgres import EmbeddedPostgres
 from workers.platform.db.engine import make_engine
 from workers.platform.db.migrate import upgrade
@@ -209,7 +208,7 @@ def run(rows: int = 1_000_000, progress: Callable[[str], None] = print) -> dict[
 
 
 def main() -> None:
-    rows = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+    [rows] = sizes("bench.dashboard_bench", __doc__, ("rows", 1_000_000, "orders in the database"))
     results = run(rows)
     publish("dashboard queries per tab (embedded PostgreSQL, this machine)", "dashboard", results)
     over = [k for k, v in results.items() if k.endswith("_tab_total_ms") and v > TARGET_MS]

@@ -35,7 +35,7 @@ import nats
 import psycopg
 
 from bench.aggregator_bench import raw_insert
-from bench.report import publish
+from bench.report import publish, sizes
 from contracts import BrokerName
 from tests.builders import intent_payload
 from workers.devstack.nats import EmbeddedNats
@@ -425,9 +425,13 @@ def run(
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
+    n, soak_n = sizes(
+        "bench.pipeline_bench",
+        __doc__,
+        ("n", 20_000, "intents in the burst"),
+        ("soak", 100_000, "intents more, in rounds of 10,000, for memory; 0 skips"),
+    )
     started = datetime.now(UTC)
-    soak_n = int(sys.argv[2]) if len(sys.argv) > 2 else 100_000
     results = run(n, soak_n=soak_n, progress=lambda line: print(line, flush=True))
     results["minutes"] = round((datetime.now(UTC) - started).total_seconds() / 60, 1)
     publish("end-to-end pipeline (embedded stack, workers as processes, this machine)", "pipeline", results)

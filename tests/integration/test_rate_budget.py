@@ -12,7 +12,8 @@ import uuid
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from workers.executor.budget import RateBudget, RateBudgetExhausted, RateLimit
+from workers.domain.rates import RateLimit
+from workers.executor.budget import RateBudget, RateBudgetExhausted
 
 
 async def _drain(budget: RateBudget, until: float, spent: list[float]) -> None:

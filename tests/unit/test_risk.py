@@ -10,6 +10,7 @@ import pytest
 from contracts import BrokerName, ExposureSnapshot, RouteDecision
 from tests.builders import make_intent
 from workers.domain.config import MbxConfig, config_to_json, parse_config
+from workers.router.registry import BrokerHealth
 from workers.router.risk import RiskView
 from workers.router.rules import MarketView, Rejection, route
 from workers.router.state import RouterState
@@ -83,6 +84,19 @@ def test_allocation_percent_moves_the_order_to_a_broker_with_room() -> None:
     assert decision.broker is not BrokerName.ALPACA
     reasons = {e.broker: e.reason_code for e in decision.excluded}
     assert reasons[BrokerName.ALPACA] == "allocation_percent"
+
+
+def test_a_broker_past_its_allocation_stays_out_when_every_broker_is_near_its_rate_limit() -> None:
+    """Brokers near their rate limit are taken back when no other can take the order; one whose
+    allocation is full is not among them, however its budget stands."""
+    view = RiskView(ExposureSnapshot(portfolio_value=Decimal(10_000), by_broker={BrokerName.ALPACA: Decimal(3_500)}))
+    brokers = {"alpaca": {"allocation_percent": "0.4"}, "ibkr": {}}
+    spent = BrokerHealth(up=True, reason="", latency_ms=10.0, rate_limit_headroom=0.0)
+    market = MarketView(reference_price=Decimal(100), health={BrokerName.ALPACA: spent, BrokerName.IBKR: spent})
+    decision = route(make_intent(), parse_config({"brokers": brokers}), market=market, risk=view)
+    assert isinstance(decision, RouteDecision)
+    assert decision.broker is BrokerName.IBKR
+    assert {e.broker: e.reason_code for e in decision.excluded}[BrokerName.ALPACA] == "allocation_percent"
 
 
 def test_without_a_snapshot_allocation_limits_do_not_apply() -> None:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from contracts import AssetClass, BrokerName, OrderType, Side
 from workers.domain.capabilities import CAPABILITIES
 from workers.domain.fees import DEFAULT_FEES, FeeSchedule, RegulatoryFees
+from workers.domain.rates import RateLimit
 
 
 class ConfigError(Exception):
@@ -57,7 +58,7 @@ def seconds_per_order(broker: BrokerName, config: MbxConfig | None) -> float:
     where the broker has no client order ids (so as never to place one twice)."""
     limit = rate_limit_of(broker, config)
     requests = 1 if CAPABILITIES[broker].has_client_order_id else 2
-    return requests * limit.per_seconds / (limit.share * limit.requests)
+    return requests / RateLimit(limit.requests, limit.per_seconds, limit.share).rate
 
 
 class GatewayConfig(_Strict):

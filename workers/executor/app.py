@@ -15,6 +15,7 @@ from nats.js.errors import KeyNotFoundError
 from contracts import BrokerName, BrokerStatus, PositionSnapshot
 from workers.domain.config import BrokerConfig, ConfigError, MbxConfig, orders_per_day_of, parse_config, rate_limit_of
 from workers.domain.keys import CONFIG_KEY
+from workers.domain.rates import RateLimit
 from workers.domain.venue import (
     SupportsFaults,
     SupportsRateStats,
@@ -23,7 +24,7 @@ from workers.domain.venue import (
     Venue,
     VenueOrder,
 )
-from workers.executor.budget import DailyOrderBudget, RateBudget, RateLimit
+from workers.executor.budget import DailyOrderBudget, RateBudget
 from workers.executor.handlers import ExecutorHandlers
 from workers.platform import metrics
 from workers.platform.bus import open_bucket, publish

@@ -5,7 +5,8 @@ compare-and-set, so replicas in any number of processes together stay under the 
 Every request to the broker takes a token first: placing, looking up, cancelling, account and
 position snapshots.
 
-Staying under a sliding-window limit of L requests per W seconds: tokens are minted at rate
+Staying under a sliding-window limit of L requests per W seconds (``workers/domain/rates.py``
+has the numbers): tokens are minted at rate
 ``r = (share * L - burst) / (W + LEASE_TTL)`` and the bucket holds at most ``burst``. A replica
 may take several tokens in one compare-and-set (a lease of at most ``lease``, a quarter of the
 burst and what ``LEASE_TTL`` mints) and spend them within ``LEASE_TTL`` seconds, after which
@@ -29,48 +30,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
+from workers.domain.rates import LEASE_TTL, RateLimit
 from workers.domain.venue import VenueUnavailable
-from workers.platform.bus import LazyBucket, update_int
+from workers.platform.bus import JetStream, LazyBucket, update_int
 
 LOAD_WINDOW = 5.0
 """Seconds over which the recent load (for headroom) is averaged."""
-LEASE_TTL = 0.1
-"""Seconds a replica may hold tokens it took ahead before they are dropped."""
-MAX_LEASE = 100
-"""Most tokens taken ahead at once, whatever the limit, so replicas share the budget."""
 MAX_WAIT = 30.0
 """Seconds a caller waits for a token before giving up (its message is retried later)."""
 
 
 class RateBudgetExhausted(Exception):
     """No token came within the wait: nothing was sent to the broker (transient, retried)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimit:
-    requests: int
-    per_seconds: float
-    share: float = 0.9
-    """The part of the broker's limit mbx uses, leaving room for clock and network jitter."""
-
-    @property
-    def burst(self) -> float:
-        """A twentieth of the window's budget at once (at least one request)."""
-        return float(max(1, math.floor(0.05 * self.share * self.requests)))
-
-    @property
-    def rate(self) -> float:
-        """Tokens per second."""
-        return max((self.share * self.requests - self.burst) / (self.per_seconds + LEASE_TTL), 1e-6)
-
-    @property
-    def lease(self) -> int:
-        """Most tokens one compare-and-set may take ahead: a quarter of the burst, and no more
-        than ``LEASE_TTL`` mints, so replicas still share the budget."""
-        return max(1, math.floor(min(self.burst / 4, self.rate * LEASE_TTL, MAX_LEASE)))
 
 
 @dataclass(slots=True)
@@ -90,7 +63,7 @@ class _Bucket:
 class RateBudget:
     def __init__(
         self,
-        js: Callable[[], JetStreamContext],
+        js: Callable[[], JetStream],
         bucket: str,
         key: str,
         limit: RateLimit,
@@ -211,7 +184,7 @@ class DailyOrderBudget:
 
     def __init__(
         self,
-        js: Callable[[], JetStreamContext],
+        js: Callable[[], JetStream],
         bucket: str,
         broker: str,
         per_day: int | None,

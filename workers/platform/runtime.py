@@ -228,16 +228,20 @@ class Worker:
         *,
         batch_size: int,
         overlapping: bool = False,
+        arrange: Callable[[list[Msg]], list[Msg]] | None = None,
     ) -> None:
         """Handle each message of a durable consumer; a fetched batch is handled concurrently.
 
         ``overlapping``: the next batch is fetched while earlier messages are still in hand (at
         most ``batch_size`` at once), so a handler that waits for another message's outcome
         (a same-shaped order at a broker without client ids) never holds that message back.
+        ``arrange``: the order in which a fetched batch's messages are started (each still
+        handled concurrently; the first started is the first to run up to its first wait).
         """
+        arranged = arrange or list
 
         async def handle(msgs: list[Msg]) -> None:
-            await asyncio.gather(*(handler(m) for m in msgs))
+            await asyncio.gather(*(handler(m) for m in arranged(msgs)))
 
         if not overlapping:
             self._subscriptions.append(_Subscription(spec, handle, batch_size))
@@ -252,7 +256,7 @@ class Worker:
                 room.release()
 
         async def start_each(msgs: list[Msg]) -> None:
-            for msg in msgs:
+            for msg in arranged(msgs):
                 await room.acquire()
                 task = asyncio.create_task(one(msg), name=f"{self.name}:{spec.durable}:message")
                 self._in_hand.add(task)

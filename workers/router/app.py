@@ -205,7 +205,13 @@ def build_router(settings: Settings, config: MbxConfig, quotes: QuoteSource) -> 
     """The router, pricing orders from ``quotes`` (the source ``market_data.source`` names)."""
     worker = RouterWorker(settings, config, quotes)
     # Overlapping: an intent held for a starting broker must not hold back the ones behind it.
-    worker.subscribe(worker.handlers.intent_spec, worker.handlers.on_intent, batch_size=64, overlapping=True)
+    worker.subscribe(
+        worker.handlers.intent_spec,
+        worker.handlers.on_intent,
+        batch_size=64,
+        overlapping=True,
+        arrange=worker.handlers.scarcest_first,
+    )
     worker.subscribe(worker.handlers.failover_spec, worker.handlers.on_failover, batch_size=16, overlapping=True)
     worker.subscribe(worker.handlers.cancel_spec, worker.handlers.on_cancel, batch_size=16)
     return worker

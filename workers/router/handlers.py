@@ -105,6 +105,25 @@ class RouterHandlers:
         if msg.reply:
             await msg.respond(reply.model_dump_json().encode())
 
+    def scarcest_first(self, msgs: list[Msg]) -> list[Msg]:
+        """A fetched batch of intents (a burst, when there are several) in the order to decide
+        them: those with the least broker capacity able to take them first. Each decision sees
+        the queues the earlier ones made, so an order many brokers can take leaves a broker that
+        few orders have an alternative to (fractional equities at Alpaca) when that broker's queue
+        has grown, instead of taking its place before the scarcer orders are seen. Unreadable
+        intents go first (their handler dead-letters them at once)."""
+        if len(msgs) < 2:
+            return msgs
+        plan = plan_for(self.state.config)
+
+        def capacity(msg: Msg) -> float:
+            try:
+                return plan.capacity(plan.shape(parse(OrderIntent, msg.data)))
+            except PoisonMessage:
+                return -1.0
+
+        return sorted(msgs, key=capacity)
+
     async def on_intent(self, msg: Msg) -> None:
         await self.worker.deliver(DeadLetterStage.ROUTER, self.intent_spec, msg, self.route_intent)
 
@@ -187,8 +206,7 @@ class RouterHandlers:
             return "replay:already_routed"
         await self.wait_for_starting_brokers(intent)
         outcome, price = await self.decide(intent)
-        self._count(outcome)
-        return await self._publish(intent, outcome, 1, price)
+        return await self._publish_counted(intent, outcome, 1, price)
 
     async def reroute(self, msg: Msg) -> str:
         """The next attempt after a failure, skipping every broker that already failed."""
@@ -199,17 +217,28 @@ class RouterHandlers:
         attempt = event.attempt + 1
         await self.wait_for_starting_brokers(intent)
         outcome, price = await self.decide(intent, attempt, failed)
-        self._count(outcome)
-        result = await self._publish(intent, outcome, attempt, price)
+        result = await self._publish_counted(intent, outcome, attempt, price)
         if not result.startswith("replay:"):
             metrics.FAILOVERS.labels(str(event.failed_broker)).inc()
         return result
 
-    def _count(self, outcome: RouteDecision | Rejection) -> None:
-        """A route joins its broker's queue at once, before any other decision is made (decisions
-        of one batch run together): the next intent already sees it."""
-        if isinstance(outcome, RouteDecision):
-            self.state.backlog.routed(outcome.broker)
+    async def _publish_counted(
+        self, intent: OrderIntent, outcome: RouteDecision | Rejection, attempt: int, price: Decimal | None
+    ) -> str:
+        """``_publish``, with a route counted in its broker's queue from the moment it is decided
+        (decisions of one batch run together: the next intent already sees it) until the stream
+        has it, when the executors' consumer counts it."""
+        if not isinstance(outcome, RouteDecision):
+            return await self._publish(intent, outcome, attempt, price)
+        backlog = self.state.backlog
+        backlog.routed(outcome.broker)
+        try:
+            result = await self._publish(intent, outcome, attempt, price)
+        except BaseException:
+            backlog.abandoned(outcome.broker)
+            raise
+        backlog.stored(outcome.broker)
+        return result
 
     async def read_backlog(self) -> None:
         """Read every enabled broker's executor queue (routes stored and not yet acked)."""

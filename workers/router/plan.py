@@ -12,6 +12,7 @@ A new config object gets a new plan: nothing is carried over from the old one.
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -194,6 +195,15 @@ class RoutingPlan:
         self.broker_kills = bool(risk.kill_switches.brokers)
         self.diversify = risk.min_broker_diversification > 1
         self._shapes: dict[ShapeKey, Shape] = {}
+
+    def capacity(self, shape: Shape) -> float:
+        """Orders a second that the brokers able to take ``shape`` can place together, within
+        their rate budgets: how scarce a home orders of this shape have."""
+        return sum(
+            1 / seconds if seconds > 0 else math.inf
+            for seconds, out in zip(self.seconds_per_order, shape.capability, strict=True)
+            if out is None
+        )
 
     def shape(self, intent: OrderIntent) -> Shape:
         fractional = intent.is_fractional

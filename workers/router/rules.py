@@ -35,6 +35,7 @@ from contracts import (
 from workers.domain.config import MbxConfig, RoutingRule
 from workers.domain.fees import FeeModel, RegulatoryFees, traded_value
 from workers.domain.quotes import PriceCheck
+from workers.router.backlog import UNMEASURED_S_PER_ORDER
 from workers.router.plan import BROKERS, RANK, RoutingPlan, RuleOutcome, Shape, plan_for, smart_default
 from workers.router.registry import BrokerHealth
 from workers.router.risk import RiskView, broker_exclusion, diversification_exclusions, over_limits
@@ -172,12 +173,18 @@ def route(
     )
     if queued_everywhere:
         # Every broker that can take it has a long queue: time is what the order lacks, so the
-        # shortest wait decides (the best score among equal waits), whatever the defaults.
-        soonest = min(ranked, key=lambda c: c["expected_wait_ms"])  # ranked is best score first
+        # broker that would send it soonest decides (the best score among equals), whatever the
+        # defaults. Soonest is its queue's wait and then the order's own share of the budget:
+        # the queue alone would favour a slow broker whose queue is a little shorter (one
+        # Robinhood order costs six Alpaca ones), and the last orders of a burst would end there.
+        def sent_in(candidate: dict[str, Any]) -> float:
+            return float(candidate["expected_wait_ms"]) / 1000 + order_seconds(plan, market, candidate["broker"])
+
+        soonest = min(ranked, key=sent_in)  # ranked is best score first
         chosen, rule = soonest["broker"], "queue"
         why = (
             f"every broker that can take it has a queue past routing.max_queue_wait_s; "
-            f"{chosen}'s is the shortest (about {soonest['expected_wait_ms'] / 1000:.1f}s)"
+            f"{chosen} would send it soonest (in about {sent_in(soonest):.1f}s)"
         )
     else:
         chosen, rule, why = _choose(intent, shape.default, outcome.prefer, eligible, ranked)
@@ -238,14 +245,18 @@ def _eligibility(
     max_wait = plan.max_queue_wait_s
     for broker, static_reason in zip(BROKERS, outcome.out, strict=True):
         reason = _failed(broker) if broker in failed else static_reason
-        if reason is None and health is not None:
-            state = health.get(broker)
-            if state is None or not state.up or state.rate_limit_headroom < min_headroom:
-                reason = _health_exclusion(broker, state, min_headroom)
+        state = health.get(broker) if health is not None else None
+        if reason is None and health is not None and (state is None or not state.up):
+            reason = _down(broker, state)
         if reason is None and check_risk:
             reason = broker_exclusion(broker, notional, config, risk)
+        # The reasons to wait come last, the longer first: a broker taken back because every
+        # other one must wait too has passed every other check, and one with a long queue says
+        # so even when its budget is also nearly spent (as it is, with a queue).
         if reason is None and max_wait is not None and waits.get(broker, 0.0) > max_wait:
             reason = _queue_exclusion(broker, market.queued[broker], waits[broker], max_wait)
+        if reason is None and state is not None and state.rate_limit_headroom < min_headroom:
+            reason = _rate_limited(broker, state)
         if reason is None:
             eligible.append(broker)
         elif reason.reason_code in WAIT_FOR_IT:
@@ -311,27 +322,29 @@ def _failed(broker: BrokerName) -> ExcludedBroker:
     return ExcludedBroker(broker=broker, reason_code="failed", reason=f"{broker} already failed this order")
 
 
-def _health_exclusion(broker: BrokerName, state: BrokerHealth | None, min_headroom: float) -> ExcludedBroker | None:
-    if state is None or not state.up:
-        reason = state.reason if state is not None else f"no heartbeat from {broker}'s executor"
-        return ExcludedBroker(broker=broker, reason_code="down", reason=reason)
-    if state.rate_limit_headroom < min_headroom:
-        return ExcludedBroker(
-            broker=broker,
-            reason_code="rate_limited",
-            reason=f"{broker} has {state.rate_limit_headroom:.0%} of its rate budget left",
-        )
-    return None
+def _down(broker: BrokerName, state: BrokerHealth | None) -> ExcludedBroker:
+    reason = state.reason if state is not None else f"no heartbeat from {broker}'s executor"
+    return ExcludedBroker(broker=broker, reason_code="down", reason=reason)
+
+
+def _rate_limited(broker: BrokerName, state: BrokerHealth) -> ExcludedBroker:
+    return ExcludedBroker(
+        broker=broker,
+        reason_code="rate_limited",
+        reason=f"{broker} has {state.rate_limit_headroom:.0%} of its rate budget left",
+    )
+
+
+def order_seconds(plan: RoutingPlan, market: MarketView, broker: BrokerName) -> float:
+    """What one order costs ``broker``: its share of the rate limit, or the measured time the
+    executors take per order where that is longer (``UNMEASURED_S_PER_ORDER`` until measured)."""
+    return max(plan.seconds_per_order[RANK[broker]], market.drain.get(broker, UNMEASURED_S_PER_ORDER))
 
 
 def queue_waits(plan: RoutingPlan, market: MarketView) -> dict[BrokerName, float]:
-    """Seconds a new order would wait at each broker with a queue: the orders queued ahead, each
-    costing its share of the rate limit, or the measured time the executors take per order
-    where that is longer."""
-    return {
-        broker: queued * max(plan.seconds_per_order[RANK[broker]], market.drain.get(broker, 0.0))
-        for broker, queued in market.queued.items()
-    }
+    """Seconds a new order would wait at each broker with a queue: the orders queued ahead,
+    each costing ``order_seconds``."""
+    return {broker: queued * order_seconds(plan, market, broker) for broker, queued in market.queued.items()}
 
 
 def _queue_exclusion(broker: BrokerName, queued: int, wait: float, max_wait: float) -> ExcludedBroker:
