@@ -215,6 +215,17 @@ def split_servers(url: str) -> list[str]:
     return [part.strip() for part in url.split(",") if part.strip()]
 
 
+async def server_has_read(nc: NatsClient) -> None:
+    """Return once the server has read everything written on ``nc`` so far (a subscription is
+    in place, or its refusal has reached the error callback).
+
+    ``flush()`` alone does not promise that: nats-py queues a SUB for its flusher task but
+    writes the flush's PING at once, so the PONG can come back before the server read the SUB.
+    Letting the flusher run first puts the PING behind it."""
+    await asyncio.sleep(0)
+    await nc.flush()
+
+
 class MbxClient:
     """Publish order intents and follow what happens to them."""
 
@@ -392,8 +403,8 @@ class MbxClient:
         sub = await self._nc.subscribe(subject, cb=handle)
         if self._checks_refusals:
             # A refused subscription is told only to the error callback, and then nothing ever
-            # arrives: wait for the server's word (a ping round trip) and say so plainly.
-            await self._nc.flush()
+            # arrives: wait for the server's word and say so plainly.
+            await server_has_read(self._nc)
             quoted = f'subscription to "{subject}"'
             if any(quoted in text.lower() for text in self.refusals):
                 await sub.unsubscribe()

@@ -153,7 +153,7 @@ class Pipeline:
         nc = await nats.connect(self.settings.nats_url or "")
         try:
             await ensure_streams(nc.jetstream(), self.settings.subjects)
-            await write_live_config(nc.jetstream(), self.settings.subjects, self.config)
+            await write_live_config(jetstream(nc), self.settings.subjects, self.config)
             await reset_exposure(nc.jetstream(), self.settings.subjects)
         finally:
             await nc.close()

@@ -354,6 +354,8 @@ def tail(
     subject = _tail_subject(settings.subjects, topic)
 
     async def follow() -> int:
+        from contracts.client import server_has_read  # noqa: PLC0415
+
         nc = await connect(url)
         shown = 0
         done = asyncio.Event()
@@ -372,7 +374,7 @@ def tail(
                 done.set()
 
         sub = await nc.subscribe(subject, cb=on_message)
-        await nc.flush()  # the server has the subscription: nothing published from now on is missed
+        await server_has_read(nc)  # the subscription is in place: nothing published from now on is missed
         err.print(f"[dim]following {subject} on {url} (Ctrl-C to stop)[/dim]")
         try:
             with contextlib.suppress(TimeoutError):  # --for elapsed
