@@ -4,6 +4,7 @@ outcome every one of them must have at the brokers, on the bus and in Postgres."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections import Counter, defaultdict
@@ -21,7 +22,7 @@ from tests.builders import CRYPTO, FRACTIONAL, OPTION, intent_payload
 from tests.conftest import fetch_all, unthrottled
 from workers.domain.config import config_to_json, parse_config
 from workers.executor.same_shape import SameShapeGuard
-from workers.platform.bus import ensure_streams, read_stream
+from workers.platform.bus import BUS_UNAVAILABLE, ensure_streams, jetstream, read_stream
 from workers.platform.live_config import write_live_config
 from workers.platform.settings import Settings, load_config
 from workers.venues.simulated.book import KvOrderBook, Request, repeated_without_lookup
@@ -113,8 +114,18 @@ def write_config(settings: Settings, path: Path) -> None:
 
 
 async def prepare(settings: Settings, config_file: Path, nc: NatsClient) -> None:
-    await ensure_streams(nc.jetstream(), settings.subjects)
-    await write_live_config(nc.jetstream(), settings.subjects, load_config(config_file))
+    """Streams and the live config, as `mbx up` makes them: asked again while a cluster that has
+    just started cannot answer yet."""
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        try:
+            await ensure_streams(jetstream(nc), settings.subjects)
+            await write_live_config(jetstream(nc), settings.subjects, load_config(config_file))
+            return
+        except BUS_UNAVAILABLE:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+        await asyncio.sleep(0.5)
 
 
 async def publish(nc: NatsClient, settings: Settings, payload: dict[str, Any]) -> None:

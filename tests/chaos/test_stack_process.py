@@ -34,15 +34,24 @@ def alive(pid: int) -> bool:
         return False
 
 
-def wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> dict[str, object]:
+def wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float, home: Path) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists():
             return dict(json.loads(path.read_text()))
         if proc.poll() is not None:
-            raise AssertionError(f"mbx up exited early with {proc.returncode}")
+            raise AssertionError(f"mbx up exited early with {proc.returncode}\n{log_tails(home)}")
         time.sleep(0.1)
-    raise AssertionError("mbx up did not come up in time")
+    raise AssertionError(f"mbx up did not come up in time\n{log_tails(home)}")
+
+
+def log_tails(home: Path, lines: int = 15) -> str:
+    """The end of `mbx up`'s own output and of every worker's log: what a failed start said."""
+    tails = []
+    for log in [home / "up.log", *sorted((home / "data" / "logs").glob("*.log"))]:
+        if log.exists():
+            tails.append(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
+    return "\n".join(tails)
 
 
 def assert_all_gone(pids: list[Any]) -> None:
@@ -77,7 +86,7 @@ def mbx_up(
             [sys.executable, "-m", "workers", "up", *args], env=env, stdout=log, stderr=subprocess.STDOUT
         )
         try:
-            yield up, wait_for(tmp_path / "data" / "stack.json", up, timeout=120), env
+            yield up, wait_for(tmp_path / "data" / "stack.json", up, timeout=120, home=tmp_path), env
         finally:
             if up.poll() is None:
                 up.kill()

@@ -33,7 +33,7 @@ from workers.devstack.processes import port_open, spawn, stop, wait_until
 from workers.domain.config import MbxConfig
 from workers.ops.security import SecuritySetup, access, route_tls_block
 from workers.platform.access import connect_options, with_access
-from workers.platform.bus import ensure_streams, open_bucket, use_replicas
+from workers.platform.bus import BUS_UNAVAILABLE, ensure_streams, jetstream, open_bucket, use_replicas
 from workers.platform.db.migrate import upgrade
 from workers.platform.logs import redact_url
 from workers.platform.settings import Settings
@@ -221,11 +221,16 @@ class Stack:
         ]
         nc = await nats.connect(servers=split_servers(nats_url), **connect_options(self._operator()))
         try:
-            js = nc.jetstream()
-            status_kv = await open_bucket(js, topology.subjects.status_bucket)
+            js = jetstream(nc)
+            status_kv = None
             deadline = time.monotonic() + timeout
             while True:
-                waiting = await _not_ready(js, status_kv, consumers, self.config.enabled_brokers())
+                try:
+                    if status_kv is None:
+                        status_kv = await open_bucket(js, topology.subjects.status_bucket)
+                    waiting = await _not_ready(js, status_kv, consumers, self.config.enabled_brokers())
+                except BUS_UNAVAILABLE as exc:  # a cluster still electing its leaders: ask again
+                    waiting = [f"NATS to answer ({type(exc).__name__})"]
                 if not waiting:
                     return
                 dead = [w for w in self.workers if w.proc is not None and w.proc.poll() is not None]
@@ -390,11 +395,21 @@ async def _not_ready(js: Any, status_kv: Any, consumers: list[ConsumerSpec], bro
     return missing
 
 
-async def _ensure_topology(nats_url: str, settings: Settings) -> None:
+async def _ensure_topology(nats_url: str, settings: Settings, timeout: float = 60.0) -> None:
+    """Create or update every stream; asked again while NATS cannot answer yet (a cluster just
+    started, electing the leaders of the streams it makes)."""
     use_replicas(settings.stream_replicas)
     nc = await nats.connect(servers=split_servers(nats_url), **connect_options(settings))
     try:
-        await ensure_streams(nc.jetstream(), settings.subjects)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await ensure_streams(jetstream(nc), settings.subjects)
+                return
+            except BUS_UNAVAILABLE as exc:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"NATS made no streams in {timeout:.0f}s: {type(exc).__name__}") from None
+            await asyncio.sleep(0.5)
     finally:
         await nc.close()
 
