@@ -125,15 +125,7 @@ def test_up_runs_the_system_submit_fills_and_ctrl_c_leaves_no_process(tmp_path: 
 
 def free_cluster_port() -> int:
     """A client port P with P..P+2, their routes (+2000) and monitoring (+4000) all free."""
-    from workers.devstack.processes import port_open
-
-    for _ in range(50):
-        base = free_port()
-        if base + 4002 < 65536 and not any(
-            port_open("127.0.0.1", base + offset + i) for offset in (0, 2000, 4000) for i in range(3)
-        ):
-            return base
-    raise AssertionError("no free block of ports for a three-node cluster")
+    return free_port(offsets=[offset + i for offset in (0, 2000, 4000) for i in range(3)])
 
 
 def test_up_with_a_cluster_and_replicas_fills_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:

@@ -187,11 +187,11 @@ def dashboard(
     import subprocess  # noqa: PLC0415
 
     from workers.devstack import dashboard as served  # noqa: PLC0415
-    from workers.devstack.processes import port_open  # noqa: PLC0415
+    from workers.devstack.processes import port_free  # noqa: PLC0415
     from workers.platform.settings import dashboard_database_url  # noqa: PLC0415
 
     settings, _ = settings_and_config()
-    if port_open("127.0.0.1", port):
+    if not port_free("127.0.0.1", port):
         fail(f"port {port} is in use (is the dashboard of `mbx up` already there?); use --port", EXIT_USAGE)
     nats_url = resolve_nats_url(settings)
     reader = dashboard_database_url(settings, resolve_database_url(settings))

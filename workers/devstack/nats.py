@@ -11,9 +11,10 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from workers.devstack.processes import free_port, port_open, spawn, stop, wait_until
+from workers.devstack.processes import free_port, log_tail, port_free, port_open, spawn, stop, wait_until
 
 CLUSTER_NAME = "mbx"
 CLUSTER_PORT_OFFSET = 2000
@@ -96,7 +97,7 @@ class EmbeddedNats:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port(self.host)
-        elif port_open(self.host, self.port):
+        elif not port_free(self.host, self.port):
             raise RuntimeError(f"port {self.port} is already in use; stop whatever listens there or pick another")
         conf = self.data_dir / "nats-server.conf"
         conf.write_text(self.config_text())
@@ -171,21 +172,18 @@ class EmbeddedNatsCluster:
         return [node.url for node in self.nodes]
 
     def _ports(self) -> list[tuple[int, int, int]]:
-        if self.port:
-            return [
-                (self.port + i, self.port + CLUSTER_PORT_OFFSET + i, self.port + MONITOR_PORT_OFFSET + i)
-                for i in range(self.size)
-            ]
-        return [(free_port(self.host), free_port(self.host), free_port(self.host)) for _ in range(self.size)]
+        offsets = [(i, CLUSTER_PORT_OFFSET + i, MONITOR_PORT_OFFSET + i) for i in range(self.size)]
+        if not self.port:
+            self.port = free_port(self.host, [offset for node in offsets for offset in node])
+        return [(self.port + c, self.port + r, self.port + m) for c, r, m in offsets]
 
     def start(self, timeout: float = 30.0) -> None:
         if self.size < 2:
             raise RuntimeError(f"a cluster needs at least 2 nodes (3 to survive the loss of one), not {self.size}")
         ports = self._ports()
-        for _, cluster_port, monitor_port in ports:
-            for taken in (cluster_port, monitor_port):
-                if port_open(self.host, taken):
-                    raise RuntimeError(f"port {taken} is already in use; pick another --nats-port")
+        for taken in (port for node in ports for port in node):
+            if not port_free(self.host, taken):
+                raise RuntimeError(f"port {taken} is already in use; pick another --nats-port")
         routes = tuple(cluster for _, cluster, _ in ports)
         self.nodes = [
             EmbeddedNats(
@@ -207,12 +205,23 @@ class EmbeddedNatsCluster:
         deadline = time.monotonic() + timeout
         for node in self.nodes:
             wait_until(
-                node.healthy,
+                partial(self._ready, node),
                 timeout=max(deadline - time.monotonic(), 1.0),
                 what=f"nats-server {node.server_name} (cluster)",
                 proc=node.proc,
                 log_file=node.log_file,
             )
+
+    def _ready(self, node: EmbeddedNats) -> bool:
+        """``node`` is healthy. A node that exited meanwhile is reported at once, with its own
+        log: the others would only wait for it and, after the timeout, say they found no leader."""
+        for other in self.nodes:
+            if other.proc is not None and other.proc.poll() is not None:
+                raise RuntimeError(
+                    f"nats-server {other.server_name} (cluster) exited with code {other.proc.returncode}"
+                    f"{log_tail(other.log_file)}"
+                )
+        return node.healthy()
 
     def node(self, server_name: str) -> EmbeddedNats:
         for node in self.nodes:

@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workers.devstack.processes import free_port, port_open, spawn, stop, wait_until
+from workers.devstack.processes import free_port, port_free, spawn, stop, wait_until
 
 SYSTEM_USER = "embedded_postgres"
 
@@ -96,7 +96,7 @@ class EmbeddedPostgres:
             self._clear_stale_pid(stale)
         if not self.port:
             self.port = free_port(self.host)
-        elif port_open(self.host, self.port):
+        elif not port_free(self.host, self.port):
             raise RuntimeError(f"port {self.port} is already in use; stop whatever listens there or pick another")
         self.proc = spawn(
             [

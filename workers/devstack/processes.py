@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -15,10 +16,54 @@ from typing import Any
 _PR_SET_PDEATHSIG = 1
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+QUIET_FLOOR = 10_000
+"""The lowest port ``free_port`` chooses."""
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def free_port(host: str = "127.0.0.1", offsets: Sequence[int] = (0,)) -> int:
+    """A port P such that every ``P + offset`` is free now and stays free of outgoing connections.
+
+    Chosen below the kernel's ephemeral range (Linux: 32768 and up), from which every outgoing
+    connection takes its local port: a port the kernel handed out for a listener (bind to port
+    0) lies in that range, and so do the ports next to it, which connections made a moment later
+    take (seen: a cluster node's port taken so between choosing it and starting the node, a
+    node's route port likewise). Below it, only a listener can take a port, so a server stopped
+    and started again finds its port still free. Where the range is not known, the kernel's
+    choice (``offsets`` then only ``(0,)``)."""
+    floor = _ephemeral_floor()
+    top = floor - max(offsets) - 1
+    if top <= QUIET_FLOOR:
+        if tuple(offsets) != (0,):
+            raise RuntimeError(f"no free block of ports {tuple(offsets)} below the ephemeral range here")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            return int(s.getsockname()[1])
+    for _ in range(200):
+        base = QUIET_FLOOR + secrets.randbelow(top - QUIET_FLOOR)
+        if all(port_free(host, base + offset) for offset in offsets):
+            return base
+    raise RuntimeError(f"no free block of ports {tuple(offsets)} found between {QUIET_FLOOR} and {floor}")
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def port_free(host: str, port: int) -> bool:
+    """A server could listen on ``port`` now: nothing listens there and no connection uses it as
+    its local port (what a connection test does not see). Bound as nats-server and PostgreSQL
+    bind, with SO_REUSEADDR, so a port left in TIME_WAIT by a stopped server counts as free."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def port_open(host: str, port: int) -> bool:
@@ -82,12 +127,12 @@ def wait_until(
         if check():
             return
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode}{_tail(log_file)}")
+            raise RuntimeError(f"{what} exited with code {proc.returncode}{log_tail(log_file)}")
         time.sleep(0.05)
-    raise RuntimeError(f"{what} did not become ready within {timeout:.0f}s{_tail(log_file)}")
+    raise RuntimeError(f"{what} did not become ready within {timeout:.0f}s{log_tail(log_file)}")
 
 
-def _tail(log_file: Path | None, lines: int = 15) -> str:
+def log_tail(log_file: Path | None, lines: int = 15) -> str:
     if log_file is None or not log_file.exists():
         return ""
     text = log_file.read_text(errors="replace").splitlines()[-lines:]

@@ -29,7 +29,7 @@ from contracts import BrokerName, BrokerStatus
 from contracts.client import split_servers
 from workers.devstack.nats import EmbeddedNats, EmbeddedNatsCluster
 from workers.devstack.postgres import EmbeddedPostgres
-from workers.devstack.processes import port_open, spawn, stop, wait_until
+from workers.devstack.processes import port_free, spawn, stop, wait_until
 from workers.domain.config import MbxConfig
 from workers.ops.security import SecuritySetup, access, route_tls_block
 from workers.platform.access import connect_options, with_access
@@ -250,7 +250,7 @@ class Stack:
         port = self.dashboard_port
         if port is None:
             return None
-        if port_open("127.0.0.1", port):
+        if not port_free("127.0.0.1", port):
             self.console.print(
                 f"[yellow]dashboard not started[/yellow]: port {port} is in use (use --dashboard-port, "
                 "or --no-dashboard)"
