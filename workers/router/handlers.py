@@ -229,21 +229,23 @@ class RouterHandlers:
         (decisions of one batch run together: the next intent already sees it) until the stream
         has it, when the executors' consumer counts it."""
         if not isinstance(outcome, RouteDecision):
-            return await self._publish(intent, outcome, attempt, price)
+            result, _ = await self._publish(intent, outcome, attempt, price)
+            return result
         backlog = self.state.backlog
         backlog.routed(outcome.broker)
         try:
-            result = await self._publish(intent, outcome, attempt, price)
+            result, seq = await self._publish(intent, outcome, attempt, price)
         except BaseException:
             backlog.abandoned(outcome.broker)
             raise
-        backlog.stored(outcome.broker)
+        backlog.stored(outcome.broker, seq)
         return result
 
     async def read_backlog(self) -> None:
         """Read every enabled broker's executor queue (routes stored and not yet acked)."""
-        began = self.state.backlog.begin_reading()
         topology = self.worker.settings.topology
+        routes = await self.worker.js.stream_info(self.worker.subjects.stream_name("ROUTES"))
+        began = self.state.backlog.begin_reading(routes.state.last_seq)
         for broker in self.state.config.enabled_brokers():
             spec = topology.executor_consumer(broker)
             try:
@@ -268,10 +270,11 @@ class RouterHandlers:
 
     async def _publish(
         self, intent: OrderIntent, outcome: RouteDecision | Rejection, attempt: int, price: Decimal | None
-    ) -> str:
-        """Journal the outcome, then publish it. If this intent and attempt was decided before
-        (a redelivery the server no longer knew was handled), the earlier outcome is published
-        again instead, unchanged: an intent is never decided twice."""
+    ) -> tuple[str, int]:
+        """Journal the outcome, then publish it; what happened, and the stream sequence it is
+        stored at. If this intent and attempt was decided before (a redelivery the server no
+        longer knew was handled), the earlier outcome is published again instead, unchanged: an
+        intent is never decided twice."""
         subjects = self.worker.subjects
         message: Message
         if isinstance(outcome, RouteDecision):
@@ -283,16 +286,16 @@ class RouterHandlers:
             result = f"rejected:{outcome.reason_code}"
         ours = Published.of(subject, message, intent.intent_id, intent.strategy_id)
         standing = await self.journal.claim(intent.intent_id, attempt, ours)
-        await self.journal.publish(standing)
+        seq = (await self.journal.publish(standing)).seq
         if standing is not ours:
-            return "replay:republished_earlier_decision"
+            return "replay:republished_earlier_decision", seq
         if isinstance(outcome, RouteDecision):
             self.state.record(outcome, price if price is not None else intent.limit_price)
             structlog.contextvars.bind_contextvars(broker=str(outcome.broker))
             metrics.INTENTS_ROUTED.labels(str(outcome.broker), outcome.rule).inc()
         else:
             metrics.INTENTS_REJECTED.labels(outcome.reason_code).inc()
-        return result
+        return result, seq
 
 
 def rejection_report(intent: OrderIntent, rejection: Rejection, attempt: int = 1) -> ExecutionReport:

@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from nats.js.api import PubAck
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from contracts import Message
@@ -81,7 +82,7 @@ class DecisionJournal:
             return None
         return Published.decode(entry.value) if entry.value else None
 
-    async def publish(self, outcome: Published) -> None:
+    async def publish(self, outcome: Published) -> PubAck:
         """Publish ``outcome`` and wait for the PubAck (a copy of an earlier publish is dropped
-        by the stream's deduplication)."""
-        await send(self._js(), outcome.subject, outcome.payload, outcome.headers)
+        by the stream's deduplication, and acknowledged with the first one's sequence)."""
+        return await send(self._js(), outcome.subject, outcome.payload, outcome.headers)
