@@ -56,6 +56,20 @@ async def test_submit_prints_the_route_and_the_fill(pipeline: Pipeline, cli_env:
     assert "filled at alpaca 10 @" in out
 
 
+async def test_submit_takes_a_pairs_asset_class_from_its_symbol_and_says_so(
+    pipeline: Pipeline, cli_env: dict[str, str]
+) -> None:
+    """0.01 BTC-USD without --asset-class is crypto (it once went to Robinhood as a fractional
+    equity); --asset-class still decides when given."""
+    code, out = await mbx("submit", "--symbol", "btc-usd", "--quantity", "0.01", env=cli_env)
+    assert code == 0, out
+    assert "BTC-USD: crypto (from the symbol" in out
+    assert "rule default:crypto" in out and "filled at coinbase 0.01 @" in out
+    code, out = await mbx("submit", "--symbol", "BRK-B", "--quantity", "1", env=cli_env)
+    assert code == 0, out
+    assert "from the symbol" not in out and "rule default:equity" in out
+
+
 async def test_submit_reads_an_intent_file(pipeline: Pipeline, cli_env: dict[str, str], tmp_path: Path) -> None:
     """An intent in YAML (or JSON) is sent as written."""
     intent = tmp_path / "intent.yaml"
@@ -313,11 +327,12 @@ async def test_submit_csv_sends_every_row_and_summarises(
         "MSFT,3,,sell,equity,day\n"
         "SPY,1,,buy,equity,\n"
         "BTC-USD,,250,buy,crypto,\n"
+        "ETH-USD,,100,buy,,\n"  # no asset class: the pair is crypto
     )
     code, out = await mbx("submit", "--csv", str(orders), "--strategy", "csvbot", env=cli_env)
     assert code == 0, out
-    assert "submitted 4 intents: 4 filled" in out
-    assert "filled at: alpaca 3, coinbase 1" in out
+    assert "submitted 5 intents: 5 filled" in out
+    assert "filled at: alpaca 3, coinbase 2" in out
     bad = tmp_path / "bad.csv"
     bad.write_text("symbol,quantity,side\nAAPL,10,buy\nMSFT,,buy\nSPY,-1,buy\n")
     code, out = await mbx("submit", "--csv", str(bad), env=cli_env)

@@ -41,6 +41,7 @@ from workers.cli.common import (
     unreachable,
     validation_problems,
 )
+from workers.domain.instruments import asset_class_of
 
 app = typer.Typer()
 
@@ -51,7 +52,12 @@ def submit(
     quantity: Annotated[str | None, typer.Option(help="Units (fractional allowed).")] = None,
     notional: Annotated[str | None, typer.Option(help="Dollar amount instead of a quantity.")] = None,
     side: Annotated[Side, typer.Option(help="buy or sell.")] = Side.BUY,
-    asset_class: Annotated[AssetClass, typer.Option(help="equity, crypto or option.")] = AssetClass.EQUITY,
+    asset_class: Annotated[
+        AssetClass | None,
+        typer.Option(
+            help="equity, crypto or option (default: from the symbol: BTC-USD crypto, OCC option, else equity)."
+        ),
+    ] = None,
     order_type: Annotated[OrderType, typer.Option(help="market, limit, stop, stop_limit.")] = OrderType.MARKET,
     limit_price: Annotated[str | None, typer.Option(help="Limit price.")] = None,
     stop_price: Annotated[str | None, typer.Option(help="Stop price.")] = None,
@@ -68,7 +74,7 @@ def submit(
     """Send one order intent and print its route and final report.
 
     Example: mbx submit --symbol AAPL --quantity 10
-             mbx submit --symbol BTC-USD --asset-class crypto --notional 250
+             mbx submit --symbol BTC-USD --notional 250   (a pair: crypto)
              mbx submit --file intent.yaml
              mbx submit --csv orders.csv   (columns: symbol, quantity or notional, side, ...)
     """
@@ -86,7 +92,7 @@ def submit(
             "intent_id": intent_id or f"{strategy}-{uuid.uuid4().hex[:12]}",
             "strategy_id": strategy,
             "symbol": symbol.upper(),
-            "asset_class": asset_class,
+            "asset_class": asset_class or _named_by(symbol),
             "side": side,
             "quantity": decimal_option(quantity, "quantity"),
             "notional": decimal_option(notional, "notional"),
@@ -104,6 +110,15 @@ def submit(
     url = resolve_nats_url(settings)
     code = asyncio.run(_submit(intent, url, settings.subject_prefix, timeout))
     raise typer.Exit(code)
+
+
+def _named_by(symbol: str) -> AssetClass:
+    """The asset class the symbol's form names; said when it is not equity, so that a pair
+    traded as crypto is never a surprise (and --asset-class says otherwise)."""
+    named = asset_class_of(symbol)
+    if named is not AssetClass.EQUITY:
+        err.print(f"[dim]{symbol.upper()}: {named} (from the symbol; --asset-class to say otherwise)[/dim]")
+    return named
 
 
 CSV_ALIASES = {"tif": "time_in_force", "strategy": "strategy_id", "type": "order_type"}
@@ -126,7 +141,8 @@ def _read_csv(path: Path, strategy: str) -> list[OrderIntent]:
     for line, row in enumerate(rows, start=2):
         raw = {CSV_ALIASES.get(k.strip(), k.strip()): v.strip() for k, v in row.items() if k and v and v.strip()}
         raw.setdefault("strategy_id", strategy)
-        raw.setdefault("asset_class", "equity")  # as for --asset-class; side stays required
+        if "symbol" in raw:  # as for --asset-class: from the symbol when not given; side stays required
+            raw.setdefault("asset_class", asset_class_of(raw["symbol"]))
         raw.setdefault("intent_id", f"{raw['strategy_id']}-{uuid.uuid4().hex[:12]}")
         if "symbol" in raw:
             raw["symbol"] = raw["symbol"].upper()

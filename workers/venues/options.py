@@ -4,16 +4,7 @@ root padded to six characters (``AAPL  261218C00190000``), Alpaca without the sp
 
 from __future__ import annotations
 
-CONTRACT_LENGTH = 15
-"""yymmdd + C/P + eight-digit strike: what follows the root."""
-
-
-def is_option(symbol: str) -> bool:
-    """An OCC option symbol (padding spaces allowed)."""
-    compact = symbol.replace(" ", "")
-    return (
-        len(compact) > CONTRACT_LENGTH and compact[-9] in "CP" and compact[-8:].isdigit() and compact[-15:-9].isdigit()
-    )
+from workers.domain.instruments import CONTRACT_LENGTH
 
 
 def padded(symbol: str) -> str:

@@ -14,9 +14,10 @@ from typing import Any
 
 import httpx
 
+from workers.domain.instruments import is_option
 from workers.domain.quotes import Quote
 from workers.venues.http import make_client, parse_time, send
-from workers.venues.options import compact, is_option
+from workers.venues.options import compact
 from workers.venues.quote_cache import CachedQuotes
 
 DATA_URL = "https://data.alpaca.markets"

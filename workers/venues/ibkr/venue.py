@@ -32,6 +32,7 @@ from ib_async.order import OrderStatus as IbStatus
 
 from contracts import AccountSnapshot, AssetClass, BrokerName, OrderIntent, OrderStatus, OrderType, PositionLine
 from workers.domain.capabilities import CAPABILITIES, VenueCapabilities
+from workers.domain.instruments import asset_class_of
 from workers.domain.venue import (
     VenueAmbiguous,
     VenueAuthFailed,
@@ -45,7 +46,7 @@ from workers.domain.venue import (
 )
 from workers.venues.http_venue import as_far_as_known
 from workers.venues.ibkr.order_ids import OrderIds
-from workers.venues.options import compact, is_option, padded
+from workers.venues.options import compact, padded
 
 log = structlog.get_logger("mbx.venues")
 logging.getLogger("ib_async.client").setLevel(logging.CRITICAL)  # every failed reconnect; the heartbeat says why
@@ -392,12 +393,8 @@ def contract_of(symbol: str, asset: AssetClass) -> Contract:
 
 
 def contract_of_symbol(symbol: str) -> Contract:
-    """The contract a bare symbol names: a pair is crypto, an OCC symbol an option, else a stock."""
-    if "-" in symbol:
-        return contract_of(symbol, AssetClass.CRYPTO)
-    if is_option(symbol):
-        return contract_of(symbol, AssetClass.OPTION)
-    return contract_of(symbol, AssetClass.EQUITY)
+    """The contract a bare symbol names (``asset_class_of``)."""
+    return contract_of(symbol, asset_class_of(symbol))
 
 
 def symbol_of(contract: Contract) -> str:

@@ -34,6 +34,7 @@ from schwab.utils import Utils
 from contracts import AccountSnapshot, AssetClass, BrokerName, OrderIntent, OrderStatus, OrderType, PositionLine
 from workers.domain.capabilities import CAPABILITIES, VenueCapabilities
 from workers.domain.fees import DEFAULT_FEES, commission, round_up_to_cent
+from workers.domain.instruments import is_option
 from workers.domain.venue import (
     VenueAmbiguous,
     VenueAuthFailed,
@@ -46,7 +47,7 @@ from workers.domain.venue import (
 )
 from workers.venues.http import answer, error_text, parse_time
 from workers.venues.http_venue import as_far_as_known, read_after_placing
-from workers.venues.options import compact, is_option, padded
+from workers.venues.options import compact, padded
 from workers.venues.schwab.login import API_URL, TOKEN_PATH
 from workers.venues.schwab.tokens import LOGIN_HINT, TokenStore, TokenStoreError, expiry_warning
 
