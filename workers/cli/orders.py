@@ -141,11 +141,10 @@ def _read_csv(path: Path, strategy: str) -> list[OrderIntent]:
     for line, row in enumerate(rows, start=2):
         raw = {CSV_ALIASES.get(k.strip(), k.strip()): v.strip() for k, v in row.items() if k and v and v.strip()}
         raw.setdefault("strategy_id", strategy)
-        if "symbol" in raw:  # as for --asset-class: from the symbol when not given; side stays required
-            raw.setdefault("asset_class", asset_class_of(raw["symbol"]))
         raw.setdefault("intent_id", f"{raw['strategy_id']}-{uuid.uuid4().hex[:12]}")
-        if "symbol" in raw:
+        if "symbol" in raw:  # the asset class as for --asset-class: from the symbol when not given
             raw["symbol"] = raw["symbol"].upper()
+            raw.setdefault("asset_class", asset_class_of(raw["symbol"]))
         try:
             intents.append(OrderIntent.model_validate(raw))
         except ValidationError as exc:

@@ -226,8 +226,8 @@ class RouterHandlers:
         self, intent: OrderIntent, outcome: RouteDecision | Rejection, attempt: int, price: Decimal | None
     ) -> str:
         """``_publish``, with a route counted in its broker's queue from the moment it is decided
-        (decisions of one batch run together: the next intent already sees it) until the stream
-        has it, when the executors' consumer counts it."""
+        (decisions of one batch run together: the next intent already sees it) until a reading
+        of the executors' consumer holds it (``Backlog.stored``: by its stream sequence)."""
         if not isinstance(outcome, RouteDecision):
             result, _ = await self._publish(intent, outcome, attempt, price)
             return result
