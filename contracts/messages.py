@@ -355,8 +355,10 @@ class CancelReject(Message):
     Published to ``mbx.exec.<broker>.cancel_rejected.<strategy>`` (``unrouted`` when no broker holds the
     intent). ``reason_code`` is ``unknown_order`` (mbx has no order for this intent: never
     routed, or not placed yet), ``too_late_to_cancel`` (the order already reached
-    ``order_status``, a terminal state) or ``not_your_order`` (the intent belongs to another
-    strategy). The order itself is unchanged.
+    ``order_status``, a terminal state), ``not_your_order`` (the intent belongs to another
+    strategy) or ``wrong_strategy`` (the request's ``strategy_id`` is not the strategy of the
+    subject it was sent on: a strategy cancels only as itself, and this answer goes to the
+    subject's strategy). The order itself is unchanged.
     """
 
     intent_id: IntentId

@@ -239,6 +239,15 @@ class Subjects:
         """Cross-broker exposure: key ``current`` (an ExposureSnapshot)."""
         return f"{self.prefix}_exposure"
 
+    def sender(self, subject: str) -> str | None:
+        """The strategy that sent a message on an intent or cancel subject (the subject's last
+        token), or None for any other subject. A strategy is who its subject says (under
+        ``--secure`` only its own NATS user may publish there), whatever its body claims."""
+        parts = subject.split(".")
+        if len(parts) == 4 and parts[0] == self.prefix and parts[1] == "orders" and parts[2] in ("intent", "cancel"):
+            return parts[3]
+        return None
+
     def kind(self, subject: str) -> str:
         """The message kind of a subject: ``orders``, ``routes``, ``exec``, ``fills``, ..."""
         parts = subject.split(".")

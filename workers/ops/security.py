@@ -5,7 +5,8 @@ from a generated development CA (or certificates the user gives).
 Roles: ``router``; ``executor-<broker>`` for each broker; ``aggregator``; ``strategy-<id>`` for
 each strategy, which may publish only its own intents and cancels; ``operator`` (every subject:
 the CLI's operator commands and the dashboard, which acts for operators). Each user's replies
-come to an inbox of its own (``_INBOX_<user>``), so no user reads another's replies.
+come to an inbox of its own (``_INBOX_`` and the user name with ``-`` as ``_``:
+``_INBOX_strategy_alpha``), so no user reads another's replies.
 
 The JetStream API is granted per stream (and per KV bucket, a stream ``KV_<bucket>``): the
 workers create and update their streams, consumers and buckets at start, fetch from their
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from contracts import BrokerName, Subjects
 from workers.ops.errors import OperatorError
+from workers.platform.access import inbox_prefix
 from workers.platform.topology import Topology
 
 PASSWORD_BYTES = 24
@@ -46,7 +48,7 @@ class Role:
 
     @property
     def inbox(self) -> str:
-        return f"_INBOX_{self.user.replace('-', '_')}"
+        return inbox_prefix(self.user)
 
 
 def jetstream_api(stream: str) -> list[str]:

@@ -134,47 +134,63 @@ class RouterHandlers:
         await self.worker.deliver(DeadLetterStage.ROUTER, self.cancel_spec, msg, self.forward_cancel)
 
     async def forward_cancel(self, msg: Msg) -> str:
-        """Send a cancel request to the broker holding the order, or reject it as unknown."""
+        """Send a cancel request to the broker holding the order, or refuse it to its sender: a
+        body naming another strategy than its subject, an order of another strategy, an unknown
+        order."""
         request = parse(CancelRequest, msg.data)
         structlog.contextvars.bind_contextvars(intent_id=request.intent_id)
+        sender, refusal = self.sender(msg, request.strategy_id)
+        if refusal is not None:
+            return await self._refuse_cancel(request, sender, "wrong_strategy", refusal)
         entry = await self.ledger.get(request.intent_id)
-        subjects = self.worker.subjects
-        owner = entry.decision.strategy_id if entry is not None and entry.decision is not None else None
-        if owner is not None and owner != request.strategy_id:
-            # Each strategy may publish only on its own cancel subject; the intent id it names
-            # must be its own too, or it could cancel another strategy's order.
+        decision = entry.decision if entry is not None else None
+        if decision is None:
+            # Routed and not recorded by its executor yet: the journal knows whose it is.
+            decision = await self._first_route(request.intent_id)
+        if decision is not None and decision.strategy_id != sender:
             why = f"intent {request.intent_id} belongs to another strategy; a strategy cancels only its own"
-            await publish(
-                self.worker.js,
-                subjects.cancel_reject(None, request.strategy_id),
-                cancel_reject(request, None, "not_your_order", why),
-                intent_id=request.intent_id,
-                strategy_id=request.strategy_id,
-            )
-            return "cancel_rejected:not_your_order"
-        broker = entry.broker if entry is not None else await self._routed_to(request.intent_id)
+            return await self._refuse_cancel(request, sender, "not_your_order", why)
+        broker = entry.broker if entry is not None else decision.broker if decision is not None else None
         if broker is None:
             if delivery_count(msg) < self.cancel_spec.give_up_after and await self._intents_in_flight():
                 # The intent may still be queued behind others: look again before answering.
                 raise RetryLater(f"intent {request.intent_id} is not routed yet", CANCEL_RETRY_S)
             why = "no broker holds an order for this intent (it was never routed)"
-            reject = cancel_reject(request, None, "unknown_order", why)
-            await publish(
-                self.worker.js,
-                subjects.cancel_reject(None, request.strategy_id),
-                reject,
-                intent_id=request.intent_id,
-                strategy_id=request.strategy_id,
-            )
-            return "cancel_rejected:unknown_order"
+            return await self._refuse_cancel(request, sender, "unknown_order", why)
         await publish(
             self.worker.js,
-            subjects.cancel_route(broker),
+            self.worker.subjects.cancel_route(broker),
             request,
             intent_id=request.intent_id,
             strategy_id=request.strategy_id,
         )
         return f"cancel_forwarded:{broker}"
+
+    def sender(self, msg: Msg, claimed: str) -> tuple[str, str | None]:
+        """The strategy that sent ``msg``: its subject's (under ``--secure``, its NATS user's),
+        and why the message is refused when its body claims another strategy. Intents and
+        cancels (and whatever a strategy sends next) take this one check."""
+        sender = self.worker.subjects.sender(msg.subject)
+        if sender is None:
+            raise PoisonMessage(f"{msg.subject} is not a strategy's intent or cancel subject")
+        if sender == claimed:
+            return sender, None
+        return sender, (
+            f"sent on {msg.subject} by strategy {sender!r}, but its strategy_id says {claimed!r}: "
+            "a strategy sends only as itself"
+        )
+
+    async def _refuse_cancel(self, request: CancelRequest, sender: str, code: str, why: str) -> str:
+        """Answer a cancel that is not carried out, on the sender's own results."""
+        own = request if request.strategy_id == sender else request.model_copy(update={"strategy_id": sender})
+        await publish(
+            self.worker.js,
+            self.worker.subjects.cancel_reject(None, sender),
+            cancel_reject(own, None, code, why),
+            intent_id=request.intent_id,
+            strategy_id=sender,
+        )
+        return f"cancel_rejected:{code}"
 
     async def _intents_in_flight(self) -> bool:
         """Whether any intent is queued for the router or in a router's hands."""
@@ -184,22 +200,22 @@ class RouterHandlers:
             return True
         return bool(info.num_pending or info.num_ack_pending)
 
-    async def _routed_to(self, intent_id: str) -> BrokerName | None:
-        """The broker the intent was first routed to, from the journal: its order may exist
-        before the ledger shows it (the executor placed it and has not recorded it yet)."""
+    async def _first_route(self, intent_id: str) -> RouteDecision | None:
+        """The intent's first route, from the journal: its order may exist before the ledger
+        shows it (the executor placed it and has not recorded it yet)."""
         first = await self.journal.first(intent_id)
         if first is None or self.worker.subjects.kind(first.subject) != "routes":
             return None
-        return parse(RouteDecision, first.payload).broker
+        return parse(RouteDecision, first.payload)
 
     async def route_intent(self, msg: Msg) -> str:
         intent = parse(OrderIntent, msg.data)
         structlog.contextvars.bind_contextvars(intent_id=intent.intent_id)
-        subject_strategy = msg.subject.rsplit(".", 1)[-1]
-        if subject_strategy != intent.strategy_id:
-            raise PoisonMessage(
-                f"subject strategy {subject_strategy!r} does not match payload strategy_id {intent.strategy_id!r}"
-            )
+        _, refusal = self.sender(msg, intent.strategy_id)
+        if refusal is not None:
+            # Dead-lettered, not answered with a rejected report: that report would carry an
+            # intent id the sender chose, and the audit store would record it on that intent.
+            raise PoisonMessage(refusal)
         if is_replay(msg) and await self.ledger.get(intent.intent_id) is not None:
             # A replayed intent that already reached a broker: its order exists (or existed);
             # routing it again could place it twice.
