@@ -8,7 +8,7 @@ from decimal import Decimal
 from contracts import AssetClass, BrokerName, BrokerStatus, FillQuality, RouteDecision
 from tests.builders import CRYPTO, make_intent
 from workers.domain.config import MbxConfig
-from workers.router.registry import BrokerRegistry
+from workers.router.registry import HEALTH_REUSE_S, BrokerRegistry, judge
 from workers.router.rules import route
 from workers.router.state import RouterState
 
@@ -123,3 +123,72 @@ def test_a_broker_not_heard_from_since_the_grace_began_is_starting_until_it_spea
     clock[0] += 9.5
     assert reg.starting() == frozenset()
     assert not reg.health(BrokerName.SCHWAB).up
+
+
+def verdicts(*statuses: BrokerStatus, trouble_age: float | None = None, hold: float = 30.0) -> dict[str, str]:
+    """Each heard-from broker's state by ``judge``: up, down or unsure."""
+    trouble = None if trouble_age is None else NOW.timestamp() - trouble_age
+    health = judge({s.broker: s for s in statuses}, NOW.timestamp(), 5.0, hold, trouble)
+    heard = {s.broker for s in statuses}
+    return {str(b): "up" if h.up else "unsure" if h.unsure else "down" for b, h in health.items() if b in heard}
+
+
+def test_one_stale_heartbeat_while_the_bus_is_healthy_is_its_broker_down() -> None:
+    """A broker silent alone, with the router's own bus operations fine, is down."""
+    assert verdicts(status(BrokerName.ALPACA, age=8), status(BrokerName.IBKR)) == {"alpaca": "down", "ibkr": "up"}
+
+
+def test_heartbeats_gone_stale_together_are_unsure_until_the_hold_runs_out() -> None:
+    """Several brokers silent since about the same moment: the bus may be why, so they are
+    unsure (not down) until their silence is heartbeat timeout + hold old, then down."""
+    together = verdicts(
+        status(BrokerName.ALPACA, age=11), status(BrokerName.ROBINHOOD, age=10), status(BrokerName.IBKR)
+    )
+    assert together == {"alpaca": "unsure", "robinhood": "unsure", "ibkr": "up"}
+    reason = judge(
+        {BrokerName.ALPACA: status(BrokerName.ALPACA, age=11), BrokerName.SCHWAB: status(BrokerName.SCHWAB, age=11)},
+        NOW.timestamp(),
+        5.0,
+        30.0,
+    )[BrokerName.ALPACA].reason
+    assert reason == "alpaca's last heartbeat is 11s old and schwab went silent with it: unsure for up to 24s more"
+    expired = verdicts(status(BrokerName.ALPACA, age=36), status(BrokerName.ROBINHOOD, age=36))
+    assert expired == {"alpaca": "down", "robinhood": "down"}
+    apart = verdicts(status(BrokerName.ALPACA, age=8), status(BrokerName.ROBINHOOD, age=30))
+    assert apart == {"alpaca": "down", "robinhood": "down"}  # went quiet 22 s apart: each its own trouble
+
+
+def test_a_stale_heartbeat_is_unsure_while_the_routers_own_bus_operations_fail() -> None:
+    """Bus trouble seen since a broker's last heartbeat makes its silence unsure; once the bus
+    has been fine for a heartbeat timeout, a broker still silent is down."""
+    assert verdicts(status(BrokerName.ALPACA, age=8), trouble_age=1) == {"alpaca": "unsure"}
+    assert verdicts(status(BrokerName.ALPACA, age=8), trouble_age=6) == {"alpaca": "down"}
+    assert verdicts(status(BrokerName.ALPACA, age=20), trouble_age=25) == {"alpaca": "down"}  # silent before it
+
+
+def test_an_executor_that_said_its_broker_is_down_is_believed_however_old_its_word() -> None:
+    """A stale record is never mistaken for a down broker, nor a down record for an unsure one:
+    the heartbeat carries the executor's own view of its broker."""
+    said_down = status(BrokerName.ALPACA, age=9, connected=False)
+    assert verdicts(said_down, status(BrokerName.SCHWAB, age=9), trouble_age=1) == {
+        "alpaca": "down",
+        "schwab": "unsure",
+    }
+    assert verdicts(status(BrokerName.ALPACA, connected=False), trouble_age=0) == {"alpaca": "down"}
+
+
+def test_the_registry_holds_for_unsure_brokers_with_the_live_bounds() -> None:
+    """Bus trouble reported to the registry makes a stale broker awaited; a shorter
+    ``hold_when_unsure`` (the live config) ends the wait sooner."""
+    clock = [NOW.timestamp()]
+    reg = BrokerRegistry(heartbeat_timeout=5.0, clock=lambda: clock[0], hold_when_unsure=30.0)
+    reg.update(status(BrokerName.ALPACA, age=7))
+    reg.update(status(BrokerName.IBKR))
+    assert reg.awaited() == frozenset()
+    reg.bus_trouble()
+    assert reg.awaited() == {BrokerName.ALPACA}
+    assert not reg.health(BrokerName.ALPACA).up
+    reg.hold_when_unsure = 1.0
+    clock[0] += HEALTH_REUSE_S
+    assert reg.awaited() == frozenset()
+    assert reg.status_summary()["alpaca"]["unsure"] is False

@@ -233,6 +233,14 @@ class RoutingConfig(_Strict):
         description="After the router starts or NATS comes back, how long intents wait for a broker not heard "
         "from since (starting, not down) before routing without it.",
     )
+    hold_when_unsure_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long the router holds an intent, rather than routing without a broker, while that "
+        "broker is unsure: its heartbeat is stale but the bus may be why (the router's own bus operations "
+        "fail, or several brokers went silent together). Counted from the end of the heartbeat timeout; "
+        "then the broker is down. See docs/routing.md.",
+    )
     min_rate_headroom: float = Field(
         default=0.05, ge=0, le=1, description="Below this share of its rate budget left a broker is skipped."
     )

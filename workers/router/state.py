@@ -43,7 +43,9 @@ class RouterState:
     def __init__(self, config: MbxConfig, version: int = 0, registry: BrokerRegistry | None = None) -> None:
         self.config = config
         self.version = version
-        self.registry = registry or BrokerRegistry(config.routing.heartbeat_timeout_s)
+        self.registry = registry or BrokerRegistry(
+            config.routing.heartbeat_timeout_s, hold_when_unsure=config.routing.hold_when_unsure_s
+        )
         self.backlog = Backlog()
         self._fill_quality: dict[BrokerName, FillQuality] = {}
         self.last_error: str = ""
@@ -61,6 +63,7 @@ class RouterState:
             return self.last_error
         self.config, self.version, self.last_error = config, revision, ""
         self.registry.heartbeat_timeout = config.routing.heartbeat_timeout_s
+        self.registry.hold_when_unsure = config.routing.hold_when_unsure_s
         return None
 
     def apply_fill_quality(self, quality: FillQuality) -> None:
