@@ -91,3 +91,36 @@ async def test_a_payload_just_under_the_server_limit_is_dead_lettered_and_can_be
     assert f"{len(junk):,} bytes" in text
     assert "first 262,144 characters shown" in text
     assert json.dumps(found.payload_sha256)[1:17] in text
+
+
+NESTED = [
+    b"[" * 20_000,
+    b"[" * 20_000 + b"]" * 20_000,
+    b'{"intent_id":' * 2_000 + b'"x"' + b"}" * 2_000,
+    b'{"intent_id": "deep-1", "metadata": ' + b'{"a":' * 5_000 + b"1" + b"}" * 5_000 + b"}",
+]
+
+
+async def test_deeply_nested_payloads_are_dead_lettered_once_and_a_valid_intent_fills(
+    pipeline: Pipeline, nc: NatsClient, db: AsyncEngine
+) -> None:
+    """20 KB of ``[[[`` or of nested intent ids is refused as poison and dead-lettered at its
+    first delivery (finding an intent id in it never recurses without end); nothing is left
+    pending or redelivered, and a valid intent sent after them fills."""
+    js = nc.jetstream()
+    sequences = [(await js.publish("mbx.orders.intent.strat1", payload)).seq for payload in NESTED]
+    good = intent_payload()
+    await publish_json(nc, good)
+    [filled] = await final_order(db, good["intent_id"])
+    assert filled["status"] == "filled"
+
+    async def letters() -> list[DeadLetter] | None:
+        found = [d for d in await dead_letters(nc, "router") if d.stream_sequence in sequences]
+        return found if len(found) >= len(sequences) else None
+
+    found = await eventually(letters, timeout=20)
+    assert sorted(d.stream_sequence for d in found) == sorted(sequences)  # each exactly once
+    assert all(d.delivery_count == 1 for d in found)
+    assert all("invalid OrderIntent" in d.error for d in found)
+    info = await js.consumer_info("ORDERS", "router")
+    assert info.num_ack_pending == 0

@@ -17,7 +17,6 @@ from workers.aggregator.persistence import AuditStore, Envelope
 from workers.domain.reports import fill_message, report
 from workers.domain.venue import VenueAmbiguous, VenueUnavailable
 from workers.executor.app import build_executor
-from workers.executor.handlers import FAILOVER_AFTER
 from workers.platform.bus import ensure_consumer, ensure_streams, publish
 from workers.platform.settings import Settings
 from workers.venues.simulated.venue import SimulatedVenue
@@ -79,23 +78,28 @@ class DownVenue(SimulatedVenue):
 
 
 class LostVenue(SimulatedVenue):
-    """Every placement times out after sending, and no lookup ever finds the order."""
+    """Every placement times out after sending, and no lookup finds the order until ``appear``
+    places it (as a broker's order list that catches up late)."""
 
     def __init__(self) -> None:
         super().__init__(BrokerName.IBKR)
         self.attempts = 0
+        self.appeared: Any = None
 
     async def place_order(self, intent: Any, client_order_id: str) -> Any:
         self.attempts += 1
         raise VenueAmbiguous("read timeout after sending")
 
-    async def locate(self, intent: Any, client_order_id: str, since: Any) -> Any:
-        return None
+    async def locate(self, intent: Any, client_order_id: str, since: Any, exclude: Any = frozenset()) -> Any:
+        return self.appeared
+
+    async def appear(self, intent: Any) -> None:
+        self.appeared = await super().place_order(intent, intent.intent_id)
 
 
 async def test_a_broker_that_cannot_be_reached_is_retried_then_failed_over(settings: Settings, nc: NatsClient) -> None:
-    """Requests that provably never reached the broker are retried with delay; after
-    FAILOVER_AFTER deliveries the executor hands the intent back to the router."""
+    """Requests that provably never reached the broker are retried with delay; once the route
+    has waited past routing.max_queue_wait_s (2 s) the executor hands it back to the router."""
     venue = DownVenue()
     worker = build_executor(settings, BrokerName.IBKR, venue)
     await worker.start()
@@ -110,38 +114,42 @@ async def test_a_broker_that_cannot_be_reached_is_retried_then_failed_over(setti
         event = FailoverEvent.model_validate_json(await eventually(failover, timeout=20))
     finally:
         await worker.stop()
-    assert venue.attempts == FAILOVER_AFTER
-    assert event.reason_code == "broker_unavailable"
-    assert f"{FAILOVER_AFTER} tries, none reached the broker" in event.reason
+    assert venue.attempts >= 2
+    assert event.reason_code == "broker_down"
+    assert "past routing.max_queue_wait_s (2s)" in event.reason
+    assert "none of its requests reached the broker" in event.reason
     assert event.decision == route
 
 
-async def test_an_outcome_that_stays_unknown_is_dead_lettered_after_max_deliver(
+async def test_an_outcome_that_stays_unknown_is_looked_for_past_the_delivery_limit_never_dead_lettered(
     settings: Settings, nc: NatsClient
 ) -> None:
-    """The order may exist but cannot be found: never failed over (that could double it);
-    retried max_deliver times, then dead-lettered with the last error for an operator."""
+    """The order may exist but cannot be found yet: never failed over (that could double it)
+    and never dead-lettered for its deliveries; once the broker shows it, it is reported."""
     venue = LostVenue()
     worker = build_executor(settings, BrokerName.IBKR, venue)
     await worker.start()
+    limit = settings.topology.executor_consumer(BrokerName.IBKR).give_up_after
     try:
         route = make_route(broker=BrokerName.IBKR)
         await publish(nc.jetstream(), "mbx.routes.ibkr", route, intent_id=route.intent_id)
+        await eventually(lambda: _at_least(venue.attempts, limit + 1), timeout=90, interval=0.2)
+        assert not [d for d in await dead_letters(nc, "executor") if d.correlation_id == route.intent_id]
+        await venue.appear(route.intent)
 
-        async def letter() -> Any:
-            found = [d for d in await dead_letters(nc, "executor") if d.correlation_id == route.intent_id]
-            return found[0] if found else None
+        async def filled() -> Any:
+            subject = f"mbx.exec.ibkr.filled.{route.strategy_id}"
+            return [e for e in await stream_messages(nc, "EXECUTIONS", subject) if route.intent_id in e]
 
-        dead = await eventually(letter, timeout=20)
+        await eventually(filled, timeout=60)
     finally:
         await worker.stop()
-    max_deliver = settings.topology.executor_consumer(BrokerName.IBKR).give_up_after
-    assert venue.attempts == max_deliver
-    assert dead.delivery_count == max_deliver
-    assert "gave up after 5 deliveries" in dead.error
-    assert "read timeout after sending" in dead.error
-    assert dead.original_subject == "mbx.routes.ibkr"
+    assert not [d for d in await dead_letters(nc, "executor") if d.correlation_id == route.intent_id]
     assert not [e for e in await stream_messages(nc, "EXECUTIONS", "mbx.failover.ibkr") if route.intent_id in e]
+
+
+async def _at_least(value: int, wanted: int) -> bool:
+    return value >= wanted
 
 
 async def test_the_inbox_forgets_message_ids_past_the_streams_horizon(db: AsyncEngine) -> None:

@@ -86,9 +86,9 @@ async def test_a_message_still_pending_is_retried_past_the_dead_letter_limit() -
         raise StillPending("a same-shaped order ahead of this one is unresolved")
 
     async def failing(_msg: Any) -> str:
-        raise ConnectionError("the broker closed the connection")
+        raise KeyError("a defect")
 
     assert await worker.deliver(DeadLetterStage.EXECUTOR, SPEC, msg, waiting) != "dead_letter"  # type: ignore[arg-type]
     assert (worker.letters, msg.naks) == ([], 1)
     assert await worker.deliver(DeadLetterStage.EXECUTOR, SPEC, msg, failing) == "dead_letter"  # type: ignore[arg-type]
-    assert worker.letters == ["gave up after 9 deliveries: ConnectionError: the broker closed the connection"]
+    assert worker.letters == ["gave up after 9 deliveries: KeyError: 'a defect'"]

@@ -32,16 +32,27 @@ class VenueRejected(VenueError):
 
 
 class VenueUnavailable(VenueError):
-    """The request provably did not reach the broker (connection refused, 429): safe to retry."""
+    """The request provably did not reach the broker (connection refused, 429, the rate budget,
+    the day's order calls): safe to retry, and a condition that passes. ``retry_after``: seconds
+    until the broker is worth asking again (0 when nobody knows: a down broker is probed again
+    on the executor's own schedule)."""
+
+    reason_code = "broker_down"
+    """What a failover for this condition says (``FailoverEvent.reason_code``)."""
+
+    def __init__(self, message: str, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class VenueRateLimited(VenueUnavailable):
     """The broker answered 429: the request was refused before doing anything. ``retry_after``
     is the broker's reset hint in seconds (Retry-After, X-RateLimit-Reset)."""
 
+    reason_code = "rate_limited"
+
     def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+        super().__init__(message, retry_after)
 
 
 class VenueAuthFailed(VenueUnavailable):
@@ -104,6 +115,36 @@ def cancellable(order: VenueOrder | None, broker: str, broker_order_id: str) -> 
             "too_late_to_cancel", f"order {broker_order_id} is already {order.status}", order_specific=True
         )
     return order
+
+
+class RequestGate(Protocol):
+    """What an adapter asks before each request that counts against the broker's limit (the
+    executor's rate budget, shared by its replicas), and tells when the broker refused one."""
+
+    async def take(self) -> None:
+        """Wait for a token; raises a ``VenueUnavailable`` (nothing sent) when none comes soon."""
+        ...
+
+    async def refused(self, retry_after: float) -> None:
+        """The broker answered 429: nothing may be sent for ``retry_after`` seconds."""
+        ...
+
+
+class OpenGate:
+    """No budget (an adapter on its own, as in the contract tests): every request may go."""
+
+    async def take(self) -> None:
+        return None
+
+    async def refused(self, retry_after: float) -> None:
+        return None
+
+
+@runtime_checkable
+class SupportsRequestGate(Protocol):
+    """A venue that counts its own requests (every adapter): the executor hands it its budget."""
+
+    def use_gate(self, gate: RequestGate) -> None: ...
 
 
 class Venue(Protocol):

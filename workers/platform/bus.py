@@ -15,6 +15,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+import pydantic_core
 import structlog
 from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
@@ -77,6 +78,8 @@ HEADER_MAX = 1024
 """Characters of each header name and value a dead letter keeps."""
 HEADERS_MAX = 64
 """Headers a dead letter keeps."""
+MAX_JSON_BYTES = 1024 * 1024
+"""Largest payload ``read_json`` parses (nats-server's default ``max_payload``, and mbx's)."""
 NO_STREAM_FOR_S = 5.0
 """How long a JetStream write that reached no stream is sent again (see ``JetStream``)."""
 
@@ -305,13 +308,24 @@ def make_dead_letter(stage: DeadLetterStage, msg: Msg, error: str) -> DeadLetter
     )
 
 
+def read_json(raw: bytes, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """A JSON payload from the bus, parsed within bounds: at most ``max_bytes`` and a nesting
+    depth the parser's own limit (pydantic-core's, 200 levels) caps, so no payload can make a
+    worker recurse without end (the standard library's ``json`` raises ``RecursionError``
+    on 20 KB of ``[[[``). Raises ``ValueError`` saying why not."""
+    if len(raw) > max_bytes:
+        raise ValueError(f"payload of {len(raw):,} bytes, over the {max_bytes:,} a payload may have")
+    return pydantic_core.from_json(raw)
+
+
 def _intent_id_in(raw: bytes) -> str:
     """The intent id a JSON payload names, so a letter can be found by it even when the sender
     set no Mbx-Intent-Id header ("" when there is none or it is not plausible)."""
     try:
-        value = json.loads(raw).get("intent_id")
-    except (ValueError, AttributeError):
+        data = read_json(raw)
+    except ValueError:
         return ""
+    value = data.get("intent_id") if isinstance(data, dict) else None
     return value if isinstance(value, str) and 0 < len(value) <= 200 else ""
 
 

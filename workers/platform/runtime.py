@@ -1,12 +1,23 @@
 """What every worker shares: the FastStream broker, topology at start-up, and the delivery policy.
 
-Delivery policy (the same for every stage):
-- a message that cannot be parsed or fails validation is a ``PoisonMessage``: copied to the
-  dead-letter stream with the reason, then acked; the worker carries on;
-- any other exception is transient: nak with a growing delay; a failure at delivery
-  ``dead_letter_after`` (5) or later dead-letters the message with the last error. The server
-  never stops redelivering by itself (``max_deliver`` -1): only a handled delivery ends one;
-- success: ack after everything the handler published was acknowledged by JetStream.
+Delivery policy (the same for every stage, decided by ``disposition`` alone). A delivery that
+fails, fails for exactly one of:
+- **poison**: the message can never succeed as it is (cannot be parsed, fails validation, the
+  same deterministic error every time): copied to the dead-letter stream with the reason at
+  this delivery, then acked. If even the copy cannot be written (anything but the bus being
+  away), the message is logged with its stream sequence and terminated: never redelivered for
+  ever;
+- **a condition that will pass** (``RetryLater``: a broker's 429 until its reset, the rate
+  budget, a down broker, an expired key, the day's order calls; NATS electing a leader or
+  reconnecting): redelivered once it is ready again (its own "ready again at", bounded by
+  ``MAX_WAIT_S``), never counted toward a dead letter;
+- **an outcome not known yet** (``StillPending``: an order that may exist, a cancel waiting for
+  its order, a broker's list catching up): looked at again later, never counted.
+Anything else is unexpected (a defect, not a condition of the broker or the bus): retried with a
+growing delay and dead-lettered at delivery ``dead_letter_after`` (5) with the last error, so a
+bug cannot hold a message for ever. The server never stops redelivering by itself
+(``max_deliver`` -1): only a handled delivery ends one. Success: ack after everything the
+handler published was acknowledged by JetStream.
 
 Acks are explicit everywhere (never FastStream's JetStream default, which terminates a message on
 any error and would drop an order silently).
@@ -25,6 +36,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
@@ -33,6 +45,7 @@ from pydantic import BaseModel, ValidationError
 
 from contracts import INTENT_ID_HEADER, DeadLetterStage
 from workers.domain.config import ConfigError
+from workers.domain.venue import VenueAmbiguous, VenueDuplicate, VenueUnavailable
 from workers.platform import metrics, telemetry
 from workers.platform.access import broker_options
 from workers.platform.bus import (
@@ -44,6 +57,7 @@ from workers.platform.bus import (
     ensure_streams,
     jetstream,
     open_bucket,
+    stream_sequence,
     use_replicas,
 )
 from workers.platform.settings import Settings
@@ -80,7 +94,9 @@ out-of-range numbers, a model the input cannot build): dead-lettered at once, ne
 
 
 class RetryLater(Exception):
-    """A transient failure with a known earliest retry time (a broker's rate-limit reset)."""
+    """A condition that will pass (a broker's 429 until its reset, the rate budget, a down
+    broker, NATS electing a leader): the message is redelivered once it is ready again, ``after``
+    seconds from now (0: not known, a growing delay), and never counted toward a dead letter."""
 
     def __init__(self, message: str, after: float = 0.0) -> None:
         super().__init__(message)
@@ -92,6 +108,58 @@ class StillPending(RetryLater):
     order list catching up, a lookup of an order that may exist): retried until it resolves and
     never dead-lettered for its number of deliveries. Those count every delivery a crashed worker
     took with it, and a dead letter would leave the order unresolved rather than resolve it."""
+
+
+BUS_WAITS: tuple[type[Exception], ...] = (*BUS_UNAVAILABLE, TimeoutError, ConnectionError)
+"""NATS electing, reconnecting, a call past its deadline: conditions that pass."""
+MAX_WAIT_S = 120.0
+"""Longest a message waits before its next delivery (a broker's rate-limit window is at most a
+minute; a down broker is looked at again at least this often)."""
+MIN_WAIT_S = 0.05
+"""Shortest wait before a redelivery (a broker whose reset has just passed)."""
+
+
+class Verdict(StrEnum):
+    POISON = "poison"
+    """Never succeeds: dead-letter now."""
+    WAIT = "wait"
+    """A condition that passes: redeliver when ready, uncounted."""
+    LOOK = "look"
+    """An outcome not known yet: look again later, uncounted."""
+    UNEXPECTED = "unexpected"
+    """A defect: retried a bounded number of times, then dead-lettered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Disposition:
+    verdict: Verdict
+    delay: float = 0.0
+    """Seconds before the next delivery (for the verdicts that redeliver)."""
+
+
+def disposition(exc: BaseException, deliveries: int) -> Disposition:
+    """The one classification of a failed delivery (see the module's docstring): what ``exc``
+    means for the message, and how long until its next delivery."""
+    if isinstance(exc, (PoisonMessage, *DETERMINISTIC)):
+        return Disposition(Verdict.POISON)
+    backoff = retry_delay(deliveries)
+    if isinstance(exc, StillPending):
+        return Disposition(Verdict.LOOK, _bounded(exc.after) or backoff)
+    if isinstance(exc, (VenueAmbiguous, VenueDuplicate)):
+        # Raised past the executor's own handling: the order may exist; look again.
+        return Disposition(Verdict.LOOK, backoff)
+    if isinstance(exc, RetryLater):
+        return Disposition(Verdict.WAIT, _bounded(exc.after) or backoff)
+    if isinstance(exc, VenueUnavailable):
+        return Disposition(Verdict.WAIT, _bounded(exc.retry_after) or backoff)
+    if isinstance(exc, BUS_WAITS):
+        # NATS electing, reconnecting; a broker call past its deadline.
+        return Disposition(Verdict.WAIT, backoff)
+    return Disposition(Verdict.UNEXPECTED, backoff)
+
+
+def _bounded(seconds: float) -> float:
+    return min(max(seconds, MIN_WAIT_S), MAX_WAIT_S) if seconds > 0 else 0.0
 
 
 def parse(model: type[M], data: bytes) -> M:
@@ -107,7 +175,7 @@ def parse(model: type[M], data: bytes) -> M:
 
 def retry_delay(deliveries: int) -> float:
     """Seconds before the next delivery: 0.5, 1, 2, 4 ... capped at 30."""
-    return float(min(30.0, 0.5 * 2 ** max(deliveries - 1, 0)))
+    return float(min(30.0, 0.5 * 2 ** min(max(deliveries - 1, 0), 6)))
 
 
 _room: contextvars.ContextVar[asyncio.Semaphore | None] = contextvars.ContextVar("room", default=None)
@@ -476,13 +544,9 @@ class Worker:
         keepalive = asyncio.create_task(_keep_in_progress(msg, spec.ack_wait_seconds / 3))
         try:
             outcome = await process(msg)
-        except PoisonMessage as exc:
-            outcome = await self._dead_letter(stage, msg, str(exc))
-        except DETERMINISTIC as exc:
-            # The same input fails the same way every time: retrying only delays the verdict.
-            outcome = await self._dead_letter(stage, msg, f"{type(exc).__name__}: {exc}")
-        except Exception as exc:  # noqa: BLE001  (every other failure is treated as transient)
-            outcome = await self._retry_or_give_up(stage, spec, msg, exc)
+        except Exception as exc:  # noqa: BLE001  (every failure is classified by ``disposition``)
+            keepalive.cancel()
+            outcome = await self._failed(stage, spec, msg, exc)
         else:
             keepalive.cancel()
             try:
@@ -494,30 +558,48 @@ class Worker:
             keepalive.cancel()
         return outcome
 
-    async def _retry_or_give_up(self, stage: DeadLetterStage, spec: ConsumerSpec, msg: Msg, exc: Exception) -> str:
+    async def _failed(self, stage: DeadLetterStage, spec: ConsumerSpec, msg: Msg, exc: Exception) -> str:
         deliveries = delivery_count(msg)
-        error = f"{type(exc).__name__}: {exc}"
-        # Neither a pending cancel nor an unavailable bus is the message's fault: never a dead letter.
-        if deliveries >= spec.give_up_after and not isinstance(exc, (StillPending, *BUS_UNAVAILABLE)):
+        error = str(exc) if isinstance(exc, PoisonMessage) else f"{type(exc).__name__}: {exc}"
+        verdict = disposition(exc, deliveries)
+        if verdict.verdict is Verdict.POISON:
+            return await self._dead_letter(stage, msg, error)
+        if verdict.verdict is Verdict.UNEXPECTED and deliveries >= spec.give_up_after:
             return await self._dead_letter(stage, msg, f"gave up after {deliveries} deliveries: {error}")
         log.warning(
-            "transient failure, will retry", stage=str(stage), subject=msg.subject, error=error, deliveries=deliveries
+            "will retry" if verdict.verdict is Verdict.UNEXPECTED else f"{verdict.verdict}: will deliver again",
+            stage=str(stage),
+            subject=msg.subject,
+            error=error,
+            deliveries=deliveries,
+            retry_in_s=round(verdict.delay, 3),
         )
         try:
-            delay = retry_delay(deliveries)
-            if isinstance(exc, RetryLater):
-                delay = max(delay, exc.after)
-            await msg.nak(delay=delay)
+            await msg.nak(delay=verdict.delay)
         except Exception:  # no ack reaches the server: it redelivers after ack_wait
             log.exception("nak failed")
-        return "retry"
+        return "retry" if verdict.verdict is Verdict.UNEXPECTED else str(verdict.verdict)
 
     async def _dead_letter(self, stage: DeadLetterStage, msg: Msg, error: str) -> str:
         try:
             await dead_letter(self.js, self.subjects, stage, msg, error)
-        except Exception:  # left unacked: redelivered after ack_wait, nothing lost
-            log.exception("dead-lettering failed; the message will be redelivered")
-            return "dead_letter_failed"
+        except BUS_WAITS as exc:
+            # The bus cannot take the letter now: the message comes back and is judged again.
+            log.warning("dead-lettering must wait for NATS", error=f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=retry_delay(delivery_count(msg)))
+            return "dead_letter_later"
+        except Exception as exc:  # noqa: BLE001  (the letter itself cannot be written: never loop)
+            log.error(
+                "dead-lettering failed; the message is terminated",
+                error=f"{type(exc).__name__}: {exc}",
+                stream_sequence=stream_sequence(msg),
+                payload_bytes=len(msg.data or b""),
+                reason=error[:300],
+            )
+            with contextlib.suppress(Exception):
+                await msg.term()
+            return "terminated"
         metrics.DEAD_LETTERS.labels(str(stage)).inc()
         return "dead_letter"
 
