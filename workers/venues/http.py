@@ -53,11 +53,44 @@ async def send(
 ) -> httpx.Response:
     """Send one request and return the broker's answer, raising the venue error for every
     failure that is not the broker's own answer about the order: transport failures, 429, 401
-    and 403-as-auth, and 5xx. Other 4xx answers are returned for the adapter to read."""
-    request = client.build_request(method, path, **kwargs)
-    if sign is not None:
-        sign(request)
-    return await answer(broker, method, path, client.send(request))
+    and 403-as-auth, and 5xx. Other 4xx answers are returned for the adapter to read.
+
+    A pooled keep-alive connection the server closed while it sat idle, found so only when the
+    request's head could not be written to it, is no answer: the request is sent once more, on
+    another connection (the failed one is dropped). Once the head was written the failure stays
+    what it is (ambiguous for a POST): the broker may have read the request."""
+
+    def build() -> httpx.Request:
+        request = client.build_request(method, path, **kwargs)
+        if sign is not None:
+            sign(request)
+        return request
+
+    async def sending() -> httpx.Response:
+        request = build()
+        unwritten = _HeadUnwritten()
+        request.extensions["trace"] = unwritten.note
+        try:
+            return await client.send(request)
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+            if not unwritten.proven:
+                raise
+        return await client.send(build())
+
+    return await answer(broker, method, path, sending())
+
+
+class _HeadUnwritten:
+    """Watches httpcore's trace of one request for proof that its head (request line and
+    headers) was never written whole: httpcore swallows that write error and reports the closed
+    connection only when it reads the answer, as if the request had been sent."""
+
+    def __init__(self) -> None:
+        self.proven = False
+
+    async def note(self, event: str, info: dict[str, Any]) -> None:
+        if event == "http11.send_request_headers.failed":
+            self.proven = True
 
 
 async def answer(broker: str, method: str, path: str, sending: Awaitable[httpx.Response]) -> httpx.Response:
