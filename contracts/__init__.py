@@ -10,6 +10,7 @@ from contracts.enums import (
     DeadLetterStage,
     OrderStatus,
     OrderType,
+    PositionEffect,
     Side,
     TimeInForce,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "OrderType",
     "Portfolio",
     "PortfolioPosition",
+    "PositionEffect",
     "PositionLine",
     "PositionSnapshot",
     "ReferenceQuote",

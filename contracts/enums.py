@@ -34,6 +34,14 @@ class Side(StrEnum):
     SELL = "sell"
 
 
+class PositionEffect(StrEnum):
+    """What an order may do to a position: ``open`` (it may open or add to one, e.g. a short
+    sale), ``close`` (it must only reduce a position that is held)."""
+
+    OPEN = "open"
+    CLOSE = "close"
+
+
 class OrderType(StrEnum):
     """How the order is priced."""
 

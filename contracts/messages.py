@@ -22,6 +22,7 @@ from contracts.enums import (
     DeadLetterStage,
     OrderStatus,
     OrderType,
+    PositionEffect,
     Side,
     TimeInForce,
 )
@@ -170,6 +171,14 @@ class OrderIntent(Message):
     broker: BrokerName | None = Field(
         default=None, description="Preferred broker; honoured when it is enabled and eligible."
     )
+    position_effect: PositionEffect | None = Field(
+        default=None,
+        description="What the order may do to a position. Empty (the default): a sell of a held long, or a buy "
+        "of a held short, goes to the broker that holds it and is refused when no holder has enough; a sell "
+        "of a symbol held nowhere opens a short only at a broker whose config allows shorting. `open`: the "
+        "order may open a position (a short sale) at any broker whose account allows it. `close`: the order "
+        "must only reduce a held position, else it is refused. Added in 1 without a version change: optional.",
+    )
     metadata: dict[MetadataKey, MetadataValue] = Field(
         default_factory=dict,
         max_length=METADATA_MAX_KEYS,
@@ -246,6 +255,12 @@ class CandidateScore(BaseModel):
     cost_score: float = Field(ge=0, le=1, description="1 - normalised fee.")
     speed_score: float = Field(ge=0, le=1, description="1 - normalised latency.")
     total: float = Field(ge=0, le=1, description="Weighted sum of the component scores.")
+    buying_power: Decimal | None = Field(
+        default=None,
+        description="Buying power in USD the router counted at this broker: the account's last figure less the "
+        "orders in flight there. Empty when no account figure is known yet (the broker was not checked for "
+        "cash). Added in 1 without a version change: optional.",
+    )
 
 
 class ExcludedBroker(BaseModel):
@@ -307,6 +322,12 @@ class RouteDecision(Message):
         default=(), description="Every broker that already failed this intent, in order."
     )
     config_version: int = Field(default=0, ge=0, description="Version of the routing config used.")
+    closes_position: Decimal | None = Field(
+        default=None,
+        description="When the order reduces a position: the signed quantity of the symbol the chosen broker "
+        "held (less orders in flight) that it closes from, long > 0. Empty when it opens or adds to one. "
+        "Added in 1 without a version change: optional.",
+    )
 
 
 class ExecutionReport(Message):
@@ -497,6 +518,17 @@ class ExposureSnapshot(Message):
         default_factory=dict, description="Net signed exposure per symbol across brokers (long > 0)."
     )
     positions: dict[str, Decimal] = Field(default_factory=dict, description="Net quantity per symbol.")
+    buying_power: dict[BrokerName, Decimal] = Field(
+        default_factory=dict,
+        description="Per broker with a known account: its last reported buying power in USD, less the buys "
+        "filled since that report and the working orders' remaining value. Added in 1 without a version "
+        "change: optional.",
+    )
+    holdings: dict[BrokerName, dict[str, Decimal]] = Field(
+        default_factory=dict,
+        description="Per broker, net quantity held per symbol (long > 0) from mbx's own fills, less what its "
+        "working orders already close. Added in 1 without a version change: optional.",
+    )
 
 
 class FillQuality(Message):

@@ -184,3 +184,23 @@ def test_fill_score_falls_with_rejections_and_slippage_and_stays_in_bounds() -> 
     assert fill_score(1.0, SLIPPAGE_CAP_BPS / 2) == 0.5
     assert fill_score(1.0, SLIPPAGE_CAP_BPS * 3) == 0.0
     assert fill_score(0.8, 10.0) < fill_score(0.8, 5.0) < fill_score(0.9, 5.0)
+
+
+def test_position_effect_is_optional_open_or_close_and_nothing_else() -> None:
+    """An intent without position_effect leaves it empty; open and close are accepted; any other word is refused."""
+    assert make_intent().position_effect is None
+    assert make_intent(position_effect="open").position_effect is contracts.PositionEffect.OPEN
+    assert make_intent(position_effect="close").position_effect is contracts.PositionEffect.CLOSE
+    with pytest.raises(ValidationError, match="position_effect"):
+        make_intent(position_effect="flip")
+    assert "position_effect" in OrderIntent.model_json_schema()["properties"]
+
+
+def test_messages_without_the_account_fields_still_parse_at_schema_version_1() -> None:
+    """Buying power, holdings and the closed position are optional additions: payloads from before them still parse."""
+    old = {"portfolio_value": "1000", "by_broker": {"alpaca": "10"}, "positions": {"AAPL": "1"}}
+    snapshot = contracts.ExposureSnapshot.model_validate(old)
+    assert snapshot.buying_power == {} and snapshot.holdings == {} and snapshot.schema_version == 1
+    route = make_route()
+    assert route.closes_position is None
+    assert contracts.RouteDecision.model_validate_json(route.model_dump_json()) == route
