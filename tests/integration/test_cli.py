@@ -125,30 +125,38 @@ async def test_invalid_config_file_fails_at_start_naming_the_key(tmp_path: Path)
 ALPACA_KEYS = "    credentials: {api_key: '${ALPACA_API_KEY}', secret_key: '${ALPACA_SECRET_KEY}'}\n"
 
 
-@pytest.mark.parametrize(
-    ("yaml_text", "key"),
-    [
-        (
-            "brokers:\n  alpaca:\n    adapter: nonsense\n",
-            "brokers.alpaca.adapter: unknown adapter 'nonsense' "
-            "(known: alpaca, coinbase, ibkr, robinhood_crypto, schwab, simulated)",
-        ),
-        (
-            "market_data:\n  source: nonsense\n",
-            "market_data.source: unknown quote source 'nonsense' (known: alpaca, coinbase, ibkr, simulated)",
-        ),
-        ("brokers:\n  coinbase:\n    adapter: alpaca\n", "brokers.coinbase.adapter: 'alpaca' is alpaca's adapter"),
-        (
-            "brokers:\n  alpaca:\n    adapter: alpaca\n" + ALPACA_KEYS,
-            "brokers.alpaca.credentials.api_key: environment variable ALPACA_API_KEY is not set",
-        ),
-        (
-            "brokers:\n  alpaca:\n    adapter: alpaca\n    paper_trading: false\n" + ALPACA_KEYS,
-            "refusing to start: alpaca would trade real money; start with --live (or MBX_LIVE=1) to allow it",
-        ),
-    ],
-    ids=["unknown adapter", "unknown quote source", "another broker's adapter", "keys unset", "live without opt-in"],
-)
+UNRUNNABLE_CONFIGS = [
+    (
+        "brokers:\n  alpaca:\n    adapter: nonsense\n",
+        "brokers.alpaca.adapter: unknown adapter 'nonsense' "
+        "(known: alpaca, coinbase, ibkr, robinhood_crypto, schwab, simulated)",
+    ),
+    (
+        "market_data:\n  source: nonsense\n",
+        "market_data.source: unknown quote source 'nonsense' (known: alpaca, coinbase, ibkr, simulated)",
+    ),
+    ("brokers:\n  coinbase:\n    adapter: alpaca\n", "brokers.coinbase.adapter: 'alpaca' is alpaca's adapter"),
+    (
+        "brokers:\n  alpaca:\n    adapter: alpaca\n" + ALPACA_KEYS,
+        "brokers.alpaca.credentials.api_key: environment variable ALPACA_API_KEY is not set",
+    ),
+    (
+        "brokers:\n  alpaca:\n    adapter: alpaca\n    paper_trading: false\n" + ALPACA_KEYS,
+        "refusing to start: alpaca would trade real money; start with --live (or MBX_LIVE=1) to allow it",
+    ),
+]
+"""Config files `mbx up` refuses to start with (and `mbx config validate` calls invalid), and
+the words that say why."""
+UNRUNNABLE_IDS = [
+    "unknown adapter",
+    "unknown quote source",
+    "another broker's adapter",
+    "keys unset",
+    "live without opt-in",
+]
+
+
+@pytest.mark.parametrize(("yaml_text", "key"), UNRUNNABLE_CONFIGS, ids=UNRUNNABLE_IDS)
 async def test_a_config_that_cannot_run_stops_mbx_up_naming_why(tmp_path: Path, yaml_text: str, key: str) -> None:
     """`mbx up` refuses an unknown adapter or quote source, missing keys, and real money without
     the opt-in, before starting anything."""

@@ -14,7 +14,7 @@ from nats.aio.client import Client as NatsClient
 from contracts import BrokerName, RoutePreview
 from tests.builders import make_intent
 from tests.conftest import Pipeline, eventually, fetch_all
-from tests.integration.test_cli import mbx
+from tests.integration.test_cli import ALPACA_KEYS, UNRUNNABLE_CONFIGS, UNRUNNABLE_IDS, mbx
 from workers.domain.config import MbxConfig, parse_config
 from workers.domain.keys import CONFIG_KEY
 from workers.platform.bus import jetstream
@@ -83,6 +83,29 @@ async def test_config_show_validate_and_set_with_an_audit_row(
         await db.dispose()
 
 
+@pytest.mark.parametrize(("yaml_text", "key"), UNRUNNABLE_CONFIGS, ids=UNRUNNABLE_IDS)
+async def test_config_validate_refuses_every_config_mbx_up_refuses(tmp_path: Path, yaml_text: str, key: str) -> None:
+    """`mbx config validate` calls invalid, in the same words, each config `mbx up` refuses to start with."""
+    config = tmp_path / "mbx.yaml"
+    config.write_text(yaml_text)
+    keys = {"ALPACA_API_KEY": "PKTEST0000", "ALPACA_SECRET_KEY": "not-a-real-secret"} if "live" in key else {}
+    code, out = await mbx("config", "validate", str(config), env=keys)
+    assert code == 2, out
+    assert key in " ".join(out.split())
+
+
+async def test_config_validate_accepts_real_money_with_the_opt_in(tmp_path: Path) -> None:
+    """A config trading real money is valid with --live, as `mbx up --live` starts it."""
+    config = tmp_path / "mbx.yaml"
+    config.write_text("brokers:\n  alpaca:\n    adapter: alpaca\n    paper_trading: false\n" + ALPACA_KEYS)
+    env = {"ALPACA_API_KEY": "PKTEST0000", "ALPACA_SECRET_KEY": "not-a-real-secret"}
+    code, out = await mbx("config", "validate", str(config), env=env)
+    assert code == 2 and "would trade real money" in out, out
+    code, out = await mbx("config", "validate", str(config), "--live", env=env)
+    assert code == 0 and "valid" in out, out
+    assert "PKTEST0000" not in out and "not-a-real-secret" not in out
+
+
 async def test_concurrent_live_config_changes_are_all_applied(pipeline: Pipeline, nc: NatsClient) -> None:
     """Ten operators add a rule each at the same moment: compare-and-set keeps every one."""
     from workers.platform.live_config import change_live_config
@@ -114,6 +137,6 @@ async def test_executors_follow_a_rate_limit_changed_in_the_live_config(pipeline
     [schwab] = [w for w in pipeline.workers if isinstance(w, ExecutorWorker) and w.venue.broker == "schwab"]
 
     async def followed() -> bool:
-        return (schwab.budget.limit.requests, schwab.budget.limit.per_seconds) == (7, 3.0)
+        return [(w.requests, w.per_seconds) for w in schwab.budget.limits] == [(7, 3.0)]
 
     assert await eventually(followed)

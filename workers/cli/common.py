@@ -46,6 +46,26 @@ def settings_and_config() -> tuple[Settings, MbxConfig]:
         fail(f"invalid configuration: {exc}", EXIT_USAGE)
 
 
+class RealMoneyRefused(ConfigError):
+    """A config that would trade real money, without the opt-in to."""
+
+
+def startable(config: MbxConfig, live: bool) -> MbxConfig:
+    """The config as the workers run it, once everything `mbx up` and `mbx worker` check before
+    starting holds: every adapter and quote source known, each adapter's broker and assets its
+    own, the keys they need set (``check_config``), and real money traded only when ``live``
+    allows it. Values out of bounds never get this far (``parse_config``). `mbx config validate`
+    calls this too, so a file it calls valid starts. Raises ``ConfigError`` naming the key."""
+    from workers.venues.factory import check_config, live_refusal, resolve_config  # noqa: PLC0415
+
+    check_config(config)
+    resolved = resolve_config(config)
+    refusal = live_refusal(resolved, live)
+    if refusal:
+        raise RealMoneyRefused(refusal)
+    return resolved
+
+
 def cli_settings() -> Settings:
     """The environment's settings; without a NATS user there, the operator's credentials of a
     running `mbx up --secure` (so its own terminal's commands just work)."""

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
+from pydantic import ValidationError
 
 from workers.cli.common import (
     EXIT_OK,
@@ -24,6 +25,7 @@ from workers.cli.common import (
     resolve_database_url,
     resolve_nats_url,
     settings_and_config,
+    startable,
 )
 from workers.domain.config import ConfigError, MbxConfig
 from workers.platform.settings import Settings, load_config
@@ -66,15 +68,23 @@ def show(as_json: Annotated[bool, typer.Option("--json", help="JSON instead of Y
 
 
 @config_app.command("validate")
-def validate(path: Annotated[Path, typer.Argument(help="A YAML config file.")]) -> None:
-    """Check a config file without applying it; every error names the bad key.
+def validate(
+    path: Annotated[Path, typer.Argument(help="A YAML config file.")],
+    live: Annotated[
+        bool, typer.Option("--live", help="Check as `mbx up --live` would (or MBX_LIVE=1): real money allowed.")
+    ] = False,
+) -> None:
+    """Check a config file without applying it, with every check `mbx up` makes before it
+    starts (bounds, adapter and quote source names, keys, real money); every error names the key.
 
     Example: mbx config validate mbx.yaml
     """
     try:
-        config = load_config(path)
+        config = startable(load_config(path), live or Settings().live)
     except ConfigError as exc:
         fail(f"invalid: {exc}", EXIT_USAGE)
+    except (ValidationError, ValueError) as exc:
+        fail(f"invalid environment: {exc}", EXIT_USAGE)
     console.print(
         f"[green]valid[/green]: {len(config.enabled_brokers())} brokers enabled, "
         f"{len(config.routing.rules)} routing rules, weights {config.routing.weights.model_dump()}"

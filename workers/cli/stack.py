@@ -13,11 +13,13 @@ from contracts import (
 )
 from workers.cli.common import (
     EXIT_USAGE,
+    RealMoneyRefused,
     console,
     fail,
     resolve_database_url,
     resolve_nats_url,
     settings_and_config,
+    startable,
 )
 from workers.domain.config import ConfigError, MbxConfig
 from workers.platform.logs import configure_logging
@@ -33,18 +35,16 @@ def runnable_config(live: bool = False) -> tuple[Settings, MbxConfig]:
     """Settings and config, with every adapter and quote source they name known and their
     credentials set (checked before anything starts, so a typo stops `mbx up` at once with the
     key named), and real money traded only with the opt-in (``--live`` or ``MBX_LIVE=1``)."""
-    from workers.venues.factory import check_config, live_brokers, live_refusal, resolve_config  # noqa: PLC0415
+    from workers.venues.factory import live_brokers  # noqa: PLC0415
 
     settings, config = settings_and_config()
+    allowed = live or settings.live
     try:
-        check_config(config)
+        config = startable(config, allowed)
+    except RealMoneyRefused as exc:
+        fail(str(exc), EXIT_USAGE)
     except ConfigError as exc:
         fail(f"invalid configuration: {exc}", EXIT_USAGE)
-    config = resolve_config(config)
-    allowed = live or settings.live
-    refusal = live_refusal(config, allowed)
-    if refusal:
-        fail(refusal, EXIT_USAGE)
     if allowed and live_brokers(config):
         console.print(f"[bold red]LIVE TRADING:[/] {', '.join(live_brokers(config))} will trade real money")
     return settings, config
