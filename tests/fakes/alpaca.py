@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from tests.fakes.rate_window import FixedWindow
 from workers.venues.simulated.quotes import QuoteModel
 
 GOLDEN = Path(__file__).parent / "golden" / "alpaca"
@@ -60,6 +61,25 @@ class FakeFaults:
     """The next N reads of executions miss the latest one, as a broker's lists lag its orders."""
     unreadable_after_place: bool = False
     """The read right after the next placement fails with a 503 (the order exists all the same)."""
+    server_errors_next: int = 0
+    """The next N requests are answered 503 before the broker reads them: nothing is done."""
+    server_errors_after_accept: int = 0
+    """The next N placements are made, and answered 500 all the same (the order exists)."""
+    slow_replies: int = 0
+    """The next N requests are done at once but answered only after ``slow_reply_s`` (served
+    over HTTP; ``tests/fakes/serve.py`` waits outside the fake's lock)."""
+    slow_reply_s: float = 3.0
+    idle_closes_next: int = 0
+    """The next N requests that arrive on a reused keep-alive connection find it closed by the
+    server: the connection drops before the request is read, so nothing is done."""
+    stream_down: bool = False
+    """The broker's stream refuses connections (``tests/fakes/stream.py``)."""
+    pending_new_next: int = 0
+    """The next N resting orders are answered ``pending_new`` and stay so for ``pending_new_s``
+    (Alpaca: routed, not yet accepted by the venue)."""
+    pending_new_s: float = 1.0
+    rate_limited_sent: int = 0
+    """The scripted 429s answered so far (``rate_limited_next``), apart from the rate window's."""
     _failing_reads: int = 0
 
     def placed(self) -> None:
@@ -92,15 +112,41 @@ class FakeFaults:
             setattr(self, name, Decimal(str(value)) if name == "lot_size" and value is not None else value)
         return dict(self.__dict__)
 
-    def network(self, request: httpx.Request) -> int | None:
+    def network(self, request: httpx.Request, reset_at: Callable[[], int] | None = None) -> int | None:
         """What the network and the broker's gate do before the request is read: a refused
-        connection (raised), or the reset time (UNIX seconds) of a 429 to answer with."""
+        connection or a kept-alive connection the server closed (raised), or the reset time
+        (UNIX seconds; ``reset_at``, else two seconds on) of a scripted 429 to answer with."""
         if self.outage:
             raise httpx.ConnectError("connection refused", request=request)
+        if self.idle_closes_next > 0 and request.extensions.get("reused_connection"):
+            self.idle_closes_next -= 1
+            raise httpx.RemoteProtocolError("server closed the idle connection", request=request)
         if self.rate_limited_next > 0:
             self.rate_limited_next -= 1
-            return int(time.time()) + 2
+            self.rate_limited_sent += 1
+            return reset_at() if reset_at else int(time.time()) + 2
         return None
+
+    def server_error(self) -> bool:
+        """True when this request gets a 5xx before the broker reads it."""
+        if self.server_errors_next > 0:
+            self.server_errors_next -= 1
+            return True
+        return False
+
+    def error_after_accept(self) -> bool:
+        """True when this accepted placement is answered with a 5xx all the same."""
+        if self.server_errors_after_accept > 0:
+            self.server_errors_after_accept -= 1
+            return True
+        return False
+
+    def slow(self, response: httpx.Response) -> httpx.Response:
+        """The response, marked to be sent ``slow_reply_s`` late when a slow reply is due."""
+        if self.slow_replies > 0:
+            self.slow_replies -= 1
+            response.extensions["delay_s"] = self.slow_reply_s
+        return response
 
 
 @dataclass
@@ -118,6 +164,11 @@ class FakeAlpaca:
     stale_quotes: bool = False
     listeners: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
     """Called with each ``trade_updates`` message (the stream server registers here)."""
+    window: FixedWindow | None = None
+    """Alpaca's rate limit (200 a minute per account): requests past it are refused with 429,
+    ``X-RateLimit-Reset`` the window's end; every answer carries the three headers."""
+    pending_until: dict[str, float] = field(default_factory=dict)
+    """Orders answered ``pending_new``, and when (monotonic) the venue accepts them."""
 
     def _publish(self, event: str, order: dict[str, Any], **extra: Any) -> None:
         """A ``trade_updates`` message, shaped as Alpaca's streaming docs show it."""
@@ -134,9 +185,25 @@ class FakeAlpaca:
     # The wire ------------------------------------------------------------------------------
 
     def handle(self, request: httpx.Request) -> httpx.Response:
-        reset = self.faults.network(request)
+        reset = self.faults.network(request, self.window.reset_at if self.window else None)
+        if reset is None and self.window is not None and not self.window.admit():
+            reset = self.window.reset_at()
         if reset is not None:
-            return _error(429, 42910000, "rate limit exceeded", {"X-RateLimit-Reset": str(reset)})
+            return self._limited(_error(429, 42910000, "rate limit exceeded"), reset)
+        self._accept_pending()
+        if self.faults.server_error():
+            return self._limited(_error(503, 50300000, "service unavailable"))
+        return self._limited(self.faults.slow(self._answer(request)))
+
+    def _limited(self, response: httpx.Response, reset: int | None = None) -> httpx.Response:
+        """``response`` with Alpaca's rate-limit headers (when the fake keeps a window)."""
+        if self.window is not None or reset is not None:
+            response.headers["X-RateLimit-Limit"] = str(self.window.limit if self.window else 200)
+            response.headers["X-RateLimit-Remaining"] = str(self.window.remaining() if self.window else 0)
+            response.headers["X-RateLimit-Reset"] = str(reset or (self.window.reset_at() if self.window else 0))
+        return response
+
+    def _answer(self, request: httpx.Request) -> httpx.Response:
         if self.faults.read_fails(request):
             return _error(503, 50300000, "service unavailable")
         if self.faults.auth_expired or (
@@ -153,6 +220,8 @@ class FakeAlpaca:
             if response.status_code == 200 and self.faults.timeouts_after_accept > 0:
                 self.faults.timeouts_after_accept -= 1
                 raise httpx.ReadTimeout("the reply was lost", request=request)
+            if response.status_code == 200 and self.faults.error_after_accept():
+                return _error(500, 50000000, "internal server error")
             return response
         if path == "/v2/orders:by_client_order_id" and method == "GET":
             cid = request.url.params.get("client_order_id", "")
@@ -223,8 +292,14 @@ class FakeAlpaca:
         )
         self.orders[order["id"]] = order
         self.by_client_id[cid] = order["id"]
-        self._publish("new", order)
         marketable = limit is None or (limit >= touch if side == "buy" else limit <= touch)
+        if not marketable and self.faults.pending_new_next > 0:
+            self.faults.pending_new_next -= 1
+            order["status"] = "pending_new"
+            self.pending_until[order["id"]] = time.monotonic() + self.faults.pending_new_s
+            self._publish("pending_new", order)
+            return _json(order)
+        self._publish("new", order)
         if body["type"] == "market" or (body["type"] == "limit" and marketable):
             for lot in self.faults.lots(qty):
                 self._execute(order, lot, touch)
@@ -275,6 +350,36 @@ class FakeAlpaca:
             qty=activity["qty"],
             position_qty=activity["cum_qty"],
         )
+
+    def _accept_pending(self) -> None:
+        """The venue accepts the orders whose ``pending_new`` time is over: they become ``new``."""
+        now = time.monotonic()
+        for order_id, until in list(self.pending_until.items()):
+            if until <= now:
+                del self.pending_until[order_id]
+                order = self.orders[order_id]
+                if order["status"] == "pending_new":
+                    order.update(status="new", updated_at=_now())
+                    self._publish("new", order)
+
+    def end_day(self) -> None:
+        """The trading day ends: working GTC orders become ``done_for_day`` (they resume the
+        next day, as Alpaca's docs say), working day orders ``expired``."""
+        for order in self.orders.values():
+            if order["status"] in ("new", "accepted", "pending_new", "partially_filled"):
+                gtc = order["time_in_force"] == "gtc"
+                order.update(status="done_for_day" if gtc else "expired", updated_at=_now())
+                if not gtc:
+                    order["expired_at"] = order["updated_at"]
+                self._publish(order["status"], order)
+
+    def next_day(self) -> None:
+        """The next trading day opens: ``done_for_day`` orders work again."""
+        for order in self.orders.values():
+            if order["status"] == "done_for_day":
+                resumed = "partially_filled" if Decimal(order["filled_qty"]) > 0 else "new"
+                order.update(status=resumed, updated_at=_now())
+                self._publish("new", order)
 
     def _latest_quotes(self, path: str, params: httpx.QueryParams) -> httpx.Response:
         """Market data: the simulator's quote, in Alpaca's documented shapes; ``stale_quotes``

@@ -2,12 +2,16 @@
 a ``base_url``: each request is handed to the fake's ``handle`` (the same code the in-process
 ``httpx.MockTransport`` runs), under a lock, so the test can read and switch the fake's state
 while the server runs. A transport failure the fake raises (its outage or lost-reply faults)
-drops the connection without an answer, as the network would."""
+drops the connection without an answer, as the network would. A request on a kept-alive
+connection carries ``reused_connection`` in its extensions (for the fakes' closed-idle-connection
+fault); a response marked ``delay_s`` (the fakes' slow replies) is sent that much later, outside
+the lock, so other requests are answered meanwhile."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -21,13 +25,21 @@ class _Handler(BaseHTTPRequestHandler):
     handle_request: Handle
     lock: threading.Lock
 
+    served: int = 0
+    """Requests answered on this connection so far (the handler lives as long as it)."""
+
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         host, port = self.server.server_address[:2]
         request = httpx.Request(
-            self.command, f"http://{host!s}:{port}{self.path}", headers=dict(self.headers.items()), content=body
+            self.command,
+            f"http://{host!s}:{port}{self.path}",
+            headers=dict(self.headers.items()),
+            content=body,
+            extensions={"reused_connection": self.served > 0},
         )
+        self.served += 1
         try:
             with self.lock:
                 response = self.handle_request(request)
@@ -36,6 +48,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.close()
             return
         content = response.read()
+        delay = float(response.extensions.get("delay_s") or 0)
+        if delay:
+            time.sleep(delay)  # a slow broker: the client's deadline may pass first
         self.send_response(response.status_code)
         for name, value in response.headers.items():
             if name.lower() not in ("content-length", "transfer-encoding", "connection"):

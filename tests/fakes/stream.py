@@ -2,7 +2,7 @@
 with the fake's keys, listen, then every order change arrives as a binary frame (as paper
 accounts send them). Coinbase's ``user`` channel: subscribe with a JWT, get a snapshot of the
 open orders, then an update per change. ``drop`` closes every connection, as a network blip
-would."""
+would; while the fake's ``stream_down`` fault is on, new connections are closed at once."""
 
 from __future__ import annotations
 
@@ -73,6 +73,9 @@ async def serve_stream(fake: FakeAlpaca) -> AsyncIterator[FakeStream]:
     stream = FakeStream("")
 
     async def session(ws: ServerConnection) -> None:
+        if fake.faults.stream_down:
+            await ws.close(code=1011, reason="stream unavailable")
+            return
         auth = json.loads(await ws.recv())
         data = auth.get("data", {})
         if (data.get("key_id"), data.get("secret_key")) != (fake.key_id, fake.secret_key) or fake.faults.auth_expired:
@@ -113,6 +116,9 @@ async def serve_user_stream(fake: FakeCoinbase) -> AsyncIterator[FakeStream]:
         )
 
     async def session(ws: ServerConnection) -> None:
+        if fake.faults.stream_down:
+            await ws.close(code=1011, reason="stream unavailable")
+            return
         channels = set()
         for _ in range(2):  # user and heartbeats
             request = json.loads(await ws.recv())
