@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import BrokerName
 from tests.builders import OPTION, intent_payload
-from tests.conftest import Pipeline, eventually, fetch_all
+from tests.conftest import Pipeline, eventually, fetch_all, stream_messages
 from tests.integration.test_executor_flows import order_row
 from tests.integration.test_failover import BrokeVenue
 from tests.integration.test_walking_skeleton import publish_json
@@ -68,6 +68,28 @@ async def test_submit_takes_a_pairs_asset_class_from_its_symbol_and_says_so(
     code, out = await mbx("submit", "--symbol", "BRK-B", "--quantity", "1", env=cli_env)
     assert code == 0, out
     assert "from the symbol" not in out and "rule default:equity" in out
+
+
+async def test_submit_takes_the_order_type_from_the_prices_given(
+    pipeline: Pipeline, cli_env: dict[str, str], nc: NatsClient
+) -> None:
+    """Without --order-type, --limit-price sends a limit order, --stop-price a stop order and both
+    a stop-limit order."""
+    expected: dict[str, tuple[str, str | None, str | None]] = {}
+    for prices, order_type in [
+        (("--limit-price", "5"), "limit"),
+        (("--stop-price", "5"), "stop"),
+        (("--limit-price", "6", "--stop-price", "5"), "stop_limit"),
+    ]:
+        intent_id = f"priced-{os.urandom(4).hex()}"
+        args = ("submit", "--symbol", "AAPL", "--quantity", "1", "--intent-id", intent_id, "--timeout", "1", *prices)
+        _, out = await mbx(*args, env=cli_env)  # a resting order ends the wait unfinished: exit 1
+        assert "submitted" in out, out
+        given = dict(zip(prices[::2], prices[1::2], strict=True))
+        expected[intent_id] = (order_type, given.get("--limit-price"), given.get("--stop-price"))
+    stored = [json.loads(m) for m in await stream_messages(nc, "ORDERS", "mbx.orders.intent.cli")]
+    sent = {i["intent_id"]: (i["order_type"], i.get("limit_price"), i.get("stop_price")) for i in stored}
+    assert {k: sent.get(k) for k in expected} == expected
 
 
 async def test_submit_reads_an_intent_file(pipeline: Pipeline, cli_env: dict[str, str], tmp_path: Path) -> None:

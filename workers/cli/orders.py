@@ -58,7 +58,13 @@ def submit(
             help="equity, crypto or option (default: from the symbol: BTC-USD crypto, OCC option, else equity)."
         ),
     ] = None,
-    order_type: Annotated[OrderType, typer.Option(help="market, limit, stop, stop_limit.")] = OrderType.MARKET,
+    order_type: Annotated[
+        OrderType | None,
+        typer.Option(
+            help="market, limit, stop, stop_limit (default: from the prices given: --limit-price limit, "
+            "--stop-price stop, both stop_limit, neither market)."
+        ),
+    ] = None,
     limit_price: Annotated[str | None, typer.Option(help="Limit price.")] = None,
     stop_price: Annotated[str | None, typer.Option(help="Stop price.")] = None,
     tif: Annotated[TimeInForce | None, typer.Option(help="day, gtc, ioc, fok (default day; gtc for crypto).")] = None,
@@ -96,7 +102,7 @@ def submit(
             "side": side,
             "quantity": decimal_option(quantity, "quantity"),
             "notional": decimal_option(notional, "notional"),
-            "order_type": order_type,
+            "order_type": order_type or _priced_as(limit_price, stop_price),
             "limit_price": decimal_option(limit_price, "limit-price"),
             "stop_price": decimal_option(stop_price, "stop-price"),
             "time_in_force": tif,
@@ -110,6 +116,14 @@ def submit(
     url = resolve_nats_url(settings)
     code = asyncio.run(_submit(intent, url, settings.subject_prefix, timeout))
     raise typer.Exit(code)
+
+
+def _priced_as(limit_price: str | None, stop_price: str | None) -> OrderType:
+    """The order type the prices given name: a limit price alone makes a limit order, a stop
+    price alone a stop order, both a stop-limit order, neither a market order."""
+    if limit_price is not None:
+        return OrderType.STOP_LIMIT if stop_price is not None else OrderType.LIMIT
+    return OrderType.STOP if stop_price is not None else OrderType.MARKET
 
 
 def _named_by(symbol: str) -> AssetClass:
