@@ -83,3 +83,24 @@ def test_an_intent_becomes_alpacas_order_request() -> None:
     assert option["symbol"] == "AAPL270115C00200000"
     notional = wire.order_request(make_intent(quantity=None, notional="250"), "c-3")
     assert notional["notional"] == "250" and "qty" not in notional
+
+
+def test_a_working_status_with_a_partial_fill_keeps_the_fill() -> None:
+    """``pending_cancel``, ``held`` and other working statuses of a partly filled order are
+    partially filled in mbx, not accepted (which would contradict the fills already reported)."""
+    for status in ("pending_cancel", "held", "pending_replace", "stopped", "suspended", "calculated"):
+        order = wire.parse_order({**golden("order_equity"), "status": status, "filled_qty": "1"})
+        assert (order.status, order.filled_quantity) == (OrderStatus.PARTIALLY_FILLED, 1), status
+    unfilled = wire.parse_order({**golden("order_equity"), "status": "pending_cancel"})
+    assert unfilled.status is OrderStatus.ACCEPTED
+
+
+def test_done_for_day_ends_a_day_order_but_not_a_gtc_one() -> None:
+    """A GTC order ``done_for_day`` works again the next trading day (its later fills count);
+    a day order is over."""
+    gtc = wire.parse_order({**golden("order_equity"), "status": "done_for_day", "time_in_force": "gtc"})
+    assert (gtc.status, gtc.status.is_terminal) == (OrderStatus.ACCEPTED, False)
+    part = wire.parse_order({**golden("order_equity"), "status": "done_for_day", "filled_qty": "1"})
+    assert part.status is OrderStatus.PARTIALLY_FILLED
+    day = wire.parse_order({**golden("order_equity"), "status": "done_for_day", "time_in_force": "day"})
+    assert day.status is OrderStatus.EXPIRED

@@ -4,16 +4,18 @@ order ids, lookups by listing through pages, crypto only, and no paper environme
 from __future__ import annotations
 
 import base64
+from decimal import Decimal
 
 import httpx
 import pytest
 
+from contracts import OrderStatus
 from tests.builders import CRYPTO, FRACTIONAL, make_intent
-from tests.fakes.robinhood import FakeRobinhood, new_key_pair
+from tests.fakes.robinhood import FakeRobinhood, golden, new_key_pair
 from workers.domain.config import parse_config
 from workers.domain.venue import VenueAuthFailed, VenueRejected
 from workers.venues.factory import live_refusal, resolve_config
-from workers.venues.robinhood.venue import RobinhoodCryptoVenue, Signer, client_order_id
+from workers.venues.robinhood.venue import RobinhoodCryptoVenue, Signer, client_order_id, parse_order
 
 
 def test_the_signature_covers_key_time_path_method_and_body() -> None:
@@ -98,3 +100,12 @@ def test_the_adapter_restricts_routing_to_crypto_and_needs_the_live_opt_in() -> 
     assert live_refusal(config, allowed=False) == (
         "refusing to start: robinhood would trade real money; start with --live (or MBX_LIVE=1) to allow it"
     )
+
+
+def test_an_open_order_with_a_fill_is_partially_filled() -> None:
+    """Robinhood's documented states are open, partially_filled, filled, canceled and failed; an
+    ``open`` (or unlisted) state with a filled quantity keeps its fill."""
+    execution = {"effective_price": "1000.00", "quantity": "0.05", "timestamp": "2019-08-24T14:15:22Z"}
+    order = parse_order({**golden("order"), "filled_asset_quantity": "0.05", "executions": [execution]})
+    assert (order.status, order.filled_quantity) == (OrderStatus.PARTIALLY_FILLED, Decimal("0.05"))
+    assert parse_order({**golden("order"), "executions": []}).status is OrderStatus.ACCEPTED

@@ -8,8 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contracts import OrderStatus
+from contracts import ExecutionReport, OrderStatus
+from tests.builders import make_route
+from workers.domain.ledger import LedgerEntry
 from workers.domain.order_state import TRANSITIONS, Execution, InvalidTransition, can_move, check_move
+from workers.domain.venue import VenueOrder
+from workers.executor.handlers import _changes
 
 S = OrderStatus
 
@@ -84,3 +88,19 @@ def test_a_filled_order_takes_no_more_fills() -> None:
     execution.fill(Decimal(1), Decimal(100), Decimal(0))
     with pytest.raises(InvalidTransition):
         execution.fill(Decimal("0.5"), Decimal(100), Decimal(0))
+
+
+def test_a_reply_that_lags_the_ledger_is_no_news_and_no_error() -> None:
+    """Alpaca's POST reply says ``pending_new`` (submitted) for an order recorded as accepted:
+    nothing is reported and the entry stays as it is; news that moves on is still reported."""
+    route = make_route()
+    entry = LedgerEntry.of(route, S.ACCEPTED, report_seq=1, broker_order_id="b-1", decision=route)
+    lagging = VenueOrder("b-1", route.intent_id, S.SUBMITTED, Decimal(10))
+    assert _changes(entry, lagging, route) == (entry, [])
+    part = entry.model_copy(update={"status": S.PARTIALLY_FILLED, "report_seq": 2, "filled_quantity": Decimal(4)})
+    pending_cancel = VenueOrder("b-1", route.intent_id, S.ACCEPTED, Decimal(10), filled_quantity=Decimal(4))
+    assert _changes(part, pending_cancel, route) == (part, [])
+    filled = VenueOrder("b-1", route.intent_id, S.FILLED, Decimal(10), filled_quantity=Decimal(10))
+    updated, messages = _changes(entry, filled, route)
+    reported = [m.status for m in messages if isinstance(m, ExecutionReport)]
+    assert (updated.status, updated.report_seq, reported) == (S.FILLED, 2, [S.FILLED])

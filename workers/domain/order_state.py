@@ -33,6 +33,17 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
 }
 
 
+_STAGE: dict[OrderStatus, int] = {S.NEW: 0, S.SUBMITTED: 1, S.UNKNOWN: 1, S.ACCEPTED: 2, S.PARTIALLY_FILLED: 3}
+"""How far along its life a working order is (terminal states are furthest)."""
+
+
+def is_behind(known: OrderStatus, reported: OrderStatus) -> bool:
+    """True when ``reported`` is earlier in an order's life than ``known``: a broker's reply
+    that lags what was already recorded (Alpaca's ``pending_new`` in the reply to a POST, read
+    after the order was recorded as accepted), which is no news rather than a transition."""
+    return _STAGE.get(reported, 4) < _STAGE.get(known, 4)
+
+
 class InvalidTransition(ValueError):
     """A status change the state machine does not allow (a bug, or a broker contradicting itself)."""
 

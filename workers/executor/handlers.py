@@ -21,7 +21,7 @@ from contracts import (
     RouteDecision,
 )
 from workers.domain.ledger import LedgerEntry
-from workers.domain.order_state import check_move
+from workers.domain.order_state import check_move, is_behind
 from workers.domain.reports import cancel_reject, failover_event, fill_message, report
 from workers.domain.venue import (
     Venue,
@@ -525,3 +525,7 @@ def placement_plan(
         miss_is_conclusive=client_ids or not tried,
         mark_before_placing=not client_ids,
     )
+    if is_behind(entry.status, order.status) and order.filled_quantity <= entry.filled_quantity:
+        # A reply that lags the ledger (earlier in the order's life, nothing more filled; the
+        # cumulative quantity never shrinks) is no news: the entry stays as it is.
+        return entry, messages

@@ -19,6 +19,7 @@ from workers.venues.http import parse_time
 # Alpaca's order statuses, by what they mean for mbx (reference section 7.1).
 STATUSES: dict[str, OrderStatus] = {
     "pending_new": OrderStatus.SUBMITTED,
+    "pending_review": OrderStatus.SUBMITTED,
     "accepted_for_bidding": OrderStatus.SUBMITTED,
     "new": OrderStatus.ACCEPTED,
     "accepted": OrderStatus.ACCEPTED,
@@ -31,7 +32,7 @@ STATUSES: dict[str, OrderStatus] = {
     "suspended": OrderStatus.ACCEPTED,
     "partially_filled": OrderStatus.PARTIALLY_FILLED,
     "filled": OrderStatus.FILLED,
-    "done_for_day": OrderStatus.EXPIRED,
+    "done_for_day": OrderStatus.EXPIRED,  # a day order's end; a GTC order resumes (``parse_order``)
     "canceled": OrderStatus.CANCELLED,
     "expired": OrderStatus.EXPIRED,
     "rejected": OrderStatus.REJECTED,
@@ -82,6 +83,13 @@ def parse_order(data: dict[str, Any], fills: list[VenueFill] | None = None) -> V
     status = STATUSES.get(str(data.get("status")), OrderStatus.ACCEPTED)
     asset = ASSET_CLASSES.get(str(data.get("asset_class")), AssetClass.EQUITY)
     filled = _decimal(data.get("filled_qty")) or Decimal(0)
+    if data.get("status") == "done_for_day" and data.get("time_in_force") == "gtc":
+        # Done for today only: a GTC order works again the next trading day and may fill then.
+        status = OrderStatus.ACCEPTED
+    if status in (OrderStatus.SUBMITTED, OrderStatus.ACCEPTED) and filled > 0:
+        # Working but partly filled (``pending_cancel``, ``held``, ``done_for_day`` ...): the
+        # fills already made stay counted.
+        status = OrderStatus.PARTIALLY_FILLED
     quantity = _decimal(data.get("qty"))
     if quantity is None:  # a notional order: its size is known once it fills
         quantity = filled

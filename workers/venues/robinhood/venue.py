@@ -258,10 +258,13 @@ def parse_order(data: dict[str, Any]) -> VenueOrder:
     ]
     filled = Decimal(str(data.get("filled_asset_quantity") or 0))
     size = config.get("asset_quantity")
+    status = STATES.get(str(data.get("state")), OrderStatus.ACCEPTED)
+    if status is OrderStatus.ACCEPTED and filled > 0:  # working, partly filled: the fills stay counted
+        status = OrderStatus.PARTIALLY_FILLED
     return VenueOrder(
         broker_order_id=str(data["id"]),
         client_order_id=str(data.get("client_order_id") or ""),
-        status=STATES.get(str(data.get("state")), OrderStatus.ACCEPTED),
+        status=status,
         quantity=Decimal(str(size)) if size else filled,
         symbol=str(data.get("symbol") or ""),
         side=str(data.get("side") or ""),
