@@ -70,7 +70,13 @@ def test_reduce_only_accepts_an_order_that_shrinks_the_position() -> None:
 
 def test_a_sell_nets_against_symbol_exposure() -> None:
     """Selling into a long position lowers net exposure, so it passes a limit a buy would break."""
-    view = RiskView(ExposureSnapshot(portfolio_value=Decimal(10_000), by_symbol={"AAPL": Decimal(1_500)}))
+    view = RiskView(
+        ExposureSnapshot(
+            portfolio_value=Decimal(10_000),
+            by_symbol={"AAPL": Decimal(1_500)},
+            holdings={BrokerName.ALPACA: {"AAPL": Decimal(15)}},
+        )
+    )
     assert isinstance(outcome({"max_symbol_exposure": 2000}, view, side="buy"), Rejection)
     assert isinstance(outcome({"max_symbol_exposure": 2000}, view, side="sell"), RouteDecision)
 
@@ -145,7 +151,13 @@ def test_live_config_round_trips_without_credentials(monkeypatch: pytest.MonkeyP
 
 def test_min_broker_diversification_sends_new_buys_to_a_broker_without_positions() -> None:
     """Everything sits at alpaca and two brokers are required: a buy goes elsewhere, a sell does not."""
-    view = RiskView(ExposureSnapshot(portfolio_value=Decimal(100_000), by_broker={BrokerName.ALPACA: Decimal(5_000)}))
+    view = RiskView(
+        ExposureSnapshot(
+            portfolio_value=Decimal(100_000),
+            by_broker={BrokerName.ALPACA: Decimal(5_000)},
+            holdings={BrokerName.ALPACA: {"AAPL": Decimal(50)}},
+        )
+    )
     risk = {"min_broker_diversification": 2}
     buy = outcome(risk, view)
     assert isinstance(buy, RouteDecision)

@@ -232,3 +232,33 @@ async def test_the_request_log_shows_a_placement_repeated_without_a_lookup() -> 
     assert repeated_without_lookup(
         [*requests, Request("lookup", blind.intent_id), Request("place", blind.intent_id)]
     ) == {blind.intent_id: 2}
+
+
+async def test_a_cash_account_refuses_a_short_sale_and_sells_what_it_holds() -> None:
+    """At a cash account a sell of more than is held is refused (another broker may take it); a sale of a
+    holding fills and gives its proceeds back to the buying power."""
+    venue = SimulatedVenue(BrokerName.ALPACA, cash=Decimal(100_000))
+    with pytest.raises(VenueRejected) as refused:
+        await venue.place_order(make_intent(side="sell"), "short-1")
+    assert (refused.value.reason_code, refused.value.order_specific) == ("short_sale_not_allowed", False)
+    await venue.place_order(make_intent(quantity="5"), "buy-1")
+    spent = (await venue.get_account()).buying_power
+    await venue.place_order(make_intent(side="sell", quantity="5"), "sell-1")
+    assert (await venue.get_account()).buying_power > spent
+    assert await venue.get_positions() == []
+
+
+async def test_a_margin_account_holds_margin_for_a_short_sale() -> None:
+    """A short sale at a margin account fills, needs its value in buying power and holds it while open."""
+    venue = SimulatedVenue(BrokerName.IBKR, cash=Decimal(100_000), account_type="margin")
+    await venue.connect()
+    short = await venue.place_order(make_intent(side="sell"), "short-1")
+    assert short.status is OrderStatus.FILLED
+    [position] = await venue.get_positions()
+    account = await venue.get_account()
+    assert position.quantity == -10
+    assert account.buying_power == account.cash + 2 * position.market_value  # proceeds and margin held
+    small = SimulatedVenue(BrokerName.IBKR, cash=Decimal(100), account_type="margin")
+    with pytest.raises(VenueRejected) as refused:
+        await small.place_order(make_intent(side="sell"), "short-2")
+    assert refused.value.reason_code == "insufficient_buying_power"

@@ -37,6 +37,33 @@ class RiskView:
     snapshot: ExposureSnapshot | None = None
     pending_by_broker: Mapping[BrokerName, Decimal] = field(default_factory=dict)
     pending_by_symbol: Mapping[str, Decimal] = field(default_factory=dict)
+    pending_spend: Mapping[BrokerName, Decimal] = field(default_factory=dict)
+    """Cash the orders routed to each broker since the snapshot will spend (``cash_needed``)."""
+    pending_quantity: Mapping[tuple[BrokerName, str, Side], Decimal] = field(default_factory=dict)
+    """Quantity routed since the snapshot per broker, symbol and side."""
+
+    def knows_holdings(self) -> bool:
+        """Whether the snapshot says where positions are held (a snapshot with net positions and
+        no holdings per broker comes from an aggregator that does not publish them)."""
+        return self.snapshot is not None and (bool(self.snapshot.holdings) or not self.snapshot.positions)
+
+    def held(self, broker: BrokerName, symbol: str) -> Decimal:
+        """The position ``broker`` holds in ``symbol`` (long > 0) that orders routed since the
+        snapshot leave to close: a long less the sells in flight, a short less the buys."""
+        if self.snapshot is None:
+            return ZERO
+        held = self.snapshot.holdings.get(broker, {}).get(symbol, ZERO)
+        if held > 0:
+            return max(held - self.pending_quantity.get((broker, symbol, Side.SELL), ZERO), ZERO)
+        if held < 0:
+            return min(held + self.pending_quantity.get((broker, symbol, Side.BUY), ZERO), ZERO)
+        return ZERO
+
+    def buying_power(self, broker: BrokerName) -> Decimal | None:
+        """The cash ``broker`` can still spend: its account's figure in the snapshot less what was
+        routed there since; None while no account figure is known."""
+        power = self.snapshot.buying_power.get(broker) if self.snapshot is not None else None
+        return None if power is None else power - self.pending_spend.get(broker, ZERO)
 
     def broker_exposure(self, broker: BrokerName) -> Decimal:
         held = self.snapshot.by_broker.get(broker, ZERO) if self.snapshot else ZERO
@@ -93,13 +120,14 @@ def over_limits(intent: OrderIntent, notional: Decimal | None, config: MbxConfig
 
 
 def broker_exclusion(
-    broker: BrokerName, notional: Decimal | None, config: MbxConfig, risk: RiskView
+    broker: BrokerName, notional: Decimal | None, config: MbxConfig, risk: RiskView, *, closes: bool = False
 ) -> ExcludedBroker | None:
-    """Why risk limits keep ``broker`` out for this order, or None."""
+    """Why risk limits keep ``broker`` out for this order, or None. An order that ``closes`` a
+    position held at ``broker`` shrinks its exposure: allocation limits never keep it out."""
     if broker in config.risk.kill_switches.brokers:
         return ExcludedBroker(broker=broker, reason_code="kill_switch", reason=f"{broker} is halted by a kill switch")
     snapshot = risk.snapshot
-    if snapshot is None or snapshot.portfolio_value <= 0 or notional is None:
+    if snapshot is None or snapshot.portfolio_value <= 0 or notional is None or closes:
         return None
     after = risk.broker_exposure(broker) + notional
     cap = config.risk.max_broker_allocation * snapshot.portfolio_value

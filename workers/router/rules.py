@@ -35,6 +35,7 @@ from contracts import (
 from workers.domain.config import MbxConfig, RoutingRule
 from workers.domain.fees import FeeModel, RegulatoryFees, traded_value
 from workers.domain.quotes import PriceCheck
+from workers.router.accounts import PositionPlan, cash_exclusion, cash_needed, no_account_can_pay, position_plan
 from workers.router.backlog import UNMEASURED_S_PER_ORDER
 from workers.router.plan import BROKERS, RANK, RoutingPlan, RuleOutcome, Shape, plan_for, smart_default
 from workers.router.registry import BrokerHealth
@@ -149,14 +150,33 @@ def route(
         price = market.reference_price or intent.limit_price or intent.stop_price
     quantity, notional = order_size(intent, price)
     denial = shape.halted or (over_limits(intent, notional, config, risk) if plan.limited else None)
+    positions = position_plan(intent, quantity, BROKERS, config, risk)
+    denial = denial or positions.denial
     if denial is not None:
         return Rejection(denial.reason_code, denial.reason, ())
+    # Cash is checked only where some account's figure is known (a snapshot carries it).
+    needed = None
+    if risk.snapshot is not None and risk.snapshot.buying_power:
+        fresh = check.quote if check is not None and check.price is not None else None
+        needed = cash_needed(intent, price, fresh.ask if fresh is not None else None)
     outcome = plan.outcome(shape, shape.matching(quantity, notional))
     waits = queue_waits(plan, market)
     eligible, excluded, queued_everywhere = _eligibility(
-        plan, outcome, intent=intent, notional=notional, market=market, risk=risk, failed=failed, waits=waits
+        plan,
+        outcome,
+        intent=intent,
+        notional=notional,
+        market=market,
+        risk=risk,
+        failed=failed,
+        waits=waits,
+        positions=positions,
+        needed=needed,
     )
     if not eligible:
+        poor = _unpaid(excluded, failed, needed, risk)
+        if poor is not None:
+            return poor
         code = "chain_exhausted" if failed else "no_eligible_broker"
         why = "every eligible broker failed this order" if failed else "no enabled broker can take this order"
         return Rejection(code, why, tuple(excluded))
@@ -186,15 +206,13 @@ def route(
             f"every broker that can take it has a queue past routing.max_queue_wait_s; "
             f"{chosen} would send it soonest (in about {sent_in(soonest):.1f}s)"
         )
+    elif positions.closing:
+        chosen, rule, why = _close_at(intent, positions, eligible)
     else:
         chosen, rule, why = _choose(intent, shape.default, outcome.prefer, eligible, ranked)
-    if outcome.weight_rule is not None:
-        why += f"; weights from rule {outcome.weight_rule}"
-    if check is not None and check.price is None:
-        basis = "priced at its limit price" if price is not None else "fees estimated without a price"
-        why += f"; {check.problem}, {basis}"
-    elif price is None:
-        why += "; fees estimated without a reference price"
+    if needed is not None:
+        why += _cash_figures(ranked, risk)
+    why += _pricing_notes(outcome, check, price)
     # One validation for the decision and its candidates (cheaper than one per candidate).
     return RouteDecision.model_validate(
         {
@@ -215,6 +233,7 @@ def route(
             "quote": check.quote if check is not None else None,
             "failed_brokers": failed,
             "config_version": config_version,
+            "closes_position": positions.closing.get(chosen),
         }
     )
 
@@ -229,6 +248,8 @@ def _eligibility(
     risk: RiskView,
     failed: Sequence[BrokerName],
     waits: Mapping[BrokerName, float],
+    positions: PositionPlan,
+    needed: Decimal | None,
 ) -> tuple[list[BrokerName], list[ExcludedBroker], bool]:
     """The brokers that may take the order, every other broker with its reason, and whether the
     eligible ones are all brokers with a long queue (kept because no other can take it)."""
@@ -244,12 +265,14 @@ def _eligibility(
     )
     max_wait = plan.max_queue_wait_s
     for broker, static_reason in zip(BROKERS, outcome.out, strict=True):
-        reason = _failed(broker) if broker in failed else static_reason
+        reason = _failed(broker) if broker in failed else static_reason or positions.out.get(broker)
         state = health.get(broker) if health is not None else None
         if reason is None and health is not None and (state is None or not state.up):
             reason = _down(broker, state)
-        if reason is None and check_risk:
-            reason = broker_exclusion(broker, notional, config, risk)
+        if reason is None and (check_risk or needed is not None):
+            reason = _account_exclusion(
+                broker, notional=notional, needed=needed, config=config, risk=risk, positions=positions
+            )
         # The reasons to wait come last, the longer first: a broker taken back because every
         # other one must wait too has passed every other check, and one with a long queue says
         # so even when its budget is also nearly spent (as it is, with a queue).
@@ -318,6 +341,23 @@ def route_batch(
     return [route(i, config, market=views.get(i.symbol)) for i in intents]
 
 
+def _account_exclusion(
+    broker: BrokerName,
+    *,
+    notional: Decimal | None,
+    needed: Decimal | None,
+    config: MbxConfig,
+    risk: RiskView,
+    positions: PositionPlan,
+) -> ExcludedBroker | None:
+    """Risk limits, then cash; an order that closes a position at ``broker`` is kept out by
+    neither (it shrinks the exposure, and pays for itself)."""
+    closes = broker in positions.closing
+    return broker_exclusion(broker, notional, config, risk, closes=closes) or (
+        cash_exclusion(broker, needed, risk) if needed is not None and not closes else None
+    )
+
+
 def _failed(broker: BrokerName) -> ExcludedBroker:
     return ExcludedBroker(broker=broker, reason_code="failed", reason=f"{broker} already failed this order")
 
@@ -354,6 +394,50 @@ def _queue_exclusion(broker: BrokerName, queued: int, wait: float, max_wait: flo
         reason=f"{broker} has {queued} orders queued, about {wait:.1f}s to wait "
         f"(routing.max_queue_wait_s is {max_wait:g}s)",
     )
+
+
+def _pricing_notes(outcome: RuleOutcome, check: PriceCheck | None, price: Decimal | None) -> str:
+    """What the reason adds about the weights and the price the decision used."""
+    notes = f"; weights from rule {outcome.weight_rule}" if outcome.weight_rule is not None else ""
+    if check is not None and check.price is None:
+        basis = "priced at its limit price" if price is not None else "fees estimated without a price"
+        notes += f"; {check.problem}, {basis}"
+    elif price is None:
+        notes += "; fees estimated without a reference price"
+    return notes
+
+
+def _unpaid(
+    excluded: list[ExcludedBroker], failed: Sequence[BrokerName], needed: Decimal | None, risk: RiskView
+) -> Rejection | None:
+    """The rejection of a first attempt that no account can pay for (a broker short of cash
+    among those left out, none eligible), with every broker's figure; None otherwise."""
+    if failed or needed is None or not any(e.reason_code == "insufficient_buying_power" for e in excluded):
+        return None
+    poor = no_account_can_pay(needed, BROKERS, risk)
+    return Rejection(poor.reason_code, poor.reason, tuple(excluded))
+
+
+def _cash_figures(ranked: list[dict[str, Any]], risk: RiskView) -> str:
+    """Put each candidate's buying power in its record; the reason's note on those not checked."""
+    unknown = []
+    for candidate in ranked:
+        power = candidate["buying_power"] = risk.buying_power(candidate["broker"])
+        if power is None:
+            unknown.append(candidate["broker"])
+    return f"; no account figure yet for {', '.join(unknown)}: not checked for cash" if unknown else ""
+
+
+def _close_at(intent: OrderIntent, positions: PositionPlan, eligible: list[BrokerName]) -> tuple[BrokerName, str, str]:
+    """The broker an order that closes a position goes to: the strategy's own choice among the
+    holders, else the eligible holder with the most (only holders that cover it are eligible)."""
+    if intent.broker is not None and intent.broker in eligible:
+        return intent.broker, "preference", f"the strategy asked for {intent.broker}, which holds the position"
+    holder = positions.holder(eligible)
+    assert holder is not None  # eligible holds only brokers the order closes a position at
+    held = positions.closing[holder]
+    size = abs(held) if intent.quantity is None else intent.quantity
+    return holder, "position", f"closes {size} of the {intent.symbol} position {holder} holds ({held})"
 
 
 def _choose(

@@ -18,9 +18,10 @@ from decimal import Decimal
 
 from pydantic import ValidationError
 
-from contracts import BrokerName, ExposureSnapshot, FillQuality, RouteDecision
+from contracts import BrokerName, ExposureSnapshot, FillQuality, RouteDecision, Side
 from workers.domain.config import ConfigError, MbxConfig, parse_config
 from workers.domain.quotes import PriceCheck
+from workers.router.accounts import cash_needed
 from workers.router.backlog import Backlog
 from workers.router.registry import BrokerRegistry
 from workers.router.risk import RiskView, signed
@@ -36,7 +37,12 @@ class _InFlight:
     broker: BrokerName
     symbol: str
     gross: Decimal
+    """What the order adds to the broker's gross exposure (negative for one that closes a position)."""
     net: Decimal
+    spend: Decimal = Decimal(0)
+    """Cash the order spends at the broker (0 for one that closes a position)."""
+    side: Side = Side.BUY
+    quantity: Decimal = Decimal(0)
 
 
 class RouterState:
@@ -53,6 +59,8 @@ class RouterState:
         self._in_flight: list[_InFlight] = []
         self._flight_by_broker: dict[BrokerName, Decimal] = {}
         self._flight_by_symbol: dict[str, Decimal] = {}
+        self._flight_spend: dict[BrokerName, Decimal] = {}
+        self._flight_quantity: dict[tuple[BrokerName, str, Side], Decimal] = {}
 
     def apply_config(self, raw: bytes, revision: int) -> str | None:
         """Switch to a new config; returns the reason when it is refused."""
@@ -99,7 +107,13 @@ class RouterState:
     def risk_view(self) -> RiskView:
         """Exposure as the last snapshot saw it plus what was routed since: running totals, so a
         decision costs the same however many orders are in flight."""
-        return RiskView(self.snapshot, dict(self._flight_by_broker), dict(self._flight_by_symbol))
+        return RiskView(
+            self.snapshot,
+            dict(self._flight_by_broker),
+            dict(self._flight_by_symbol),
+            dict(self._flight_spend),
+            dict(self._flight_quantity),
+        )
 
     def _forget(self, covered: Callable[[_InFlight], bool]) -> None:
         """Drop in-flight records a snapshot covers, or that are older than ``IN_FLIGHT_HORIZON``
@@ -111,20 +125,40 @@ class RouterState:
         self._in_flight = kept
         self._flight_by_broker.clear()
         self._flight_by_symbol.clear()
+        self._flight_spend.clear()
+        self._flight_quantity.clear()
         for f in kept:
             self._add(f)
 
     def _add(self, f: _InFlight) -> None:
         self._flight_by_broker[f.broker] = self._flight_by_broker.get(f.broker, Decimal(0)) + f.gross
         self._flight_by_symbol[f.symbol] = self._flight_by_symbol.get(f.symbol, Decimal(0)) + f.net
+        if f.spend:
+            self._flight_spend[f.broker] = self._flight_spend.get(f.broker, Decimal(0)) + f.spend
+        if f.quantity:
+            key = (f.broker, f.symbol, f.side)
+            self._flight_quantity[key] = self._flight_quantity.get(key, Decimal(0)) + f.quantity
 
     def record(self, decision: RouteDecision, price: Decimal | None) -> None:
-        """Count a routed order toward exposure until a snapshot includes it."""
-        _, notional = order_size(decision.intent, price)
-        if notional is None:
+        """Count a routed order toward exposure, the broker's cash and its positions until a
+        snapshot includes it. One that closes a position shrinks the exposure and spends nothing."""
+        intent = decision.intent
+        quantity, notional = order_size(intent, price)
+        if notional is None and quantity is None:
             return
+        closes = decision.closes_position is not None
+        value = notional or Decimal(0)
+        fresh = decision.quote if decision.reference_price is not None else None
+        spend = None if closes else cash_needed(intent, price, fresh.ask if fresh is not None else None)
         flight = _InFlight(
-            decision.created_at, decision.broker, decision.intent.symbol, notional, signed(decision.intent, notional)
+            decision.created_at,
+            decision.broker,
+            intent.symbol,
+            -value if closes else value,
+            signed(intent, value),
+            spend or Decimal(0),
+            intent.side,
+            quantity or Decimal(0),
         )
         self._in_flight.append(flight)
         self._add(flight)

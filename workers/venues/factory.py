@@ -58,7 +58,9 @@ def _simulated(
     is shared by its replicas, like a real broker's; it enforces the request limit the executor
     budgets for."""
     cash = config.brokers[broker].paper_cash if broker in config.brokers else BrokerConfig().paper_cash
+    account_type = config.brokers[broker].account_type if broker in config.brokers else "cash"
     venue = prebuilt or SimulatedVenue(broker, rate_limit=request_limit(broker, config), cash=cash)
+    venue.account_type = account_type  # the config's, also for a venue built beforehand (tests)
     venue.book = KvOrderBook(context.js, context.topology.sim_book_bucket(broker), request_log=context.request_log)
     return venue
 

@@ -211,6 +211,49 @@ class _Account:
             self.counted[order.broker_order_id] = len(order.fills)
 
 
+def account_check(  # noqa: PLR0917  (the figures a broker's check takes, each a value)
+    broker: BrokerName,
+    account_type: str,
+    available: Decimal,
+    held: Decimal,
+    side: Side,
+    value: Decimal,
+    closing: Decimal,
+) -> Decimal:
+    """What a broker's account allows: the cash the order takes from the buying power when it
+    fills (negative: what it gives back), or ``VenueRejected`` (not specific to the order:
+    another broker's account may take it). ``held`` is the position in the symbol (long > 0),
+    ``value`` the order's value and ``closing`` the value of the part that sells a held long.
+
+    A buy needs its value in buying power. A sale of a held long gives its proceeds back. The
+    part of a sale beyond the long opens a short: refused at a cash account; at a margin account
+    it needs its value in buying power, held as margin while the short is open."""
+    if side is Side.BUY:
+        if value > available:
+            raise VenueRejected(
+                "insufficient_buying_power",
+                f"{broker}: the order needs {value:.2f} USD, the account has {available:.2f}",
+                order_specific=False,
+            )
+        return value
+    short = value - closing
+    if short <= 0:
+        return -closing
+    if account_type != "margin":
+        raise VenueRejected(
+            "short_sale_not_allowed",
+            f"{broker}: a cash account cannot sell short (it holds {held} of the symbol)",
+            order_specific=False,
+        )
+    if short > available:
+        raise VenueRejected(
+            "insufficient_buying_power",
+            f"{broker}: the short sale needs {short:.2f} USD of margin, the account has {available:.2f}",
+            order_specific=False,
+        )
+    return short - closing
+
+
 class SimulatedVenue:
     """A simulated broker. Its book (``MemoryOrderBook`` or the NATS-backed ``KvOrderBook``)
     is the broker's memory: an order placed stays there whatever happens to the executor.
@@ -229,6 +272,7 @@ class SimulatedVenue:
         *,
         rate_limit: tuple[int, float] | None = None,
         cash: Decimal = PAPER_CASH,
+        account_type: str = "cash",
     ) -> None:
         self._broker = broker
         self._quotes = quotes or QuoteModel()
@@ -241,6 +285,7 @@ class SimulatedVenue:
         limit, per = rate_limit or (CAPABILITIES[broker].rate_limit_per_minute, 60.0)
         self.rate = RateWindow(limit, per)
         self.starting_cash = cash
+        self.account_type = account_type
         self._spent = Decimal(0)
         self._account = _Account()
         self._account_lock = asyncio.Lock()
@@ -371,10 +416,12 @@ class SimulatedVenue:
         positions = await self._positions()
         value = sum((p.market_value for p in positions), Decimal(0))
         cash = self.starting_cash - await self._net_spent()
+        # A short's proceeds sit in cash but are not spendable, and its margin is held too.
+        shorts = sum((-p.market_value for p in positions if p.market_value < 0), Decimal(0))
         return AccountSnapshot(
             account_id=f"paper-{self._broker}",
             cash=cash,
-            buying_power=max(cash, Decimal(0)),
+            buying_power=max(cash - 2 * shorts, Decimal(0)),
             portfolio_value=cash + value,
         )
 
@@ -441,14 +488,19 @@ class SimulatedVenue:
             raise VenueRejected(
                 "invalid_quantity", "the notional buys less than the smallest unit", order_specific=True
             )
-        cost = traded_value(intent.asset_class, quantity, intent.limit_price or touch)
-        if intent.side is Side.BUY and cost > self.starting_cash - self._spent:
-            raise VenueRejected(
-                "insufficient_buying_power",
-                f"{self._broker}: the order needs {cost:.2f} USD, the account has "
-                f"{self.starting_cash - self._spent:.2f}",
-                order_specific=False,
-            )
+        price = intent.limit_price or touch
+        held = Decimal(0)
+        if intent.side is Side.SELL:
+            held = (await self._account_state()).held.get((intent.symbol, str(intent.asset_class)), (held, held))[0]
+        cash_change = account_check(
+            self._broker,
+            self.account_type,
+            self.starting_cash - self._spent,
+            held,
+            intent.side,
+            traded_value(intent.asset_class, quantity, price),
+            traded_value(intent.asset_class, min(quantity, max(held, Decimal(0))), price),
+        )
         # Unique across venue instances and restarts, as a real broker's order ids are.
         broker_order_id = f"{self._broker}-{uuid.uuid4().hex[:20]}"
         now = datetime.now(UTC)
@@ -475,8 +527,8 @@ class SimulatedVenue:
                     return original
         await self.book.save(order)
         self._requested_as[broker_order_id] = client_order_id
-        if order.fills and intent.side is Side.BUY:
-            self._spent += cost
+        if order.fills:
+            self._spent += cash_change
         if self.faults.timeouts_after_accept > 0:
             self.faults.timeouts_after_accept -= 1
             raise VenueAmbiguous(f"{self._broker} accepted the order but the reply was lost")
