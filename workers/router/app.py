@@ -27,6 +27,10 @@ from workers.router.state import RouterState
 log = structlog.get_logger("mbx.router")
 
 WATCH_STARTUP_TIMEOUT = 5.0
+BUS_PROBE_S = 1.0
+"""Seconds between two looks at the bus the heartbeats travel on (``probe_bus``)."""
+BUS_PROBE_TIMEOUT_S = 1.0
+"""Seconds one look may take before it counts as trouble."""
 
 
 class RouterWorker(Worker):
@@ -58,6 +62,7 @@ class RouterWorker(Worker):
         except Exception as exc:  # noqa: BLE001  (read again in a moment)
             log.warning("backlog reading failed", error=f"{type(exc).__name__}: {exc}")
         self.every(READ_EVERY_S, self.handlers.read_backlog, "backlog reading")
+        self.every(BUS_PROBE_S, self.probe_bus, "bus probe")
         log.info("router state loaded", config_version=self.state.version, exposure=self.state.snapshot is not None)
 
     def connection_changed(self) -> None:
@@ -65,7 +70,30 @@ class RouterWorker(Worker):
         since is starting: an intent delivered before the live state is reloaded waits for the
         brokers' heartbeats instead of finding them all stale."""
         config = self.state.config
+        if not self.broker.connection.is_connected:  # dropped: heartbeats stale since are unsure
+            self.state.registry.bus_trouble()
         self.state.registry.begin_grace(config.routing.startup_grace_s, config.enabled_brokers())
+
+    async def probe_bus(self) -> None:
+        """Tell a broker's trouble from the bus's: the heartbeat bucket's stream is asked for its
+        state (answered by its leader, so it fails while the stream elects one), and a broker
+        whose heartbeat looks stale is read from the bucket directly (the watch may be what
+        lags). A failure is bus trouble: heartbeats stale since are *unsure*, not down."""
+        registry = self.state.registry
+        try:
+            async with asyncio.timeout(BUS_PROBE_TIMEOUT_S):
+                info = await self.js.stream_info(f"KV_{self.subjects.status_bucket}")
+                if info.cluster is not None and not info.cluster.leader:
+                    raise RuntimeError("the heartbeat bucket has no leader")
+                quiet = [b for b in self.state.config.enabled_brokers() if not registry.health(b).up]
+                if quiet:
+                    status_kv = await self.js.key_value(self.subjects.status_bucket)
+                    for broker in quiet:
+                        with contextlib.suppress(KeyNotFoundError):
+                            await self._apply_status((await status_kv.get(str(broker))).value or b"", 0)
+        except Exception as exc:  # noqa: BLE001  (any failure to read the bus is the bus's trouble)
+            registry.bus_trouble()
+            log.debug("bus probe failed", error=f"{type(exc).__name__}: {exc}")
 
     async def reconnected(self) -> None:
         """NATS came back (perhaps a restarted server, which forgets its latest writes and
@@ -154,6 +182,7 @@ class RouterWorker(Worker):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001  (the watch broke, e.g. a reconnect: start again)
+                self.state.registry.bus_trouble()
                 log.warning("kv watch failed, retrying", key=key, error=str(exc), retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)

@@ -24,7 +24,6 @@ from contracts import (
     RouteDecision,
     RoutePreview,
 )
-from workers.domain.capabilities import CAPABILITIES
 from workers.domain.quotes import PriceCheck, QuoteSource, assess
 from workers.domain.reports import cancel_reject
 from workers.platform import metrics, telemetry
@@ -32,7 +31,7 @@ from workers.platform.bus import delivery_count, is_replay, publish
 from workers.platform.order_ledger import OrderLedger
 from workers.platform.runtime import PoisonMessage, RetryLater, Worker, parse
 from workers.router.journal import DecisionJournal, Published
-from workers.router.plan import plan_for
+from workers.router.plan import BROKERS, plan_for
 from workers.router.rules import Rejection, queue_waits, route
 from workers.router.state import RouterState
 
@@ -41,6 +40,9 @@ if TYPE_CHECKING:
 
 STARTING_POLL_S = 0.05
 """How often a held intent looks whether the brokers it waits for have spoken."""
+HOLD_SLACK_S = 1.0
+"""Seconds a held intent waits past the registry's own bounds before it is decided regardless
+(the registry ends *starting* and *unsure* by itself; this only guards against a clock jump)."""
 CANCEL_RETRY_S = 1.0
 """Seconds before a cancel for an intent not routed yet is looked at again."""
 
@@ -220,7 +222,7 @@ class RouterHandlers:
             # A replayed intent that already reached a broker: its order exists (or existed);
             # routing it again could place it twice.
             return "replay:already_routed"
-        await self.wait_for_starting_brokers(intent)
+        await self.hold_for_brokers(intent)
         outcome, price = await self.decide(intent)
         return await self._publish_counted(intent, outcome, 1, price)
 
@@ -231,7 +233,7 @@ class RouterHandlers:
         intent = event.decision.intent
         failed = [*event.decision.failed_brokers, event.failed_broker]
         attempt = event.attempt + 1
-        await self.wait_for_starting_brokers(intent)
+        await self.hold_for_brokers(intent)
         outcome, price = await self.decide(intent, attempt, failed)
         result = await self._publish_counted(intent, outcome, attempt, price)
         if not result.startswith("replay:"):
@@ -275,13 +277,21 @@ class RouterHandlers:
         for broker in self.state.config.enabled_brokers():
             metrics.QUEUE_WAIT.labels(str(broker)).set(waits.get(broker, 0.0))
 
-    async def wait_for_starting_brokers(self, intent: OrderIntent) -> None:
+    async def hold_for_brokers(self, intent: OrderIntent) -> None:
         """Hold the intent while a broker that could take it is *starting* (not heard from since
-        the router started or NATS came back), at most until the grace period ends: routing
-        before the first heartbeat would send it away from its default broker."""
+        the router started or NATS came back) or *unsure* (its heartbeat is stale, but the bus may
+        be why: ``registry.judge``), until each speaks or its bound runs out
+        (``routing.startup_grace_s``, ``routing.hold_when_unsure_s``): routing before then would
+        send the intent away from a broker that is probably fine, or reject it."""
         registry = self.state.registry
-        # Polled: the registry is pure (no event loop), and this only runs during the grace period.
-        while any(CAPABILITIES[b].support_for(intent.asset_class) for b in registry.starting()):  # noqa: ASYNC110
+        routing = self.state.config.routing
+        capability = plan_for(self.state.config).shape(intent).capability
+        capable = frozenset(b for b, out in zip(BROKERS, capability, strict=True) if out is None)
+        bound = max(routing.startup_grace_s, routing.heartbeat_timeout_s + routing.hold_when_unsure_s)
+        deadline = time.monotonic() + bound + HOLD_SLACK_S
+        # Polled: the registry is pure (no event loop), and this only runs while a broker is
+        # starting or unsure.
+        while capable & registry.awaited() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(STARTING_POLL_S)
 
     async def _publish(
