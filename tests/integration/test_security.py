@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import stat
 import time
@@ -23,17 +24,17 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from contracts import BrokerName, CancelReject, CancelRequest, OrderIntent, Subjects
+from contracts import BrokerName, CancelReject, CancelRequest, OrderIntent, OrderStatus, Subjects
 from contracts.client import MbxClient, PublishDenied, SubscribeDenied
 from tests.builders import CRYPTO, FRACTIONAL, OPTION, intent_payload
 from tests.conftest import eventually, fetch_all, new_database, simulated_venue, unthrottled
 from tests.servers import Servers
 from workers.devstack.nats import EmbeddedNats
-from workers.domain.config import MbxConfig
+from workers.domain.config import MbxConfig, parse_config
 from workers.entry import build_executor_worker, build_worker
 from workers.ops import security
 from workers.platform.access import connect_options, inbox_prefix
-from workers.platform.bus import jetstream
+from workers.platform.bus import ensure_streams, jetstream
 from workers.platform.db.engine import make_engine
 from workers.platform.live_config import write_live_config
 from workers.platform.runtime import Worker
@@ -42,6 +43,7 @@ from workers.platform.settings import Settings
 pytestmark = pytest.mark.integration
 
 STRATEGIES = ["s1", "s2"]
+DOCS = Path(__file__).parents[2] / "docs" / "operations.md"
 
 
 @pytest.fixture(scope="module")
@@ -157,9 +159,11 @@ async def test_every_worker_runs_as_its_role_and_an_intent_fills(
         await db.dispose()
 
 
-async def cancel_as_another(secured: tuple[EmbeddedNats, security.SecuritySetup], strategy: str, intent_id: str) -> str:
-    """``strategy`` asks to cancel ``intent_id`` on its own cancel subject; the reason code of
-    the answer it reads on its own results."""
+async def cancel_as_another(
+    secured: tuple[EmbeddedNats, security.SecuritySetup], strategy: str, intent_id: str, claimed: str | None = None
+) -> str:
+    """``strategy`` asks to cancel ``intent_id`` on its own cancel subject, its body naming
+    ``claimed`` (itself by default); the reason code of the answer it reads on its own results."""
     server, setup = secured
     nc = await nats.connect(server.url, **connect_options(as_role(setup, server, f"strategy-{strategy}")))
     try:
@@ -171,12 +175,80 @@ async def cancel_as_another(secured: tuple[EmbeddedNats, security.SecuritySetup]
 
         await nc.subscribe(Subjects().cancel_reject("*", strategy), cb=got)
         request = CancelRequest(
-            message_id=f"cancel-{uuid.uuid4().hex}", correlation_id=intent_id, intent_id=intent_id, strategy_id=strategy
+            message_id=f"cancel-{uuid.uuid4().hex}",
+            correlation_id=intent_id,
+            intent_id=intent_id,
+            strategy_id=claimed or strategy,
         )
         await nc.jetstream().publish(
             Subjects().cancel(strategy), request.model_dump_json().encode(), headers={"Nats-Msg-Id": request.message_id}
         )
         return CancelReject.model_validate_json(await asyncio.wait_for(answer, 20)).reason_code
+    finally:
+        await nc.close()
+
+
+async def test_beta_cannot_cancel_alphas_order_by_any_subject_or_body_under_secure(
+    secured: tuple[EmbeddedNats, security.SecuritySetup], operator: NatsClient
+) -> None:
+    """With the router and executor as their roles, s2 (beta) naming s1's (alpha's) working order
+    is refused on its own results whatever its body says, NATS refuses it s1's cancel subject,
+    and the order keeps working until s1 cancels it."""
+    server, setup = secured
+    config = unthrottled(parse_config({"brokers": {"alpaca": {}}}))
+    await write_live_config(jetstream(operator), Subjects(), config)
+    venue = simulated_venue(BrokerName.ALPACA, config)
+    workers: list[Worker] = [
+        build_worker("router", as_role(setup, server, "router"), config),
+        build_executor_worker(as_role(setup, server, "executor-alpaca"), BrokerName.ALPACA, venue, config),
+    ]
+    for worker in workers:
+        await worker.start()
+    resting = OrderIntent.model_validate(
+        intent_payload(strategy_id="s1", order_type="limit", limit_price="0.5", quantity="3")
+    )
+    try:
+        async with await strategy_client(secured, "s1") as alpha, await strategy_client(secured, "s2") as beta:
+            tracker = await alpha.track(resting.intent_id, "s1")
+            await alpha.submit(resting)
+
+            async def accepted() -> bool:
+                return any(str(r.status) == "accepted" for r in tracker.reports)
+
+            await eventually(accepted, timeout=30)
+            assert await cancel_as_another(secured, "s2", resting.intent_id, claimed="s1") == "wrong_strategy"
+            assert await cancel_as_another(secured, "s2", resting.intent_id) == "not_your_order"
+            with pytest.raises(PublishDenied, match=r"mbx\.orders\.cancel\.s1"):
+                await beta.cancel(resting.intent_id, "s1")
+            [order] = [o for o in await venue.book.all() if o.client_order_id == resting.intent_id]
+            assert order.status is OrderStatus.ACCEPTED and not tracker.terminal
+            await alpha.cancel(resting.intent_id, "s1")
+            assert str((await tracker.wait(30)).status) == "cancelled"
+            await tracker.close()
+        assert {w.name: w.refusals for w in workers if w.refusals} == {}
+    finally:
+        await asyncio.gather(*(w.stop() for w in workers))
+
+
+async def test_a_strategy_using_the_documented_reply_inbox_gets_its_acks(
+    secured: tuple[EmbeddedNats, security.SecuritySetup], operator: NatsClient
+) -> None:
+    """A plain NATS client of strategy s1 that takes its reply inbox from docs/operations.md
+    gets JetStream's acks for what it publishes."""
+    server, setup = secured
+    documented = re.search(r"`(_INBOX_strategy[\w-]*)\.>`", DOCS.read_text())
+    assert documented is not None, "docs/operations.md names no strategy inbox"
+    inbox = documented.group(1).replace("alpha", "s1")
+    await ensure_streams(operator.jetstream(), Subjects())
+    options = connect_options(as_role(setup, server, "strategy-s1")) | {"inbox_prefix": inbox}
+    nc = await nats.connect(server.url, **options)
+    try:
+        ghost = f"ghost-{uuid.uuid4().hex}"
+        request = CancelRequest(message_id=f"cancel-{ghost}", correlation_id=ghost, intent_id=ghost, strategy_id="s1")
+        ack = await nc.jetstream(timeout=5).publish(
+            Subjects().cancel("s1"), request.model_dump_json().encode(), headers={"Nats-Msg-Id": request.message_id}
+        )
+        assert ack.stream == "ORDERS" and ack.seq > 0
     finally:
         await nc.close()
 
