@@ -45,6 +45,9 @@ POLL_INTERVAL = 2.0
 """Seconds between looks at the broker's working orders (fills and cancels that happen there)."""
 STREAM_POLL_INTERVAL = 30.0
 """The same, at a broker whose stream pushes order changes: only a safety net."""
+EARLY_UPDATE_INTERVAL = 1.0
+"""Seconds between looks for the ledger entries of orders the stream told of before they were
+recorded (the replica that placed one applies its news at once when it records it)."""
 CONFIG_POLL_INTERVAL = 2.0
 """Seconds between looks at the live config for a changed rate limit."""
 REFRESH_DELAY = 0.5
@@ -106,6 +109,8 @@ class ExecutorWorker(Worker):
             streaming = self.venue
             self.background(lambda: streaming.stream_updates(self._on_update, self._settle), "order stream")
             self.every(STREAM_POLL_INTERVAL, self.handlers.reconcile, "order polling")
+            # News of an order that came before its ledger entry (recorded by another replica).
+            self.every(EARLY_UPDATE_INTERVAL, self.handlers.apply_early_updates, "early order updates")
         else:
             self.every(POLL_INTERVAL, self.handlers.reconcile, "order polling")
         await self.follow_live_config()
@@ -226,9 +231,10 @@ class ExecutorWorker(Worker):
 
     async def snapshot(self) -> PositionSnapshot:
         await self.budget.take()
-        account = await self.venue.get_account()
+        # Each with the broker call's deadline: a hung broker never holds the snapshot timer.
+        account = await self.handlers.broker_call(self.venue.get_account(), "reading the account")
         await self.budget.take()
-        positions = await self.venue.get_positions()
+        positions = await self.handlers.broker_call(self.venue.get_positions(), "reading the positions")
         return PositionSnapshot(
             message_id=f"positions-{self.venue.broker}-{uuid.uuid4().hex}",
             correlation_id=str(self.venue.broker),

@@ -51,6 +51,10 @@ T = TypeVar("T")
 CANCEL_WAIT = timedelta(minutes=5)
 """How long a cancel waits for the order it cancels to be recorded here before it is refused."""
 LOOKUP_MARGIN = timedelta(seconds=5)
+EARLY_UPDATE_TTL = timedelta(minutes=5)
+"""How long news of an order not recorded yet is kept for when it is."""
+EARLY_UPDATES_KEPT = 10_000
+"""Most orders whose early news is kept at once."""
 LISTING_SETTLE = timedelta(seconds=5)
 
 
@@ -113,6 +117,8 @@ class ExecutorHandlers:
             lambda: worker.js, topology.shape_locks_bucket, topology.attributions_bucket, str(venue.broker)
         )
         self._working: set[str] = set()
+        self._early: dict[str, tuple[VenueOrder, float]] = {}
+        """Stream updates of orders not recorded yet, by intent id: the latest, and when it came."""
 
     async def on_route(self, msg: Msg) -> None:
         await self.worker.deliver(DeadLetterStage.EXECUTOR, self.spec, msg, self.execute)
@@ -207,6 +213,10 @@ class ExecutorHandlers:
                 raise TimeoutError(f"{broker} did not answer within {self.request_timeout:g}s ({what})") from None
             finally:
                 metrics.BROKER_CALL_SECONDS.labels(broker, what).observe(time.perf_counter() - started)
+
+    async def broker_call(self, work: Awaitable[T], what: str) -> T:
+        """A broker call outside order handling (account, positions) with the same deadline."""
+        return await self._call(work, what)
 
     async def _locate(self, decision: RouteDecision, since: datetime) -> VenueOrder | None:
         """This attempt's order at the broker, if any. Where the broker has no client order ids,
@@ -331,13 +341,11 @@ class ExecutorHandlers:
             if unrecorded and not await self.ledger.put(entry, known, revision=revision):
                 raise OutcomeUnknown(f"the ledger entry of {decision.intent_id} changed while the order was recorded")
             await self.advance(decision.intent_id, order)
-            return
-        if further:
-            return
-        if not await self.ledger.put(updated, known, revision=revision):
+        elif not further and not await self.ledger.put(updated, known, revision=revision):
             # Another writer changed the entry meanwhile: deliver the route again, which reports
             # the same messages (deduplicated) and records them on the entry as it now stands.
             raise OutcomeUnknown(f"the ledger entry of {decision.intent_id} changed while the order was recorded")
+        await self.apply_early_updates(decision.intent_id)
 
     async def advance(self, intent_id: str, order: VenueOrder) -> LedgerEntry | None:
         """Report what the broker's ``order`` adds to the ledger entry (new fills, then the new
@@ -350,6 +358,11 @@ class ExecutorHandlers:
         current: VenueOrder | None = order
         for _ in range(ADVANCE_ATTEMPTS):
             entry, revision = await self.ledger.get_versioned(intent_id)
+            if current is not None and (entry is None or not entry.broker_order_id):
+                # The broker (its stream, mostly) tells of an order before the delivery that
+                # placed it recorded it here: keep the news until the entry exists.
+                self._keep_early(intent_id, current)
+                return entry
             if entry is None or entry.decision is None or current is None:
                 return entry
             decision = entry.decision
@@ -374,6 +387,35 @@ class ExecutorHandlers:
             await self.budget.take()
             current = await self._call(self.venue.get_order(entry.broker_order_id), "reading the order")
         raise OutcomeUnknown(f"the ledger entry of {intent_id} kept changing; reporting it again later")
+
+    def _keep_early(self, intent_id: str, order: VenueOrder) -> None:
+        """Keep the latest news of an order not recorded yet (the stream tells in order), within
+        ``EARLY_UPDATES_KEPT`` intents: an account's orders placed outside mbx never get recorded."""
+        self._early.pop(intent_id, None)
+        self._early[intent_id] = (order, time.monotonic())
+        while len(self._early) > EARLY_UPDATES_KEPT:
+            del self._early[next(iter(self._early))]
+
+    async def apply_early_updates(self, intent_id: str | None = None) -> None:
+        """Report the kept news of orders recorded since (of ``intent_id``, or of every one):
+        applied at once when the delivery that placed an order records it, and on a short timer
+        for orders recorded by another replica. News older than ``EARLY_UPDATE_TTL`` is dropped
+        (the poller reads such an order over REST anyway)."""
+        intents = [intent_id] if intent_id is not None else list(self._early)
+        for intent in intents:
+            kept = self._early.pop(intent, None)
+            if kept is None:
+                continue
+            order, since = kept
+            if time.monotonic() - since > EARLY_UPDATE_TTL.total_seconds():
+                continue
+            try:
+                await self.advance(intent, order)  # kept again while still unrecorded
+            except Exception as exc:  # noqa: BLE001  (the poller reads the order over REST)
+                log.warning("early order update not reported", intent_id=intent, error=f"{type(exc).__name__}: {exc}")
+            again = self._early.get(intent)
+            if again is not None and again[0] is order:
+                self._early[intent] = (order, since)  # still unrecorded: it keeps its age
 
     async def cancel(self, request: CancelRequest, sent_at: datetime | None = None) -> str:
         """Cancel the order at the broker, or say why it cannot be cancelled. ``sent_at``: when
@@ -425,15 +467,25 @@ class ExecutorHandlers:
         return f"cancel_rejected:{code}"
 
     async def reconcile(self) -> int:
-        """Settle every order of this broker the ledger shows as still working (at start-up)."""
+        """Settle every order of this broker the ledger shows as still working (at start-up, then
+        on a timer). An order that cannot be read or reported is logged and skipped, the others
+        settled; the next pass tries it again. A broker that cannot be reached at all (or the
+        rate budget) ends the pass: no order could be settled then."""
         settled = 0
         for entry in await self.ledger.open_orders(self.venue.broker):
             await self.budget.take()
-            order = await self._call(self.venue.get_order(entry.broker_order_id), "reading the order")
-            if order is None:
-                log.warning("ledger order not found at the broker", intent_id=entry.intent_id)
+            try:
+                order = await self._call(self.venue.get_order(entry.broker_order_id), "reading the order")
+                if order is None:
+                    log.warning("ledger order not found at the broker", intent_id=entry.intent_id)
+                    continue
+                updated = await self.advance(entry.intent_id, order)
+            except VenueUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001  (this order only; the next pass tries again)
+                why = f"{type(exc).__name__}: {exc}"
+                log.warning("working order not settled", intent_id=entry.intent_id, error=why)
                 continue
-            updated = await self.advance(entry.intent_id, order)
             if updated is not None and updated != entry:
                 settled += 1
         return settled
@@ -477,6 +529,10 @@ def _changes(
         fill_message(decision, order, fill) for fill in order.fills[entry.fill_count :]
     ]
     seq = entry.report_seq
+    if is_behind(entry.status, order.status) and order.filled_quantity <= entry.filled_quantity:
+        # A reply that lags the ledger (earlier in the order's life, nothing more filled; the
+        # cumulative quantity never shrinks) is no news: the entry stays as it is.
+        return entry, messages
     if order.status != entry.status or order.filled_quantity != entry.filled_quantity:
         check_move(entry.status, order.status)
         seq += 1
@@ -525,7 +581,3 @@ def placement_plan(
         miss_is_conclusive=client_ids or not tried,
         mark_before_placing=not client_ids,
     )
-    if is_behind(entry.status, order.status) and order.filled_quantity <= entry.filled_quantity:
-        # A reply that lags the ledger (earlier in the order's life, nothing more filled; the
-        # cumulative quantity never shrinks) is no news: the entry stays as it is.
-        return entry, messages
