@@ -178,7 +178,7 @@ class RouterHandlers:
         if sender == claimed:
             return sender, None
         return sender, (
-            f"sent on {msg.subject} by strategy {sender!r}, but its strategy_id says {claimed!r}: "
+            f"strategy_id {claimed!r} does not match strategy {sender!r} of the subject {msg.subject}: "
             "a strategy sends only as itself"
         )
 
