@@ -37,9 +37,17 @@ def render(backend: Backend) -> None:
     dead_letters(backend)
 
 
-def _rate_limit(config: MbxConfig, broker: BrokerName) -> dict[str, Any] | None:
+def _windows(config: MbxConfig, broker: BrokerName) -> list[dict[str, Any]]:
     limit = config.brokers[broker].rate_limit
-    return limit.model_dump() if limit else None
+    if limit is None:
+        return []
+    return [window.model_dump() for window in (limit if isinstance(limit, list) else [limit])]
+
+
+def _rate_limit(config: MbxConfig, broker: BrokerName) -> dict[str, Any] | None:
+    """The broker's first rate window, which the form edits (any others are kept as they are)."""
+    windows = _windows(config, broker)
+    return windows[0] if windows else None
 
 
 def edit_form(backend: Backend, config: MbxConfig) -> None:
@@ -144,7 +152,8 @@ def changes_from(
             if float(wanted["requests"]).is_integer():
                 wanted["requests"] = int(wanted["requests"])
         if wanted != current:
-            changes[key] = wanted
+            others = _windows(config, broker)[1:]
+            changes[key] = [wanted, *others] if wanted is not None and others else wanted
     try:
         rules = yaml.safe_load(rules_yaml) or []
     except yaml.YAMLError as exc:

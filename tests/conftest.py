@@ -120,7 +120,7 @@ def unthrottled(config: MbxConfig) -> MbxConfig:
 
 def simulated_venue(broker: BrokerName, config: MbxConfig) -> SimulatedVenue:
     """A simulated broker enforcing the limit its executor budgets for."""
-    limit = rate_limit(broker, unthrottled(config))
+    limit = rate_limit(broker, unthrottled(config))[0]  # the simulator plays the first window
     # Test flows buy far more than a paper account's 100,000 USD.
     return SimulatedVenue(broker, rate_limit=(limit.requests, limit.per_seconds), cash=TEST_CASH)
 

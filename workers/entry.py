@@ -56,7 +56,7 @@ def build_executor_worker(
 
     context = VenueContext(js, settings.topology, request_log=settings.sim_request_log)
     venue = build_venue(broker, config, context, simulated=simulated)
-    worker = build_executor(settings, broker, venue, rate_limit(broker, config), config)
+    worker = build_executor(settings, broker, venue, rate_limit(broker, config, venue.capabilities), config)
     worker.handlers.request_timeout = request_timeout(broker, config)
     hosts.append(worker)
     return worker

@@ -6,6 +6,7 @@ fact unverified we keep the conservative choice and say so.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from contracts import AssetClass, BrokerName, OrderType, TimeInForce
@@ -27,9 +28,16 @@ class VenueCapabilities:
     broker: BrokerName
     assets: dict[AssetClass, AssetSupport]
     has_client_order_id: bool
-    rate_limit_per_minute: int
+    rate_windows: tuple[tuple[int, float], ...]
+    """The broker's documented request limits as (requests, seconds) windows, each enforced:
+    at most that many requests in any window of that many seconds."""
     orders_per_day: int | None = None
     """Order calls (placements and cancels) the broker allows a day, where it counts them."""
+
+    @property
+    def rate_limit_per_minute(self) -> int:
+        """Requests a minute the tightest window allows when sustained."""
+        return math.floor(min(requests * 60 / seconds for requests, seconds in self.rate_windows))
 
     def support_for(self, asset: AssetClass) -> AssetSupport | None:
         return self.assets.get(asset)
@@ -54,7 +62,7 @@ CAPABILITIES: dict[BrokerName, VenueCapabilities] = {
             ),
         },
         has_client_order_id=True,
-        rate_limit_per_minute=200,
+        rate_windows=((200, 60.0),),  # 200 a minute per account
     ),
     BrokerName.ROBINHOOD: VenueCapabilities(
         BrokerName.ROBINHOOD,
@@ -76,7 +84,7 @@ CAPABILITIES: dict[BrokerName, VenueCapabilities] = {
             ),
         },
         has_client_order_id=True,
-        rate_limit_per_minute=32,  # about 8 orders per 15 s observed; undocumented
+        rate_windows=((32, 60.0),),  # about 8 orders per 15 s observed; undocumented
     ),
     BrokerName.COINBASE: VenueCapabilities(
         BrokerName.COINBASE,
@@ -89,7 +97,7 @@ CAPABILITIES: dict[BrokerName, VenueCapabilities] = {
             ),
         },
         has_client_order_id=True,
-        rate_limit_per_minute=1800,  # 30 requests/s private REST
+        rate_windows=((30, 1.0),),  # 30 requests/s per user, private REST
     ),
     BrokerName.SCHWAB: VenueCapabilities(
         BrokerName.SCHWAB,
@@ -99,7 +107,7 @@ CAPABILITIES: dict[BrokerName, VenueCapabilities] = {
             AssetClass.OPTION: AssetSupport(ALL_TYPES, ALL_TIF, fractional=False, notional=False),
         },
         has_client_order_id=False,
-        rate_limit_per_minute=120,
+        rate_windows=((120, 60.0),),  # 120 a minute (4,000 order calls a day below)
         orders_per_day=4000,
     ),
     BrokerName.IBKR: VenueCapabilities(
@@ -116,6 +124,6 @@ CAPABILITIES: dict[BrokerName, VenueCapabilities] = {
             ),
         },
         has_client_order_id=True,
-        rate_limit_per_minute=2700,  # 45 messages/s, ib_async's self-throttle
+        rate_windows=((50, 1.0),),  # 50 API messages/s (TWS API; excess closes the connection)
     ),
 }

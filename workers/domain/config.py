@@ -11,14 +11,14 @@ import json
 import os
 import re
 from decimal import Decimal
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from contracts import AssetClass, BrokerName, OrderType, Side
 from workers.domain.capabilities import CAPABILITIES
 from workers.domain.fees import DEFAULT_FEES, FeeSchedule, RegulatoryFees
-from workers.domain.rates import RateLimit
+from workers.domain.rates import RateLimit, sustained_rate
 
 
 class ConfigError(Exception):
@@ -37,12 +37,22 @@ class RateLimitConfig(_Strict):
     share: float = Field(default=0.9, gt=0, le=1, description="The part of the limit mbx may use.")
 
 
-def rate_limit_of(broker: BrokerName, config: MbxConfig | None) -> RateLimitConfig:
-    """The broker's configured request limit, else its documented one."""
+def rate_limit_of(
+    broker: BrokerName, config: MbxConfig | None, documented: tuple[tuple[int, float], ...] | None = None
+) -> tuple[RateLimitConfig, ...]:
+    """The broker's configured request windows (one or several, each enforced), else its
+    documented ones (``documented``: an adapter's own, e.g. Robinhood's crypto API)."""
     broker_config = config.brokers.get(broker) if config is not None else None
     if broker_config is not None and broker_config.rate_limit is not None:
-        return broker_config.rate_limit
-    return RateLimitConfig(requests=CAPABILITIES[broker].rate_limit_per_minute, per_seconds=60.0)
+        configured = broker_config.rate_limit
+        return (configured,) if isinstance(configured, RateLimitConfig) else tuple(configured)
+    windows = documented or CAPABILITIES[broker].rate_windows
+    return tuple(RateLimitConfig(requests=requests, per_seconds=seconds) for requests, seconds in windows)
+
+
+def rate_limits(windows: tuple[RateLimitConfig, ...]) -> tuple[RateLimit, ...]:
+    """The configured windows as the numbers the budget enforces."""
+    return tuple(RateLimit(w.requests, w.per_seconds, w.share) for w in windows)
 
 
 def orders_per_day_of(broker: BrokerName, config: MbxConfig | None) -> int | None:
@@ -56,9 +66,8 @@ def orders_per_day_of(broker: BrokerName, config: MbxConfig | None) -> int | Non
 def seconds_per_order(broker: BrokerName, config: MbxConfig | None) -> float:
     """The rate budget one order spends, in seconds: placing it, and first listing the orders
     where the broker has no client order ids (so as never to place one twice)."""
-    limit = rate_limit_of(broker, config)
     requests = 1 if CAPABILITIES[broker].has_client_order_id else 2
-    return requests / RateLimit(limit.requests, limit.per_seconds, limit.share).rate
+    return requests / sustained_rate(rate_limits(rate_limit_of(broker, config)))
 
 
 class GatewayConfig(_Strict):
@@ -78,8 +87,10 @@ class BrokerConfig(_Strict):
     allocation_percent: Decimal = Field(default=Decimal(1), ge=0, le=1, description="Share of capital, 0..1.")
     paper_trading: bool = True
     priority: int = Field(default=100, ge=0, description="Lower is preferred when scores tie.")
-    rate_limit: RateLimitConfig | None = Field(
-        default=None, description="The broker's request limit; unset = its documented limit."
+    rate_limit: RateLimitConfig | Annotated[list[RateLimitConfig], Field(min_length=1)] | None = Field(
+        default=None,
+        description="The broker's request limit: one window, or a list of windows each enforced (say 30 per "
+        "second and 1,800 per minute); unset = its documented windows.",
     )
     orders_per_day: int | None = Field(
         default=None,

@@ -1,10 +1,13 @@
-"""What a broker's request limit allows mbx to send: the token bucket every executor replica
-shares (``workers/executor/budget.py`` keeps it), in numbers. Pure.
+"""What a broker's request limits allow mbx to send: the token buckets every executor replica
+shares (``workers/executor/budget.py`` keeps them), in numbers. Pure.
 
-Staying under a sliding-window limit of L requests per W seconds: tokens are minted at rate
+A broker may hold several windows at once (say 30 a second and 1,800 a minute): each is a
+``RateLimit``, and a request takes a token from every window's bucket. Staying under a
+sliding-window limit of L requests per W seconds: tokens are minted at rate
 ``r = (share * L - burst) / (W + LEASE_TTL)`` and the bucket holds at most ``burst``; see the
 budget's module for why no window then sees more than ``share * L``. The router reckons queue
-waits with the same rate, so what it expects is what the executors will do.
+waits with the slowest window's rate (``sustained_rate``), so what it expects is what the
+executors will do.
 """
 
 from __future__ import annotations
@@ -40,3 +43,13 @@ class RateLimit:
         """Most tokens one compare-and-set may take ahead: a quarter of the burst, and no more
         than ``LEASE_TTL`` mints, so replicas still share the budget."""
         return max(1, math.floor(min(self.burst / 4, self.rate * LEASE_TTL, MAX_LEASE)))
+
+
+def sustained_rate(limits: tuple[RateLimit, ...]) -> float:
+    """Requests a second every window allows when kept up: the slowest window's rate."""
+    return min(limit.rate for limit in limits)
+
+
+def lease_of(limits: tuple[RateLimit, ...]) -> int:
+    """Most tokens one compare-and-set may take ahead: what every window allows."""
+    return min(limit.lease for limit in limits)

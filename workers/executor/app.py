@@ -13,12 +13,22 @@ import structlog
 from nats.js.errors import KeyNotFoundError
 
 from contracts import BrokerName, BrokerStatus, PositionSnapshot
-from workers.domain.config import BrokerConfig, ConfigError, MbxConfig, orders_per_day_of, parse_config, rate_limit_of
+from workers.domain.capabilities import VenueCapabilities
+from workers.domain.config import (
+    BrokerConfig,
+    ConfigError,
+    MbxConfig,
+    orders_per_day_of,
+    parse_config,
+    rate_limit_of,
+    rate_limits,
+)
 from workers.domain.keys import CONFIG_KEY
-from workers.domain.rates import RateLimit
+from workers.domain.rates import RateLimit, sustained_rate
 from workers.domain.venue import (
     SupportsFaults,
     SupportsRateStats,
+    SupportsRequestGate,
     SupportsUpdates,
     SupportsWarning,
     Venue,
@@ -57,6 +67,9 @@ REFRESH_BUDGET_SHARE = 0.1
 they come less often, never at the cost of the orders (at 32 requests a minute a refresh every
 half second would have taken the whole budget)."""
 SNAPSHOT_INTERVAL = 30.0
+BUDGET_WAIT_SHARE = 0.5
+"""Most of a broker call's deadline (``request_timeout_s``) a request may wait for a rate token;
+a longer wait is refused at once (nothing sent) and the message waits that long."""
 """Seconds between PositionSnapshots on the timer (one more can be asked for at any time)."""
 
 
@@ -67,12 +80,18 @@ class ExecutorWorker(Worker):
     disconnected, when it stops), and publishes account and positions on a timer and on request.
     A simulated venue's faults can be switched over ``mbx.control.<broker>``."""
 
-    def __init__(self, settings: Settings, venue: Venue, limit: RateLimit, config: MbxConfig | None = None) -> None:
+    def __init__(
+        self, settings: Settings, venue: Venue, limits: tuple[RateLimit, ...], config: MbxConfig | None = None
+    ) -> None:
         super().__init__(f"executor-{venue.broker}", settings)
         self.venue = venue
         topology = settings.topology
         self.ledger = OrderLedger(lambda: self.js, topology.order_ledger_bucket)
-        self.budget = RateBudget(lambda: self.js, topology.rate_budget_bucket, str(venue.broker), limit)
+        self.budget = RateBudget(lambda: self.js, topology.rate_budget_bucket, str(venue.broker), limits)
+        if isinstance(venue, SupportsRequestGate):
+            # The adapter counts each request it sends (its own fill reads too) and tells the
+            # budget of every 429; the handlers take no tokens themselves.
+            venue.use_gate(self.budget)
         self.daily = DailyOrderBudget(
             lambda: self.js, topology.rate_budget_bucket, str(venue.broker), orders_per_day_of(venue.broker, config)
         )
@@ -86,6 +105,9 @@ class ExecutorWorker(Worker):
         self._config_revision: int | None = None
         self._refresh: asyncio.Task[None] | None = None
         self.handlers.after_fill = self.refresh_positions_soon
+        # A request waits for a rate token at most part of a broker call's deadline: a call cut
+        # short by its deadline counts as ambiguous, a refused token as not sent.
+        self.budget.max_wait = lambda: BUDGET_WAIT_SHARE * self.handlers.request_timeout
 
     async def start(self) -> None:
         await self.venue.connect()
@@ -152,12 +174,11 @@ class ExecutorWorker(Worker):
             return
         self.handlers.request_timeout = request_timeout(self.venue.broker, config)
         self.daily.per_day = orders_per_day_of(self.venue.broker, config)
-        limit = rate_limit(self.venue.broker, config)
-        if limit != self.budget.limit:
-            log.info(
-                "rate limit changed", broker=str(self.venue.broker), requests=limit.requests, per_s=limit.per_seconds
-            )
-            self.budget.limit = limit
+        limits = rate_limit(self.venue.broker, config, self.venue.capabilities)
+        if limits != self.budget.limits:
+            windows = [f"{w.requests} per {w.per_seconds:g}s" for w in limits]
+            log.info("rate limit changed", broker=str(self.venue.broker), windows=windows)
+            self.budget.limits = limits
 
     def refresh_positions_soon(self) -> None:
         """Publish a fresh PositionSnapshot shortly after a fill (one for a burst of fills), so
@@ -166,7 +187,7 @@ class ExecutorWorker(Worker):
             return
         if self.stopping.is_set():
             return
-        spacing = 2 / self.budget.limit.rate / REFRESH_BUDGET_SHARE  # two requests at the budget's rate
+        spacing = 2 / sustained_rate(self.budget.limits) / REFRESH_BUDGET_SHARE  # two requests at its rate
         self._refresh = asyncio.create_task(
             self._refresh_after(max(REFRESH_DELAY, spacing)), name=f"{self.name}:refresh"
         )
@@ -230,10 +251,8 @@ class ExecutorWorker(Worker):
             self._recorded = (status.connected, now)
 
     async def snapshot(self) -> PositionSnapshot:
-        await self.budget.take()
         # Each with the broker call's deadline: a hung broker never holds the snapshot timer.
         account = await self.handlers.broker_call(self.venue.get_account(), "reading the account")
-        await self.budget.take()
         positions = await self.handlers.broker_call(self.venue.get_positions(), "reading the positions")
         return PositionSnapshot(
             message_id=f"positions-{self.venue.broker}-{uuid.uuid4().hex}",
@@ -277,10 +296,13 @@ class ExecutorWorker(Worker):
             await msg.respond(json.dumps(answer).encode())
 
 
-def rate_limit(broker: BrokerName, config: MbxConfig | None) -> RateLimit:
-    """The configured limit of ``broker``, else its documented one."""
-    limit = rate_limit_of(broker, config)
-    return RateLimit(limit.requests, limit.per_seconds, limit.share)
+def rate_limit(
+    broker: BrokerName, config: MbxConfig | None, capabilities: VenueCapabilities | None = None
+) -> tuple[RateLimit, ...]:
+    """The configured windows of ``broker``, else the documented ones (of its adapter, where
+    ``capabilities`` says: Robinhood's crypto API allows more than its equities)."""
+    documented = capabilities.rate_windows if capabilities is not None else None
+    return rate_limits(rate_limit_of(broker, config, documented))
 
 
 def request_timeout(broker: BrokerName, config: MbxConfig | None) -> float:
@@ -293,10 +315,10 @@ def build_executor(
     settings: Settings,
     broker: BrokerName,
     venue: Venue,
-    limit: RateLimit | None = None,
+    limits: tuple[RateLimit, ...] | None = None,
     config: MbxConfig | None = None,
 ) -> ExecutorWorker:
-    worker = ExecutorWorker(settings, venue, limit or rate_limit(broker, config), config)
+    worker = ExecutorWorker(settings, venue, limits or rate_limit(broker, config, venue.capabilities), config)
     # Overlapping: at a broker without client order ids a route may wait for a same-shaped order's
     # outcome, whose redelivery must not be held back behind it.
     worker.subscribe(

@@ -223,7 +223,6 @@ class ExecutorHandlers:
         orders already attributed to other intents are skipped, and a found one is attributed
         to this intent."""
         intent = decision.intent
-        await self.budget.take()
         if self.venue.capabilities.has_client_order_id:
             return await self._call(self.venue.locate(intent, intent.intent_id, since), "looking the order up")
         for _ in range(MAX_LISTED_CANDIDATES):
@@ -234,7 +233,6 @@ class ExecutorHandlers:
                 return None
             if await self.shapes.attribute(order.broker_order_id, intent):
                 return order
-            await self.budget.take()
         # Not "not found": an order of this intent may come after those stepped over so far (the
         # next delivery goes on from them, remembered as other intents' orders).
         raise OutcomeUnknown(
@@ -290,15 +288,11 @@ class ExecutorHandlers:
 
     async def _timed_place(self, decision: RouteDecision, client_order_id: str) -> VenueOrder:
         """Place the order, feeding latency and error rate into the heartbeat's statistics."""
-        await self.daily.take(placement=True)
-        with telemetry.span("rate-wait", broker=str(self.venue.broker)):
-            waited = time.perf_counter()
-            await self.budget.take()
-            metrics.RATE_WAIT_SECONDS.labels(str(self.venue.broker)).observe(time.perf_counter() - waited)
         started = time.perf_counter()
         failed = False
         try:
-            return await self._call(self.venue.place_order(decision.intent, client_order_id), "placing the order")
+            async with self.daily.order_call(self.budget, placement=True):  # a budget refusal spends no call
+                return await self._call(self.venue.place_order(decision.intent, client_order_id), "placing the order")
         except TimeoutError as exc:
             failed = True
             # Sent, unanswered: the order may exist. Look it up; never send it blindly again.
@@ -384,7 +378,6 @@ class ExecutorHandlers:
                 await self.ledger.put(adopted, entry, revision=revision)
             elif await self.ledger.put(updated, entry, revision=revision):
                 return updated
-            await self.budget.take()
             current = await self._call(self.venue.get_order(entry.broker_order_id), "reading the order")
         raise OutcomeUnknown(f"the ledger entry of {intent_id} kept changing; reporting it again later")
 
@@ -441,12 +434,10 @@ class ExecutorHandlers:
             return await self._cancel_rejected(
                 request, entry.status, "too_late_to_cancel", f"the order is already {entry.status}"
             )
-        await self.daily.take(placement=False)
-        await self.budget.take()
         try:
-            order = await self._call(self.venue.cancel_order(entry.broker_order_id), "cancelling")
+            async with self.daily.order_call(self.budget, placement=False):  # a budget refusal spends no call
+                order = await self._call(self.venue.cancel_order(entry.broker_order_id), "cancelling")
         except VenueRejected as exc:
-            await self.budget.take()
             current = await self._call(self.venue.get_order(entry.broker_order_id), "reading the order")
             if current is None:
                 raise  # the ledger and the broker disagree: retry, then dead-letter
@@ -473,7 +464,6 @@ class ExecutorHandlers:
         rate budget) ends the pass: no order could be settled then."""
         settled = 0
         for entry in await self.ledger.open_orders(self.venue.broker):
-            await self.budget.take()
             try:
                 order = await self._call(self.venue.get_order(entry.broker_order_id), "reading the order")
                 if order is None:

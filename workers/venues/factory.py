@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING
 from pydantic import SecretStr
 
 from contracts import AssetClass, BrokerName
-from workers.domain.capabilities import CAPABILITIES
-from workers.domain.config import BrokerConfig, ConfigError, GatewayConfig, MbxConfig
+from workers.domain.config import BrokerConfig, ConfigError, GatewayConfig, MbxConfig, rate_limit_of
 from workers.domain.quotes import QuoteSource
 from workers.domain.venue import Venue
 from workers.platform.topology import Topology
@@ -278,11 +277,10 @@ QUOTE_CREDENTIALS: dict[str, tuple[BrokerName, tuple[str, ...]]] = {
 
 
 def request_limit(broker: BrokerName, config: MbxConfig | None) -> tuple[int, float]:
-    """(requests, seconds) the broker allows: configured, else documented."""
-    configured = config.brokers[broker].rate_limit if config and broker in config.brokers else None
-    if configured is not None:
-        return configured.requests, configured.per_seconds
-    return CAPABILITIES[broker].rate_limit_per_minute, 60.0
+    """(requests, seconds) of the broker's first window: configured, else documented (the
+    simulator plays the broker's side of that one)."""
+    first = rate_limit_of(broker, config)[0]
+    return first.requests, first.per_seconds
 
 
 def check_config(config: MbxConfig) -> None:

@@ -2,7 +2,9 @@
 requests find it (``down_because``), and a stream that reconnects by itself.
 
 An adapter sets ``broker`` and ``renew_hint`` (the variables an operator renews when the keys
-are refused), and sends every request through ``_send``.
+are refused), and sends every request through ``_send``, which counts it against the rate
+budget the executor hands in (``use_gate``): so the reads an adapter makes on its own (fills
+after a placement or a stream frame, the order after a cancel, snapshots) are counted too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import websockets
 from contracts import AssetClass, BrokerName, OrderStatus
 from workers.domain.capabilities import CAPABILITIES, VenueCapabilities
 from workers.domain.venue import (
+    OpenGate,
+    RequestGate,
     VenueAmbiguous,
     VenueAuthFailed,
     VenueError,
@@ -63,6 +67,11 @@ class HttpVenue:
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._down_because = "not connected yet"
+        self._gate: RequestGate = OpenGate()
+
+    def use_gate(self, gate: RequestGate) -> None:
+        """Count every request against ``gate`` (the executor's rate budget), and tell it of 429s."""
+        self._gate = gate
 
     @property
     def capabilities(self) -> VenueCapabilities:
@@ -99,15 +108,19 @@ class HttpVenue:
             self._client = None
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One request; its failure or success updates ``down_because``."""
+        """One request, counted against the rate budget first (a refusal from the budget says
+        nothing of the broker's health); its failure or success updates ``down_because``, and a
+        429 blocks the budget until the broker's reset."""
         if self._client is None:
             raise VenueUnavailable(f"{self.broker}: not connected")
+        await self._gate.take()
         try:
             response = await send(self._client, str(self.broker), method, path, sign=self._sign, **kwargs)
         except VenueAuthFailed as exc:
             self._down_because = f"{exc}; renew {self.renew_hint}"
             raise
-        except VenueRateLimited:
+        except VenueRateLimited as exc:
+            await self._gate.refused(exc.retry_after)
             raise  # up, but asking us to wait
         except VenueUnavailable as exc:
             self._down_because = str(exc)

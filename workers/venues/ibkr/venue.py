@@ -34,6 +34,8 @@ from contracts import AccountSnapshot, AssetClass, BrokerName, OrderIntent, Orde
 from workers.domain.capabilities import CAPABILITIES, VenueCapabilities
 from workers.domain.instruments import asset_class_of
 from workers.domain.venue import (
+    OpenGate,
+    RequestGate,
     VenueAmbiguous,
     VenueAuthFailed,
     VenueDuplicate,
@@ -54,6 +56,8 @@ logging.getLogger("ib_async.wrapper").setLevel(logging.WARNING)  # every order's
 
 PAPER_PORTS = (7497, 4002)
 MESSAGES_PER_SECOND = 45
+PACING_PAUSE_S = 1.0
+"""How long the rate budget pauses after a pacing violation (error 100 names no reset time)."""
 RECONNECT_BACKOFF = (0.5, 30.0)
 SYNC = StartupFetch.POSITIONS | StartupFetch.ORDERS_OPEN | StartupFetch.ORDERS_COMPLETE | StartupFetch.EXECUTIONS
 SYNC |= StartupFetch.ACCOUNT_UPDATES
@@ -97,6 +101,13 @@ class IbkrVenue:
         self._closing = False
         self._reconnect: asyncio.Task[None] | None = None
         self._connected_callbacks: list[Callable[[], Awaitable[None]]] = []
+        self._gate: RequestGate = OpenGate()
+        self._pacing: set[asyncio.Task[None]] = set()
+
+    def use_gate(self, gate: RequestGate) -> None:
+        """Count every message sent to TWS (an order, a cancel, each request of a refresh)
+        against ``gate`` (the executor's rate budget), and tell it of pacing violations."""
+        self._gate = gate
 
     @property
     def capabilities(self) -> VenueCapabilities:
@@ -187,6 +198,10 @@ class IbkrVenue:
             pause = min(pause * 2, RECONNECT_BACKOFF[1])
 
     def _on_error(self, req_id: int, code: int, text: str, contract: Any) -> None:
+        if code == PACING:  # error 100, whatever request caused it: the budget pauses
+            paused = asyncio.get_running_loop().create_task(self._gate.refused(PACING_PAUSE_S))
+            self._pacing.add(paused)
+            paused.add_done_callback(self._pacing.discard)
         if code == LOST:
             self._lost = _lost_text(text)
             log.error("broker down", broker=str(self.broker), reason=self._lost)
@@ -207,6 +222,7 @@ class IbkrVenue:
         known = self._trade_by_ref(client_order_id)
         if known is not None and not _refused(known):
             raise VenueDuplicate(f"ibkr already has order {known.order.orderId} for {client_order_id}")
+        await self._gate.take()  # before an order id is given out: a refusal sends nothing
         order_id = await self._ids.of_intent(client_order_id)
         if order_id is None or (known is not None and _refused(known)):
             # A new id, recorded before it is sent; one refused before it became an order is not reused.
@@ -271,8 +287,11 @@ class IbkrVenue:
             if self._refreshes >= wanted:
                 return  # one began after this caller asked, and has finished
             self._refreshes += 1
+            await self._gate.take()
             await asyncio.wait_for(ib.reqAllOpenOrdersAsync(), self._timeout_s)
+            await self._gate.take()
             await asyncio.wait_for(ib.reqCompletedOrdersAsync(apiOnly=True), self._timeout_s)
+            await self._gate.take()
             await asyncio.wait_for(ib.reqExecutionsAsync(), self._timeout_s)
 
     async def get_order(self, broker_order_id: str) -> VenueOrder | None:
@@ -293,6 +312,7 @@ class IbkrVenue:
         trade = self._trade_by_id(int(broker_order_id))
         if trade is None:
             raise VenueAmbiguous(f"ibkr: order {broker_order_id} is known but not to this connection yet")
+        await self._gate.take()
         ib.cancelOrder(trade.order)
         await self._answered(trade, lambda t: t.orderStatus.status in IbStatus.DoneStates)
         after = venue_order(trade)
@@ -453,7 +473,7 @@ def _refusal(order_id: int, code: int, text: str) -> Exception:
     if code == DUPLICATE_ID:
         return VenueDuplicate(f"ibkr: order id {order_id} was used before (error 103): {text}")
     if code == PACING:
-        return VenueRateLimited(f"ibkr: pacing violation (error 100): {text}", retry_after=1.0)
+        return VenueRateLimited(f"ibkr: pacing violation (error 100): {text}", retry_after=PACING_PAUSE_S)
     if code == REJECTED and any(word in text.lower() for word in MARGIN_WORDS):
         return VenueRejected("insufficient_buying_power", f"ibkr: {text}", order_specific=False)
     if code == NO_CONTRACT:

@@ -42,7 +42,7 @@ CAPABILITIES = VenueCapabilities(
     BrokerName.ROBINHOOD,
     {AssetClass.CRYPTO: BROKERS[BrokerName.ROBINHOOD].assets[AssetClass.CRYPTO]},
     has_client_order_id=True,
-    rate_limit_per_minute=100,  # 100 a minute, bursts to 300 (docs, "Rate Limiting")
+    rate_windows=((100, 60.0),),  # 100 a minute, bursts to 300 (docs, "Rate Limiting"): the sustained one
 )
 """What this adapter trades: crypto only (``brokers.robinhood.assets`` is set to match)."""
 

@@ -36,6 +36,8 @@ from workers.domain.capabilities import CAPABILITIES, VenueCapabilities
 from workers.domain.fees import DEFAULT_FEES, commission, round_up_to_cent
 from workers.domain.instruments import is_option
 from workers.domain.venue import (
+    OpenGate,
+    RequestGate,
     VenueAmbiguous,
     VenueAuthFailed,
     VenueFill,
@@ -125,6 +127,11 @@ class SchwabVenue:
         self._hash: str | None = None
         self._down_because = "not connected yet"
         self._expiry_read: tuple[float, datetime | None] = (-EXPIRY_REREAD_S, None)
+        self._gate: RequestGate = OpenGate()
+
+    def use_gate(self, gate: RequestGate) -> None:
+        """Count every request against ``gate`` (the executor's rate budget), and tell it of 429s."""
+        self._gate = gate
 
     @property
     def capabilities(self) -> VenueCapabilities:
@@ -203,8 +210,10 @@ class SchwabVenue:
     ) -> httpx.Response:
         """One request through schwab-py; its failure or success updates ``down_because``. A
         401 (the access token ended early) renews the token once and asks again: a refused
-        request did nothing, so asking again cannot double an order."""
+        request did nothing, so asking again cannot double an order. Each request is counted
+        against the rate budget first, and a 429 blocks the budget until the broker's reset."""
         client = self._open()
+        await self._gate.take()
         try:
             response = await self._renewing(answer("schwab", method, path, call(client)))
         except RenewalRefused:
@@ -216,7 +225,8 @@ class SchwabVenue:
             self._down_because = f"{exc}; {LOGIN_HINT}"
             await self._drop_session()
             raise VenueAuthFailed(self._down_because) from None
-        except VenueRateLimited:
+        except VenueRateLimited as exc:
+            await self._gate.refused(exc.retry_after)
             raise  # up, but asking us to wait
         except VenueUnavailable as exc:
             self._down_because = str(exc)

@@ -25,6 +25,8 @@ from workers.domain.fees import DEFAULT_FEES, commission, round_up_to_cent, trad
 from workers.domain.order_state import Execution, check_move
 from workers.domain.quotes import Quote
 from workers.domain.venue import (
+    OpenGate,
+    RequestGate,
     VenueAmbiguous,
     VenueAuthFailed,
     VenueDuplicate,
@@ -282,7 +284,7 @@ class SimulatedVenue:
         """Placement requests per client order id as sent by mbx (what the broker's request log
         would show; at Schwab the id is not kept with the order)."""
         self._requested_as: dict[str, str] = {}
-        limit, per = rate_limit or (CAPABILITIES[broker].rate_limit_per_minute, 60.0)
+        limit, per = rate_limit or CAPABILITIES[broker].rate_windows[0]
         self.rate = RateWindow(limit, per)
         self.starting_cash = cash
         self.account_type = account_type
@@ -291,6 +293,11 @@ class SimulatedVenue:
         self._account_lock = asyncio.Lock()
         self._connected = False
         self._random = random.Random(str(broker))  # noqa: S311  (simulated latency, not security)
+        self._gate: RequestGate = OpenGate()
+
+    def use_gate(self, gate: RequestGate) -> None:
+        """Count every request against ``gate`` (the executor's rate budget), and tell it of 429s."""
+        self._gate = gate
 
     def placed_for(self, broker_order_id: str) -> str:
         """The client order id mbx sent when this venue object created the order ("" if none)."""
@@ -346,15 +353,21 @@ class SimulatedVenue:
         self._connected = False
 
     async def _request(self) -> None:
-        """What every call pays: reachability, the rate window, and network latency."""
+        """What every call pays: the executor's rate budget (as a real adapter counts each
+        request), reachability, the rate window, and network latency."""
+        await self._gate.take()
         if self.faults.outage:
             raise VenueUnavailable(f"{self._broker} is unreachable")
         if self.faults.auth_expired:
             raise VenueAuthFailed(f"{self._broker}: the credentials were refused (401)")
-        if self.faults.rate_limited_next > 0:
-            self.faults.rate_limited_next -= 1
-            raise VenueRateLimited(f"{self._broker}: 429 too many requests", retry_after=2.0)
-        self.rate.admit(self._broker)
+        try:
+            if self.faults.rate_limited_next > 0:
+                self.faults.rate_limited_next -= 1
+                raise VenueRateLimited(f"{self._broker}: 429 too many requests", retry_after=2.0)
+            self.rate.admit(self._broker)
+        except VenueRateLimited as exc:
+            await self._gate.refused(exc.retry_after)
+            raise
         if self.faults.latency_ms > 0:
             median = self.faults.latency_ms
             drawn = self._random.lognormvariate(math.log(median), 0.5)
