@@ -49,7 +49,11 @@ if TYPE_CHECKING:
 log = structlog.get_logger("mbx.executor")
 
 HEARTBEAT_INTERVAL = 1.0
-
+HEARTBEAT_WRITE_TIMEOUT = 2.0
+"""Seconds one heartbeat write may take; then it is built again (a fresh ``last_seen``) and sent
+again, until it is stored: a cluster electing the bucket's leader (4-8 s) answers nothing."""
+HEARTBEAT_RETRY_PAUSE = 0.25
+"""Seconds between two tries of a heartbeat write the bus refused."""
 
 POLL_INTERVAL = 2.0
 """Seconds between looks at the broker's working orders (fills and cancels that happen there)."""
@@ -104,6 +108,7 @@ class ExecutorWorker(Worker):
         self._warned = ""
         self._config_revision: int | None = None
         self._refresh: asyncio.Task[None] | None = None
+        self._audit: asyncio.Task[None] | None = None
         self.handlers.after_fill = self.refresh_positions_soon
         # A request waits for a rate token at most part of a broker call's deadline: a call cut
         # short by its deadline counts as ambiguous, a refused token as not sent.
@@ -202,6 +207,8 @@ class ExecutorWorker(Worker):
     async def cleanup(self) -> None:
         if self._refresh is not None:
             self._refresh.cancel()
+        if self._audit is not None:
+            self._audit.cancel()
         with contextlib.suppress(Exception):
             await self.beat(connected=False)
 
@@ -233,13 +240,15 @@ class ExecutorWorker(Worker):
         )
 
     async def beat(self, connected: bool | None = None) -> None:
-        """Health to KV every second (the router's live view); to the status stream, for the
-        audit trail, when the connection state changes and every ``SNAPSHOT_INTERVAL``."""
-        with contextlib.suppress(Exception):  # headroom unknown: keep the last figure
-            self._headroom = await self.budget.headroom()
+        """Health to KV every second (the router's live view), sent again through a bus that
+        does not answer (an election); to the status stream, for the audit trail, when the
+        connection state changes and every ``SNAPSHOT_INTERVAL``, without holding up the next
+        beat. Each beat carries this executor's own view of its broker (``connected``,
+        ``reason``), so a heartbeat that arrives late never says more than the executor knew."""
+        with contextlib.suppress(Exception):  # headroom unknown (its bucket may be electing): keep the last figure
+            self._headroom = await asyncio.wait_for(self.budget.headroom(), HEARTBEAT_WRITE_TIMEOUT / 2)
         metrics.RATE_HEADROOM.labels(str(self.venue.broker)).set(self._headroom)
-        status = self.status(connected)
-        await self._status_kv.put(str(self.venue.broker), status.model_dump_json().encode())
+        status = await self._write_heartbeat(connected)
         now = time.monotonic()
         if status.warning and not self._warned:  # once when it appears (its text counts down)
             log.warning("broker warning", broker=str(self.venue.broker), warning=status.warning)
@@ -247,8 +256,49 @@ class ExecutorWorker(Worker):
         if status.connected != self._recorded[0] or now - self._recorded[1] >= SNAPSHOT_INTERVAL:
             if not status.connected:
                 log.error("broker down", broker=str(self.venue.broker), reason=status.reason)
-            await publish(self.js, self.subjects.status(self.venue.broker), status)
+            if connected is False:  # the last word before stopping: sent now
+                await publish(self.js, self.subjects.status(self.venue.broker), status)
+            elif self._audit is None or self._audit.done():
+                self._audit = asyncio.create_task(self._record(status), name=f"{self.name}:status record")
             self._recorded = (status.connected, now)
+
+    async def _write_heartbeat(self, connected: bool | None) -> BrokerStatus:
+        """Write the heartbeat to the status bucket until it is stored, built anew for each try
+        (so ``last_seen`` says when it was sent, not when the first try began); the status
+        written. The stopping executor's last word (``connected=False``) is tried once."""
+        failing = False
+        while True:
+            status = self.status(connected)
+            try:
+                await asyncio.wait_for(
+                    self._status_kv.put(str(self.venue.broker), status.model_dump_json().encode()),
+                    HEARTBEAT_WRITE_TIMEOUT,
+                )
+            except Exception as exc:
+                if connected is False or self.stopping.is_set():
+                    raise
+                if not failing:
+                    log.warning(
+                        "heartbeat not stored; sending it again",
+                        broker=str(self.venue.broker),
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    failing = True
+                await asyncio.sleep(HEARTBEAT_RETRY_PAUSE)
+                continue
+            if failing:
+                log.info("heartbeat stored again", broker=str(self.venue.broker))
+            return status
+
+    async def _record(self, status: BrokerStatus) -> None:
+        """The status on the status stream, for the audit trail (a missed one is written at the
+        next change or ``SNAPSHOT_INTERVAL``)."""
+        try:
+            await publish(self.js, self.subjects.status(self.venue.broker), status)
+        except Exception as exc:  # noqa: BLE001  (audit only; the next record follows)
+            log.warning(
+                "broker status not recorded", broker=str(self.venue.broker), error=f"{type(exc).__name__}: {exc}"
+            )
 
     async def snapshot(self) -> PositionSnapshot:
         # Each with the broker call's deadline: a hung broker never holds the snapshot timer.
