@@ -104,11 +104,14 @@ class Book:
         return {p["intent_id"]: by_id.get(p["intent_id"], ("filled", Decimal(p["quantity"]))) for p in self.payloads}
 
 
-def write_config(settings: Settings, path: Path) -> None:
-    """Every broker enabled, unthrottled, rich; a broker is down only after 30 s of silence, so
-    a restarted executor keeps its orders (what is tested is crash safety, not failover)."""
+def write_config(settings: Settings, path: Path, heartbeat_timeout_s: float = 30) -> None:
+    """Every broker enabled, unthrottled, rich; by default a broker is down only after 30 s of
+    silence, so a restarted executor keeps its orders (what is tested is crash safety, not
+    failover)."""
     config = unthrottled(
-        parse_config({"brokers": {str(b): {} for b in BrokerName}, "routing": {"heartbeat_timeout_s": 30}})
+        parse_config(
+            {"brokers": {str(b): {} for b in BrokerName}, "routing": {"heartbeat_timeout_s": heartbeat_timeout_s}}
+        )
     )
     path.write_text(config_to_json(config).decode())  # JSON is YAML
 
