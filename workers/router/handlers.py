@@ -233,7 +233,7 @@ class RouterHandlers:
         intent = event.decision.intent
         failed = [*event.decision.failed_brokers, event.failed_broker]
         attempt = event.attempt + 1
-        await self.hold_for_brokers(intent)
+        await self.hold_for_brokers(intent, failed)
         outcome, price = await self.decide(intent, attempt, failed)
         result = await self._publish_counted(intent, outcome, attempt, price)
         if not result.startswith("replay:"):
@@ -277,16 +277,17 @@ class RouterHandlers:
         for broker in self.state.config.enabled_brokers():
             metrics.QUEUE_WAIT.labels(str(broker)).set(waits.get(broker, 0.0))
 
-    async def hold_for_brokers(self, intent: OrderIntent) -> None:
+    async def hold_for_brokers(self, intent: OrderIntent, failed: Sequence[BrokerName] = ()) -> None:
         """Hold the intent while a broker that could take it is *starting* (not heard from since
         the router started or NATS came back) or *unsure* (its heartbeat is stale, but the bus may
         be why: ``registry.judge``), until each speaks or its bound runs out
         (``routing.startup_grace_s``, ``routing.hold_when_unsure_s``): routing before then would
-        send the intent away from a broker that is probably fine, or reject it."""
+        send the intent away from a broker that is probably fine, or reject it. A broker that
+        already ``failed`` this intent is not waited for."""
         registry = self.state.registry
         routing = self.state.config.routing
         capability = plan_for(self.state.config).shape(intent).capability
-        capable = frozenset(b for b, out in zip(BROKERS, capability, strict=True) if out is None)
+        capable = frozenset(b for b, out in zip(BROKERS, capability, strict=True) if out is None) - set(failed)
         bound = max(routing.startup_grace_s, routing.heartbeat_timeout_s + routing.hold_when_unsure_s)
         deadline = time.monotonic() + bound + HOLD_SLACK_S
         # Polled: the registry is pure (no event loop), and this only runs while a broker is
