@@ -78,6 +78,8 @@ class FakeFaults:
     """The next N resting orders are answered ``pending_new`` and stay so for ``pending_new_s``
     (Alpaca: routed, not yet accepted by the venue)."""
     pending_new_s: float = 1.0
+    rate_limited_orders_next: int = 0
+    """The next N order placements (a POST to the orders path) get a scripted 429."""
     rate_limited_sent: int = 0
     """The scripted 429s answered so far (``rate_limited_next``), apart from the rate window's."""
     _failing_reads: int = 0
@@ -121,8 +123,12 @@ class FakeFaults:
         if self.idle_closes_next > 0 and request.extensions.get("reused_connection"):
             self.idle_closes_next -= 1
             raise httpx.RemoteProtocolError("server closed the idle connection", request=request)
-        if self.rate_limited_next > 0:
-            self.rate_limited_next -= 1
+        placing = request.method == "POST" and request.url.path.rstrip("/").endswith("/orders")
+        if self.rate_limited_next > 0 or (placing and self.rate_limited_orders_next > 0):
+            if self.rate_limited_next > 0:
+                self.rate_limited_next -= 1
+            else:
+                self.rate_limited_orders_next -= 1
             self.rate_limited_sent += 1
             return reset_at() if reset_at else int(time.time()) + 2
         return None
@@ -166,7 +172,8 @@ class FakeAlpaca:
     """Called with each ``trade_updates`` message (the stream server registers here)."""
     window: FixedWindow | None = None
     """Alpaca's rate limit (200 a minute per account): requests past it are refused with 429,
-    ``X-RateLimit-Reset`` the window's end; every answer carries the three headers."""
+    ``X-RateLimit-Reset`` the window's end; after a 429 (a scripted one too) the window stays
+    closed until then. Every answer carries the three headers."""
     pending_until: dict[str, float] = field(default_factory=dict)
     """Orders answered ``pending_new``, and when (monotonic) the venue accepts them."""
 
@@ -186,8 +193,11 @@ class FakeAlpaca:
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         reset = self.faults.network(request, self.window.reset_at if self.window else None)
-        if reset is None and self.window is not None and not self.window.admit():
+        if reset is not None and self.window is not None:
+            self.window.close()
+        elif self.window is not None and not self.window.admit():
             reset = self.window.reset_at()
+            self.window.close()
         if reset is not None:
             return self._limited(_error(429, 42910000, "rate limit exceeded"), reset)
         self._accept_pending()

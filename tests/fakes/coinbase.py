@@ -7,13 +7,20 @@ failures are HTTP 200 with ``success: false``. Market orders fill at once at the
 quote, paying the taker fee (1.2%, the entry tier); a limit order rests until ``trade`` fills it
 at its price, paying the maker fee (0.6%). Responses follow the shapes of ``golden/coinbase/``.
 Fault switches as the Alpaca fake: ``outage``, ``timeouts_after_accept``, ``reject_next``,
-``hidden_lookups``, ``rate_limited_next``, ``auth_expired``.
+``hidden_lookups``, ``rate_limited_next``, ``auth_expired``, and the bad day's (5xx before and
+after accepting, slow replies, closed idle connections, the stream down, ``pending_new_next``:
+a resting order shows ``PENDING`` for ``pending_new_s`` before it is ``OPEN``). With a
+``bucket``, the private endpoints keep Coinbase's documented limit (30 requests a second per
+user, continuously refilled): a request past it gets a 429 whose ``x-ratelimit-reset`` is the
+UNIX time the next one would be admitted.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.fakes.alpaca import FakeFaults
+from tests.fakes.rate_window import TokenBucket
 from workers.venues.simulated.quotes import QuoteModel
 
 GOLDEN = Path(__file__).parent / "golden" / "coinbase"
@@ -72,6 +80,9 @@ class FakeCoinbase:
     requests: list[tuple[str, str]] = field(default_factory=list)
     listeners: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
     """Called with an order each time it changes (the ``user`` channel server registers here)."""
+    bucket: TokenBucket | None = None
+    """The private endpoints' rate limit (30 a second per user)."""
+    pending_until: dict[str, float] = field(default_factory=dict)
 
     def _changed(self, order: dict[str, Any]) -> None:
         for listener in list(self.listeners):
@@ -88,8 +99,17 @@ class FakeCoinbase:
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         reset = self.faults.network(request)
+        public = request.url.path.startswith(PREFIX + "/market/")
+        if reset is None and self.bucket is not None and not public and not self.bucket.admit():
+            reset = math.ceil(time.time() + self.bucket.reset_in())
         if reset is not None:
             return httpx.Response(429, json={"error": "rate_limit_exceeded"}, headers={"x-ratelimit-reset": str(reset)})
+        self._open_pending()
+        if self.faults.server_error():
+            return httpx.Response(503, json={"error": "unavailable", "message": "service unavailable"})
+        return self.faults.slow(self._answer(request))
+
+    def _answer(self, request: httpx.Request) -> httpx.Response:
         if self.faults.read_fails(request):
             return httpx.Response(503, json={"error": "unavailable", "message": "service unavailable"})
         path, method = request.url.path.removeprefix(PREFIX), request.method
@@ -106,6 +126,8 @@ class FakeCoinbase:
             if json.loads(response.content).get("success") and self.faults.timeouts_after_accept > 0:
                 self.faults.timeouts_after_accept -= 1
                 raise httpx.ReadTimeout("the reply was lost", request=request)
+            if json.loads(response.content).get("success") and self.faults.error_after_accept():
+                return httpx.Response(500, json={"error": "INTERNAL", "message": "internal error"})
             return response
         if path == "/orders/batch_cancel" and method == "POST":
             return self._cancel(json.loads(request.content)["order_ids"])
@@ -181,8 +203,13 @@ class FakeCoinbase:
         )
         self.orders[order["order_id"]] = order
         self.by_client_id[cid] = order["order_id"]
+        marketable = limit is None or (limit >= touch if side == "BUY" else limit <= touch)
+        if not marketable and self.faults.pending_new_next > 0:
+            self.faults.pending_new_next -= 1
+            order["status"] = "PENDING"
+            self.pending_until[order["order_id"]] = time.monotonic() + self.faults.pending_new_s
         self._changed(order)
-        if limit is None or (limit >= touch if side == "BUY" else limit <= touch):
+        if marketable:
             for lot in self.faults.lots(base):
                 self._execute(order, lot, touch, TAKER)
         return self._created(order)
@@ -204,6 +231,16 @@ class FakeCoinbase:
         body = copy.deepcopy(golden("create_order_failure"))
         body["error_response"].update(error=error, message=message, preview_failure_reason=f"PREVIEW_{error}")
         return httpx.Response(200, json=body)
+
+    def _open_pending(self) -> None:
+        """Orders whose ``PENDING`` time is over are ``OPEN``."""
+        now = time.monotonic()
+        for order_id, until in list(self.pending_until.items()):
+            if until <= now:
+                del self.pending_until[order_id]
+                if self.orders[order_id]["status"] == "PENDING":
+                    self.orders[order_id]["status"] = "OPEN"
+                    self._changed(self.orders[order_id])
 
     def trade(self, order_id: str, qty: Decimal | None = None) -> dict[str, Any]:
         """The market reaches a resting order: fill ``qty`` of it (all that is left) at its price."""

@@ -26,12 +26,31 @@ class FixedWindow:
     """The most requests seen in one window (refused ones included)."""
     refused: int = 0
     """Requests answered 429 because the window was full."""
+    before_reset: int = 0
+    """Requests answered 429 because they came before the reset of a 429 already answered in
+    this window (a client that honours ``X-RateLimit-Reset`` sends none)."""
     _index: int = -1
     _count: int = 0
+    _closed: int = -1
+
+    def end_current_at(self, at: float, now: float | None = None) -> None:
+        """Move the window boundaries (not the count) so that the current window ends at ``at``
+        (UNIX seconds, less than a window from now): where an account's windows fall is the
+        broker's business, and a test places a 429 at a window's start this way."""
+        now = time.time() if now is None else now
+        assert 0 < at - now <= self.per_seconds, "the current window can end only within a window from now"
+        self.start = at - (self._window(now) + 1) * self.per_seconds
+
+    def close(self, now: float | None = None) -> None:
+        """The broker has answered 429 in this window: nothing more until its end."""
+        self._closed = self._window(now)
 
     def admit(self, now: float | None = None) -> bool:
         """Count one request; False when it is past the limit (the broker answers 429)."""
         index = self._window(now)
+        if index == self._closed:
+            self.before_reset += 1
+            return False
         if index != self._index:
             self._index, self._count = index, 0
         self._count += 1
@@ -54,7 +73,13 @@ class FixedWindow:
         return (now - self.start) % self.per_seconds
 
     def stats(self) -> dict[str, float | int]:
-        return {"limit": self.limit, "per_seconds": self.per_seconds, "peak": self.peak, "refused": self.refused}
+        return {
+            "limit": self.limit,
+            "per_seconds": self.per_seconds,
+            "peak": self.peak,
+            "refused": self.refused,
+            "before_reset": self.before_reset,
+        }
 
     def _window(self, now: float | None) -> int:
         now = time.time() if now is None else now
