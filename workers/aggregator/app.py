@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,7 @@ class AggregatorWorker(Worker):
         self.engine = engine
         self.portfolio = PortfolioAggregator(engine, settings.subjects, self._request)
         self._published: bytes = b""
+        self._first_sync: asyncio.Task[None] | None = None
         self.health: AggregatorHealth | None = None
 
     async def _request(self, subject: str, payload: bytes, timeout: float) -> Any:
@@ -61,6 +63,9 @@ class AggregatorWorker(Worker):
         await self.listen(api("portfolio.allocation"), self._on_allocation, queue="aggregator")
         await self.listen(api("portfolio.sync"), self._on_sync, queue="aggregator")
         await self._publish_exposure_logged()
+        # The executors publish account snapshots every 30 s: ask them now, so the router knows
+        # each account's buying power and positions from the start, not half a minute later.
+        self._first_sync = asyncio.create_task(self._sync_accounts(), name="aggregator:first account sync")
         self.every(EXPOSURE_INTERVAL, self.publish_exposure, "exposure publishing")
         self.every(QUALITY_INTERVAL, self.publish_fill_quality, "fill quality publishing")
         self.every(PRUNE_INTERVAL, self.prune_inbox, "inbox pruning")
@@ -71,6 +76,15 @@ class AggregatorWorker(Worker):
             log.info("inbox pruned", deleted=deleted)
         return deleted
 
+    async def _sync_accounts(self) -> None:
+        try:
+            outcome = await self.portfolio.sync_all()
+            await self.publish_exposure()
+        except Exception as exc:  # noqa: BLE001  (the executors' own snapshots follow within 30 s)
+            log.warning("first account sync failed", error=f"{type(exc).__name__}: {exc}")
+        else:
+            log.info("accounts synced", **{str(b): v for b, v in outcome.items()})
+
     async def _publish_exposure_logged(self) -> None:
         try:
             await self.publish_exposure()
@@ -78,6 +92,9 @@ class AggregatorWorker(Worker):
             log.warning("exposure not published", error=f"{type(exc).__name__}: {exc}")
 
     async def stop(self) -> None:
+        if self._first_sync is not None:
+            self._first_sync.cancel()
+            await asyncio.gather(self._first_sync, return_exceptions=True)
         await super().stop()
         await self.engine.dispose()
 

@@ -363,7 +363,16 @@ def _route_row(r: RouteDecision) -> dict[str, Any]:
         "fallback_chain": [str(b) for b in r.fallback_chain],
         "failover_from": str(r.failover_from) if r.failover_from else None,
         "decision": r.model_dump_json(
-            include={"reason", "candidates", "excluded", "config_version", "message_id", "reference_price", "quote"}
+            include={
+                "reason",
+                "candidates",
+                "excluded",
+                "config_version",
+                "message_id",
+                "reference_price",
+                "quote",
+                "closes_position",
+            }
         ),
         "decided_at": r.created_at,
     }

@@ -240,9 +240,10 @@ def explain(
         console.print(head + (f" (after {route['failover_from']} failed)" if route["failover_from"] else ""))
         console.print(f"  why: {decision.get('reason', '')}")
         table = Table(show_header=True, box=None, padding=(0, 2))
-        for column in ("candidate", "total", "cost", "speed", "fill", "est. fee", "latency ms"):
+        for column in ("candidate", "total", "cost", "speed", "fill", "est. fee", "latency ms", "buying power"):
             table.add_column(column)
         for c in decision.get("candidates", []):
+            power = c.get("buying_power")
             table.add_row(
                 c["broker"],
                 f"{c['total']:.3f}",
@@ -251,8 +252,12 @@ def explain(
                 f"{c['fill_score']:.3f}",
                 number(Decimal(str(c["estimated_fee"]))),
                 f"{c['expected_latency_ms']:.0f}",
+                "not known" if power is None else number(Decimal(str(power))),
             )
         console.print(table)
+        if decision.get("closes_position") is not None:
+            held = number(Decimal(str(decision["closes_position"])))
+            console.print(f"  closes the position of {held} held at {route['broker_name']}")
         for e in decision.get("excluded", []):
             console.print(f"  left out: {e['broker']} ({e['reason_code']}): {e['reason']}")
         if order:

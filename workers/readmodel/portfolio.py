@@ -8,7 +8,9 @@
   database rather than with the last snapshot: net filled quantity per broker and symbol at the
   latest fill price, plus every working order's remaining value. It is published only when
   account values are known (without a portfolio value, allocation limits cannot be computed
-  and stay off).
+  and stay off). With it go each account's buying power (its last figure less the buys filled
+  since and the working buys) and the positions per broker, less what working orders close:
+  what the router routes closing orders and checks cash by (docs/routing.md).
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ from contracts import (
 from workers.domain.fees import traded_value
 
 WORKING = ("new", "submitted", "accepted", "partially_filled", "unknown")
+ACCOUNT_LAG_S = 2.0
+"""Seconds before an account snapshot's time from which fills count as not in it yet: the
+account is read a moment before the snapshot is stamped. Counting a fill twice only makes the
+router's figure lower than the broker's."""
+FILLED_HORIZON_S = 600.0
+"""Orders decided this long before an account report are taken to be in it if filled (a resting
+order that fills later is in the next report, within 30 s)."""
 HUNDRED = Decimal(100)
 CENT = Decimal("0.01")
 
@@ -182,7 +191,8 @@ class PortfolioReader:
 
     async def _working_orders(self, symbol: str | None = None) -> list[Any]:
         return await self._rows(
-            "SELECT broker_name, symbol, asset_class, side, quantity, notional, filled_quantity, average_price "
+            "SELECT broker_name, symbol, asset_class, side, quantity, notional, filled_quantity, average_price, "
+            "reference_price "
             "FROM orders WHERE broker_name IS NOT NULL AND status = ANY(:working) "
             "AND (CAST(:symbol AS text) IS NULL OR symbol = :symbol)",
             working=list(WORKING),
@@ -246,13 +256,15 @@ class PortfolioReader:
         by_symbol: dict[str, Decimal] = defaultdict(Decimal)
         quantities: dict[str, Decimal] = defaultdict(Decimal)
         marks: dict[str, Decimal] = {}
-        for row in await self._held():
+        held = await self._held()
+        for row in held:
             marks[row["symbol"]] = row["price"]
             value = traded_value(AssetClass(row["asset_class"]), row["quantity"], row["price"])
             by_broker[BrokerName(row["broker_name"])] += abs(value)
             by_symbol[row["symbol"]] += value
             quantities[row["symbol"]] += row["quantity"]
-        for order in await self._working_orders():
+        working = await self._working_orders()
+        for order in working:
             value = self._order_value(order, marks.get(order["symbol"]))
             by_broker[BrokerName(order["broker_name"])] += abs(value)
             by_symbol[order["symbol"]] += value
@@ -263,7 +275,62 @@ class PortfolioReader:
             by_broker=_nonzero(by_broker.items()),
             by_symbol=_nonzero(by_symbol.items()),
             positions=_nonzero(quantities.items()),
+            buying_power=await self._buying_power(working, marks),
+            holdings=_holdings(held, working, marks),
         )
+
+    async def _buying_power(self, working: list[Any], marks: dict[str, Decimal]) -> dict[BrokerName, Decimal]:
+        """Each account's last reported buying power, less what the buys filled since that report
+        cost (their orders' filled value and fees, as the execution reports say: a fill is in
+        the order before its own message is stored; from ``ACCOUNT_LAG_S`` before the report, as
+        a fill a moment older may not be in it yet) and the working buy orders' remaining value:
+        what the router may still spend there. Orders decided more than ``FILLED_HORIZON_S``
+        before the report are taken to be in it."""
+        rows = await self._rows(
+            "SELECT a.broker_name, a.buying_power, coalesce(("
+            " SELECT sum(o.filled_quantity * coalesce(o.average_price, 0)"
+            " * CASE WHEN o.asset_class = 'option' THEN 100 ELSE 1 END + o.fees)"
+            " FROM orders o WHERE o.broker_name = a.broker_name AND o.side = 'buy' AND o.filled_quantity > 0"
+            " AND o.decided_at > c.last_synced_at - make_interval(secs => :horizon)"
+            " AND coalesce(o.first_fill_at, o.updated_at) > c.last_synced_at - make_interval(secs => :lag)), 0)"
+            " AS spent"
+            " FROM broker_accounts a JOIN multi_broker_connections c ON c.broker_name = a.broker_name",
+            lag=ACCOUNT_LAG_S,
+            horizon=FILLED_HORIZON_S,
+        )
+        power = {BrokerName(r["broker_name"]): r["buying_power"] - r["spent"] for r in rows}
+        for order in working:
+            broker = BrokerName(order["broker_name"])
+            if order["side"] == "buy" and broker in power:
+                # A new symbol has no mark yet: the price the router decided with stands in.
+                mark = marks.get(order["symbol"]) or order["reference_price"]
+                power[broker] -= self._order_value(order, mark)
+        return power
+
+
+def _holdings(held: list[Any], working: list[Any], marks: dict[str, Decimal]) -> dict[BrokerName, dict[str, Decimal]]:
+    """Net quantity per broker and symbol from the fills, less what working orders already close
+    (a sell's remaining quantity from a long, a buy's from a short): what a new order can close."""
+    holdings: dict[BrokerName, dict[str, Decimal]] = defaultdict(dict)
+    for row in held:
+        if row["quantity"] != 0:
+            holdings[BrokerName(row["broker_name"])][row["symbol"]] = row["quantity"]
+    for order in working:
+        position = holdings.get(BrokerName(order["broker_name"]), {})
+        quantity = position.get(order["symbol"])
+        if quantity is None:
+            continue
+        if order["quantity"] is not None:
+            left = order["quantity"] - order["filled_quantity"]
+        else:  # a dollar amount: in units at the mark, when there is one
+            mark = marks.get(order["symbol"])
+            done = Decimal(order["filled_quantity"]) * Decimal(order["average_price"] or 0)
+            left = max(Decimal(order["notional"] or 0) - done, Decimal(0)) / mark if mark else Decimal(0)
+        if quantity > 0 and order["side"] == "sell":
+            position[order["symbol"]] = max(quantity - left, Decimal(0))
+        elif quantity < 0 and order["side"] == "buy":
+            position[order["symbol"]] = min(quantity + left, Decimal(0))
+    return dict(holdings)  # a position its working orders close whole stays, at 0: still known
 
 
 def _nonzero(items: Iterable[tuple[Any, Decimal]]) -> dict[Any, Decimal]:

@@ -245,17 +245,22 @@ class RouterHandlers:
     ) -> str:
         """``_publish``, with a route counted in its broker's queue from the moment it is decided
         (decisions of one batch run together: the next intent already sees it) until a reading
-        of the executors' consumer holds it (``Backlog.stored``: by its stream sequence)."""
+        of the executors' consumer holds it (``Backlog.stored``: by its stream sequence). Its
+        exposure, cash and position count from that moment too, until a snapshot includes it."""
         if not isinstance(outcome, RouteDecision):
             result, _ = await self._publish(intent, outcome, attempt, price)
             return result
         backlog = self.state.backlog
         backlog.routed(outcome.broker)
+        flight = self.state.record(outcome, price if price is not None else intent.limit_price)
         try:
             result, seq = await self._publish(intent, outcome, attempt, price)
         except BaseException:
             backlog.abandoned(outcome.broker)
+            self.state.withdraw(flight)
             raise
+        if result.startswith("replay:"):
+            self.state.withdraw(flight)  # the earlier decision was counted when it was made
         backlog.stored(outcome.broker, seq)
         return result
 
@@ -317,7 +322,6 @@ class RouterHandlers:
         if standing is not ours:
             return "replay:republished_earlier_decision", seq
         if isinstance(outcome, RouteDecision):
-            self.state.record(outcome, price if price is not None else intent.limit_price)
             structlog.contextvars.bind_contextvars(broker=str(outcome.broker))
             metrics.INTENTS_ROUTED.labels(str(outcome.broker), outcome.rule).inc()
         else:

@@ -139,13 +139,14 @@ class RouterState:
             key = (f.broker, f.symbol, f.side)
             self._flight_quantity[key] = self._flight_quantity.get(key, Decimal(0)) + f.quantity
 
-    def record(self, decision: RouteDecision, price: Decimal | None) -> None:
+    def record(self, decision: RouteDecision, price: Decimal | None) -> _InFlight | None:
         """Count a routed order toward exposure, the broker's cash and its positions until a
-        snapshot includes it. One that closes a position shrinks the exposure and spends nothing."""
+        snapshot includes it (what is counted, or None). One that closes a position shrinks the
+        exposure and spends nothing."""
         intent = decision.intent
         quantity, notional = order_size(intent, price)
         if notional is None and quantity is None:
-            return
+            return None
         closes = decision.closes_position is not None
         value = notional or Decimal(0)
         fresh = decision.quote if decision.reference_price is not None else None
@@ -164,3 +165,9 @@ class RouterState:
         self._add(flight)
         if len(self._in_flight) % 1000 == 0:
             self._forget(lambda _: False)  # age out what no snapshot ever covered
+        return flight
+
+    def withdraw(self, flight: _InFlight | None) -> None:
+        """Stop counting an order ``record`` counted (its route was never published)."""
+        if flight is not None and flight in self._in_flight:
+            self._forget(lambda f: f is flight)
