@@ -145,10 +145,10 @@ class RouterHandlers:
         if refusal is not None:
             return await self._refuse_cancel(request, sender, "wrong_strategy", refusal)
         entry = await self.ledger.get(request.intent_id)
-        decision = entry.decision if entry is not None else None
-        if decision is None:
-            # Routed and not recorded by its executor yet: the journal knows whose it is.
-            decision = await self._first_route(request.intent_id)
+        # The ledger keeps the route while the order works; routed and not recorded by its
+        # executor yet, the journal knows whose it is. A finished order (no route kept) is
+        # answered too_late_to_cancel by its executor, whoever asks.
+        decision = entry.decision if entry is not None else await self._first_route(request.intent_id)
         if decision is not None and decision.strategy_id != sender:
             why = f"intent {request.intent_id} belongs to another strategy; a strategy cancels only its own"
             return await self._refuse_cancel(request, sender, "not_your_order", why)
