@@ -39,7 +39,7 @@ MARKET_KINDS: list[dict[str, Any]] = [
     {"symbol": "IBM", "broker": "ibkr"},
     {"symbol": "ETH-USD", "asset_class": "crypto", "time_in_force": None, "quantity": "0.2"},
     {"symbol": "SPY", "broker": "schwab", "quantity": "7"},
-    {"symbol": "NVDA", "side": "sell"},
+    {"symbol": "NVDA", "side": "sell", "position_effect": "open"},  # a short sale, at a margin account
 ]
 RESTING_KINDS: list[dict[str, Any]] = [
     {"symbol": "MSFT", "quantity": "10"},
@@ -105,12 +105,15 @@ class Book:
 
 
 def write_config(settings: Settings, path: Path, heartbeat_timeout_s: float = 30) -> None:
-    """Every broker enabled, unthrottled, rich; by default a broker is down only after 30 s of
-    silence, so a restarted executor keeps its orders (what is tested is crash safety, not
-    failover)."""
+    """Every broker enabled, unthrottled, rich, a margin account (the mixed sells open shorts); by
+    default a broker is down only after 30 s of silence, so a restarted executor keeps its orders
+    (what is tested is crash safety, not failover)."""
     config = unthrottled(
         parse_config(
-            {"brokers": {str(b): {} for b in BrokerName}, "routing": {"heartbeat_timeout_s": heartbeat_timeout_s}}
+            {
+                "brokers": {str(b): {"account_type": "margin"} for b in BrokerName},
+                "routing": {"heartbeat_timeout_s": heartbeat_timeout_s},
+            }
         )
     )
     path.write_text(config_to_json(config).decode())  # JSON is YAML

@@ -34,7 +34,7 @@ def mixed(n: int) -> list[dict[str, Any]]:
     kinds: list[dict[str, Any]] = [
         {"symbol": "AAPL"},
         {"symbol": "MSFT", "quantity": "3"},
-        {"symbol": "NVDA", "side": "sell", "quantity": "2"},
+        {"symbol": "NVDA", "side": "sell", "quantity": "2", "position_effect": "open"},  # a short sale
         {"quantity": None, "notional": "500", "broker": "alpaca"},
         CRYPTO,  # the smart default: coinbase, simulated
         {"symbol": "KO", "order_type": "limit", "limit_price": "1.00", "quantity": "6"},  # rests at alpaca
@@ -57,6 +57,7 @@ async def test_mbx_up_with_the_alpaca_and_coinbase_adapters_fills_everything_onc
                 f"    adapter: alpaca\n    base_url: {url}\n    stream_url: {stream.url}\n"
                 '    credentials: {api_key: "${ALPACA_API_KEY}", secret_key: "${ALPACA_SECRET_KEY}"}\n'
                 "    rate_limit: {requests: 100000, per_seconds: 1}\n"
+                "    account_type: margin\n"
                 "  coinbase:\n"
                 f"    adapter: coinbase\n    base_url: {coinbase_url}\n    stream_url: {user_stream.url}\n"
                 '    credentials: {api_key: "${COINBASE_API_KEY}", api_secret: "${COINBASE_API_SECRET}"}\n'
