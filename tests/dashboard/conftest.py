@@ -34,7 +34,7 @@ ORDERS = (
     ("crypto", CRYPTO),
     ("option", OPTION),
     ("fractional", FRACTIONAL | {"symbol": "MSFT"}),
-    ("equity", {"symbol": "NVDA", "quantity": "3", "side": "sell"}),
+    ("equity", {"symbol": "NVDA", "quantity": "3", "side": "sell", "position_effect": "open"}),  # a short
 )
 
 
@@ -66,8 +66,11 @@ class Flow:
 
 
 def paper_accounts(config: MbxConfig) -> MbxConfig:
-    """Paper accounts of a realistic size (the pictures in the README come from this stack)."""
-    brokers = {name: b.model_copy(update={"paper_cash": PAPER_CASH}) for name, b in config.brokers.items()}
+    """Paper margin accounts of a realistic size (the pictures in the README come from this stack)."""
+    brokers = {
+        name: b.model_copy(update={"paper_cash": PAPER_CASH, "account_type": "margin"})
+        for name, b in config.brokers.items()
+    }
     return config.model_copy(update={"brokers": brokers})
 
 
