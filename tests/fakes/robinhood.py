@@ -5,7 +5,10 @@ test key pair's public key verifies over api key + timestamp + path (with its qu
 body: anything else is a 401. A client order id must be a UUID; a repeated one returns the
 original order. Market orders fill at once at the simulator's quote; a limit order rests until
 ``trade`` fills it. Listing filters by symbol and creation time and pages with ``next``. The
-fault switches are the other fakes' (``FakeFaults``).
+fault switches are the other fakes' (``FakeFaults``; no ``pending_new``: the API shows none).
+With a ``bucket``, the account keeps Robinhood's documented limit (100 requests a minute,
+bursts to 300, a token bucket): a request past it gets a 429 "Request was throttled. Expected
+available in N seconds." with ``Retry-After: N`` (the header is not documented; mbx reads it).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from tests.fakes.alpaca import FakeFaults
+from tests.fakes.rate_window import TokenBucket
 from workers.venues.simulated.quotes import QuoteModel
 
 GOLDEN = Path(__file__).parent / "golden" / "robinhood"
@@ -64,6 +69,8 @@ class FakeRobinhood:
     by_client_id: dict[str, str] = field(default_factory=dict)
     holdings: dict[str, Decimal] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
+    bucket: TokenBucket | None = None
+    """The account's rate limit (100 a minute, bursts to 300)."""
 
     def __post_init__(self) -> None:
         if not self.private_key:
@@ -74,8 +81,20 @@ class FakeRobinhood:
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         reset = self.faults.network(request)
+        if reset is None and self.bucket is not None and not self.bucket.admit():
+            reset = math.ceil(time.time() + self.bucket.reset_in())
         if reset is not None:
-            return httpx.Response(429, json={"detail": "Request was throttled."}, headers={"retry-after": "2"})
+            wait = max(reset - math.floor(time.time()), 1)
+            return httpx.Response(
+                429,
+                json={"detail": f"Request was throttled. Expected available in {wait} seconds."},
+                headers={"retry-after": str(wait)},
+            )
+        if self.faults.server_error():
+            return httpx.Response(503, json={"type": "server_error", "errors": [{"detail": "Service unavailable"}]})
+        return self.faults.slow(self._answer(request))
+
+    def _answer(self, request: httpx.Request) -> httpx.Response:
         if self.faults.auth_expired or not self._signed(request):
             return httpx.Response(401, json={"type": "client_error", "errors": [{"detail": "Invalid signature"}]})
         path, method = request.url.path.removeprefix(PREFIX), request.method
@@ -85,6 +104,8 @@ class FakeRobinhood:
             if response.status_code == 201 and self.faults.timeouts_after_accept > 0:
                 self.faults.timeouts_after_accept -= 1
                 raise httpx.ReadTimeout("the reply was lost", request=request)
+            if response.status_code == 201 and self.faults.error_after_accept():
+                return httpx.Response(500, json={"type": "server_error", "errors": [{"detail": "Internal error"}]})
             return response
         if path == "/trading/orders/" and method == "GET":
             return self._list(request.url.params)

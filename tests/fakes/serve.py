@@ -56,8 +56,11 @@ class _Handler(BaseHTTPRequestHandler):
             if name.lower() not in ("content-length", "transfer-encoding", "connection"):
                 self.send_header(name, value)
         self.send_header("Content-Length", str(len(content)))
-        self.end_headers()
-        self.wfile.write(content)
+        try:
+            self.end_headers()
+            self.wfile.write(content)
+        except (BrokenPipeError, ConnectionResetError):  # the client stopped waiting (a slow reply)
+            self.close_connection = True
 
     do_GET = do_POST = do_DELETE = do_PATCH = _serve
 
