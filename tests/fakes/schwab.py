@@ -15,7 +15,11 @@ It answers in the shapes of ``golden/schwab/`` and reproduces what mbx relies on
   the simulator's quote; a limit order rests until ``trade`` fills it. Executions are
   ``orderActivityCollection`` entries with their own ``activityId``.
 
-Its fault switches are the other fakes' (``FakeFaults``).
+Its fault switches are the other fakes' (``FakeFaults``). With a ``window``, the Trader API
+keeps a request limit (sources say 120 a minute; the count is the fake's, no reset header is
+documented, so a 429 carries none); with ``orders_per_day``, order calls (placements and
+cancels) past that many in a day are refused with a 429 and counted in ``over_daily_cap``
+(Schwab documents 4,000 a day; a test sets a small cap to reach it).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from urllib.parse import parse_qs
 import httpx
 
 from tests.fakes.alpaca import FakeFaults
+from tests.fakes.rate_window import FixedWindow
 from workers.venues.simulated.quotes import QuoteModel
 
 GOLDEN = Path(__file__).parent / "golden" / "schwab"
@@ -80,6 +85,13 @@ class FakeSchwab:
     """authorization code -> the redirect URI it was issued for."""
     requests: list[tuple[str, str]] = field(default_factory=list)
     refreshes: int = 0
+    window: FixedWindow | None = None
+    """The Trader API's request limit (120 a minute)."""
+    orders_per_day: int | None = None
+    """Order calls (placements and cancels) allowed a day."""
+    order_calls: int = 0
+    over_daily_cap: int = 0
+    """Order calls refused because the day's cap was spent."""
     _next_order: int = 1_000_000_001
     _next_activity: int = 88_000_001
 
@@ -151,9 +163,21 @@ class FakeSchwab:
         path, method = request.url.path, request.method
         if path == "/v1/oauth/token" and method == "POST":
             return self._token(request)
-        if self.faults.rate_limited_next > 0:  # no rate-limit headers are documented
-            self.faults.rate_limited_next -= 1
+        # No rate-limit headers are documented: a 429 says nothing of when to come back.
+        if self.faults.network(request) is not None or (self.window is not None and not self.window.admit()):
             return _error(429, "Too Many Requests")
+        ordering = (method == "POST" and path.endswith("/orders")) or (method == "DELETE" and "/orders/" in path)
+        if ordering and self.orders_per_day is not None:
+            if self.order_calls >= self.orders_per_day:
+                self.over_daily_cap += 1
+                return _error(429, "Daily order limit exceeded")
+            self.order_calls += 1
+        if self.faults.server_error():
+            return _error(503, "Service Unavailable")
+        return self.faults.slow(self._answer(request))
+
+    def _answer(self, request: httpx.Request) -> httpx.Response:
+        path, method = request.url.path, request.method
         if self.faults.read_fails(request):
             return _error(503, "Service Unavailable")
         if not self._authorized(request):
@@ -177,6 +201,8 @@ class FakeSchwab:
                 if self.faults.timeouts_after_accept > 0:
                     self.faults.timeouts_after_accept -= 1
                     raise httpx.ReadTimeout("the reply was lost", request=request)
+                if self.faults.error_after_accept():
+                    return _error(500, "Internal Server Error")
             return response
         if rest == "/orders" and method == "GET":
             return self._list(request.url.params)
