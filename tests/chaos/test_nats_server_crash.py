@@ -48,7 +48,7 @@ DOWN_FOR = 6.0
 
 def mixed_book() -> list[dict[str, Any]]:
     """Equities at alpaca, crypto at coinbase, options at schwab (identical sizes: schwab has no
-    client order ids), fractional shares at robinhood, and equities asked for at ibkr."""
+    client order ids), fractional shares at robinhood, equities asked for at ibkr, and short sales."""
     kinds: list[dict[str, Any]] = [
         {"symbol": "AAPL"},
         {"symbol": "MSFT", "quantity": "3"},
@@ -56,7 +56,7 @@ def mixed_book() -> list[dict[str, Any]]:
         OPTION | {"quantity": "1"},
         FRACTIONAL,
         {"symbol": "IBM", "broker": "ibkr"},
-        {"symbol": "AAPL", "side": "sell"},
+        {"symbol": "AAPL", "side": "sell", "position_effect": "open"},  # a short sale, at a margin account
         OPTION | {"quantity": "1"},
         {"symbol": "ETH-USD", "asset_class": "crypto", "time_in_force": None, "quantity": "0.2"},
         {"symbol": "NVDA"},
@@ -101,11 +101,16 @@ async def publish_until_acked(js: Any, payload: dict[str, Any]) -> None:
 async def test_two_nats_server_crashes_lose_double_and_reject_nothing(
     crashable_nats: EmbeddedNats, own_database: str
 ) -> None:
-    """Every intent ends with exactly one final report and one order, through two server kills."""
+    """Every intent fills, with exactly one final report and one order, through two server kills."""
     settings = Settings(nats_url=crashable_nats.url, database_url=own_database)
-    config = parse_config({"routing": {"heartbeat_timeout_s": 5}})
+    # Margin accounts: the book's sells open shorts (a cash account refuses them).
+    config = parse_config(
+        {"brokers": {str(b): {"account_type": "margin"} for b in BrokerName}, "routing": {"heartbeat_timeout_s": 5}}
+    )
     pipeline = Pipeline(settings, config, executors=False)
-    venues = {b: SimulatedVenue(b, rate_limit=(100_000, 1.0), cash=Decimal(10**12)) for b in BrokerName}
+    venues = {
+        b: SimulatedVenue(b, rate_limit=(100_000, 1.0), cash=Decimal(10**12), account_type="margin") for b in BrokerName
+    }
     for broker, venue in venues.items():
         pipeline.workers.insert(1, build_executor(settings, broker, venue, rate_limit(broker, pipeline.config)))
     await pipeline.start()
