@@ -1,0 +1,266 @@
+"""Each real adapter's side of the bad day (tests/chaos/test_bad_day.py): its fake broker served
+on loopback, the book of intents it trades, how the test works its resting orders, and what the
+fake counts."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+from pathlib import Path
+
+from tests.builders import CRYPTO
+from tests.chaos.bad_day import Book, Day, Resting, Venue, day_steps, resting_at_broker
+from tests.fakes.alpaca import FakeAlpaca
+from tests.fakes.coinbase import FakeCoinbase
+from tests.fakes.rate_window import FixedWindow, TokenBucket
+from tests.fakes.robinhood import FakeRobinhood
+from tests.fakes.schwab import FakeSchwab
+from tests.fakes.serve import serve
+from tests.fakes.stream import serve_stream, serve_user_stream
+from workers.venues.robinhood.venue import client_order_id as robinhood_client_id
+from workers.venues.schwab.tokens import TokenStore
+
+WINDOW_S, WINDOW_REQUESTS = 60.0, 200
+"""Alpaca's documented limit, kept by the fake and known to mbx as the broker's own."""
+SCHWAB_DAILY_CAP = 90
+"""Order calls a day at the fake Schwab (it documents 4,000), reached in the 429 burst."""
+KEY_ID, SECRET = "PKBADDAYTEST01", "bad-day-secret-5d2a"
+
+
+@contextlib.asynccontextmanager
+async def alpaca_venue() -> AsyncIterator[Venue]:
+    """Alpaca: equities; a 60 s window of 200 requests whose 429 resets at the window's end."""
+    fake = FakeAlpaca(KEY_ID, SECRET, cash=Decimal(10**12), window=FixedWindow(WINDOW_REQUESTS, WINDOW_S))
+    book = Book(
+        [{"symbol": s, "quantity": str(q)} for s, q in (("AAPL", 3), ("MSFT", 2), ("NVDA", 5), ("SPY", 1))],
+        {"symbol": "KO", "quantity": "4", "time_in_force": "day"},
+    )
+    async with serve_stream(fake) as stream:
+        with serve(fake.handle) as (url, lock):
+
+            def find(resting: list[Resting]) -> list[str | None]:
+                found = [fake.by_client_id.get(r.intent_id) for r in resting]
+                return [o if o and fake.orders[o]["status"] != "pending_new" else None for o in found]
+
+            async def worked(day: Day, story: str) -> list[str]:
+                return await resting_at_broker(day, story, lock, find)
+
+            async def fill_while_stream_down(day: Day) -> None:
+                with lock:
+                    fake.faults.stream_down = True
+                await stream.drop()
+                for story, part in (("fill", None), ("partial_cancel", Decimal("0.5"))):
+                    for order_id in await worked(day, story):
+                        with lock:
+                            order = fake.orders[order_id]
+                            fake.trade(order_id, None if part is None else Decimal(order["qty"]) * part)
+
+            def align(at: float) -> None:
+                assert fake.window is not None
+                fake.window.end_current_at(at)
+
+            async def next_day_fills(day: Day) -> None:
+                with lock:
+                    fake.next_day()
+                for order_id in await worked(day, "gtc"):
+                    with lock:
+                        fake.trade(order_id)
+
+            yield Venue(
+                config=(
+                    f"    adapter: alpaca\n    base_url: {url}\n    stream_url: {stream.url}\n"
+                    '    credentials: {api_key: "${ALPACA_API_KEY}", secret_key: "${ALPACA_SECRET_KEY}"}\n'
+                ),
+                env={"ALPACA_API_KEY": KEY_ID, "ALPACA_SECRET_KEY": SECRET},
+                book=book,
+                fallback="schwab",
+                fails_over=True,
+                lock=lock,
+                steps=lambda day: day_steps(
+                    day,
+                    fake.faults,
+                    fill_while_stream_down,
+                    stream=True,
+                    next_day=(fake.end_day, next_day_fills),
+                    align=align,
+                ),
+                placed=lambda: [o["client_order_id"] for o in fake.orders.values()],
+                fills=lambda: [(a["order_id"], Decimal(a["qty"]), Decimal(a["price"])) for a in fake.activities],
+                counters=lambda: (
+                    fake.window.stats() | {"scripted_429s": fake.faults.rate_limited_sent} if fake.window else {}
+                ),
+            )
+
+
+@contextlib.asynccontextmanager
+async def coinbase_venue() -> AsyncIterator[Venue]:
+    """Coinbase Advanced Trade: crypto; 30 private requests a second, refilled continuously, so
+    a 429's ``x-ratelimit-reset`` is a second or two away (routes wait for it, no failover); no
+    trading days (every limit order is GTC, none is ``done_for_day``)."""
+    fake = FakeCoinbase(bucket=TokenBucket(rate=30, burst=30))
+    book = Book(
+        [CRYPTO, CRYPTO | {"symbol": "ETH-USD", "quantity": "0.2"}, CRYPTO | {"symbol": "SOL-USD", "quantity": "3"}],
+        CRYPTO | {"quantity": "0.4", "time_in_force": "gtc"},
+    )
+    async with serve_user_stream(fake) as stream:
+        with serve(fake.handle) as (url, lock):
+
+            def find(resting: list[Resting]) -> list[str | None]:
+                found = [fake.by_client_id.get(r.intent_id) for r in resting]
+                return [o if o and fake.orders[o]["status"] == "OPEN" else None for o in found]
+
+            async def worked(day: Day, story: str) -> list[str]:
+                return await resting_at_broker(day, story, lock, find)
+
+            async def fill_while_stream_down(day: Day) -> None:
+                with lock:
+                    fake.faults.stream_down = True
+                await stream.drop()
+                for story, part in (("fill", None), ("partial_cancel", Decimal("0.5"))):
+                    for order_id in await worked(day, story):
+                        with lock:
+                            [configured] = fake.orders[order_id]["order_configuration"].values()
+                            size = Decimal(configured["base_size"])
+                            fake.trade(order_id, None if part is None else size * part)
+
+            yield Venue(
+                config=(
+                    f"    adapter: coinbase\n    base_url: {url}\n    stream_url: {stream.url}\n"
+                    '    credentials: {api_key: "${COINBASE_API_KEY}", api_secret: "${COINBASE_API_SECRET}"}\n'
+                ),
+                env={"COINBASE_API_KEY": fake.key_name, "COINBASE_API_SECRET": fake.private_key},
+                book=book,
+                fallback="alpaca",
+                fails_over=False,
+                lock=lock,
+                steps=lambda day: day_steps(
+                    day, fake.faults, fill_while_stream_down, stream=True, next_day=None, align=None
+                ),
+                placed=lambda: [o["client_order_id"] for o in fake.orders.values()],
+                fills=lambda: [(f["order_id"], Decimal(f["size"]), Decimal(f["price"])) for f in fake.fills],
+                counters=lambda: (
+                    fake.bucket.stats() | {"scripted_429s": fake.faults.rate_limited_sent} if fake.bucket else {}
+                ),
+            )
+
+
+@contextlib.asynccontextmanager
+async def robinhood_venue() -> AsyncIterator[Venue]:
+    """Robinhood's Crypto Trading API: crypto; 100 requests a minute, bursts to 300 (a token
+    bucket), so a 429's reset is about a second away (routes wait, no failover); no stream
+    (fills are polled), no trading days. Client order ids are ``uuid5`` of the intent ids."""
+    fake = FakeRobinhood(bucket=TokenBucket(rate=100 / 60, burst=300))
+    book = Book(
+        [CRYPTO, CRYPTO | {"symbol": "ETH-USD", "quantity": "0.2"}, CRYPTO | {"symbol": "DOGE-USD", "quantity": "50"}],
+        CRYPTO | {"quantity": "0.4", "time_in_force": "gtc"},
+    )
+    with serve(fake.handle) as (url, lock):
+
+        def find(resting: list[Resting]) -> list[str | None]:
+            return [fake.by_client_id.get(robinhood_client_id(r.intent_id)) for r in resting]
+
+        async def worked(day: Day, story: str) -> list[str]:
+            return await resting_at_broker(day, story, lock, find)
+
+        async def fill_resting(day: Day) -> None:
+            for story, part in (("fill", None), ("partial_cancel", Decimal("0.5"))):
+                for order_id in await worked(day, story):
+                    with lock:
+                        size = Decimal(fake.orders[order_id]["limit_order_config"]["asset_quantity"])
+                        fake.trade(order_id, None if part is None else size * part)
+
+        def placed() -> list[str]:
+            ours = {robinhood_client_id(i): i for i in book.ids}
+            return [ours.get(o["client_order_id"], o["client_order_id"]) for o in fake.orders.values()]
+
+        yield Venue(
+            config=(
+                f"    adapter: robinhood_crypto\n    base_url: {url}\n"
+                '    credentials: {api_key: "${ROBINHOOD_API_KEY}", private_key: "${ROBINHOOD_PRIVATE_KEY}"}\n'
+            ),
+            env={"ROBINHOOD_API_KEY": fake.api_key, "ROBINHOOD_PRIVATE_KEY": fake.private_key},
+            book=book,
+            fallback="coinbase",
+            fails_over=False,
+            lock=lock,
+            steps=lambda day: day_steps(day, fake.faults, fill_resting, stream=False, next_day=None, align=None),
+            placed=placed,
+            fills=lambda: [
+                (o["id"], Decimal(e["quantity"]), Decimal(e["effective_price"]))
+                for o in fake.orders.values()
+                for e in o["executions"]
+            ],
+            counters=lambda: (
+                fake.bucket.stats() | {"scripted_429s": fake.faults.rate_limited_sent} if fake.bucket else {}
+            ),
+        )
+
+
+@contextlib.asynccontextmanager
+async def schwab_venue(root: Path) -> AsyncIterator[Venue]:
+    """Schwab: equities; 120 requests a minute (its 429 names no reset), and a daily order cap
+    made small (``SCHWAB_DAILY_CAP`` order calls, known to mbx) so the day reaches it at the
+    burst: new orders past 90% of it fail over with ``daily_order_cap``. No client order ids:
+    the fake's orders are attributed by mbx's broker order ids, resting ones found by their
+    unique limit price. Every market order has a size of its own (identical orders would queue
+    behind each other's shape lock). No stream, no trading days here."""
+    fake = FakeSchwab(cash=Decimal(10**12), window=FixedWindow(120, 60.0), orders_per_day=SCHWAB_DAILY_CAP)
+    TokenStore(root / "schwab-token.json").save_login(fake.issue_tokens())
+    book = Book(
+        [{"symbol": s, "quantity": str(q)} for s, q in (("AAPL", 3), ("MSFT", 2), ("NVDA", 5), ("SPY", 1))],
+        {"symbol": "KO", "quantity": "4", "time_in_force": "day"},
+        unique_sizes=True,
+    )
+    with serve(fake.handle) as (url, lock):
+
+        def find(resting: list[Resting]) -> list[str | None]:
+            by_price = {Decimal(str(o["price"])): k for k, o in fake.orders.items() if o.get("price") is not None}
+            return [by_price.get(r.limit_price) for r in resting]
+
+        async def worked(day: Day, story: str) -> list[str]:
+            return await resting_at_broker(day, story, lock, find)
+
+        async def fill_resting(day: Day) -> None:
+            for story, part in (("fill", None), ("partial_cancel", Decimal("0.5"))):
+                for order_id in await worked(day, story):
+                    with lock:
+                        size = Decimal(str(fake.orders[order_id]["quantity"]))
+                        fake.trade(order_id, None if part is None else size * part)
+
+        yield Venue(
+            config=(
+                f"    adapter: schwab\n    base_url: {url}\n    orders_per_day: {SCHWAB_DAILY_CAP}\n"
+                '    credentials: {app_key: "${SCHWAB_APP_KEY}", app_secret: "${SCHWAB_APP_SECRET}"}\n'
+            ),
+            env={
+                "SCHWAB_APP_KEY": fake.app_key,
+                "SCHWAB_APP_SECRET": fake.app_secret,
+                "MBX_SCHWAB_TOKEN_FILE": str(root / "schwab-token.json"),
+            },
+            book=book,
+            fallback="alpaca",
+            fails_over=True,
+            lock=lock,
+            steps=lambda day: day_steps(day, fake.faults, fill_resting, stream=False, next_day=None, align=None),
+            placed=lambda: list(fake.orders),
+            placed_by_order_id=True,
+            fills=lambda: [
+                (str(o["orderId"]), Decimal(str(leg["quantity"])), Decimal(str(leg["price"])))
+                for o in fake.orders.values()
+                for a in o["orderActivityCollection"]
+                for leg in a["executionLegs"]
+            ],
+            counters=lambda: (
+                (fake.window.stats() if fake.window else {})
+                | {"order_calls": fake.order_calls, "over_daily_cap": fake.over_daily_cap}
+            ),
+        )
+
+
+VENUES: dict[str, Callable[[Path], contextlib.AbstractAsyncContextManager[Venue]]] = {
+    "alpaca": lambda _root: alpaca_venue(),
+    "coinbase": lambda _root: coinbase_venue(),
+    "robinhood": lambda _root: robinhood_venue(),
+    "schwab": schwab_venue,
+}
