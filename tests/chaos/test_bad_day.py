@@ -289,4 +289,10 @@ async def check_the_day(
             f"failovers: {dict(Counter(c for i, r in reasons.items() if book.phase[i] == 'rate_limited' for c in r))}"
         )
 
-    assert problems == [], f"{broker}'s bad day:\n- " + "\n- ".join(problems) + f"\n{timeline.ran}"
+    ended = Counter((book.phase[i], r["broker_name"], r["status"]) for i, r in final.items())
+    why = Counter((book.phase[i], c) for i, r in reasons.items() for c in r)
+    assert problems == [], (
+        f"{broker}'s bad day:\n- " + "\n- ".join(problems) + f"\nthe fake's counters: {counters}\n"
+        f"how intents ended (phase, broker, status): {dict(ended)}\nfailovers (phase, reason): {dict(why)}\n"
+        f"timeline: {timeline.ran}"
+    )
