@@ -215,8 +215,15 @@ def day_steps(
         stories = ("fill",) * 4 + ("partial_cancel",) * 2 + ("cancel",) * 2 + (("gtc",) * 4 if next_day else ())
         return day.publish([book.limit(s) for s in stories])
 
-    def cancels() -> Awaitable[None]:
-        return day.cancel(book.story("partial_cancel") + book.story("cancel"))
+    worked = asyncio.Event()
+
+    async def fill() -> None:
+        await fill_resting(day)
+        worked.set()
+
+    async def cancels() -> None:
+        await worked.wait()  # a partly filled order is cancelled after its part filled
+        await day.cancel(book.story("partial_cancel") + book.story("cancel"))
 
     async def back_at_the_broker() -> None:
         """One market order, to see the broker take orders again before the 429 burst; what
@@ -252,7 +259,7 @@ def day_steps(
         Step(4, "5xx burst before accepting, 8 market orders", publish(8, "5xx_before", server_errors_next=3)),
         Step(7, "5xx after accepting, 4 market orders", publish(4, "5xx_after", server_errors_after_accept=2)),
         Step(10, "slow replies, 4 market orders", publish(4, "slow", slow_replies=2, slow_reply_s=SLOW_REPLY_S)),
-        Step(13, ("stream down; " if stream else "") + "resting orders fill (half of two)", lambda: fill_resting(day)),
+        Step(13, ("stream down; " if stream else "") + "resting orders fill (half of two)", fill),
         *([Step(19, "stream back", switch(stream_down=False))] if stream else []),
         Step(21, "cancel the partly filled and the untouched resting orders", cancels),
         Step(23, "idle connections closed, 6 market orders", publish(6, "idle_closed", idle_closes_next=3)),
