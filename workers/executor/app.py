@@ -119,6 +119,9 @@ class ExecutorWorker(Worker):
         # A request waits for a rate token at most part of a broker call's deadline: a call cut
         # short by its deadline counts as ambiguous, a refused token as not sent.
         self.budget.max_wait = lambda: BUDGET_WAIT_SHARE * self.handlers.request_timeout
+        if config is not None:
+            self.handlers.request_timeout = request_timeout(venue.broker, config)
+            self.handlers.max_queue_wait_s = config.routing.max_queue_wait_s
 
     async def start(self) -> None:
         await self.venue.connect()
@@ -184,6 +187,7 @@ class ExecutorWorker(Worker):
             log.warning("live config refused; keeping the rate limit", error=str(exc))
             return
         self.handlers.request_timeout = request_timeout(self.venue.broker, config)
+        self.handlers.max_queue_wait_s = config.routing.max_queue_wait_s
         self.daily.per_day = orders_per_day_of(self.venue.broker, config)
         limits = rate_limit(self.venue.broker, config, self.venue.capabilities)
         if limits != self.budget.limits:

@@ -20,6 +20,7 @@ from contracts import (
     OrderStatus,
     RouteDecision,
 )
+from workers.domain.config import RoutingConfig
 from workers.domain.ledger import LedgerEntry
 from workers.domain.order_state import check_move, is_behind
 from workers.domain.reports import cancel_reject, failover_event, fill_message, report
@@ -27,12 +28,13 @@ from workers.domain.venue import (
     Venue,
     VenueAmbiguous,
     VenueDuplicate,
+    VenueError,
     VenueOrder,
     VenueRateLimited,
     VenueRejected,
     VenueUnavailable,
 )
-from workers.executor.budget import DailyOrderBudget, RateBudget
+from workers.executor.budget import DailyOrderBudget, DailyOrdersSpent, RateBudget
 from workers.executor.same_shape import SameShapeGuard, ShapeBusy
 from workers.platform import metrics, telemetry
 from workers.platform.bus import delivery_count, is_replay, publish, publish_checked, stored_at
@@ -86,8 +88,7 @@ ADVANCE_ATTEMPTS = 5
 """Times a report of an order is re-based on a newer ledger entry before it is retried later."""
 MAX_LISTED_CANDIDATES = 50
 """Same-shaped orders of other intents a lookup steps over before giving up."""
-FAILOVER_AFTER = 3
-"""Deliveries that provably never reached the broker (down, 429) before the intent fails over."""
+DEFAULT_MAX_QUEUE_WAIT_S = RoutingConfig().max_queue_wait_s
 
 
 class ExecutorHandlers:
@@ -110,6 +111,9 @@ class ExecutorHandlers:
         self.stats = VenueStats()
         self.request_timeout = DEFAULT_REQUEST_TIMEOUT
         """Seconds one broker call may take (the worker sets it from the config)."""
+        self.max_queue_wait_s: float | None = DEFAULT_MAX_QUEUE_WAIT_S
+        """``routing.max_queue_wait_s``: past this wait for its broker a route that never reached
+        it fails over (the worker sets it from the config)."""
         self.after_fill: Callable[[], None] | None = None
         """Called when fills are reported (the worker refreshes the broker's positions)."""
         topology = worker.settings.topology
@@ -163,11 +167,17 @@ class ExecutorHandlers:
         client_ids = self.venue.capabilities.has_client_order_id
         plan = placement_plan(entry, decision, delivery, replayed=is_replay(msg), client_ids=client_ids)
         order = None
+        known = entry  # as this delivery found it, before its own mark
         if plan.look_first:
             # An earlier delivery may have placed the order, even one JetStream now counts as a
             # first delivery (a restarted server forgets its latest acks): never place again
             # before finding out (brokers without client order ids would take it twice).
-            order = await self._locate(decision, since)
+            try:
+                order = await self._locate(decision, since)
+            except VenueUnavailable as exc:
+                if plan.nothing_sent:
+                    return await self._unsent(decision, known, delivery, exc)
+                raise OutcomeUnknown(f"{exc}; looking again once {self.venue.broker} answers", exc.retry_after) from exc
             if order is None and not plan.miss_is_conclusive:
                 self._wait_for_listing(decision)
         if order is None:
@@ -181,19 +191,20 @@ class ExecutorHandlers:
             except VenueRejected as exc:
                 return await self._rejected(decision, exc)
             except VenueUnavailable as exc:
-                return await self._unsent(decision, delivery, exc)
+                return await self._unsent(decision, known, delivery, exc)
             except (VenueDuplicate, VenueAmbiguous) as exc:
                 # The order may exist (a lost reply) or does (a duplicate id): look it up. If it
                 # is not there the order is `unknown`: the route is redelivered, and the next
-                # delivery looks again before placing.
+                # delivery looks again before placing. It never fails over from here on.
                 try:
                     order = await self._locate(decision, since)
-                except Exception as lookup_failed:
+                except (VenueError, TimeoutError) as lookup_failed:
                     await self._unknown(decision, exc)
-                    raise OutcomeUnknown(f"{exc}; the lookup failed too: {lookup_failed}") from lookup_failed
+                    after = getattr(lookup_failed, "retry_after", 0.0)
+                    raise OutcomeUnknown(f"{exc}; the lookup failed too: {lookup_failed}", after) from lookup_failed
                 if order is None:
                     await self._unknown(decision, exc)
-                    raise
+                    raise OutcomeUnknown(f"{exc}; not found at {self.venue.broker} yet") from exc
             if not client_ids:
                 await self.shapes.attribute(order.broker_order_id, decision.intent)
         failpoint("after_place")
@@ -240,16 +251,28 @@ class ExecutorHandlers:
             "and this intent's not among them yet; looking further before anything is placed"
         )
 
-    async def _unsent(self, decision: RouteDecision, delivery: int, exc: VenueUnavailable) -> str:
-        """The request provably never reached the broker: record that, then retry later, or
-        after ``FAILOVER_AFTER`` such deliveries hand the intent to the next broker."""
+    async def _unsent(
+        self, decision: RouteDecision, known: LedgerEntry | None, delivery: int, exc: VenueUnavailable
+    ) -> str:
+        """The request provably never reached the broker: wait until the broker is ready again,
+        or, when nothing of this attempt may be at the broker and the wait would exceed
+        ``routing.max_queue_wait_s`` (counting what the route has waited already), hand the
+        intent to the router for the next broker at once. A route that may have reached the
+        broker (an earlier answer lost) waits and looks; it never fails over."""
         if isinstance(exc, VenueRateLimited):
             await self.budget.block(exc.retry_after)
-        await self.ledger.put(LedgerEntry.of(decision, OrderStatus.NEW, unsent_delivery=delivery))
-        code = "rate_limited" if isinstance(exc, VenueRateLimited) else "broker_unavailable"
-        if delivery < FAILOVER_AFTER:
-            raise RetryLater(f"{code}: {exc}", getattr(exc, "retry_after", 0.0)) from exc
-        why = f"{exc} ({delivery} tries, none reached the broker)"
+        ready_in = exc.retry_after
+        code = exc.reason_code
+        if known is not None and known.may_exist(decision):
+            raise StillPending(f"{code}: {exc}; an earlier request may have placed the order", ready_in) from exc
+        now = time.time()
+        earlier = known if known is not None and known.unsent_since and known.attempt == decision.attempt else None
+        since = earlier.unsent_since if earlier is not None and earlier.broker == decision.broker else now
+        await self.ledger.put(LedgerEntry.of(decision, OrderStatus.NEW, unsent_delivery=delivery, unsent_since=since))
+        wait = failover_wait(now - since, ready_in, self.max_queue_wait_s, code)
+        if wait is None:
+            raise RetryLater(f"{code}: {exc}", ready_in) from exc
+        why = f"{exc} (waited {now - since:.1f}s; {wait}; none of its requests reached the broker)"
         await self._emit(decision, report(decision, OrderStatus.FAILED, 1, reason_code=code, reason=why, final=False))
         await self._emit(decision, failover_event(decision, code, why))
         return f"failover:{code}"
@@ -443,6 +466,16 @@ class ExecutorHandlers:
                 raise  # the ledger and the broker disagree: retry, then dead-letter
             await self.advance(entry.intent_id, current)
             return await self._cancel_rejected(request, current.status, exc.reason_code, exc.reason)
+        except VenueAmbiguous as exc:
+            # The cancel may have reached the broker (a 5xx or no answer to the DELETE): report
+            # the order as it stands; while it still works, the cancel is sent again (a cancel
+            # sent twice cancels once).
+            current = await self._call(self.venue.get_order(entry.broker_order_id), "reading the order")
+            if current is not None:
+                await self.advance(entry.intent_id, current)
+            if current is None or not current.status.is_terminal:
+                raise StillPending(f"{exc}; the order still works, cancelling again") from exc
+            return f"cancel:{current.status}"
         await self.advance(entry.intent_id, order)
         return f"cancel:{order.status}"
 
@@ -546,6 +579,9 @@ class PlacementPlan:
     """Not finding it proves it was never placed (else: retry once the broker's list settles)."""
     mark_before_placing: bool
     """Write a ``submitted`` ledger entry before sending, for later deliveries to find."""
+    nothing_sent: bool = False
+    """Nothing of this attempt can have reached the broker yet (a failed look proves nothing
+    more: the route may fail over as for a request refused before sending)."""
 
 
 def placement_plan(
@@ -570,4 +606,21 @@ def placement_plan(
         look_first=tried or not client_ids,
         miss_is_conclusive=client_ids or not tried,
         mark_before_placing=not client_ids,
+        nothing_sent=not tried,
     )
+
+
+def failover_wait(waited: float, ready_in: float, max_wait: float | None, code: str) -> str | None:
+    """Why a route that never reached its broker goes to the next broker now (None: it waits).
+
+    ``waited``: seconds since its first refused request; ``ready_in``: until the broker is
+    ready again (0: not known, as for a broker that is down); ``max_wait``:
+    ``routing.max_queue_wait_s`` (None: routes wait for their broker, except for the day's
+    order calls, which come back only the next day)."""
+    if code == DailyOrdersSpent.reason_code:
+        return "the day's order calls are spent"
+    if max_wait is None:
+        return None
+    if waited + ready_in > max_wait:
+        return f"ready again in {ready_in:.1f}s, past routing.max_queue_wait_s ({max_wait:g}s)"
+    return None
