@@ -123,11 +123,10 @@ class ExecutorWorker(Worker):
             self.handlers.request_timeout = request_timeout(venue.broker, config)
             self.handlers.max_queue_wait_s = config.routing.max_queue_wait_s
 
-    async def start(self) -> None:
-        await self.venue.connect()
-        await super().start()
-
     async def prepare(self) -> None:
+        # Connected once NATS is: the adapter's first request (its probe) takes a token from the
+        # rate budget, which lives in KV.
+        await self.venue.connect()
         self._status_kv = await open_bucket(self.js, self.subjects.status_bucket)
         try:
             settled = await self.handlers.reconcile()
