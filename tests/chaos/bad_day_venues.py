@@ -24,6 +24,8 @@ from workers.venues.schwab.tokens import TokenStore
 WINDOW_S, WINDOW_REQUESTS = 60.0, 200
 """Alpaca's documented limit, kept by the fake and known to mbx as the broker's own."""
 SCHWAB_DAILY_CAP = 90
+SCHWAB_PER_MINUTE = ROBINHOOD_PER_MINUTE = 1200
+"""The request limits the test's Schwab app and Robinhood account get (see their venues)."""
 """Order calls a day at the fake Schwab (it documents 4,000), reached in the 429 burst."""
 KEY_ID, SECRET = "PKBADDAYTEST01", "bad-day-secret-5d2a"
 
@@ -147,10 +149,12 @@ async def coinbase_venue() -> AsyncIterator[Venue]:
 
 @contextlib.asynccontextmanager
 async def robinhood_venue() -> AsyncIterator[Venue]:
-    """Robinhood's Crypto Trading API: crypto; 100 requests a minute, bursts to 300 (a token
-    bucket), so a 429's reset is about a second away (routes wait, no failover); no stream
-    (fills are polled), no trading days. Client order ids are ``uuid5`` of the intent ids."""
-    fake = FakeRobinhood(bucket=TokenBucket(rate=100 / 60, burst=300))
+    """Robinhood's Crypto Trading API: crypto; a token bucket (documented: 100 requests a
+    minute, bursts to 300), so a 429's reset is about a second away (routes wait, no failover);
+    no stream (fills are polled), no trading days. Client order ids are ``uuid5`` of the intent
+    ids. The test's account gets ``ROBINHOOD_PER_MINUTE`` a minute, told to mbx and kept by the
+    fake: at 100 a minute mbx would rightly send most of the day elsewhere, testing nothing."""
+    fake = FakeRobinhood(bucket=TokenBucket(rate=ROBINHOOD_PER_MINUTE / 60, burst=300))
     book = Book(
         [CRYPTO, CRYPTO | {"symbol": "ETH-USD", "quantity": "0.2"}, CRYPTO | {"symbol": "DOGE-USD", "quantity": "50"}],
         CRYPTO | {"quantity": "0.4", "time_in_force": "gtc"},
@@ -177,6 +181,7 @@ async def robinhood_venue() -> AsyncIterator[Venue]:
         yield Venue(
             config=(
                 f"    adapter: robinhood_crypto\n    base_url: {url}\n"
+                f"    rate_limit: {{requests: {ROBINHOOD_PER_MINUTE}, per_seconds: 60}}\n"
                 '    credentials: {api_key: "${ROBINHOOD_API_KEY}", private_key: "${ROBINHOOD_PRIVATE_KEY}"}\n'
             ),
             env={"ROBINHOOD_API_KEY": fake.api_key, "ROBINHOOD_PRIVATE_KEY": fake.private_key},
@@ -199,13 +204,17 @@ async def robinhood_venue() -> AsyncIterator[Venue]:
 
 @contextlib.asynccontextmanager
 async def schwab_venue(root: Path) -> AsyncIterator[Venue]:
-    """Schwab: equities; 120 requests a minute (its 429 names no reset), and a daily order cap
+    """Schwab: equities; a request window (its 429 names no reset; sources disagree on the
+    limit, 120 a minute or order calls only, set per app: the test's app gets
+    ``SCHWAB_PER_MINUTE``, told to mbx and kept by the fake), and a daily order cap
     made small (``SCHWAB_DAILY_CAP`` order calls, known to mbx) so the day reaches it at the
     burst: new orders past 90% of it fail over with ``daily_order_cap``. No client order ids:
     the fake's orders are attributed by mbx's broker order ids, resting ones found by their
     unique limit price. Every market order has a size of its own (identical orders would queue
     behind each other's shape lock). No stream, no trading days here."""
-    fake = FakeSchwab(cash=Decimal(10**12), window=FixedWindow(120, 60.0), orders_per_day=SCHWAB_DAILY_CAP)
+    fake = FakeSchwab(
+        cash=Decimal(10**12), window=FixedWindow(SCHWAB_PER_MINUTE, 60.0), orders_per_day=SCHWAB_DAILY_CAP
+    )
     TokenStore(root / "schwab-token.json").save_login(fake.issue_tokens())
     book = Book(
         [{"symbol": s, "quantity": str(q)} for s, q in (("AAPL", 3), ("MSFT", 2), ("NVDA", 5), ("SPY", 1))],
@@ -231,6 +240,7 @@ async def schwab_venue(root: Path) -> AsyncIterator[Venue]:
         yield Venue(
             config=(
                 f"    adapter: schwab\n    base_url: {url}\n    orders_per_day: {SCHWAB_DAILY_CAP}\n"
+                f"    rate_limit: {{requests: {SCHWAB_PER_MINUTE}, per_seconds: 60}}\n"
                 '    credentials: {app_key: "${SCHWAB_APP_KEY}", app_secret: "${SCHWAB_APP_SECRET}"}\n'
             ),
             env={
