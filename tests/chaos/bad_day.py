@@ -162,6 +162,8 @@ class Venue:
     """The fake's rate window and scripted faults: ``refused`` counts 429s for exceeding the limit."""
     placed_by_order_id: bool = False
     """``placed`` gives broker order ids (a broker with no client order ids: Schwab)."""
+    expected_reasons: set[str] = field(default_factory=set)
+    """Failover reasons the day must produce at this broker (Schwab: its daily order cap)."""
 
 
 async def resting_at_broker(

@@ -23,10 +23,10 @@ from workers.venues.schwab.tokens import TokenStore
 
 WINDOW_S, WINDOW_REQUESTS = 60.0, 200
 """Alpaca's documented limit, kept by the fake and known to mbx as the broker's own."""
-SCHWAB_DAILY_CAP = 90
+SCHWAB_DAILY_CAP = 70
+"""Order calls a day at the fake Schwab (it documents 4,000), reached in the day's second half."""
 SCHWAB_PER_MINUTE = ROBINHOOD_PER_MINUTE = 1200
 """The request limits the test's Schwab app and Robinhood account get (see their venues)."""
-"""Order calls a day at the fake Schwab (it documents 4,000), reached in the 429 burst."""
 KEY_ID, SECRET = "PKBADDAYTEST01", "bad-day-secret-5d2a"
 
 
@@ -207,8 +207,8 @@ async def schwab_venue(root: Path) -> AsyncIterator[Venue]:
     """Schwab: equities; a request window (its 429 names no reset; sources disagree on the
     limit, 120 a minute or order calls only, set per app: the test's app gets
     ``SCHWAB_PER_MINUTE``, told to mbx and kept by the fake), and a daily order cap
-    made small (``SCHWAB_DAILY_CAP`` order calls, known to mbx) so the day reaches it at the
-    burst: new orders past 90% of it fail over with ``daily_order_cap``. No client order ids:
+    made small (``SCHWAB_DAILY_CAP`` order calls, known to mbx) so the day reaches it: new
+    orders past 90% of it must fail over with ``daily_order_cap``. No client order ids:
     the fake's orders are attributed by mbx's broker order ids, resting ones found by their
     unique limit price. Every market order has a size of its own (identical orders would queue
     behind each other's shape lock). No stream, no trading days here."""
@@ -251,6 +251,7 @@ async def schwab_venue(root: Path) -> AsyncIterator[Venue]:
             book=book,
             fallback="alpaca",
             fails_over=True,
+            expected_reasons={"daily_order_cap"},
             lock=lock,
             steps=lambda day: day_steps(day, fake.faults, fill_resting, stream=False, next_day=None, align=None),
             placed=lambda: list(fake.orders),

@@ -273,6 +273,10 @@ async def check_the_day(
     unexplained = {i: (book.phase[i], sorted(r)) for i, r in reasons.items() if not r <= FAILOVER_REASONS}
     if unexplained:
         problems.append(f"failovers without one of the reasons {sorted(FAILOVER_REASONS)}: {unexplained}")
+    missing = venue.expected_reasons - {c for r in reasons.values() for c in r}
+    if missing:
+        problems.append(f"no failover with {sorted(missing)} although the day reaches it at this broker")
+
     # The 429's reset was most of a window away: a route that had to wait for it went back to
     # the router at once; none waited for the reset.
     waited = {
