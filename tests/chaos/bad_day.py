@@ -28,6 +28,7 @@ RECOVERY_S = 15.0
 SLOW_REPLY_S = 3.0
 """A slow reply's delay: past the ``request_timeout_s`` the test configures."""
 KEY_REFUSED_S = 20.0
+PUBLISH_SPACING_S = 0.25
 
 
 @dataclass
@@ -113,9 +114,13 @@ class Day:
     notes: list[str] = field(default_factory=list)
     """What a step saw that the checks report."""
 
-    async def publish(self, payloads: list[dict[str, Any]]) -> None:
+    async def publish(self, payloads: list[dict[str, Any]], spacing_s: float = PUBLISH_SPACING_S) -> None:
+        """Publish ``payloads`` one every ``spacing_s``, as a strategy sends them (a whole phase
+        at once would queue at the broker's rate budget and go elsewhere, testing nothing)."""
         js = self.nc.jetstream()
-        for payload in payloads:
+        for n, payload in enumerate(payloads):
+            if n:
+                await asyncio.sleep(spacing_s)
             self.book.published[payload["intent_id"]] = time.time()
             await js.publish(
                 self.settings.subjects.intent(STRATEGY),
@@ -248,15 +253,15 @@ def day_steps(
 
     async def burst() -> None:
         """A 429 to the next placement at a fresh window's start, so its reset is a window away,
-        while 20 intents arrive."""
+        while 40 intents arrive."""
         if align:
             align(time.time() + 0.2)
             await asyncio.sleep(0.4)
         faults.switch({"rate_limited_orders_next": 1})
-        await day.publish(book.market(20, "rate_limited"))
+        await day.publish(book.market(40, "rate_limited"), spacing_s=0.05)
 
     steps = [
-        Step(0, "calm: 30 market orders", publish(30, "calm")),
+        Step(0, "calm: 10 market orders", publish(10, "calm")),
         Step(1, "12 resting orders, 6 answered pending_new", resting),
         Step(4, "5xx burst before accepting, 8 market orders", publish(8, "5xx_before", server_errors_next=3)),
         Step(7, "5xx after accepting, 4 market orders", publish(4, "5xx_after", server_errors_after_accept=2)),
@@ -277,6 +282,6 @@ def day_steps(
     return [
         *steps,
         Step(52, "an order at the broker again", back_at_the_broker),
-        Step(53, "a 429 to a placement at a window's start (its reset a window away), 20 market orders", burst),
+        Step(53, "a 429 to a placement at a window's start (its reset a window away), 40 market orders", burst),
         Step(56, "6 last market orders", publish(6, "rate_limited")),
     ]

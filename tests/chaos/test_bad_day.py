@@ -8,7 +8,8 @@ accepted; replies slower than ``request_timeout_s``; the stream down while resti
 connections the server closed; where the broker has trading days, GTC orders through
 ``done_for_day`` and filled the next "day"; last, a 429 to a placement with the broker's own
 reset semantics (Alpaca: ``X-RateLimit-Reset`` is the end of its 60 s window, here placed at a
-window's start, so about a minute away) while 26 more intents arrive.
+window's start, so about a minute away) while 46 more intents arrive. Intents
+are published a quarter of a second apart, as a strategy sends them (102 in all).
 
 Checks, all made and reported together: every intent ends as its story says (market orders
 filled, at the broker or where they failed over to; resting orders filled or cancelled with
