@@ -78,7 +78,7 @@ async def test_a_429_until_the_end_of_the_window_fails_the_route_over_at_once(
     worker = build_executor(isolated, BrokerName.ALPACA, venue)
     await worker.start()
     try:
-        route = make_route(broker=BrokerName.ALPACA)
+        route = make_route(broker=BrokerName.ALPACA, fallback_chain=(BrokerName.IBKR,))
         await publish(
             worker.js, isolated.subjects.route(BrokerName.ALPACA, route.strategy_id), route, intent_id=route.intent_id
         )

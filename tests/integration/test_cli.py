@@ -97,7 +97,7 @@ async def test_submit_reads_an_intent_file(pipeline: Pipeline, cli_env: dict[str
     intent = tmp_path / "intent.yaml"
     intent.write_text(
         "intent_id: file-intent-" + os.urandom(4).hex() + "\nstrategy_id: filebot\n"
-        "symbol: ETH-USD\nasset_class: crypto\nside: sell\nquantity: '0.25'\n"
+        "symbol: ETH-USD\nasset_class: crypto\nside: buy\nquantity: '0.25'\n"
     )
     code, out = await mbx("submit", "--file", str(intent), env=cli_env)
     assert code == 0, out

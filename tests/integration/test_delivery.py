@@ -104,7 +104,7 @@ async def test_a_broker_that_cannot_be_reached_is_retried_then_failed_over(setti
     worker = build_executor(settings, BrokerName.IBKR, venue)
     await worker.start()
     try:
-        route = make_route(broker=BrokerName.IBKR)
+        route = make_route(broker=BrokerName.IBKR, fallback_chain=(BrokerName.ALPACA,))
         await publish(nc.jetstream(), "mbx.routes.ibkr", route, intent_id=route.intent_id)
 
         async def failover() -> Any:

@@ -79,7 +79,7 @@ async def test_a_broker_outage_fails_over_and_routing_returns_after_recovery(
     assert set(where.values()) == {"ibkr"}
     failovers = await fetch_all(db, "SELECT * FROM failover_events WHERE intent_id = ANY(:ids)", ids=during)
     assert failovers, "no intent was in flight at alpaca when it went down"
-    assert {(f["failed_broker"], f["reason_code"]) for f in failovers} == {("alpaca", "broker_unavailable")}
+    assert {(f["failed_broker"], f["reason_code"]) for f in failovers} == {("alpaca", "broker_down")}
     failed = await fetch_all(
         db, "SELECT * FROM orders WHERE intent_id = ANY(:ids) AND broker_name = 'alpaca'", ids=during
     )

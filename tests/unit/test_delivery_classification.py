@@ -84,3 +84,10 @@ def test_a_route_fails_over_only_when_its_wait_exceeds_the_bound() -> None:
     assert failover_wait(2.5, 0.0, 2.0, "broker_down") is not None
     assert failover_wait(0.0, 3600.0, None, "rate_limited") is None
     assert failover_wait(0.0, 3600.0, None, "daily_order_cap") is not None
+
+
+def test_a_route_with_nowhere_else_to_go_waits_whatever_the_condition() -> None:
+    """Without a broker left in its fallback chain (a strategy that named its broker) a failover
+    could only reject the order: a condition that passes delays it instead."""
+    for code in ("rate_limited", "broker_down", "daily_order_cap"):
+        assert failover_wait(60.0, 58.0, 2.0, code, elsewhere=False) is None

@@ -269,7 +269,8 @@ class ExecutorHandlers:
         earlier = known if known is not None and known.unsent_since and known.attempt == decision.attempt else None
         since = earlier.unsent_since if earlier is not None and earlier.broker == decision.broker else now
         await self.ledger.put(LedgerEntry.of(decision, OrderStatus.NEW, unsent_delivery=delivery, unsent_since=since))
-        wait = failover_wait(now - since, ready_in, self.max_queue_wait_s, code)
+        elsewhere = any(b != decision.broker and b not in decision.failed_brokers for b in decision.fallback_chain)
+        wait = failover_wait(now - since, ready_in, self.max_queue_wait_s, code, elsewhere=elsewhere)
         if wait is None:
             raise RetryLater(f"{code}: {exc}", ready_in) from exc
         why = f"{exc} (waited {now - since:.1f}s; {wait}; none of its requests reached the broker)"
@@ -610,13 +611,19 @@ def placement_plan(
     )
 
 
-def failover_wait(waited: float, ready_in: float, max_wait: float | None, code: str) -> str | None:
+def failover_wait(
+    waited: float, ready_in: float, max_wait: float | None, code: str, *, elsewhere: bool = True
+) -> str | None:
     """Why a route that never reached its broker goes to the next broker now (None: it waits).
 
     ``waited``: seconds since its first refused request; ``ready_in``: until the broker is
     ready again (0: not known, as for a broker that is down); ``max_wait``:
     ``routing.max_queue_wait_s`` (None: routes wait for their broker, except for the day's
-    order calls, which come back only the next day)."""
+    order calls, which come back only the next day); ``elsewhere``: the route's fallback chain
+    names a broker that has not failed it. Without one a failover could only end the intent
+    rejected, and a condition that passes delays an order, never rejects it: it waits."""
+    if not elsewhere:
+        return None
     if code == DailyOrdersSpent.reason_code:
         return "the day's order calls are spent"
     if max_wait is None:
