@@ -25,7 +25,7 @@ replies take 3 s (the issue's "2-10 s past the timeout"). Alpaca's rate window i
 compressed: a 429's reset a minute away is what is tested. Before the burst, one order must
 fill at the broker again (else the burst would test nothing there; noted as a problem).
 Failovers land at a simulated broker. Run one
-adapter alone with ``pytest tests/chaos/test_bad_day.py -k alpaca``.
+adapter alone with ``pytest -m bad_day tests/chaos/test_bad_day.py -k alpaca``.
 """
 
 from __future__ import annotations
@@ -54,7 +54,10 @@ from workers.platform.bus import read_stream
 from workers.platform.db.engine import make_engine
 from workers.platform.settings import Settings
 
-pytestmark = pytest.mark.integration
+# Not in the default run (`-m 'not bad_day'` in pyproject.toml) until every adapter passes it: it
+# is the acceptance run of issue 28, and about two minutes per adapter. Run it with
+# `pytest -m bad_day tests/chaos/test_bad_day.py [-k alpaca]`.
+pytestmark = [pytest.mark.integration, pytest.mark.bad_day]
 
 REQUEST_TIMEOUT_S = 1.5
 MAX_QUEUE_WAIT_S = 2.0

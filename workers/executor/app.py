@@ -33,6 +33,7 @@ from workers.domain.venue import (
     SupportsUpdates,
     SupportsWarning,
     Venue,
+    VenueError,
     VenueOrder,
 )
 from workers.executor.budget import DailyOrderBudget, RateBudget
@@ -50,6 +51,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger("mbx.executor")
 
 HEARTBEAT_INTERVAL = 1.0
+PROBE_INTERVAL = 2.0
+"""Seconds between looks at a broker that counts as down (refused keys, unreachable): the router
+sends it nothing meanwhile, so without a look of its own it would stay down until the next
+snapshot (30 s) after it recovered."""
 HEARTBEAT_WRITE_TIMEOUT = 2.0
 """Seconds one heartbeat write may take; then it is built again (a fresh ``last_seen``) and sent
 again, until it is stored: a cluster electing the bucket's leader (4-8 s) answers nothing."""
@@ -138,6 +143,7 @@ class ExecutorWorker(Worker):
         await self.listen(self.subjects.snapshot_request(self.venue.broker), self._on_snapshot_request)
         await self.listen(self.subjects.control(self.venue.broker), self._on_control)
         self.every(HEARTBEAT_INTERVAL, self.beat, "heartbeat")
+        self.every(PROBE_INTERVAL, self.probe_if_down, "probing the broker")
         self.every(SNAPSHOT_INTERVAL, self.publish_snapshot, "position snapshot")
         if isinstance(self.venue, SupportsUpdates):
             # The broker pushes order changes: follow its stream, and poll only as a safety net.
@@ -224,6 +230,14 @@ class ExecutorWorker(Worker):
     async def stop(self) -> None:
         await super().stop()
         await self.venue.disconnect()
+
+    async def probe_if_down(self) -> None:
+        """Look at a broker that counts as down (its adapter's cheap authenticated read), so it
+        counts as up again as soon as it answers."""
+        if self.venue.is_connected or self.stopping.is_set():
+            return
+        with contextlib.suppress(VenueError, TimeoutError):  # still down: its reason is kept
+            await self.handlers.broker_call(self.venue.connect(), "probing the broker")
 
     def status(self, connected: bool | None = None) -> BrokerStatus:
         stats = self.handlers.stats
