@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -13,6 +14,8 @@ from tests.builders import OPTION, intent_payload
 from tests.conftest import eventually, fetch_all
 from tests.integration.test_walking_skeleton import publish_json
 from workers.domain.venue import VenueRejected
+from workers.platform.db.engine import make_engine
+from workers.platform.settings import Settings
 from workers.venues.simulated.venue import SimulatedVenue
 
 pytestmark = pytest.mark.integration
@@ -70,24 +73,33 @@ async def test_a_broker_rejection_fails_over_to_the_next_broker(
 
 
 async def test_an_exhausted_chain_ends_in_a_terminal_rejection(
-    start_pipeline: Any, nc: NatsClient, db: AsyncEngine
+    start_pipeline: Any, nc: NatsClient, isolated: Settings
 ) -> None:
-    """When every eligible broker refuses, the intent ends rejected by the router, visibly."""
+    """When every eligible broker refuses, the intent ends rejected by the router, visibly. On
+    subjects and a database of its own: earlier tests' account figures once kept Schwab out of
+    the first decision."""
     option_brokers = [BrokerName.SCHWAB, BrokerName.ALPACA, BrokerName.ROBINHOOD, BrokerName.IBKR]
-    await start_pipeline(venue_overrides={b: BrokeVenue(b) for b in option_brokers})
+    await start_pipeline(venue_overrides={b: BrokeVenue(b) for b in option_brokers}, own_settings=isolated)
     payload = intent_payload(**OPTION)
-    await publish_json(nc, payload)
+    subject = isolated.subjects.intent(payload["strategy_id"])
+    await nc.jetstream().publish(subject, json.dumps(payload).encode(), headers={"Nats-Msg-Id": payload["intent_id"]})
+    db = make_engine(isolated.database_url or "", pool_size=1)
+    try:
 
-    async def ended() -> list[Any]:
-        rows = await fetch_all(
-            db, "SELECT * FROM orders WHERE intent_id = :i AND broker_name IS NULL", i=payload["intent_id"]
+        async def ended() -> list[Any]:
+            rows = await fetch_all(
+                db, "SELECT * FROM orders WHERE intent_id = :i AND broker_name IS NULL", i=payload["intent_id"]
+            )
+            return rows
+
+        [final] = await eventually(ended)
+        assert (final["status"], final["attempt"]) == ("rejected", 5)
+        assert "every eligible broker failed" in final["reason"]
+        failovers = await fetch_all(
+            db,
+            "SELECT failed_broker FROM failover_events WHERE intent_id = :i ORDER BY attempt",
+            i=payload["intent_id"],
         )
-        return rows
-
-    [final] = await eventually(ended)
-    assert (final["status"], final["attempt"]) == ("rejected", 5)
-    assert "every eligible broker failed" in final["reason"]
-    failovers = await fetch_all(
-        db, "SELECT failed_broker FROM failover_events WHERE intent_id = :i ORDER BY attempt", i=payload["intent_id"]
-    )
+    finally:
+        await db.dispose()
     assert sorted(f["failed_broker"] for f in failovers) == sorted(option_brokers)

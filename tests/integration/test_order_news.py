@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -17,10 +18,18 @@ from nats.aio.client import Client as NatsClient
 from contracts import BrokerName, OrderStatus
 from tests.builders import intent_payload
 from tests.conftest import Pipeline, eventually
-from tests.integration.test_walking_skeleton import publish_json
 from workers.platform.bus import read_bucket
+from workers.platform.settings import Settings
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def pipeline(start_pipeline: Any, isolated: Settings) -> Pipeline:
+    """A pipeline on subjects, buckets and a database of its own: earlier tests' positions and
+    queues at Alpaca once sent these resting orders to another broker."""
+    started: Pipeline = await start_pipeline(own_settings=isolated)
+    return started
 
 
 def alpaca_executor(pipeline: Pipeline) -> Any:
@@ -32,8 +41,9 @@ def alpaca_executor(pipeline: Pipeline) -> Any:
 
 async def resting_order(pipeline: Pipeline, nc: NatsClient, strategy: str) -> tuple[Any, Any]:
     """A resting limit order placed and recorded as usual: (its intent payload, its ledger entry)."""
-    payload = intent_payload(order_type="limit", limit_price="1.00", strategy_id=strategy)
-    await publish_json(nc, payload, strategy=strategy)
+    payload = intent_payload(order_type="limit", limit_price="1.00", strategy_id=strategy, broker="alpaca")
+    subject = pipeline.settings.subjects.intent(strategy)
+    await nc.jetstream().publish(subject, json.dumps(payload).encode(), headers={"Nats-Msg-Id": payload["intent_id"]})
     executor = alpaca_executor(pipeline)
 
     async def working() -> Any:

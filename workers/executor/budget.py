@@ -46,7 +46,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from workers.domain.rates import LEASE_TTL, RateLimit, lease_of, sustained_rate
 from workers.domain.venue import VenueUnavailable
-from workers.platform import metrics
+from workers.platform import metrics, telemetry
 from workers.platform.bus import JetStream, LazyBucket, update_int
 
 LOAD_WINDOW = 5.0
@@ -167,7 +167,10 @@ class RateBudget:
         raise ``RateBudgetExhausted`` at once when the wait would be longer. The process-wide
         lock is held only while taking, never while waiting, so one slow caller cannot stall
         the rest."""
-        timeout = self.max_wait() if timeout is None else timeout
+        with telemetry.span("rate-wait", broker=self.key):
+            await self._take(self.max_wait() if timeout is None else timeout)
+
+    async def _take(self, timeout: float) -> None:
         started = time.monotonic()
         deadline = started + timeout
         while True:
