@@ -30,7 +30,6 @@ from workers.domain.venue import (
     VenueDuplicate,
     VenueError,
     VenueOrder,
-    VenueRateLimited,
     VenueRejected,
     VenueUnavailable,
 )
@@ -259,9 +258,7 @@ class ExecutorHandlers:
         ``routing.max_queue_wait_s`` (counting what the route has waited already), hand the
         intent to the router for the next broker at once. A route that may have reached the
         broker (an earlier answer lost) waits and looks; it never fails over."""
-        if isinstance(exc, VenueRateLimited):
-            await self.budget.block(exc.retry_after)
-        ready_in = exc.retry_after
+        ready_in = exc.retry_after  # a 429 has blocked the budget already (the adapter's gate)
         code = exc.reason_code
         if known is not None and known.may_exist(decision):
             raise StillPending(f"{code}: {exc}; an earlier request may have placed the order", ready_in) from exc
