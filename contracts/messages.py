@@ -390,6 +390,24 @@ class CancelReject(Message):
     order_status: OrderStatus | None = Field(default=None, description="The order's status, when it exists.")
 
 
+class IntentRefused(Message):
+    """An intent refused before routing because of who sent it, told to its sender only.
+
+    Published to ``mbx.exec.unrouted.refused.<strategy>``, where ``<strategy>`` is the strategy
+    of the subject the intent arrived on (its sender, as ``strategy_id`` here). ``reason_code``
+    is ``wrong_strategy``: the intent's body names another strategy (``claimed_strategy_id``),
+    and a strategy sends only as itself. It is not the state of any order: the audit store does
+    not record it against ``intent_id`` (the id is the sender's choice and may name another
+    strategy's order), and the intent is also dead-lettered for operators.
+    """
+
+    intent_id: IntentId
+    strategy_id: StrategyId = Field(description="The sender: the strategy of the subject the intent came on.")
+    claimed_strategy_id: str = Field(max_length=200, description="The strategy the intent's body named.")
+    reason_code: str
+    reason: str
+
+
 class Fill(Message):
     """One execution of (part of) an order. Published to ``mbx.fills.<broker>.<symbol>.<strategy>``."""
 

@@ -22,6 +22,7 @@ with the broker, status or symbol). Executors also consume version-1 routes stil
 DEFAULT_PREFIX = "mbx"
 UNROUTED = "unrouted"
 CANCEL_REJECTED = "cancel_rejected"
+REFUSED = "refused"
 """Broker token of reports about intents the router rejected before choosing a broker."""
 
 INTENT_ID_HEADER = "Mbx-Intent-Id"
@@ -140,6 +141,14 @@ class Subjects:
 
     def cancel_reject(self, broker: BrokerName | str | None, strategy_id: str) -> str:
         return f"{self.prefix}.exec.{broker or UNROUTED}.{CANCEL_REJECTED}.{strategy_id}"
+
+    def refusal(self, strategy_id: str) -> str:
+        """An intent refused because of who sent it (``IntentRefused``), to its sender."""
+        return f"{self.prefix}.exec.{UNROUTED}.{REFUSED}.{strategy_id}"
+
+    def is_refusal(self, subject: str) -> bool:
+        parts = subject.split(".")
+        return len(parts) >= 4 and parts[0] == self.prefix and parts[1] == "exec" and parts[3] == REFUSED
 
     def fill(self, broker: BrokerName | str, symbol: str, strategy_id: str) -> str:
         return f"{self.prefix}.fills.{broker}.{symbol_token(symbol)}.{strategy_id}"

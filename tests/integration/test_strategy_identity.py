@@ -3,13 +3,14 @@ that names another strategy's order, is refused to the subject's strategy and th
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from nats.aio.client import Client as NatsClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts import BrokerName, CancelReject, CancelRequest, OrderStatus, Subjects
+from contracts import BrokerName, CancelReject, CancelRequest, DeadLetter, IntentRefused, OrderStatus, Subjects
 from tests.builders import intent_payload, new_intent_id
 from tests.conftest import Pipeline, eventually
 from tests.integration.test_executor_flows import order_row
@@ -60,3 +61,48 @@ async def test_beta_cannot_cancel_alphas_working_order_by_any_subject_or_body(
     )
     await publish(nc.jetstream(), Subjects().cancel("alpha"), own, intent_id=intent_id)
     await order_row(db, intent_id, "cancelled")
+
+
+async def test_an_intent_whose_body_names_another_strategy_is_refused_to_its_sender_only(
+    start_pipeline: Any, nc: NatsClient, db: AsyncEngine
+) -> None:
+    """Beta's intent that claims to be alpha's, reusing the id of alpha's working order: beta is
+    told why (IntentRefused on its own results), operators get the dead letter, nothing is routed,
+    and alpha's order and its row in the audit store are untouched."""
+    pipeline: Pipeline = await start_pipeline(parse_config({"brokers": {"alpaca": {}}}))
+    resting = intent_payload(strategy_id="alpha", order_type="limit", limit_price="1.00")
+    await publish_json(nc, resting, strategy="alpha")
+    before = await order_row(db, resting["intent_id"], "accepted")
+    forged = intent_payload(strategy_id="alpha", intent_id=resting["intent_id"], quantity="999")
+    forged["message_id"] = f"msg-{new_intent_id()}"
+    ack = await nc.jetstream().publish(
+        Subjects().intent("beta"), json.dumps(forged).encode(), headers={"Nats-Msg-Id": forged["message_id"]}
+    )
+
+    async def refusals() -> list[IntentRefused]:
+        found = await read_stream(nc.jetstream(), "EXECUTIONS", Subjects().refusal("beta"))
+        answers = [IntentRefused.model_validate_json(m.data) for m in found]
+        return [a for a in answers if a.message_id == f"refused-beta-{forged['message_id']}"]
+
+    [refused] = await eventually(refusals)
+    assert (refused.strategy_id, refused.claimed_strategy_id, refused.reason_code) == (
+        "beta",
+        "alpha",
+        "wrong_strategy",
+    )
+    assert refused.intent_id == resting["intent_id"]
+    letters = await eventually(lambda: dead_letters_at(nc, ack.seq))
+    assert "does not match strategy 'beta'" in letters[0].error
+    assert not await read_stream(nc.jetstream(), "EXECUTIONS", Subjects().refusal("alpha"))
+    [at_broker] = [
+        o for o in await pipeline.venues[BrokerName.ALPACA].book.all() if o.client_order_id == resting["intent_id"]
+    ]
+    assert (at_broker.status, at_broker.quantity) == (OrderStatus.ACCEPTED, before["quantity"])
+    after = await order_row(db, resting["intent_id"], "accepted")
+    assert (after["strategy_id"], after["quantity"], after["broker_name"]) == ("alpha", before["quantity"], "alpaca")
+
+
+async def dead_letters_at(nc: NatsClient, seq: int) -> list[DeadLetter]:
+    found = await read_stream(nc.jetstream(), "DLQ", "mbx.dlq.router")
+    letters = [DeadLetter.model_validate_json(m.data) for m in found]
+    return [d for d in letters if d.stream_sequence == seq]

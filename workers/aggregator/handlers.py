@@ -26,6 +26,7 @@ from contracts import (
     ExecutionReport,
     FailoverEvent,
     Fill,
+    IntentRefused,
     Message,
     PositionSnapshot,
     RouteDecision,
@@ -64,6 +65,9 @@ class AggregatorHandlers:
         kind = self.worker.subjects.kind(msg.subject)
         if kind == "exec" and self.worker.subjects.is_cancel_reject(msg.subject):
             return Envelope(msg.subject, parse(CancelReject, msg.data))
+        if kind == "exec" and self.worker.subjects.is_refusal(msg.subject):
+            # The sender's answer only: never recorded against the intent id it names.
+            return Envelope(msg.subject, parse(IntentRefused, msg.data))
         model = MODELS.get(kind)
         if model is None:
             raise PoisonMessage(f"the aggregator has no handler for subject {msg.subject}")

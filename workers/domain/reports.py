@@ -15,6 +15,8 @@ from contracts import (
     ExecutionReport,
     FailoverEvent,
     Fill,
+    IntentRefused,
+    OrderIntent,
     OrderStatus,
     RouteDecision,
 )
@@ -108,4 +110,18 @@ def cancel_reject(
         reason_code=code,
         reason=reason,
         order_status=status,
+    )
+
+
+def intent_refused(intent: OrderIntent, sender: str, reason: str) -> IntentRefused:
+    """The answer to an intent refused because of who sent it; its id derives from the intent's
+    message and the sender, so a redelivery answers once (and one sender cannot take another's id)."""
+    return IntentRefused(
+        message_id=f"refused-{sender}-{intent.message_id}",
+        correlation_id=intent.intent_id,
+        intent_id=intent.intent_id,
+        strategy_id=sender,
+        claimed_strategy_id=intent.strategy_id,
+        reason_code="wrong_strategy",
+        reason=reason,
     )

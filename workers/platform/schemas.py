@@ -25,6 +25,7 @@ from contracts import (
     FailoverEvent,
     Fill,
     FillQuality,
+    IntentRefused,
     OrderIntent,
     Portfolio,
     PositionSnapshot,
@@ -43,6 +44,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     RouteDecision,
     ExecutionReport,
     CancelReject,
+    IntentRefused,
     Fill,
     FailoverEvent,
     PositionSnapshot,
@@ -111,6 +113,12 @@ def asyncapi() -> dict[str, Any]:
                 "strategy_id": strategy,
             },
             "Cancel requests that could not be carried out (unknown order, too late to cancel).",
+        ),
+        "intentRefused": (
+            "mbx.exec.unrouted.refused.{strategy_id}",
+            "IntentRefused",
+            {"strategy_id": strategy},
+            "Intents refused because of who sent them (a body naming another strategy), to the sender only.",
         ),
         "fill": (
             "mbx.fills.{broker}.{symbol}.{strategy_id}",

@@ -25,7 +25,7 @@ from contracts import (
     RoutePreview,
 )
 from workers.domain.quotes import PriceCheck, QuoteSource, assess
-from workers.domain.reports import cancel_reject
+from workers.domain.reports import cancel_reject, intent_refused
 from workers.platform import metrics, telemetry
 from workers.platform.bus import delivery_count, is_replay, publish
 from workers.platform.order_ledger import OrderLedger
@@ -213,10 +213,18 @@ class RouterHandlers:
     async def route_intent(self, msg: Msg) -> str:
         intent = parse(OrderIntent, msg.data)
         structlog.contextvars.bind_contextvars(intent_id=intent.intent_id)
-        _, refusal = self.sender(msg, intent.strategy_id)
+        sender, refusal = self.sender(msg, intent.strategy_id)
         if refusal is not None:
-            # Dead-lettered, not answered with a rejected report: that report would carry an
-            # intent id the sender chose, and the audit store would record it on that intent.
+            # Told to the sender (an IntentRefused, which the audit store records against no
+            # order: a rejected report would carry an intent id the sender chose, and would be
+            # recorded on that intent), then dead-lettered for operators.
+            await publish(
+                self.worker.js,
+                self.worker.subjects.refusal(sender),
+                intent_refused(intent, sender, refusal),
+                intent_id=intent.intent_id,
+                strategy_id=sender,
+            )
             raise PoisonMessage(refusal)
         if is_replay(msg) and await self.ledger.get(intent.intent_id) is not None:
             # A replayed intent that already reached a broker: its order exists (or existed);
