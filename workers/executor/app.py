@@ -80,10 +80,10 @@ refresh, not from the fill: the first fill after a quiet spell is refreshed afte
 ``REFRESH_DELAY`` (at Alpaca's 200 a minute, waiting the spacing after every fill kept a position
 out of the portfolio for 7 s)."""
 SNAPSHOT_INTERVAL = 30.0
+"""Seconds between PositionSnapshots on the timer (one more can be asked for at any time)."""
 BUDGET_WAIT_SHARE = 0.5
 """Most of a broker call's deadline (``request_timeout_s``) a request may wait for a rate token;
 a longer wait is refused at once (nothing sent) and the message waits that long."""
-"""Seconds between PositionSnapshots on the timer (one more can be asked for at any time)."""
 
 
 class ExecutorWorker(Worker):
@@ -125,8 +125,12 @@ class ExecutorWorker(Worker):
         # short by its deadline counts as ambiguous, a refused token as not sent.
         self.budget.max_wait = lambda: BUDGET_WAIT_SHARE * self.handlers.request_timeout
         if config is not None:
-            self.handlers.request_timeout = request_timeout(venue.broker, config)
-            self.handlers.max_queue_wait_s = config.routing.max_queue_wait_s
+            self._handle_with(config)
+
+    def _handle_with(self, config: MbxConfig) -> None:
+        """What the handlers take from the config: the call deadline and the failover bound."""
+        self.handlers.request_timeout = request_timeout(self.venue.broker, config)
+        self.handlers.max_queue_wait_s = config.routing.max_queue_wait_s
 
     async def prepare(self) -> None:
         # Connected once NATS is: the adapter's first request (its probe) takes a token from the
@@ -191,8 +195,7 @@ class ExecutorWorker(Worker):
         except (ConfigError, ValueError) as exc:
             log.warning("live config refused; keeping the rate limit", error=str(exc))
             return
-        self.handlers.request_timeout = request_timeout(self.venue.broker, config)
-        self.handlers.max_queue_wait_s = config.routing.max_queue_wait_s
+        self._handle_with(config)
         self.daily.per_day = orders_per_day_of(self.venue.broker, config)
         limits = rate_limit(self.venue.broker, config, self.venue.capabilities)
         if limits != self.budget.limits:
