@@ -176,6 +176,35 @@ async def unfinished(db: AsyncEngine, book: Book, nc: NatsClient, settings: Sett
     )
 
 
+async def _fill_trail(nc: NatsClient, db: AsyncEngine, settings: Settings, intent_ids: list[str]) -> str:
+    """For a failure message: each intent's fills as stored, on the bus and at the broker."""
+    stored = await fetch_all(
+        db,
+        "SELECT intent_id, fill_id, broker_order_id, quantity FROM trade_logs WHERE intent_id = ANY(:ids)",
+        ids=intent_ids,
+    )
+    on_bus = [
+        json.loads(m.data)
+        for m in await read_stream(
+            nc.jetstream(), settings.subjects.stream_name("EXECUTIONS"), f"{settings.subject_prefix}.fills.>"
+        )
+    ]
+    at_brokers = [
+        o for book in books(nc, settings).values() for o in await book.all() if o.client_order_id in intent_ids
+    ]
+    published = [(f["intent_id"], f["fill_id"], f["quantity"]) for f in on_bus if f.get("intent_id") in intent_ids]
+    placed = [(o.client_order_id, o.status, [(f.fill_id, str(f.quantity)) for f in o.fills]) for o in at_brokers]
+    letters = [
+        (d.original_subject, d.error, d.delivery_count)
+        for m in await read_stream(nc.jetstream(), settings.subjects.stream_name("DLQ"), settings.subjects.dlq("*"))
+        for d in [DeadLetter.model_validate_json(m.data)]
+    ]
+    return (
+        f"trade_logs {[(r['intent_id'], r['fill_id'], str(r['quantity'])) for r in stored]}; "
+        f"fills on the bus {published}; at the brokers {placed}; dead letters {letters[:5]}"
+    )
+
+
 async def all_final(db: AsyncEngine, ids: list[str]) -> bool:
     rows = await fetch_all(
         db,
@@ -206,13 +235,23 @@ async def check_outcome(
     )
     assert len(rows) == len(ids), f"{len(rows)} order rows for {len(ids)} intents"
     wrong = [
-        (r["intent_id"], r["status"], r["filled_quantity"], expected[r["intent_id"]])
+        (
+            r["intent_id"],
+            r["status"],
+            r["filled_quantity"],
+            expected[r["intent_id"]],
+            f"rows {r['n']}, traded {r['traded']}",
+        )
         for r in rows
         if (r["status"], Decimal(r["filled_quantity"])) != expected[r["intent_id"]]
         or r["n"] != 1
         or Decimal(r["traded"]) != Decimal(r["filled_quantity"])
     ]
-    assert not wrong, f"{len(wrong)} intents ended otherwise than their story, e.g. {wrong[:5]}"
+    if wrong:
+        raise AssertionError(
+            f"{len(wrong)} intents ended otherwise than their story, e.g. {wrong[:5]}; "
+            + await _fill_trail(nc, db, settings, [w[0] for w in wrong[:3]])
+        )
     by_intent = {r["intent_id"]: r for r in rows}
 
     # The brokers: exactly one order per intent (none lost, none doubled), as mbx recorded it.

@@ -59,7 +59,9 @@ def drive(browser_path: str, url: str, shots: Path) -> list[str]:
             panel.get_by_label("why").fill("browser test")
             panel.get_by_text("stop all trading").click()
             panel.get_by_role("button", name="Apply").click()
-            expect(panel.get_by_text("applied: live config revision")).to_be_visible()
+            # The apply opens the dashboard's first database connection; on a loaded 2-core CI
+            # machine that can take longer than expect's 5 s default.
+            expect(panel.get_by_text("applied: live config revision")).to_be_visible(timeout=30_000)
             expect(page.locator("[data-testid=stException]")).to_have_count(0)
         finally:
             browser.close()

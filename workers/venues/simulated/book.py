@@ -14,6 +14,7 @@ first; ``KvOrderBook`` keeps it only when asked (``request_log=True``), as it co
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -67,7 +68,10 @@ class OrderBook(Protocol):
         atomically); returns the existing order's id, and creates nothing, if the id is taken."""
         ...
 
-    async def save(self, order: VenueOrder) -> None: ...
+    async def save(self, order: VenueOrder, *, new: bool = False) -> None:
+        """Store ``order`` as it now stands; ``new``: only if the book does not hold it yet (a
+        copy from its creation must never overwrite a later version: fills would be lost)."""
+        ...
 
     async def get(self, broker_order_id: str) -> VenueOrder | None: ...
 
@@ -114,7 +118,10 @@ class MemoryOrderBook:
             self._orders[order.broker_order_id] = order
         return existing
 
-    async def save(self, order: VenueOrder) -> None:
+    async def save(self, order: VenueOrder, *, new: bool = False) -> None:
+        known = self._orders.get(order.broker_order_id)
+        if new and known is not None and known is not order:  # claim() holds the very object
+            return
         self._orders[order.broker_order_id] = order
         self._versions.append(replace(order, fills=list(order.fills)))
 
@@ -226,8 +233,13 @@ class KvOrderBook:
             return decode_order(entry.value).broker_order_id if entry.value else ""
         return None
 
-    async def save(self, order: VenueOrder) -> None:
-        await (await self._store()).put(f"o.{order.broker_order_id}", encode_order(order))
+    async def save(self, order: VenueOrder, *, new: bool = False) -> None:
+        kv = await self._store()
+        if not new:
+            await kv.put(f"o.{order.broker_order_id}", encode_order(order))
+            return
+        with contextlib.suppress(KeyWrongLastSequenceError):  # saved meanwhile, maybe traded since
+            await kv.create(f"o.{order.broker_order_id}", encode_order(order))
 
     async def get(self, broker_order_id: str) -> VenueOrder | None:
         try:
@@ -246,9 +258,10 @@ class KvOrderBook:
         created = decode_order(entry.value)
         current = await self.get(created.broker_order_id)
         if current is None:
-            # Created but never saved (the simulator stopped in between): a broker's book has
-            # the order whole, so save it now.
-            await self.save(created)
+            # Created but never saved (the simulator stopped in between, or is saving it right
+            # now): a broker's book has the order whole, so save it now unless it is there.
+            await self.save(created, new=True)
+            current = await self.get(created.broker_order_id)
         return current or created
 
     async def changes(self, after: int) -> AsyncIterator[tuple[int, VenueOrder]]:

@@ -538,7 +538,7 @@ class SimulatedVenue:
                 original = await self.book.get(existing) or await self.book.by_client_id(client_order_id)
                 if original is not None:
                     return original
-        await self.book.save(order)
+        await self.book.save(order, new=True)  # a lookup may have saved it, and a trade followed
         self._requested_as[broker_order_id] = client_order_id
         if order.fills:
             self._spent += cash_change
