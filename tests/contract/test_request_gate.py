@@ -8,12 +8,14 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.builders import make_intent
 from tests.conftest import eventually
 from tests.contract.harness import AlpacaHarness, CoinbaseHarness, IbkrHarness, RobinhoodHarness, SchwabHarness
 from workers.domain.venue import VenueRateLimited
+from workers.venues.alpaca.venue import AlpacaVenue
 from workers.venues.ibkr.venue import PACING_PAUSE_S
 
 
@@ -70,8 +72,8 @@ async def test_every_request_an_adapter_sends_takes_a_token_its_own_reads_includ
 
 
 async def test_alpaca_reads_fills_on_its_own_and_each_read_is_counted() -> None:
-    """Alpaca's placement and look-up read the fill activities besides the order: two requests
-    each, two tokens each."""
+    """Alpaca's placement reads the fill activities besides the order (two requests, two
+    tokens); a look-up of the same order finds its fills among those already read (one)."""
     harness = await AlpacaHarness.start()
     try:
         gate = CountingGate()
@@ -79,11 +81,44 @@ async def test_alpaca_reads_fills_on_its_own_and_each_read_is_counted() -> None:
         harness.fake.requests.clear()
         intent = make_intent(**harness.kind)
         await harness.venue.place_order(intent, intent.intent_id)
-        await harness.venue.locate(intent, intent.intent_id, datetime.now(UTC) - timedelta(minutes=1))
+        found = await harness.venue.locate(intent, intent.intent_id, datetime.now(UTC) - timedelta(minutes=1))
 
         fill_reads = [r for r in harness.fake.requests if r[1].startswith("/v2/account/activities")]
-        assert len(fill_reads) == 2
-        assert gate.taken == len(harness.fake.requests) == 4
+        assert len(fill_reads) == 1
+        assert found is not None and found.filled_quantity == intent.quantity and len(found.fills) == 1
+        assert gate.taken == len(harness.fake.requests) == 3
+    finally:
+        await harness.close()
+
+
+async def test_alpaca_reads_the_activities_of_a_burst_once_not_per_order() -> None:
+    """Forty orders filled, then each read back (as a stream frame per fill makes the executor
+    do): the activities are read onwards from the last one read, a page at a time, instead of
+    one scan per order; every execution is found, each once."""
+    harness = await AlpacaHarness.start()
+    try:
+        placed = []
+        first = make_intent(**harness.kind)
+        placed.append(await harness.venue.place_order(first, first.intent_id))
+        harness.fault(lot_size="1")
+        for _ in range(39):
+            intent = make_intent(**harness.kind | {"quantity": "3"})
+            placed.append(await harness.venue.place_order(intent, intent.intent_id))
+        # Read back by a venue that has read nothing yet (an executor just started).
+        fresh = AlpacaVenue(
+            harness.fake.key_id, harness.fake.secret_key, transport=httpx.MockTransport(harness.fake.handle)
+        )
+        await fresh.connect()
+        harness.fake.requests.clear()
+        read_back = [await fresh.get_order(o.broker_order_id) for o in placed]
+
+        fill_reads = [r for r in harness.fake.requests if r[1].startswith("/v2/account/activities")]
+        assert len(fill_reads) == 2  # 118 activities: two pages of 100 (a scan per order: 80)
+        by_order: dict[str, list[str]] = {}
+        for activity in harness.fake.activities:
+            by_order.setdefault(activity["order_id"], []).append(str(activity["id"]))
+        assert all(o is not None for o in read_back)
+        assert {o.broker_order_id: [f.fill_id for f in o.fills] for o in read_back if o} == by_order
     finally:
         await harness.close()
 

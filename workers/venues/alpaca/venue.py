@@ -17,6 +17,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -41,6 +42,8 @@ PAPER_URL = "https://paper-api.alpaca.markets"
 LIVE_URL = "https://api.alpaca.markets"
 DUPLICATE_CLIENT_ID = 40010001
 FILL_PAGE = 100
+FILLS_REMEMBERED = 10_000
+"""Orders whose executions an Alpaca venue keeps from the activities it has read."""
 
 
 class AlpacaVenue(HttpVenue):
@@ -64,6 +67,9 @@ class AlpacaVenue(HttpVenue):
         super().__init__(base_url, timeout_s, headers=headers, transport=transport)
         self._stream_url = stream_url or "ws" + self._base_url.removeprefix("http") + "/stream"
         self._key_id, self._secret_key = key_id, secret_key
+        self._fills_seen: dict[str, list[VenueFill]] = {}  # by order id, least recently touched first
+        self._fill_cursor: str | None = None  # the newest activity read in order
+        self._fill_reading = asyncio.Lock()
 
     async def _probe(self) -> None:
         await self._get("/v2/account")
@@ -123,9 +129,28 @@ class AlpacaVenue(HttpVenue):
         return as_far_as_known(order)
 
     async def _fills(self, order: VenueOrder) -> list[VenueFill]:
-        after = (order.submitted_at - timedelta(seconds=1)).isoformat() if order.submitted_at else None
-        fills: list[VenueFill] = []
-        token: str | None = None
+        """The order's executions, oldest first. The account's activities are read once for
+        every order, onwards from the last one read: a burst of fills (a stream frame per fill)
+        costs a read per new page, not a scan per frame, which made mbx's own requests crowd
+        Alpaca's 200-a-minute limit. An order whose executions are not all found that way (it
+        filled before this venue began reading, or an activity showed late) is read from its
+        own submission on, as before."""
+        oid = order.broker_order_id
+        async with self._fill_reading:
+            if _total(self._fills_seen.get(oid)) < order.filled_quantity and self._fill_cursor is not None:
+                await self._read_activities(token=self._fill_cursor)
+            if _total(self._fills_seen.get(oid)) < order.filled_quantity:
+                after = (order.submitted_at - timedelta(seconds=1)).isoformat() if order.submitted_at else None
+                self._fills_seen.pop(oid, None)  # replaced by the complete list read now
+                await self._read_activities(after=after, only=None if self._fill_cursor is None else oid)
+            return list(self._fills_seen.get(oid, []))
+
+    async def _read_activities(
+        self, *, token: str | None = None, after: str | None = None, only: str | None = None
+    ) -> None:
+        """Read ``FILL`` activities oldest first, from ``token`` (an activity id) or ``after`` (a
+        time) to the newest, and remember each order's executions (only ``only``'s when given:
+        a scan of the past that must not move the cursor back)."""
         while True:
             params: dict[str, Any] = {"direction": "asc", "page_size": FILL_PAGE}
             if after:
@@ -133,10 +158,23 @@ class AlpacaVenue(HttpVenue):
             if token:
                 params["page_token"] = token
             page = await self._get("/v2/account/activities/FILL", **params) or []
-            fills += [wire.parse_fill(a) for a in page if a.get("order_id") == order.broker_order_id]
+            for activity in page:
+                oid = str(activity.get("order_id"))
+                if only is None or oid == only:
+                    self._remember_fill(oid, wire.parse_fill(activity))
+            if page and only is None:
+                self._fill_cursor = str(page[-1]["id"])
             if len(page) < FILL_PAGE:
-                return fills
+                return
             token = str(page[-1]["id"])
+
+    def _remember_fill(self, order_id: str, fill: VenueFill) -> None:
+        fills = self._fills_seen.pop(order_id, [])
+        if all(f.fill_id != fill.fill_id for f in fills):
+            fills.append(fill)
+        self._fills_seen[order_id] = fills  # most recently touched last
+        while len(self._fills_seen) > FILLS_REMEMBERED:
+            del self._fills_seen[next(iter(self._fills_seen))]
 
     async def stream_updates(
         self, on_order: Callable[[VenueOrder], Awaitable[None]], on_connect: Callable[[], Awaitable[None]]
@@ -176,6 +214,10 @@ class AlpacaVenue(HttpVenue):
             return None
         order = message.get("data", {}).get("order")
         return order if isinstance(order, dict) else None
+
+
+def _total(fills: list[VenueFill] | None) -> Decimal:
+    return sum((f.quantity for f in fills or ()), Decimal(0))
 
 
 def _frame(raw: str | bytes) -> dict[str, Any]:
