@@ -8,12 +8,22 @@ is the platform's job (``workers.platform.settings.load_config``).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from contracts import AssetClass, BrokerName, OrderType, Side
 from workers.domain.capabilities import CAPABILITIES
@@ -310,6 +320,78 @@ class MarketDataConfig(_Strict):
     )
 
 
+DEFAULT_DEPTH: dict[AssetClass, Decimal] = {
+    AssetClass.EQUITY: Decimal(2000),
+    AssetClass.CRYPTO: Decimal(2),
+    AssetClass.OPTION: Decimal(20),
+}
+"""The simulated book's depth per asset class: the quantity (shares, coins, contracts) that moves
+a broker's price by 1 bps. Illustrative, not measured: 20,000 shares at one broker cost 5 bps."""
+
+
+def _positive_depth(value: Decimal) -> Decimal:
+    if value <= 0:
+        raise ValueError(f"a depth must be more than 0 (the quantity that moves the price by 1 bps), got {value}")
+    return value
+
+
+Depth = Annotated[Decimal, AfterValidator(_positive_depth)]
+
+
+class BrokerDepth(_Strict):
+    """One simulated broker's depth, where it differs from every broker's."""
+
+    depth: dict[AssetClass, Depth] = Field(
+        default_factory=dict, description="Per asset class: the quantity that moves this broker's price by 1 bps."
+    )
+    symbols: dict[str, Depth] = Field(default_factory=dict, description="Per symbol, at this broker only.")
+
+
+class ImpactConfig(_Strict):
+    """The simulated brokers' market impact (docs/routing.md, "Market impact in the simulator"):
+    taking q units walks a broker's price by q / depth bps, and the move recovers with the
+    half-life ``recovery_s``. Off by default, so the simulator fills at its fixed touch."""
+
+    enabled: bool = Field(default=False, description="Whether simulated fills move the price.")
+    recovery_s: float = Field(
+        default=60.0, description="Half-life in seconds of a broker's price displacement (how fast its book refills)."
+    )
+    depth: dict[AssetClass, Depth] = Field(
+        default_factory=lambda: dict(DEFAULT_DEPTH),
+        description="Per asset class: the quantity that moves a broker's price by 1 bps (an asset class left "
+        "out keeps its default).",
+    )
+    symbols: dict[str, Depth] = Field(default_factory=dict, description="Per symbol, at every broker.")
+    brokers: dict[BrokerName, BrokerDepth] = Field(
+        default_factory=dict, description="Per broker: its own depth per asset class or per symbol."
+    )
+
+    @field_validator("recovery_s")
+    @classmethod
+    def _recovers(cls, value: float) -> float:
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(
+                f"recovery_s must be more than 0 seconds (the half-life of a price displacement), got {value:g}"
+            )
+        return value
+
+    def depth_of(self, broker: BrokerName, symbol: str, asset: AssetClass) -> Decimal:
+        """The depth of ``symbol`` at ``broker``, the most specific setting first: the broker's
+        for the symbol, every broker's for the symbol, the broker's for the asset class, every
+        broker's for the asset class, the built-in default."""
+        own = self.brokers.get(broker) or BrokerDepth()
+        for table, key in ((own.symbols, symbol), (self.symbols, symbol)):
+            if key in table:
+                return table[key]
+        return own.depth.get(asset) or self.depth.get(asset) or DEFAULT_DEPTH[asset]
+
+
+class SimulationConfig(_Strict):
+    """How the simulated (paper) brokers behave."""
+
+    impact: ImpactConfig = Field(default_factory=ImpactConfig)
+
+
 class MbxConfig(_Strict):
     """The deployment config, in the shape of the multi-broker YAML file."""
 
@@ -320,6 +402,7 @@ class MbxConfig(_Strict):
     risk: RiskConfig = Field(default_factory=RiskConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     market_data: MarketDataConfig = Field(default_factory=MarketDataConfig)
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
 
     @model_validator(mode="after")
     def _live_needs_a_real_adapter(self) -> Self:

@@ -30,6 +30,7 @@ from workers.venues.coinbase.venue import CoinbaseVenue
 from workers.venues.robinhood.venue import BASE_URL as ROBINHOOD_URL
 from workers.venues.robinhood.venue import RobinhoodCryptoVenue
 from workers.venues.simulated.book import KvOrderBook
+from workers.venues.simulated.impact import ImpactModel
 from workers.venues.simulated.quotes import SimulatedQuoteSource
 from workers.venues.simulated.venue import SimulatedVenue
 
@@ -55,11 +56,14 @@ def _simulated(
 ) -> Venue:
     """A simulated broker whose book lives in NATS KV, so it outlives the executor process and
     is shared by its replicas, like a real broker's; it enforces the request limit the executor
-    budgets for."""
+    budgets for. With ``simulation.impact.enabled`` its fills move its price (each replica
+    keeps its own displacement)."""
     cash = config.brokers[broker].paper_cash if broker in config.brokers else BrokerConfig().paper_cash
     account_type = config.brokers[broker].account_type if broker in config.brokers else "cash"
     venue = prebuilt or SimulatedVenue(broker, rate_limit=request_limit(broker, config), cash=cash)
     venue.account_type = account_type  # the config's, also for a venue built beforehand (tests)
+    if config.simulation.impact.enabled:
+        venue.impact = ImpactModel.from_config(config.simulation.impact, broker)
     venue.book = KvOrderBook(context.js, context.topology.sim_book_bucket(broker), request_log=context.request_log)
     return venue
 

@@ -37,6 +37,7 @@ from workers.domain.venue import (
     VenueUnavailable,
 )
 from workers.venues.simulated.book import MemoryOrderBook, OrderBook, Request
+from workers.venues.simulated.impact import ImpactModel, Take
 from workers.venues.simulated.quotes import QuoteModel
 
 CENT = Decimal("0.01")
@@ -264,6 +265,11 @@ class SimulatedVenue:
     rate window, sized from the documented limit unless ``rate_limit`` = (requests, seconds)
     says otherwise. Buying power is checked against the cash this venue object has seen spent;
     replicas in separate processes each keep their own view of it.
+
+    Without ``impact`` every marketable order fills at the fixed touch of the quote model. With
+    it, orders fill at the price the impact model gives for their size, a limit order takes only
+    what the book holds up to its limit (the rest stays working), and ``get_quote`` shows the
+    broker's displaced price. The displacement lives in this venue object.
     """
 
     def __init__(
@@ -275,9 +281,11 @@ class SimulatedVenue:
         rate_limit: tuple[int, float] | None = None,
         cash: Decimal = PAPER_CASH,
         account_type: str = "cash",
+        impact: ImpactModel | None = None,
     ) -> None:
         self._broker = broker
         self._quotes = quotes or QuoteModel()
+        self.impact = impact
         self.book: OrderBook = book or MemoryOrderBook()
         self.faults = Faults()
         self.place_requests: Counter[str] = Counter()
@@ -374,7 +382,8 @@ class SimulatedVenue:
             await asyncio.sleep(min(drawn, 10 * median) / 1000)
 
     async def get_quote(self, symbol: str) -> Quote:
-        return self._quotes.quote(symbol)
+        quote = self._quotes.quote(symbol)
+        return quote if self.impact is None else self.impact.shifted(quote)
 
     async def get_order(self, broker_order_id: str) -> VenueOrder | None:
         await self._request()
@@ -496,12 +505,12 @@ class SimulatedVenue:
             raise VenueRejected("unknown_symbol", f"{self._broker} does not list {intent.symbol}", order_specific=True)
         quote = self._quotes.quote(intent.symbol)
         touch = quote.ask if intent.side is Side.BUY else quote.bid
-        quantity = intent.quantity if intent.quantity is not None else self._quantity_for(intent, touch)
+        quantity = self._size(intent, quote, touch)
         if quantity <= 0:
             raise VenueRejected(
                 "invalid_quantity", "the notional buys less than the smallest unit", order_specific=True
             )
-        price = intent.limit_price or touch
+        price = self._priced_at(intent, touch, quantity)
         held = Decimal(0)
         if intent.side is Side.SELL:
             held = (await self._account_state()).held.get((intent.symbol, str(intent.asset_class)), (held, held))[0]
@@ -528,11 +537,11 @@ class SimulatedVenue:
             limit_price=intent.limit_price,
             submitted_at=now,
         )
-        if self._marketable(intent, touch):
-            self._fill(order, intent.asset_class, touch, now)
+        taken = self._trade_on_arrival(order, intent, touch, now)
         if self.capabilities.has_client_order_id:
             existing = await self.book.claim(client_order_id, order)
             if existing is not None:
+                self._give_back(taken)  # nothing traded: the broker holds the order already
                 if self._broker in REFUSES_DUPLICATE:
                     raise VenueDuplicate(f"client_order_id {client_order_id} must be unique")
                 original = await self.book.get(existing) or await self.book.by_client_id(client_order_id)
@@ -566,6 +575,73 @@ class SimulatedVenue:
         while order.leaves_quantity > 0:
             self._execute(order, asset, min(lot, order.leaves_quantity), price, now)
 
+    def _size(self, intent: OrderIntent, quote: Quote, touch: Decimal) -> Decimal:
+        """The order's quantity: as given, or what its notional is worth at the touch. Under the
+        impact model that is the touch the broker shows, and a buy's amount also pays for the
+        impact (one step down from the shown touch's quantity, so it spends at most the amount)."""
+        if intent.quantity is not None:
+            return intent.quantity
+        if self.impact is None:
+            return self._quantity_for(intent, touch)
+        quantity = self._quantity_for(intent, self._touch(self.impact.shifted(quote), intent.side))
+        if intent.side is Side.BUY and quantity > 0:
+            average = self.impact.average_price(intent.symbol, intent.asset_class, intent.side, touch, quantity)
+            quantity = self._quantity_for(intent, average)
+        return quantity
+
+    def _priced_at(self, intent: OrderIntent, touch: Decimal, quantity: Decimal) -> Decimal:
+        """The price the account check values the order at: its limit price, else what filling
+        it now would pay (the touch, or its average price under the impact model)."""
+        if intent.limit_price is not None:
+            return intent.limit_price
+        if self.impact is None:
+            return touch
+        return self.impact.average_price(intent.symbol, intent.asset_class, intent.side, touch, quantity)
+
+    def _trade_on_arrival(self, order: VenueOrder, intent: OrderIntent, touch: Decimal, now: datetime) -> list[Take]:
+        """Fill what the market gives the order as it arrives; returns what it took from the
+        impact model's book (nothing without the model)."""
+        if self.impact is not None:
+            return self._take(self.impact, order, intent, touch, now)
+        if self._marketable(intent, touch):
+            self._fill(order, intent.asset_class, touch, now)
+        return []
+
+    def _take(
+        self, impact: ImpactModel, order: VenueOrder, intent: OrderIntent, touch: Decimal, now: datetime
+    ) -> list[Take]:
+        """Fill what the book holds for the order at the impact model's prices, in lots of at
+        most ``lot_size``: all of a market order; of a limit order, only what fills without
+        crossing its limit (the rest stays working). ``touch`` is before displacement."""
+        if intent.order_type is OrderType.MARKET:
+            size = order.quantity
+        elif intent.order_type is OrderType.LIMIT:
+            assert intent.limit_price is not None
+            step = Decimal(1) if order.quantity == order.quantity.to_integral_value() else QTY_STEP
+            available = impact.available(
+                intent.symbol, intent.asset_class, intent.side, touch, intent.limit_price, step
+            )
+            size = min(order.quantity, available)
+        else:
+            return []  # stop orders wait for their trigger, which the simulation does not move to
+        lot = self.faults.lot_size or order.quantity
+        taken: list[Take] = []
+        while size > 0:
+            take = impact.take(intent.symbol, intent.asset_class, intent.side, touch, min(lot, size))
+            price = take.price
+            if intent.limit_price is not None:  # rounding to the price step never crosses the limit
+                price = min(price, intent.limit_price) if intent.side is Side.BUY else max(price, intent.limit_price)
+            self._execute(order, intent.asset_class, take.quantity, price, now)
+            taken.append(take)
+            size -= take.quantity
+        return taken
+
+    def _give_back(self, taken: list[Take]) -> None:
+        """Undo the executions of an order the broker turned out to hold already."""
+        if self.impact is not None:
+            for take in taken:
+                self.impact.give_back(take)
+
     def _execute(self, order: VenueOrder, asset: AssetClass, size: Decimal, price: Decimal, now: datetime) -> None:
         """One execution, through the order state machine (which refuses an overfill)."""
         execution = Execution(order.quantity, order.status, order.filled_quantity, order.average_price, order.fees)
@@ -574,6 +650,10 @@ class SimulatedVenue:
         order.fills.append(VenueFill(f"{order.broker_order_id}-{len(order.fills) + 1}", size, price, fee, now))
         order.status, order.filled_quantity = execution.status, execution.filled_quantity
         order.average_price, order.fees = execution.average_price, execution.fees
+
+    @staticmethod
+    def _touch(quote: Quote, side: Side) -> Decimal:
+        return quote.ask if side is Side.BUY else quote.bid
 
     @staticmethod
     def _quantity_for(intent: OrderIntent, price: Decimal) -> Decimal:
