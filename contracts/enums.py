@@ -95,6 +95,32 @@ _TERMINAL = frozenset(
 )
 
 
+class ParentStatus(StrEnum):
+    """Lifecycle state of a parent order (an intent with an ``execution`` block) across its children.
+
+    ``working``: children are planned or working and nothing has filled yet. ``partially_filled``:
+    some quantity has filled and more is to come. ``filled``: the children filled the whole
+    quantity. ``cancelled``: the parent was cancelled; unsent slices were dropped, every working
+    child has ended, and the report says what filled before that. ``done_with_shortfall``: every
+    slice was sent and every child has ended, but they filled less than the quantity (children
+    rejected, expired or hit the limit price).
+    """
+
+    WORKING = "working"
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    CANCELLED = "cancelled"
+    DONE_WITH_SHORTFALL = "done_with_shortfall"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True when no further report will follow for this parent."""
+        return self in _PARENT_TERMINAL
+
+
+_PARENT_TERMINAL = frozenset({ParentStatus.FILLED, ParentStatus.CANCELLED, ParentStatus.DONE_WITH_SHORTFALL})
+
+
 class DeadLetterStage(StrEnum):
     """The worker stage that gave up on a message."""
 

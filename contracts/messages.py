@@ -14,7 +14,16 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from contracts.enums import (
     AssetClass,
@@ -22,18 +31,21 @@ from contracts.enums import (
     DeadLetterStage,
     OrderStatus,
     OrderType,
+    ParentStatus,
     PositionEffect,
     Side,
     TimeInForce,
 )
 
 SCHEMA_VERSION = 1
+INTENT_ID_MAX_LENGTH = 48
+"""Characters an intent id may have: the safe client order id limit at Alpaca."""
 
 IntentId = Annotated[
     str,
     Field(
         min_length=1,
-        max_length=48,
+        max_length=INTENT_ID_MAX_LENGTH,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
         description=(
             "Unique id of the order intent, chosen by the strategy. It is the JetStream "
@@ -77,6 +89,22 @@ METADATA_MAX_KEY_LENGTH = 64
 METADATA_MAX_VALUE_LENGTH = 256
 METADATA_MAX_TOTAL = 4096
 """Characters of all metadata keys and values together."""
+QUANTITY_QUANTUM = Decimal("1e-9")
+"""The finest quantity step the contract carries (9 decimals)."""
+MAX_SPLIT_BROKERS = 5
+"""A split spreads one slice over at most this many brokers (every broker mbx knows)."""
+MIN_TWAP_DURATION_S = 10.0
+"""A TWAP lasts at least this long: shorter, its slices would go out faster than brokers confirm them."""
+MAX_TWAP_DURATION_S = 5 * 86400.0
+"""A TWAP lasts at most five days."""
+MIN_TWAP_SLICES = 2
+MAX_SLICES = 1000
+"""A parent has at most this many slices (TWAP slices or iceberg reloads): every slice is at least one
+order at a broker, and broker rate budgets are a few hundred orders a minute."""
+MIN_SLICE_INTERVAL_S = 1.0
+"""TWAP slices are at least this far apart."""
+MAX_JITTER_PCT = 50.0
+"""Jitter moves a TWAP slice by at most half its interval, so slices never swap places."""
 
 
 def _decimal_schema(upper: int, integer_digits: int, decimals: int, what: str) -> dict[str, Any]:
@@ -144,6 +172,178 @@ class Message(BaseModel):
     schema_version: int = Field(default=SCHEMA_VERSION, ge=1, description="Wire schema version.")
 
 
+_ALGORITHMS = ("split", "twap", "iceberg")
+
+
+class SplitSpec(BaseModel):
+    """Split each slice of a parent order across several brokers at once.
+
+    The router's split rule sizes the children of a slice: eligible brokers only, each within its
+    rate headroom, queue wait and ``max_broker_allocation`` (counting children still in flight),
+    better-scoring brokers first. A sell that reduces a long held at several brokers (a buy that
+    reduces a short) goes only to the brokers holding it, each at most what it holds. Give at most
+    one of ``min_child_quantity`` and ``min_child_notional``: no child is smaller, so a slice is
+    spread over fewer brokers when its shares would be; a slice smaller than the minimum goes
+    whole to one broker.
+    """
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        json_schema_extra={
+            "not": {
+                "required": ["min_child_quantity", "min_child_notional"],
+                "properties": {
+                    "min_child_quantity": {"not": {"type": "null"}},
+                    "min_child_notional": {"not": {"type": "null"}},
+                },
+            }
+        },
+    )
+
+    max_brokers: int = Field(
+        default=MAX_SPLIT_BROKERS,
+        ge=1,
+        le=MAX_SPLIT_BROKERS,
+        description=f"Most brokers one slice is spread over, 1 to {MAX_SPLIT_BROKERS}.",
+    )
+    min_child_quantity: Quantity | None = Field(default=None, description="Smallest child order, in units.")
+    min_child_notional: Notional | None = Field(
+        default=None, description="Smallest child order in USD, at the price the split is sized with."
+    )
+
+    @model_validator(mode="after")
+    def _one_minimum(self) -> Self:
+        if self.min_child_quantity is not None and self.min_child_notional is not None:
+            raise ValueError("give at most one of min_child_quantity or min_child_notional")
+        return self
+
+
+class TwapSpec(BaseModel):
+    """Send a parent order in ``slices`` equal slices evenly spaced over ``duration_s`` seconds.
+
+    The first slice goes when the parent arrives, the others every ``duration_s / slices`` seconds,
+    so the last one is due one interval before the end. Quantities are whole units for a whole
+    equity or option quantity (the remainder spread one unit at a time, so the slices add up to
+    the quantity exactly). ``jitter_pct`` moves each slice after the first by up to that percent
+    of the interval, earlier or later, by an amount derived from the intent id (the same intent
+    always gets the same times), so the schedule is harder to spot and slices never swap places.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    duration_s: float = Field(
+        allow_inf_nan=False,
+        description=f"Seconds from the first slice to the end, {MIN_TWAP_DURATION_S:g} to "
+        f"{MAX_TWAP_DURATION_S:g} (five days).",
+        json_schema_extra={"minimum": MIN_TWAP_DURATION_S, "maximum": MAX_TWAP_DURATION_S},
+    )
+    slices: int = Field(
+        description=f"Number of slices, {MIN_TWAP_SLICES} to {MAX_SLICES}, at least {MIN_SLICE_INTERVAL_S:g} s apart.",
+        json_schema_extra={"minimum": MIN_TWAP_SLICES, "maximum": MAX_SLICES},
+    )
+    jitter_pct: float = Field(
+        default=0.0,
+        ge=0,
+        le=MAX_JITTER_PCT,
+        allow_inf_nan=False,
+        description=f"Random-looking shift of each slice, percent of the interval, 0 to {MAX_JITTER_PCT:g}.",
+    )
+
+    @field_validator("duration_s")
+    @classmethod
+    def _duration_in_bounds(cls, value: float) -> float:
+        if value < MIN_TWAP_DURATION_S:
+            raise ValueError(
+                f"a TWAP lasts at least {MIN_TWAP_DURATION_S:g} s, got {value:g} s: slices sent faster than that "
+                "would outrun the brokers' confirmations; send the order without twap instead"
+            )
+        if value > MAX_TWAP_DURATION_S:
+            raise ValueError(f"a TWAP lasts at most {MAX_TWAP_DURATION_S:g} s (five days), got {value:g} s")
+        return value
+
+    @field_validator("slices")
+    @classmethod
+    def _slices_in_bounds(cls, value: int) -> int:
+        if value < MIN_TWAP_SLICES:
+            raise ValueError(f"a TWAP has at least {MIN_TWAP_SLICES} slices, got {value}")
+        if value > MAX_SLICES:
+            raise ValueError(
+                f"a TWAP has at most {MAX_SLICES} slices, got {value}: every slice is an order at a broker, "
+                "and brokers' rate budgets are a few hundred orders a minute; use fewer, larger slices"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _slices_apart(self) -> Self:
+        interval = self.duration_s / self.slices
+        if interval < MIN_SLICE_INTERVAL_S:
+            raise ValueError(
+                f"TWAP slices must be at least {MIN_SLICE_INTERVAL_S:g} s apart: {self.slices} slices over "
+                f"{self.duration_s:g} s would be {interval:.3g} s apart"
+            )
+        return self
+
+
+class IcebergSpec(BaseModel):
+    """Show only ``display_quantity`` of a parent order at a time.
+
+    The first slice goes when the parent arrives; each next slice (``display_quantity``, the last
+    one the remainder) goes when the previous slice has ended, so at most ``display_quantity`` is
+    working at once (across every broker, when combined with ``split``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    display_quantity: Quantity = Field(
+        description="Units working at once; below the order's quantity, and a whole number when the quantity is a "
+        f"whole equity or option quantity. The quantity may need at most {MAX_SLICES} slices of it."
+    )
+
+
+class Execution(BaseModel):
+    """How mbx works a large order (a *parent*): split across brokers, sliced over time, or both.
+
+    Give at least one block. ``twap`` and ``iceberg`` are the time algorithms and exclusive (one
+    per parent); ``split`` combines with either (each slice is split across brokers) or stands
+    alone (the whole order is split at once). A parent gives ``quantity``, not ``notional``, and
+    no ``broker`` when it splits. mbx sends every child as an ordinary intent with an id derived
+    from the parent's id and the slice, so a replay never makes a new child. The intent's
+    ``limit_price``, ``order_type``, ``side`` and ``time_in_force`` apply to every child: the limit
+    price caps every child. Progress is reported as ``ParentReport`` on
+    ``mbx.exec.parent.<status>.<strategy>``. VWAP (slices sized by a volume curve) is not offered
+    yet: it needs traded volumes from the market-data source.
+    """
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        # The cross-field rules below, said in the JSON Schema too, so a client validating against
+        # it is not refused later for them.
+        json_schema_extra={
+            "anyOf": [{"required": [name], "properties": {name: {"type": "object"}}} for name in _ALGORITHMS],
+            "not": {
+                "required": ["twap", "iceberg"],
+                "properties": {"twap": {"type": "object"}, "iceberg": {"type": "object"}},
+            },
+        },
+    )
+
+    split: SplitSpec | None = Field(default=None, description="Split each slice across brokers.")
+    twap: TwapSpec | None = Field(default=None, description="Equal slices evenly spaced over a duration.")
+    iceberg: IcebergSpec | None = Field(default=None, description="Show only part of the order at a time.")
+
+    @model_validator(mode="after")
+    def _one_algorithm(self) -> Self:
+        if self.split is None and self.twap is None and self.iceberg is None:
+            raise ValueError("an execution block needs at least one of split, twap or iceberg")
+        if self.twap is not None and self.iceberg is not None:
+            raise ValueError(
+                "give twap or iceberg, not both: a parent follows one time algorithm (add split to either)"
+            )
+        return self
+
+
 class OrderIntent(Message):
     """An order a strategy wants executed; mbx picks the broker.
 
@@ -178,6 +378,12 @@ class OrderIntent(Message):
         "of a symbol held nowhere opens a short only at a broker whose config allows shorting. `open`: the "
         "order may open a position (a short sale) at any broker whose account allows it. `close`: the order "
         "must only reduce a held position, else it is refused. Added in 1 without a version change: optional.",
+    )
+    execution: Execution | None = Field(
+        default=None,
+        description="Work the order as a parent: split across brokers (split), sliced over time (twap, iceberg), or "
+        "both. Needs quantity, not notional; limit_price caps every child. Empty (the default): one order at one "
+        "broker. Added in 1 without a version change: optional.",
     )
     metadata: dict[MetadataKey, MetadataValue] = Field(
         default_factory=dict,
@@ -218,6 +424,56 @@ class OrderIntent(Message):
         if not needs_stop and self.stop_price is not None:
             raise ValueError(f"stop_price is not allowed for {self.order_type} orders")
         return self
+
+    @model_validator(mode="after")
+    def _check_execution(self) -> Self:
+        execution = self.execution
+        if execution is None:
+            return self
+        if self.quantity is None:
+            raise ValueError(
+                "an order with an execution block gives quantity, not notional: its slices are sized in units"
+            )
+        if execution.split is not None and self.broker is not None:
+            raise ValueError("an order with a split chooses its brokers: give broker or split, not both")
+        step = self.quantity_step
+        units = self.quantity / step
+        if execution.twap is not None and units < execution.twap.slices:
+            raise ValueError(
+                f"a TWAP of {execution.twap.slices} slices needs a quantity of at least "
+                f"{execution.twap.slices * step:f} ({step:f} a slice); the quantity is {self.quantity}"
+            )
+        if execution.iceberg is not None:
+            display = execution.iceberg.display_quantity
+            if display >= self.quantity:
+                raise ValueError(
+                    f"iceberg display_quantity {display} must be below the quantity {self.quantity}: an iceberg shows "
+                    "part of the order"
+                )
+            if display % step:
+                raise ValueError(
+                    f"iceberg display_quantity {display} must be a whole number for a whole equity or option quantity"
+                )
+            reloads = -(-self.quantity // display)
+            if reloads > MAX_SLICES:
+                raise ValueError(
+                    f"an iceberg of {self.quantity} showing {display} takes {reloads} slices; at most {MAX_SLICES} "
+                    "are allowed: show more at a time"
+                )
+        return self
+
+    @property
+    def quantity_step(self) -> Decimal:
+        """The unit a parent order's children are sized in: one whole unit for a whole equity or
+        option quantity (so every child can go to a broker without fractional shares), else the
+        contract's precision, 1e-9."""
+        if (
+            self.quantity is not None
+            and self.asset_class is not AssetClass.CRYPTO
+            and self.quantity == self.quantity.to_integral_value()
+        ):
+            return Decimal(1)
+        return QUANTITY_QUANTUM
 
     @property
     def is_fractional(self) -> bool:
@@ -368,6 +624,60 @@ class ExecutionReport(Message):
             "attempt will follow (a rejection that fails over to another broker is not final)."
         ),
     )
+
+
+class ChildOrder(BaseModel):
+    """One child of a parent order: an ordinary intent the router routes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    intent_id: IntentId
+    broker: BrokerName | None = Field(
+        default=None, description="The broker the child was split to or routed to; empty until one is known."
+    )
+    slice_number: int = Field(ge=0, lt=MAX_SLICES, description="The slice the child belongs to, from 0.")
+    quantity: Quantity
+    filled_quantity: NonNegativeDecimal = Decimal(0)
+    status: str = Field(
+        max_length=32, description="The child's order status (an OrderStatus), or `planned` before it is sent."
+    )
+
+
+class ParentReport(Message):
+    """The state of a parent order (an intent with an ``execution`` block) across its children.
+
+    Published to ``mbx.exec.parent.<status>.<strategy>`` whenever the parent's state changes.
+    ``intent_id`` is the parent's; each child has its own routes and execution reports under its
+    own intent id. ``slippage_bps`` compares the average fill price with ``arrival_price`` (the
+    reference quote's mid when the parent arrived): positive is worse (a buy paid more, a sell
+    received less). ``report_seq`` increases with every report for the parent; ``final`` is true on
+    the report that ends it.
+    """
+
+    intent_id: IntentId = Field(description="The parent intent's id.")
+    strategy_id: StrategyId
+    symbol: Symbol
+    side: Side
+    status: ParentStatus
+    quantity: Quantity = Field(description="The parent's quantity.")
+    filled_quantity: NonNegativeDecimal = Field(default=Decimal(0), description="Filled over every child.")
+    average_price: NonNegativeDecimal | None = Field(
+        default=None, description="Quantity-weighted average fill price over every child; empty before a fill."
+    )
+    arrival_price: NonNegativeDecimal | None = Field(
+        default=None, description="The reference mid price when the parent arrived; empty without a fresh quote."
+    )
+    slippage_bps: float | None = Field(
+        default=None, description="Average price against the arrival price, basis points; > 0 worse."
+    )
+    children: tuple[ChildOrder, ...] = Field(
+        default=(),
+        max_length=MAX_SLICES * MAX_SPLIT_BROKERS,
+        description="Every child planned or sent so far, by slice.",
+    )
+    reason: str = Field(default="", max_length=500, description="Why the parent was cancelled or fell short.")
+    report_seq: int = Field(default=1, ge=0, description="Per-parent report sequence number.")
+    final: bool = Field(default=False, description="True on the report that ends the parent.")
 
 
 class CancelReject(Message):

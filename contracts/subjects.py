@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from contracts.enums import BrokerName, DeadLetterStage, OrderStatus
+from contracts.enums import BrokerName, DeadLetterStage, OrderStatus, ParentStatus
 
 SUBJECTS_VERSION = 2
 """The subject layout. 2: routes, execution reports, cancel rejections and fills end with the
@@ -24,6 +24,8 @@ UNROUTED = "unrouted"
 CANCEL_REJECTED = "cancel_rejected"
 REFUSED = "refused"
 """Broker token of reports about intents the router rejected before choosing a broker."""
+PARENT = "parent"
+"""Broker token of parent-order reports (``exec.parent.<status>.<strategy>``); never a broker's name."""
 
 INTENT_ID_HEADER = "Mbx-Intent-Id"
 STRATEGY_ID_HEADER = "Mbx-Strategy-Id"
@@ -149,6 +151,16 @@ class Subjects:
     def is_refusal(self, subject: str) -> bool:
         parts = subject.split(".")
         return len(parts) >= 4 and parts[0] == self.prefix and parts[1] == "exec" and parts[3] == REFUSED
+
+    def parent_report(self, status: ParentStatus | str, strategy_id: str) -> str:
+        """A parent order's state across its children (``ParentReport``). It sits among the execution
+        reports, so a strategy reads it with its own results; readers of ``exec.>`` tell it apart
+        with ``is_parent_report``."""
+        return f"{self.prefix}.exec.{PARENT}.{status}.{strategy_id}"
+
+    def is_parent_report(self, subject: str) -> bool:
+        parts = subject.split(".")
+        return len(parts) >= 4 and parts[0] == self.prefix and parts[1] == "exec" and parts[2] == PARENT
 
     def fill(self, broker: BrokerName | str, symbol: str, strategy_id: str) -> str:
         return f"{self.prefix}.fills.{broker}.{symbol_token(symbol)}.{strategy_id}"
