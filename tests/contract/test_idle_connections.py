@@ -9,11 +9,12 @@ from decimal import Decimal
 
 import pytest
 
+from contracts import OrderStatus
 from tests.builders import make_intent
 from tests.fakes.alpaca import FakeAlpaca
 from tests.fakes.idle_close import IdleClosingNetwork
 from tests.fakes.serve import serve
-from workers.domain.venue import VenueAmbiguous
+from workers.domain.venue import VenueAmbiguous, VenueRejected
 from workers.venues.alpaca.venue import AlpacaVenue
 
 
@@ -51,5 +52,31 @@ async def test_a_post_written_before_the_connection_dropped_stays_ambiguous() ->
                 await venue.place_order(intent, intent.intent_id)
             assert [path for method, path in fake.requests if method == "POST"] == ["/v2/orders"]
             assert network.connections == 1
+        finally:
+            await venue.disconnect()
+
+
+async def test_a_cancel_written_before_the_connection_dropped_is_sent_again() -> None:
+    """A DELETE is idempotent: the one whose answer was lost with the connection is sent once
+    more on a fresh connection instead of leaving the cancel unanswered (the bad-day run had a
+    cancel wait through deliveries until its order expired). The second finds the order
+    cancelled: too late, by the contract, and the executor takes that as done."""
+    fake = FakeAlpaca(cash=Decimal(10**9))
+    network = IdleClosingNetwork()
+    with serve(fake.handle) as (url, _):
+        venue = AlpacaVenue(fake.key_id, fake.secret_key, base_url=url, transport=network.transport())
+        await venue.connect()
+        try:
+            intent = make_intent(order_type="limit", limit_price="1")
+            placed = await venue.place_order(intent, intent.intent_id)
+            network.drop_after_sending()
+            with pytest.raises(VenueRejected) as answered:
+                await venue.cancel_order(placed.broker_order_id)
+            assert answered.value.reason_code == "too_late_to_cancel"
+            assert [path for method, path in fake.requests if method == "DELETE"] == [
+                f"/v2/orders/{placed.broker_order_id}"
+            ] * 2
+            now = await venue.get_order(placed.broker_order_id)
+            assert now is not None and now.status is OrderStatus.CANCELLED
         finally:
             await venue.disconnect()

@@ -37,7 +37,7 @@ from workers.domain.venue import (
     VenueOrder,
 )
 from workers.executor.budget import DailyOrderBudget, RateBudget
-from workers.executor.handlers import ExecutorHandlers
+from workers.executor.handlers import PROBE_INTERVAL, ExecutorHandlers
 from workers.platform import metrics
 from workers.platform.bus import open_bucket, publish
 from workers.platform.live_config import CONFIG_HISTORY
@@ -51,10 +51,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("mbx.executor")
 
 HEARTBEAT_INTERVAL = 1.0
-PROBE_INTERVAL = 2.0
-"""Seconds between looks at a broker that counts as down (refused keys, unreachable): the router
-sends it nothing meanwhile, so without a look of its own it would stay down until the next
-snapshot (30 s) after it recovered."""
 HEARTBEAT_WRITE_TIMEOUT = 2.0
 """Seconds one heartbeat write may take; then it is built again (a fresh ``last_seen``) and sent
 again, until it is stored: a cluster electing the bucket's leader (4-8 s) answers nothing."""
@@ -240,7 +236,7 @@ class ExecutorWorker(Worker):
         if self.venue.is_connected or self.stopping.is_set():
             return
         with contextlib.suppress(VenueError, TimeoutError):  # still down: its reason is kept
-            await self.handlers.broker_call(self.venue.connect(), "probing the broker")
+            await self.handlers.broker_call(self.venue.connect(), "probing the broker", probe=True)
 
     def status(self, connected: bool | None = None) -> BrokerStatus:
         stats = self.handlers.stats

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -82,6 +83,11 @@ class VenueStats:
         self.error_rate += self.ALPHA * ((1.0 if failed else 0.0) - self.error_rate)
 
 
+PROBE_INTERVAL = 2.0
+"""Seconds between an executor's looks at a broker that counts as down (refused keys,
+unreachable, failing): the router sends it nothing meanwhile, so without a look of its own it
+would stay down until the next snapshot (30 s) after it recovered. Only these looks ask it;
+messages for it wait for the next one, so they go within this long of its return."""
 DEFAULT_REQUEST_TIMEOUT = 10.0
 ADVANCE_ATTEMPTS = 5
 """Times a report of an order is re-based on a newer ledger entry before it is retried later."""
@@ -211,10 +217,19 @@ class ExecutorHandlers:
         failpoint("after_report")  # reported, not yet acked
         return str(order.status)
 
-    async def _call(self, work: Awaitable[T], what: str) -> T:
+    async def _call(self, work: Awaitable[T], what: str, *, probe: bool = False) -> T:
         """A broker call with its deadline (``brokers.<name>.request_timeout_s``): TimeoutError
-        after it, so nothing waits on a hung broker while its message is kept in progress."""
+        after it, so nothing waits on a hung broker while its message is kept in progress.
+
+        A broker that counts as down is not asked (``probe``: the look that finds it up again):
+        ``VenueUnavailable`` ready at the next look, so its messages wait for that, neither
+        spending rate tokens on requests bound to fail (a refused key, again and again) nor
+        backing off for longer than the broker stays down."""
         broker = str(self.venue.broker)
+        if not probe and not self.venue.is_connected:
+            if inspect.iscoroutine(work):
+                work.close()
+            raise VenueUnavailable(self.venue.down_because or f"{broker} is not connected", PROBE_INTERVAL)
         with telemetry.span("broker call", broker=broker, call=what):
             started = time.perf_counter()
             try:
@@ -224,9 +239,10 @@ class ExecutorHandlers:
             finally:
                 metrics.BROKER_CALL_SECONDS.labels(broker, what).observe(time.perf_counter() - started)
 
-    async def broker_call(self, work: Awaitable[T], what: str) -> T:
-        """A broker call outside order handling (account, positions) with the same deadline."""
-        return await self._call(work, what)
+    async def broker_call(self, work: Awaitable[T], what: str, *, probe: bool = False) -> T:
+        """A broker call outside order handling (account, positions, the look at a broker that
+        counts as down) with the same deadline."""
+        return await self._call(work, what, probe=probe)
 
     async def _locate(self, decision: RouteDecision, since: datetime) -> VenueOrder | None:
         """This attempt's order at the broker, if any. Where the broker has no client order ids,
@@ -463,6 +479,10 @@ class ExecutorHandlers:
             if current is None:
                 raise  # the ledger and the broker disagree: retry, then dead-letter
             await self.advance(entry.intent_id, current)
+            if current.status is OrderStatus.CANCELLED:
+                # Cancelled already: by this cancel's earlier request whose answer was lost (the
+                # DELETE sent again finds it done), or from elsewhere. What it asked for holds.
+                return f"cancel:{current.status}"
             return await self._cancel_rejected(request, current.status, exc.reason_code, exc.reason)
         except VenueAmbiguous as exc:
             # The cancel may have reached the broker (a 5xx or no answer to the DELETE): report

@@ -42,6 +42,10 @@ def make_client(
     )
 
 
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+"""Methods whose repetition has the effect of one request (RFC 9110, 9.2.2)."""
+
+
 async def send(
     client: httpx.AsyncClient,
     broker: str,
@@ -58,7 +62,9 @@ async def send(
     A pooled keep-alive connection the server closed while it sat idle, found so only when the
     request's head could not be written to it, is no answer: the request is sent once more, on
     another connection (the failed one is dropped). Once the head was written the failure stays
-    what it is (ambiguous for a POST): the broker may have read the request."""
+    what it is (ambiguous for a POST): the broker may have read the request. An idempotent
+    request (a read, a cancel's DELETE) is sent once more either way: twice has the effect of
+    once (RFC 9110, 9.2.2), and the answer is what the caller needs."""
 
     def build() -> httpx.Request:
         request = client.build_request(method, path, **kwargs)
@@ -73,7 +79,7 @@ async def send(
         try:
             return await client.send(request)
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
-            if not unwritten.proven:
+            if not unwritten.proven and method.upper() not in IDEMPOTENT:
                 raise
         return await client.send(build())
 
