@@ -246,7 +246,16 @@ def day_steps(
             )
             if rows and rows[-1]["status"] == "filled":
                 if rows[-1]["broker_name"] != day.broker:
-                    day.notes.append(f"after the key came back, an order went to {rows[-1]['broker_name']}: {rows}")
+                    routes = await fetch_all(
+                        day.db,
+                        "SELECT broker_name, rule, decision->'excluded' AS excluded FROM multi_broker_routes "
+                        "WHERE intent_id = :i ORDER BY attempt",
+                        i=payload["intent_id"],
+                    )
+                    day.notes.append(
+                        f"after the key came back, an order went to {rows[-1]['broker_name']}: {rows}; "
+                        f"its routes: {[dict(r) for r in routes]}"
+                    )
                 return
             await asyncio.sleep(0.2)
         day.notes.append(f"after the key came back, an order was not filled within {RECOVERY_S} s")

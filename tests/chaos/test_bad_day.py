@@ -298,9 +298,20 @@ async def check_the_day(
         )
 
     ended = Counter((book.phase[i], r["broker_name"], r["status"]) for i, r in final.items())
+    # Why first routes went elsewhere (the router's own words for the broker it passed over).
+    passed_over = Counter(
+        (book.phase[r["intent_id"]], r["rule"], str(r["excluded"])[:160])
+        for r in await fetch_all(
+            db,
+            "SELECT intent_id, rule, decision->'excluded' AS excluded FROM multi_broker_routes "
+            "WHERE intent_id = ANY(:ids) AND attempt = 1 AND broker_name <> :b",
+            ids=ids,
+            b=broker,
+        )
+    )
     why = Counter((book.phase[i], c) for i, r in reasons.items() for c in r)
     assert problems == [], (
         f"{broker}'s bad day:\n- " + "\n- ".join(problems) + f"\nthe fake's counters: {counters}\n"
         f"how intents ended (phase, broker, status): {dict(ended)}\nfailovers (phase, reason): {dict(why)}\n"
-        f"timeline: {timeline.ran}"
+        f"first routes elsewhere (phase, rule, excluded): {dict(passed_over)}\ntimeline: {timeline.ran}"
     )
