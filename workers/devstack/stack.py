@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from contracts.client import split_servers
 from workers.devstack.nats import EmbeddedNats, EmbeddedNatsCluster
 from workers.devstack.postgres import EmbeddedPostgres
 from workers.devstack.processes import port_free, spawn, stop, wait_until
-from workers.domain.config import MbxConfig
+from workers.domain.config import ConfigError, MbxConfig
 from workers.ops.security import SecuritySetup, access, route_tls_block
 from workers.platform.access import connect_options, with_access
 from workers.platform.bus import BUS_UNAVAILABLE, ensure_streams, jetstream, open_bucket, use_replicas
@@ -59,6 +60,19 @@ def read_stack(data_dir: Path) -> dict[str, object] | None:
     except (OSError, ValueError, KeyError, json.JSONDecodeError):
         return None
     return dict(info)
+
+
+WORKER_MODULE_ENV = "MBX_WORKER_MODULE"
+"""The module the workers run as (``python -m <module> worker ...``; default ``workers``): a
+wrapper around ``workers.cli.main`` that instruments a client library, or, in the IBKR bad-day
+run, points ib_async at the test's gateway, reaches every worker `mbx up` starts."""
+
+
+def worker_module() -> str:
+    module = os.environ.get(WORKER_MODULE_ENV, "").strip() or "workers"
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", module):
+        raise ConfigError(f"{WORKER_MODULE_ENV}={module!r} is not a Python module name")
+    return module
 
 
 @dataclass
@@ -163,7 +177,7 @@ class Stack:
         return nats_url, database_url
 
     def _start_workers(self, nats_url: str, database_url: str) -> None:
-        base = [sys.executable, "-m", "workers", "worker"]
+        base = [sys.executable, "-m", worker_module(), "worker"]
         kinds = [("router", ["router"])]
         kinds += [(f"executor-{b}", ["executor", "--broker", str(b)]) for b in self.config.enabled_brokers()]
         kinds.append(("aggregator", ["aggregator"]))
