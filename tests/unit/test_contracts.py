@@ -172,7 +172,7 @@ def test_contracts_never_import_workers_or_nats() -> None:
 def test_committed_schemas_match_the_models() -> None:
     """The JSON Schemas and the AsyncAPI document in contracts/schemas/ are up to date."""
     assert write_schemas(check=True) == [], "run `make schemas` and commit the result"
-    assert len(MODELS) == 16
+    assert len(MODELS) == 17
 
 
 def test_fill_score_falls_with_rejections_and_slippage_and_stays_in_bounds() -> None:

@@ -27,6 +27,7 @@ from contracts import (
     FillQuality,
     IntentRefused,
     OrderIntent,
+    ParentReport,
     Portfolio,
     PositionSnapshot,
     RouteDecision,
@@ -34,7 +35,7 @@ from contracts import (
     Subjects,
     SymbolExposure,
 )
-from contracts.enums import BrokerName, DeadLetterStage, OrderStatus
+from contracts.enums import BrokerName, DeadLetterStage, OrderStatus, ParentStatus
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "contracts" / "schemas"
 
@@ -43,6 +44,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     CancelRequest,
     RouteDecision,
     ExecutionReport,
+    ParentReport,
     CancelReject,
     IntentRefused,
     Fill,
@@ -104,6 +106,13 @@ def asyncapi() -> dict[str, Any]:
                 "strategy_id": strategy,
             },
             "Order state changes at the brokers.",
+        ),
+        "parentReport": (
+            "mbx.exec.parent.{status}.{strategy_id}",
+            "ParentReport",
+            {"status": _param("The parent order's status.", [str(x) for x in ParentStatus]), "strategy_id": strategy},
+            "Parent orders' state across their children (intents with an execution block); readers of "
+            "mbx.exec.> tell them from execution reports by the token 'parent', never a broker's name.",
         ),
         "cancelReject": (
             "mbx.exec.{broker}.cancel_rejected.{strategy_id}",
