@@ -148,6 +148,9 @@ async def an_outage_never_reaches_the_broker(h: Harness) -> None:
     assert not isinstance(down.value, VenueRateLimited | VenueAuthFailed)
     assert not h.venue.is_connected
     h.fault(outage=False)
+    # The executor asks a down broker nothing but its look (connect): that alone brings it up.
+    await h.venue.connect()
+    assert h.venue.is_connected
     assert await h.venue.locate(intent, intent.intent_id, since()) is None
     assert (await h.venue.place_order(intent, intent.intent_id)).status is OrderStatus.FILLED
     assert h.venue.is_connected
@@ -162,8 +165,9 @@ async def expired_credentials_take_the_broker_down(h: Harness) -> None:
         await h.venue.get_account()
     assert not h.venue.is_connected
     h.fault(auth_expired=False)
-    await h.venue.get_account()
+    await h.venue.connect()  # the executor's look at a down broker, and nothing else
     assert h.venue.is_connected
+    await h.venue.get_account()
 
 
 async def account_and_positions_follow_the_fills(h: Harness) -> None:

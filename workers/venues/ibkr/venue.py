@@ -129,6 +129,9 @@ class IbkrVenue:
     # The connection -----------------------------------------------------------------------
 
     async def connect(self) -> None:
+        """Connect, or, connected, take in what the gateway has sent (an 1102 saying IB is back
+        is what brings a lost broker up: the executor's look at a down broker is this call)."""
+        await asyncio.sleep(0)
         try:
             await self._ensure_connected()
         except VenueUnavailable as exc:  # the executor starts anyway; the venue keeps trying

@@ -189,8 +189,11 @@ class SchwabVenue:
         return client
 
     async def connect(self) -> None:
+        """Learn whether Schwab answers: one authenticated read every time (the executor's look
+        at a broker that counts as down), not only the first, so a recovered Schwab counts as
+        up again; the account's hash is resolved again on the way."""
         try:
-            await self._account()
+            await self._account(refresh=True)
         except VenueUnavailable as exc:  # the executor starts anyway and keeps trying
             log.warning("broker not reachable yet", broker=str(self.broker), error=str(exc))
 
@@ -255,9 +258,10 @@ class SchwabVenue:
             self._down_because = f"schwab: renewing the login got no answer ({type(exc).__name__})"
             raise VenueUnavailable(self._down_because) from None
 
-    async def _account(self) -> str:
-        """The account's hash, which every later call names (resolved once)."""
-        if self._hash is not None:
+    async def _account(self, *, refresh: bool = False) -> str:
+        """The account's hash, which every later call names (resolved once, and again when
+        ``refresh``)."""
+        if self._hash is not None and not refresh:
             return self._hash
         response = await self._call("GET", "/accounts/accountNumbers", lambda c: c.get_account_numbers())
         response.raise_for_status()
