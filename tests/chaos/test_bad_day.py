@@ -300,7 +300,11 @@ async def check_the_day(
     ended = Counter((book.phase[i], r["broker_name"], r["status"]) for i, r in final.items())
     # Why first routes went elsewhere (the router's own words for the broker it passed over).
     passed_over = Counter(
-        (book.phase[r["intent_id"]], r["rule"], str(r["excluded"])[:160])
+        (
+            book.phase[r["intent_id"]],
+            r["rule"],
+            str([e.get("reason") for e in r["excluded"] or [] if e.get("broker") == broker])[:200],
+        )
         for r in await fetch_all(
             db,
             "SELECT intent_id, rule, decision->'excluded' AS excluded FROM multi_broker_routes "
