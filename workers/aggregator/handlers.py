@@ -28,6 +28,7 @@ from contracts import (
     Fill,
     IntentRefused,
     Message,
+    ParentReport,
     PositionSnapshot,
     RouteDecision,
 )
@@ -63,6 +64,8 @@ class AggregatorHandlers:
 
     def decode(self, msg: Msg) -> Envelope:
         kind = self.worker.subjects.kind(msg.subject)
+        if kind == "exec" and self.worker.subjects.is_parent_report(msg.subject):
+            return Envelope(msg.subject, parse(ParentReport, msg.data))
         if kind == "exec" and self.worker.subjects.is_cancel_reject(msg.subject):
             return Envelope(msg.subject, parse(CancelReject, msg.data))
         if kind == "exec" and self.worker.subjects.is_refusal(msg.subject):

@@ -2,7 +2,8 @@
 
 ``apply`` records each message id in ``inbox`` and applies only the ids that were new, all in
 one transaction, so a redelivered or replayed message changes nothing. Within a batch, the
-newest report per order wins (``report_seq``), and a stale report never overwrites a newer one.
+newest report per order wins (``report_seq``), and a stale report never overwrites a newer one;
+parent orders' reports likewise (``parent_records``).
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from contracts import (
     FailoverEvent,
     Fill,
     Message,
+    ParentReport,
     PositionSnapshot,
     RouteDecision,
 )
+from workers.aggregator.parent_records import parent_of, store_parent_reports
 from workers.domain.capabilities import CAPABILITIES
 from workers.platform.db.models import (
     BrokerAccount,
@@ -84,6 +87,7 @@ class AuditStore:
             failovers = [e.message for e in fresh if isinstance(e.message, FailoverEvent)]
             snapshots = [e.message for e in fresh if isinstance(e.message, PositionSnapshot)]
             statuses = [e.message for e in fresh if isinstance(e.message, BrokerStatus)]
+            parents = [e.message for e in fresh if isinstance(e.message, ParentReport)]
             if statuses:
                 await self._upsert_statuses(conn, statuses)
             if snapshots:
@@ -94,6 +98,8 @@ class AuditStore:
                 await self._upsert_reports(conn, reports)
             if fills:
                 await self._insert_fills(conn, fills)
+            if parents:  # after the routes and reports: it links the child orders they stored
+                await store_parent_reports(conn, parents)
             if failovers:
                 rows = {(f.intent_id, f.attempt): _failover_row(f) for f in failovers}
                 await conn.execute(insert(FailoverRecord).on_conflict_do_nothing(), list(rows.values()))
@@ -302,10 +308,12 @@ _ORDER_COLUMNS = {
     "report_seq": "integer",
 }
 # An order stored from its route carries the decision's time and reference price; one stored
-# first from a report gets them when its route is stored (trigger, migration 0010).
+# first from a report gets them when its route is stored (trigger, migration 0010). A child of a
+# parent order carries its parent's id; one stored first from a report gets it from the parent's
+# next report (``parent_records``).
 _INSERT_ORDER = _ArrayInsert(
     "orders",
-    _ORDER_COLUMNS | {"decided_at": "timestamptz", "reference_price": "numeric"},
+    _ORDER_COLUMNS | {"decided_at": "timestamptz", "reference_price": "numeric", "parent_intent_id": "varchar"},
     "ON CONFLICT (broker_name, client_order_id) DO NOTHING",
 )
 _UPSERT_REPORT = _ArrayInsert(
@@ -396,6 +404,7 @@ def _order_row_from_route(r: RouteDecision) -> dict[str, Any]:
         "report_seq": 0,
         "decided_at": r.created_at,
         "reference_price": r.reference_price,
+        "parent_intent_id": parent_of(i),
     }
 
 

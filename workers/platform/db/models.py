@@ -107,6 +107,7 @@ class Order(Base):
         Index(None, "strategy_id", "created_at"),
         Index(None, "symbol", "created_at"),
         Index(None, "broker_name", "decided_at"),
+        Index(None, "parent_intent_id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -134,6 +135,35 @@ class Order(Base):
     decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     reference_price: Mapped[Decimal | None] = mapped_column(Money)
     first_fill_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The parent order this order is a child of (migration 0011), else NULL.
+    parent_intent_id: Mapped[str | None] = mapped_column(String(48))
+
+
+class ParentOrder(Base):
+    """Latest state of each parent order (an intent with an ``execution`` block), from its newest
+    ``ParentReport``; its children are ordinary orders whose ``parent_intent_id`` names it."""
+
+    __tablename__ = "parent_orders"
+    __table_args__ = (Index(None, "created_at"), Index(None, "strategy_id", "created_at"))
+
+    parent_intent_id: Mapped[str] = mapped_column(String(48), primary_key=True)
+    strategy_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    symbol: Mapped[str] = mapped_column(String(32), nullable=False)
+    side: Mapped[str] = mapped_column(String(4), nullable=False)
+    status: Mapped[str] = mapped_column(String(20), nullable=False)
+    quantity: Mapped[Decimal] = mapped_column(Quantity, nullable=False)
+    filled_quantity: Mapped[Decimal] = mapped_column(Quantity, nullable=False, server_default="0")
+    average_price: Mapped[Decimal | None] = mapped_column(Money)
+    arrival_price: Mapped[Decimal | None] = mapped_column(Money)
+    slippage_bps: Mapped[float | None] = mapped_column()
+    # The intent's execution block (split, twap, iceberg) as JSON, when a report carried it.
+    execution: Mapped[dict[str, Any] | None] = mapped_column()
+    # Every child planned or sent so far (ParentReport.children), by slice.
+    children: Mapped[list[Any]] = mapped_column(nullable=False, server_default="[]")
+    report_seq: Mapped[int] = mapped_column(Integer, nullable=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
 
 
 class Position(Base):

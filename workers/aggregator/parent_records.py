@@ -1,0 +1,105 @@
+"""Postgres writes of parent orders: ``parent_orders`` and the link of each child order to its parent.
+
+A parent's newest ``ParentReport`` (highest ``report_seq``) is its row; an older one arriving
+late changes nothing. A child order is linked through ``orders.parent_intent_id``: from its
+route (``parent_of`` the routed intent) when the order is stored from the route, and from the
+parent's report for any child order already stored without the link (one stored first from an
+execution report, or a router rejection, which has no route).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy import func, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from contracts import OrderIntent, ParentReport
+from contracts.messages import INTENT_ID_MAX_LENGTH
+from workers.domain.parents import child_id
+from workers.platform.db.models import ParentOrder
+
+PARENT_KEY, SLICE_KEY = "parent", "slice"
+"""The metadata keys the parent-order worker gives each child intent: the parent's intent id and
+the slice number."""
+PLANNED = "planned"
+"""A child's status in a ParentReport before it is sent: it has no order yet."""
+
+_SLICE = re.compile(r"[0-9]{1,4}")
+_PART = re.compile(r"0|[1-9][0-9]?")
+_UPDATED = ("status", "filled_quantity", "average_price", "arrival_price", "slippage_bps", "children", "reason")
+_LINK_CHILDREN = text(
+    "UPDATE orders SET parent_intent_id = :parent "
+    "WHERE intent_id = ANY(CAST(:children AS varchar[])) AND parent_intent_id IS NULL"
+)
+
+
+def parent_of(intent: OrderIntent) -> str | None:
+    """The parent order ``intent`` is a child of, or None.
+
+    A child carries metadata ``parent`` (the parent's intent id) and ``slice`` (its slice number),
+    and its id is derived from both (``child_id``: ``<parent>:<slice>.<part>``). Metadata is free
+    for strategies to use, so an intent whose id is not so derived is no child, whatever its tags
+    say, and a parent id longer than an intent id is never taken (it would not fit the column).
+    """
+    parent = intent.metadata.get(PARENT_KEY)
+    slice_no = intent.metadata.get(SLICE_KEY)
+    if not parent or len(parent) > INTENT_ID_MAX_LENGTH or slice_no is None or not _SLICE.fullmatch(slice_no):
+        return None
+    try:
+        first = child_id(parent, int(slice_no), 0)
+    except ValueError:  # a slice number beyond what a parent may have
+        return None
+    stem = first[: -len("0")]
+    part = intent.intent_id.removeprefix(stem)
+    return parent if part != intent.intent_id and _PART.fullmatch(part) else None
+
+
+def parent_row(report: ParentReport) -> dict[str, Any]:
+    return {
+        "parent_intent_id": report.intent_id,
+        "strategy_id": report.strategy_id,
+        "symbol": report.symbol,
+        "side": str(report.side),
+        "status": str(report.status),
+        "quantity": report.quantity,
+        "filled_quantity": report.filled_quantity,
+        "average_price": report.average_price,
+        "arrival_price": report.arrival_price,
+        "slippage_bps": report.slippage_bps,
+        "children": [child.model_dump(mode="json") for child in report.children],
+        "report_seq": report.report_seq,
+        "reason": report.reason or None,
+    }
+
+
+async def store_parent_reports(conn: AsyncConnection, reports: list[ParentReport]) -> None:
+    """Keep each parent's newest report, and link its children's orders stored without the link.
+
+    Run after the batch's routes and execution reports, so child orders stored in the same batch
+    are linked too."""
+    newest: dict[str, ParentReport] = {}
+    for r in reports:
+        if r.intent_id not in newest or newest[r.intent_id].report_seq < r.report_seq:
+            newest[r.intent_id] = r
+    stmt = insert(ParentOrder).values([parent_row(r) for r in sorted(newest.values(), key=lambda r: r.intent_id)])
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[ParentOrder.parent_intent_id],
+            set_={
+                **{column: stmt.excluded[column] for column in _UPDATED},
+                "report_seq": stmt.excluded.report_seq,
+                "updated_at": func.now(),
+            },
+            where=ParentOrder.report_seq < stmt.excluded.report_seq,
+        )
+    )
+    links = [
+        {"parent": r.intent_id, "children": sorted(c.intent_id for c in r.children if c.status != PLANNED)}
+        for r in newest.values()
+    ]
+    links = [link for link in links if link["children"]]
+    if links:
+        await conn.execute(_LINK_CHILDREN, links)
