@@ -1,11 +1,12 @@
 """Parent orders in the audit trail: the aggregator keeps each parent's newest report in
 ``parent_orders`` and links every child order to its parent (``orders.parent_intent_id``),
-whatever order routes, reports and parent reports arrive in; migration 0011 keeps a populated
-database's orders."""
+whatever order routes, reports and parent reports arrive in; `mbx explain` tells the parent's
+story and a child's parent; migration 0011 keeps a populated database's orders."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -27,6 +28,7 @@ from contracts import (
 )
 from tests.builders import make_intent, make_route, new_intent_id
 from tests.conftest import eventually, fetch_all
+from tests.integration.test_cli import mbx
 from tests.servers import Servers
 from workers.aggregator.app import build_aggregator
 from workers.aggregator.persistence import AuditStore, Envelope
@@ -198,6 +200,46 @@ async def test_a_batch_holding_a_parent_report_and_its_childrens_first_messages_
     assert (row["status"], row["report_seq"], row["filled_quantity"]) == ("filled", 4, 15)
     assert set((await links(store.engine, first.intent_id, second.intent_id)).values()) == {parent}
     assert await links(store.engine, refused(parent, 1, 0).intent_id) == {refused(parent, 1, 0).intent_id: parent}
+
+
+async def test_mbx_explain_tells_a_parents_story_and_a_childs_parent(store: AuditStore, isolated: Settings) -> None:
+    """The parent: its status, filled of quantity, arrival price and slippage, then each child in
+    slice order with its broker, status, fill and route; a child names its parent and slice."""
+    parent = new_intent_id("parent")
+    first, second = child_route(parent, 0, 0, BrokerName.ALPACA), child_route(parent, 0, 1, BrokerName.IBKR)
+    messages: list[Any] = [
+        first,
+        second,
+        filled(first, 2, OrderStatus.FILLED, "5", "100.40"),
+        report(second, OrderStatus.ACCEPTED, 2),
+        refused(parent, 1, 0),
+        parent_report(parent, 3, ParentStatus.PARTIALLY_FILLED, "5", **SEQ_3),
+    ]
+    await store.apply([Envelope("test", m) for m in messages])
+    env = {"MBX_DATABASE_URL": isolated.database_url or ""}
+
+    code, out = await mbx("explain", parent, env=env)
+    flat = " ".join(out.split())
+    assert code == 0, out
+    assert f"parent order {parent} ({STRATEGY}): buy 15 AAPL, algorithm not reported" in flat
+    assert "status: partially_filled, filled 5 of 15 @ 100.4" in flat
+    assert "arrival price: 100.25; slippage against it: +14.96 bps" in flat
+    assert "filled by broker: alpaca 5" in flat
+    assert f"slice 0 {first.intent_id} at alpaca: filled 5/5 @ 100.4; routed by split:parent: alpaca: 5" in flat
+    assert f"slice 0 {second.intent_id} at ibkr: accepted 0/5; routed by split:parent: ibkr: 5" in flat
+    assert f"slice 1 {child_id(parent, 1, 0)}: rejected 0/5; refused by the router: no broker can take it" in flat
+    assert flat.index(first.intent_id) < flat.index(second.intent_id) < flat.index(child_id(parent, 1, 0))
+
+    code, out = await mbx("explain", second.intent_id, env=env)
+    flat = " ".join(out.split())
+    assert code == 0, out
+    assert f"child of parent order {parent}, slice 0 (mbx explain {parent} for the whole order)" in flat
+    assert "attempt 1: routed to ibkr by split:parent" in flat
+
+    code, out = await mbx("explain", parent, "--json", env=env)
+    story = json.loads(out)
+    assert story["parent"]["status"] == "partially_filled"
+    assert [c["intent_id"] for c in story["children"]] == [first.intent_id, second.intent_id, child_id(parent, 1, 0)]
 
 
 async def test_the_aggregator_takes_parent_reports_from_the_bus_and_dead_letters_none(

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from workers.cli import auth, config, dlq, legacy, orders, security, sim, stack, views
+from workers.cli import auth, config, dlq, explain, legacy, orders, security, sim, stack, views
 
 app = typer.Typer(
     help="mbx: smart multi-broker execution.",
@@ -14,7 +14,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for group in (stack, orders, views, sim, legacy):
+for group in (stack, orders, views, explain, sim, legacy):
     app.registered_commands += group.app.registered_commands
 app.add_typer(dlq.dlq, name="dlq")
 app.add_typer(config.config_app, name="config")

@@ -1,4 +1,5 @@
-"""Read-only operator commands: ``mbx status``, ``mbx brokers``, ``mbx portfolio``, ``mbx explain``.
+"""Read-only operator commands: ``mbx status``, ``mbx brokers``, ``mbx portfolio``, ``mbx tail``
+(``mbx explain`` has its own module).
 
 Registered on the ``mbx`` app by ``workers.cli``.
 """
@@ -24,7 +25,6 @@ from workers.cli.common import (
     console,
     err,
     fail,
-    resolve_database_url,
     resolve_nats_url,
     settings_and_config,
 )
@@ -212,81 +212,6 @@ def portfolio(
         + (f"  (snapshots as of {result.as_of:%Y-%m-%d %H:%M:%S})" if result.as_of else "")
     )
     raise typer.Exit(EXIT_OK)
-
-
-@app.command()
-def explain(
-    intent_id: Annotated[str, typer.Argument(help="The intent to explain.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Everything as JSON.")] = False,
-) -> None:
-    """The whole story of one intent: each route decision (every candidate and its scores, the
-    rule that fired, the brokers left out and why), failovers, the orders and their fills.
-
-    Example: mbx explain strat1-000043
-    """
-    settings, _ = settings_and_config()
-    database = resolve_database_url(settings)
-    story = asyncio.run(_story(settings.model_copy(update={"database_url": database}).sqlalchemy_url(), intent_id))
-    if not any(story.values()):
-        fail(f"nothing is recorded for intent {intent_id!r} (never submitted, or not persisted yet)")
-    if as_json:
-        console.print_json(json.dumps(story, default=str))
-        raise typer.Exit(EXIT_OK)
-    from workers.readmodel.explain import by_attempt, number, order_outcome, router_rejections  # noqa: PLC0415
-
-    for route, order, failover in by_attempt(story):
-        decision = route["decision"]
-        head = f"attempt {route['attempt']}: routed to [bold]{route['broker_name']}[/bold] by {route['rule']}"
-        console.print(head + (f" (after {route['failover_from']} failed)" if route["failover_from"] else ""))
-        console.print(f"  why: {decision.get('reason', '')}")
-        table = Table(show_header=True, box=None, padding=(0, 2))
-        for column in ("candidate", "total", "cost", "speed", "fill", "est. fee", "latency ms", "buying power"):
-            table.add_column(column)
-        for c in decision.get("candidates", []):
-            power = c.get("buying_power")
-            table.add_row(
-                c["broker"],
-                f"{c['total']:.3f}",
-                f"{c['cost_score']:.3f}",
-                f"{c['speed_score']:.3f}",
-                f"{c['fill_score']:.3f}",
-                number(Decimal(str(c["estimated_fee"]))),
-                f"{c['expected_latency_ms']:.0f}",
-                "not known" if power is None else number(Decimal(str(power))),
-            )
-        console.print(table)
-        if decision.get("closes_position") is not None:
-            held = number(Decimal(str(decision["closes_position"])))
-            console.print(f"  closes the position of {held} held at {route['broker_name']}")
-        for e in decision.get("excluded", []):
-            console.print(f"  left out: {e['broker']} ({e['reason_code']}): {e['reason']}")
-        if order:
-            status, detail = order_outcome(order)
-            console.print(f"  order at {route['broker_name']}: [bold]{status}[/bold]{detail}")
-        if failover:
-            console.print(f"  [red]failed over[/red]: {failover['reason_code']}: {failover['reason']}")
-    for reason in router_rejections(story):
-        console.print(f"rejected by the router: {reason}")
-    for fill in story["fills"]:
-        console.print(
-            f"fill {fill['fill_id']}: {fill['side']} {number(fill['quantity'])} {fill['symbol']} "
-            f"@ {number(fill['price'])} "
-            f"at {fill['broker_name']} (fee {number(fill['fee'])}, {fill['executed_at']:%H:%M:%S.%f})"
-        )
-    raise typer.Exit(EXIT_OK)
-
-
-async def _story(url: str, intent_id: str) -> dict[str, list[dict[str, Any]]]:
-    from workers.platform.db.engine import make_engine  # noqa: PLC0415
-    from workers.readmodel.explain import intent_story  # noqa: PLC0415
-
-    engine = make_engine(url, pool_size=1)
-    try:
-        return await intent_story(engine, intent_id)
-    except OSError as exc:
-        fail(f"cannot reach the database ({exc})")
-    finally:
-        await engine.dispose()
 
 
 class TailTopic(StrEnum):
