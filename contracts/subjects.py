@@ -123,6 +123,24 @@ class Subjects:
     def cancel(self, strategy_id: str) -> str:
         return f"{self.prefix}.orders.cancel.{strategy_id}"
 
+    def parent_intent(self, strategy_id: str) -> str:
+        """A parent order (an intent with an ``execution`` block), forwarded unchanged by the router to
+        the parent-order worker. It stays in the ORDERS stream, and no router consumer takes it (they
+        filter ``orders.intent.>`` and ``orders.cancel.>``). Only the router publishes here."""
+        return f"{self.prefix}.orders.parent.intent.{strategy_id}"
+
+    def parent_cancel(self, strategy_id: str) -> str:
+        """A cancel request for a parent order, forwarded by the router to the parent-order worker."""
+        return f"{self.prefix}.orders.parent.cancel.{strategy_id}"
+
+    def is_parent_intent(self, subject: str) -> bool:
+        parts = subject.split(".")
+        return len(parts) == 5 and parts[0] == self.prefix and parts[1:4] == ["orders", "parent", "intent"]
+
+    def is_parent_cancel(self, subject: str) -> bool:
+        parts = subject.split(".")
+        return len(parts) == 5 and parts[0] == self.prefix and parts[1:4] == ["orders", "parent", "cancel"]
+
     def route(self, broker: BrokerName | str, strategy_id: str) -> str:
         return f"{self.prefix}.routes.{broker}.{strategy_id}"
 
@@ -195,6 +213,11 @@ class Subjects:
     def route_preview(self) -> str:
         return self.api("route.preview")
 
+    @property
+    def route_split(self) -> str:
+        """Request/reply: how the router would share one slice of a parent order among brokers now."""
+        return self.api("route.split")
+
     # Wildcards, for subscribers ---------------------------------------------------------------
 
     @property
@@ -204,6 +227,11 @@ class Subjects:
     @property
     def all_cancels(self) -> str:
         return f"{self.prefix}.orders.cancel.>"
+
+    @property
+    def all_parent_orders(self) -> str:
+        """Parent intents and parent cancels the router forwarded to the parent-order worker."""
+        return f"{self.prefix}.orders.parent.>"
 
     @property
     def all_routes(self) -> str:

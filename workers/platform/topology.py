@@ -12,6 +12,10 @@ from dataclasses import dataclass
 
 from contracts import BrokerName, Subjects
 
+ARRIVAL_PRICE_HEADER = "Mbx-Arrival-Price"
+"""Set by the router on a parent order it forwards: the reference quote's mid when the parent arrived
+(absent without a fresh quote). A header, so the forwarded intent itself stays as the strategy sent it."""
+
 
 @dataclass(frozen=True, slots=True)
 class ConsumerSpec:
@@ -71,6 +75,23 @@ class Topology:
             description="Cancel requests the router forwards to the broker holding the order.",
         )
 
+    def parents_consumer(self) -> ConsumerSpec:
+        return ConsumerSpec(
+            stream=self.subjects.stream_name("ORDERS"),
+            durable="parents",
+            filter_subjects=(self.subjects.all_parent_orders,),
+            description="Parent orders and their cancels, forwarded by the router to the parent-order worker.",
+        )
+
+    def parents_progress_consumer(self) -> ConsumerSpec:
+        return ConsumerSpec(
+            stream=self.subjects.stream_name("EXECUTIONS"),
+            durable="parents-progress",
+            filter_subjects=(self.subjects.all_executions,),
+            max_ack_pending=10000,
+            description="Execution reports, of which the parent-order worker follows its children's.",
+        )
+
     def executor_consumer(self, broker: BrokerName) -> ConsumerSpec:
         return ConsumerSpec(
             stream=self.subjects.stream_name("ROUTES"),
@@ -122,6 +143,12 @@ class Topology:
         """The router's journal: what it published for each intent and attempt, so any later
         delivery of the same input republishes it instead of deciding again."""
         return f"{self.prefix}_decisions"
+
+    @property
+    def parents_bucket(self) -> str:
+        """The parent-order worker's journal: ``p.<parent>`` (the plan, every child planned and sent, and
+        what each reported), ``a.<parent>`` while the parent is active, ``c.<child>`` (its parent)."""
+        return f"{self.prefix}_parents"
 
     @property
     def shape_locks_bucket(self) -> str:

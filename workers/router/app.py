@@ -44,6 +44,7 @@ class RouterWorker(Worker):
         self._watchers: list[Any] = []
         self._watch_tasks: list[asyncio.Task[None]] = []
         self._preview_sub: Any = None
+        self._split_sub: Any = None
         self._refused = False
 
     async def prepare(self) -> None:
@@ -56,6 +57,9 @@ class RouterWorker(Worker):
         await self._follow_live_state()
         self._preview_sub = await self.broker.connection.subscribe(
             subjects.route_preview, queue="router", cb=self.handlers.preview
+        )
+        self._split_sub = await self.broker.connection.subscribe(
+            subjects.route_split, queue="router", cb=self.handlers.parents.answer_split
         )
         try:
             await self.handlers.read_backlog()  # what the executors have queued already
@@ -142,9 +146,10 @@ class RouterWorker(Worker):
 
     async def cleanup(self) -> None:
         await self._stop_watches()
-        if self._preview_sub is not None:
-            with contextlib.suppress(Exception):
-                await self._preview_sub.unsubscribe()
+        for sub in (self._preview_sub, self._split_sub):
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
 
     async def _load_config(self) -> None:
         """Start from the newest valid config revision (the latest may have been refused)."""

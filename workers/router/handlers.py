@@ -31,6 +31,7 @@ from workers.platform.bus import delivery_count, is_replay, publish
 from workers.platform.order_ledger import OrderLedger
 from workers.platform.runtime import PoisonMessage, RetryLater, Worker, parse
 from workers.router.journal import DecisionJournal, Published
+from workers.router.parent_orders import ParentOrders
 from workers.router.plan import BROKERS, plan_for
 from workers.router.rules import Rejection, queue_waits, route
 from workers.router.state import RouterState
@@ -57,6 +58,7 @@ class RouterHandlers:
         self.cancel_spec = worker.settings.topology.router_cancel_consumer()
         self.ledger = OrderLedger(lambda: worker.js, worker.settings.topology.order_ledger_bucket)
         self.journal = DecisionJournal(lambda: worker.js, worker.settings.topology.decisions_bucket)
+        self.parents = ParentOrders(worker, state, self.journal, self.price)
 
     async def decide(
         self, intent: OrderIntent, attempt: int = 1, failed: Sequence[BrokerName] = ()
@@ -148,7 +150,11 @@ class RouterHandlers:
         # The ledger keeps the route while the order works; routed and not recorded by its
         # executor yet, the journal knows whose it is. A finished order (no route kept) is
         # answered too_late_to_cancel by its executor, whoever asks.
-        decision = entry.decision if entry is not None else await self._first_route(request.intent_id)
+        first = await self.journal.first(request.intent_id) if entry is None else None
+        parent = self.parents.forwarded_parent(first)
+        if parent is not None:
+            return await self._forward_parent_cancel(request, sender, parent)
+        decision = entry.decision if entry is not None else self._route_in(first)
         if decision is not None and decision.strategy_id != sender:
             why = f"intent {request.intent_id} belongs to another strategy; a strategy cancels only its own"
             return await self._refuse_cancel(request, sender, "not_your_order", why)
@@ -202,13 +208,21 @@ class RouterHandlers:
             return True
         return bool(info.num_pending or info.num_ack_pending)
 
-    async def _first_route(self, intent_id: str) -> RouteDecision | None:
+    def _route_in(self, first: Published | None) -> RouteDecision | None:
         """The intent's first route, from the journal: its order may exist before the ledger
         shows it (the executor placed it and has not recorded it yet)."""
-        first = await self.journal.first(intent_id)
         if first is None or self.worker.subjects.kind(first.subject) != "routes":
             return None
         return parse(RouteDecision, first.payload)
+
+    async def _forward_parent_cancel(self, request: CancelRequest, sender: str, parent: OrderIntent) -> str:
+        """A parent's cancel goes to the parent-order worker, which cancels its unsent slices and
+        every working child; another strategy's parent is refused like any order of another's."""
+        if parent.strategy_id != sender:
+            why = f"intent {request.intent_id} belongs to another strategy; a strategy cancels only its own"
+            return await self._refuse_cancel(request, sender, "not_your_order", why)
+        await self.parents.forward_cancel(request)
+        return "cancel_forwarded:parent"
 
     async def route_intent(self, msg: Msg) -> str:
         intent = parse(OrderIntent, msg.data)
@@ -226,6 +240,10 @@ class RouterHandlers:
                 strategy_id=sender,
             )
             raise PoisonMessage(refusal)
+        if intent.execution is not None:
+            # A parent order: the parent-order worker works it and sends its children here as
+            # ordinary intents, each routed (kill switches and limits included) on its own.
+            return await self.parents.forward(msg, intent)
         if is_replay(msg) and await self.ledger.get(intent.intent_id) is not None:
             # A replayed intent that already reached a broker: its order exists (or existed);
             # routing it again could place it twice.
