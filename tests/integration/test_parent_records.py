@@ -284,6 +284,78 @@ async def _in_inbox(engine: AsyncEngine, message_id: str) -> bool:
     return bool(await fetch_all(engine, "SELECT 1 FROM inbox WHERE message_id = :m", m=message_id))
 
 
+# `mbx submit` following a parent ------------------------------------------------------------
+
+
+async def submitted(nc: NatsClient, isolated: Settings, intent_id: str) -> bool:
+    """The intent is in ORDERS: `mbx submit` follows the parent's reports from now on."""
+    stored = await bus.read_stream(
+        nc.jetstream(), isolated.subjects.stream_name("ORDERS"), f"{isolated.subject_prefix}.>"
+    )
+    return any(json.loads(m.data).get("intent_id") == intent_id for m in stored)
+
+
+async def run_submit(
+    isolated: Settings, servers: Servers, intent_id: str, *flags: str
+) -> asyncio.Task[tuple[int, str]]:
+    env = {"MBX_NATS_URL": servers.nats_url, "MBX_SUBJECT_PREFIX": isolated.subject_prefix}
+    args = ("submit", "--symbol", "AAPL", "--quantity", "15", "--strategy", STRATEGY, "--intent-id", intent_id)
+    return asyncio.create_task(mbx(*args, *flags, "--timeout", "30", env=env))
+
+
+async def test_submit_prints_a_parents_progress_from_its_reports_until_the_final_one(
+    isolated: Settings, servers: Servers, nc: NatsClient
+) -> None:
+    """With the parent-order worker played by the test: every report that changes what is shown is
+    printed (filled of quantity, children by broker), a stale one is not, and the final report
+    ends the command with the parent's outcome."""
+    js = nc.jetstream()
+    await bus.ensure_streams(js, isolated.subjects)
+    parent = new_intent_id("parent")
+    command = await run_submit(isolated, servers, parent, "--split", "--twap", "20s/3")
+    await eventually(lambda: submitted(nc, isolated, parent), timeout=30)
+    reports = [
+        parent_report(parent, 1, ParentStatus.WORKING, "0"),
+        parent_report(parent, 3, ParentStatus.PARTIALLY_FILLED, "5", average_price=Decimal("100.40")),
+        parent_report(parent, 2, ParentStatus.WORKING, "0"),  # late: not shown
+        parent_report(parent, 4, ParentStatus.FILLED, "15", final=True, **SEQ_3),
+    ]
+    for message in reports:
+        subject = isolated.subjects.parent_report(message.status, STRATEGY)
+        await bus.publish(js, subject, message, intent_id=parent, strategy_id=STRATEGY)
+    code, out = await command
+    flat = " ".join(out.split())
+    assert code == 0, out
+    assert f"submitted parent order {parent}" in flat
+    assert "twap 20s in 3 slices, split over up to 5 brokers" in flat
+    assert "working: 0 of 15 (0%); alpaca 1 (0), ibkr 1 (0), no broker: planned 1" in flat
+    assert "partially_filled: 5 of 15 (33%) @ 100.40; alpaca 1 (5), ibkr 1 (0), no broker: rejected 1" in flat
+    assert flat.count("working:") == 1
+    assert (
+        "filled: 15 of 15 @ 100.40 (arrival 100.25, slippage +14.96 bps); "
+        "children: alpaca 1 (5), ibkr 1 (10), no broker: rejected 1"
+    ) in flat
+    assert flat.count("15 of 15") == 1  # the final report is told once, as the outcome
+
+
+async def test_submit_of_a_parent_refused_outright_ends_with_the_refusal(
+    isolated: Settings, servers: Servers, nc: NatsClient
+) -> None:
+    """An execution report that ends the parent's own intent (refused before any child) ends the wait."""
+    js = nc.jetstream()
+    await bus.ensure_streams(js, isolated.subjects)
+    parent = new_intent_id("parent")
+    command = await run_submit(isolated, servers, parent, "--iceberg", "5")
+    await eventually(lambda: submitted(nc, isolated, parent), timeout=30)
+    refusal = refused(parent, 0, 0).model_copy(
+        update={"intent_id": parent, "client_order_id": parent, "message_id": f"exec-{parent}-router-rejected-1"}
+    )
+    await bus.publish(js, isolated.subjects.execution(None, "rejected", STRATEGY), refusal, intent_id=parent)
+    code, out = await command
+    assert code == 1, out
+    assert "rejected at no broker (no broker can take it)" in " ".join(out.split())
+
+
 # Migration 0011 on a populated database --------------------------------------------------------
 
 

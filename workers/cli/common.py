@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 import yaml
@@ -14,6 +14,9 @@ from rich.console import Console
 from contracts.client import split_servers
 from workers.domain.config import ConfigError, MbxConfig
 from workers.platform.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from contracts import ExecutionReport
 
 console = Console()
 err = Console(stderr=True)
@@ -171,3 +174,16 @@ def print_route(route: Any) -> None:
         f"routed to [bold]{route.broker}[/bold] (attempt {route.attempt}, rule {route.rule}): "
         f"{route.reason}; fallback: {chain}"
     )
+
+
+def print_final(final: ExecutionReport) -> int:
+    """An intent's final execution report in one line; the exit code it means."""
+    status = str(final.status)
+    colour = "green" if status == "filled" else "red" if status in ("rejected", "failed") else "yellow"
+    filled = f" {final.filled_quantity} @ {final.average_price}" if final.average_price is not None else ""
+    fees = f", fees {final.fees}" if final.fees else ""
+    where = final.broker or "no broker"
+    console.print(
+        f"[{colour}]{status}[/{colour}] at {where}{filled}{fees}" + (f" ({final.reason})" if final.reason else "")
+    )
+    return EXIT_OK if status in ("filled", "accepted", "partially_filled", "cancelled") else EXIT_FAILURE

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from workers.cli import auth, config, dlq, explain, legacy, orders, security, sim, stack, views
+from workers.cli.parent_orders import with_split_value
 
 app = typer.Typer(
     help="mbx: smart multi-broker execution.",
@@ -24,6 +25,6 @@ app.add_typer(security.security_app, name="security")
 
 def main() -> None:
     try:
-        app()
+        app(args=with_split_value(sys.argv[1:]))
     except KeyboardInterrupt:
         sys.exit(130)

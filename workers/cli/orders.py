@@ -1,4 +1,7 @@
-"""`mbx submit` and `mbx cancel`: sending intents and cancel requests as a strategy would."""
+"""`mbx submit` and `mbx cancel`: sending intents and cancel requests as a strategy would.
+
+A parent order (``--split``, ``--twap``, ``--iceberg``) is followed through its parent reports
+(``parent_orders``)."""
 
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from workers.cli.common import (
     err,
     fail,
     is_connection_error,
+    print_final,
     print_route,
     read_intent_file,
     resolve_nats_url,
@@ -41,6 +45,7 @@ from workers.cli.common import (
     unreachable,
     validation_problems,
 )
+from workers.cli.parent_orders import DEFAULT_FOLLOW_S, FlagError, execution_block, follow_seconds, submit_parent
 from workers.domain.instruments import asset_class_of
 
 app = typer.Typer()
@@ -75,20 +80,62 @@ def submit(
     csv_file: Annotated[
         Path | None, typer.Option("--csv", help="Submit one intent per row of a CSV file (header: intent fields).")
     ] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the final report.")] = 15.0,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            "--split",
+            metavar="[N]",
+            help="A parent order split across brokers: each slice over up to N brokers (1 to 5); "
+            "--split alone: up to 5.",
+        ),
+    ] = None,
+    twap: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DURATION/SLICES",
+            help="A parent order sliced over time: e.g. 30m/10, 10 equal slices over 30 minutes "
+            "(duration in s, m or h: 90s, 30m, 1h30m).",
+        ),
+    ] = None,
+    iceberg: Annotated[
+        str | None,
+        typer.Option(metavar="QUANTITY", help="A parent order showing only QUANTITY at a time."),
+    ] = None,
+    jitter: Annotated[
+        str | None,
+        typer.Option(metavar="PCT", help="With --twap: move each slice by up to PCT% of the interval (0 to 50)."),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds to wait for the final report (default 15; a parent order: its TWAP's duration "
+            "plus 60, else 75)."
+        ),
+    ] = None,
 ) -> None:
-    """Send one order intent and print its route and final report.
+    """Send one order intent and print its route and final report; a parent order (--split,
+    --twap, --iceberg) prints its progress until it is done.
 
     Example: mbx submit --symbol AAPL --quantity 10
              mbx submit --symbol BTC-USD --notional 250   (a pair: crypto)
+             mbx submit --symbol AAPL --quantity 20000 --split --twap 30m/10   (a parent order)
              mbx submit --file intent.yaml
              mbx submit --csv orders.csv   (columns: symbol, quantity or notional, side, ...)
     """
     settings, _ = settings_and_config()
+    flags = {"--split": split, "--twap": twap, "--iceberg": iceberg, "--jitter": jitter}
+    given = [name for name, value in flags.items() if value is not None]
+    if given and (file is not None or csv_file is not None):
+        fail(
+            f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to an order given with --symbol; "
+            "in a file, write the intent's execution block (split, twap, iceberg) instead",
+            EXIT_USAGE,
+        )
     if csv_file is not None:
         intents = _read_csv(csv_file, strategy)
         url = resolve_nats_url(settings)
-        raise typer.Exit(asyncio.run(_submit_batch(intents, url, settings.subject_prefix, timeout)))
+        wait = timeout if timeout is not None else DEFAULT_FOLLOW_S
+        raise typer.Exit(asyncio.run(_submit_batch(intents, url, settings.subject_prefix, wait)))
     if file is not None:
         raw = read_intent_file(file)
     else:
@@ -108,14 +155,19 @@ def submit(
             "time_in_force": tif,
             "broker": broker,
         }
+        try:
+            raw["execution"] = execution_block(split, twap, iceberg, jitter)
+        except FlagError as exc:
+            fail(str(exc), EXIT_USAGE)
         raw = {k: v for k, v in raw.items() if v is not None}
     try:
         intent = OrderIntent.model_validate(raw)
     except ValidationError as exc:
         fail(f"invalid order: {validation_problems(exc, 'intent')}", EXIT_USAGE)
     url = resolve_nats_url(settings)
-    code = asyncio.run(_submit(intent, url, settings.subject_prefix, timeout))
-    raise typer.Exit(code)
+    wait = follow_seconds(intent, timeout)
+    submitting = submit_parent if intent.execution is not None else _submit
+    raise typer.Exit(asyncio.run(submitting(intent, url, settings.subject_prefix, wait)))
 
 
 def _priced_as(limit_price: str | None, stop_price: str | None) -> OrderType:
@@ -236,15 +288,7 @@ async def _submit(intent: OrderIntent, url: str, prefix: str, timeout: float) ->
         raise
     for route in tracker.routes:
         print_route(route)
-    status = str(final.status)
-    colour = "green" if status == "filled" else "red" if status in ("rejected", "failed") else "yellow"
-    filled = f" {final.filled_quantity} @ {final.average_price}" if final.average_price is not None else ""
-    fees = f", fees {final.fees}" if final.fees else ""
-    where = final.broker or "no broker"
-    console.print(
-        f"[{colour}]{status}[/{colour}] at {where}{filled}{fees}" + (f" ({final.reason})" if final.reason else "")
-    )
-    return EXIT_OK if status in ("filled", "accepted", "partially_filled", "cancelled") else EXIT_FAILURE
+    return print_final(final)
 
 
 @app.command()
