@@ -329,10 +329,10 @@ async def test_submit_prints_a_parents_progress_from_its_reports_until_the_final
     assert f"submitted parent order {parent}" in flat
     assert "twap 20s in 3 slices, split over up to 5 brokers" in flat
     assert "working: 0 of 15 (0%); alpaca 1 (0), ibkr 1 (0), no broker: planned 1" in flat
-    assert "partially_filled: 5 of 15 (33%) @ 100.40; alpaca 1 (5), ibkr 1 (0), no broker: rejected 1" in flat
+    assert "partially_filled: 5 of 15 (33%) @ 100.4; alpaca 1 (5), ibkr 1 (0), no broker: rejected 1" in flat
     assert flat.count("working:") == 1
     assert (
-        "filled: 15 of 15 @ 100.40 (arrival 100.25, slippage +14.96 bps); "
+        "filled: 15 of 15 @ 100.4 (arrival 100.25, slippage +14.96 bps); "
         "children: alpaca 1 (5), ibkr 1 (10), no broker: rejected 1"
     ) in flat
     assert flat.count("15 of 15") == 1  # the final report is told once, as the outcome
@@ -354,6 +354,26 @@ async def test_submit_of_a_parent_refused_outright_ends_with_the_refusal(
     code, out = await command
     assert code == 1, out
     assert "rejected at no broker (no broker can take it)" in " ".join(out.split())
+
+
+async def test_cancel_of_a_parent_ends_with_its_cancelled_report(
+    isolated: Settings, servers: Servers, nc: NatsClient
+) -> None:
+    """`mbx cancel <parent>` sends a CancelRequest with the parent's id and ends with the parent's
+    cancelled report (it was read as an execution report, and failed), saying what filled."""
+    js = nc.jetstream()
+    await bus.ensure_streams(js, isolated.subjects)
+    parent = new_intent_id("parent")
+    env = {"MBX_NATS_URL": servers.nats_url, "MBX_SUBJECT_PREFIX": isolated.subject_prefix}
+    command = asyncio.create_task(mbx("cancel", parent, "--strategy", STRATEGY, "--timeout", "30", env=env))
+    await eventually(lambda: submitted(nc, isolated, parent), timeout=30)
+    cancelled = parent_report(parent, 5, ParentStatus.CANCELLED, "5", final=True, reason="cancelled: cli")
+    subject = isolated.subjects.parent_report(ParentStatus.CANCELLED, STRATEGY)
+    await bus.publish(js, subject, cancelled, intent_id=parent, strategy_id=STRATEGY)
+    code, out = await command
+    assert code == 0, out
+    flat = " ".join(out.split())
+    assert f"cancelled parent order {parent}: 5 of 15 filled before the cancel; children: alpaca 1 (5)" in flat
 
 
 # Migration 0011 on a populated database --------------------------------------------------------

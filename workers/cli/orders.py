@@ -22,6 +22,7 @@ from contracts import (
     ExecutionReport,
     OrderIntent,
     OrderType,
+    ParentReport,
     Side,
     Subjects,
     TimeInForce,
@@ -45,7 +46,14 @@ from workers.cli.common import (
     unreachable,
     validation_problems,
 )
-from workers.cli.parent_orders import DEFAULT_FOLLOW_S, FlagError, execution_block, follow_seconds, submit_parent
+from workers.cli.parent_orders import (
+    DEFAULT_FOLLOW_S,
+    FlagError,
+    cancelled_line,
+    execution_block,
+    follow_seconds,
+    submit_parent,
+)
 from workers.domain.instruments import asset_class_of
 
 app = typer.Typer()
@@ -369,6 +377,11 @@ async def _cancel(request: CancelRequest, url: str, subjects: Subjects, timeout:
         status = f" (order {reject.order_status})" if reject.order_status else ""
         console.print(f"[red]not cancelled[/red]: {reject.reason_code}: {reject.reason}{status}")
         return EXIT_FAILURE
+    if subjects.is_parent_report(subject):
+        # A parent order's cancel ends with its cancelled report, once every working child has ended.
+        parent = ParentReport.model_validate_json(data)
+        console.print(cancelled_line(parent))
+        return EXIT_OK
     report = ExecutionReport.model_validate_json(data)
     console.print(f"[green]cancelled[/green] at {report.broker} ({report.filled_quantity} filled before the cancel)")
     return EXIT_OK

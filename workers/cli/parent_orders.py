@@ -186,7 +186,7 @@ async def subscribe_parent(
 def progress_line(report: ParentReport) -> str:
     """``partially_filled: 4000 of 20000 (20%) @ 187.21; alpaca 2 (2000), ibkr 2 (2000), no broker: planned 6``."""
     share = report.filled_quantity / report.quantity * 100 if report.quantity else Decimal(0)
-    average = f" @ {report.average_price}" if report.average_price is not None else ""
+    average = f" @ {_n(report.average_price)}" if report.average_price is not None else ""
     return f"{report.status}: {_n(report.filled_quantity)} of {_n(report.quantity)} ({share:.0f}%){average}; " + (
         children_by_broker(report) or "no child yet"
     )
@@ -215,14 +215,22 @@ def final_line(report: ParentReport) -> tuple[str, bool]:
     """The parent's outcome in one line, and whether it counts as success (filled, or cancelled as asked)."""
     ok = report.status in (ParentStatus.FILLED, ParentStatus.CANCELLED)
     colour = "green" if report.status is ParentStatus.FILLED else "yellow" if ok else "red"
-    average = f" @ {report.average_price}" if report.average_price is not None else ""
-    arrival = f"arrival {report.arrival_price}" if report.arrival_price is not None else "no arrival price"
+    average = f" @ {_n(report.average_price)}" if report.average_price is not None else ""
+    arrival = f"arrival {_n(report.arrival_price)}" if report.arrival_price is not None else "no arrival price"
     slippage = f", slippage {report.slippage_bps:+.2f} bps" if report.slippage_bps is not None else ""
     line = (
         f"[{colour}]{report.status}[/{colour}]: {_n(report.filled_quantity)} of {_n(report.quantity)}{average} "
         f"({arrival}{slippage}); children: {children_by_broker(report) or 'none'}"
     )
     return line + (f" ({report.reason})" if report.reason else ""), ok
+
+
+def cancelled_line(report: ParentReport) -> str:
+    """What a parent's cancel ended with: what filled before it, and where."""
+    return (
+        f"[green]cancelled[/green] parent order {report.intent_id}: {_n(report.filled_quantity)} of "
+        f"{_n(report.quantity)} filled before the cancel; children: {children_by_broker(report) or 'none'}"
+    )
 
 
 def _n(value: Decimal) -> str:
