@@ -126,7 +126,7 @@ def simulated_venue(broker: BrokerName, config: MbxConfig) -> SimulatedVenue:
 
 
 class Pipeline:
-    """Router, one executor per broker and the aggregator, running in this event loop."""
+    """Router, one executor per broker, the aggregator and the parent-order worker, running in this event loop."""
 
     def __init__(
         self,
@@ -146,6 +146,7 @@ class Pipeline:
                 build_executor_worker(settings, b, self.venues[b], config) for b in config.enabled_brokers()
             ]
         self.workers.append(build_worker("aggregator", settings, config))
+        self.workers.append(build_worker("parents", settings, config))
 
     async def start(self) -> None:
         # The router reads its config from KV: put this pipeline's config there first, as an

@@ -21,6 +21,9 @@ from workers.venues.simulated.venue import SimulatedVenue
 
 log = structlog.get_logger("mbx.entry")
 
+WORKER_KINDS = ("router", "executor", "aggregator", "parents")
+"""Every kind of worker ``build_worker`` composes (``mbx worker <kind>``)."""
+
 
 def build_worker(kind: str, settings: Settings, config: MbxConfig, broker: BrokerName | None = None) -> Worker:
     """The composition root for each kind of worker."""
@@ -37,6 +40,10 @@ def build_worker(kind: str, settings: Settings, config: MbxConfig, broker: Broke
         from workers.platform.db.engine import make_engine  # noqa: PLC0415
 
         return build_aggregator(settings, make_engine(settings.sqlalchemy_url()))
+    if kind == "parents":
+        from workers.parents.app import build_parents  # noqa: PLC0415
+
+        return build_parents(settings)
     raise ValueError(f"unknown worker kind {kind!r}")
 
 
