@@ -51,9 +51,9 @@ def child_route(parent: str, slice_no: int, part: int, broker: BrokerName, quant
         intent_id=child_id(parent, slice_no, part),
         strategy_id=STRATEGY,
         quantity=quantity,
-        metadata={"parent": parent, "slice": str(slice_no)},
+        metadata={"parent": parent, "slice": str(slice_no), "split": f"{broker}: {quantity} of 10 (score 0.9)"},
     )
-    return make_route(intent, broker, rule="split:parent", reason=f"{broker}: {quantity} of the slice")
+    return make_route(intent, broker, rule="preference", reason=f"the strategy asked for {broker}")
 
 
 def filled(route: RouteDecision, seq: int, status: OrderStatus, quantity: str, price: str) -> ExecutionReport:
@@ -141,7 +141,8 @@ async def test_the_newest_parent_report_is_kept_and_every_child_order_is_linked_
     parent = new_intent_id("parent")
     first, second = child_route(parent, 0, 0, BrokerName.ALPACA), child_route(parent, 0, 1, BrokerName.IBKR)
     impostor = make_route(
-        make_intent(strategy_id=STRATEGY, metadata={"parent": parent, "slice": "0"}), BrokerName.ALPACA
+        make_intent(strategy_id=STRATEGY, metadata={"parent": parent, "slice": "0", "split": "mine"}),
+        BrokerName.ALPACA,
     )
     assert await store.apply([Envelope("test", first)]) == 1  # linked from its route, no parent report yet
     assert await links(store.engine, first.intent_id) == {first.intent_id: parent}
@@ -179,6 +180,16 @@ async def test_the_newest_parent_report_is_kept_and_every_child_order_is_linked_
         refused(parent, 1, 0).intent_id: parent,
     }
     assert await links(store.engine, impostor.intent_id) == {impostor.intent_id: None}
+    decisions = await fetch_all(
+        store.engine,
+        "SELECT intent_id, decision ->> 'split' AS split FROM multi_broker_routes WHERE intent_id = ANY(:ids)",
+        ids=[first.intent_id, impostor.intent_id],
+    )
+    # A split child's decision record keeps why the split gave it its broker; another intent's tags are its own.
+    assert {r["intent_id"]: r["split"] for r in decisions} == {
+        first.intent_id: "alpaca: 5 of 10 (score 0.9)",
+        impostor.intent_id: None,
+    }
 
 
 async def test_a_batch_holding_a_parent_report_and_its_childrens_first_messages_links_them_all(
@@ -222,11 +233,14 @@ async def test_mbx_explain_tells_a_parents_story_and_a_childs_parent(store: Audi
     flat = " ".join(out.split())
     assert code == 0, out
     assert f"parent order {parent} ({STRATEGY}): buy 15 AAPL, algorithm not reported" in flat
-    assert "status: partially_filled, filled 5 of 15 @ 100.4" in flat
+    assert "status: partially_filled; 5 of 15 filled @ 100.4" in flat
     assert "arrival price: 100.25; slippage against it: +14.96 bps" in flat
     assert "filled by broker: alpaca 5" in flat
-    assert f"slice 0 {first.intent_id} at alpaca: filled 5/5 @ 100.4; routed by split:parent: alpaca: 5" in flat
-    assert f"slice 0 {second.intent_id} at ibkr: accepted 0/5; routed by split:parent: ibkr: 5" in flat
+    assert (
+        f"slice 0 {first.intent_id} at alpaca: filled 5/5 @ 100.4; routed by preference: the strategy asked for "
+        "alpaca; split: alpaca: 5 of 10 (score 0.9)"
+    ) in flat
+    assert f"slice 0 {second.intent_id} at ibkr: accepted 0/5; routed by preference" in flat
     assert f"slice 1 {child_id(parent, 1, 0)}: rejected 0/5; refused by the router: no broker can take it" in flat
     assert flat.index(first.intent_id) < flat.index(second.intent_id) < flat.index(child_id(parent, 1, 0))
 
@@ -234,7 +248,7 @@ async def test_mbx_explain_tells_a_parents_story_and_a_childs_parent(store: Audi
     flat = " ".join(out.split())
     assert code == 0, out
     assert f"child of parent order {parent}, slice 0 (mbx explain {parent} for the whole order)" in flat
-    assert "attempt 1: routed to ibkr by split:parent" in flat
+    assert "attempt 1: routed to ibkr by preference" in flat and "split: ibkr: 5 of 10 (score 0.9)" in flat
 
     code, out = await mbx("explain", parent, "--json", env=env)
     story = json.loads(out)
@@ -374,6 +388,57 @@ async def test_cancel_of_a_parent_ends_with_its_cancelled_report(
     assert code == 0, out
     flat = " ".join(out.split())
     assert f"cancelled parent order {parent}: 5 of 15 filled before the cancel; children: alpaca 1 (5)" in flat
+
+
+async def test_a_split_twap_parent_from_mbx_submit_to_mbx_explain_on_the_whole_stack(
+    start_pipeline: Any, isolated: Settings, servers: Servers
+) -> None:
+    """The router, executors, aggregator and parent-order worker running: `mbx submit --split --twap`
+    prints the parent's progress and ends filled; Postgres then holds the parent's final report with
+    every child order linked, and `mbx explain` tells the parent's and a child's story."""
+    await start_pipeline(own_settings=isolated)
+    parent = new_intent_id("e2e")
+    env = {
+        "MBX_NATS_URL": servers.nats_url,
+        "MBX_SUBJECT_PREFIX": isolated.subject_prefix,
+        "MBX_DATABASE_URL": isolated.database_url or "",
+    }
+    args = ("submit", "--symbol", "AAPL", "--quantity", "40", "--split", "--twap", "10s/2", "--intent-id", parent)
+    code, out = await mbx(*args, "--strategy", STRATEGY, "--timeout", "60", env=env)
+    flat = " ".join(out.split())
+    assert code == 0, out
+    assert "twap 10s in 2 slices, split over up to 5 brokers" in flat
+    assert "filled: 40 of 40 @" in flat
+
+    engine = make_engine(isolated.sqlalchemy_url(), pool_size=1)
+    try:
+
+        async def final_stored() -> dict[str, Any] | None:
+            rows = await fetch_all(engine, "SELECT * FROM parent_orders WHERE parent_intent_id = :p", p=parent)
+            return dict(rows[0]) if rows and rows[0]["status"] == "filled" else None
+
+        row = await eventually(final_stored, timeout=30)
+        children = [c["intent_id"] for c in row["children"]]
+        assert {c["slice_number"] for c in row["children"]} == {0, 1}
+
+        async def all_linked() -> bool:
+            linked = await fetch_all(
+                engine, "SELECT DISTINCT intent_id FROM orders WHERE parent_intent_id = :p", p=parent
+            )
+            return sorted(r["intent_id"] for r in linked) == sorted(children)
+
+        await eventually(all_linked, timeout=30)
+    finally:
+        await engine.dispose()
+
+    code, out = await mbx("explain", parent, env=env)
+    flat = " ".join(out.split())
+    assert code == 0, out
+    assert "status: filled; 40 of 40 filled @" in flat
+    assert flat.count("slice 0 ") >= 1 and flat.count("slice 1 ") >= 1
+    assert flat.count("; routed by ") == len(children)
+    code, out = await mbx("explain", children[-1], env=env)
+    assert f"child of parent order {parent}, slice 1" in " ".join(out.split()), out
 
 
 # Migration 0011 on a populated database --------------------------------------------------------

@@ -51,8 +51,17 @@ def order(intent_id: str, attempt: int, broker: str | None, status: str, filled:
     }
 
 
-def route(intent_id: str, attempt: int, broker: str, rule: str, reason: str) -> dict[str, Any]:
-    return {"intent_id": intent_id, "attempt": attempt, "broker_name": broker, "rule": rule, "reason": reason}
+def route(
+    intent_id: str, attempt: int, broker: str, rule: str, reason: str, split: str | None = None
+) -> dict[str, Any]:
+    return {
+        "intent_id": intent_id,
+        "attempt": attempt,
+        "broker_name": broker,
+        "rule": rule,
+        "reason": reason,
+        "split": split,
+    }
 
 
 ORDERS = [
@@ -62,7 +71,7 @@ ORDERS = [
     order("p-1:0.2", 1, None, "rejected", "0", quantity="5", reason="no eligible broker"),
 ]
 ROUTES = [
-    route("p-1:0.0", 1, "alpaca", "split:parent", "alpaca: 10 of 20 (score 0.91)"),
+    route("p-1:0.0", 1, "alpaca", "preference", "the strategy asked for alpaca", "alpaca: 10 of 20 (score 0.91)"),
     route("p-1:0.10", 1, "schwab", "split:parent", "schwab: 5 of 20"),
     route("p-1:0.10", 2, "ibkr", "failover", "next in the chain after schwab"),
 ]
@@ -74,8 +83,8 @@ def test_children_come_in_slice_then_part_order_with_their_latest_order_and_rout
     children = children_of(PARENT, ORDERS, ROUTES)
     assert [c.intent_id for c in children] == ["p-1:0.0", "p-1:0.2", "p-1:0.10", "p-1:1.0"]
     first, refused, failed_over, planned = children
-    assert (first.broker, first.status, first.filled_quantity, first.rule) == ("alpaca", "filled", 10, "split:parent")
-    assert first.reason == "alpaca: 10 of 20 (score 0.91)"
+    assert (first.broker, first.status, first.filled_quantity, first.rule) == ("alpaca", "filled", 10, "preference")
+    assert (first.reason, first.split) == ("the strategy asked for alpaca", "alpaca: 10 of 20 (score 0.91)")
     assert (refused.broker, refused.status, refused.rule) == ("schwab", "rejected", None)
     assert refused.reason == "refused by the router: no eligible broker"
     assert (failed_over.broker, failed_over.attempts, failed_over.rule) == ("ibkr", 2, "failover")
@@ -114,11 +123,14 @@ def test_explain_prints_the_parent_then_every_child(capsys: pytest.CaptureFixtur
     print_parent(story)
     out = " ".join(capsys.readouterr().out.split())
     assert "parent order p-1 (momo): buy 30 AAPL, algorithm not reported" in out
-    assert "status: partially_filled, filled 15 of 30 @ 100.5" in out
+    assert "status: partially_filled; 15 of 30 filled @ 100.5" in out
     assert "arrival price: 100.25; slippage against it: +24.94 bps" in out
     assert "filled by broker: alpaca 10, ibkr 5" in out
     assert out.index("p-1:0.0") < out.index("p-1:0.2") < out.index("p-1:0.10") < out.index("p-1:1.0")
-    assert "p-1:0.0 at alpaca: filled 10/10 @ 100.5; routed by split:parent: alpaca: 10 of 20 (score 0.91)" in out
+    assert (
+        "p-1:0.0 at alpaca: filled 10/10 @ 100.5; routed by preference: the strategy asked for alpaca; "
+        "split: alpaca: 10 of 20 (score 0.91)"
+    ) in out
     assert "p-1:0.10 at ibkr: filled 5/5 @ 100.5; routed by failover (attempt 2): next in the chain" in out
     assert "slice 1 p-1:1.0 at alpaca: planned 0/10" in out
     assert "refused by the router: no eligible broker" in out

@@ -4,11 +4,13 @@ A parent's newest ``ParentReport`` (highest ``report_seq``) is its row; an older
 late changes nothing. A child order is linked through ``orders.parent_intent_id``: from its
 route (``parent_of`` the routed intent) when the order is stored from the route, and from the
 parent's report for any child order already stored without the link (one stored first from an
-execution report, or a router rejection, which has no route).
+execution report, or a router rejection, which has no route). A split child's route keeps why
+the split gave it its broker (``with_split_reason``).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -21,9 +23,9 @@ from contracts.messages import INTENT_ID_MAX_LENGTH
 from workers.domain.parents import child_id
 from workers.platform.db.models import ParentOrder
 
-PARENT_KEY, SLICE_KEY = "parent", "slice"
-"""The metadata keys the parent-order worker gives each child intent: the parent's intent id and
-the slice number."""
+PARENT_KEY, SLICE_KEY, SPLIT_KEY = "parent", "slice", "split"
+"""The metadata keys the parent-order worker gives each child intent: the parent's intent id, the
+slice number, and (a split's child) why its broker got its quantity."""
 PLANNED = "planned"
 """A child's status in a ParentReport before it is sent: it has no order yet."""
 
@@ -55,6 +57,16 @@ def parent_of(intent: OrderIntent) -> str | None:
     stem = first[: -len("0")]
     part = intent.intent_id.removeprefix(stem)
     return parent if part != intent.intent_id and _PART.fullmatch(part) else None
+
+
+def with_split_reason(decision: str, intent: OrderIntent) -> str:
+    """A route's stored decision (JSON), with why the split gave a child its broker and quantity
+    (``split``) when the routed intent is a split's child. The route alone does not say it: a
+    child names its broker as a preference, so its rule is the preference."""
+    reason = intent.metadata.get(SPLIT_KEY)
+    if not reason or parent_of(intent) is None:
+        return decision
+    return json.dumps({**json.loads(decision), SPLIT_KEY: reason})
 
 
 def parent_row(report: ParentReport) -> dict[str, Any]:

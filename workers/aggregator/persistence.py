@@ -28,7 +28,7 @@ from contracts import (
     PositionSnapshot,
     RouteDecision,
 )
-from workers.aggregator.parent_records import parent_of, store_parent_reports
+from workers.aggregator.parent_records import parent_of, store_parent_reports, with_split_reason
 from workers.domain.capabilities import CAPABILITIES
 from workers.platform.db.models import (
     BrokerAccount,
@@ -370,17 +370,20 @@ def _route_row(r: RouteDecision) -> dict[str, Any]:
         "estimated_fee": best.estimated_fee if best else None,
         "fallback_chain": [str(b) for b in r.fallback_chain],
         "failover_from": str(r.failover_from) if r.failover_from else None,
-        "decision": r.model_dump_json(
-            include={
-                "reason",
-                "candidates",
-                "excluded",
-                "config_version",
-                "message_id",
-                "reference_price",
-                "quote",
-                "closes_position",
-            }
+        "decision": with_split_reason(
+            r.model_dump_json(
+                include={
+                    "reason",
+                    "candidates",
+                    "excluded",
+                    "config_version",
+                    "message_id",
+                    "reference_price",
+                    "quote",
+                    "closes_position",
+                }
+            ),
+            r.intent,
         ),
         "decided_at": r.created_at,
     }

@@ -101,7 +101,7 @@ def print_parent(story: ParentStory) -> None:
         )
         average = f" @ {number(row['average_price'])}" if row["average_price"] is not None else ""
         console.print(
-            f"  status: [bold]{row['status']}[/bold], filled {number(row['filled_quantity'])} of {quantity}{average}"
+            f"  status: [bold]{row['status']}[/bold]; {number(row['filled_quantity'])} of {quantity} filled{average}"
         )
         arrival = number(row["arrival_price"]) if row["arrival_price"] is not None else "not known (no fresh quote)"
         slippage = (
@@ -124,13 +124,18 @@ def print_parent(story: ParentStory) -> None:
         price = f" @ {number(c.average_price)}" if c.average_price is not None else ""
         attempt = f" (attempt {c.attempts})" if c.attempts > 1 else ""
         routed = f"routed by {c.rule}{attempt}" if c.rule else ""
-        why = ": ".join(part for part in (routed, c.reason) if part)
+        route_words = ": ".join(part for part in (routed, c.reason) if part)
+        why = "; ".join(part for part in (route_words, _split(c.split)) if part)
         where = f" at {c.broker}" if c.broker else ""
         slice_words = "-" if c.slice_number is None else str(c.slice_number)
         console.print(
             f"    slice {slice_words}  {c.intent_id}{where}: [bold]{c.status}[/bold] {size}{price}"
             + (f"; {why}" if why else "")
         )
+
+
+def _split(reason: str) -> str:
+    return f"split: {reason}" if reason else ""
 
 
 def print_intent(story: Story) -> None:
@@ -142,6 +147,8 @@ def print_intent(story: Story) -> None:
         head = f"attempt {route['attempt']}: routed to [bold]{route['broker_name']}[/bold] by {route['rule']}"
         console.print(head + (f" (after {route['failover_from']} failed)" if route["failover_from"] else ""))
         console.print(f"  why: {decision.get('reason', '')}")
+        if decision.get("split"):
+            console.print(f"  {_split(decision['split'])}")
         table = Table(show_header=True, box=None, padding=(0, 2))
         for column in ("candidate", "total", "cost", "speed", "fill", "est. fee", "latency ms", "buying power"):
             table.add_column(column)

@@ -23,7 +23,7 @@ CHILD_ORDERS_SQL = """
      ORDER BY intent_id, attempt, id
 """
 CHILD_ROUTES_SQL = """
-    SELECT intent_id, attempt, broker_name, rule, decision ->> 'reason' AS reason
+    SELECT intent_id, attempt, broker_name, rule, decision ->> 'reason' AS reason, decision ->> 'split' AS split
       FROM multi_broker_routes WHERE intent_id = ANY(CAST(:children AS varchar[]))
      ORDER BY intent_id, attempt
 """
@@ -52,6 +52,8 @@ class ChildStory:
     """The rule of its latest route; None when it was never routed."""
     reason: str
     """Why it went where it went (its latest route's reason), or why it was refused or ended."""
+    split: str = ""
+    """Why the split gave it its broker and quantity (a split's child), from its route."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +126,7 @@ def children_of(
                 attempts=route["attempt"] if route is not None else 0,
                 rule=route["rule"] if route is not None else None,
                 reason=reason,
+                split=(route.get("split") if route is not None else None) or "",
             )
         )
     return sorted(stories, key=_slice_order)
