@@ -660,6 +660,9 @@ class ParentReport(Message):
     side: Side
     status: ParentStatus
     quantity: Quantity = Field(description="The parent's quantity.")
+    execution: Execution | None = Field(
+        default=None, description="The parent's algorithm as it asked for it (split, twap, iceberg)."
+    )
     filled_quantity: NonNegativeDecimal = Field(default=Decimal(0), description="Filled over every child.")
     average_price: NonNegativeDecimal | None = Field(
         default=None, description="Quantity-weighted average fill price over every child; empty before a fill."
