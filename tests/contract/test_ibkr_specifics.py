@@ -15,7 +15,7 @@ from contracts import OrderStatus
 from tests.builders import make_intent
 from tests.contract.harness import IbkrHarness
 from tests.fakes.ibkr import FakeGateway
-from workers.domain.venue import VenueAuthFailed, VenueDuplicate, VenueUnavailable
+from workers.domain.venue import VenueAuthFailed, VenueDuplicate, VenueOrder, VenueUnavailable
 from workers.venues.ibkr.order_ids import MemoryOrderIds
 from workers.venues.ibkr.venue import IbkrVenue, contract_for, order_for
 
@@ -138,3 +138,46 @@ async def test_concurrent_lookups_share_the_gateways_answers(h: IbkrHarness) -> 
     h.venue._ib.wrapper.trades.clear()  # as after a restart: nothing known on this connection
     found = await asyncio.wait_for(asyncio.gather(*(h.venue.locate(i, i.intent_id, i.created_at) for i in intents)), 5)
     assert [f.broker_order_id if f else None for f in found] == [p.broker_order_id for p in placed]
+
+
+async def test_fills_made_while_tws_was_cut_off_from_ib_are_read_once_it_is_back(h: IbkrHarness) -> None:
+    """TWS pushes nothing of what happened at IB during an error 1100, then or after 1102: once
+    IB is back the adapter asks for it, and the executor's settling (the connected callback) and
+    its reads of the orders (``get_order``, what the reconcile asks) see the fills."""
+    resting = [make_intent(quantity="4", order_type="limit", limit_price="1.00") for _ in range(2)]
+    placed = [await h.venue.place_order(i, i.intent_id) for i in resting]
+    settled, told = [], []
+
+    async def on_order(order: VenueOrder) -> None:
+        told.append(order)
+
+    async def on_connect() -> None:
+        settled.append(True)
+
+    stream = asyncio.create_task(h.venue.stream_updates(on_order, on_connect))
+    try:
+        await asyncio.sleep(0.05)
+        assert settled == [True]  # connected already
+        h.fault(auth_expired=True)  # error 1100
+        await asyncio.sleep(0.05)
+        h.gateway.trade(int(placed[0].broker_order_id))  # at IB, unseen by TWS
+        h.gateway.trade(int(placed[1].broker_order_id), Decimal(2))
+        await asyncio.sleep(0.05)
+        assert told == []
+        h.fault(auth_expired=False)  # error 1102: data maintained, nothing pushed
+        for _ in range(40):
+            if len(settled) > 1:
+                break
+            await asyncio.sleep(0.05)
+        assert len(settled) == 2, "the executor was not asked to settle its orders after 1102"
+        filled = await h.venue.get_order(placed[0].broker_order_id)
+        half = await h.venue.get_order(placed[1].broker_order_id)
+    finally:
+        stream.cancel()
+    assert filled is not None and half is not None
+    assert (filled.status, filled.filled_quantity, len(filled.fills)) == (OrderStatus.FILLED, 4, 1)
+    assert (half.status, half.filled_quantity, len(half.fills)) == (OrderStatus.PARTIALLY_FILLED, 2, 1)
+    assert {(o.broker_order_id, o.status) for o in told} >= {
+        (placed[0].broker_order_id, OrderStatus.FILLED),
+        (placed[1].broker_order_id, OrderStatus.PARTIALLY_FILLED),
+    }

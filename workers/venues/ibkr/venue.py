@@ -39,6 +39,7 @@ from workers.domain.venue import (
     VenueAmbiguous,
     VenueAuthFailed,
     VenueDuplicate,
+    VenueError,
     VenueFill,
     VenueOrder,
     VenueRateLimited,
@@ -174,11 +175,29 @@ class IbkrVenue:
                 raise VenueUnavailable(self._down_because)
             self._down_because = ""
             log.info("broker connected", broker=str(self.broker), host=self._host, port=self._port)
-        for callback in list(self._connected_callbacks):  # the executor settles its working orders
-            task: asyncio.Future[None] = asyncio.ensure_future(callback())
-            self._settling.add(task)
-            task.add_done_callback(self._settling.discard)
+        self._settle()
         return self._ib
+
+    def _settle(self) -> None:
+        """Run the connected callbacks: the executor settles its working orders."""
+        for callback in list(self._connected_callbacks):
+            self._keep(asyncio.ensure_future(callback()))
+
+    def _keep(self, task: asyncio.Future[None]) -> None:
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _catch_up(self) -> None:
+        """IB is back (1101/1102) after TWS was cut off from it (1100): TWS pushes nothing of what
+        happened at IB meanwhile (fills of working orders among it), then or after. Ask for it
+        (open and completed orders, executions), then let the executor settle its orders."""
+        try:
+            await self._refresh()
+        except (VenueError, TimeoutError, ConnectionError) as exc:  # the next reconnection synchronises
+            log.warning(
+                "orders not read after IB came back", broker=str(self.broker), error=f"{type(exc).__name__}: {exc}"
+            )
+        self._settle()
 
     def _on_disconnect(self) -> None:
         if self._closing:
@@ -208,8 +227,9 @@ class IbkrVenue:
         if code == LOST:
             self._lost = _lost_text(text)
             log.error("broker down", broker=str(self.broker), reason=self._lost)
-        elif code in RESTORED:
+        elif code in RESTORED and self._lost:
             self._lost = ""
+            self._keep(asyncio.get_running_loop().create_task(self._catch_up()))
 
     async def _ready(self) -> IB:
         await asyncio.sleep(0)  # take in what the gateway already sent (an error 1100, a fill)
@@ -293,7 +313,8 @@ class IbkrVenue:
             await self._gate.take()
             await asyncio.wait_for(ib.reqAllOpenOrdersAsync(), self._timeout_s)
             await self._gate.take()
-            await asyncio.wait_for(ib.reqCompletedOrdersAsync(apiOnly=True), self._timeout_s)
+            completed = await asyncio.wait_for(ib.reqCompletedOrdersAsync(apiOnly=True), self._timeout_s)
+            _end_known(self._ib.trades(), completed)
             await self._gate.take()
             await asyncio.wait_for(ib.reqExecutionsAsync(), self._timeout_s)
 
@@ -451,6 +472,21 @@ def _best(trades: Iterable[Trade]) -> Trade | None:
     """Of the records of one order, the one the gateway told most about (a record made when it
     was sent may outlive the connection it was sent on)."""
     return max(trades, key=lambda t: (bool(t.order.permId), len(t.fills)), default=None)
+
+
+def _end_known(known: Iterable[Trade], completed: Iterable[Trade]) -> None:
+    """End the records this connection keeps of orders TWS now lists as completed: ib_async files
+    a completed order apart and leaves its record of the order as it last heard of it (working),
+    which is all a read of the order then finds."""
+    ended = {t.order.permId: t for t in completed if t.order.permId}
+    for trade in known:
+        done = ended.get(trade.order.permId)
+        if done is None or done is trade or trade.isDone():
+            continue
+        trade.orderStatus.status = done.orderStatus.status
+        trade.orderStatus.remaining = 0.0
+        if _decimal(done.order.filledQuantity) > _decimal(trade.order.filledQuantity):
+            trade.order.filledQuantity = done.order.filledQuantity
 
 
 def _error(trade: Trade) -> tuple[int, str] | None:
