@@ -5,20 +5,25 @@ ib_async client reaches it over a loopback socket.
 One JSON object per line. The client sends ``{"op": <request>, "args": [...]}`` (the first one
 ``connect``, answered with ``{"hello": ...}`` or ``{"refused": ...}``); the gateway answers with
 ``{"cb": <wrapper callback>, "args": [...]}``, which the client calls on its wrapper. ib_async's
-dataclasses travel by name and fields.
+dataclasses travel by name and fields. Requests leave through ib_async's own throttle
+(``Client.sendMsg``: ``MaxRequests`` a ``RequestsInterval``), as they would to TWS, so the
+gateway's pacing (``FakeGateway.message_limit``) sees what a real client would send.
 
-In the test: ``async with serve_gateway(gateway) as address``; in the executor process:
+In the test: ``async with serve_gateway(gateway) as address`` (or ``with
+serve_gateway_thread(gateway) as (address, lock)``, from a thread of its own); in the executor process:
 ``python -m tests.chaos.ibkr_executor`` with ``TEST_IBKR_BRIDGE`` set to that address.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -85,24 +90,35 @@ class _RemoteWrapper:
 
 
 class RemoteSession(GatewaySession):
+    """One API connection at the gateway. What it sends is written by the gateway's event loop
+    in the order it was sent, whichever thread sent it (a test's step works the gateway from
+    the test's own thread: ``serve_gateway_thread``)."""
+
     def __init__(self, gateway: FakeGateway, writer: asyncio.StreamWriter, client_id: int) -> None:
         self.gateway, self.clientId, self._writer = gateway, client_id, writer
         self.wrapper = _RemoteWrapper(self._send)
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
 
     def _send(self, message: dict[str, Any]) -> None:
+        if not self._closed:
+            self._loop.call_soon_threadsafe(self._write, _line(message))
+
+    def _write(self, line: bytes) -> None:
         if not self._writer.is_closing():
-            self._writer.write(_line(message))
+            self._writer.write(line)
 
     def later(self, callback: Callable[..., Any], *args: Any) -> None:
         callback(*args)  # the socket delivers it later
 
     def isReady(self) -> bool:
-        return not self._writer.is_closing()
+        return not self._closed
 
     def drop(self) -> None:
         if self in self.gateway.clients:
-            self.gateway.clients.remove(self)  # type: ignore[arg-type]
-        self._writer.close()
+            self.gateway.clients.remove(self)
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._writer.close)
 
 
 @contextlib.asynccontextmanager
@@ -113,23 +129,26 @@ async def serve_gateway(gateway: FakeGateway) -> AsyncIterator[str]:
         remote: RemoteSession | None = None
         try:
             hello = json.loads(await reader.readline())
-            if gateway.faults.outage:
-                writer.write(_line({"refused": "[Errno 111] Connect call failed"}))
-                return
-            remote = RemoteSession(gateway, writer, int(hello["clientId"]))
-            gateway.clients.append(remote)  # type: ignore[arg-type]
-            writer.write(_line({"hello": {"next_valid_id": gateway.next_valid_id, "account": fake.ACCOUNT}}))
-            if gateway.lost:
-                remote.wrapper.error(-1, 1100, "Connectivity between IB and Trader Workstation has been lost.", "")
+            with gateway.guard:
+                if gateway.faults.outage:
+                    writer.write(_line({"refused": "[Errno 111] Connect call failed"}))
+                    return
+                remote = RemoteSession(gateway, writer, int(hello["clientId"]))
+                gateway.clients.append(remote)
+                writer.write(_line({"hello": {"next_valid_id": gateway.next_valid_id, "account": fake.ACCOUNT}}))
+                gateway.paced(remote, -1)  # the API handshake's startApi message
+                if gateway.lost:
+                    remote.wrapper.error(-1, 1100, fake.LOST_TEXT, "")
             while line := await reader.readline():
                 request = json.loads(line)
-                getattr(remote, request["op"])(*decode(request["args"]))
+                with gateway.guard:
+                    getattr(remote, request["op"])(*decode(request["args"]))
                 await writer.drain()
         except (ConnectionError, json.JSONDecodeError):
             pass  # the executor died (the crash tests kill it)
         finally:
             if remote is not None and remote in gateway.clients:
-                gateway.clients.remove(remote)  # type: ignore[arg-type]
+                gateway.clients.remove(remote)
             writer.close()
 
     server = await asyncio.start_server(session, "127.0.0.1", 0)
@@ -138,11 +157,57 @@ async def serve_gateway(gateway: FakeGateway) -> AsyncIterator[str]:
         yield f"{host}:{port}"
     finally:
         server.close()
-        for client in list(gateway.clients):
-            client.drop()
+        with gateway.guard:
+            gateway.drop_clients()
+
+
+@contextlib.contextmanager
+def serve_gateway_thread(gateway: FakeGateway) -> Iterator[tuple[str, threading.RLock]]:
+    """Serve ``gateway`` from a thread of its own (a test that blocks its event loop, waiting
+    for `mbx up`, must not stop the gateway answering); yields ``host:port`` and the lock the
+    gateway holds while it answers (``FakeGateway.guard``): hold it to work the gateway."""
+    lock = threading.RLock()
+    gateway.guard = lock
+    loop = asyncio.new_event_loop()
+    address: concurrent.futures.Future[str] = concurrent.futures.Future()
+    stop = asyncio.Event()
+
+    async def run() -> None:
+        async with serve_gateway(gateway) as served:
+            address.set_result(served)
+            await stop.wait()
+        await asyncio.sleep(0.1)  # the sessions see their connections closed
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(run(),), name="fake-ib-gateway", daemon=True)
+    thread.start()
+    try:
+        yield address.result(timeout=10), lock
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
 
 
 # The executor's side -----------------------------------------------------------------------
+
+
+class _LineSocket:
+    """Where ib_async's ``Client.sendMsg`` writes (its ``conn``): one JSON line per message."""
+
+    def __init__(self) -> None:
+        self.writer: asyncio.StreamWriter | None = None
+        self.numBytesSent = 0
+        self.numMsgSent = 0
+
+    def sendMsg(self, msg: bytes) -> None:
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.write(msg)
+            self.numBytesSent += len(msg)
+            self.numMsgSent += 1
+
+    def disconnect(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 class BridgeClient(Client):
@@ -151,7 +216,8 @@ class BridgeClient(Client):
     def __init__(self, wrapper: Any, address: str) -> None:
         super().__init__(wrapper)
         self._address = address
-        self._writer: asyncio.StreamWriter | None = None
+        self._socket = _LineSocket()
+        self.conn = self._socket  # type: ignore[assignment]  # requests leave through ib_async's throttle
         self._reading: asyncio.Task[None] | None = None
 
     async def connectAsync(self, host: str, port: int, clientId: int, timeout: float | None = 2.0) -> None:
@@ -169,7 +235,7 @@ class BridgeClient(Client):
         self._accounts = [answer["hello"]["account"]]
         self.wrapper.managedAccounts(answer["hello"]["account"])
         self.updateReqId(answer["hello"]["next_valid_id"])
-        self._writer = writer
+        self._socket.writer = writer
         self._reading = asyncio.get_running_loop().create_task(self._read(reader))
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
@@ -183,14 +249,16 @@ class BridgeClient(Client):
             self.apiEnd.emit()
 
     def _request(self, op: str, *args: Any) -> None:
-        if self._writer is None or self._writer.is_closing():
+        writer = self._socket.writer
+        if writer is None or writer.is_closing() or not self.isConnected():
             raise ConnectionError("Not connected")
-        self._writer.write(_line({"op": op, "args": encode(list(args))}))
+        self.sendMsg(json.dumps({"op": op, "args": encode(list(args))}))  # throttled as ib_async throttles
+
+    def _prefix(self, msg: bytes) -> bytes:
+        return msg + b"\n"  # a line, where TWS's protocol puts a length prefix
 
     def disconnect(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self._socket.disconnect()
         if self._reading is not None:
             self._reading.cancel()
         super().disconnect()
