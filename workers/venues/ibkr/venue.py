@@ -2,12 +2,13 @@
 
 One long-lived API connection per executor (``host``, ``port``, ``client_id``), reconnected
 with backoff when it drops. Only ib_async's asynchronous calls are used; ib_async paces what it
-sends (45 messages a second, below TWS's 50). ``orderRef`` carries the intent id, and the
-order id is recorded before the order is sent (``order_ids.py``), so a resubmission reuses it
-and the gateway refuses a second one (error 103, a duplicate: looked up). Each (re)connection
+sends (one message every 1/40 s, below TWS's 50 a second). ``orderRef`` carries the intent id,
+and the order id is recorded before the order is sent (``order_ids.py``), so a resubmission
+reuses it and the gateway refuses a second one (error 103, a duplicate: looked up). Each (re)connection
 runs ib_async's start-up synchronisation (open and completed orders, executions), and the
 executor then settles its working orders (``SupportsUpdates``): fills made while the
-connection was away are not lost. Order changes arrive as TWS pushes them.
+connection was away are not lost; so after 1101/1102, when TWS had lost IB (1100) and pushes
+nothing of what happened meanwhile. Order changes arrive as TWS pushes them.
 
 Error codes: 100 (pacing) is a 429; 103 a duplicate; 200 (no such contract) and 201 (order
 rejected) refusals, 201 for margin one another broker may take; 1100 (TWS lost IB) takes the
@@ -56,7 +57,11 @@ logging.getLogger("ib_async.client").setLevel(logging.CRITICAL)  # every failed 
 logging.getLogger("ib_async.wrapper").setLevel(logging.WARNING)  # every order's every update at INFO
 
 PAPER_PORTS = (7497, 4002)
-MESSAGES_PER_SECOND = 45
+MESSAGES_PER_SECOND = 40
+"""ib_async sends one message every 1/40 s at most. TWS counts 50 in any second as the messages
+arrive: ib_async's own way (45 a second, each second's let go at once) lands two seconds' worth
+within one second at the gateway whenever the first is read a little late; evenly spaced at 40,
+messages read up to a quarter of a second late still make no 50 in a second."""
 PACING_PAUSE_S = 1.0
 """How long the rate budget pauses after a pacing violation (error 100 names no reset time)."""
 RECONNECT_BACKOFF = (0.5, 30.0)
@@ -89,7 +94,9 @@ class IbkrVenue:
         self._timeout_s = timeout_s
         self._paper = paper
         self._ib = (make_ib or IB)()
-        self._ib.client.MaxRequests, self._ib.client.RequestsInterval = MESSAGES_PER_SECOND, 1
+        self._ib.client.MaxRequests = 1
+        # ib_async declares an int; its throttle does float arithmetic with the event loop's clock.
+        self._ib.client.RequestsInterval = 1 / MESSAGES_PER_SECOND  # type: ignore[assignment]
         self._ib.errorEvent += self._on_error
         self._ib.disconnectedEvent += self._on_disconnect
         self._down_because = "not connected yet"
