@@ -30,12 +30,17 @@ from contracts import (
     Subjects,
 )
 from tests.builders import intent_payload
-from tests.conftest import Pipeline, eventually, fetch_all
+from tests.conftest import Pipeline, eventually, fetch_all, simulated_venue, unthrottled
+from tests.integration.test_security import as_role, secured
+from workers.devstack.nats import EmbeddedNats
 from workers.domain.config import MbxConfig, parse_config
 from workers.domain.parents import child_id, schedule
-from workers.entry import build_worker
-from workers.platform.bus import read_stream, stored_at
+from workers.entry import build_executor_worker, build_worker
+from workers.ops import security
+from workers.platform.access import connect_options
+from workers.platform.bus import ensure_streams, jetstream, read_stream, stored_at
 from workers.platform.db.engine import make_engine
+from workers.platform.live_config import write_live_config
 from workers.platform.runtime import Worker
 from workers.platform.settings import Settings
 from workers.venues.simulated.impact import ImpactModel
@@ -43,6 +48,7 @@ from workers.venues.simulated.quotes import QuoteModel
 from workers.venues.simulated.venue import SimulatedVenue
 
 pytestmark = pytest.mark.integration
+__all__ = ["secured"]  # the secured nats-server fixture, shared with the security tests
 
 STRATEGY = "algo"
 PAPER = Decimal(100_000)
@@ -449,3 +455,63 @@ async def test_kill_switches_apply_to_every_child_and_a_parent_nobody_can_take_e
     assert "30 not placed after 3 tries" in report.reason and "kill switch" in report.reason
     assert await stack.children(split) == []
     assert await stack._stored("DLQ", f"{stack.subjects.prefix}.dlq.>") == []
+
+
+async def test_under_secure_roles_a_parent_is_worked_and_cancelled_with_nothing_refused(
+    secured: tuple[EmbeddedNats, security.SecuritySetup],
+) -> None:
+    """With `mbx security init`'s users, the router, the executors and the parent-order worker each as
+    its own role: a strategy's split parent fills, and its resting TWAP is cancelled through the router
+    and the parent-order worker; NATS refuses none of them anything."""
+    server, setup = secured
+    config = unthrottled(MbxConfig())
+    operator = await nats.connect(server.url, **connect_options(as_role(setup, server, "operator")))
+    strategy = await nats.connect(server.url, **connect_options(as_role(setup, server, "strategy-s1")))
+    await ensure_streams(jetstream(operator), Subjects())
+    await write_live_config(jetstream(operator), Subjects(), config)
+    workers: list[Worker] = [
+        build_worker("router", as_role(setup, server, "router"), config),
+        *(
+            build_executor_worker(as_role(setup, server, f"executor-{b}"), b, simulated_venue(b, config), config)
+            for b in config.enabled_brokers()
+        ),
+        build_worker("parents", as_role(setup, server, "parents"), config),
+    ]
+    for worker in workers:
+        await worker.start()
+    subjects = Subjects()
+    try:
+        split = intent_payload(strategy_id="s1", symbol="PEP", quantity="40", execution={"split": {}})
+        limit = str((QUOTES.mid("PEP") * Decimal("0.98")).quantize(Decimal("0.01")))
+        resting = intent_payload(
+            strategy_id="s1",
+            symbol="PEP",
+            quantity="20",
+            order_type="limit",
+            limit_price=limit,
+            execution={"twap": {"duration_s": 20, "slices": 2}},
+        )
+        for payload in (split, resting):
+            await strategy.jetstream().publish(
+                subjects.intent("s1"), json.dumps(payload).encode(), headers={"Nats-Msg-Id": payload["intent_id"]}
+            )
+
+        async def report(intent_id: str, when: Callable[[ParentReport], bool]) -> ParentReport | None:
+            stored = await read_stream(operator.jetstream(), "EXECUTIONS", subjects.parent_report("*", "s1"))
+            found = [ParentReport.model_validate_json(m.data) for m in stored]
+            return next((r for r in found if r.intent_id == intent_id and when(r)), None)
+
+        filled = await eventually(lambda: report(split["intent_id"], lambda r: r.final), timeout=30)
+        assert filled.status is ParentStatus.FILLED and len({c.broker for c in filled.children}) >= 3
+        await eventually(lambda: report(resting["intent_id"], lambda r: r.children[0].status == "accepted"), timeout=30)
+        cancel = {"intent_id": resting["intent_id"], "strategy_id": "s1", "message_id": "cancel-resting-s1"}
+        await strategy.jetstream().publish(
+            subjects.cancel("s1"), json.dumps(cancel).encode(), headers={"Nats-Msg-Id": cancel["message_id"]}
+        )
+        cancelled = await eventually(lambda: report(resting["intent_id"], lambda r: r.final), timeout=30)
+        assert cancelled.status is ParentStatus.CANCELLED and [c.status for c in cancelled.children] == ["cancelled"]
+        assert {w.name: w.refusals for w in workers if w.refusals} == {}
+    finally:
+        await asyncio.gather(*(w.stop() for w in workers))
+        await operator.close()
+        await strategy.close()

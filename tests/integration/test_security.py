@@ -83,7 +83,7 @@ def test_every_password_file_is_private_and_the_config_is_valid(
     secured: tuple[EmbeddedNats, security.SecuritySetup],
 ) -> None:
     _, setup = secured
-    expected = {"router", "aggregator", "operator", *(f"executor-{b}" for b in BrokerName)}
+    expected = {"router", "aggregator", "parents", "operator", *(f"executor-{b}" for b in BrokerName)}
     expected |= {f"strategy-{s}" for s in STRATEGIES}
     assert set(setup.users) == expected
     for path in [*setup.users.values(), setup.server_config, setup.key_file]:

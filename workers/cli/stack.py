@@ -236,7 +236,7 @@ def down(timeout: Annotated[float, typer.Option(help="Seconds to wait for a clea
 
 @app.command()
 def worker(
-    kind: Annotated[str, typer.Argument(help="router, executor or aggregator.")],
+    kind: Annotated[str, typer.Argument(help="router, executor, aggregator or parents.")],
     broker: Annotated[BrokerName | None, typer.Option(help="The executor's broker.")] = None,
     live: LiveOption = False,
 ) -> None:
@@ -246,8 +246,8 @@ def worker(
     """
     settings, config = runnable_config(live)
     configure_logging(settings.log_level, settings.log_format)
-    if kind not in ("router", "executor", "aggregator"):
-        fail(f"unknown worker {kind!r}: use router, executor or aggregator", EXIT_USAGE)
+    if kind not in ("router", "executor", "aggregator", "parents"):
+        fail(f"unknown worker {kind!r}: use router, executor, aggregator or parents", EXIT_USAGE)
     if kind == "executor" and broker is None:
         fail("an executor needs --broker (one of: " + ", ".join(BrokerName) + ")", EXIT_USAGE)
     from workers.entry import build_worker, run_until_signalled  # noqa: PLC0415

@@ -181,6 +181,7 @@ class Stack:
         kinds = [("router", ["router"])]
         kinds += [(f"executor-{b}", ["executor", "--broker", str(b)]) for b in self.config.enabled_brokers()]
         kinds.append(("aggregator", ["aggregator"]))
+        kinds.append(("parents", ["parents"]))
         self.workers = [
             WorkerProcess(name, [*base, *args], self._log(name))
             for kind, args in kinds
@@ -231,6 +232,8 @@ class Stack:
             topology.router_consumer(),
             topology.router_failover_consumer(),
             *topology.aggregator_consumers(),
+            topology.parents_consumer(),
+            topology.parents_progress_consumer(),
             *(topology.executor_consumer(b) for b in self.config.enabled_brokers()),
         ]
         nc = await nats.connect(servers=split_servers(nats_url), **connect_options(self._operator()))

@@ -2,9 +2,11 @@
 subjects it uses and no others, a password for each in a file only its owner can read, and TLS
 from a generated development CA (or certificates the user gives).
 
-Roles: ``router``; ``executor-<broker>`` for each broker; ``aggregator``; ``strategy-<id>`` for
-each strategy, which may publish only its own intents and cancels; ``operator`` (every subject:
-the CLI's operator commands and the dashboard, which acts for operators). Each user's replies
+Roles: ``router``; ``executor-<broker>`` for each broker; ``aggregator``; ``parents`` (the
+parent-order worker, which sends each parent's children and their cancels on the strategy's own
+subjects, as the strategy would); ``strategy-<id>`` for each strategy, which may publish only its
+own intents and cancels; ``operator`` (every subject: the CLI's operator commands and the
+dashboard, which acts for operators). Each user's replies
 come to an inbox of its own (``_INBOX_`` and the user name with ``-`` as ``_``:
 ``_INBOX_strategy_alpha``), so no user reads another's replies.
 
@@ -94,8 +96,8 @@ def roles(subjects: Subjects, strategies: list[str], brokers: list[BrokerName]) 
     out = [
         Role(
             "router",
-            publish=(s.all_routes, f"{s.prefix}.cancels.>", s.all_executions, s.dlq("router")),
-            subscribe=(s.route_preview,),
+            publish=(s.all_routes, f"{s.prefix}.cancels.>", s.all_executions, s.all_parent_orders, s.dlq("router")),
+            subscribe=(s.route_preview, s.route_split),
             streams=(*streams, *kv(*router_buckets)),
             buckets=(s.config_bucket, topology.decisions_bucket, topology.scrape_bucket),
             responds=True,
@@ -110,6 +112,20 @@ def roles(subjects: Subjects, strategies: list[str], brokers: list[BrokerName]) 
             ),
             buckets=(s.worker_status_bucket, s.exposure_bucket, s.fill_quality_bucket, topology.scrape_bucket),
             responds=True,
+        ),
+        Role(
+            "parents",
+            publish=(
+                s.all_intents,
+                s.all_cancels,
+                s.parent_report("*", "*"),
+                s.cancel_reject(None, "*"),
+                s.route_split,
+                s.dlq("router"),
+            ),
+            subscribe=(),
+            streams=(*streams, *kv(topology.parents_bucket, *common_buckets)),
+            buckets=(topology.parents_bucket, topology.scrape_bucket),
         ),
     ]
     for broker in brokers:
