@@ -15,6 +15,7 @@ from contracts import BrokerName, ExecutionReport, OrderIntent, OrderStatus, Par
 from contracts.messages import METADATA_MAX_KEYS
 from tests.builders import make_intent
 from workers.domain.parents import child_id
+from workers.parents.journal import decode_record, encode_record
 from workers.parents.record import (
     CANCEL_AGAIN_S,
     ParentRecord,
@@ -264,3 +265,20 @@ def test_unconfirmed_children_are_those_sent_without_a_report_yet() -> None:
     assert unconfirmed(record) == {A: Decimal(6), S: Decimal(4)}
     record = report(record, child_id(record.intent_id, 0, 0), OrderStatus.ACCEPTED)
     assert unconfirmed(record) == {S: Decimal(4)}
+
+
+def test_the_largest_parent_the_contract_allows_fits_one_journal_entry() -> None:
+    """1,000 slices split over five brokers, every child sent and reported: the record round-trips
+    through the journal's encoding within NATS's 1 MB payload limit (compressed past 256 KB)."""
+    intent = make_intent(quantity="100000", execution={"twap": {"duration_s": 5000, "slices": 1000}, "split": {}})
+    record = new_record(intent, T0, Decimal(100))
+    brokers = list(BrokerName)
+    for number in range(1000):
+        shares = [Share(b, Decimal(20), f"{b}: 20 of 100 (score 0.71, queue wait 0 s)") for b in brokers]
+        record = with_plan(record, number, shares, left_reason="", now=T0)
+        record = with_sent(record, number, [c.intent_id for c in record.slices[number].children])
+    stored = encode_record(record)
+    assert len(stored) < 1024 * 1024 and stored.startswith(b"zlib:")
+    assert decode_record(stored) == record
+    small = twap()
+    assert encode_record(small).startswith(b"{") and decode_record(encode_record(small)) == small

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import zlib
 from collections.abc import Callable, Iterable
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -21,6 +22,11 @@ from workers.parents.record import ParentRecord
 from workers.platform.bus import JetStream, LazyBucket, read_bucket
 
 TTL_SECONDS = 7 * 86400
+COMPRESS_ABOVE = 256 * 1024
+"""Bytes of JSON above which a record is stored compressed: a 1,000-slice parent split over five
+brokers is 1.5 MB of JSON, over NATS's payload limit (1 MB), and about 40 KB compressed. Smaller
+records stay readable with `nats kv get`."""
+_COMPRESSED = b"zlib:"
 
 
 class Conflict(Exception):
@@ -45,22 +51,21 @@ class ParentJournal:
             return None, 0
         if not entry.value:
             return None, 0
-        return ParentRecord.model_validate_json(entry.value), int(entry.revision or 0)
+        return decode_record(entry.value), int(entry.revision or 0)
 
     async def create(self, record: ParentRecord) -> bool:
         """Write a new parent's record; False when it has one already (that one stands)."""
         try:
-            await (await self._store()).create(f"p.{_token(record.intent_id)}", _encode(record))
+            await (await self._store()).create(f"p.{_token(record.intent_id)}", encode_record(record))
         except KeyWrongLastSequenceError:
             return False
         return True
 
     async def write(self, record: ParentRecord, revision: int) -> int:
         """Replace the record read at ``revision``; raises ``Conflict`` when it changed since."""
+        kv = await self._store()
         try:
-            return int(
-                await (await self._store()).update(f"p.{_token(record.intent_id)}", _encode(record), last=revision)
-            )
+            return int(await kv.update(f"p.{_token(record.intent_id)}", encode_record(record), last=revision))
         except KeyWrongLastSequenceError as exc:
             raise Conflict(f"parent {record.intent_id} changed since revision {revision}") from exc
 
@@ -92,7 +97,13 @@ class ParentJournal:
         return entry.value.decode() if entry.value else None
 
 
-def _encode(record: ParentRecord) -> bytes:
-    # Defaults left out: a 1,000-slice parent has thousands of children, and a KV value must fit
-    # NATS's payload limit (1 MB).
-    return record.model_dump_json(exclude_defaults=True).encode()
+def encode_record(record: ParentRecord) -> bytes:
+    # Defaults left out, and a large record compressed: a KV value must fit NATS's payload limit.
+    raw = record.model_dump_json(exclude_defaults=True).encode()
+    return raw if len(raw) <= COMPRESS_ABOVE else _COMPRESSED + zlib.compress(raw)
+
+
+def decode_record(value: bytes) -> ParentRecord:
+    if value.startswith(_COMPRESSED):
+        value = zlib.decompress(value[len(_COMPRESSED) :])
+    return ParentRecord.model_validate_json(value)
