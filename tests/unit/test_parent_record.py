@@ -18,11 +18,13 @@ from workers.domain.parents import child_id
 from workers.parents.journal import decode_record, encode_record
 from workers.parents.record import (
     CANCEL_AGAIN_S,
+    RESEND_UNCONFIRMED_S,
     ParentRecord,
     Share,
     cancels_due,
     new_record,
     next_wake,
+    resends_due,
     unconfirmed,
     with_cancel,
     with_cancels_sent,
@@ -282,3 +284,19 @@ def test_the_largest_parent_the_contract_allows_fits_one_journal_entry() -> None
     assert decode_record(stored) == record
     small = twap()
     assert encode_record(small).startswith(b"{") and decode_record(encode_record(small)) == small
+
+
+def test_a_child_nothing_reported_on_is_sent_again_until_a_report_comes() -> None:
+    """A child sent at 0 s with no report by RESEND_UNCONFIRMED_S (a restarted nats-server may have lost
+    it) is due to be sent again, and the wake says when; a report, or a cancel, ends that."""
+    record = twap()
+    planned = with_plan(record, 0, [Share(A, Decimal(10))], left_reason="", now=T0)
+    child = child_id(record.intent_id, 0, 0)
+    record = with_sent(planned, 0, [child], T0)
+    later = at(RESEND_UNCONFIRMED_S)
+    assert resends_due(record, at(1)) == []
+    assert next_wake(record, at(0.5)) == at(1)  # slice 1's time comes first
+    assert [c.intent_id for _, c in resends_due(record, later)] == [child]
+    assert resends_due(with_sent(record, 0, [child], later), later) == []  # sent again: the clock restarts
+    assert resends_due(report(record, child, OrderStatus.ACCEPTED), later) == []
+    assert resends_due(with_cancel(record, "stop"), later) == []

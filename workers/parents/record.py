@@ -23,6 +23,10 @@ REMAINDER_RETRIES_S: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
 """Seconds after which what no broker could take of a slice is planned again, try after try; after
 the last, it is dropped and the parent ends short of it, saying why."""
 CANCEL_AGAIN_S = 10.0
+RESEND_UNCONFIRMED_S = 10.0
+"""Seconds after which a child sent and never reported on is sent again, the same message: a no-op
+when the stream or the router has it (the same id), and the child itself when a nats-server that
+restarted lost it (one that fsyncs lazily can lose messages it acknowledged)."""
 """Seconds after which a cancel is sent again to a child of a cancelled parent still working (the
 first may have reached the router before the child did)."""
 
@@ -39,6 +43,7 @@ class ChildRecord(BaseModel):
     """The broker the split gave it (sent as the child's preference), or the parent's preference."""
     split_reason: str = ""
     sent: bool = False
+    sent_at: datetime | None = None
     withdrawn: bool = False
     """Dropped by a cancel before it was known to be sent: ended, unless a report says otherwise."""
     status: OrderStatus | None = None
@@ -183,6 +188,11 @@ def next_wake(record: ParentRecord, now: datetime) -> datetime | None:
             if c.cancelled_at is not None and c.sent and not c.ended
         ]
     else:
+        times += [
+            c.sent_at + timedelta(seconds=RESEND_UNCONFIRMED_S)
+            for _, c in record.children
+            if c.sent_at is not None and c.status is None and not c.withdrawn
+        ]
         for slice_ in record.slices:
             if slice_.open > 0 and slice_.retry_at is not None:
                 times.append(slice_.retry_at)
@@ -248,10 +258,26 @@ def with_plan(
     return _with_slice(record, planned)
 
 
-def with_sent(record: ParentRecord, number: int, sent: Sequence[str]) -> ParentRecord:
+def with_sent(record: ParentRecord, number: int, sent: Sequence[str], at: datetime | None = None) -> ParentRecord:
+    """Children of slice ``number`` marked sent (JetStream acknowledged them) ``at`` that time."""
     slice_ = record.slices[number]
-    children = tuple(c.model_copy(update={"sent": True}) if c.intent_id in sent else c for c in slice_.children)
+    update = {"sent": True, "sent_at": at}
+    children = tuple(c.model_copy(update=update) if c.intent_id in sent else c for c in slice_.children)
     return _with_slice(record, slice_.model_copy(update={"children": children}))
+
+
+def resends_due(record: ParentRecord, now: datetime) -> list[tuple[SliceRecord, ChildRecord]]:
+    """Children sent ``RESEND_UNCONFIRMED_S`` ago or more with no report since: to send again."""
+    if record.cancel_requested or record.final:
+        return []
+    return [
+        (s, c)
+        for s, c in record.children
+        if c.sent_at is not None
+        and c.status is None
+        and not c.withdrawn
+        and c.sent_at + timedelta(seconds=RESEND_UNCONFIRMED_S) <= now
+    ]
 
 
 def with_report(record: ParentRecord, report: ExecutionReport) -> ParentRecord | None:

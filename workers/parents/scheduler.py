@@ -21,12 +21,14 @@ import structlog
 from workers.parents.journal import Conflict, ParentJournal
 from workers.parents.record import (
     REMAINDER_RETRIES_S,
+    ChildRecord,
     ParentRecord,
     Share,
     SliceRecord,
     cancels_due,
     drop_unsent,
     next_wake,
+    resends_due,
     unconfirmed,
     with_cancels_sent,
     with_plan,
@@ -201,6 +203,7 @@ class Scheduler:
             for _, child in record.children:
                 self.parent_of[child.intent_id] = parent_id
             record, revision = await self._cancel(record, revision)
+            record, revision = await self._resend(record, revision)
             for number in work_due(record, now()):
                 record, revision = await self._work(record, revision, record.slices[number])
             record, revision = await self._report(record, revision)
@@ -229,6 +232,32 @@ class Scheduler:
         record = with_cancels_sent(record, [c.intent_id for c in due], at)
         return record, await self.journal.write(record, revision)
 
+    async def _resend(self, record: ParentRecord, revision: int) -> tuple[ParentRecord, int]:
+        """Send again, unchanged, the children sent a while ago that nothing has reported on."""
+        due = resends_due(record, now())
+        if not due:
+            return record, revision
+        await self._publish_children(record, due)
+        at = now()
+        for slice_, child in due:
+            record = with_sent(record, slice_.number, [child.intent_id], at)
+        log.info("unconfirmed children sent again", intent_id=record.intent_id, children=[c.intent_id for _, c in due])
+        return record, await self.journal.write(record, revision)
+
+    async def _publish_children(
+        self, record: ParentRecord, children: Sequence[tuple[SliceRecord, ChildRecord]]
+    ) -> None:
+        strategy = record.parent.strategy_id
+        subject = self.worker.subjects.intent(strategy)
+        await asyncio.gather(
+            *(
+                publish(
+                    self.worker.js, subject, child_intent(record, s, c), intent_id=c.intent_id, strategy_id=strategy
+                )
+                for s, c in children
+            )
+        )
+
     async def _work(self, record: ParentRecord, revision: int, slice_: SliceRecord) -> tuple[ParentRecord, int]:
         """Plan what of the slice is open (journalled before anything is sent), then send what is
         planned and not sent, then mark it sent."""
@@ -245,21 +274,9 @@ class Scheduler:
         unsent = slice_.unsent
         if not unsent:
             return record, revision
-        subject = self.worker.subjects.intent(record.parent.strategy_id)
-        await asyncio.gather(
-            *(
-                publish(
-                    self.worker.js,
-                    subject,
-                    child_intent(record, slice_, c),
-                    intent_id=c.intent_id,
-                    strategy_id=record.parent.strategy_id,
-                )
-                for c in unsent
-            )
-        )
+        await self._publish_children(record, [(slice_, c) for c in unsent])
         log.info("slice sent", intent_id=record.intent_id, slice=slice_.number, children=[c.intent_id for c in unsent])
-        record = with_sent(record, slice_.number, [c.intent_id for c in unsent])
+        record = with_sent(record, slice_.number, [c.intent_id for c in unsent], now())
         return record, await self.journal.write(record, revision)
 
     async def _shares(self, record: ParentRecord, slice_: SliceRecord) -> tuple[list[Share], str]:
