@@ -16,13 +16,13 @@ from contracts.messages import METADATA_MAX_KEYS
 from tests.builders import make_intent
 from workers.domain.parents import child_id
 from workers.parents.journal import decode_record, encode_record
-from workers.parents.record import (
+from workers.parents.record import ParentRecord, new_record
+from workers.parents.reporting import PLANNED, child_intent, fingerprint, report_of, state_of
+from workers.parents.steps import (
     CANCEL_AGAIN_S,
     RESEND_UNCONFIRMED_S,
-    ParentRecord,
     Share,
     cancels_due,
-    new_record,
     next_wake,
     resends_due,
     unconfirmed,
@@ -33,7 +33,6 @@ from workers.parents.record import (
     with_sent,
     work_due,
 )
-from workers.parents.reporting import PLANNED, child_intent, fingerprint, report_of, state_of
 
 T0 = datetime(2026, 3, 2, 14, 30, tzinfo=UTC)
 A, IB, S = BrokerName.ALPACA, BrokerName.IBKR, BrokerName.SCHWAB

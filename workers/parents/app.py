@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from workers.parents.handlers import ParentHandlers
 from workers.parents.journal import ParentJournal
-from workers.parents.record import REMAINDER_RETRIES_S
 from workers.parents.scheduler import Scheduler
+from workers.parents.steps import REMAINDER_RETRIES_S
 from workers.platform.runtime import Worker
 from workers.platform.settings import Settings
 from workers.platform.split_api import SplitAnswer, SplitRequest

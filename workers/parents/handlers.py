@@ -16,8 +16,9 @@ import structlog
 from contracts import INTENT_ID_HEADER, CancelRequest, DeadLetterStage, ExecutionReport, OrderIntent
 from workers.domain.reports import cancel_reject
 from workers.parents.journal import ParentJournal
-from workers.parents.record import new_record, with_cancel, with_report
+from workers.parents.record import new_record
 from workers.parents.scheduler import Scheduler
+from workers.parents.steps import with_cancel, with_report
 from workers.platform.bus import publish, stored_at
 from workers.platform.runtime import PoisonMessage, RetryLater, StillPending, Worker, parse
 from workers.platform.topology import ARRIVAL_PRICE_HEADER

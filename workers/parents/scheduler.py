@@ -19,12 +19,11 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from workers.parents.journal import Conflict, ParentJournal
-from workers.parents.record import (
+from workers.parents.record import ChildRecord, ParentRecord, SliceRecord
+from workers.parents.reporting import child_cancel, child_intent, fingerprint, report_of
+from workers.parents.steps import (
     REMAINDER_RETRIES_S,
-    ChildRecord,
-    ParentRecord,
     Share,
-    SliceRecord,
     cancels_due,
     drop_unsent,
     next_wake,
@@ -35,7 +34,6 @@ from workers.parents.record import (
     with_sent,
     work_due,
 )
-from workers.parents.reporting import child_cancel, child_intent, fingerprint, report_of
 from workers.platform.bus import publish, publish_checked
 from workers.platform.runtime import RetryLater, Verdict, Worker, disposition
 from workers.platform.split_api import SplitAnswer, SplitRequest
