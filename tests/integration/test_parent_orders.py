@@ -95,12 +95,12 @@ class Stack:
             self.subjects.cancel(STRATEGY), json.dumps(payload).encode(), headers={"Nats-Msg-Id": payload["message_id"]}
         )
 
-    async def _stored(self, stream: str, subject: str) -> list[Msg]:
+    async def stored(self, stream: str, subject: str) -> list[Msg]:
         return await read_stream(self.js, self.subjects.stream_name(stream), subject)
 
     async def arrival(self, parent: OrderIntent) -> datetime:
         """When the forwarded parent was stored: the time its schedule counts from."""
-        [forwarded] = await eventually(lambda: self._stored("ORDERS", self.subjects.parent_intent(STRATEGY)))
+        [forwarded] = await eventually(lambda: self.stored("ORDERS", self.subjects.parent_intent(STRATEGY)))
         assert OrderIntent.model_validate_json(forwarded.data).intent_id == parent.intent_id
         at = stored_at(forwarded)
         assert at is not None
@@ -109,7 +109,7 @@ class Stack:
     async def children(self, parent: OrderIntent) -> list[tuple[OrderIntent, datetime]]:
         """Every child intent stored on the strategy's intent subject, with when it was stored."""
         found = []
-        for msg in await self._stored("ORDERS", self.subjects.intent(STRATEGY)):
+        for msg in await self.stored("ORDERS", self.subjects.intent(STRATEGY)):
             intent = OrderIntent.model_validate_json(msg.data)
             at = stored_at(msg)
             if intent.metadata.get("parent") == parent.intent_id and at is not None:
@@ -117,7 +117,7 @@ class Stack:
         return found
 
     async def reports(self, parent: OrderIntent) -> list[ParentReport]:
-        stored = await self._stored("EXECUTIONS", self.subjects.parent_report("*", STRATEGY))
+        stored = await self.stored("EXECUTIONS", self.subjects.parent_report("*", STRATEGY))
         reports = [ParentReport.model_validate_json(m.data) for m in stored]
         return sorted((r for r in reports if r.intent_id == parent.intent_id), key=lambda r: r.report_seq)
 
@@ -130,11 +130,11 @@ class Stack:
     async def routes(self) -> list[RouteDecision]:
         return [
             RouteDecision.model_validate_json(m.data)
-            for m in await self._stored("ROUTES", f"{self.subjects.prefix}.routes.>")
+            for m in await self.stored("ROUTES", f"{self.subjects.prefix}.routes.>")
         ]
 
     async def child_reports(self, child: str) -> list[ExecutionReport]:
-        stored = await self._stored("EXECUTIONS", f"{self.subjects.prefix}.exec.*.*.{STRATEGY}")
+        stored = await self.stored("EXECUTIONS", f"{self.subjects.prefix}.exec.*.*.{STRATEGY}")
         return [
             r
             for r in (
@@ -454,7 +454,7 @@ async def test_kill_switches_apply_to_every_child_and_a_parent_nobody_can_take_e
     assert report.status is ParentStatus.DONE_WITH_SHORTFALL and report.children == ()
     assert "30 not placed after 3 tries" in report.reason and "kill switch" in report.reason
     assert await stack.children(split) == []
-    assert await stack._stored("DLQ", f"{stack.subjects.prefix}.dlq.>") == []
+    assert await stack.stored("DLQ", f"{stack.subjects.prefix}.dlq.>") == []
 
 
 async def test_under_secure_roles_a_parent_is_worked_and_cancelled_with_nothing_refused(
@@ -515,3 +515,20 @@ async def test_under_secure_roles_a_parent_is_worked_and_cancelled_with_nothing_
         await asyncio.gather(*(w.stop() for w in workers))
         await operator.close()
         await strategy.close()
+
+
+async def test_a_parent_naming_another_strategy_is_refused_to_its_sender_and_never_worked(
+    stack: Stack, start_pipeline: Any
+) -> None:
+    """A parent sent on algo's subject with a body naming another strategy is refused like any intent
+    (an IntentRefused on algo's results, a dead letter) and never reaches the parent-order worker."""
+    await stack.start(start_pipeline)
+    payload = intent_payload(strategy_id="someone-else", quantity="20", execution={"split": {}})
+    await stack.js.publish(
+        stack.subjects.intent(STRATEGY), json.dumps(payload).encode(), headers={"Nats-Msg-Id": payload["intent_id"]}
+    )
+    [refusal] = await eventually(lambda: stack.stored("EXECUTIONS", stack.subjects.refusal(STRATEGY)))
+    assert json.loads(refusal.data)["intent_id"] == payload["intent_id"]
+    [letter] = await eventually(lambda: stack.stored("DLQ", f"{stack.subjects.prefix}.dlq.>"))
+    assert "does not match strategy" in json.loads(letter.data)["error"]
+    assert await stack.stored("ORDERS", f"{stack.subjects.prefix}.orders.parent.>") == []
