@@ -200,6 +200,7 @@ def test_the_report_weighs_fills_across_children_and_tells_planned_from_sent() -
     assert made.slippage_bps == 200.0  # a buy paid 102 against an arrival price of 100
     assert [(c.slice_number, c.status, c.broker) for c in made.children] == [(0, "filled", A), (1, PLANNED, S)]
     assert made.message_id == f"parent-report-{record.intent_id}-7" and made.report_seq == 7
+    assert made.execution == record.parent.execution
     assert fingerprint(made) == fingerprint(report_of(record, 8))  # the same news, whatever its number
     assert fingerprint(made) != fingerprint(report_of(with_sent(record, 1, [child_id(record.intent_id, 1, 0)]), 8))
 

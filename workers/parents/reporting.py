@@ -92,6 +92,7 @@ def report_of(record: ParentRecord, seq: int) -> ParentReport:
         side=parent.side,
         status=state.status,
         quantity=parent.quantity,
+        execution=parent.execution,
         filled_quantity=state.filled_quantity,
         average_price=state.average_price,
         arrival_price=record.arrival_price,
