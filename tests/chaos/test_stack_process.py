@@ -101,7 +101,7 @@ def test_up_runs_the_system_submit_fills_and_ctrl_c_leaves_no_process(tmp_path: 
     with mbx_up(tmp_path, *ports) as (up, stack, env):
         assert stack["nats_url"] == f"nats://127.0.0.1:{nats_port}"
         pids = [*dict(stack["workers"]).values(), *dict(stack["servers"]).values()]  # type: ignore[call-overload]
-        assert len(pids) == 10  # router, five executors, aggregator, dashboard, nats-server, postgres
+        assert len(pids) == 11  # router, five executors, aggregator, parents, dashboard, nats-server, postgres
         announced = f"Dashboard: http://localhost:{web_port}"
         deadline = time.monotonic() + 30  # the stack file is written just before the announcement
         while announced not in " ".join((tmp_path / "up.log").read_text().split()) and time.monotonic() < deadline:
@@ -138,7 +138,10 @@ def test_up_with_a_cluster_and_replicas_fills_and_ctrl_c_leaves_no_process(tmp_p
         assert stack["nats_url"] == ",".join(f"nats://127.0.0.1:{nats_port + i}" for i in range(3))
         workers, servers = dict(stack["workers"]), dict(stack["servers"])  # type: ignore[call-overload]
         assert sorted(servers) == ["nats-n1", "nats-n2", "nats-n3", "postgres"]
-        assert len(workers) == 14 and {"router-1", "router-2", "aggregator-2", "executor-ibkr-1"} <= workers.keys()
+        assert (
+            len(workers) == 16
+            and {"router-1", "router-2", "aggregator-2", "parents-2", "executor-ibkr-1"} <= workers.keys()
+        )
         pids = [*workers.values(), *servers.values()]
         submit = run_mbx(env, "submit", "--symbol", "AAPL", "--quantity", "10")
         assert "filled at alpaca 10 @" in submit.stdout
@@ -188,7 +191,7 @@ def test_up_uses_external_servers_when_urls_are_set(tmp_path: Path, servers: Any
     with mbx_up(tmp_path, MBX_NATS_URL=servers.nats_url, MBX_DATABASE_URL=servers.database_url) as (up, stack, env):
         assert stack["servers"] == {}
         assert stack["nats_url"] == servers.nats_url
-        assert len(dict(stack["workers"])) == 7  # type: ignore[call-overload]
+        assert len(dict(stack["workers"])) == 8  # type: ignore[call-overload]
         assert not (tmp_path / "data" / "nats").exists()
         assert not (tmp_path / "data" / "postgres").exists()
         run_mbx(env, "down", timeout=90)

@@ -9,6 +9,7 @@ import yaml
 
 from contracts import BrokerName
 from workers.cli.main import app
+from workers.cli.stack import WORKER_KINDS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +27,7 @@ def parse_cli(args: list[str]) -> dict[str, Any]:
     parsed: dict[str, Any] = {"command": command}
     if command == "worker":
         kind, *options = rest
-        if kind not in ("router", "executor", "aggregator"):
+        if kind not in WORKER_KINDS:
             raise ValueError(f"unknown worker {kind!r}")
         parsed["kind"] = kind
         opts = dict(zip(options[::2], options[1::2], strict=True))
@@ -40,9 +41,11 @@ def parse_cli(args: list[str]) -> dict[str, Any]:
 
 
 def test_compose_has_every_service_of_the_design() -> None:
-    """NATS, Postgres, migrate, router, one executor per broker, aggregator."""
+    """NATS, Postgres, migrate, router, one executor per broker, aggregator, parent orders."""
     services = load_compose()["services"]
-    expected = {"nats", "postgres", "migrate", "router", "aggregator"} | {f"executor-{b}" for b in BrokerName}
+    expected = {"nats", "postgres", "migrate", "router", "aggregator", "parents"} | {
+        f"executor-{b}" for b in BrokerName
+    }
     assert expected <= services.keys()
 
 
@@ -62,7 +65,7 @@ def test_every_compose_command_parses_with_the_real_cli() -> None:
         if name.startswith("executor-"):
             assert parsed["kind"] == "executor"
             assert parsed["broker"] == BrokerName(name.removeprefix("executor-"))
-        elif name in ("router", "aggregator"):
+        elif name in ("router", "aggregator", "parents"):
             assert parsed["kind"] == name
         elif name == "migrate":
             assert parsed["command"] == "migrate"

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 app = typer.Typer()
 
+WORKER_KINDS = ("router", "executor", "aggregator", "parents")
+"""The workers `mbx worker` runs (``compose.yaml`` names each as a service)."""
+
 
 def runnable_config(live: bool = False) -> tuple[Settings, MbxConfig]:
     """Settings and config, with every adapter and quote source they name known and their
@@ -246,7 +249,7 @@ def worker(
     """
     settings, config = runnable_config(live)
     configure_logging(settings.log_level, settings.log_format)
-    if kind not in ("router", "executor", "aggregator", "parents"):
+    if kind not in WORKER_KINDS:
         fail(f"unknown worker {kind!r}: use router, executor, aggregator or parents", EXIT_USAGE)
     if kind == "executor" and broker is None:
         fail("an executor needs --broker (one of: " + ", ".join(BrokerName) + ")", EXIT_USAGE)
