@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts import BrokerName
+from contracts import BrokerName, ExposureSnapshot
 from tests.builders import OPTION, intent_payload
 from tests.conftest import Pipeline, eventually, fetch_all, stream_messages
 from tests.integration.test_executor_flows import order_row
@@ -348,8 +349,20 @@ async def test_tail_follows_one_strategys_fills_and_routes(
 
 
 async def test_submit_csv_sends_every_row_and_summarises(
-    pipeline: Pipeline, cli_env: dict[str, str], tmp_path: Path
+    pipeline: Pipeline, cli_env: dict[str, str], tmp_path: Path, nc: NatsClient
 ) -> None:
+    # The CSV sells 3 MSFT: held first (and seen held by the router), so the sale closes a
+    # position wherever the test runs.
+    code, out = await mbx("submit", "--symbol", "MSFT", "--quantity", "3", "--strategy", "csvbot", env=cli_env)
+    assert code == 0 and "filled at alpaca" in out, out
+    exposure = await nc.jetstream().key_value(pipeline.settings.subjects.exposure_bucket)
+
+    async def held() -> bool:
+        entry = await exposure.get("current")
+        snapshot = ExposureSnapshot.model_validate_json(entry.value or b"{}")
+        return snapshot.holdings.get(BrokerName.ALPACA, {}).get("MSFT", Decimal(0)) >= 3
+
+    await eventually(held, timeout=20)
     orders = tmp_path / "orders.csv"
     orders.write_text(
         "symbol,quantity,notional,side,asset_class,tif\n"
