@@ -303,7 +303,15 @@ class RoutingConfig(_Strict):
 class MarketDataConfig(_Strict):
     """Where the router's reference prices come from, and how old one may be."""
 
-    source: str = Field(default="simulated", min_length=1, description="The quote source; see docs/routing.md.")
+    source: str = Field(
+        default="simulated",
+        min_length=1,
+        description="The quote source of every asset class ``sources`` does not name; see docs/routing.md.",
+    )
+    sources: dict[AssetClass, str] = Field(
+        default_factory=dict,
+        description="A quote source per asset class (equity, crypto, option), e.g. {equity: alpaca, crypto: coinbase}.",
+    )
     max_age_s: float = Field(
         default=5.0,
         gt=0,
@@ -318,6 +326,25 @@ class MarketDataConfig(_Strict):
     cache_s: float = Field(
         default=1.0, ge=0, description="A symbol's quote is asked for at most once in this many seconds."
     )
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _known_asset_classes(cls, value: Any) -> Any:
+        """Name an unknown asset class and the known ones (pydantic's enum message does not say
+        which key it was)."""
+        if isinstance(value, dict):
+            known = [str(a) for a in AssetClass]
+            unknown = sorted(str(k) for k in value if str(k) not in known)
+            if unknown:
+                raise ValueError(f"unknown asset class {', '.join(unknown)} (known: {', '.join(known)})")
+            empty = sorted(str(k) for k, v in value.items() if not v)
+            if empty:
+                raise ValueError(f"no quote source named for {', '.join(empty)}")
+        return value
+
+    def source_for(self, asset: AssetClass) -> str:
+        """The quote source of ``asset``: its own in ``sources``, else ``source``."""
+        return self.sources.get(asset, self.source)
 
 
 DEFAULT_DEPTH: dict[AssetClass, Decimal] = {

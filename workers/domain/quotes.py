@@ -1,6 +1,7 @@
 """Reference prices: the quote-source protocol, and when a quote may be used.
 
-The router prices every order from a ``QuoteSource`` chosen by config (``market_data.source``):
+The router prices every order from a ``QuoteSource`` chosen by config (``market_data.source``,
+or one per asset class with ``market_data.sources``, composed by ``QuotesByAssetClass``):
 the notional it checks against the risk limits, the fees it estimates and the reference price
 that execution quality measures slippage against. A quote that is missing or older than
 ``market_data.max_age_s`` is never used in its place: ``assess`` says so, and routing then
@@ -9,12 +10,14 @@ falls back to the intent's own limit price or rejects the order (``no_reference_
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
-from contracts import ReferenceQuote
+from contracts import AssetClass, ReferenceQuote
+from workers.domain.instruments import asset_class_of
 
 TWO = Decimal(2)
 
@@ -44,6 +47,30 @@ class QuoteSource(Protocol):
         """The latest quote of ``symbol``, or None when the source has none. A source that
         cannot be reached raises; the router treats that like a missing quote."""
         ...
+
+
+class QuotesByAssetClass:
+    """One quote source per asset class, as one ``QuoteSource``: a symbol is asked of the source
+    of the asset class its form names (``asset_class_of``: ``BTC-USD`` crypto, an OCC symbol an
+    option, else equity), and of ``default`` when its class has none of its own."""
+
+    def __init__(self, default: QuoteSource, by_asset: Mapping[AssetClass, QuoteSource]) -> None:
+        self.default = default
+        self.by_asset = dict(by_asset)
+        named: dict[str, str] = {str(asset): source.name for asset, source in sorted(self.by_asset.items())}
+        if set(named) != set(AssetClass):
+            named["other"] = default.name
+        self._name = ",".join(f"{asset}={name}" for asset, name in named.items())
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def source_for(self, asset: AssetClass) -> QuoteSource:
+        return self.by_asset.get(asset, self.default)
+
+    async def quote(self, symbol: str) -> Quote | None:
+        return await self.source_for(asset_class_of(symbol)).quote(symbol)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """The one place that names the concrete broker adapters and quote sources.
 
 A broker's adapter is chosen by ``brokers.<name>.adapter`` (default ``simulated``) and the
-router's quote source by ``market_data.source`` (default ``simulated``). Everything above this
+router's quote source by ``market_data.source`` (default ``simulated``), or per asset class by
+``market_data.sources``. Everything above this
 module sees only the ``Venue`` and ``QuoteSource`` protocols of the domain core.
 """
 
@@ -15,7 +16,7 @@ from pydantic import SecretStr
 
 from contracts import AssetClass, BrokerName
 from workers.domain.config import BrokerConfig, ConfigError, GatewayConfig, MbxConfig, rate_limit_of
-from workers.domain.quotes import QuoteSource
+from workers.domain.quotes import QuotesByAssetClass, QuoteSource
 from workers.domain.venue import Venue
 from workers.platform.topology import Topology
 from workers.venues.alpaca.quotes import DATA_URL as ALPACA_DATA_URL
@@ -278,6 +279,13 @@ QUOTE_CREDENTIALS: dict[str, tuple[BrokerName, tuple[str, ...]]] = {
     "alpaca": (BrokerName.ALPACA, ("api_key", "secret_key"))
 }
 """Whose keys each real quote source uses."""
+QUOTE_ASSETS: dict[str, frozenset[AssetClass]] = {
+    "simulated": frozenset(AssetClass),
+    "alpaca": frozenset(AssetClass),
+    "coinbase": frozenset({AssetClass.CRYPTO}),
+    "ibkr": frozenset(AssetClass),
+}
+"""What each quote source quotes (Coinbase's public tickers: crypto pairs only)."""
 
 
 def request_limit(broker: BrokerName, config: MbxConfig | None) -> tuple[int, float]:
@@ -308,18 +316,46 @@ def check_config(config: MbxConfig) -> None:
             unset_text = ", ".join(f"brokers.{name}.credentials.{c}" for c in unset)
             if unset:
                 problems.append(f"{unset_text}: needed by the {broker.adapter} adapter (not set)")
-    source = config.market_data.source
-    if source in QUOTE_CREDENTIALS:
-        owner, names = QUOTE_CREDENTIALS[source]
-        held = config.brokers[owner].credentials if owner in config.brokers else {}
-        unset = [f"brokers.{owner}.credentials.{n}" for n in names if not held.get(n, SecretStr(""))]
-        if unset:
-            problems.append(f"{', '.join(unset)}: needed by market_data.source {source!r} (not set)")
-    if source not in QUOTE_SOURCES:
-        known = ", ".join(sorted(QUOTE_SOURCES))
-        problems.append(f"market_data.source: unknown quote source {source!r} (known: {known})")
+    problems += quote_source_problems(config)
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def quote_source_problems(config: MbxConfig) -> list[str]:
+    """What is wrong with ``market_data.source`` and ``market_data.sources``, each naming its key.
+
+    ``source`` is checked as it always was (a known name, the keys it needs). A source of
+    ``sources`` must also quote its asset class, and a broker's source must be a broker of
+    ``brokers:`` (enabled): naming a broker per asset class says that broker is in use."""
+    data = config.market_data
+    known = ", ".join(sorted(QUOTE_SOURCES))
+    problems = []
+    keyed: list[tuple[str, str, AssetClass | None]] = [("market_data.source", data.source, None)]
+    keyed += [(f"market_data.sources.{asset}", name, asset) for asset, name in sorted(data.sources.items())]
+    for key, source, asset in keyed:
+        if source not in QUOTE_SOURCES:
+            if source in set(BrokerName):
+                problems.append(f"{key}: {source!r} is a broker without a quote source in mbx (known: {known})")
+            else:
+                problems.append(f"{key}: unknown quote source {source!r} (known: {known})")
+            continue
+        if source in QUOTE_CREDENTIALS:
+            owner, names = QUOTE_CREDENTIALS[source]
+            held = config.brokers[owner].credentials if owner in config.brokers else {}
+            unset = [f"brokers.{owner}.credentials.{n}" for n in names if not held.get(n, SecretStr(""))]
+            if unset:
+                problems.append(f"{', '.join(unset)}: needed by {key} {source!r} (not set)")
+        if asset is None:
+            continue
+        if asset not in QUOTE_ASSETS[source]:
+            covers = ", ".join(sorted(QUOTE_ASSETS[source]))
+            problems.append(f"{key}: {source!r} does not quote {asset} (it quotes {covers})")
+        if source in set(BrokerName):
+            broker = config.brokers.get(BrokerName(source))
+            if broker is None or not broker.enabled:
+                state = "not configured" if broker is None else "disabled"
+                problems.append(f"{key}: {source!r} is {state} in brokers: (configure it, or pick another source)")
+    return problems
 
 
 def build_venue(
@@ -335,5 +371,17 @@ def build_venue(
 
 
 def build_quote_source(config: MbxConfig) -> QuoteSource:
+    """The router's quote source: ``market_data.source``'s alone when ``market_data.sources``
+    names no other, else one per asset class (a source named twice is built once)."""
     check_config(config)
-    return QUOTE_SOURCES[config.market_data.source](config)
+    data = config.market_data
+    built: dict[str, QuoteSource] = {}
+
+    def source(name: str) -> QuoteSource:
+        if name not in built:
+            built[name] = QUOTE_SOURCES[name](config)
+        return built[name]
+
+    default = source(data.source)
+    by_asset = {asset: source(name) for asset, name in data.sources.items() if name != data.source}
+    return QuotesByAssetClass(default, by_asset) if by_asset else default
