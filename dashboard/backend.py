@@ -19,14 +19,16 @@ from contracts.client import split_servers
 from workers.domain.config import MbxConfig, parse_config
 from workers.ops import config as live_config
 from workers.ops import dlq
+from workers.ops.cancel import CancelOutcome, cancel_order
 from workers.ops.errors import OperatorError
 from workers.ops.status import StackStatus, stack_status
 from workers.platform.access import connect_options
 from workers.platform.bus import jetstream
 from workers.platform.db.engine import make_engine
 from workers.platform.settings import Settings
-from workers.readmodel import routing
+from workers.readmodel import parent_progress, routing
 from workers.readmodel.explain import intent_story
+from workers.readmodel.parents import ParentStory, parent_story
 
 T = TypeVar("T")
 
@@ -154,6 +156,15 @@ class Backend:
     def replays(self) -> list[dict[str, Any]]:
         return self._run(routing.recent_replays(self._db()))
 
+    def parents(self, limit: int = 50) -> list[dict[str, Any]]:
+        return self._run(parent_progress.recent_parents(self._db(), limit))
+
+    def parent_story(self, parent_intent_id: str) -> ParentStory:
+        return self._run(parent_story(self._db(), parent_intent_id))
+
+    def parent_progress(self, parent: dict[str, Any], now: datetime) -> list[parent_progress.ProgressPoint]:
+        return self._run(parent_progress.parent_progress(self._db(), parent, now))
+
     # -- changes -----------------------------------------------------------------------------
 
     def change_config(self, changes: dict[str, Any], operator: str, summary: str) -> int:
@@ -185,6 +196,19 @@ class Backend:
             return await dlq.replay(await self._js(), self._db(), letters, who)
 
         return self._run(send(), timeout=ANSWER_S + len(letters))
+
+    def cancel(self, intent_id: str, strategy_id: str, operator: str, reason: str) -> CancelOutcome:
+        """Cancel a working order or parent as its own strategy; the outcome, or ``queued``
+        when none came within the wait."""
+        who = _signed(operator, "cancelling")
+
+        async def send() -> CancelOutcome:
+            js = await self._js()
+            return await cancel_order(
+                self._nc, js, self.subjects, intent_id, strategy_id, operator=who, reason=reason, timeout=10
+            )
+
+        return self._run(send())
 
 
 def _signed(operator: str, doing: str) -> str:

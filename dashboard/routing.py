@@ -14,6 +14,7 @@ import streamlit as st
 from pydantic import ValidationError
 
 from contracts import AssetClass, BrokerName, OrderIntent, OrderType, Side
+from dashboard import parents
 from dashboard.backend import Backend
 from dashboard.widgets import answer, frame
 from workers.readmodel.explain import by_attempt, order_outcome, router_rejections
@@ -76,6 +77,8 @@ def render(backend: Backend) -> None:
     )
     if quality is not None:
         show_quality(quality)
+
+    parents.render(backend)
 
     st.subheader("Route preview", anchor=False)
     preview_form(backend)

