@@ -44,3 +44,18 @@ def test_pipeline_benchmark_runs_end_to_end() -> None:
     assert results["default_aggregator_rss_mb_last_round"] > 0
     assert results["default_200_per_s_latency_p99_ms"] >= results["default_200_per_s_latency_p50_ms"] > 0
     assert all(results[f"default_{w}_peak_rss_mb"] > 0 for w in ("router", "aggregator", "executor-alpaca"))
+
+
+def test_parent_orders_benchmark_runs_all_three_ways() -> None:
+    """2,000 shares three ways on its own stack (a 10 s, 5-slice TWAP); no timing is asserted."""
+    from bench.parents import run as run_parents
+    from bench.parents import table
+
+    results, outcomes = run_parents(2000, twap_s=10.0, slices=5, progress=lambda _: None)
+    assert [o.name for o in outcomes] == ["single", "split", "twap+split"]
+    assert all(sum(o.by_broker.values()) == 2000 for o in outcomes)
+    assert results["single_brokers"] == 1
+    assert results["split_brokers"] >= 3
+    assert results["split_cost_bps"] < results["single_cost_bps"]  # the impact model, not a timing
+    assert results["twap_split_children"] >= 5
+    assert "| twap+split |" in table(outcomes)
