@@ -16,7 +16,6 @@ import nats
 import pytest
 import streamlit as st
 from nats.aio.client import Client as NatsClient
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from streamlit.testing.v1 import AppTest
 
@@ -70,16 +69,7 @@ class Flow:
             return dict(rows[0]) if rows and rows[0]["status"] in until else None
 
         row = await eventually(stored, timeout=30, interval=0.2)
-        if row["execution"] is None:
-            # The aggregator does not store a report's execution block yet (its parent_row leaves
-            # the column out, though ParentReport carries it): write it as the aggregator would.
-            execution = intent.execution.model_dump(mode="json", exclude_none=True)
-            async with self.db.begin() as conn:
-                await conn.execute(
-                    text("UPDATE parent_orders SET execution = CAST(:e AS jsonb) WHERE parent_intent_id = :p"),
-                    {"e": json.dumps(execution), "p": intent.intent_id},
-                )
-            row["execution"] = execution
+        assert row["execution"] == intent.execution.model_dump(mode="json", exclude_none=True)
         return row
 
     def env(self) -> dict[str, str]:

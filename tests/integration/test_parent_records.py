@@ -105,6 +105,7 @@ def parent_report(parent: str, seq: int, status: ParentStatus, filled_quantity: 
         "filled_quantity": Decimal(filled_quantity),
         "children": children,
         "report_seq": seq,
+        "execution": {"split": {"max_brokers": 2}, "twap": {"duration_s": 60, "slices": 3}},
     }
     return ParentReport(**(fields | overrides))
 
@@ -168,7 +169,7 @@ async def test_the_newest_parent_report_is_kept_and_every_child_order_is_linked_
         "side": "buy",
         "status": "partially_filled",
         "report_seq": 3,
-        "execution": None,  # ParentReport does not carry the algorithm (yet)
+        "execution": {"split": {"max_brokers": 2}, "twap": {"duration_s": 60.0, "slices": 3, "jitter_pct": 0.0}},
         "reason": None,
     }
     assert (row["quantity"], row["filled_quantity"], row["average_price"]) == (15, 5, Decimal("100.40"))
@@ -232,7 +233,7 @@ async def test_mbx_explain_tells_a_parents_story_and_a_childs_parent(store: Audi
     code, out = await mbx("explain", parent, env=env)
     flat = " ".join(out.split())
     assert code == 0, out
-    assert f"parent order {parent} ({STRATEGY}): buy 15 AAPL, algorithm not reported" in flat
+    assert f"parent order {parent} ({STRATEGY}): buy 15 AAPL, twap 1m in 3 slices, split over up to 2 brokers" in flat
     assert "status: partially_filled; 5 of 15 filled @ 100.4" in flat
     assert "arrival price: 100.25; slippage against it: +14.96 bps" in flat
     assert "filled by broker: alpaca 5" in flat

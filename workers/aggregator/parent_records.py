@@ -81,6 +81,7 @@ def parent_row(report: ParentReport) -> dict[str, Any]:
         "average_price": report.average_price,
         "arrival_price": report.arrival_price,
         "slippage_bps": report.slippage_bps,
+        "execution": report.execution.model_dump(mode="json", exclude_none=True) if report.execution else None,
         "children": [child.model_dump(mode="json") for child in report.children],
         "report_seq": report.report_seq,
         "reason": report.reason or None,
@@ -103,6 +104,7 @@ async def store_parent_reports(conn: AsyncConnection, reports: list[ParentReport
             set_={
                 **{column: stmt.excluded[column] for column in _UPDATED},
                 "report_seq": stmt.excluded.report_seq,
+                "execution": func.coalesce(stmt.excluded.execution, ParentOrder.execution),
                 "updated_at": func.now(),
             },
             where=ParentOrder.report_seq < stmt.excluded.report_seq,
