@@ -54,9 +54,9 @@ from workers.platform.bus import read_stream
 from workers.platform.db.engine import make_engine
 from workers.platform.settings import Settings
 
-# Not in the default run (`-m 'not bad_day'` in pyproject.toml) until every adapter passes it: it
-# is the acceptance run of issue 28, and about two minutes per adapter. Run it with
-# `pytest -m bad_day tests/chaos/test_bad_day.py [-k alpaca]`.
+# A session of its own in `make test` (tests/run_split.py: `-m bad_day`, beside the chaos tests
+# and the rest; `-m 'not bad_day'` in pyproject.toml keeps it out of the others). About a minute
+# per adapter, mostly waiting on the timeline. Alone: `pytest -m bad_day tests/chaos/test_bad_day.py [-k alpaca]`.
 pytestmark = [pytest.mark.integration, pytest.mark.bad_day]
 
 REQUEST_TIMEOUT_S = 1.5
