@@ -17,7 +17,6 @@ remove that:
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import time
 from collections import OrderedDict
@@ -28,6 +27,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from contracts import OrderIntent
+from workers.domain.keys import key_token
 from workers.platform.bus import JetStream, LazyBucket
 
 LOCK_TTL_S = 120.0
@@ -65,10 +65,6 @@ def shape_key(broker: str, intent: OrderIntent) -> str:
         )
     )
     return f"lock.{broker}.{hashlib.sha256(shape.encode()).hexdigest()[:32]}"
-
-
-def _token(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
 
 
 @dataclass
@@ -170,7 +166,7 @@ class SameShapeGuard:
         """The intent an order is attributed to, if any."""
         kv = await self._owners()
         try:
-            entry = await kv.get(f"order.{self._broker}.{_token(broker_order_id)}")
+            entry = await kv.get(f"order.{self._broker}.{key_token(broker_order_id)}")
         except KeyNotFoundError:
             return None
         return (entry.value or b"").decode() or None
@@ -178,7 +174,7 @@ class SameShapeGuard:
     async def attribute(self, broker_order_id: str, intent: OrderIntent) -> bool:
         """Record that the order is ``intent``'s; False if it already belongs to another."""
         kv = await self._owners()
-        key = f"order.{self._broker}.{_token(broker_order_id)}"
+        key = f"order.{self._broker}.{key_token(broker_order_id)}"
         try:
             await kv.create(key, intent.intent_id.encode())
             owner: str | None = intent.intent_id

@@ -11,13 +11,13 @@ Entries expire with the streams (7 days; a TWAP lasts at most 5).
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import zlib
 from collections.abc import Callable, Iterable
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
+from workers.domain.keys import key_token
 from workers.parents.record import ParentRecord
 from workers.platform.bus import JetStream, LazyBucket, read_bucket
 
@@ -33,10 +33,6 @@ class Conflict(Exception):
     """Another writer changed the record since it was read: read it again and redo the step."""
 
 
-def _token(intent_id: str) -> str:
-    return base64.urlsafe_b64encode(intent_id.encode()).decode().rstrip("=")
-
-
 class ParentJournal:
     def __init__(self, js: Callable[[], JetStream], bucket: str) -> None:
         self._js = js  # called at first use: the worker connects after it is built
@@ -46,7 +42,7 @@ class ParentJournal:
     async def read(self, parent_id: str) -> tuple[ParentRecord | None, int]:
         """The record and its revision (0 when there is none)."""
         try:
-            entry = await (await self._store()).get(f"p.{_token(parent_id)}")
+            entry = await (await self._store()).get(f"p.{key_token(parent_id)}")
         except KeyNotFoundError:
             return None, 0
         if not entry.value:
@@ -56,7 +52,7 @@ class ParentJournal:
     async def create(self, record: ParentRecord) -> bool:
         """Write a new parent's record; False when it has one already (that one stands)."""
         try:
-            await (await self._store()).create(f"p.{_token(record.intent_id)}", encode_record(record))
+            await (await self._store()).create(f"p.{key_token(record.intent_id)}", encode_record(record))
         except KeyWrongLastSequenceError:
             return False
         return True
@@ -65,17 +61,17 @@ class ParentJournal:
         """Replace the record read at ``revision``; raises ``Conflict`` when it changed since."""
         kv = await self._store()
         try:
-            return int(await kv.update(f"p.{_token(record.intent_id)}", encode_record(record), last=revision))
+            return int(await kv.update(f"p.{key_token(record.intent_id)}", encode_record(record), last=revision))
         except KeyWrongLastSequenceError as exc:
             raise Conflict(f"parent {record.intent_id} changed since revision {revision}") from exc
 
     async def activate(self, parent_id: str) -> None:
-        await (await self._store()).put(f"a.{_token(parent_id)}", parent_id.encode())
+        await (await self._store()).put(f"a.{key_token(parent_id)}", parent_id.encode())
 
     async def retire(self, parent_id: str) -> None:
         """The parent has ended: no restart needs to look at it again."""
         await self._store()
-        subject = f"$KV.{self.bucket}.a.{_token(parent_id)}"
+        subject = f"$KV.{self.bucket}.a.{key_token(parent_id)}"
         with contextlib.suppress(Exception):  # not purged: the next scan finds it final and tries again
             await self._js().purge_stream(f"KV_{self.bucket}", subject=subject)
 
@@ -87,11 +83,11 @@ class ParentJournal:
     async def index(self, child_ids: Iterable[str], parent_id: str) -> None:
         kv = await self._store()
         for child in child_ids:
-            await kv.put(f"c.{_token(child)}", parent_id.encode())
+            await kv.put(f"c.{key_token(child)}", parent_id.encode())
 
     async def parent_of(self, child_id: str) -> str | None:
         try:
-            entry = await (await self._store()).get(f"c.{_token(child_id)}")
+            entry = await (await self._store()).get(f"c.{key_token(child_id)}")
         except KeyNotFoundError:
             return None
         return entry.value.decode() if entry.value else None

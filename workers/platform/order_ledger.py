@@ -15,20 +15,16 @@ Entries expire with the streams (7 days).
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from contracts import BrokerName
+from workers.domain.keys import key_token
 from workers.domain.ledger import LedgerEntry
 from workers.platform.bus import JetStream, LazyBucket, read_bucket
 
 TTL_SECONDS = 7 * 86400
-
-
-def _token(intent_id: str) -> str:
-    return base64.urlsafe_b64encode(intent_id.encode()).decode().rstrip("=")
 
 
 class OrderLedger:
@@ -44,7 +40,7 @@ class OrderLedger:
     async def get_versioned(self, intent_id: str) -> tuple[LedgerEntry | None, int]:
         """The entry and its KV revision (0 when there is none), for a compare-and-set ``put``."""
         try:
-            stored = await (await self._store()).get(f"i.{_token(intent_id)}")
+            stored = await (await self._store()).get(f"i.{key_token(intent_id)}")
         except KeyNotFoundError:
             return None, 0
         entry = LedgerEntry.model_validate_json(stored.value) if stored.value else None
@@ -58,7 +54,7 @@ class OrderLedger:
         writers of one order never overwrite each other's state unseen. Returns the entry's new
         revision."""
         kv = await self._store()
-        token = _token(entry.intent_id)
+        token = key_token(entry.intent_id)
         if not entry.working:
             entry = entry.model_copy(update={"decision": None})
         value = entry.model_dump_json().encode()

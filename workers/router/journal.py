@@ -10,7 +10,6 @@ Entries expire with the streams (7 days).
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from nats.js.api import PubAck
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from contracts import Message
+from workers.domain.keys import key_token
 from workers.platform.bus import JetStream, LazyBucket, headers_for, send
 
 TTL_SECONDS = 7 * 86400
@@ -46,8 +46,7 @@ class Published:
 
 
 def _key(intent_id: str, attempt: int) -> str:
-    token = base64.urlsafe_b64encode(intent_id.encode()).decode().rstrip("=")
-    return f"d.{token}.{attempt}"
+    return f"d.{key_token(intent_id)}.{attempt}"
 
 
 class DecisionJournal:

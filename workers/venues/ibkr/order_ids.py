@@ -9,12 +9,12 @@ ever used, so an id never names two orders.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from typing import Protocol
 
 from nats.js.errors import KeyNotFoundError
 
+from workers.domain.keys import key_token
 from workers.platform.bus import JetStream, LazyBucket, update_int
 
 HIGH_KEY = "high"
@@ -50,10 +50,6 @@ class MemoryOrderIds:
         return self.high
 
 
-def _token(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
-
-
 class KvOrderIds:
     """In a NATS KV bucket, shared by the executor's replicas and outliving its crashes."""
 
@@ -63,7 +59,7 @@ class KvOrderIds:
     async def of_intent(self, intent_id: str) -> int | None:
         kv = await self._store()
         try:
-            entry = await kv.get(f"i.{_token(intent_id)}")
+            entry = await kv.get(f"i.{key_token(intent_id)}")
         except KeyNotFoundError:
             return None
         return int(entry.value) if entry.value else None
@@ -80,5 +76,5 @@ class KvOrderIds:
         kv = await self._store()
         order_id = await update_int(kv, HIGH_KEY, lambda high: max(at_least, high + 1))
         await kv.put(f"o.{order_id}", intent_id.encode())
-        await kv.put(f"i.{_token(intent_id)}", str(order_id).encode())
+        await kv.put(f"i.{key_token(intent_id)}", str(order_id).encode())
         return order_id
