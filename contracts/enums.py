@@ -127,3 +127,5 @@ class DeadLetterStage(StrEnum):
     ROUTER = "router"
     EXECUTOR = "executor"
     AGGREGATOR = "aggregator"
+    PARENTS = "parents"
+    """The parent-order worker (added in 1 without a version change: a new value)."""

@@ -21,9 +21,6 @@ from workers.venues.simulated.venue import SimulatedVenue
 
 log = structlog.get_logger("mbx.entry")
 
-WORKER_KINDS = ("router", "executor", "aggregator", "parents")
-"""Every kind of worker ``build_worker`` composes (``mbx worker <kind>``)."""
-
 
 def build_worker(kind: str, settings: Settings, config: MbxConfig, broker: BrokerName | None = None) -> Worker:
     """The composition root for each kind of worker."""

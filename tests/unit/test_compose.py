@@ -9,7 +9,7 @@ import yaml
 
 from contracts import BrokerName
 from workers.cli.main import app
-from workers.cli.stack import WORKER_KINDS
+from workers.platform.topology import WORKER_KINDS
 
 ROOT = Path(__file__).resolve().parents[2]
 

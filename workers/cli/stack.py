@@ -24,14 +24,12 @@ from workers.cli.common import (
 from workers.domain.config import ConfigError, MbxConfig
 from workers.platform.logs import configure_logging
 from workers.platform.settings import Settings
+from workers.platform.topology import WORKER_KINDS
 
 if TYPE_CHECKING:
     from workers.ops.security import SecuritySetup
 
 app = typer.Typer()
-
-WORKER_KINDS = ("router", "executor", "aggregator", "parents")
-"""The workers `mbx worker` runs (``compose.yaml`` names each as a service)."""
 
 
 def runnable_config(live: bool = False) -> tuple[Settings, MbxConfig]:

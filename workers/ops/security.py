@@ -121,7 +121,7 @@ def roles(subjects: Subjects, strategies: list[str], brokers: list[BrokerName]) 
                 s.parent_report("*", "*"),
                 s.cancel_reject(None, "*"),
                 s.route_split,
-                s.dlq("router"),
+                s.dlq("parents"),
             ),
             subscribe=(),
             streams=(*streams, *kv(topology.parents_bucket, *common_buckets)),

@@ -28,9 +28,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("mbx.parents")
 
-STAGE = DeadLetterStage.ROUTER
-"""Dead letters of the parent-order worker go with the router's: the contract has no stage of its
-own for it yet, and it is the router's forwarding it serves."""
+STAGE = DeadLetterStage.PARENTS
 CHILD_ID = re.compile(r":[0-9]{1,3}\.[0-9]{1,2}\Z")
 """The end of every child id (``workers.domain.parents.child_id``): reports of other intents are
 passed over without reading them."""

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 from contracts import BrokerName, Subjects
 
+WORKER_KINDS = ("router", "executor", "aggregator", "parents")
+"""Every kind of worker (``mbx worker <kind>``; ``compose.yaml`` names each as a service)."""
+
 ARRIVAL_PRICE_HEADER = "Mbx-Arrival-Price"
 """Set by the router on a parent order it forwards: the reference quote's mid when the parent arrived
 (absent without a fresh quote). A header, so the forwarded intent itself stays as the strategy sent it."""
