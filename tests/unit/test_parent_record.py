@@ -205,6 +205,24 @@ def test_the_report_weighs_fills_across_children_and_tells_planned_from_sent() -
     assert fingerprint(made) != fingerprint(report_of(with_sent(record, 1, [child_id(record.intent_id, 1, 0)]), 8))
 
 
+def test_a_child_reported_accepted_with_its_whole_quantity_filled_has_ended_filled() -> None:
+    """An executor reports an order that filled at once as accepted with its fill, then as filled: when
+    the second report is lost to a crash (the parent may end before it comes again), the first one
+    already says the child is filled, so the parent's final report and its next iceberg slice do not
+    wait on it."""
+    record = sent(iceberg(), 0)
+    child = child_id(record.intent_id, 0, 0)
+    record = report(record, child, OrderStatus.ACCEPTED, "10")
+    assert record.slices[0].children[0].ended
+    assert work_due(record, at(0.1))  # the next slice shows: this one has ended
+    for number in (1, 2):
+        record = sent(record, number)
+        record = report(record, child_id(record.intent_id, number, 0), OrderStatus.FILLED, "10")
+    made = report_of(record, 4)
+    assert made.status is ParentStatus.FILLED and made.final
+    assert [c.status for c in made.children] == ["filled", "filled", "filled"]
+
+
 def test_a_parent_that_cannot_be_planned_ends_short_with_the_reason() -> None:
     intent = make_intent(quantity="100", execution={"split": {}})
     broken = new_record(intent.model_copy(update={"execution": None}), T0, None)  # nothing to schedule

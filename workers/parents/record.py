@@ -46,16 +46,29 @@ class ChildRecord(BaseModel):
     cancelled_at: datetime | None = None
 
     @property
+    def fully_filled(self) -> bool:
+        """Its whole quantity filled, whatever the status of the report that said so: an executor
+        reports an order that filled at once as accepted with its fill, then as filled, and the
+        second report may come late (redelivered after a crash) or after the parent has ended."""
+        return self.quantity > 0 and self.filled >= self.quantity
+
+    @property
+    def reported_status(self) -> OrderStatus | None:
+        """The latest report's status, or ``filled`` once the whole quantity is."""
+        return OrderStatus.FILLED if self.status is not None and self.fully_filled else self.status
+
+    @property
     def ended(self) -> bool:
-        """No more fills will come: a final terminal report, or withdrawn and never reported."""
+        """No more fills will come: a final terminal report, the whole quantity filled, or
+        withdrawn and never reported."""
         if self.status is None:
             return self.withdrawn
-        return self.status.is_terminal and self.final
+        return (self.status.is_terminal and self.final) or self.fully_filled
 
     @property
     def progress(self) -> ChildProgress:
         if self.ended:
-            status = self.status or OrderStatus.CANCELLED
+            status = self.reported_status or OrderStatus.CANCELLED
         elif self.status is None or self.status.is_terminal:
             # Not sent, no report yet, or a rejection that fails over to the next broker: working.
             status = OrderStatus.NEW

@@ -104,7 +104,7 @@ def report_of(record: ParentRecord, seq: int) -> ParentReport:
                 slice_number=s.number,
                 quantity=c.quantity,
                 filled_quantity=c.filled,
-                status=str(c.status or OrderStatus.NEW) if c.sent else PLANNED,
+                status=str(c.reported_status or OrderStatus.NEW) if c.sent else PLANNED,
             )
             for s, c in record.children
         ),
