@@ -48,7 +48,8 @@ class WorkerProcess:
 
 @dataclass
 class Fleet:
-    """The router, one executor per broker and the aggregator, each a process of its own."""
+    """The router, one executor per broker and the aggregator (and, asked for, the parent-order
+    worker), each a process of its own."""
 
     settings: Settings
     config_file: Path
@@ -58,6 +59,8 @@ class Fleet:
     env: dict[str, str] = field(default_factory=dict)
     replicas: int = 1
     """Processes of each worker, sharing its durable consumers."""
+    with_parents: bool = False
+    """The parent-order worker too (off: the fleet the older chaos tests were written for)."""
     workers: list[WorkerProcess] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -80,6 +83,9 @@ class Fleet:
             ),
             ("aggregator", ["aggregator"], topology.aggregator_consumers(), "workers"),
         ]
+        if self.with_parents:
+            parents = (topology.parents_consumer(), topology.parents_progress_consumer())
+            kinds.append(("parents", ["parents"], parents, "workers"))
         self.workers = [
             WorkerProcess(name, args, consumers, module=module)
             for kind, args, consumers, module in kinds
