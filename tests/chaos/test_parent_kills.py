@@ -189,7 +189,7 @@ async def test_thirty_parent_worker_kills_and_a_server_restart_send_every_child_
             await fleet.restart_exited()
             await asyncio.sleep(1.0)
         await killer
-        print(f"{loop.time() - began:6.1f}s every parent has its final report; {worker.kills} kills", flush=True)
+        print(f"{loop.time() - began:6.1f}s kills done and every parent ended; {worker.kills} kills", flush=True)
         await asyncio.sleep(3.0)  # a late duplicate would show by now
     finally:
         ended.set()
@@ -197,7 +197,7 @@ async def test_thirty_parent_worker_kills_and_a_server_restart_send_every_child_
             killer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await killer
-        print(f"{loop.time() - began:6.1f}s every parent has its final report; {worker.kills} kills", flush=True)
+        print(f"{loop.time() - began:6.1f}s kills done and every parent ended; {worker.kills} kills", flush=True)
         await fleet.stop_all()
 
     try:
