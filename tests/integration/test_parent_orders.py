@@ -303,9 +303,10 @@ async def test_an_iceberg_never_shows_more_than_its_display_quantity(stack: Stac
 async def test_cancelling_a_twap_midway_reports_what_filled_and_leaves_no_child_working(
     stack: Stack, start_pipeline: Any
 ) -> None:
-    """A TWAP of resting limit buys (10 slices over 20 s) is cancelled after three slices, one of them
-    partly filled: the unsent slices are never sent, every child ends cancelled at its broker, and the
-    final report is cancelled with the 4 shares that filled."""
+    """A TWAP of resting limit buys (10 slices over 20 s) is cancelled after three slices (a fourth may
+    fall due meanwhile on a loaded machine), one of them partly filled: the unsent slices are never
+    sent, every child ends cancelled at its broker, and the final report is cancelled with the 4
+    shares that filled."""
     pipeline = await stack.start(start_pipeline)
     venue = pipeline.venues[BrokerName.IBKR]
     limit = (QUOTES.mid("AMZN") * Decimal("0.99")).quantize(Decimal("0.01"))
@@ -330,11 +331,16 @@ async def test_cancelling_a_twap_midway_reports_what_filled_and_leaves_no_child_
 
     assert report.status is ParentStatus.CANCELLED
     assert report.filled_quantity == 4
-    assert len(report.children) == 3 and {c.status for c in report.children} == {"cancelled"}
-    assert len(await stack.children(parent)) == 3  # no slice sent after the cancel
+    # Three slices were working; on a loaded machine a fourth may fall due (every 2 s) before the
+    # cancel lands. What is checked: every child sent is in the final report and ended cancelled,
+    # none is working, and no slice goes after the cancel (a slice interval later, still the same).
+    sent = len(report.children)
+    assert 3 <= sent < 10 and {c.status for c in report.children} == {"cancelled"}
+    await asyncio.sleep(2.5)
+    assert len(await stack.children(parent)) == sent
     assert await working_children(venue, parent) == []
     orders = await venue.book.all()
-    assert len([o for o in orders if venue.placed_for(o.broker_order_id).startswith(parent.intent_id)]) == 3
+    assert len([o for o in orders if venue.placed_for(o.broker_order_id).startswith(parent.intent_id)]) == sent
 
 
 async def _reported_filled(stack: Stack, parent: OrderIntent, quantity: Decimal) -> bool:
