@@ -169,7 +169,16 @@ async def unfinished(db: AsyncEngine, book: Book, nc: NatsClient, settings: Sett
         DeadLetter.model_validate_json(m.data)
         for m in await read_stream(nc.jetstream(), settings.subjects.stream_name("DLQ"), settings.subjects.dlq("*"))
     ]
+    unsettled = await fetch_all(
+        db,
+        "SELECT o.intent_id, o.filled_quantity, (SELECT coalesce(sum(t.quantity), 0) FROM trade_logs t "
+        "WHERE t.intent_id = o.intent_id) AS traded FROM orders o WHERE o.intent_id = ANY(:ids) AND o.status = "
+        "'filled' AND o.filled_quantity <> (SELECT coalesce(sum(t.quantity), 0) FROM trade_logs t "
+        "WHERE t.intent_id = o.intent_id)",
+        ids=book.ids,
+    )
     return (
+        f"{len(unsettled)} filled with fills missing in trade_logs, e.g. {[dict(r) for r in unsettled[:5]]}; "
         f"{len(rows)} not final, e.g. {[dict(r) for r in rows[:8]]}; {len(missing)} with no order row, e.g. "
         f"{missing[:8]}; resting orders not yet worked: {waiting[:8]}; {len(letters)} dead letters, e.g. "
         f"{[(d.original_subject, d.error, d.delivery_count) for d in letters[:8]]}"
@@ -206,10 +215,14 @@ async def _fill_trail(nc: NatsClient, db: AsyncEngine, settings: Settings, inten
 
 
 async def all_final(db: AsyncEngine, ids: list[str]) -> bool:
+    """Every intent has a final order row whose fills are all in ``trade_logs``: a fill and its
+    report travel apart (a killed aggregator's batch comes back only after its consumer's ack
+    wait), so a final status alone does not mean Postgres has settled."""
     rows = await fetch_all(
         db,
-        "SELECT intent_id FROM orders WHERE intent_id = ANY(:ids) AND status IN ('filled', 'cancelled', 'rejected', "
-        "'failed', 'expired')",
+        "SELECT o.intent_id FROM orders o WHERE o.intent_id = ANY(:ids) AND o.status IN ('filled', 'cancelled', "
+        "'rejected', 'failed', 'expired') AND o.filled_quantity = "
+        "(SELECT coalesce(sum(t.quantity), 0) FROM trade_logs t WHERE t.intent_id = o.intent_id)",
         ids=ids,
     )
     return len({r["intent_id"] for r in rows}) == len(ids)

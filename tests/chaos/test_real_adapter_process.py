@@ -75,7 +75,7 @@ async def test_mbx_up_with_the_alpaca_and_coinbase_adapters_fills_everything_onc
                 "COINBASE_API_SECRET": coinbase.private_key,
             }
             with mbx_up(tmp_path, **env_vars) as (up, stack, _env):
-                assert len(dict(stack["workers"])) == 4  # router, two executors, aggregator
+                assert len(dict(stack["workers"])) == 5  # router, two executors, aggregator, parents
                 intents = mixed(200)
                 nc = await nats.connect(servers.nats_url)
                 db = make_engine(isolated.database_url, pool_size=1)

@@ -323,9 +323,11 @@ class ExecutorWorker(Worker):
             )
 
     async def snapshot(self) -> PositionSnapshot:
-        # Each with the broker call's deadline: a hung broker never holds the snapshot timer.
-        account = await self.handlers.broker_call(self.venue.get_account(), "reading the account")
-        positions = await self.handlers.broker_call(self.venue.get_positions(), "reading the positions")
+        # Each with the broker call's deadline: a hung broker never holds the snapshot timer. A
+        # snapshot asks even a broker that counts as down (it is rare, and an operator's refresh
+        # after renewing a key must not wait for the next look): its answer is a look too.
+        account = await self.handlers.broker_call(self.venue.get_account(), "reading the account", probe=True)
+        positions = await self.handlers.broker_call(self.venue.get_positions(), "reading the positions", probe=True)
         return PositionSnapshot(
             message_id=f"positions-{self.venue.broker}-{uuid.uuid4().hex}",
             correlation_id=str(self.venue.broker),

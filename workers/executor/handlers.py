@@ -241,7 +241,8 @@ class ExecutorHandlers:
 
     async def broker_call(self, work: Awaitable[T], what: str, *, probe: bool = False) -> T:
         """A broker call outside order handling (account, positions, the look at a broker that
-        counts as down) with the same deadline."""
+        counts as down) with the same deadline; ``probe``: asked even while the broker counts as
+        down (the executor's look, a snapshot)."""
         return await self._call(work, what, probe=probe)
 
     async def _locate(self, decision: RouteDecision, since: datetime) -> VenueOrder | None:
