@@ -49,7 +49,7 @@ def _time(value: str | None, name: str) -> datetime | None:
     return moment if moment.tzinfo else moment.astimezone()
 
 
-Stage = Annotated[DeadLetterStage | None, typer.Option(help="router, executor or aggregator.")]
+Stage = Annotated[DeadLetterStage | None, typer.Option(help="router, executor, aggregator or parents.")]
 Subject = Annotated[str | None, typer.Option(help="Original subject, glob (mbx.orders.intent.*).")]
 Error = Annotated[str | None, typer.Option(help="Text the error contains (any case).")]
 Since = Annotated[str | None, typer.Option(help="Dead-lettered at or after (ISO time).")]
