@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from workers.cli import auth, config, dlq, explain, legacy, orders, security, sim, stack, views
+from workers.cli import auth, config, dlq, explain, legacy, orders, report, security, sim, stack, views
 from workers.cli.parent_orders import with_split_value
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app.add_typer(dlq.dlq, name="dlq")
 app.add_typer(config.config_app, name="config")
 app.add_typer(auth.auth_app, name="auth")
 app.add_typer(security.security_app, name="security")
+app.add_typer(report.report_app, name="report")
 
 
 def main() -> None:
