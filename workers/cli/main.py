@@ -8,6 +8,7 @@ import typer
 
 from workers.cli import auth, config, dlq, explain, legacy, orders, report, security, sim, stack, views
 from workers.cli.parent_orders import with_split_value
+from workers.cli.whatif import app as whatif_app
 
 app = typer.Typer(
     help="mbx: smart multi-broker execution.",
@@ -17,6 +18,7 @@ app = typer.Typer(
 )
 for group in (stack, orders, views, explain, sim, legacy):
     app.registered_commands += group.app.registered_commands
+app.registered_commands += whatif_app.registered_commands
 app.add_typer(dlq.dlq, name="dlq")
 app.add_typer(config.config_app, name="config")
 app.add_typer(auth.auth_app, name="auth")

@@ -1,0 +1,68 @@
+"""The replay's reconstruction of a recorded decision's inputs (``workers.router.whatif``)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from contracts import BrokerName, ExcludedBroker, RouteDecision
+from tests.builders import make_intent, make_route
+from workers.domain.config import MbxConfig
+from workers.router.rules import MarketView, route
+from workers.router.whatif import market_as_recorded, recorded_decision, replay
+
+
+def _row(decision: RouteDecision) -> dict[str, Any]:
+    intent = decision.intent
+    return {
+        "intent_id": decision.intent_id,
+        "strategy_id": decision.strategy_id,
+        "broker_name": str(decision.broker),
+        "rule": decision.rule,
+        "decided_at": decision.created_at,
+        "decision": decision.model_dump(
+            mode="json", include={"reason", "candidates", "excluded", "config_version", "reference_price", "quote"}
+        ),
+        "symbol": intent.symbol,
+        "asset_class": str(intent.asset_class),
+        "side": str(intent.side),
+        "order_type": str(intent.order_type),
+        "quantity": intent.quantity,
+        "notional": intent.notional,
+    }
+
+
+def test_recorded_exclusions_become_the_broker_state_the_replay_routes_in() -> None:
+    """Down stays down, rate-limited has no headroom, a named queue is kept, others are up."""
+    excluded = (
+        ExcludedBroker(broker=BrokerName.ALPACA, reason_code="down", reason="no heartbeat"),
+        ExcludedBroker(broker=BrokerName.SCHWAB, reason_code="rate_limited", reason="schwab has 1% left"),
+        ExcludedBroker(
+            broker=BrokerName.IBKR,
+            reason_code="queue_wait",
+            reason="ibkr has 4 orders queued, about 8.0s to wait (routing.max_queue_wait_s is 2s)",
+        ),
+    )
+    market = market_as_recorded(make_route(excluded=excluded))
+    assert market.health is not None
+    assert not market.health[BrokerName.ALPACA].up
+    assert market.health[BrokerName.SCHWAB].rate_limit_headroom == 0.0
+    assert market.queued[BrokerName.IBKR] == 4 and market.drain[BrokerName.IBKR] == 2.0
+    assert market.health[BrokerName.ROBINHOOD].up
+
+
+def test_a_decision_replayed_under_its_own_config_is_unchanged() -> None:
+    """A live decision stored and read back routes to the same broker by the same rule."""
+    config = MbxConfig()
+    live = route(make_intent(), config, market=MarketView(reference_price=Decimal(100)))
+    assert isinstance(live, RouteDecision)
+    recorded = recorded_decision(_row(live))
+    assert recorded.intent.quantity == Decimal(10) and recorded.intent.broker is None
+    assert replay([recorded], config).changed == []
+
+
+def test_a_strategys_preference_is_rebuilt_from_the_rule() -> None:
+    """A decision by ``preference`` replays with the strategy's broker named again."""
+    live = route(make_intent(broker=BrokerName.IBKR), MbxConfig())
+    assert isinstance(live, RouteDecision) and live.rule == "preference"
+    assert recorded_decision(_row(live)).intent.broker is BrokerName.IBKR
