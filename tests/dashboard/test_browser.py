@@ -53,10 +53,13 @@ def drive(browser_path: str, url: str, shots: Path, parent: str) -> list[str]:
                 expect(tab).to_have_attribute("aria-selected", "true")
                 panel = page.locator("[data-testid=stTabPanel]:visible").first
                 expect(panel.locator("[data-testid=stDataFrame]").first).to_be_visible()
-                if name == "Routing":
-                    expect(panel.get_by_role("heading", name="Parent orders")).to_be_visible()
-                    expect(panel.get_by_text(parent).first).to_be_visible()  # the picked parent
-                    expect(panel.get_by_text("filled vs scheduled")).to_be_visible()
+                if name == "Routing":  # the section below the tab's first table: 30 s on a loaded machine
+                    expect(panel.get_by_role("heading", name="Parent orders")).to_be_visible(timeout=30_000)
+                    # The picked parent, where it shows (its children's ids in the decisions grid
+                    # contain it too, in cells the grid keeps hidden).
+                    picked = panel.get_by_text(parent).filter(visible=True).first
+                    expect(picked).to_be_visible(timeout=30_000)
+                    expect(panel.get_by_text("filled vs scheduled")).to_be_visible(timeout=30_000)
                 page.wait_for_timeout(1500)  # charts finish drawing
                 expect(page.locator("[data-testid=stException]")).to_have_count(0)
                 page.screenshot(path=str(shots / f"{k}-{name.lower().replace(' ', '-')}.png"), full_page=True)
