@@ -13,14 +13,15 @@ from typing import Any, TypeVar
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts import BrokerName
+from contracts import BrokerName, ExposureSnapshot
 from tests.servers import Servers, session_servers
 from workers.domain.capabilities import CAPABILITIES
 from workers.domain.config import BrokerConfig, MbxConfig, RateLimitConfig
+from workers.domain.keys import EXPOSURE_KEY
 from workers.domain.quotes import QuoteSource
 from workers.entry import build_executor_worker, build_worker
 from workers.executor.app import rate_limit
@@ -91,6 +92,27 @@ async def reset_exposure(js: Any, subjects: Any) -> None:
     except BucketNotFoundError:
         return
     await kv.purge("current")
+
+
+async def exposure_snapshot(js: Any, subjects: Any) -> ExposureSnapshot | None:
+    """The aggregator's latest exposure snapshot (what the router routes by), if any."""
+    try:
+        entry = await (await js.key_value(subjects.exposure_bucket)).get(EXPOSURE_KEY)
+    except (BucketNotFoundError, KeyNotFoundError):
+        return None
+    return ExposureSnapshot.model_validate_json(entry.value) if entry.value else None
+
+
+async def exposure_where(
+    js: Any, subjects: Any, check: Callable[[ExposureSnapshot], bool], timeout: float = 30.0
+) -> ExposureSnapshot:
+    """The first exposure snapshot for which ``check`` holds (a fill the router must see held)."""
+
+    async def seen() -> ExposureSnapshot | None:
+        snap = await exposure_snapshot(js, subjects)
+        return snap if snap is not None and check(snap) else None
+
+    return await eventually(seen, timeout=timeout)
 
 
 UNTHROTTLED = RateLimitConfig(requests=1_000_000, per_seconds=1)

@@ -12,11 +12,10 @@ from typing import Any
 
 import nats
 import pytest
-from nats.js.errors import KeyNotFoundError
 
 from contracts import BrokerName, ExposureSnapshot, Portfolio, RoutePreview, Subjects
 from tests.builders import intent_payload
-from tests.conftest import Pipeline, eventually, fetch_all
+from tests.conftest import Pipeline, eventually, exposure_snapshot, exposure_where, fetch_all
 from tests.integration.test_cli import mbx
 from workers.domain.config import parse_config
 from workers.platform.bus import jetstream
@@ -71,19 +70,10 @@ class Stack:
         return rows[-1] if rows and rows[-1]["status"] in {"filled", "rejected"} else None
 
     async def snapshot(self) -> ExposureSnapshot | None:
-        kv = await self.nc.jetstream().key_value(Subjects(self.prefix).exposure_bucket)
-        try:
-            entry = await kv.get("current")
-        except KeyNotFoundError:
-            return None
-        return ExposureSnapshot.model_validate_json(entry.value) if entry.value else None
+        return await exposure_snapshot(self.nc.jetstream(), Subjects(self.prefix))
 
     async def snapshot_where(self, check: Callable[[ExposureSnapshot], bool]) -> ExposureSnapshot:
-        async def seen() -> ExposureSnapshot | None:
-            snap = await self.snapshot()
-            return snap if snap is not None and check(snap) else None
-
-        return await eventually(seen, timeout=20)
+        return await exposure_where(self.nc.jetstream(), Subjects(self.prefix), check, timeout=20)
 
     async def portfolio(self) -> Portfolio:
         await self.nc.request(f"{self.prefix}.api.portfolio.sync", b"", timeout=10)

@@ -15,9 +15,9 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts import BrokerName, ExposureSnapshot
+from contracts import BrokerName
 from tests.builders import OPTION, intent_payload
-from tests.conftest import Pipeline, eventually, fetch_all, stream_messages
+from tests.conftest import Pipeline, eventually, exposure_where, fetch_all, stream_messages
 from tests.integration.test_executor_flows import order_row
 from tests.integration.test_failover import BrokeVenue
 from tests.integration.test_walking_skeleton import publish_json
@@ -355,14 +355,11 @@ async def test_submit_csv_sends_every_row_and_summarises(
     # position wherever the test runs.
     code, out = await mbx("submit", "--symbol", "MSFT", "--quantity", "3", "--strategy", "csvbot", env=cli_env)
     assert code == 0 and "filled at alpaca" in out, out
-    exposure = await nc.jetstream().key_value(pipeline.settings.subjects.exposure_bucket)
-
-    async def held() -> bool:
-        entry = await exposure.get("current")
-        snapshot = ExposureSnapshot.model_validate_json(entry.value or b"{}")
-        return snapshot.holdings.get(BrokerName.ALPACA, {}).get("MSFT", Decimal(0)) >= 3
-
-    await eventually(held, timeout=20)
+    await exposure_where(
+        nc.jetstream(),
+        pipeline.settings.subjects,
+        lambda s: s.holdings.get(BrokerName.ALPACA, {}).get("MSFT", Decimal(0)) >= 3,
+    )
     orders = tmp_path / "orders.csv"
     orders.write_text(
         "symbol,quantity,notional,side,asset_class,tif\n"

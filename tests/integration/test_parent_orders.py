@@ -16,7 +16,6 @@ from typing import Any
 import nats
 import pytest
 from nats.aio.msg import Msg
-from nats.js.errors import KeyNotFoundError
 
 from contracts import (
     BrokerName,
@@ -30,7 +29,7 @@ from contracts import (
     Subjects,
 )
 from tests.builders import intent_payload
-from tests.conftest import Pipeline, eventually, fetch_all, simulated_venue, unthrottled
+from tests.conftest import Pipeline, eventually, exposure_where, fetch_all, simulated_venue, unthrottled
 from tests.integration.test_security import as_role, secured
 from workers.devstack.nats import EmbeddedNats
 from workers.domain.config import MbxConfig, parse_config
@@ -145,20 +144,8 @@ class Stack:
             if r.intent_id == child
         ]
 
-    async def snapshot(self) -> ExposureSnapshot | None:
-        kv = await self.js.key_value(self.subjects.exposure_bucket)
-        try:
-            entry = await kv.get("current")
-        except KeyNotFoundError:
-            return None
-        return ExposureSnapshot.model_validate_json(entry.value) if entry.value else None
-
     async def snapshot_where(self, check: Callable[[ExposureSnapshot], bool]) -> ExposureSnapshot:
-        async def seen() -> ExposureSnapshot | None:
-            snap = await self.snapshot()
-            return snap if snap is not None and check(snap) else None
-
-        return await eventually(seen, timeout=30)
+        return await exposure_where(self.js, self.subjects, check)
 
     def venues(self) -> list[SimulatedVenue]:
         assert self.pipeline is not None
