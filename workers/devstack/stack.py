@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
 from rich.console import Console
 from rich.table import Table
 
@@ -412,6 +412,11 @@ async def _not_ready(js: Any, status_kv: Any, consumers: list[ConsumerSpec], bro
     return missing
 
 
+NO_PLACEMENT = 10005
+"""JetStream's error code for a stream it cannot place on enough peers (a node not joined yet)."""
+_NOT_YET: tuple[type[Exception], ...] = (*BUS_UNAVAILABLE, APIError)
+
+
 async def _ensure_topology(nats_url: str, settings: Settings, timeout: float = 60.0) -> None:
     """Create or update every stream; asked again while NATS cannot answer yet (a cluster just
     started, electing the leaders of the streams it makes)."""
@@ -423,9 +428,14 @@ async def _ensure_topology(nats_url: str, settings: Settings, timeout: float = 6
             try:
                 await ensure_streams(jetstream(nc), settings.subjects)
                 return
-            except BUS_UNAVAILABLE as exc:
+            except _NOT_YET as exc:
+                # A cluster whose nodes have not all joined yet refuses a replicated stream
+                # ("no suitable peers for placement", 10005): it passes as they join.
+                forming = isinstance(exc, APIError) and exc.err_code == NO_PLACEMENT
+                if isinstance(exc, APIError) and not isinstance(exc, BUS_UNAVAILABLE) and not forming:
+                    raise
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"NATS made no streams in {timeout:.0f}s: {type(exc).__name__}") from None
+                    raise RuntimeError(f"NATS made no streams in {timeout:.0f}s: {type(exc).__name__}: {exc}") from None
             await asyncio.sleep(0.5)
     finally:
         await nc.close()
