@@ -14,7 +14,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
-from sqlalchemy import text
+from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import BrokerName, ExposureSnapshot
@@ -30,7 +30,7 @@ from workers.platform.db.engine import make_engine
 from workers.platform.db.migrate import upgrade
 from workers.platform.live_config import write_live_config
 from workers.platform.runtime import Worker
-from workers.platform.settings import Settings
+from workers.platform.settings import Settings, to_sqlalchemy_url
 from workers.router.app import build_router
 from workers.venues.simulated.venue import SimulatedVenue
 
@@ -54,6 +54,20 @@ async def nc(servers: Servers) -> AsyncIterator[NatsClient]:
     client = await nats.connect(servers.nats_url)
     yield client
     await client.close()
+
+
+@pytest.fixture
+def fresh_database(servers: Servers) -> Iterator[str]:
+    """A scratch database on the session's server, dropped afterwards."""
+    name = f"mig_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(to_sqlalchemy_url(servers.database_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(to_sqlalchemy_url(servers.database_url)).set(database=name)
+    yield url.render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 @pytest.fixture

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
 import pytest
-from sqlalchemy import create_engine, inspect, make_url, text
+from sqlalchemy import create_engine, inspect, text
 
-from tests.servers import Servers
 from workers.platform.db import migrate
 from workers.platform.settings import to_sqlalchemy_url
 
@@ -23,20 +19,6 @@ SEED_TABLES = {
     "broker_accounts",
     "inbox",
 }
-
-
-@pytest.fixture
-def fresh_database(servers: Servers) -> Iterator[str]:
-    """A scratch database on the session's server, dropped afterwards."""
-    name = f"mig_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(to_sqlalchemy_url(servers.database_url), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(to_sqlalchemy_url(servers.database_url)).set(database=name)
-    yield url.render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def test_upgrade_to_head_matches_the_models_and_downgrade_to_base_removes_everything(fresh_database: str) -> None:

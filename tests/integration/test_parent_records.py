@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from nats.aio.client import Client as NatsClient
-from sqlalchemy import create_engine, inspect, make_url, text
+from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import (
@@ -38,7 +36,7 @@ from workers.domain.venue import VenueOrder
 from workers.platform import bus
 from workers.platform.db import migrate
 from workers.platform.db.engine import make_engine
-from workers.platform.settings import Settings, to_sqlalchemy_url
+from workers.platform.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -445,19 +443,6 @@ async def test_a_split_twap_parent_from_mbx_submit_to_mbx_explain_on_the_whole_s
 # Migration 0011 on a populated database --------------------------------------------------------
 
 
-@pytest.fixture
-def scratch_database(servers: Servers) -> Iterator[str]:
-    name = f"mig_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(to_sqlalchemy_url(servers.database_url), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(to_sqlalchemy_url(servers.database_url)).set(database=name)
-    yield url.render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
 ORDER = (
     "INSERT INTO orders (intent_id, strategy_id, broker_name, client_order_id, symbol, asset_class, side, "
     "order_type, quantity, status, report_seq) VALUES (:i, 's', 'alpaca', :i, 'AAPL', 'equity', 'buy', 'market', "
@@ -466,14 +451,14 @@ ORDER = (
 
 
 async def test_migration_0011_keeps_existing_orders_and_can_be_run_again_after_an_interrupted_build(
-    scratch_database: str,
+    fresh_database: str,
 ) -> None:
     """Orders stored before 0011 keep every value, with no parent; the index is valid; a run
     interrupted after the column and a half-built index were made completes when run again;
     a downgrade keeps the orders too."""
-    engine = create_engine(scratch_database)
+    engine = create_engine(fresh_database)
     try:
-        await asyncio.to_thread(migrate.upgrade, scratch_database, "0010")
+        await asyncio.to_thread(migrate.upgrade, fresh_database, "0010")
         with engine.begin() as conn:
             conn.execute(text(ORDER), [{"i": f"old-{n}"} for n in range(50)])
             # What an interrupted concurrent build leaves: the column, and an index marked invalid.
@@ -483,7 +468,7 @@ async def test_migration_0011_keeps_existing_orders_and_can_be_run_again_after_a
                 text("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'ix_orders_parent_intent_id'::regclass")
             )
         before = _orders(engine)
-        await asyncio.to_thread(migrate.upgrade, scratch_database)
+        await asyncio.to_thread(migrate.upgrade, fresh_database)
         assert _orders(engine) == before
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM orders WHERE parent_intent_id IS NOT NULL")).scalar() == 0
@@ -492,9 +477,9 @@ async def test_migration_0011_keeps_existing_orders_and_can_be_run_again_after_a
             ).scalar()
         assert valid is True
         assert "parent_orders" in inspect(engine).get_table_names()
-        await asyncio.to_thread(migrate.check, scratch_database)
+        await asyncio.to_thread(migrate.check, fresh_database)
 
-        await asyncio.to_thread(migrate.downgrade, scratch_database, "0010")
+        await asyncio.to_thread(migrate.downgrade, fresh_database, "0010")
         assert "parent_intent_id" not in {c["name"] for c in inspect(engine).get_columns("orders")}
         assert "parent_orders" not in inspect(engine).get_table_names()
         assert _orders(engine) == before

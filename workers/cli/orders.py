@@ -14,7 +14,6 @@ import typer
 from pydantic import ValidationError
 
 from contracts import (
-    INTENT_ID_HEADER,
     AssetClass,
     BrokerName,
     CancelReject,
@@ -339,7 +338,7 @@ def cancel(
 
 
 async def _cancel(request: CancelRequest, url: str, subjects: Subjects, timeout: float, given: bool) -> int:
-    from workers.platform.bus import publish  # noqa: PLC0415
+    from workers.ops.cancel import send_cancel  # noqa: PLC0415
     from workers.platform.order_ledger import OrderLedger  # noqa: PLC0415
     from workers.platform.topology import Topology  # noqa: PLC0415
 
@@ -351,27 +350,13 @@ async def _cancel(request: CancelRequest, url: str, subjects: Subjects, timeout:
             entry = await OrderLedger(nc.jetstream, Topology(subjects).order_ledger_bucket).get(request.intent_id)
             if entry is not None and entry.decision is not None:
                 request = request.model_copy(update={"strategy_id": entry.decision.strategy_id})
-        outcome: asyncio.Future[tuple[str, bytes]] = asyncio.get_running_loop().create_future()
-
-        async def seen(msg: Any) -> None:
-            if (msg.headers or {}).get(INTENT_ID_HEADER) == request.intent_id and not outcome.done():
-                outcome.set_result((msg.subject, msg.data))
-
-        subs = [
-            await nc.subscribe(subjects.execution("*", "cancelled", request.strategy_id), cb=seen),
-            await nc.subscribe(subjects.cancel_reject("*", request.strategy_id), cb=seen),
-        ]
-        await publish(nc.jetstream(), subjects.cancel(request.strategy_id), request, intent_id=request.intent_id)
-        try:
-            subject, data = await asyncio.wait_for(outcome, timeout)
-        except TimeoutError:
-            err.print(f"[yellow]no answer within {timeout:g}s[/yellow]; the cancel request is queued")
-            return EXIT_FAILURE
-        finally:
-            for sub in subs:
-                await sub.unsubscribe()
+        answer = await send_cancel(nc, nc.jetstream(), subjects, request, timeout)
     finally:
         await nc.close()
+    if answer is None:
+        err.print(f"[yellow]no answer within {timeout:g}s[/yellow]; the cancel request is queued")
+        return EXIT_FAILURE
+    subject, data = answer
     if subjects.is_cancel_reject(subject):
         reject = CancelReject.model_validate_json(data)
         status = f" (order {reject.order_status})" if reject.order_status else ""

@@ -56,28 +56,46 @@ async def cancel_order(
         strategy_id=strategy_id,
         reason=why,
     )
+    answer = await send_cancel(nc, js, subjects, request, timeout)
+    if answer is None:
+        return CancelOutcome(
+            "queued", f"no answer within {timeout:g} s; the cancel request is stored and will be carried out"
+        )
+    subject, data = answer
+    return outcome_of(subjects, subject, data)
+
+
+async def send_cancel(
+    nc: Any, js: Any, subjects: Subjects, request: CancelRequest, timeout: float
+) -> tuple[str, bytes] | None:
+    """Publish ``request`` as its strategy and wait up to ``timeout`` seconds for its answer: the
+    subject and payload of the cancelled report (an order's or a parent's) or the rejection; None
+    when none came in time (the request is stored and will still be carried out)."""
     answered: asyncio.Future[tuple[str, bytes]] = asyncio.get_running_loop().create_future()
 
     async def seen(msg: Any) -> None:
-        if (msg.headers or {}).get(INTENT_ID_HEADER) == intent_id and not answered.done():
+        if (msg.headers or {}).get(INTENT_ID_HEADER) == request.intent_id and not answered.done():
             answered.set_result((msg.subject, msg.data))
 
     subs = [
-        await nc.subscribe(subjects.execution("*", "cancelled", strategy_id), cb=seen),
-        await nc.subscribe(subjects.cancel_reject("*", strategy_id), cb=seen),
+        await nc.subscribe(subjects.execution("*", "cancelled", request.strategy_id), cb=seen),
+        await nc.subscribe(subjects.cancel_reject("*", request.strategy_id), cb=seen),
     ]
     try:
-        await publish(js, subjects.cancel(strategy_id), request, intent_id=intent_id, strategy_id=strategy_id)
+        await publish(
+            js,
+            subjects.cancel(request.strategy_id),
+            request,
+            intent_id=request.intent_id,
+            strategy_id=request.strategy_id,
+        )
         try:
-            subject, data = await asyncio.wait_for(answered, timeout)
+            return await asyncio.wait_for(answered, timeout)
         except TimeoutError:
-            return CancelOutcome(
-                "queued", f"no answer within {timeout:g} s; the cancel request is stored and will be carried out"
-            )
+            return None
     finally:
         for sub in subs:
             await sub.unsubscribe()
-    return outcome_of(subjects, subject, data)
 
 
 def outcome_of(subjects: Subjects, subject: str, data: bytes) -> CancelOutcome:
