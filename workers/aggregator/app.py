@@ -17,7 +17,7 @@ from workers.aggregator.persistence import AuditStore
 from workers.aggregator.portfolio import PortfolioAggregator
 from workers.domain.keys import EXPOSURE_KEY
 from workers.platform import metrics
-from workers.platform.bus import open_bucket
+from workers.platform.bus import open_bucket, read_json
 from workers.platform.runtime import Worker
 from workers.platform.settings import Settings
 from workers.platform.topology import ConsumerSpec
@@ -133,7 +133,7 @@ class AggregatorWorker(Worker):
 
     async def _on_exposure(self, msg: Msg) -> None:
         async def exposure() -> BaseModel | dict[str, Any]:
-            request = json.loads(msg.data or b"{}")
+            request = read_json(msg.data or b"{}")
             symbol = request.get("symbol") if isinstance(request, dict) else None
             if not isinstance(symbol, str) or not symbol:
                 return {"error": 'send {"symbol": "<symbol>"}'}

@@ -39,7 +39,7 @@ from workers.domain.venue import (
 from workers.executor.budget import DailyOrderBudget, RateBudget
 from workers.executor.handlers import PROBE_INTERVAL, ExecutorHandlers
 from workers.platform import metrics
-from workers.platform.bus import open_bucket, publish
+from workers.platform.bus import open_bucket, publish, read_json
 from workers.platform.live_config import CONFIG_HISTORY
 from workers.platform.order_ledger import OrderLedger
 from workers.platform.runtime import Worker
@@ -356,7 +356,7 @@ class ExecutorWorker(Worker):
             answer: dict[str, Any] = {"error": f"{self.venue.broker}'s adapter has no switchable faults"}
         else:
             try:
-                request = json.loads(msg.data or b"{}")
+                request = read_json(msg.data or b"{}")
                 if not isinstance(request, dict):
                     raise ValueError("the request must be a JSON object")
                 faults = self.venue.switch_faults(request.get("faults") or {})
