@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    column,
     func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -108,6 +109,8 @@ class Order(Base):
         Index(None, "symbol", "created_at"),
         Index(None, "broker_name", "decided_at"),
         Index(None, "parent_intent_id"),
+        # The month an order counts in for the best-execution report (migration 0012).
+        Index("ix_orders_report_month", func.coalesce(column("decided_at"), column("created_at"))),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -137,6 +140,9 @@ class Order(Base):
     first_fill_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The parent order this order is a child of (migration 0011), else NULL.
     parent_intent_id: Mapped[str | None] = mapped_column(String(48))
+    # When the broker acknowledged the order (migration 0012): the earliest report showing the
+    # broker holds it, else NULL.
+    acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ParentOrder(Base):
