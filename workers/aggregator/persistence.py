@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, text
@@ -30,6 +30,7 @@ from contracts import (
 )
 from workers.aggregator.parent_records import parent_of, store_parent_reports, with_split_reason
 from workers.domain.capabilities import CAPABILITIES
+from workers.domain.order_state import acknowledged_by_broker
 from workers.platform.db.models import (
     BrokerAccount,
     FailoverRecord,
@@ -213,11 +214,16 @@ class AuditStore:
 
     async def _upsert_reports(self, conn: AsyncConnection, reports: list[ExecutionReport]) -> None:
         newest: dict[tuple[str | None, str], ExecutionReport] = {}
+        acknowledged: dict[tuple[str | None, str], datetime] = {}
         for r in reports:
             key = (str(r.broker) if r.broker else None, r.client_order_id)
             if key not in newest or newest[key].report_seq < r.report_seq:
                 newest[key] = r
-        await _UPSERT_REPORT.run(conn, [_order_row_from_report(r) for r in newest.values()])
+            # The earliest acknowledgement of the batch, whichever report is stored: the
+            # "accepted" report and the fill after it often arrive in one batch.
+            if acknowledged_by_broker(r) and (key not in acknowledged or r.created_at < acknowledged[key]):
+                acknowledged[key] = r.created_at
+        await _UPSERT_REPORT.run(conn, [_order_row_from_report(r, acknowledged.get(key)) for key, r in newest.items()])
 
     async def _insert_fills(self, conn: AsyncConnection, fills: list[Fill]) -> None:
         rows = {f.fill_id: _fill_row(f) for f in fills}
@@ -316,6 +322,20 @@ _INSERT_ORDER = _ArrayInsert(
     _ORDER_COLUMNS | {"decided_at": "timestamptz", "reference_price": "numeric", "parent_intent_id": "varchar"},
     "ON CONFLICT (broker_name, client_order_id) DO NOTHING",
 )
+_NEWER = "orders.report_seq < excluded.report_seq"
+_FROM_NEWER_REPORT = {
+    "broker_order_id": "coalesce(nullif(excluded.broker_order_id, ''), orders.broker_order_id)",
+    "status": "excluded.status",
+    "quantity": "coalesce(excluded.quantity, orders.quantity)",
+    "filled_quantity": "excluded.filled_quantity",
+    "average_price": "excluded.average_price",
+    "fees": "excluded.fees",
+    "report_seq": "excluded.report_seq",
+    "reason": "excluded.reason",
+}
+# A newer report replaces the order's state; a stale one (it arrived late) changes nothing of it.
+# The two times are kept earliest whatever the report's age: a stale "accepted" that arrives
+# after the fill still holds the moment the broker acknowledged the order.
 _UPSERT_REPORT = _ArrayInsert(
     "orders",
     _ORDER_COLUMNS
@@ -326,14 +346,14 @@ _UPSERT_REPORT = _ArrayInsert(
         "fees": "numeric",
         "reason": "text",
         "first_fill_at": "timestamptz",
+        "acknowledged_at": "timestamptz",
     },
     "ON CONFLICT (broker_name, client_order_id) DO UPDATE SET "
-    "broker_order_id = coalesce(nullif(excluded.broker_order_id, ''), orders.broker_order_id), "
-    "status = excluded.status, quantity = coalesce(excluded.quantity, orders.quantity), "
-    "filled_quantity = excluded.filled_quantity, average_price = excluded.average_price, "
-    "fees = excluded.fees, report_seq = excluded.report_seq, reason = excluded.reason, updated_at = now(), "
-    "first_fill_at = least(orders.first_fill_at, excluded.first_fill_at) "
-    "WHERE orders.report_seq < excluded.report_seq",
+    + ", ".join(f"{c} = CASE WHEN {_NEWER} THEN {value} ELSE orders.{c} END" for c, value in _FROM_NEWER_REPORT.items())
+    + ", updated_at = now(), first_fill_at = least(orders.first_fill_at, excluded.first_fill_at), "
+    "acknowledged_at = least(orders.acknowledged_at, excluded.acknowledged_at) "
+    f"WHERE {_NEWER} OR excluded.acknowledged_at < coalesce(orders.acknowledged_at, 'infinity') "
+    "OR excluded.first_fill_at < coalesce(orders.first_fill_at, 'infinity')",
 )
 _INSERT_FILL = _ArrayInsert(
     "trade_logs",
@@ -411,7 +431,9 @@ def _order_row_from_route(r: RouteDecision) -> dict[str, Any]:
     }
 
 
-def _order_row_from_report(r: ExecutionReport) -> dict[str, Any]:
+def _order_row_from_report(r: ExecutionReport, acknowledged_at: datetime | None) -> dict[str, Any]:
+    """The order's row from its newest report of a batch; ``acknowledged_at`` is the batch's
+    earliest report that showed the broker holds the order."""
     return {
         "intent_id": r.intent_id,
         "strategy_id": r.strategy_id,
@@ -432,6 +454,7 @@ def _order_row_from_report(r: ExecutionReport) -> dict[str, Any]:
         "report_seq": r.report_seq,
         "reason": r.reason or None,
         "first_fill_at": r.first_fill_at,
+        "acknowledged_at": acknowledged_at,
     }
 
 

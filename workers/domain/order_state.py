@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from contracts import OrderStatus
+from contracts import ExecutionReport, OrderStatus
 
 S = OrderStatus
 _WORKING_EXITS = frozenset({S.PARTIALLY_FILLED, S.FILLED, S.CANCELLED, S.EXPIRED, S.REJECTED, S.FAILED})
@@ -42,6 +42,17 @@ def is_behind(known: OrderStatus, reported: OrderStatus) -> bool:
     that lags what was already recorded (Alpaca's ``pending_new`` in the reply to a POST, read
     after the order was recorded as accepted), which is no news rather than a transition."""
     return _STAGE.get(reported, 4) < _STAGE.get(known, 4)
+
+
+HELD_BY_BROKER = frozenset({S.ACCEPTED, S.PARTIALLY_FILLED, S.FILLED, S.CANCELLED, S.EXPIRED})
+"""Statuses only a broker that holds the order reports: it has acknowledged it. Not ``new``,
+``submitted`` or ``unknown`` (the broker's answer is not in yet), nor ``rejected`` (refused, by
+the broker or by the router before any broker) or ``failed`` (mbx gave up on it)."""
+
+
+def acknowledged_by_broker(report: ExecutionReport) -> bool:
+    """True when ``report`` shows that its broker holds the order (its acknowledgement)."""
+    return report.broker is not None and report.status in HELD_BY_BROKER
 
 
 class InvalidTransition(ValueError):
