@@ -5,6 +5,7 @@ nats-py, imported when it is used). It never imports ``workers``.
 """
 
 from contracts.enums import (
+    ApprovalStep,
     AssetClass,
     BrokerName,
     DeadLetterStage,
@@ -18,6 +19,7 @@ from contracts.enums import (
 from contracts.messages import (
     SCHEMA_VERSION,
     AccountSnapshot,
+    ApprovalEvent,
     BrokerStatus,
     CancelReject,
     CancelRequest,
@@ -70,6 +72,8 @@ __all__ = [
     "SUBJECTS_VERSION",
     "UNROUTED",
     "AccountSnapshot",
+    "ApprovalEvent",
+    "ApprovalStep",
     "AssetClass",
     "BrokerName",
     "BrokerStatus",

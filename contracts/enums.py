@@ -121,6 +121,28 @@ class ParentStatus(StrEnum):
 _PARENT_TERMINAL = frozenset({ParentStatus.FILLED, ParentStatus.CANCELLED, ParentStatus.DONE_WITH_SHORTFALL})
 
 
+class ApprovalStep(StrEnum):
+    """One step of an order held for approval (``ApprovalEvent``; added in 1 without a version change).
+
+    ``pending``: the router holds the order for the operators. ``approved``: one operator
+    approved it (``approvals_given`` of ``approvers_needed``; the last makes the router route it).
+    ``denied``: an operator denied it; ``expired``: nobody decided within the rule's
+    ``expire_after_s``; either way the order ends ``rejected`` with the reason. ``released``:
+    approved by everyone needed and handed to routing (its route decision follows).
+    """
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    RELEASED = "released"
+
+    @property
+    def is_final(self) -> bool:
+        """True when the hold has ended (routed, or rejected)."""
+        return self in (ApprovalStep.DENIED, ApprovalStep.EXPIRED, ApprovalStep.RELEASED)
+
+
 class DeadLetterStage(StrEnum):
     """The worker stage that gave up on a message."""
 

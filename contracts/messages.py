@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from contracts.enums import (
+    ApprovalStep,
     AssetClass,
     BrokerName,
     DeadLetterStage,
@@ -719,6 +720,33 @@ class IntentRefused(Message):
     claimed_strategy_id: str = Field(max_length=200, description="The strategy the intent's body named.")
     reason_code: str
     reason: str
+
+
+class ApprovalEvent(Message):
+    """A step of an order held for an operator's approval (config ``approvals``).
+
+    Published by the router to ``mbx.approvals.<step>`` for operators (``pending`` when the order
+    is held, then ``approved`` per approval, ``denied``, ``expired`` or ``released``), and the
+    ``pending`` step also to the strategy's own results on ``mbx.exec.unrouted.pending_approval.<strategy>``.
+    An approved order is routed as any other (its route decision and reports follow); a denied or
+    expired one ends with a ``rejected`` execution report (``approval_denied``, ``approval_expired``).
+    ``message_id`` is ``approval-<intent_id>-<step_no>``: one per step, whatever is sent again.
+    """
+
+    intent_id: IntentId
+    strategy_id: StrategyId
+    step: ApprovalStep
+    step_no: int = Field(ge=0, description="0 for pending, then 1, 2, ... in the order the steps happened.")
+    rule: str = Field(max_length=100, description="The approval rule that holds the order.")
+    approvers_needed: int = Field(ge=1, le=2)
+    approvals_given: int = Field(ge=0, le=2)
+    operator: str = Field(default="", max_length=100, description="Who approved or denied (empty: the router).")
+    note: str = Field(default="", max_length=1000)
+    expires_at: AwareDatetime = Field(description="When the order ends rejected if not decided.")
+    estimated_notional: Decimal | None = Field(
+        default=None, description="USD at the quote when it was held (None: no quote)."
+    )
+    intent: OrderIntent
 
 
 class Fill(Message):

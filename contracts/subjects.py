@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from contracts.enums import BrokerName, DeadLetterStage, OrderStatus, ParentStatus
+from contracts.enums import ApprovalStep, BrokerName, DeadLetterStage, OrderStatus, ParentStatus
 
 SUBJECTS_VERSION = 2
 """The subject layout. 2: routes, execution reports, cancel rejections and fills end with the
@@ -24,6 +24,8 @@ UNROUTED = "unrouted"
 CANCEL_REJECTED = "cancel_rejected"
 REFUSED = "refused"
 """Broker token of reports about intents the router rejected before choosing a broker."""
+PENDING_APPROVAL = "pending_approval"
+"""Status token of an order held for approval, told to its strategy (``exec.unrouted.pending_approval.<strategy>``)."""
 PARENT = "parent"
 """Broker token of parent-order reports (``exec.parent.<status>.<strategy>``); never a broker's name."""
 
@@ -93,6 +95,13 @@ class Subjects:
                 max_age_seconds=86400,
                 max_msgs_per_subject=1,
                 description="Latest position snapshot and status per broker.",
+            ),
+            "APPROVALS": StreamSpec(
+                self.stream_name("APPROVALS"),
+                (f"{p}.approvals.>",),
+                max_age_seconds=30 * 86400,
+                duplicate_window_seconds=3600,
+                description="Steps of orders held for an operator's approval.",
             ),
             "DLQ": StreamSpec(
                 self.stream_name("DLQ"),
@@ -165,6 +174,18 @@ class Subjects:
     def refusal(self, strategy_id: str) -> str:
         """An intent refused because of who sent it (``IntentRefused``), to its sender."""
         return f"{self.prefix}.exec.{UNROUTED}.{REFUSED}.{strategy_id}"
+
+    def pending_approval(self, strategy_id: str) -> str:
+        """An order held for approval, told to its strategy (an ``ApprovalEvent``, step pending)."""
+        return f"{self.prefix}.exec.{UNROUTED}.{PENDING_APPROVAL}.{strategy_id}"
+
+    def is_pending_approval(self, subject: str) -> bool:
+        parts = subject.split(".")
+        return len(parts) >= 4 and parts[0] == self.prefix and parts[1] == "exec" and parts[3] == PENDING_APPROVAL
+
+    def approval(self, step: ApprovalStep | str) -> str:
+        """A step of an order held for approval, for operators (``ApprovalEvent``)."""
+        return f"{self.prefix}.approvals.{step}"
 
     def is_refusal(self, subject: str) -> bool:
         parts = subject.split(".")
@@ -250,6 +271,10 @@ class Subjects:
         return f"{self.prefix}.failover.>"
 
     @property
+    def all_approvals(self) -> str:
+        return f"{self.prefix}.approvals.>"
+
+    @property
     def all_positions(self) -> str:
         return f"{self.prefix}.positions.>"
 
@@ -282,6 +307,12 @@ class Subjects:
     def snapshot_request(self, broker: BrokerName | str) -> str:
         """Request/reply: ask a broker's executor for a fresh PositionSnapshot now."""
         return self.api(f"positions.{broker}.refresh")
+
+    @property
+    def approvals_bucket(self) -> str:
+        """Orders held for approval: one key per intent (the hold and its approvals), written by the
+        router and, with compare-and-set, by operators' tools (``mbx approve``, the dashboard)."""
+        return f"{self.prefix}_approvals"
 
     @property
     def exposure_bucket(self) -> str:

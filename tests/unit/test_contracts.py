@@ -145,7 +145,10 @@ def test_subjects_follow_the_design_table() -> None:
     # Executors consume routes of any strategy, and version-1 routes still stored.
     assert s.routes_to("ibkr") == ("mbx.routes.ibkr.*", "mbx.routes.ibkr")
     assert s.dlq("router") == "mbx.dlq.router"
-    assert [st.name for st in s.streams] == ["ORDERS", "ROUTES", "EXECUTIONS", "POSITIONS", "DLQ"]
+    assert [st.name for st in s.streams] == ["ORDERS", "ROUTES", "EXECUTIONS", "POSITIONS", "APPROVALS", "DLQ"]
+    assert s.approval("pending") == "mbx.approvals.pending"
+    assert s.pending_approval("s1") == "mbx.exec.unrouted.pending_approval.s1"
+    assert s.is_pending_approval(s.pending_approval("s1")) and not s.is_pending_approval(s.refusal("s1"))
     assert Subjects("desk2").stream_name("ORDERS") == "DESK2_ORDERS"
     assert symbol_token("AAPL  270115C00200000") == "AAPL__270115C00200000"
     with pytest.raises(ValueError, match="one token"):
@@ -172,7 +175,7 @@ def test_contracts_never_import_workers_or_nats() -> None:
 def test_committed_schemas_match_the_models() -> None:
     """The JSON Schemas and the AsyncAPI document in contracts/schemas/ are up to date."""
     assert write_schemas(check=True) == [], "run `make schemas` and commit the result"
-    assert len(MODELS) == 17
+    assert len(MODELS) == 18
 
 
 def test_fill_score_falls_with_rejections_and_slippage_and_stays_in_bounds() -> None:

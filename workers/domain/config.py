@@ -419,6 +419,44 @@ class SimulationConfig(_Strict):
     impact: ImpactConfig = Field(default_factory=ImpactConfig)
 
 
+class ApprovalRule(_Strict):
+    """Orders this rule matches wait for an operator's approval before they are routed."""
+
+    name: str = Field(min_length=1, max_length=100)
+    match: RuleMatch = Field(
+        default_factory=RuleMatch,
+        description="As a routing rule's (an empty match holds every order); a size bound holds an order "
+        "whose size cannot be told (no quote).",
+    )
+    approvers: Literal[1, 2] = Field(
+        default=1, description="Operators who must approve; with 2, the second must be another operator."
+    )
+    expire_after_s: float = Field(
+        default=900.0,
+        gt=0,
+        le=7 * 86400,
+        description="Seconds an order waits for its approvals; then it ends rejected (approval_expired).",
+    )
+
+
+class ApprovalsConfig(_Strict):
+    """Four eyes on chosen orders (docs/operations.md, "Approvals")."""
+
+    rules: list[ApprovalRule] = Field(
+        default_factory=list, description="Evaluated in order; the first that matches holds the order."
+    )
+
+    @field_validator("rules")
+    @classmethod
+    def _names_unique(cls, rules: list[ApprovalRule]) -> list[ApprovalRule]:
+        seen: set[str] = set()
+        for rule in rules:
+            if rule.name in seen:
+                raise ValueError(f"two approval rules are named {rule.name!r}")
+            seen.add(rule.name)
+        return rules
+
+
 class MbxConfig(_Strict):
     """The deployment config, in the shape of the multi-broker YAML file."""
 
@@ -430,6 +468,7 @@ class MbxConfig(_Strict):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     market_data: MarketDataConfig = Field(default_factory=MarketDataConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
 
     @model_validator(mode="after")
     def _live_needs_a_real_adapter(self) -> Self:

@@ -16,6 +16,7 @@ from pydantic.json_schema import models_json_schema
 
 from contracts import (
     SUBJECTS_VERSION,
+    ApprovalEvent,
     BrokerStatus,
     CancelReject,
     CancelRequest,
@@ -35,7 +36,7 @@ from contracts import (
     Subjects,
     SymbolExposure,
 )
-from contracts.enums import BrokerName, DeadLetterStage, OrderStatus, ParentStatus
+from contracts.enums import ApprovalStep, BrokerName, DeadLetterStage, OrderStatus, ParentStatus
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "contracts" / "schemas"
 
@@ -47,6 +48,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     ParentReport,
     CancelReject,
     IntentRefused,
+    ApprovalEvent,
     Fill,
     FailoverEvent,
     PositionSnapshot,
@@ -128,6 +130,20 @@ def asyncapi() -> dict[str, Any]:
             "IntentRefused",
             {"strategy_id": strategy},
             "Intents refused because of who sent them (a body naming another strategy), to the sender only.",
+        ),
+        "pendingApproval": (
+            "mbx.exec.unrouted.pending_approval.{strategy_id}",
+            "ApprovalEvent",
+            {"strategy_id": strategy},
+            "An intent held for an operator's approval (config approvals), told to its strategy; its route "
+            "decision follows once approved, or a rejected report (approval_denied, approval_expired).",
+        ),
+        "approvalEvent": (
+            "mbx.approvals.{step}",
+            "ApprovalEvent",
+            {"step": _param("The step of the hold.", [str(x) for x in ApprovalStep])},
+            "Steps of intents held for approval, for operators: pending, approved (one per approval), denied, "
+            "expired, released (routed).",
         ),
         "fill": (
             "mbx.fills.{broker}.{symbol}.{strategy_id}",

@@ -11,10 +11,8 @@ A new config object gets a new plan: nothing is carried over from the old one.
 
 from __future__ import annotations
 
-import fnmatch
 import math
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -22,14 +20,13 @@ from contracts import AssetClass, BrokerName, ExcludedBroker, OrderIntent, Order
 from workers.domain.capabilities import CAPABILITIES
 from workers.domain.config import MbxConfig, RoutingRule, seconds_per_order
 from workers.domain.fees import FeeModel, RegulatoryFees
+from workers.domain.rule_match import RangeCheck, range_check, static_check
 from workers.router.registry import BROKERS
 from workers.router.risk import Denial, halted
 from workers.router.scoring import RANK, Weights
 
 __all__ = ["BROKERS", "RANK", "RoutingPlan", "RuleOutcome", "Shape", "plan_for", "smart_default"]
 
-StaticCheck = Callable[[OrderIntent], bool]
-RangeCheck = Callable[[Decimal | None, Decimal | None], bool]
 ShapeKey = tuple[str, str, AssetClass, Side, OrderType, TimeInForce, bool, bool]
 
 
@@ -86,50 +83,6 @@ def capability_exclusion(intent: OrderIntent, broker: BrokerName, config: MbxCon
     return None
 
 
-def _static_check(rule: RoutingRule) -> StaticCheck:
-    """The part of a rule's match that depends only on the order's shape."""
-    m = rule.match
-    checks: list[StaticCheck] = []
-    if m.asset_class is not None:
-        assets = frozenset(m.asset_class)
-        checks.append(lambda i: i.asset_class in assets)
-    if m.side is not None:
-        side = m.side
-        checks.append(lambda i: i.side is side)
-    if m.order_type is not None:
-        types = frozenset(m.order_type)
-        checks.append(lambda i: i.order_type in types)
-    if m.symbol is not None:
-        symbols = re.compile("|".join(fnmatch.translate(p) for p in m.symbol))
-        checks.append(lambda i: symbols.match(i.symbol) is not None)
-    if m.strategy is not None:
-        strategies = re.compile("|".join(fnmatch.translate(p) for p in m.strategy))
-        checks.append(lambda i: strategies.match(i.strategy_id) is not None)
-    return lambda i: all(check(i) for check in checks)
-
-
-def _range_check(rule: RoutingRule) -> RangeCheck | None:
-    """The part of a rule's match that depends on the order's size, or None when it has none."""
-    m = rule.match
-    # (which: 0 quantity, 1 notional; low; high), only for the bounds the rule sets.
-    bounds = [
-        (which, low, high)
-        for which, low, high in ((0, m.min_quantity, m.max_quantity), (1, m.min_notional, m.max_notional))
-        if low is not None or high is not None
-    ]
-    if not bounds:
-        return None
-
-    def within(quantity: Decimal | None, notional: Decimal | None) -> bool:
-        for which, low, high in bounds:
-            value = notional if which else quantity
-            if value is None or (low is not None and value < low) or (high is not None and value > high):
-                return False
-        return True
-
-    return within
-
-
 @dataclass(frozen=True, slots=True)
 class RuleOutcome:
     """What a set of matching rules means for one order shape."""
@@ -176,7 +129,7 @@ class RoutingPlan:
     def __init__(self, config: MbxConfig) -> None:
         routing = config.routing
         self.config = config
-        self.rules = [(rule, _static_check(rule), _range_check(rule)) for rule in routing.rules]
+        self.rules = [(rule, static_check(rule.match), range_check(rule.match)) for rule in routing.rules]
         self.weights = Weights(routing.weights.cost, routing.weights.speed, routing.weights.fill)
         self.priority = tuple(config.brokers[b].priority if b in config.brokers else 0 for b in BROKERS)
         self.latency = tuple(routing.expected_latency_ms.get(b, 100.0) for b in BROKERS)
