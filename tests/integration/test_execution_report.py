@@ -17,9 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner, Result
 
 from workers.cli.main import app
-from workers.cli.report_format import execution_cells
 from workers.platform.db.engine import make_engine
 from workers.platform.settings import Settings
+from workers.readmodel.execution_format import execution_cells
 from workers.readmodel.execution_report import ExecutionReport, ExecutionRow, execution_report
 
 pytestmark = pytest.mark.integration
@@ -34,7 +34,8 @@ def ms(n: float) -> timedelta:
 
 @dataclass
 class Order:
-    """One attempt at one broker, with its route's quote and its fills (ms after the decision)."""
+    """One attempt at one broker, with its route's quote, the broker's acknowledgement and its
+    fills (ms after the decision)."""
 
     intent: str
     broker: str | None
@@ -52,6 +53,7 @@ class Order:
     attempt: int = 1
     at: datetime = T
     required: bool = False
+    ack: float | None = None
 
 
 BOOK = [
@@ -64,6 +66,7 @@ BOOK = [
         filled="10",
         average="100.01",
         fills=[("5", "100.00", "0.05", 40), ("5", "100.02", "0.05", 90)],
+        ack=12.5,
     ),
     Order(
         "a2",
@@ -76,8 +79,9 @@ BOOK = [
         average="50.00",
         fills=[("20", "50.00", "0.20", 60)],
         at=T + ms(1000),
+        ack=20,
     ),
-    Order("a3", "alpaca", order_type="limit", quantity="5", mid="20", status="cancelled", at=T + ms(2000)),
+    Order("a3", "alpaca", order_type="limit", quantity="5", mid="20", status="cancelled", at=T + ms(2000), ack=8),
     Order("a4", "alpaca", notional="150000", mid="150.00", spread="0.05", status="rejected", at=T + ms(3000)),
     Order(
         "a4",
@@ -91,6 +95,7 @@ BOOK = [
         rule="score",
         attempt=2,
         at=T + ms(3500),
+        ack=45,
     ),
     Order(
         "a5",
@@ -106,6 +111,7 @@ BOOK = [
         fills=[("40", "30.02", "0.40", 150)],
         rule="preference",
         at=T + ms(4000),
+        ack=30,
     ),
     Order("a6", None, quantity="10", status="rejected", at=T + ms(5000)),
     Order(
@@ -119,6 +125,7 @@ BOOK = [
         fills=[("2", "10.00", "0", 30)],
         rule="rule:small-to-robinhood",
         at=T + ms(6000),
+        ack=25,
     ),
     Order(
         "a8",
@@ -131,6 +138,7 @@ BOOK = [
         fills=[("10", "100.00", "0.10", 100)],
         required=True,
         at=T + ms(7000),
+        ack=16,
     ),
     # Outside November: the last millisecond of October and the first instant of December.
     Order(
@@ -141,8 +149,18 @@ BOOK = [
         filled="10",
         average="100",
         at=datetime(2026, 11, 1, tzinfo=UTC) - ms(1),
+        ack=1,
     ),
-    Order("dec", "alpaca", quantity="10", mid="100", filled="10", average="100", at=datetime(2026, 12, 1, tzinfo=UTC)),
+    Order(
+        "dec",
+        "alpaca",
+        quantity="10",
+        mid="100",
+        filled="10",
+        average="100",
+        at=datetime(2026, 12, 1, tzinfo=UTC),
+        ack=1000,
+    ),
 ]
 
 
@@ -186,9 +204,9 @@ async def write_book(engine: AsyncEngine) -> None:
                     "INSERT INTO orders (intent_id, strategy_id, broker_name, client_order_id, broker_order_id,"
                     " attempt,"
                     " symbol, asset_class, side, order_type, quantity, notional, filled_quantity, average_price,"
-                    " status, created_at, updated_at, decided_at, reference_price, first_fill_at) VALUES (:i, 's1',"
-                    " :b, :i, :bo, :a, 'AAPL', 'equity', :side, :type, :q, :n, :filled, :avg, :status, :created,"
-                    " :created, :decided, :ref, :first)"
+                    " status, created_at, updated_at, decided_at, reference_price, first_fill_at, acknowledged_at)"
+                    " VALUES (:i, 's1', :b, :i, :bo, :a, 'AAPL', 'equity', :side, :type, :q, :n, :filled, :avg,"
+                    " :status, :created, :created, :decided, :ref, :first, :ack)"
                 ),
                 key
                 | {
@@ -204,6 +222,7 @@ async def write_book(engine: AsyncEngine) -> None:
                     "decided": o.at if o.broker else None,
                     "ref": D(o.mid) if o.mid else None,
                     "first": first,
+                    "ack": None if o.ack is None else o.at + ms(o.ack),
                 },
             )
             for n, (quantity, price, fee, after) in enumerate(o.fills):
@@ -274,6 +293,7 @@ async def test_every_figure_of_a_hand_computed_month_matches_to_the_cent_and_mil
     m = line(report, "alpaca", "market", "1k-10k")
     assert (m.orders, m.notional, m.filled, m.cancelled, m.rejected, m.failovers) == (3, D(3000), 3, 0, 0, 0)
     assert m.fill_rate == 1 and m.cancel_rate == 0
+    assert close(m.ack_ms, (16, 19.2, 19.92))  # of 12.5, 20, 16 ms, interpolated
     assert close(m.first_fill_ms, (60, 92, 99.2))  # of 40, 60, 100 ms, interpolated
     assert close(m.complete_fill_ms, (90, 98, 99.8))  # of 90, 60, 100 ms
     assert (m.quoted_orders, m.quoted_shares) == (3, D(40))
@@ -284,7 +304,7 @@ async def test_every_figure_of_a_hand_computed_month_matches_to_the_cent_and_mil
     assert m.fees == D("0.40") and m.fee_per_share == D("0.01")
     assert m.filled_value == D("3000.10")
     assert execution_cells(m) == (
-        "alpaca", "market", "1k-10k", "3", "3000.00", "100.0%", "0.0%", "0", "0", "0",
+        "alpaca", "market", "1k-10k", "3", "3000.00", "100.0%", "0.0%", "0", "0", "0", "16.0 / 19.2 / 19.9",
         "60.0 / 92.0 / 99.2", "90.0 / 98.0 / 99.8", "3", "0.50", "0.0125", "0.0050", "0.67", "0.40", "0.0100",
         "0.13",
     )  # fmt: skip
@@ -292,14 +312,17 @@ async def test_every_figure_of_a_hand_computed_month_matches_to_the_cent_and_mil
     rejected = line(report, "alpaca", "market", ">=100k")  # a4's first attempt, failed over to ibkr
     assert (rejected.orders, rejected.notional, rejected.rejected, rejected.failovers) == (1, D(150000), 1, 1)
     assert rejected.fill_rate == 0 and rejected.first_fill_ms is None and rejected.quoted_orders == 0
+    assert rejected.ack_ms is None  # refused: never acknowledged
 
     cancelled = line(report, "alpaca", "limit", "<1k")
     assert (cancelled.orders, cancelled.notional, cancelled.cancel_rate) == (1, D(100), 1)
+    assert close(cancelled.ack_ms, (8, 8, 8))
 
     # ibkr limit: a5 sold 40 of 100 @ 30.02 against 29.99/30/30.01, then was cancelled.
     partial = line(report, "ibkr", "limit", "1k-10k")
     assert execution_cells(partial) == (
-        "ibkr", "limit", "1k-10k", "1", "3000.00", "0.0%", "100.0%", "0", "0", "0", "150.0 / 150.0 / 150.0", "-",
+        "ibkr", "limit", "1k-10k", "1", "3000.00", "0.0%", "100.0%", "0", "0", "0", "30.0 / 30.0 / 30.0",
+        "150.0 / 150.0 / 150.0", "-",
         "1", "1.20", "0.0300", "-0.0400", "-13.33", "0.40", "0.0100", "0.33",
     )  # fmt: skip
 
@@ -312,29 +335,34 @@ async def test_every_figure_of_a_hand_computed_month_matches_to_the_cent_and_mil
         D(150050),
     )
     assert execution_cells(large)[10:] == (
-        "200.0 / 200.0 / 200.0", "200.0 / 200.0 / 200.0", "1", "0.00", "0.0000", "0.1000", "6.67", "1.00",
-        "0.0010", "0.01",
+        "45.0 / 45.0 / 45.0", "200.0 / 200.0 / 200.0", "200.0 / 200.0 / 200.0", "1", "0.00", "0.0000", "0.1000",
+        "6.67", "1.00", "0.0010", "0.01",
     )  # fmt: skip
 
     alpaca = line(report, "alpaca")
     assert (alpaca.orders, alpaca.notional, alpaca.filled, alpaca.cancelled, alpaca.rejected) == (5, D(153100), 3, 1, 1)
     assert (alpaca.fill_rate, alpaca.cancel_rate, alpaca.failovers) == (D("0.6"), D("0.2"), 1)
     assert close(alpaca.first_fill_ms, (60, 92, 99.2))
+    assert close(alpaca.ack_ms, (14.25, 18.8, 19.88))  # of 12.5, 20, 8, 16 ms; a4 was refused
 
     ibkr = line(report, "ibkr")
     assert close(ibkr.first_fill_ms, (175, 195, 199.5))  # of 200 and 150 ms
     assert close(ibkr.complete_fill_ms, (200, 200, 200))  # a5 never completed
+    assert close(ibkr.ack_ms, (37.5, 43.5, 44.85))  # of 45 and 30 ms
     assert (ibkr.improvement_usd, ibkr.effective_spread_usd, ibkr.quoted_value) == (D("1.20"), D("98.40"), D(151200))
-    assert execution_cells(ibkr)[13:] == ("1.20", "0.0012", "0.0946", "6.51", "1.40", "0.0013", "0.01")
+    assert execution_cells(ibkr)[14:] == ("1.20", "0.0012", "0.0946", "6.51", "1.40", "0.0013", "0.01")
 
     router = line(report, "router", "market", "unknown")  # a6: refused before any broker was chosen
     assert (router.orders, router.notional, router.rejected, router.quoted_orders) == (1, D(0), 1, 0)
+    assert router.ack_ms is None
+    assert close(line(report, "robinhood").ack_ms, (25, 25, 25))
 
     total = line(report, None)
     assert (total.orders, total.notional, total.filled, total.cancelled, total.rejected, total.failovers) == (
         9, D(306120), 5, 2, 2, 1
     )  # fmt: skip
     assert total.fees == D("1.80") and total.filled_shares == D(1082)
+    assert close(total.ack_ms, (20, 36, 44.1))  # of 12.5, 20, 8, 45, 30, 25, 16 ms
 
 
 async def test_the_routing_table_splits_directed_orders_from_those_mbx_chose(book: Any) -> None:
@@ -373,7 +401,10 @@ async def test_the_cli_writes_each_format_and_says_when_a_month_is_empty(book: A
     assert "http" not in page and "<script" not in page and "<link" not in page
     result = await mbx("report", "execution", "--month", "2026-11", "--format", "csv")
     assert result.exit_code == 0, result.output
-    assert "ibkr,limit,1k-10k,1,3000.00,0.0%,100.0%,0,0,0,150.0 / 150.0 / 150.0,-,1,1.20" in result.output
+    assert (
+        "ibkr,limit,1k-10k,1,3000.00,0.0%,100.0%,0,0,0,30.0 / 30.0 / 30.0,150.0 / 150.0 / 150.0,-,1,1.20"
+        in result.output
+    )
     result = await mbx("report", "execution", "--month", "2026-09")
     assert result.exit_code == 0, result.output
     assert "no orders or route decisions are recorded for 2026-09" in result.output

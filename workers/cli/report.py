@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from workers.cli.common import EXIT_OK, EXIT_USAGE, console, fail, resolve_database_url, settings_and_config
-from workers.cli.report_format import FORMATS, RENDERERS
+from workers.readmodel.execution_format import FORMATS, RENDERERS
 
 if TYPE_CHECKING:
     from workers.readmodel.execution_report import ExecutionReport
@@ -27,10 +27,10 @@ def execution(
     out: Annotated[Path | None, typer.Option("--out", help="Write the report to this file.")] = None,
 ) -> None:
     """Best execution per broker, order type and size bucket for one month: orders and notional,
-    fill and cancel rates, time to first and to complete fill, price improvement and effective
-    spread against the quote the router decided with, fees per share and per 1,000 USD,
-    failovers and rejections, and a routing table (directed by the strategy vs chosen by mbx).
-    docs/operations.md defines every figure.
+    fill and cancel rates, time to acknowledgement and to first and complete fill, price
+    improvement and effective spread against the quote the router decided with, fees per share
+    and per 1,000 USD, failovers and rejections, and a routing table (directed by the strategy vs
+    chosen by mbx). docs/operations.md defines every figure.
 
     Example: mbx report execution --month 2026-11 --format html --out 2026-11.html
     """

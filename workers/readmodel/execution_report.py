@@ -30,7 +30,7 @@ _MONTH = re.compile(r"(\d{4})-(\d{2})")
 ORDERS_SQL = """
 WITH o AS (
     SELECT o.intent_id, o.attempt, o.side, o.order_type, o.status, o.filled_quantity, o.average_price,
-           o.decided_at, o.first_fill_at, coalesce(o.broker_name, :router) AS venue, o.broker_name,
+           o.decided_at, o.acknowledged_at, o.first_fill_at, coalesce(o.broker_name, :router) AS venue, o.broker_name,
            coalesce(o.notional, o.quantity * o.reference_price) AS size_usd,
            CASE WHEN o.side = 'buy' THEN 1 ELSE -1 END AS direction,
            (r.decision -> 'quote' ->> 'bid')::numeric AS bid,
@@ -51,6 +51,7 @@ WITH o AS (
            CASE WHEN o.size_usd IS NULL THEN 'unknown' WHEN o.size_usd < 1000 THEN '<1k'
                 WHEN o.size_usd < 10000 THEN '1k-10k' WHEN o.size_usd < 100000 THEN '10k-100k'
                 ELSE '>=100k' END AS bucket,
+           extract(epoch FROM o.acknowledged_at - o.decided_at) * 1000 AS ack_ms,
            extract(epoch FROM o.first_fill_at - o.decided_at) * 1000 AS first_fill_ms,
            CASE WHEN o.status = 'filled' THEN extract(epoch FROM f.last_fill_at - o.decided_at) * 1000 END
                AS complete_fill_ms,
@@ -66,6 +67,7 @@ SELECT venue, order_type, bucket, grouping(order_type, bucket) AS level,
        count(*) FILTER (WHERE status = 'rejected') AS rejected,
        count(*) FILTER (WHERE status = 'failed') AS failed,
        count(*) FILTER (WHERE failed_over) AS failovers,
+       percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY ack_ms) AS ack_ms,
        percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY first_fill_ms) AS first_fill_ms,
        percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY complete_fill_ms) AS complete_fill_ms,
        count(*) FILTER (WHERE quoted) AS quoted_orders,
@@ -129,6 +131,7 @@ class ExecutionRow:
     rejected: int
     failed: int
     failovers: int
+    ack_ms: Percentiles
     first_fill_ms: Percentiles
     complete_fill_ms: Percentiles
     quoted_orders: int
@@ -219,6 +222,7 @@ async def execution_report(engine: AsyncEngine, month: str) -> ExecutionReport:
             broker=r["venue"],
             order_type=r["order_type"] if detail else None,
             size_bucket=r["bucket"] if detail else None,
+            ack_ms=_percentiles(r["ack_ms"]),
             first_fill_ms=_percentiles(r["first_fill_ms"]),
             complete_fill_ms=_percentiles(r["complete_fill_ms"]),
         )

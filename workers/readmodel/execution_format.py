@@ -1,7 +1,7 @@
 """The best-execution report as Markdown, CSV or a self-contained HTML page (``mbx report
-execution``). Figures are rounded here only: money to the cent, fees per share and price
-differences per share to a hundredth of a cent, times to a tenth of a millisecond, rates to a
-tenth of a percent, basis points to a hundredth."""
+execution`` and the dashboard's Execution tab). Figures are rounded here only: money to the
+cent, fees per share and price differences per share to a hundredth of a cent, times to a tenth
+of a millisecond, rates to a tenth of a percent, basis points to a hundredth."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ EXECUTION_HEADER = (
     "rejected",
     "failed",
     "failovers",
+    "ack p50/p90/p99 ms",
     "first fill p50/p90/p99 ms",
     "complete fill p50/p90/p99 ms",
     "orders vs quote",
@@ -69,6 +70,7 @@ def execution_cells(row: ExecutionRow) -> tuple[str, ...]:
         str(row.rejected),
         str(row.failed),
         str(row.failovers),
+        milliseconds(row.ack_ms),
         milliseconds(row.first_fill_ms),
         milliseconds(row.complete_fill_ms),
         str(row.quoted_orders),
