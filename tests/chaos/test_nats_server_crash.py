@@ -152,16 +152,21 @@ async def test_two_nats_server_crashes_lose_double_and_reject_nothing(
 
         # On the bus: exactly one final report per intent, every one of them a fill.
         finals: dict[str, list[str]] = defaultdict(list)
+        reasons: dict[str, str] = {}
         for stored in await read_stream(nc.jetstream(), "EXECUTIONS", "mbx.exec.>"):
             report = json.loads(stored.data)
             if report.get("final"):
                 finals[report["intent_id"]].append(report["status"])
+                if report["status"] != "filled":
+                    reasons[report["intent_id"]] = f"{report.get('reason_code')}: {report.get('reason', '')[:400]}"
         missing = [i for i in ids if i not in finals]
         twice = {i: s for i, s in finals.items() if len(s) > 1}
         not_filled = {i: s for i, s in finals.items() if s != ["filled"]}
         assert not missing, f"{len(missing)} intents have no final report, e.g. {missing[:5]}"
         assert not twice, f"{len(twice)} intents have several final reports, e.g. {list(twice.items())[:5]}"
-        assert not not_filled, f"{len(not_filled)} intents did not fill, e.g. {list(not_filled.items())[:5]}"
+        assert not not_filled, f"{len(not_filled)} intents did not fill, e.g. " + "; ".join(
+            f"{i} {s}: {reasons.get(i, '')}" for i, s in list(not_filled.items())[:5]
+        )
 
         # In Postgres: one order row per intent, filled, with fills adding up to it.
         orders = await fetch_all(

@@ -133,6 +133,29 @@ def test_a_buy_that_covers_a_short_goes_to_the_broker_short_of_it() -> None:
     assert (decision.broker, decision.closes_position) == (SCHWAB, Decimal(-10))
 
 
+def test_a_buy_larger_than_the_one_short_held_covers_it_and_goes_long_there() -> None:
+    """Schwab is short 10 MSFT: a buy of 25 goes to Schwab (covers 10, long 15 there), not elsewhere."""
+    decision = decide(snapshot({SCHWAB: {"MSFT": -10}}), symbol="MSFT", side="buy", quantity="25")
+    assert isinstance(decision, RouteDecision)
+    assert (decision.broker, decision.closes_position) == (SCHWAB, Decimal(-10))
+    several = decide(snapshot({SCHWAB: {"MSFT": -10}, IBKR: {"MSFT": -5}}), symbol="MSFT", side="buy", quantity="25")
+    assert isinstance(several, Rejection) and several.reason_code == "insufficient_position"
+
+
+def test_a_buy_against_a_short_that_buys_in_flight_cover_opens_a_long() -> None:
+    """Alpaca's snapshot is short 10 AAPL and a buy of 10 is routed there: the next buy closes
+    nothing (it was refused as closing a position that 'alpaca holds 0' of)."""
+    state = RouterState(MbxConfig())
+    state.snapshot = snapshot({ALPACA: {"AAPL": -10}})
+    first = decide(state.risk_view(), symbol="AAPL", side="buy")
+    assert isinstance(first, RouteDecision) and first.broker is ALPACA
+    state.record(first, Decimal(100))
+    second = decide(state.risk_view(), symbol="AAPL", side="buy")
+    assert isinstance(second, RouteDecision) and second.closes_position is None
+    closing = decide(state.risk_view(), symbol="AAPL", side="buy", position_effect="close")
+    assert isinstance(closing, Rejection) and closing.reason_code == "no_position"
+
+
 def test_positions_unknown_steer_nothing() -> None:
     """Without an exposure snapshot the router knows no positions: a sell routes as before, to the default."""
     decision = route(make_intent(side="sell"), MbxConfig(), market=PRICE)
@@ -209,6 +232,8 @@ def test_an_order_that_reduces_a_position_goes_only_to_a_holder_that_covers_it(
         assert isinstance(outcome, RouteDecision)
         assert outcome.broker in covering and covering[outcome.broker] == max(covering.values())
         assert outcome.closes_position == held[outcome.broker]
+    elif side == "buy" and len(reducible) == 1:  # covers the one short and goes long there
+        assert isinstance(outcome, RouteDecision) and outcome.broker in reducible
     elif reducible:
         assert isinstance(outcome, Rejection) and outcome.reason_code == "insufficient_position"
         assert all(f"{b} holds {held[b]}" in outcome.reason for b in reducible)

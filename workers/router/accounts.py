@@ -3,7 +3,8 @@
 - **Positions.** A sell of a held long (or a buy that covers a held short) closes a position: it
   may go only to a broker holding enough of it to cover the order, the one holding the most
   first, and is refused at once when no holder has enough (each holder's quantity in the
-  reason). A sell of a symbol held nowhere would open a short: only where the intent asks for
+  reason). A buy larger than a short held at one broker only goes there (it covers the short and
+  goes long with the rest); a buy against shorts that buys in flight already cover opens a long. A sell of a symbol held nowhere would open a short: only where the intent asks for
   one (``position_effect: open``) at a margin account, or where the broker's config allows
   shorting (``allow_short``). ``position_effect: close`` refuses an order that closes nothing.
 - **Buying power.** An order that opens or adds to a position needs the cash for it: a broker
@@ -70,8 +71,15 @@ def position_plan(
     reduces = [
         (b, risk.held(b, symbol)) for b in brokers if risk.snapshot.holdings.get(b, {}).get(symbol, ZERO) * sign > 0
     ]
+    if intent.side is Side.BUY and not any(held for _, held in reduces):
+        reduces = []  # every short is covered by buys in flight: this buy opens or adds to a long
     if reduces and effect is not PositionEffect.OPEN:
         covering = {b: held for b, held in reduces if held and (quantity is None or abs(held) >= quantity)}
+        short = [(b, held) for b, held in reduces if held]
+        if not covering and intent.side is Side.BUY and len(short) == 1:
+            # A buy larger than the one short held covers it and goes long there with the rest: no
+            # position opens at another broker, and a buy needs no permission to short.
+            covering = dict(short)
         if not covering:
             return PositionPlan(denial=Denial("insufficient_position", _too_small(intent, quantity, reduces)))
         held_at = ", ".join(f"{b} ({held})" for b, held in covering.items())
