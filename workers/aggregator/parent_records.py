@@ -11,7 +11,6 @@ the split gave it its broker (``with_split_reason``).
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from sqlalchemy import func, text
@@ -19,44 +18,17 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import OrderIntent, ParentReport
-from contracts.messages import INTENT_ID_MAX_LENGTH
-from workers.domain.parents import child_id
+from workers.domain.parents import SPLIT_KEY, parent_of
 from workers.platform.db.models import ParentOrder
 
-PARENT_KEY, SLICE_KEY, SPLIT_KEY = "parent", "slice", "split"
-"""The metadata keys the parent-order worker gives each child intent: the parent's intent id, the
-slice number, and (a split's child) why its broker got its quantity."""
 PLANNED = "planned"
 """A child's status in a ParentReport before it is sent: it has no order yet."""
 
-_SLICE = re.compile(r"[0-9]{1,4}")
-_PART = re.compile(r"0|[1-9][0-9]?")
 _UPDATED = ("status", "filled_quantity", "average_price", "arrival_price", "slippage_bps", "children", "reason")
 _LINK_CHILDREN = text(
     "UPDATE orders SET parent_intent_id = :parent "
     "WHERE intent_id = ANY(CAST(:children AS varchar[])) AND parent_intent_id IS NULL"
 )
-
-
-def parent_of(intent: OrderIntent) -> str | None:
-    """The parent order ``intent`` is a child of, or None.
-
-    A child carries metadata ``parent`` (the parent's intent id) and ``slice`` (its slice number),
-    and its id is derived from both (``child_id``: ``<parent>:<slice>.<part>``). Metadata is free
-    for strategies to use, so an intent whose id is not so derived is no child, whatever its tags
-    say, and a parent id longer than an intent id is never taken (it would not fit the column).
-    """
-    parent = intent.metadata.get(PARENT_KEY)
-    slice_no = intent.metadata.get(SLICE_KEY)
-    if not parent or len(parent) > INTENT_ID_MAX_LENGTH or slice_no is None or not _SLICE.fullmatch(slice_no):
-        return None
-    try:
-        first = child_id(parent, int(slice_no), 0)
-    except ValueError:  # a slice number beyond what a parent may have
-        return None
-    stem = first[: -len("0")]
-    part = intent.intent_id.removeprefix(stem)
-    return parent if part != intent.intent_id and _PART.fullmatch(part) else None
 
 
 def with_split_reason(decision: str, intent: OrderIntent) -> str:

@@ -28,9 +28,10 @@ from contracts import (
     PositionSnapshot,
     RouteDecision,
 )
-from workers.aggregator.parent_records import parent_of, store_parent_reports, with_split_reason
+from workers.aggregator.parent_records import store_parent_reports, with_split_reason
 from workers.domain.capabilities import CAPABILITIES
 from workers.domain.order_state import acknowledged_by_broker
+from workers.domain.parents import parent_of
 from workers.platform.db.models import (
     BrokerAccount,
     FailoverRecord,

@@ -10,6 +10,7 @@ I/O: the parent-order worker journals the plan and sends the children.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -422,3 +423,32 @@ def parent_state(
         bps = (average - arrival_price) / arrival_price * _BPS
         slippage = float((bps if parent.side is Side.BUY else -bps).quantize(_BPS_PLACES, ROUND_HALF_EVEN))
     return ParentState(status, filled, average.quantize(_PRICE_PLACES, ROUND_HALF_EVEN), slippage)
+
+
+PARENT_KEY, SLICE_KEY, SPLIT_KEY = "parent", "slice", "split"
+"""The metadata keys the parent-order worker gives each child intent: the parent's intent id, the
+slice number, and (a split's child) why its broker got its quantity, so each child's own decision
+record tells the split."""
+_SLICE = re.compile(r"[0-9]{1,4}")
+_PART = re.compile(r"0|[1-9][0-9]?")
+
+
+def parent_of(intent: OrderIntent) -> str | None:
+    """The parent order ``intent`` is a child of, or None.
+
+    A child carries metadata ``parent`` (the parent's intent id) and ``slice`` (its slice number),
+    and its id is derived from both (``child_id``: ``<parent>:<slice>.<part>``). Metadata is free
+    for strategies to use, so an intent whose id is not so derived is no child, whatever its tags
+    say, and a parent id longer than an intent id is never taken (it would not fit the column).
+    """
+    parent = intent.metadata.get(PARENT_KEY)
+    slice_no = intent.metadata.get(SLICE_KEY)
+    if not parent or len(parent) > INTENT_ID_MAX_LENGTH or slice_no is None or not _SLICE.fullmatch(slice_no):
+        return None
+    try:
+        first = child_id(parent, int(slice_no), 0)
+    except ValueError:  # a slice number beyond what a parent may have
+        return None
+    stem = first[: -len("0")]
+    part = intent.intent_id.removeprefix(stem)
+    return parent if part != intent.intent_id and _PART.fullmatch(part) else None

@@ -14,12 +14,9 @@ from contracts import (
     ParentStatus,
 )
 from contracts.messages import METADATA_MAX_KEYS, METADATA_MAX_TOTAL, METADATA_MAX_VALUE_LENGTH
-from workers.domain.parents import ParentState, parent_state
+from workers.domain.parents import PARENT_KEY, SLICE_KEY, SPLIT_KEY, ParentState, parent_state
 from workers.parents.record import ChildRecord, ParentRecord, SliceRecord
 
-PARENT_KEY, SLICE_KEY, SPLIT_KEY = "parent", "slice", "split"
-"""Metadata every child carries: its parent's intent id, its slice number, and (when split) why its
-broker got its quantity, so each child's own decision record tells the split."""
 PLANNED = "planned"
 """A child's status in a report before it is known to be sent."""
 REASON_MAX = 500
