@@ -4,9 +4,10 @@
   may go only to a broker holding enough of it to cover the order, the one holding the most
   first, and is refused at once when no holder has enough (each holder's quantity in the
   reason). A buy larger than a short held at one broker only goes there (it covers the short and
-  goes long with the rest); a buy against shorts that buys in flight already cover opens a long. A sell of a symbol held nowhere would open a short: only where the intent asks for
-  one (``position_effect: open``) at a margin account, or where the broker's config allows
-  shorting (``allow_short``). ``position_effect: close`` refuses an order that closes nothing.
+  goes long with the rest); a buy against shorts that buys in flight already cover opens a long.
+  A sell of a symbol held nowhere would open a short: only where the intent asks for one
+  (``position_effect: open``) at a margin account, or where the broker's config allows shorting
+  (``allow_short``). ``position_effect: close`` refuses an order that closes nothing.
 - **Buying power.** An order that opens or adds to a position needs the cash for it: a broker
   whose known buying power (the account's last figure, less what was routed there since) is
   short of it is excluded with ``insufficient_buying_power``. A broker whose account figure is
