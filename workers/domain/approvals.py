@@ -17,10 +17,16 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from contracts import ApprovalEvent, ApprovalStep, OrderIntent
 from workers.domain.config import ApprovalRule, MbxConfig
 from workers.domain.fees import traded_value
+from workers.domain.keys import key_token
 from workers.domain.rule_match import range_check, static_check
 
 OPERATOR_MAX = 100
 NOTE_MAX = 1000
+
+
+def hold_key(intent_id: str) -> str:
+    """The key of an intent's hold in the approvals bucket."""
+    return f"h.{key_token(intent_id)}"
 
 
 class ApprovalRefused(ValueError):

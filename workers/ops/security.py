@@ -87,6 +87,7 @@ def roles(subjects: Subjects, strategies: list[str], brokers: list[BrokerName]) 
     common_buckets = (s.status_bucket, topology.scrape_bucket)
     router_buckets = (
         s.config_bucket,
+        s.approvals_bucket,
         s.exposure_bucket,
         s.fill_quality_bucket,
         topology.decisions_bucket,
@@ -96,10 +97,17 @@ def roles(subjects: Subjects, strategies: list[str], brokers: list[BrokerName]) 
     out = [
         Role(
             "router",
-            publish=(s.all_routes, f"{s.prefix}.cancels.>", s.all_executions, s.all_parent_orders, s.dlq("router")),
+            publish=(
+                s.all_routes,
+                f"{s.prefix}.cancels.>",
+                s.all_executions,
+                s.all_parent_orders,
+                s.all_approvals,
+                s.dlq("router"),
+            ),
             subscribe=(s.route_preview, s.route_split),
             streams=(*streams, *kv(*router_buckets)),
-            buckets=(s.config_bucket, topology.decisions_bucket, topology.scrape_bucket),
+            buckets=(s.config_bucket, s.approvals_bucket, topology.decisions_bucket, topology.scrape_bucket),
             responds=True,
         ),
         Role(

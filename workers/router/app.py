@@ -20,6 +20,7 @@ from workers.platform.bus import open_bucket, read_bucket, read_history
 from workers.platform.live_config import CONFIG_HISTORY
 from workers.platform.runtime import Worker
 from workers.platform.settings import Settings
+from workers.router.approvals import EXPIRY_EVERY_S
 from workers.router.backlog import READ_EVERY_S
 from workers.router.handlers import RouterHandlers
 from workers.router.state import RouterState
@@ -67,6 +68,7 @@ class RouterWorker(Worker):
             log.warning("backlog reading failed", error=f"{type(exc).__name__}: {exc}")
         self.every(READ_EVERY_S, self.handlers.read_backlog, "backlog reading")
         self.every(BUS_PROBE_S, self.probe_bus, "bus probe")
+        self.every(EXPIRY_EVERY_S, self.handlers.approvals.sweep, "approval expiry")
         log.info("router state loaded", config_version=self.state.version, exposure=self.state.snapshot is not None)
 
     def connection_changed(self) -> None:
@@ -121,11 +123,13 @@ class RouterWorker(Worker):
             await self._apply_status(value, 0)
         for _, value in await read_bucket(self.js, subjects.fill_quality_bucket):
             await self._apply_fill_quality(value, 0)
+        approvals_kv = await self.handlers.approvals.bucket()
         watches = (
             (self.config_kv, CONFIG_KEY, self._apply_config),
             (exposure_kv, EXPOSURE_KEY, self._apply_exposure),
             (status_kv, ">", self._apply_status),
             (quality_kv, ">", self._apply_fill_quality),
+            (approvals_kv, ">", self.handlers.approvals.on_change),
         )
         caught_up = [asyncio.Event() for _ in watches]
         for (kv, key, apply), ready in zip(watches, caught_up, strict=True):
@@ -146,6 +150,7 @@ class RouterWorker(Worker):
 
     async def cleanup(self) -> None:
         await self._stop_watches()
+        await self.handlers.approvals.stop()
         for sub in (self._preview_sub, self._split_sub):
             if sub is not None:
                 with contextlib.suppress(Exception):

@@ -30,6 +30,7 @@ from workers.platform import metrics, telemetry
 from workers.platform.bus import delivery_count, is_replay, publish
 from workers.platform.order_ledger import OrderLedger
 from workers.platform.runtime import PoisonMessage, RetryLater, Worker, parse
+from workers.router.approvals import ApprovalDesk
 from workers.router.journal import DecisionJournal, Published
 from workers.router.parent_orders import ParentOrders
 from workers.router.plan import BROKERS, plan_for
@@ -59,6 +60,7 @@ class RouterHandlers:
         self.ledger = OrderLedger(lambda: worker.js, worker.settings.topology.order_ledger_bucket)
         self.journal = DecisionJournal(lambda: worker.js, worker.settings.topology.decisions_bucket)
         self.parents = ParentOrders(worker, state, self.journal, self.price)
+        self.approvals = ApprovalDesk(worker, state, self.price, self.route_released, self.reject_released)
 
     async def decide(
         self, intent: OrderIntent, attempt: int = 1, failed: Sequence[BrokerName] = ()
@@ -240,17 +242,28 @@ class RouterHandlers:
                 strategy_id=sender,
             )
             raise PoisonMessage(refusal)
-        if intent.execution is not None:
-            # A parent order: the parent-order worker works it and sends its children here as
-            # ordinary intents, each routed (kill switches and limits included) on its own.
-            return await self.parents.forward(msg, intent)
         if is_replay(msg) and await self.ledger.get(intent.intent_id) is not None:
             # A replayed intent that already reached a broker: its order exists (or existed);
             # routing it again could place it twice.
             return "replay:already_routed"
+        held = await self.approvals.hold(intent)
+        if held is not None:
+            return held  # an operator decides; the approval desk routes or rejects it then
+        return await self.route_released(intent)
+
+    async def route_released(self, intent: OrderIntent) -> str:
+        """Route an intent no approval holds (any more): a parent order goes to the parent-order
+        worker, which sends its children here as ordinary intents, each routed (kill switches and
+        limits included) on its own; any other is decided at the quote and state of now."""
+        if intent.execution is not None:
+            return await self.parents.forward(intent)
         await self.hold_for_brokers(intent)
         outcome, price = await self.decide(intent)
         return await self._publish_counted(intent, outcome, 1, price)
+
+    async def reject_released(self, intent: OrderIntent, rejection: Rejection) -> str:
+        """End a denied or expired hold: the intent's rejected report, through the journal."""
+        return await self._publish_counted(intent, rejection, 1, None)
 
     async def reroute(self, msg: Msg) -> str:
         """The next attempt after a failure, skipping every broker that already failed."""

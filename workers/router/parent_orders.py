@@ -58,14 +58,16 @@ class ParentOrders:
         self.journal = journal
         self.price = price
 
-    async def forward(self, msg: Msg, parent: OrderIntent) -> str:
+    async def forward(self, parent: OrderIntent) -> str:
         """Publish the parent to the parent-order worker with the arrival price (the reference
-        quote's mid now) in a header; once per parent, whatever the deliveries."""
+        quote's mid now: when it arrived, or was approved) in a header; once per parent, whatever
+        the deliveries."""
         check = await self.price(parent.symbol)
         headers = _headers(parent.intent_id, parent.intent_id, parent.strategy_id)
         if check.price is not None:
             headers[ARRIVAL_PRICE_HEADER] = str(check.price)
-        ours = Published(self.worker.subjects.parent_intent(parent.strategy_id), headers, msg.data)
+        payload = parent.model_dump_json().encode()
+        ours = Published(self.worker.subjects.parent_intent(parent.strategy_id), headers, payload)
         standing = await self.journal.claim(parent.intent_id, 1, ours)
         await self.journal.publish(standing)
         if standing is not ours:
