@@ -20,6 +20,7 @@ from psycopg.errors import DataError, IntegrityError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from contracts import (
+    ApprovalEvent,
     BrokerStatus,
     CancelReject,
     DeadLetterStage,
@@ -53,6 +54,7 @@ MODELS: dict[str, type[Message]] = {
     "failover": FailoverEvent,
     "positions": PositionSnapshot,
     "status": BrokerStatus,
+    "approvals": ApprovalEvent,
 }
 
 
@@ -71,6 +73,9 @@ class AggregatorHandlers:
         if kind == "exec" and self.worker.subjects.is_refusal(msg.subject):
             # The sender's answer only: never recorded against the intent id it names.
             return Envelope(msg.subject, parse(IntentRefused, msg.data))
+        if kind == "exec" and self.worker.subjects.is_pending_approval(msg.subject):
+            # The strategy's copy of a hold's pending step: stored once with the operators' copy.
+            return Envelope(msg.subject, parse(ApprovalEvent, msg.data))
         model = MODELS.get(kind)
         if model is None:
             raise PoisonMessage(f"the aggregator has no handler for subject {msg.subject}")

@@ -3,7 +3,9 @@
 ``apply`` records each message id in ``inbox`` and applies only the ids that were new, all in
 one transaction, so a redelivered or replayed message changes nothing. Within a batch, the
 newest report per order wins (``report_seq``), and a stale report never overwrites a newer one;
-parent orders' reports likewise (``parent_records``).
+parent orders' reports likewise (``parent_records``). An approval step is one row per
+(intent, step number), however many copies of it arrive (the pending step comes twice: for
+operators and for the strategy, under two message ids).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import (
+    ApprovalEvent,
     BrokerName,
     BrokerStatus,
     ExecutionReport,
@@ -90,6 +93,7 @@ class AuditStore:
             snapshots = [e.message for e in fresh if isinstance(e.message, PositionSnapshot)]
             statuses = [e.message for e in fresh if isinstance(e.message, BrokerStatus)]
             parents = [e.message for e in fresh if isinstance(e.message, ParentReport)]
+            approvals = [e.message for e in fresh if isinstance(e.message, ApprovalEvent)]
             if statuses:
                 await self._upsert_statuses(conn, statuses)
             if snapshots:
@@ -105,6 +109,9 @@ class AuditStore:
             if failovers:
                 rows = {(f.intent_id, f.attempt): _failover_row(f) for f in failovers}
                 await conn.execute(insert(FailoverRecord).on_conflict_do_nothing(), list(rows.values()))
+            if approvals:
+                steps = {(a.intent_id, a.step_no): _approval_row(a) for a in approvals}
+                await _INSERT_APPROVAL.run(conn, list(steps.values()))
             return len(fresh)
 
     async def _upsert_statuses(self, conn: AsyncConnection, statuses: list[BrokerStatus]) -> None:
@@ -373,6 +380,28 @@ _INSERT_FILL = _ArrayInsert(
     },
     "ON CONFLICT (fill_id) DO NOTHING",
 )
+_INSERT_APPROVAL = _ArrayInsert(
+    "approvals",
+    {
+        "intent_id": "varchar",
+        "step_no": "integer",
+        "step": "varchar",
+        "strategy_id": "varchar",
+        "rule": "varchar",
+        "operator": "varchar",
+        "note": "text",
+        "approvers_needed": "integer",
+        "approvals_given": "integer",
+        "symbol": "varchar",
+        "side": "varchar",
+        "quantity": "numeric",
+        "notional": "numeric",
+        "estimated_notional": "numeric",
+        "expires_at": "timestamptz",
+        "at": "timestamptz",
+    },
+    "ON CONFLICT (intent_id, step_no) DO NOTHING",
+)
 
 
 def _asset_types(broker: BrokerName) -> list[str]:
@@ -484,4 +513,25 @@ def _failover_row(f: FailoverEvent) -> dict[str, Any]:
         "reason_code": f.reason_code,
         "reason": f.reason,
         "occurred_at": f.created_at,
+    }
+
+
+def _approval_row(a: ApprovalEvent) -> dict[str, Any]:
+    return {
+        "intent_id": a.intent_id,
+        "step_no": a.step_no,
+        "step": str(a.step),
+        "strategy_id": a.strategy_id,
+        "rule": a.rule,
+        "operator": a.operator,
+        "note": a.note,
+        "approvers_needed": a.approvers_needed,
+        "approvals_given": a.approvals_given,
+        "symbol": a.intent.symbol,
+        "side": str(a.intent.side),
+        "quantity": a.intent.quantity,
+        "notional": a.intent.notional,
+        "estimated_notional": a.estimated_notional,
+        "expires_at": a.expires_at,
+        "at": a.created_at,
     }

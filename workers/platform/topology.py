@@ -126,6 +126,13 @@ class Topology:
                 filter_subjects=(s.all_positions, s.all_statuses),
                 max_ack_pending=1000,
             ),
+            ConsumerSpec(
+                stream=s.stream_name("APPROVALS"),
+                durable="aggregator-approvals",
+                filter_subjects=(s.all_approvals,),
+                max_ack_pending=1000,
+                description="Steps of orders held for approval, for the approvals table.",
+            ),
         )
 
     # Private KV buckets -----------------------------------------------------------------------

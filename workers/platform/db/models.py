@@ -307,3 +307,34 @@ class FailoverRecord(Base):
     reason_code: Mapped[str] = mapped_column(String(50), nullable=False)
     reason: Mapped[str] = mapped_column(Text, nullable=False)
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class ApprovalRecord(Base):
+    """Append-only: every step of every order held for an operator's approval (pending, each
+    approval, denied, expired, released), with who, when and the note (migration 0013)."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (
+        UniqueConstraint("intent_id", "step_no"),
+        Index(None, "at"),
+        Index(None, "step", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    intent_id: Mapped[str] = mapped_column(String(48), nullable=False)
+    step_no: Mapped[int] = mapped_column(Integer, nullable=False)
+    step: Mapped[str] = mapped_column(String(10), nullable=False)
+    strategy_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    rule: Mapped[str] = mapped_column(String(100), nullable=False)
+    operator: Mapped[str] = mapped_column(String(100), nullable=False, server_default="")
+    note: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
+    approvers_needed: Mapped[int] = mapped_column(Integer, nullable=False)
+    approvals_given: Mapped[int] = mapped_column(Integer, nullable=False)
+    symbol: Mapped[str] = mapped_column(String(32), nullable=False)
+    side: Mapped[str] = mapped_column(String(4), nullable=False)
+    quantity: Mapped[Decimal | None] = mapped_column(Quantity)
+    notional: Mapped[Decimal | None] = mapped_column(Money)
+    estimated_notional: Mapped[Decimal | None] = mapped_column(Money)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    created_at: Mapped[datetime] = _now()
