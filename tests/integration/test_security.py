@@ -30,9 +30,10 @@ from tests.builders import CRYPTO, FRACTIONAL, OPTION, intent_payload
 from tests.conftest import eventually, fetch_all, new_database, simulated_venue, unthrottled
 from tests.servers import Servers
 from workers.devstack.nats import EmbeddedNats
+from workers.domain.approvals import hold_key
 from workers.domain.config import MbxConfig, parse_config
 from workers.entry import build_executor_worker, build_worker
-from workers.ops import security
+from workers.ops import approvals, security
 from workers.platform.access import connect_options, inbox_prefix
 from workers.platform.bus import ensure_streams, jetstream
 from workers.platform.db.engine import make_engine
@@ -305,6 +306,79 @@ async def test_a_strategy_reads_only_its_own_results_and_no_dead_letters_streams
         assert seen == []
     finally:
         await nc.close()
+
+
+async def test_only_an_operator_may_approve_a_held_order_its_strategy_cannot_under_secure(
+    secured: tuple[EmbeddedNats, security.SecuritySetup], operator: NatsClient
+) -> None:
+    """s1's large order is held (told on s1's own results); s1 cannot approve it, nor read or
+    write the approvals bucket; the operator's approval routes it and it fills."""
+    server, setup = secured
+    config = unthrottled(
+        parse_config(
+            {"brokers": {"alpaca": {}}, "approvals": {"rules": [{"name": "large", "match": {"min_notional": 5000}}]}}
+        )
+    )
+    await write_live_config(jetstream(operator), Subjects(), config)
+    venue = simulated_venue(BrokerName.ALPACA, config)
+    workers: list[Worker] = [
+        build_worker("router", as_role(setup, server, "router"), config),
+        build_executor_worker(as_role(setup, server, "executor-alpaca"), BrokerName.ALPACA, venue, config),
+    ]
+    for worker in workers:
+        await worker.start()
+    intent = OrderIntent.model_validate(intent_payload(strategy_id="s1", quantity="100"))
+    refusals: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        refusals.append(str(exc))
+
+    s1 = await nats.connect(server.url, error_cb=on_error, **connect_options(as_role(setup, server, "strategy-s1")))
+    try:
+        held: list[bytes] = []
+
+        async def got(msg: Any) -> None:
+            held.append(msg.data)
+
+        await s1.subscribe(Subjects().pending_approval("s1"), cb=got)
+        async with await strategy_client(secured, "s1") as client:
+            tracker = await client.track(intent.intent_id, "s1")
+            await client.submit(intent)
+            await eventually(lambda: _held(operator, intent.intent_id), timeout=15)
+            await eventually(lambda: _true(bool(held)), timeout=10)
+            with pytest.raises(nats.errors.TimeoutError):
+                await approvals.approve(s1.jetstream(timeout=2), Subjects(), intent.intent_id, "s1-desk", "mine")
+            with pytest.raises(nats.errors.TimeoutError):
+                await s1.jetstream(timeout=2).publish(f"$KV.mbx_approvals.{hold_key(intent.intent_id)}", b"{}")
+            await s1.flush()
+            await asyncio.sleep(0.3)
+            text = " ".join(refusals).lower()
+            assert '"$js.api.stream.info.kv_mbx_approvals"' in text and '"$kv.mbx_approvals.' in text
+            hold = await _held(operator, intent.intent_id)
+            assert hold is not None and str(hold.state) == "pending" and not tracker.terminal
+            await approvals.approve(jetstream(operator), Subjects(), intent.intent_id, "carol", "four eyes")
+            assert str((await tracker.wait(30)).status) == "filled"
+            await tracker.close()
+        assert {w.name: w.refusals for w in workers if w.refusals} == {}
+    finally:
+        await s1.close()
+        await asyncio.gather(*(w.stop() for w in workers))
+        await write_live_config(jetstream(operator), Subjects(), unthrottled(MbxConfig()))
+
+
+async def _held(operator: NatsClient, intent_id: str) -> Any:
+    return next(
+        (
+            h
+            for h in await approvals.held(jetstream(operator), Subjects(), every=True)
+            if h.intent.intent_id == intent_id
+        ),
+        None,
+    )
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def test_wrong_credentials_and_a_missing_ca_are_clear_errors(
