@@ -5,8 +5,14 @@ needs only pydantic. Any NATS client in any language can do the same from the As
 document in ``contracts/schemas/asyncapi.yaml``.
 
     async with MbxClient.connect("nats://127.0.0.1:4222") as mbx:
-        ack = await mbx.submit(intent)
-        report = await mbx.wait_for_terminal(intent.intent_id, timeout=10)
+        tracker = await mbx.track(intent.intent_id, intent.strategy_id)
+        await mbx.submit(intent)
+        outcome = await tracker.wait_or_held(timeout=10)  # an ExecutionReport, or an ApprovalEvent
+
+An intent an approval rule matches (config ``approvals``) is held until operators decide: its
+strategy hears of it as an ``ApprovalEvent`` (step ``pending``) on
+``mbx.exec.unrouted.pending_approval.<strategy>``; the route decision and reports follow an
+approval, a ``rejected`` report (``approval_denied``, ``approval_expired``) a denial or expiry.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from contracts.messages import CancelRequest, ExecutionReport, Fill, OrderIntent, RouteDecision
+from contracts.enums import ApprovalStep
+from contracts.messages import ApprovalEvent, CancelRequest, ExecutionReport, Fill, OrderIntent, RouteDecision
 from contracts.subjects import INTENT_ID_HEADER, MSG_ID_HEADER, STRATEGY_ID_HEADER, Subjects
 
 if TYPE_CHECKING:
@@ -140,7 +147,8 @@ class SubmitAck:
 
 
 class IntentTracker:
-    """Collects the route decisions and execution reports of one intent.
+    """Collects the route decisions and execution reports of one intent, and whether it is held
+    for an operator's approval (``held``).
 
     Create it (``MbxClient.track``) before submitting, so nothing is missed.
     """
@@ -149,7 +157,12 @@ class IntentTracker:
         self.intent_id = intent_id
         self.routes: list[RouteDecision] = []
         self.reports: list[ExecutionReport] = []
+        self.held: ApprovalEvent | None = None
+        """The ``pending`` step when an approval rule holds the intent (the rule, the approvers
+        needed, when it expires); None while it is not held. Its route decision and reports come
+        once operators approve it; a denial or expiry ends it with a ``rejected`` report."""
         self._terminal = asyncio.Event()
+        self._held_or_terminal = asyncio.Event()
         self._subs: list[Any] = []
 
     def _on_route(self, route: RouteDecision) -> None:
@@ -159,6 +172,12 @@ class IntentTracker:
         self.reports.append(report)
         if report.final:
             self._terminal.set()
+            self._held_or_terminal.set()
+
+    def _on_held(self, event: ApprovalEvent) -> None:
+        if event.step is ApprovalStep.PENDING:
+            self.held = event
+            self._held_or_terminal.set()
 
     @property
     def terminal(self) -> ExecutionReport | None:
@@ -171,6 +190,17 @@ class IntentTracker:
         report = self.terminal
         assert report is not None
         return report
+
+    async def wait_or_held(self, timeout: float) -> ExecutionReport | ApprovalEvent:
+        """The final report, or the ``pending`` ApprovalEvent when the intent is held for an
+        operator's approval first; ``TimeoutError`` if neither comes in time. After a hold,
+        ``wait`` follows the intent on to its final report (it comes once operators decide)."""
+        await asyncio.wait_for(self._held_or_terminal.wait(), timeout)
+        final = self.terminal
+        if final is not None:
+            return final
+        assert self.held is not None  # the event is set by a final report or a hold
+        return self.held
 
     async def close(self) -> None:
         for sub in self._subs:
@@ -328,8 +358,9 @@ class MbxClient:
         return routes, reports
 
     async def track(self, intent_id: str, strategy_id: str | None = None) -> IntentTracker:
-        """Start following one intent's routes and reports (call before ``submit``). Give the
-        intent's ``strategy_id`` when connected as that strategy: its user may read only its own."""
+        """Start following one intent's routes, reports and hold for approval (call before
+        ``submit``). Give the intent's ``strategy_id`` when connected as that strategy: its user
+        may read only its own."""
         tracker = IntentTracker(intent_id)
         routes, reports = self._results(strategy_id)
 
@@ -338,6 +369,8 @@ class MbxClient:
 
         tracker._subs.append(await self._subscribe(routes, RouteDecision, tracker._on_route, matches))
         tracker._subs.append(await self._subscribe(reports, ExecutionReport, tracker._on_report, matches))
+        held = self.subjects.pending_approval(strategy_id or "*")
+        tracker._subs.append(await self._subscribe(held, ApprovalEvent, tracker._on_held, matches))
         return tracker
 
     async def track_many(self, intent_ids: Iterable[str], strategy_id: str | None = None) -> BatchTracker:
@@ -368,8 +401,11 @@ class MbxClient:
         on_route: Callable[[RouteDecision], Any] | None = None,
         on_report: Callable[[ExecutionReport], Any] | None = None,
         on_fill: Callable[[Fill], Any] | None = None,
+        on_held: Callable[[ApprovalEvent], Any] | None = None,
     ) -> list[Any]:
-        """Live routes, reports and fills of one strategy (core NATS: from now on, no replay).
+        """Live routes, reports and fills of one strategy (core NATS: from now on, no replay);
+        ``on_held`` hears of each of its intents an approval rule holds (the ``pending``
+        ApprovalEvent: rule, approvers needed, expiry).
 
         Returns the subscriptions; unsubscribe them when done.
         """
@@ -385,6 +421,10 @@ class MbxClient:
             subs.append(await self._subscribe(reports, ExecutionReport, on_report, matches))
         if on_fill:
             subs.append(await self._subscribe(fills, Fill, on_fill, matches))
+        if on_held:
+            subs.append(
+                await self._subscribe(self.subjects.pending_approval(strategy_id), ApprovalEvent, on_held, matches)
+            )
         return subs
 
     async def _subscribe(

@@ -30,8 +30,9 @@ def explain(
     intent_id: Annotated[str, typer.Argument(help="The intent (or parent order) to explain.")],
     as_json: Annotated[bool, typer.Option("--json", help="Everything as JSON.")] = False,
 ) -> None:
-    """The whole story of one intent: each route decision (every candidate and its scores, the
-    rule that fired, the brokers left out and why), failovers, the orders and their fills. For a
+    """The whole story of one intent: its hold for approval (each step: who, when, note), each
+    route decision (every candidate and its scores, the rule that fired, the brokers left out
+    and why), failovers, the orders and their fills. For a
     parent order (an intent with --split, --twap or --iceberg): its algorithm, arrival price,
     status, filled quantity and slippage, and every child in slice order with its broker, status,
     fill and the rule that routed it; for a child, the parent it belongs to.
@@ -139,9 +140,18 @@ def _split(reason: str) -> str:
 
 
 def print_intent(story: Story) -> None:
-    """Each route decision with its order and failover, the router's rejections, then the fills."""
-    from workers.readmodel.explain import by_attempt, number, order_outcome, router_rejections  # noqa: PLC0415
+    """Its hold for approval, each route decision with its order and failover, the router's
+    rejections, then the fills."""
+    from workers.readmodel.explain import (  # noqa: PLC0415
+        approval_lines,
+        by_attempt,
+        number,
+        order_outcome,
+        router_rejections,
+    )
 
+    for line in approval_lines(story["approvals"]):
+        console.print(line)
     for route, order, failover in by_attempt(story):
         decision = route["decision"]
         head = f"attempt {route['attempt']}: routed to [bold]{route['broker_name']}[/bold] by {route['rule']}"

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from workers.cli import auth, config, dlq, explain, legacy, orders, report, security, sim, stack, views
+from workers.cli import approvals, auth, config, dlq, explain, legacy, orders, report, security, sim, stack, views
 from workers.cli.parent_orders import with_split_value
 from workers.cli.whatif import app as whatif_app
 
@@ -16,7 +16,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for group in (stack, orders, views, explain, sim, legacy):
+for group in (stack, orders, approvals, views, explain, sim, legacy):
     app.registered_commands += group.app.registered_commands
 app.registered_commands += whatif_app.registered_commands
 app.add_typer(dlq.dlq, name="dlq")

@@ -14,6 +14,7 @@ import typer
 from pydantic import ValidationError
 
 from contracts import (
+    ApprovalEvent,
     AssetClass,
     BrokerName,
     CancelReject,
@@ -121,7 +122,8 @@ def submit(
     ] = None,
 ) -> None:
     """Send one order intent and print its route and final report; a parent order (--split,
-    --twap, --iceberg) prints its progress until it is done.
+    --twap, --iceberg) prints its progress until it is done. An intent an approval rule holds
+    ends the command at once (exit 0) saying so, and how to approve it.
 
     Example: mbx submit --symbol AAPL --quantity 10
              mbx submit --symbol BTC-USD --notional 250   (a pair: crypto)
@@ -281,7 +283,7 @@ async def _submit(intent: OrderIntent, url: str, prefix: str, timeout: float) ->
             dup = " (duplicate: this intent id was already submitted)" if ack.duplicate else ""
             console.print(f"submitted [bold]{intent.intent_id}[/bold] to {ack.stream} seq {ack.sequence}{dup}")
             try:
-                final = await tracker.wait(timeout)
+                outcome = await tracker.wait_or_held(timeout)
             except TimeoutError:
                 for route in tracker.routes:
                     print_route(route)
@@ -293,9 +295,22 @@ async def _submit(intent: OrderIntent, url: str, prefix: str, timeout: float) ->
         if is_connection_error(exc):
             unreachable(url, exc)
         raise
+    if isinstance(outcome, ApprovalEvent):
+        print_held(outcome)
+        return EXIT_OK
     for route in tracker.routes:
         print_route(route)
-    return print_final(final)
+    return print_final(outcome)
+
+
+def print_held(event: ApprovalEvent) -> None:
+    """An intent held for approval: by which rule, who must approve, until when, and how."""
+    approvers = "one operator" if event.approvers_needed == 1 else f"{event.approvers_needed} operators"
+    console.print(
+        f"[yellow]held for approval[/yellow] by rule {event.rule}: {approvers} must approve it before "
+        f"{event.expires_at.astimezone():%Y-%m-%d %H:%M:%S %Z}, else it ends rejected (approval_expired)"
+    )
+    console.print(f"  mbx approve {event.intent_id}   (or mbx deny {event.intent_id}; mbx approvals lists the queue)")
 
 
 @app.command()

@@ -1,5 +1,5 @@
-"""One intent's whole story from the audit trail: its route decisions, failovers, orders and
-fills (``mbx explain``, the dashboard's routing tab)."""
+"""One intent's whole story from the audit trail: its hold for approval (if any), route decisions,
+failovers, orders and fills (``mbx explain``, the dashboard's routing tab)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 STORY_QUERIES = {
+    "approvals": "SELECT * FROM approvals WHERE intent_id = :i ORDER BY step_no",
     "routes": "SELECT * FROM multi_broker_routes WHERE intent_id = :i ORDER BY attempt",
     "failovers": "SELECT * FROM failover_events WHERE intent_id = :i ORDER BY attempt",
     "orders": "SELECT * FROM orders WHERE intent_id = :i ORDER BY attempt, id",
@@ -54,3 +55,31 @@ def order_outcome(order: dict[str, Any]) -> tuple[str, str]:
 def router_rejections(story: dict[str, list[dict[str, Any]]]) -> list[str]:
     """Why the router refused the intent, if it did (an order row with no broker)."""
     return [o["reason"] for o in story["orders"] if o["broker_name"] is None]
+
+
+def approval_lines(steps: list[dict[str, Any]]) -> list[str]:
+    """Each step of the intent's hold for approval in words: who, when, with what note."""
+    lines = []
+    for row in steps:
+        at = f"{row['at'].astimezone():%Y-%m-%d %H:%M:%S}"
+        note = f": {row['note']}" if row["note"] else ""
+        step = row["step"]
+        if step == "pending":
+            estimated = row["estimated_notional"]
+            worth = f", about {number(estimated)} USD at the quote" if estimated is not None else ", no quote"
+            needed = "1 approver" if row["approvers_needed"] == 1 else f"{row['approvers_needed']} approvers"
+            lines.append(
+                f"held for approval at {at} by rule {row['rule']} ({needed}{worth}); "
+                f"expires {row['expires_at'].astimezone():%Y-%m-%d %H:%M:%S}"
+            )
+        elif step == "approved":
+            given = f"{row['approvals_given']} of {row['approvers_needed']}"
+            lines.append(f"approved by {row['operator']} at {at} ({given}){note}")
+        elif step == "denied":
+            lines.append(f"denied by {row['operator']} at {at}{note}")
+        elif step == "expired":
+            given = f"{row['approvals_given']} of {row['approvers_needed']} approvals"
+            lines.append(f"expired at {at}, not decided in time ({given})")
+        else:
+            lines.append(f"{step} to routing at {at}")
+    return lines
