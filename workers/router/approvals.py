@@ -3,8 +3,9 @@ operators decide (config ``approvals``; the hold's life is ``workers.domain.appr
 
 - **Hold.** An intent a rule matches (priced at the quote now) is written to the approvals bucket,
   create-only, and acked: the bucket, not the stream, keeps it from then on, so a hold survives
-  router kills and a nats-server restart. A redelivered intent finds its record and is not held
-  (or routed) twice.
+  router kills and a nats-server restart. A redelivered intent finds its record (the create is
+  refused) and is not held twice; one a changed config no longer holds is routed, and the
+  decision journal keeps a later approval of its old hold from routing it again.
 - **Decide.** Operators' tools (``workers.ops.approvals``: ``mbx approve``, ``mbx deny``, the
   dashboard) change the record by compare-and-set; the router's expiry does the same for a hold
   past its deadline. So one decision stands, whoever is first.
@@ -21,7 +22,6 @@ The children of an approved parent order are not held again: the parent was appr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -88,9 +88,6 @@ class ApprovalDesk:
         parent = parent_of(intent)
         if parent is not None and await self._released(kv, parent):
             return None  # a child of an approved parent: approved whole
-        with contextlib.suppress(KeyNotFoundError):
-            await kv.get(hold_key(intent.intent_id))
-            return "replay:held_already"  # held before (whatever became of it since)
         check = await self.price(intent.symbol)
         rule = approval_rule(intent, config, check.price)
         if rule is None:
@@ -100,7 +97,7 @@ class ApprovalDesk:
         try:
             await kv.create(hold_key(intent.intent_id), hold.model_dump_json().encode())
         except KeyWrongLastSequenceError:
-            return "replay:held_already"
+            return "replay:held_already"  # held before (whatever became of it since): not again
         log.info("intent held for approval", rule=rule.name, approvers=rule.approvers, expires_at=str(hold.expires_at))
         return f"held:{rule.name}"
 
