@@ -96,10 +96,21 @@ def _tree_cpu(root: int) -> float:
 class Stack:
     """Embedded servers and one process per worker, in a temporary directory."""
 
-    def __init__(self, root: Path, sync_always: bool, config: str | None = None) -> None:
-        """``config``: the YAML the workers run with (default: every broker, rate limits raised)."""
+    def __init__(
+        self,
+        root: Path,
+        sync_always: bool,
+        config: str | None = None,
+        module: str = "workers",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``config``: the YAML the workers run with (default: every broker, rate limits raised);
+        ``module``: what runs each worker (``python -m <module> worker ...``; the latency
+        benchmark's probes wrap ``workers``), with ``env`` added to its environment."""
         self.root = root
         self.config_text = config
+        self.module = module
+        self.extra_env = env or {}
         self.nats = EmbeddedNats(root / "nats", sync_always=sync_always)
         self.postgres = EmbeddedPostgres(root / "postgres")
         self.workers: dict[str, Any] = {}
@@ -125,12 +136,13 @@ class Stack:
             "MBX_LOG_LEVEL": "WARNING",
             "MBX_LOG_FORMAT": "json",
         }
+        env |= self.extra_env
         asyncio.run(self._streams())
         commands = {"router": ["router"], "aggregator": ["aggregator"]}
         commands |= {f"executor-{b}": ["executor", "--broker", str(b)] for b in BrokerName}
         for name, args in commands.items():
             self.workers[name] = spawn(
-                [sys.executable, "-m", "workers", "worker", *args], self.root / "logs" / f"{name}.log", env=env
+                [sys.executable, "-m", self.module, "worker", *args], self.root / "logs" / f"{name}.log", env=env
             )
         asyncio.run(self._wait_ready())
 
