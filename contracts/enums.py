@@ -127,20 +127,22 @@ class ApprovalStep(StrEnum):
     ``pending``: the router holds the order for the operators. ``approved``: one operator
     approved it (``approvals_given`` of ``approvers_needed``; the last makes the router route it).
     ``denied``: an operator denied it; ``expired``: nobody decided within the rule's
-    ``expire_after_s``; either way the order ends ``rejected`` with the reason. ``released``:
-    approved by everyone needed and handed to routing (its route decision follows).
+    ``expire_after_s``; either way the order ends ``rejected`` with the reason. ``cancelled``: its
+    strategy cancelled it while it waited; it ends ``cancelled``. ``released``: approved by
+    everyone needed and handed to routing (its route decision follows).
     """
 
     PENDING = "pending"
     APPROVED = "approved"
     DENIED = "denied"
     EXPIRED = "expired"
+    CANCELLED = "cancelled"
     RELEASED = "released"
 
     @property
     def is_final(self) -> bool:
-        """True when the hold has ended (routed, or rejected)."""
-        return self in (ApprovalStep.DENIED, ApprovalStep.EXPIRED, ApprovalStep.RELEASED)
+        """True when the hold has ended (routed, rejected or cancelled)."""
+        return self in (ApprovalStep.DENIED, ApprovalStep.EXPIRED, ApprovalStep.CANCELLED, ApprovalStep.RELEASED)
 
 
 class DeadLetterStage(StrEnum):

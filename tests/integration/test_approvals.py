@@ -15,7 +15,7 @@ from typing import Any
 import nats
 import pytest
 
-from contracts import ApprovalEvent, ApprovalStep, BrokerName, Subjects
+from contracts import ApprovalEvent, ApprovalStep, BrokerName, CancelReject, CancelRequest, Subjects
 from tests.builders import intent_payload
 from tests.conftest import eventually, fetch_all, new_database
 from tests.servers import Servers
@@ -151,6 +151,39 @@ async def test_a_denied_order_ends_rejected_with_the_operators_note(desk: Desk, 
         await approvals.approve(desk.js, desk.subjects, intent_id, "erin", "")
 
 
+async def test_its_strategy_may_cancel_a_held_order_and_another_may_not(desk: Desk, start_pipeline: Any) -> None:
+    await desk.start(start_pipeline)
+    intent_id = await desk.send(quantity="100")
+    await desk.held(intent_id)
+    refused: list[Any] = []
+
+    async def got(msg: Any) -> None:
+        refused.append(msg)
+
+    await desk.nc.subscribe(desk.subjects.cancel_reject(None, "other"), cb=got)
+    for strategy in ("other", STRATEGY):
+        request = CancelRequest(intent_id=intent_id, strategy_id=strategy, reason="changed my mind")
+        await desk.js.publish(
+            desk.subjects.cancel(strategy),
+            request.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": request.message_id},
+        )
+        if strategy == "other":
+            await eventually(lambda: _true(bool(refused)), timeout=10)
+            assert CancelReject.model_validate_json(refused[0].data).reason_code == "not_your_order"
+
+    async def cancelled() -> Any:
+        rows = await fetch_all(desk.db, "SELECT * FROM orders WHERE intent_id = :i", i=intent_id)
+        return rows[0] if rows and rows[0]["status"] == "cancelled" else None
+
+    order = await eventually(cancelled, timeout=10)
+    assert order["broker_name"] is None and "changed my mind" in order["reason"]
+    assert await desk.placed(intent_id) == 0
+    assert await steps_when(desk, intent_id, 2) == [("pending", ""), ("cancelled", "")]
+    with pytest.raises(OperatorError, match="already cancelled"):
+        await approvals.approve(desk.js, desk.subjects, intent_id, "carol", "")
+
+
 async def test_an_order_nobody_decides_expires_rejected(desk: Desk, start_pipeline: Any) -> None:
     await desk.start(start_pipeline)
     intent_id = await desk.send(symbol="KO", quantity="1")  # "quick": expires after 1 s
@@ -267,3 +300,7 @@ async def steps_when(desk: Desk, intent_id: str, count: int) -> list[tuple[str, 
         return found if len(found) >= count else None
 
     return await eventually(check, timeout=10)
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -112,3 +112,13 @@ def test_approval_rules_are_validated() -> None:
         parse_config({"approvals": {"rules": [{"name": "x", "approvers": 3}]}})
     with pytest.raises(Exception, match="two approval rules are named"):
         parse_config({"approvals": {"rules": [{"name": "x"}, {"name": "x"}]}})
+
+
+def test_a_strategy_may_cancel_a_hold_only_while_it_waits() -> None:
+    hold = Hold.new(intent(), CONFIG.approvals.rules[2], NOW, None)
+    cancelled = hold.cancel("changed my mind", NOW)
+    assert cancelled.state is ApprovalStep.CANCELLED and cancelled.state.is_final
+    with pytest.raises(ApprovalRefused, match="already cancelled"):
+        cancelled.approve("carol", "", NOW)
+    with pytest.raises(ApprovalRefused, match="no longer waiting"):
+        hold.approve("carol", "", NOW).cancel("too late", NOW)

@@ -120,6 +120,12 @@ class Hold(BaseModel):
         self._still_open(now)
         return self._with(Step(step=ApprovalStep.DENIED, at=now, operator=who, note=note[:NOTE_MAX]))
 
+    def cancel(self, reason: str, now: datetime) -> Hold:
+        """The hold ended by its own strategy's cancel, while no decision stands."""
+        if self.state is not ApprovalStep.PENDING:
+            raise ApprovalRefused(f"{self.intent.intent_id} is {self.state}, no longer waiting for approval")
+        return self._with(Step(step=ApprovalStep.CANCELLED, at=now, note=reason[:NOTE_MAX]))
+
     def expire(self, now: datetime) -> Hold:
         """The hold ended by its deadline (only a pending one past ``expires_at``)."""
         if self.state is not ApprovalStep.PENDING or now < self.expires_at:

@@ -30,7 +30,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from contracts import ApprovalStep, OrderIntent
+from contracts import ApprovalStep, CancelRequest, OrderIntent, OrderStatus
 from workers.domain.approvals import ApprovalRefused, Hold, approval_rule, hold_key, size_of
 from workers.domain.parents import parent_of
 from workers.domain.quotes import PriceCheck
@@ -47,6 +47,7 @@ time finds it and is not held or routed again; the ORDERS stream keeps intents 7
 EXPIRY_EVERY_S = 1.0
 """How often the router looks for holds past their deadline."""
 
+NOT_YOURS = "not_your_order"
 Route = Callable[[OrderIntent], Awaitable[str]]
 Reject = Callable[[OrderIntent, Rejection], Awaitable[str]]
 
@@ -101,6 +102,31 @@ class ApprovalDesk:
         log.info("intent held for approval", rule=rule.name, approvers=rule.approvers, expires_at=str(hold.expires_at))
         return f"held:{rule.name}"
 
+    async def cancel(self, request: CancelRequest, sender: str) -> str | None:
+        """End the hold of a cancelled intent that waits for approval (by compare-and-set: a
+        decision first wins, and the cancel then goes where the order went). What happened
+        (``NOT_YOURS``: another strategy's hold), or None when the intent is not waiting."""
+        kv = await self.bucket()
+        key = hold_key(request.intent_id)
+        for _ in range(10):
+            try:
+                entry = await kv.get(key)
+                hold = Hold.model_validate_json(entry.value or b"")
+            except (KeyNotFoundError, ValidationError):
+                return None
+            if hold.intent.strategy_id != sender:
+                return NOT_YOURS
+            try:
+                cancelled = hold.cancel(request.reason or "cancelled by its strategy", datetime.now(UTC))
+            except ApprovalRefused:
+                return None  # decided meanwhile: the cancel follows the order
+            try:
+                await kv.update(key, cancelled.model_dump_json().encode(), last=entry.revision)
+            except KeyWrongLastSequenceError:
+                continue
+            return "cancelled:held_for_approval"
+        return None
+
     async def _released(self, kv: KeyValue, intent_id: str) -> bool:
         try:
             entry = await kv.get(hold_key(intent_id))
@@ -147,11 +173,11 @@ class ApprovalDesk:
                 hold = Hold.model_validate_json(entry.value or b"")
                 state = hold.state
                 if hold.published == len(hold.steps) and state is not ApprovalStep.APPROVED:
-                    break  # told and done (a denied or expired hold is marked only after its rejection)
+                    break  # told and done (an ended hold is marked only after its report)
                 if state is ApprovalStep.APPROVED:
                     await self.route(hold.intent)
                     hold = hold.release(datetime.now(UTC))
-                elif state in (ApprovalStep.DENIED, ApprovalStep.EXPIRED):
+                elif state in (ApprovalStep.DENIED, ApprovalStep.EXPIRED, ApprovalStep.CANCELLED):
                     await self.reject(hold.intent, _rejection(hold))
                 await self._publish_steps(hold)
                 try:
@@ -221,6 +247,9 @@ class ApprovalDesk:
 
 def _rejection(hold: Hold) -> Rejection:
     last = hold.steps[-1]
+    if last.step is ApprovalStep.CANCELLED:
+        why = f"cancelled by its strategy while held for approval (rule {hold.rule}): {last.note}"
+        return Rejection("cancelled_while_held", why, (), OrderStatus.CANCELLED)
     if last.step is ApprovalStep.DENIED:
         note = f": {last.note}" if last.note else ""
         return Rejection("approval_denied", f"denied by {last.operator} (approval rule {hold.rule}){note}", ())

@@ -20,7 +20,6 @@ from contracts import (
     FailoverEvent,
     Message,
     OrderIntent,
-    OrderStatus,
     RouteDecision,
     RoutePreview,
 )
@@ -30,7 +29,7 @@ from workers.platform import metrics, telemetry
 from workers.platform.bus import delivery_count, is_replay, publish
 from workers.platform.order_ledger import OrderLedger
 from workers.platform.runtime import PoisonMessage, RetryLater, Worker, parse
-from workers.router.approvals import ApprovalDesk
+from workers.router.approvals import NOT_YOURS, ApprovalDesk
 from workers.router.journal import DecisionJournal, Published
 from workers.router.parent_orders import ParentOrders
 from workers.router.plan import BROKERS, plan_for
@@ -158,10 +157,14 @@ class RouterHandlers:
             return await self._forward_parent_cancel(request, sender, parent)
         decision = entry.decision if entry is not None else self._route_in(first)
         if decision is not None and decision.strategy_id != sender:
-            why = f"intent {request.intent_id} belongs to another strategy; a strategy cancels only its own"
-            return await self._refuse_cancel(request, sender, "not_your_order", why)
+            return await self._not_yours(request, sender)
         broker = entry.broker if entry is not None else decision.broker if decision is not None else None
         if broker is None:
+            held = await self.approvals.cancel(request, sender)
+            if held == NOT_YOURS:
+                return await self._not_yours(request, sender)
+            if held is not None:
+                return held
             if delivery_count(msg) < self.cancel_spec.give_up_after and await self._intents_in_flight():
                 # The intent may still be queued behind others: look again before answering.
                 raise RetryLater(f"intent {request.intent_id} is not routed yet", CANCEL_RETRY_S)
@@ -189,6 +192,10 @@ class RouterHandlers:
             f"strategy_id {claimed!r} does not match strategy {sender!r} of the subject {msg.subject}: "
             "a strategy sends only as itself"
         )
+
+    async def _not_yours(self, request: CancelRequest, sender: str) -> str:
+        why = f"intent {request.intent_id} belongs to another strategy; a strategy cancels only its own"
+        return await self._refuse_cancel(request, sender, "not_your_order", why)
 
     async def _refuse_cancel(self, request: CancelRequest, sender: str, code: str, why: str) -> str:
         """Answer a cancel that is not carried out, on the sender's own results."""
@@ -221,8 +228,7 @@ class RouterHandlers:
         """A parent's cancel goes to the parent-order worker, which cancels its unsent slices and
         every working child; another strategy's parent is refused like any order of another's."""
         if parent.strategy_id != sender:
-            why = f"intent {request.intent_id} belongs to another strategy; a strategy cancels only its own"
-            return await self._refuse_cancel(request, sender, "not_your_order", why)
+            return await self._not_yours(request, sender)
         await self.parents.forward_cancel(request)
         return "cancel_forwarded:parent"
 
@@ -353,8 +359,8 @@ class RouterHandlers:
             result = f"routed:{outcome.broker}"
         else:
             report = rejection_report(intent, outcome, attempt)
-            subject, message = subjects.execution(None, OrderStatus.REJECTED, intent.strategy_id), report
-            result = f"rejected:{outcome.reason_code}"
+            subject, message = subjects.execution(None, outcome.status, intent.strategy_id), report
+            result = f"{outcome.status}:{outcome.reason_code}"
         ours = Published.of(subject, message, intent.intent_id, intent.strategy_id)
         standing = await self.journal.claim(intent.intent_id, attempt, ours)
         seq = (await self.journal.publish(standing)).seq
@@ -372,12 +378,12 @@ def rejection_report(intent: OrderIntent, rejection: Rejection, attempt: int = 1
     details = "; ".join(f"{e.broker}: {e.reason}" for e in rejection.excluded)
     reason = f"{rejection.reason} ({details})" if details else rejection.reason
     return ExecutionReport(
-        message_id=f"exec-{intent.intent_id}-router-rejected-{attempt}",
+        message_id=f"exec-{intent.intent_id}-router-{rejection.status}-{attempt}",
         correlation_id=intent.intent_id,
         intent_id=intent.intent_id,
         strategy_id=intent.strategy_id,
         broker=None,
-        status=OrderStatus.REJECTED,
+        status=rejection.status,
         attempt=attempt,
         client_order_id=intent.intent_id,
         symbol=intent.symbol,

@@ -30,6 +30,7 @@ from contracts import (
     BrokerName,
     ExcludedBroker,
     OrderIntent,
+    OrderStatus,
     RouteDecision,
 )
 from workers.domain.config import MbxConfig, RoutingRule
@@ -58,6 +59,8 @@ class Rejection:
     reason_code: str
     reason: str
     excluded: tuple[ExcludedBroker, ...]
+    status: OrderStatus = OrderStatus.REJECTED
+    """What the intent's report says: rejected, or cancelled (by its strategy while it was held)."""
 
 
 @dataclass(frozen=True, slots=True)
