@@ -172,8 +172,10 @@ async def test_the_command_prints_the_changes_writes_the_detail_and_refuses_bad_
     assert code == 0, out
     assert "6 recorded intents replayed; 4 decisions change" in out
     assert "would be rejected" in out and "assumptions:" in out
-    detail = json.loads(out_json.read_text())
-    assert sum(row["changed"] for row in detail) == 4
+    written = json.loads(out_json.read_text())
+    assert (written["replayed"], written["changed"], written["rejected"]) == (6, 4, 1)
+    assert sum(row["changed"] for row in written["detail"]) == 4
+    assert sum(m["before"] for m in written["mix"]) == sum(m["after"] for m in written["mix"]) == 6
     assert len(out_csv.read_text().splitlines()) == len(BOOK) + 1
 
     code, out = await mbx("whatif", "--config", str(other), "--since", "1h", "--strategy", "strat2", env=env)

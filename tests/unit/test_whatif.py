@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
 from contracts import BrokerName, ExcludedBroker, RouteDecision
 from tests.builders import make_intent, make_route
-from workers.domain.config import MbxConfig
+from workers.cli.common import console
+from workers.cli.whatif import SHOWN, print_whatif, report
+from workers.domain.config import MbxConfig, parse_config
 from workers.router.rules import MarketView, route
 from workers.router.whatif import market_as_recorded, recorded_decision, replay
 
@@ -66,3 +69,42 @@ def test_a_strategys_preference_is_rebuilt_from_the_rule() -> None:
     live = route(make_intent(broker=BrokerName.IBKR), MbxConfig())
     assert isinstance(live, RouteDecision) and live.rule == "preference"
     assert recorded_decision(_row(live)).intent.broker is BrokerName.IBKR
+
+
+def test_a_long_replay_prints_the_first_changes_and_the_report_keeps_every_one() -> None:
+    """Past ``SHOWN`` changed decisions the command says how many more there are instead of
+    printing each; the --json report counts and lists every one, with the printed figures."""
+    config, many = MbxConfig(), SHOWN + 7
+    decisions = []
+    for _ in range(many):
+        live = route(make_intent(), config, market=MarketView(reference_price=Decimal(100)))
+        assert isinstance(live, RouteDecision)
+        decisions.append(recorded_decision(_row(live)))
+    other = parse_config({"routing": {"rules": [{"name": "all-ibkr", "prefer": ["ibkr"]}]}})
+    result = replay(decisions, other)
+    with console.capture() as printed:
+        print_whatif(result, 0)
+    text = printed.get()
+    assert f"{many} recorded intents replayed; {many} decisions change" in text
+    assert "... 7 more changed decisions: see the --csv or --json detail" in text
+    assert sum(d.intent_id in text for d in decisions) == SHOWN
+
+    written = json.loads(json.dumps(report(result, 3), default=str))
+    assert (written["replayed"], written["changed"], written["rejected"], written["rejected_unrouted"]) == (
+        many,
+        many,
+        0,
+        3,
+    )
+    assert written["mix"] == [
+        {"broker": "alpaca", "before": many, "after": 0},
+        {"broker": "ibkr", "before": 0, "after": many},
+    ]
+    assert written["rule_effect"] == [
+        {"rule": "default:equity", "before": many, "after": 0},
+        {"rule": "rule:all-ibkr", "before": 0, "after": many},
+    ]
+    fees_before, fees_after = result.fees()
+    assert written["fees_usd"] == {"before": str(fees_before), "after": str(fees_after)}
+    assert [row["intent_id"] for row in written["detail"]] == [d.intent_id for d in decisions]
+    assert all(row["changed"] and row["new_broker"] == "ibkr" for row in written["detail"])

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import gc
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,6 +48,9 @@ DETAIL_FIELDS = (
     "changed",
     "new_reason",
 )
+SHOWN = 50
+"""Decisions that change, and would-be rejections, printed one per line at most; the rest are in
+the --csv or --json detail (a week of a busy desk is tens of thousands)."""
 
 
 def parse_since(value: str) -> timedelta:
@@ -88,8 +94,8 @@ def whatif(
         write_csv(result, csv_file)
         console.print(f"detail written to {csv_file}")
     if json_file is not None:
-        json_file.write_text(json.dumps(detail(result), indent=2, default=str))
-        console.print(f"detail written to {json_file}")
+        json_file.write_text(json.dumps(report(result, rejected_unrouted), indent=2, default=str))
+        console.print(f"summary and detail written to {json_file}")
     raise typer.Exit(EXIT_OK)
 
 
@@ -101,28 +107,62 @@ async def run_whatif(url: str, config: MbxConfig, since: datetime, strategy: str
     from workers.readmodel.whatif import recorded_book  # noqa: PLC0415
     from workers.router.whatif import recorded_decision, replay  # noqa: PLC0415
 
-    engine = make_engine(url, pool_size=1)
+    with collector_paused():
+        engine = make_engine(url, pool_size=1)
+        try:
+            book = await recorded_book(engine, since, strategy)
+        except OSError as exc:
+            fail(f"cannot reach the database ({exc})")
+        finally:
+            await engine.dispose()
+        try:
+            decisions = [recorded_decision(row) for row in book.decisions]
+        except ValidationError as exc:
+            fail(f"a recorded decision could not be read ({exc.error_count()} problems): {exc.errors()[0]['msg']}")
+        return replay(decisions, config), book.rejected_unrouted
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a book is read and replayed: the replay makes
+    millions of objects and no reference cycles worth collecting, and each pass of the collector
+    walks every live object, the whole book; on 100,000 decisions those passes took about as long
+    as the replay itself (bench/whatif_bench.py). Memory is still freed by reference counting."""
+    enabled = gc.isenabled()
+    gc.disable()
     try:
-        book = await recorded_book(engine, since, strategy)
-    except OSError as exc:
-        fail(f"cannot reach the database ({exc})")
+        yield
     finally:
-        await engine.dispose()
-    try:
-        decisions = [recorded_decision(row) for row in book.decisions]
-    except ValidationError as exc:
-        fail(f"a recorded decision could not be read ({exc.error_count()} problems): {exc.errors()[0]['msg']}")
-    return replay(decisions, config), book.rejected_unrouted
+        if enabled:
+            gc.enable()
 
 
 def detail(result: WhatIf) -> list[dict[str, Any]]:
     return [_row(r) for r in result.rows]
 
 
+def report(result: WhatIf, rejected_unrouted: int) -> dict[str, Any]:
+    """What ``--json`` writes: the printed summary's figures (fees as exact decimal strings) and
+    the per-intent detail. The dashboard's preview shows this report."""
+    fees_before, fees_after = result.fees()
+    latency_before, latency_after = result.latency()
+    brokers = sorted(result.mix_before.keys() | result.mix_after.keys())
+    return {
+        "replayed": len(result.rows),
+        "changed": len(result.changed),
+        "rejected": len(result.rejected),
+        "rejected_unrouted": rejected_unrouted,
+        "mix": [{"broker": b, "before": result.mix_before[b], "after": result.mix_after[b]} for b in brokers],
+        "fees_usd": {"before": str(fees_before), "after": str(fees_after)},
+        "latency_ms": {"before": latency_before, "after": latency_after},
+        "rule_effect": [asdict(effect) for effect in result.rule_effect()],
+        "assumptions": list(result.assumptions),
+        "detail": detail(result),
+    }
+
+
 def _row(replayed: Replayed) -> dict[str, Any]:
-    row = asdict(replayed)
-    row["changed"] = replayed.changed
-    return {name: row[name] for name in DETAIL_FIELDS}
+    return {name: getattr(replayed, name) for name in DETAIL_FIELDS}  # ``changed`` is a property
 
 
 def write_csv(result: WhatIf, path: Path) -> None:
@@ -137,10 +177,11 @@ def print_whatif(result: WhatIf, rejected_unrouted: int) -> None:
     console.print(f"[bold]{len(rows)}[/bold] recorded intents replayed; [bold]{len(changed)}[/bold] decisions change")
     if changed:
         table = Table("intent", "symbol", "before", "after", title="Decisions that change")
-        for r in changed:
+        for r in changed[:SHOWN]:
             after = f"{r.new_broker} ({r.new_rule})" if r.new_broker is not None else f"[red]{r.new_rule}[/red]"
             table.add_row(r.intent_id, r.symbol, f"{r.old_broker} ({r.old_rule})", after)
         console.print(table)
+        _more(len(changed), "changed decisions")
     mix = Table("broker", "before", "after", title="Broker mix")
     for broker in sorted(result.mix_before.keys() | result.mix_after.keys()):
         mix.add_row(broker, str(result.mix_before[broker]), str(result.mix_after[broker]))
@@ -151,8 +192,10 @@ def print_whatif(result: WhatIf, rejected_unrouted: int) -> None:
         f"estimated fees (intents routed in both): {fees_before:.4f} -> {fees_after:.4f} USD; "
         f"mean expected latency: {_ms(latency_before)} -> {_ms(latency_after)}"
     )
-    for r in result.rejected:
+    rejected = result.rejected
+    for r in rejected[:SHOWN]:
         console.print(f"[red]would be rejected[/red]: {r.intent_id} ({r.symbol}): {r.new_reason}")
+    _more(len(rejected), "would-be rejections")
     effects = result.rule_effect()
     if effects:
         table = Table("rule", "decisions before", "after", title="Per-rule effect")
@@ -164,6 +207,11 @@ def print_whatif(result: WhatIf, rejected_unrouted: int) -> None:
     console.print("assumptions:")
     for assumption in result.assumptions:
         console.print(f"  - {assumption}")
+
+
+def _more(count: int, what: str) -> None:
+    if count > SHOWN:
+        console.print(f"... {count - SHOWN} more {what}: see the --csv or --json detail")
 
 
 def _ms(value: float | None) -> str:

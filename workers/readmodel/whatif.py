@@ -10,11 +10,20 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+# Each route looks its order up by the orders table's own key, (broker, client order id = the
+# intent id), in a LATERAL subquery the planner keeps as such (LIMIT 1; the key makes it one
+# row anyway): a plain join on intent id and broker let the planner, with
+# statistics from when the tables were small (after a burst of decisions, before autovacuum's
+# next ANALYZE), scan a broker's index once per order: 100,000 decisions did not come back in
+# minutes (bench/whatif_bench.py). One unique-index lookup per decision, whatever the statistics.
 DECISIONS_SQL = """
     SELECT r.intent_id, r.strategy_id, r.broker_name, r.rule, r.decision, r.decided_at,
            o.symbol, o.asset_class, o.side, o.order_type, o.quantity, o.notional
-      FROM multi_broker_routes r JOIN orders o
-        ON o.intent_id = r.intent_id AND o.attempt = r.attempt AND o.broker_name = r.broker_name
+      FROM multi_broker_routes r CROSS JOIN LATERAL (
+             SELECT symbol, asset_class, side, order_type, quantity, notional FROM orders
+              WHERE orders.broker_name = r.broker_name AND orders.client_order_id = r.intent_id
+                AND orders.intent_id = r.intent_id AND orders.attempt = r.attempt
+              LIMIT 1) o
      WHERE r.attempt = 1 AND r.decided_at >= :since {strategy}
   ORDER BY r.decided_at, r.id
 """
