@@ -16,12 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import OrderIntent, Portfolio, RoutePreview, SymbolExposure
 from contracts.client import split_servers
-from workers.domain.config import MbxConfig, parse_config
+from workers.domain.config import MbxConfig, config_to_json, parse_config
 from workers.ops import config as live_config
 from workers.ops import dlq
 from workers.ops.cancel import CancelOutcome, cancel_order
 from workers.ops.errors import OperatorError
 from workers.ops.status import StackStatus, stack_status
+from workers.ops.whatif import WHATIF_TIMEOUT_S, WhatIfReport, whatif_report
 from workers.platform.access import connect_options
 from workers.platform.bus import jetstream
 from workers.platform.db.engine import make_engine
@@ -182,6 +183,14 @@ class Backend:
             )
 
         return self._run(write())
+
+    def whatif(self, config: MbxConfig, changes: dict[str, Any], since: str = "7d") -> WhatIfReport:
+        """``config`` with ``changes`` (dotted keys, validated as an applied change would be:
+        ``InvalidChange`` names a bad field) replayed over the decisions recorded since ``since``
+        by `mbx whatif` (``workers.ops.whatif``); nothing is applied."""
+        candidate = live_config.changed(changes)(json.loads(config_to_json(config)))
+        database = self.settings.database_url or ""
+        return self._run(whatif_report(candidate, database, since=since), timeout=WHATIF_TIMEOUT_S + ANSWER_S)
 
     def letters(self, filters: dlq.Filters, latest: int = 200) -> list[dlq.Letter]:
         async def read() -> list[dlq.Letter]:

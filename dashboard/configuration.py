@@ -1,10 +1,12 @@
 """Configuration: routing weights, rules, kill switches and rate limits, changed through the
 same validated, compare-and-set, audited path as `mbx config set` (a bad field is named and
-nothing is applied); the change history; dead letters with filters, a dry run and a replay."""
+nothing is applied), and previewed on last week's orders before (``dashboard.whatif``); the
+change history; dead letters with filters, a dry run and a replay."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
@@ -12,10 +14,13 @@ import yaml
 
 from contracts import BrokerName, DeadLetterStage
 from dashboard.backend import Backend
+from dashboard.whatif import PREVIEW_KEY, preview_change, show_whatif
 from dashboard.widgets import answer, frame
 from workers.domain.config import MbxConfig
 from workers.ops.dlq import Filters, Letter, replayable
 from workers.ops.errors import OperatorError
+
+PREVIEW = "Preview on last week's orders"
 
 
 def render(backend: Backend) -> None:
@@ -87,23 +92,32 @@ def edit_form(backend: Backend, config: MbxConfig) -> None:
         name_cell, reason_cell = st.columns(2)
         operator = name_cell.text_input("your name (for the audit trail)", key="operator")
         reason = reason_cell.text_input("why", key="reason")
-        submitted = st.form_submit_button("Apply")
-    if not submitted:
+        preview_cell, apply_cell = st.columns(2)
+        previewed = preview_cell.form_submit_button(PREVIEW)
+        submitted = apply_cell.form_submit_button("Apply")
+    weights_asked = {"cost": cost, "speed": speed, "fill": fill}
+    switches_asked = {"all": stop_all, "brokers": stopped, "strategies": _names(strategies), "symbols": _names(symbols)}
+    if not (submitted or previewed):
+        shown = st.session_state.get(PREVIEW_KEY)
+        if (
+            shown is not None
+            and _quietly(lambda: changes_from(config, weights_asked, switches_asked, limits, rules)) == shown[0]
+        ):
+            show_whatif(shown[1])  # the form still holds the edit that was previewed
         return
+    outcome = "no preview" if previewed else "not applied"
     try:
-        changes = changes_from(
-            config,
-            {"cost": cost, "speed": speed, "fill": fill},
-            {"all": stop_all, "brokers": stopped, "strategies": _names(strategies), "symbols": _names(symbols)},
-            limits,
-            rules,
-        )
+        changes = changes_from(config, weights_asked, switches_asked, limits, rules)
     except ValueError as exc:
-        st.error(f"not applied: {exc}")
+        st.error(f"{outcome}: {exc}")
         return
     if not changes:
         st.info("nothing changed")
         return
+    if previewed:
+        preview_change(backend, config, changes)
+        return
+    st.session_state.pop(PREVIEW_KEY, None)
     summary = "; ".join(f"{k}={json.dumps(v)}" for k, v in changes.items()) + (f" ({reason})" if reason else "")
     try:
         revision = backend.change_config(changes, operator, summary)
@@ -111,6 +125,14 @@ def edit_form(backend: Backend, config: MbxConfig) -> None:
         st.error(f"not applied: {exc}")
         return
     st.success(f"applied: live config revision {revision} ({summary})")
+
+
+def _quietly(changes: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+    """The form's changes, or None when the form holds something invalid."""
+    try:
+        return changes()
+    except ValueError:
+        return None
 
 
 def _names(text: str) -> list[str]:
