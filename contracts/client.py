@@ -209,11 +209,14 @@ class IntentTracker:
 
 
 class BatchTracker:
-    """The final report of each of many intents, as they arrive."""
+    """The final report of each of many intents, as they arrive; or, for an intent held for an
+    operator's approval, its ``pending`` ApprovalEvent (``held``): its final report comes only
+    once operators decide, so it is not waited for."""
 
     def __init__(self, intent_ids: set[str]) -> None:
         self.waiting = set(intent_ids)
         self.finals: dict[str, ExecutionReport] = {}
+        self.held: dict[str, ApprovalEvent] = {}
         self._all_done = asyncio.Event()
         self._subs: list[Any] = []
         if not self.waiting:
@@ -221,13 +224,21 @@ class BatchTracker:
 
     def _on_report(self, report: ExecutionReport) -> None:
         if report.final and report.intent_id in self.waiting:
-            self.waiting.discard(report.intent_id)
             self.finals[report.intent_id] = report
-            if not self.waiting:
-                self._all_done.set()
+            self._done_with(report.intent_id)
+
+    def _on_held(self, event: ApprovalEvent) -> None:
+        if event.step is ApprovalStep.PENDING and event.intent_id in self.waiting:
+            self.held[event.intent_id] = event
+            self._done_with(event.intent_id)
+
+    def _done_with(self, intent_id: str) -> None:
+        self.waiting.discard(intent_id)
+        if not self.waiting:
+            self._all_done.set()
 
     async def wait(self, timeout: float) -> bool:
-        """True when every intent has its final report within ``timeout`` seconds."""
+        """True when every intent has its final report (or is held for approval) within ``timeout`` seconds."""
         try:
             await asyncio.wait_for(self._all_done.wait(), timeout)
         except TimeoutError:
@@ -374,7 +385,8 @@ class MbxClient:
         return tracker
 
     async def track_many(self, intent_ids: Iterable[str], strategy_id: str | None = None) -> BatchTracker:
-        """Follow the final reports of many intents with one subscription (call before submitting)."""
+        """Follow the final reports of many intents, and their holds for approval, with one
+        subscription each (call before submitting)."""
         tracker = BatchTracker(set(intent_ids))
         _, reports = self._results(strategy_id)
 
@@ -382,6 +394,8 @@ class MbxClient:
             return (msg.headers or {}).get(INTENT_ID_HEADER) in tracker.waiting
 
         tracker._subs.append(await self._subscribe(reports, ExecutionReport, tracker._on_report, matches))
+        held = self.subjects.pending_approval(strategy_id or "*")
+        tracker._subs.append(await self._subscribe(held, ApprovalEvent, tracker._on_held, matches))
         return tracker
 
     async def submit_and_wait(self, intent: OrderIntent, timeout: float = 30.0) -> IntentTracker:

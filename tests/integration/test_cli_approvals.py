@@ -4,6 +4,7 @@ a hold, driven as an operator would against the whole stack (router, executors, 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -126,9 +127,7 @@ async def test_two_approvers_must_be_two_operators_and_the_operator_defaults_to_
     assert code == 0, out
     assert f"{intent_id}: approval 1 of 2 by carol; another operator must approve" in " ".join(out.split())
     code, out = await mbx("approvals", "--json", env=stack)
-    assert [(h["intent_id"], h["approved_by"]) for h in map(json.loads, out.splitlines())] == [
-        (intent_id, ["carol"])
-    ]
+    assert [(h["intent_id"], h["approved_by"]) for h in map(json.loads, out.splitlines())] == [(intent_id, ["carol"])]
     code, out = await mbx("approve", intent_id, "--by", "carol", env=stack)
     assert code == 2, out
     assert f"error: carol has already approved {intent_id}: its second approval must come from another operator" in (
@@ -150,8 +149,8 @@ async def test_a_denied_order_ends_rejected_and_no_later_decision_is_taken(stack
     assert code == 0, out
     assert f"{intent_id} denied by erin: it ends rejected" in " ".join(out.split())
     status = await eventually(lambda: order_status(stack, intent_id), timeout=30)
-    assert status[0] == "rejected" and "denied by erin" in (status[1] or "") and "over the desk limit" in (
-        status[1] or ""
+    assert (
+        status[0] == "rejected" and "denied by erin" in (status[1] or "") and "over the desk limit" in (status[1] or "")
     )
     code, out = await mbx("approve", intent_id, "--by", "carol", env=stack)
     assert (code, "Traceback" in out) == (2, False), out
@@ -170,3 +169,28 @@ async def test_a_denied_order_ends_rejected_and_no_later_decision_is_taken(stack
     code, out = await mbx("explain", intent_id, env=stack)
     assert code == 0, out
     assert "denied by erin at" in out and ": over the desk limit" in out
+
+
+async def test_a_csv_batch_and_a_parent_order_say_which_are_held_instead_of_waiting(
+    stack: dict[str, str], tmp_path: Path
+) -> None:
+    """`mbx submit --csv` counts a held row as held (not as without a final report) and names it;
+    `mbx submit --split` of a parent a rule holds says so at once: the parent is held whole."""
+    rows = tmp_path / "orders.csv"
+    held_id, routed_id = new_intent_id(DESK), new_intent_id("free")
+    rows.write_text(
+        f"intent_id,strategy,symbol,side,quantity\n{held_id},{DESK},AAPL,buy,2\n{routed_id},free,MSFT,buy,1\n"
+    )
+    code, out = await mbx("submit", "--csv", str(rows), "--timeout", "30", env=stack)
+    flat = " ".join(out.split())
+    assert code == 0, out
+    assert "submitted 2 intents: 1 filled, 1 held for approval" in flat
+    assert f"{held_id}: rule desk-orders, expires" in flat and "without a final report" not in flat
+
+    parent = new_intent_id(DESK)
+    args = ("submit", "--symbol", "AAPL", "--quantity", "20", "--strategy", DESK, "--intent-id", parent, "--split")
+    code, out = await mbx(*args, "--timeout", "30", env=stack)
+    flat = " ".join(out.split())
+    assert code == 0, out
+    assert f"submitted parent order {parent}" in flat and "held for approval by rule desk-orders" in flat
+    assert f"mbx approve {parent}" in flat

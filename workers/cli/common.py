@@ -16,7 +16,7 @@ from workers.domain.config import ConfigError, MbxConfig
 from workers.platform.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from contracts import ExecutionReport
+    from contracts import ApprovalEvent, ExecutionReport
 
 console = Console()
 err = Console(stderr=True)
@@ -187,3 +187,13 @@ def print_final(final: ExecutionReport) -> int:
         f"[{colour}]{status}[/{colour}] at {where}{filled}{fees}" + (f" ({final.reason})" if final.reason else "")
     )
     return EXIT_OK if status in ("filled", "accepted", "partially_filled", "cancelled") else EXIT_FAILURE
+
+
+def print_held(event: ApprovalEvent) -> None:
+    """An intent held for approval: by which rule, who must approve, until when, and how."""
+    approvers = "one operator" if event.approvers_needed == 1 else f"{event.approvers_needed} operators"
+    console.print(
+        f"[yellow]held for approval[/yellow] by rule {event.rule}: {approvers} must approve it before "
+        f"{event.expires_at.astimezone():%Y-%m-%d %H:%M:%S %Z}, else it ends rejected (approval_expired)"
+    )
+    console.print(f"  mbx approve {event.intent_id}   (or mbx deny {event.intent_id}; mbx approvals lists the queue)")

@@ -39,6 +39,7 @@ from workers.cli.common import (
     fail,
     is_connection_error,
     print_final,
+    print_held,
     print_route,
     read_intent_file,
     resolve_nats_url,
@@ -262,6 +263,7 @@ async def _submit_batch(intents: list[OrderIntent], url: str, prefix: str, timeo
         + (f" ({duplicates} already submitted before)" if duplicates else "")
         + ": "
         + ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+        + (f", {len(tracker.held)} held for approval" if tracker.held else "")
         + (f", {len(tracker.waiting)} without a final report after {timeout:g}s" if tracker.waiting else "")
     )
     if brokers:
@@ -269,6 +271,10 @@ async def _submit_batch(intents: list[OrderIntent], url: str, prefix: str, timeo
     for report in tracker.finals.values():
         if report.status.value != "filled":
             console.print(f"  {report.intent_id}: {report.status} {report.reason}")
+    if tracker.held:
+        console.print(f"{len(tracker.held)} held for approval (mbx approvals lists them; mbx approve <id>):")
+        for event in tracker.held.values():
+            console.print(f"  {event.intent_id}: rule {event.rule}, expires {event.expires_at.astimezone():%H:%M:%S}")
     ok = not tracker.waiting and all(r.status.value == "filled" for r in tracker.finals.values())
     return EXIT_OK if ok else EXIT_FAILURE
 
@@ -301,16 +307,6 @@ async def _submit(intent: OrderIntent, url: str, prefix: str, timeout: float) ->
     for route in tracker.routes:
         print_route(route)
     return print_final(outcome)
-
-
-def print_held(event: ApprovalEvent) -> None:
-    """An intent held for approval: by which rule, who must approve, until when, and how."""
-    approvers = "one operator" if event.approvers_needed == 1 else f"{event.approvers_needed} operators"
-    console.print(
-        f"[yellow]held for approval[/yellow] by rule {event.rule}: {approvers} must approve it before "
-        f"{event.expires_at.astimezone():%Y-%m-%d %H:%M:%S %Z}, else it ends rejected (approval_expired)"
-    )
-    console.print(f"  mbx approve {event.intent_id}   (or mbx deny {event.intent_id}; mbx approvals lists the queue)")
 
 
 @app.command()

@@ -26,6 +26,7 @@ from workers.cli.common import (
     err,
     is_connection_error,
     print_final,
+    print_held,
     unreachable,
 )
 
@@ -240,7 +241,7 @@ def _n(value: Decimal) -> str:
 async def submit_parent(intent: OrderIntent, url: str, prefix: str, timeout: float) -> int:
     """Submit a parent order and print its progress from its reports until the final one. An
     execution report that ends the intent itself (refused before any child was planned) ends
-    the wait too."""
+    the wait too, as does its hold for approval (the parent is held whole)."""
     from contracts.client import MbxClient, server_has_read  # noqa: PLC0415
     from workers.readmodel.parents import describe_execution  # noqa: PLC0415
 
@@ -259,7 +260,7 @@ async def submit_parent(intent: OrderIntent, url: str, prefix: str, timeout: flo
             )
             assert intent.execution is not None
             console.print(f"  {describe_execution(intent.execution.model_dump(mode='json'))}")
-            ended = await _first_end(follower.done.wait(), tracker.wait(timeout), timeout)
+            ended = await _first_end(follower.done.wait(), tracker.wait_or_held(timeout), timeout)
         finally:
             await sub.unsubscribe()
             await tracker.close()
@@ -271,8 +272,11 @@ async def submit_parent(intent: OrderIntent, url: str, prefix: str, timeout: flo
         await nc.close()
     if ended == "intent":
         final = tracker.terminal
-        assert final is not None
-        return print_final(final)
+        if final is not None:
+            return print_final(final)
+        assert tracker.held is not None  # held for approval before any child was planned
+        print_held(tracker.held)
+        return EXIT_OK
     report = follower.latest
     if ended is None or report is None:
         so_far = f" ({progress_line(report)})" if report is not None else ""
