@@ -143,7 +143,8 @@ async def test_two_approvers_must_be_two_operators_and_the_operator_defaults_to_
 async def test_a_denied_order_ends_rejected_and_no_later_decision_is_taken(stack: dict[str, str]) -> None:
     """`mbx deny --note` ends the order rejected (approval_denied, with the note); a later
     approval is refused (exit 2, one line naming who denied it), as are an unknown intent and a
-    strategy deciding on its own order; explain shows the denial."""
+    strategy deciding on its own order; explain shows the denial, and a strategy's cancel of its
+    held order."""
     intent_id = await submit_held(stack, DESK)
     code, out = await mbx("deny", intent_id, "--note", "over the desk limit", "--by", "erin", env=stack)
     assert code == 0, out
@@ -169,6 +170,13 @@ async def test_a_denied_order_ends_rejected_and_no_later_decision_is_taken(stack
     code, out = await mbx("explain", intent_id, env=stack)
     assert code == 0, out
     assert "denied by erin at" in out and ": over the desk limit" in out
+
+    code, out = await mbx("cancel", other, "--strategy", DESK, "--reason", "signal gone", env=stack)
+    assert code == 0, out
+    await eventually(lambda: steps_stored(stack, other, 2), timeout=30)
+    code, out = await mbx("explain", other, env=stack)
+    assert code == 0, out
+    assert "cancelled by its strategy at" in " ".join(out.split())
 
 
 async def test_a_csv_batch_and_a_parent_order_say_which_are_held_instead_of_waiting(

@@ -80,6 +80,8 @@ def approval_lines(steps: list[dict[str, Any]]) -> list[str]:
         elif step == "expired":
             given = f"{row['approvals_given']} of {row['approvers_needed']} approvals"
             lines.append(f"expired at {at}, not decided in time ({given})")
+        elif step == "cancelled":
+            lines.append(f"cancelled by its strategy at {at} while it waited{note}")
         else:
-            lines.append(f"{step} to routing at {at}")
+            lines.append(f"released to routing at {at}")
     return lines
