@@ -3,6 +3,7 @@ a hold, driven as an operator would against the whole stack (router, executors, 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 
 from tests.builders import new_intent_id
 from tests.conftest import eventually, fetch_all
-from tests.integration.test_cli import mbx
+from tests.integration.test_cli import mbx, start_tail
 from tests.servers import Servers
 from workers.domain.config import MbxConfig, parse_config
 from workers.platform.db.engine import make_engine
@@ -177,6 +178,15 @@ async def test_a_denied_order_ends_rejected_and_no_later_decision_is_taken(stack
     code, out = await mbx("explain", other, env=stack)
     assert code == 0, out
     assert "cancelled by its strategy at" in " ".join(out.split())
+
+
+async def test_tail_exec_tells_a_held_order_as_held(stack: dict[str, str]) -> None:
+    """`mbx tail exec` shows the strategy's pending_approval message as a hold, not as a report."""
+    tail = await start_tail("exec", "--strategy", DESK, "--count", "1", "--for", "30", env=stack)
+    intent_id = await submit_held(stack, DESK)
+    out, _ = await asyncio.wait_for(tail.communicate(), 90)
+    assert tail.returncode == 0
+    assert f"exec   {intent_id} router held for approval (rule desk-orders)" in out.decode()
 
 
 async def test_a_csv_batch_and_a_parent_order_say_which_are_held_instead_of_waiting(

@@ -246,6 +246,8 @@ def _line(topic: TailTopic, data: dict[str, Any]) -> str:
     if topic is TailTopic.FAILOVERS:
         return f"{when} failover {intent} {data['failed_broker']} attempt {data['attempt']}: {data['reason_code']}"
     if topic is TailTopic.EXEC:
+        if data.get("step"):  # an ApprovalEvent: the order is held for an operator's approval
+            return f"{when} exec   {intent} router held for approval (rule {data.get('rule')})"
         status = data.get("status") or f"cancel rejected ({data.get('reason_code')})"
         return f"{when} exec   {intent} {data.get('broker') or 'router'} {status} {data.get('reason', '')}".rstrip()
     return f"{when} dlq    {data.get('stage')} {data.get('original_subject')}: {str(data.get('error', ''))[:160]}"
