@@ -26,39 +26,46 @@ ROUTER = "router"
 """The broker column of intents the router rejected before choosing a broker."""
 
 _MONTH = re.compile(r"(\d{4})-(\d{2})")
+WORK_MEM = "128MB"
 
 ORDERS_SQL = """
-WITH o AS (
-    SELECT o.intent_id, o.attempt, o.side, o.order_type, o.status, o.filled_quantity, o.average_price,
-           o.decided_at, o.acknowledged_at, o.first_fill_at, coalesce(o.broker_name, :router) AS venue, o.broker_name,
+WITH measured AS (
+    SELECT coalesce(o.broker_name, :router) AS venue, o.order_type, o.status, f.shares, f.value, f.fees,
            coalesce(o.notional, o.quantity * o.reference_price) AS size_usd,
-           CASE WHEN o.side = 'buy' THEN 1 ELSE -1 END AS direction,
-           (r.decision -> 'quote' ->> 'bid')::numeric AS bid,
-           (r.decision -> 'quote' ->> 'ask')::numeric AS ask,
-           (r.decision -> 'quote' ->> 'mid')::numeric AS mid
-      FROM orders o
-      LEFT JOIN multi_broker_routes r
-        ON r.intent_id = o.intent_id AND r.attempt = o.attempt AND r.broker_name = o.broker_name
-     WHERE coalesce(o.decided_at, o.created_at) >= :start AND coalesce(o.decided_at, o.created_at) < :end
-), fills AS (
-    SELECT t.intent_id, t.broker_name, sum(t.quantity) AS shares, sum(t.quantity * t.price) AS value,
-           sum(t.fee) AS fees, max(t.executed_at) AS last_fill_at
-      FROM trade_logs t
-     WHERE t.intent_id IN (SELECT intent_id FROM o)
-  GROUP BY t.intent_id, t.broker_name
-), measured AS (
-    SELECT o.*, f.shares, f.value, f.fees,
-           CASE WHEN o.size_usd IS NULL THEN 'unknown' WHEN o.size_usd < 1000 THEN '<1k'
-                WHEN o.size_usd < 10000 THEN '1k-10k' WHEN o.size_usd < 100000 THEN '10k-100k'
-                ELSE '>=100k' END AS bucket,
-           extract(epoch FROM o.acknowledged_at - o.decided_at) * 1000 AS ack_ms,
-           extract(epoch FROM o.first_fill_at - o.decided_at) * 1000 AS first_fill_ms,
-           CASE WHEN o.status = 'filled' THEN extract(epoch FROM f.last_fill_at - o.decided_at) * 1000 END
+           date_part('epoch', o.acknowledged_at - o.decided_at) * 1000 AS ack_ms,
+           date_part('epoch', o.first_fill_at - o.decided_at) * 1000 AS first_fill_ms,
+           CASE WHEN o.status = 'filled' THEN date_part('epoch', f.last_fill_at - o.decided_at) * 1000 END
                AS complete_fill_ms,
-           o.filled_quantity > 0 AND o.average_price IS NOT NULL AND o.mid > 0 AS quoted,
+           CASE WHEN o.filled_quantity > 0 AND o.average_price IS NOT NULL AND r.mid > 0 THEN o.filled_quantity END
+               AS quoted_shares,
+           CASE WHEN o.side = 'buy' THEN r.ask - o.average_price ELSE o.average_price - r.bid END AS improvement,
+           CASE WHEN o.side = 'buy' THEN 2 ELSE -2 END * (o.average_price - r.mid) AS effective_spread,
+           r.mid,
            EXISTS (SELECT 1 FROM failover_events e WHERE e.intent_id = o.intent_id AND e.attempt = o.attempt
                      AND e.failed_broker = o.broker_name) AS failed_over
-      FROM o LEFT JOIN fills f ON f.intent_id = o.intent_id AND f.broker_name = o.broker_name
+      FROM orders o
+      -- The quote of the order's route: decided at the same instant as the order, so within the
+      -- month; only the three prices leave the scan (OFFSET 0 keeps the decision out of the join).
+      LEFT JOIN (SELECT intent_id, attempt, broker_name, (decision -> 'quote' ->> 'bid')::numeric AS bid,
+                        (decision -> 'quote' ->> 'ask')::numeric AS ask,
+                        (decision -> 'quote' ->> 'mid')::numeric AS mid
+                   FROM multi_broker_routes
+                  WHERE decided_at >= :start AND decided_at < :end OFFSET 0) r
+        ON r.intent_id = o.intent_id AND r.attempt = o.attempt AND r.broker_name = o.broker_name
+      -- Every fill of the month's orders: none comes before its order's decision (a day of margin
+      -- for a broker's clock), later ones count whenever they came.
+      LEFT JOIN (SELECT intent_id, broker_name, sum(quantity) AS shares, sum(quantity * price) AS value,
+                        sum(fee) AS fees, max(executed_at) AS last_fill_at
+                   FROM trade_logs
+                  WHERE executed_at >= CAST(:start AS timestamptz) - interval '1 day'
+                  GROUP BY intent_id, broker_name) f
+        ON f.intent_id = o.intent_id AND f.broker_name = o.broker_name
+     WHERE coalesce(o.decided_at, o.created_at) >= :start AND coalesce(o.decided_at, o.created_at) < :end
+), bucketed AS (
+    SELECT *, CASE WHEN size_usd IS NULL THEN 'unknown' WHEN size_usd < 1000 THEN '<1k'
+                   WHEN size_usd < 10000 THEN '1k-10k' WHEN size_usd < 100000 THEN '10k-100k'
+                   ELSE '>=100k' END AS bucket
+      FROM measured
 )
 SELECT venue, order_type, bucket, grouping(order_type, bucket) AS level,
        count(*) AS orders, coalesce(sum(size_usd), 0) AS notional,
@@ -70,16 +77,14 @@ SELECT venue, order_type, bucket, grouping(order_type, bucket) AS level,
        percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY ack_ms) AS ack_ms,
        percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY first_fill_ms) AS first_fill_ms,
        percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY complete_fill_ms) AS complete_fill_ms,
-       count(*) FILTER (WHERE quoted) AS quoted_orders,
-       coalesce(sum(filled_quantity) FILTER (WHERE quoted), 0) AS quoted_shares,
-       coalesce(sum(filled_quantity * CASE WHEN side = 'buy' THEN ask - average_price ELSE average_price - bid END)
-                FILTER (WHERE quoted), 0) AS improvement_usd,
-       coalesce(sum(2 * direction * (average_price - mid) * filled_quantity) FILTER (WHERE quoted), 0)
-           AS effective_spread_usd,
-       coalesce(sum(mid * filled_quantity) FILTER (WHERE quoted), 0) AS quoted_value,
+       count(quoted_shares) AS quoted_orders,
+       coalesce(sum(quoted_shares), 0) AS quoted_shares,
+       coalesce(sum(quoted_shares * improvement), 0) AS improvement_usd,
+       coalesce(sum(quoted_shares * effective_spread), 0) AS effective_spread_usd,
+       coalesce(sum(quoted_shares * mid), 0) AS quoted_value,
        coalesce(sum(shares), 0) AS filled_shares, coalesce(sum(value), 0) AS filled_value,
        coalesce(sum(fees), 0) AS fees
-  FROM measured
+  FROM bucketed
  GROUP BY GROUPING SETS ((venue, order_type, bucket), (venue), ())
 """
 
@@ -210,6 +215,9 @@ async def execution_report(engine: AsyncEngine, month: str) -> ExecutionReport:
     start, end = month_window(month)
     window = {"start": start, "end": end}
     async with engine.connect() as conn:
+        # The month's orders are sorted and hashed in memory rather than on disk (4 MB by default):
+        # for this transaction only.
+        await conn.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
         found = (await conn.execute(text(ORDERS_SQL), {**window, "router": ROUTER})).mappings().all()
         routed = (await conn.execute(text(ROUTING_SQL), window)).mappings().all()
     rows = []
