@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import configuration, portfolio, routing, status
+from dashboard import configuration, execution, portfolio, routing, status
 from dashboard.backend import Backend
 from workers.domain.config import ConfigError
 from workers.platform.settings import Settings, load_settings
 
-TABS = ("Broker status", "Portfolio", "Routing", "Configuration")
+TABS = ("Broker status", "Portfolio", "Routing", "Configuration", "Execution")
 
 
 @st.cache_resource(on_release=Backend.close, show_spinner=False)
@@ -31,9 +31,8 @@ def main() -> None:
         return
     backend = backend_for(settings.nats_url or "nats://127.0.0.1:4222", settings.database_url, settings.subject_prefix)
     st.caption(f"NATS {backend.settings.nats_url} · subjects {settings.subject_prefix}.*")
-    for tab, render in zip(
-        st.tabs(TABS), (status.render, portfolio.render, routing.render, configuration.render), strict=True
-    ):
+    renderers = (status.render, portfolio.render, routing.render, configuration.render, execution.render)
+    for tab, render in zip(st.tabs(TABS), renderers, strict=True):
         with tab:
             render(backend)
 
