@@ -71,12 +71,13 @@ def render(backend: Backend) -> None:
         st.info(f"no orders or route decisions are recorded for {month}")
         return
     brokers = broker_rows(report)
-    total = next(r for r in report.rows if r.broker is None)
-    cells = st.columns(4)
-    cells[0].metric("orders", f"{total.orders:,}")
-    cells[1].metric("notional USD", f"{total.notional:,.2f}")
-    cells[2].metric("fill rate", "-" if total.fill_rate is None else f"{total.fill_rate * 100:.1f}%")
-    cells[3].metric("fees USD", f"{total.fees:,.2f}")
+    total = next((r for r in report.rows if r.broker is None), None)
+    if total is not None:  # None: route decisions whose orders are not stored yet
+        cells = st.columns(4)
+        cells[0].metric("orders", f"{total.orders:,}")
+        cells[1].metric("notional USD", f"{total.notional:,.2f}")
+        cells[2].metric("fill rate", "-" if total.fill_rate is None else f"{total.fill_rate * 100:.1f}%")
+        cells[3].metric("fees USD", f"{total.fees:,.2f}")
     left, right = st.columns(2)
     with left:
         st.altair_chart(fill_rate_chart(brokers), key="execution_fill_rate")
