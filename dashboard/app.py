@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import configuration, execution, portfolio, routing, status
+from dashboard import approvals, configuration, execution, portfolio, routing, status
 from dashboard.backend import Backend
 from workers.domain.config import ConfigError
 from workers.platform.settings import Settings, load_settings
 
-TABS = ("Broker status", "Portfolio", "Routing", "Configuration", "Execution")
+TABS = ("Broker status", "Portfolio", "Routing", "Configuration", "Execution", "Approvals")
 
 
 @st.cache_resource(on_release=Backend.close, show_spinner=False)
@@ -31,7 +31,14 @@ def main() -> None:
         return
     backend = backend_for(settings.nats_url or "nats://127.0.0.1:4222", settings.database_url, settings.subject_prefix)
     st.caption(f"NATS {backend.settings.nats_url} · subjects {settings.subject_prefix}.*")
-    renderers = (status.render, portfolio.render, routing.render, configuration.render, execution.render)
+    renderers = (
+        status.render,
+        portfolio.render,
+        routing.render,
+        configuration.render,
+        execution.render,
+        approvals.render,
+    )
     for tab, render in zip(st.tabs(TABS), renderers, strict=True):
         with tab:
             render(backend)

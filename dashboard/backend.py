@@ -8,7 +8,7 @@ import asyncio
 import json
 import threading
 from collections.abc import Coroutine
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import nats
@@ -17,8 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts import OrderIntent, Portfolio, RoutePreview, SymbolExposure
 from contracts.client import split_servers
 from workers.domain.config import MbxConfig, config_to_json, parse_config
+from workers.ops import approvals, dlq
 from workers.ops import config as live_config
-from workers.ops import dlq
+from workers.ops.approval_queue import QueueEntry, queue_entry
 from workers.ops.cancel import CancelOutcome, cancel_order
 from workers.ops.errors import OperatorError
 from workers.ops.status import StackStatus, stack_status
@@ -28,6 +29,7 @@ from workers.platform.bus import jetstream
 from workers.platform.db.engine import make_engine
 from workers.platform.settings import Settings
 from workers.readmodel import parent_progress, routing
+from workers.readmodel.approvals import recent_decisions
 from workers.readmodel.explain import intent_story
 from workers.readmodel.parents import ParentStory, parent_story
 
@@ -165,6 +167,36 @@ class Backend:
 
     def parent_progress(self, parent: dict[str, Any], now: datetime) -> list[parent_progress.ProgressPoint]:
         return self._run(parent_progress.parent_progress(self._db(), parent, now))
+
+    def approval_decisions(self) -> list[dict[str, Any]]:
+        return self._run(recent_decisions(self._db()))
+
+    # -- the approval queue ------------------------------------------------------------------
+
+    def approval_queue(self) -> list[QueueEntry]:
+        """The orders held for approval now, oldest first."""
+
+        async def read() -> list[QueueEntry]:
+            holds = await approvals.held(await self._js(), self.subjects)
+            now = datetime.now(UTC)
+            return [queue_entry(h, now) for h in holds]
+
+        return self._run(read())
+
+    def approve(self, intent_id: str, operator: str, note: str) -> approvals.Decided:
+        """Approve as ``operator``: the name as given, not marked "(dashboard)" as other changes
+        are, so one person approving once here and once with `mbx approve` stays one operator."""
+
+        async def write() -> approvals.Decided:
+            return await approvals.approve(await self._js(), self.subjects, intent_id, operator, note)
+
+        return self._run(write())
+
+    def deny(self, intent_id: str, operator: str, note: str) -> approvals.Decided:
+        async def write() -> approvals.Decided:
+            return await approvals.deny(await self._js(), self.subjects, intent_id, operator, note)
+
+        return self._run(write())
 
     # -- changes -----------------------------------------------------------------------------
 
