@@ -44,9 +44,16 @@ def show_whatif(report: WhatIfReport) -> None:
         f"**Preview, not applied**: {report.replayed} orders of the last 7 days routed again under the edited "
         f"config; press Apply to apply it"
     )
-    cells = st.columns(4)
+    cells = st.columns(5)
     cells[0].metric("decisions that change", report.changed)
     cells[1].metric("would be rejected", report.rejected)
+    cells[4].metric(
+        "held for approval",
+        report.held,
+        delta=report.held - report.held_before,
+        delta_color="off",
+        help="Orders an approval rule would hold before routing; the change is against those held when recorded.",
+    )
     cells[2].metric(
         "estimated fees (USD)",
         f"{report.fees_after:.4f}",
@@ -96,6 +103,24 @@ def show_whatif(report: WhatIfReport) -> None:
             frame(rejected[:PREVIEW_ROWS], ["intent_id", "strategy_id", "symbol", "new_rule", "new_reason"]),
             hide_index=True,
             key="whatif_rejected",
+        )
+    held = report.held_rows
+    if held or report.held_before:
+        st.markdown(
+            f"**Would be held for approval** ({len(held)}; {report.held_before} were held when recorded), "
+            "each routed as shown once approved"
+        )
+        st.dataframe(
+            frame([asdict(e) for e in report.hold_effect], ["rule", "before", "after"]).rename(
+                columns={"rule": "approval rule", "before": "held when recorded", "after": "would hold"}
+            ),
+            hide_index=True,
+            key="whatif_hold_rules",
+        )
+        st.dataframe(
+            frame(held[:PREVIEW_ROWS], ["intent_id", "strategy_id", "symbol", "new_hold", "old_hold"]),
+            hide_index=True,
+            key="whatif_held",
         )
     with st.expander("what the replay assumes"):
         for assumption in report.assumptions:

@@ -1,6 +1,6 @@
 """The configuration tab's "preview this change on last week's orders" (AppTest, real stack): the
 edit replayed by `mbx whatif` and shown without applying it, figure for figure as the command's
-own --json report for the same config."""
+own --json report for the same config, orders held for approval included."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from dashboard.configuration import PREVIEW
 from tests.conftest import fetch_all
 from tests.dashboard.conftest import Flow, open_app, run, table, texts
 from tests.integration.test_cli import mbx
-from workers.domain.config import config_to_json
+from workers.domain.config import ApprovalsConfig, config_to_json, parse_config
 from workers.ops.config import changed, read_live_config
+from workers.platform.bus import jetstream
+from workers.platform.live_config import write_live_config
 
 pytestmark = pytest.mark.integration
 
@@ -25,6 +27,7 @@ RULES = [
     {"name": "aapl-ibkr", "match": {"symbol": ["AAPL"]}, "prefer": ["ibkr"]},
     {"name": "options-not-schwab", "match": {"asset_class": ["option"]}, "exclude": ["schwab"]},
 ]
+APPROVALS: dict[str, Any] = {"rules": [{"name": "aapl-four-eyes", "match": {"symbol": ["AAPL"]}, "approvers": 2}]}
 CHANGES: dict[str, Any] = {
     "routing.weights": {"cost": 1.0, "speed": 0.0, "fill": 0.0},
     "risk.kill_switches.symbols": ["NVDA"],
@@ -54,10 +57,15 @@ async def test_a_previewed_edit_shows_the_whatif_figures_of_the_command_and_appl
     flow: Flow, tmp_path: Path
 ) -> None:
     """Preview replays the edited config over the week's orders and shows what `mbx whatif --json`
-    reports for it (changed decisions, mix, fees, latency, rejections, rule effect); nothing is
-    applied, and an invalid edit is named instead of previewed."""
+    reports for it (changed decisions, mix, fees, latency, rejections, rule effect, orders held
+    for approval by the live config's rules); nothing is applied, and an invalid edit is named
+    instead of previewed."""
     js = flow.nc.jetstream()
+    live = await read_live_config(js, flow.settings.subjects)
+    with_approvals = parse_config(live.config or {}).model_copy(update={"approvals": ApprovalsConfig(**APPROVALS)})
+    await write_live_config(jetstream(flow.nc), flow.settings.subjects, with_approvals)
     before = await read_live_config(js, flow.settings.subjects)
+    assert before.config is not None and before.config["approvals"]["rules"][0]["name"] == "aapl-four-eyes"
     at = await open_app()
     at.number_input(key="w_cost").set_value(1.0)
     at.number_input(key="w_speed").set_value(0.0)
@@ -97,6 +105,14 @@ async def test_a_previewed_edit_shows_the_whatif_figures_of_the_command_and_appl
     [rejected] = table(at, "intent_id", "new_rule", "new_reason").to_dict("records")
     assert rejected["symbol"] == "NVDA" and "NVDA" in rejected["new_reason"]
     assert any("Preview, not applied" in m for m in texts(at, "markdown"))
+    assert (expected["held"], expected["held_before"]) == (1, 0)  # the live config's approval rule holds AAPL
+    assert metrics["held for approval"].value == str(expected["held"])
+    held = table(at, "intent_id", "new_hold", "old_hold").to_dict("records")
+    wanted_held = [row for row in expected["detail"] if row["new_hold"] is not None]
+    assert [(h["intent_id"], h["new_hold"]) for h in held] == [(w["intent_id"], w["new_hold"]) for w in wanted_held]
+    assert [h["symbol"] for h in held] == ["AAPL"]
+    holds = table(at, "approval rule", "held when recorded", "would hold").to_dict("records")
+    assert holds == [{"approval rule": "aapl-four-eyes", "held when recorded": 0, "would hold": 1}]
 
     # Nothing was applied or recorded; the preview stays while the form holds the same edit.
     assert (await read_live_config(js, flow.settings.subjects)).revision == before.revision

@@ -20,6 +20,7 @@ from tests.conftest import Pipeline, eventually, fetch_all, unthrottled
 from tests.integration.test_cli import mbx
 from workers.cli.whatif import run_whatif
 from workers.domain.config import MbxConfig, config_to_json, parse_config
+from workers.ops import approvals
 from workers.platform.bus import jetstream
 from workers.platform.db.engine import make_engine
 from workers.platform.live_config import write_live_config
@@ -32,7 +33,9 @@ RULES: list[dict[str, Any]] = [
     {"name": "crypto-elsewhere", "match": {"asset_class": ["crypto"]}, "exclude": ["alpaca", "coinbase"]},
 ]
 BASE: dict[str, Any] = {
-    "routing": {"min_fill_samples": 10**9, "weights": {"cost": 0.0, "speed": 0.0, "fill": 1.0}, "rules": RULES}
+    "routing": {"min_fill_samples": 10**9, "weights": {"cost": 0.0, "speed": 0.0, "fill": 1.0}, "rules": RULES},
+    # strat2's MSFT order waits for an operator when recorded (record_book approves it).
+    "approvals": {"rules": [{"name": "msft-strat2", "match": {"symbol": ["MSFT"], "strategy": ["strat2"]}}]},
 }
 CHANGED: dict[str, Any] = {
     "routing": {
@@ -43,7 +46,8 @@ CHANGED: dict[str, Any] = {
             {"name": "msft-ibkr", "match": {"symbol": ["MSFT"]}, "prefer": ["ibkr"]},
             {"name": "options-nowhere", "match": {"asset_class": ["option"]}, "require": ["coinbase"]},
         ],
-    }
+    },
+    "approvals": {"rules": [{"name": "crypto-four-eyes", "match": {"asset_class": ["crypto"]}, "approvers": 2}]},
 }
 BOOK: list[dict[str, Any]] = [
     {**CRYPTO, "quantity": "1"},
@@ -62,8 +66,8 @@ def config(raw: dict[str, Any]) -> MbxConfig:
 
 
 async def record_book(start_pipeline: Callable[..., Awaitable[Pipeline]], isolated: Settings) -> list[OrderIntent]:
-    """The book sent through the real pipeline under BASE; its intent ids once every first
-    route decision is in Postgres."""
+    """The book sent through the real pipeline under BASE (the order BASE holds approved by an
+    operator); its intent ids once every first route decision and the hold's audit are in Postgres."""
     await start_pipeline(parse_config(BASE), own_settings=isolated)
     sent = []
     nc = await nats.connect(isolated.nats_url or "")
@@ -76,6 +80,13 @@ async def record_book(start_pipeline: Callable[..., Awaitable[Pipeline]], isolat
                 json.dumps(payload).encode(),
                 headers={"Nats-Msg-Id": payload["intent_id"]},
             )
+        [held] = [i.intent_id for i in sent if i.strategy_id == "strat2"]
+
+        async def waiting() -> bool:
+            return held in {h.intent.intent_id for h in await approvals.held(nc.jetstream(), isolated.subjects)}
+
+        await eventually(waiting, timeout=30)
+        await approvals.approve(nc.jetstream(), isolated.subjects, held, "alice")
     finally:
         await nc.close()
     ids = [intent.intent_id for intent in sent]
@@ -86,7 +97,8 @@ async def record_book(start_pipeline: Callable[..., Awaitable[Pipeline]], isolat
             rows = await fetch_all(
                 engine, "SELECT 1 FROM multi_broker_routes WHERE attempt = 1 AND intent_id = ANY(:i)", i=ids
             )
-            return len(rows) == len(ids)
+            audited = await fetch_all(engine, "SELECT 1 FROM approvals WHERE intent_id = :i", i=held)
+            return len(rows) == len(ids) and bool(audited)
 
         await eventually(recorded, timeout=30)
     finally:
@@ -123,6 +135,9 @@ async def test_a_changed_weight_and_new_rules_change_the_decisions_the_live_rout
     assert len(result.changed) == 4  # crypto, both MSFT orders, the option
     assert result.mix_after["rejected"] == 1
     assert {e.rule for e in result.rule_effect()} >= {"rule:msft-ibkr", "default:option", "default:equity"}
+    # Held for approval: the crypto order by the new rule; strat2's MSFT order was held when recorded.
+    assert [(r.symbol, r.new_hold) for r in result.held] == [("BTC-USD", "crypto-four-eyes")]
+    assert [(r.strategy_id, r.old_hold) for r in result.held_before] == [("strat2", "msft-strat2")]
 
     # The live router under the new config decides each of the same intents the same way.
     await write_live_config(jetstream(nc), isolated.subjects, changed_config)
@@ -151,6 +166,8 @@ async def test_the_same_config_changes_no_decision(
     result, _ = await run_whatif(_url(isolated), config(BASE), datetime.now(UTC) - timedelta(hours=1), None)
     assert len(result.rows) == len(BOOK)
     assert result.changed == []
+    assert [(r.strategy_id, r.old_hold, r.new_hold) for r in result.held] == [("strat2", "msft-strat2", "msft-strat2")]
+    assert result.held == result.held_before
     assert result.fees()[0] == result.fees()[1]
     assert result.latency()[0] == pytest.approx(result.latency()[1])
     assert result.mix_before == result.mix_after
@@ -172,14 +189,21 @@ async def test_the_command_prints_the_changes_writes_the_detail_and_refuses_bad_
     assert code == 0, out
     assert "6 recorded intents replayed; 4 decisions change" in out
     assert "would be rejected" in out and "assumptions:" in out
+    assert "1 would be held for approval before routing (1 held when recorded)" in out
     written = json.loads(out_json.read_text())
     assert (written["replayed"], written["changed"], written["rejected"]) == (6, 4, 1)
     assert sum(row["changed"] for row in written["detail"]) == 4
     assert sum(m["before"] for m in written["mix"]) == sum(m["after"] for m in written["mix"]) == 6
+    assert (written["held"], written["held_before"]) == (1, 1)
+    holds = {(row["symbol"], row["strategy_id"]): (row["old_hold"], row["new_hold"]) for row in written["detail"]}
+    assert holds["BTC-USD", "strat1"] == (None, "crypto-four-eyes")
+    assert holds["MSFT", "strat2"] == ("msft-strat2", None)
+    assert "old_hold,new_hold" in out_csv.read_text().splitlines()[0]
     assert len(out_csv.read_text().splitlines()) == len(BOOK) + 1
 
     code, out = await mbx("whatif", "--config", str(other), "--since", "1h", "--strategy", "strat2", env=env)
     assert code == 0 and "1 recorded intents replayed; 1 decisions change" in out, out
+    assert "0 would be held for approval before routing (1 held when recorded)" in out
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"routing": {"weights": {"cost": "lots"}}}))

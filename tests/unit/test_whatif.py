@@ -108,3 +108,43 @@ def test_a_long_replay_prints_the_first_changes_and_the_report_keeps_every_one()
     assert written["fees_usd"] == {"before": str(fees_before), "after": str(fees_after)}
     assert [row["intent_id"] for row in written["detail"]] == [d.intent_id for d in decisions]
     assert all(row["changed"] and row["new_broker"] == "ibkr" for row in written["detail"])
+
+
+def test_approval_rules_hold_intents_at_the_recorded_price_beside_those_held_when_recorded() -> None:
+    """An approval rule of the replayed config holds the intents it matches at the recorded
+    price (and, with a size bound, those recorded without a usable quote); the intents held when
+    recorded are counted beside them, per rule, in the summary and the report."""
+    config = MbxConfig()
+    small, large = make_intent(quantity="2"), make_intent(quantity="50")
+    unpriced = make_intent(quantity="1", order_type="limit", limit_price="100")  # routed at its limit price
+    decisions = []
+    for intent, price in ((small, Decimal(100)), (large, Decimal(100)), (unpriced, None)):
+        live = route(intent, config, market=MarketView(reference_price=price or Decimal(100)))
+        assert isinstance(live, RouteDecision)
+        recorded = _row(live)
+        if price is None:
+            recorded["decision"]["reference_price"] = None  # no usable quote was recorded
+        decisions.append(recorded_decision(recorded))
+    other = parse_config({"approvals": {"rules": [{"name": "big", "match": {"min_notional": 1000}}]}})
+    result = replay(decisions, other, {small.intent_id: "old-rule"})
+    assert [r.new_hold for r in result.rows] == [None, "big", "big"]
+    assert [r.old_hold for r in result.rows] == ["old-rule", None, None]
+    assert result.changed == []  # held first, then routed as before once approved
+    assert [(e.rule, e.before, e.after) for e in result.hold_effect()] == [("big", 0, 2), ("old-rule", 1, 0)]
+    with console.capture() as printed:
+        print_whatif(result, 0)
+    text = printed.get()
+    assert "2 would be held for approval before routing (1 held when recorded)" in text
+    assert f"would be held by big: {large.intent_id} (AAPL); routed at once when recorded" in text
+    written = report(result, 0)
+    assert (written["held"], written["held_before"]) == (2, 1)
+    assert written["hold_effect"] == [
+        {"rule": "big", "before": 0, "after": 2},
+        {"rule": "old-rule", "before": 1, "after": 0},
+    ]
+    assert [(row["old_hold"], row["new_hold"]) for row in written["detail"]] == [
+        ("old-rule", None),
+        (None, "big"),
+        (None, "big"),
+    ]
+    assert replay(decisions, config).held == []  # no approval rule, nothing held

@@ -47,6 +47,8 @@ DETAIL_FIELDS = (
     "new_latency_ms",
     "changed",
     "new_reason",
+    "old_hold",
+    "new_hold",
 )
 SHOWN = 50
 """Decisions that change, and would-be rejections, printed one per line at most; the rest are in
@@ -67,12 +69,15 @@ def whatif(
     since: Annotated[str, typer.Option(help="How far back: 30m, 12h, 7d, 2w.")] = "7d",
     strategy: Annotated[str | None, typer.Option(help="Only this strategy's intents.")] = None,
     csv_file: Annotated[Path | None, typer.Option("--csv", help="Write the per-intent detail as CSV.")] = None,
-    json_file: Annotated[Path | None, typer.Option("--json", help="Write the per-intent detail as JSON.")] = None,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Write the summary and per-intent detail as JSON.")
+    ] = None,
 ) -> None:
     """Replay the recorded intents of a window through the router's own routing function with
     another config, in the market and broker state each decision recorded, and print the
     decisions that change, the broker mix, fees and expected latency before and after, the orders
-    that would have been rejected and the effect per rule. Nothing is published or placed.
+    that would have been rejected or held for approval and the effect per rule. Nothing is
+    published or placed.
 
     Example: mbx whatif --config cheaper.yaml --since 7d --csv whatif.csv
     """
@@ -85,17 +90,18 @@ def whatif(
     database = resolve_database_url(settings)
     url = settings.model_copy(update={"database_url": database}).sqlalchemy_url()
     start = datetime.now(UTC) - window
-    result, rejected_unrouted = asyncio.run(run_whatif(url, config, start, strategy))
-    if not result.rows:
-        scope = f" for strategy {strategy!r}" if strategy else ""
-        fail(f"no routing decision is recorded since {start:%Y-%m-%d %H:%M} UTC{scope}: nothing to replay")
-    print_whatif(result, rejected_unrouted)
-    if csv_file is not None:
-        write_csv(result, csv_file)
-        console.print(f"detail written to {csv_file}")
-    if json_file is not None:
-        json_file.write_text(json.dumps(report(result, rejected_unrouted), indent=2, default=str))
-        console.print(f"summary and detail written to {json_file}")
+    with collector_paused():  # to the end: the summary and the detail walk the whole book again
+        result, rejected_unrouted = asyncio.run(run_whatif(url, config, start, strategy))
+        if not result.rows:
+            scope = f" for strategy {strategy!r}" if strategy else ""
+            fail(f"no routing decision is recorded since {start:%Y-%m-%d %H:%M} UTC{scope}: nothing to replay")
+        print_whatif(result, rejected_unrouted)
+        if csv_file is not None:
+            write_csv(result, csv_file)
+            console.print(f"detail written to {csv_file}")
+        if json_file is not None:
+            json_file.write_text(json.dumps(report(result, rejected_unrouted), indent=2, default=str))
+            console.print(f"summary and detail written to {json_file}")
     raise typer.Exit(EXIT_OK)
 
 
@@ -119,7 +125,7 @@ async def run_whatif(url: str, config: MbxConfig, since: datetime, strategy: str
             decisions = [recorded_decision(row) for row in book.decisions]
         except ValidationError as exc:
             fail(f"a recorded decision could not be read ({exc.error_count()} problems): {exc.errors()[0]['msg']}")
-        return replay(decisions, config), book.rejected_unrouted
+        return replay(decisions, config, book.held_when_recorded()), book.rejected_unrouted
 
 
 @contextmanager
@@ -156,6 +162,9 @@ def report(result: WhatIf, rejected_unrouted: int) -> dict[str, Any]:
         "fees_usd": {"before": str(fees_before), "after": str(fees_after)},
         "latency_ms": {"before": latency_before, "after": latency_after},
         "rule_effect": [asdict(effect) for effect in result.rule_effect()],
+        "held": len(result.held),
+        "held_before": len(result.held_before),
+        "hold_effect": [asdict(effect) for effect in result.hold_effect()],
         "assumptions": list(result.assumptions),
         "detail": detail(result),
     }
@@ -196,6 +205,7 @@ def print_whatif(result: WhatIf, rejected_unrouted: int) -> None:
     for r in rejected[:SHOWN]:
         console.print(f"[red]would be rejected[/red]: {r.intent_id} ({r.symbol}): {r.new_reason}")
     _more(len(rejected), "would-be rejections")
+    print_holds(result)
     effects = result.rule_effect()
     if effects:
         table = Table("rule", "decisions before", "after", title="Per-rule effect")
@@ -207,6 +217,24 @@ def print_whatif(result: WhatIf, rejected_unrouted: int) -> None:
     console.print("assumptions:")
     for assumption in result.assumptions:
         console.print(f"  - {assumption}")
+
+
+def print_holds(result: WhatIf) -> None:
+    """The intents the config would hold for approval, beside those held when recorded."""
+    held, before = result.held, result.held_before
+    if not held and not before:
+        return
+    console.print(
+        f"[bold]{len(held)}[/bold] would be held for approval before routing ({len(before)} held when recorded)"
+    )
+    table = Table("approval rule", "held when recorded", "would hold", title="Held for approval")
+    for effect in result.hold_effect():
+        table.add_row(effect.rule, str(effect.before), str(effect.after))
+    console.print(table)
+    for r in held[:SHOWN]:
+        then = f"held by {r.old_hold} when recorded" if r.old_hold else "routed at once when recorded"
+        console.print(f"[yellow]would be held[/yellow] by {r.new_hold}: {r.intent_id} ({r.symbol}); {then}")
+    _more(len(held), "would-be holds")
 
 
 def _more(count: int, what: str) -> None:

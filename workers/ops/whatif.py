@@ -64,6 +64,12 @@ class WhatIfReport:
     """Mean expected latency of the chosen brokers, over the intents routed in both."""
     rule_effect: tuple[RuleCount, ...]
     """Decisions per rule before and after, for each rule whose count moves."""
+    held: int
+    """Replayed intents the config would hold for approval before routing them."""
+    held_before: int
+    """Replayed intents an approval rule held when they were recorded."""
+    hold_effect: tuple[RuleCount, ...]
+    """Per approval rule: intents it held when recorded, and would hold now."""
     assumptions: tuple[str, ...]
     detail: tuple[dict[str, Any], ...]
     """One row per replayed intent (the --csv columns)."""
@@ -80,7 +86,10 @@ class WhatIfReport:
             fees_after=Decimal(data["fees_usd"]["after"]),
             latency_before_ms=data["latency_ms"]["before"],
             latency_after_ms=data["latency_ms"]["after"],
-            rule_effect=tuple(RuleCount(e["rule"], int(e["before"]), int(e["after"])) for e in data["rule_effect"]),
+            rule_effect=_counts(data["rule_effect"]),
+            held=int(data["held"]),
+            held_before=int(data["held_before"]),
+            hold_effect=_counts(data["hold_effect"]),
             assumptions=tuple(data["assumptions"]),
             detail=tuple(data["detail"]),
         )
@@ -92,6 +101,14 @@ class WhatIfReport:
     @property
     def rejected_rows(self) -> list[dict[str, Any]]:
         return [row for row in self.detail if row["new_broker"] is None]
+
+    @property
+    def held_rows(self) -> list[dict[str, Any]]:
+        return [row for row in self.detail if row["new_hold"] is not None]
+
+
+def _counts(rows: list[dict[str, Any]]) -> tuple[RuleCount, ...]:
+    return tuple(RuleCount(row["rule"], int(row["before"]), int(row["after"])) for row in rows)
 
 
 async def whatif_report(

@@ -1,5 +1,6 @@
 """The recorded decisions a what-if replays (``workers.router.whatif``): first attempts in a
-window, oldest first, and how many intents in it were rejected with no decision to replay."""
+window, oldest first, each with the approval rule that held it first if one did (the approvals
+audit), and how many intents in it were rejected with no decision to replay."""
 
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 # minutes (bench/whatif_bench.py). One unique-index lookup per decision, whatever the statistics.
 DECISIONS_SQL = """
     SELECT r.intent_id, r.strategy_id, r.broker_name, r.rule, r.decision, r.decided_at,
-           o.symbol, o.asset_class, o.side, o.order_type, o.quantity, o.notional
+           o.symbol, o.asset_class, o.side, o.order_type, o.quantity, o.notional, h.rule AS held_rule
       FROM multi_broker_routes r CROSS JOIN LATERAL (
              SELECT symbol, asset_class, side, order_type, quantity, notional FROM orders
               WHERE orders.broker_name = r.broker_name AND orders.client_order_id = r.intent_id
                 AND orders.intent_id = r.intent_id AND orders.attempt = r.attempt
               LIMIT 1) o
+      LEFT JOIN LATERAL (
+             SELECT rule FROM approvals WHERE approvals.intent_id = r.intent_id ORDER BY step_no LIMIT 1) h ON true
      WHERE r.attempt = 1 AND r.decided_at >= :since {strategy}
   ORDER BY r.decided_at, r.id
 """
@@ -37,9 +40,14 @@ REJECTED_SQL = """
 class RecordedBook:
     decisions: list[dict[str, Any]]
     """Each first attempt's route row (``decision`` is the stored explanation) with its order's
-    symbol, asset class, side, order type and size."""
+    symbol, asset class, side, order type and size, and ``held_rule``: the approval rule that held
+    the intent before it was routed (None: it was routed at once)."""
     rejected_unrouted: int
     """Intents rejected before any broker was chosen: nothing to replay them with."""
+
+    def held_when_recorded(self) -> dict[str, str]:
+        """Intent id -> the approval rule that held it, for the decisions held before routing."""
+        return {row["intent_id"]: row["held_rule"] for row in self.decisions if row["held_rule"] is not None}
 
 
 async def recorded_book(engine: AsyncEngine, since: datetime, strategy: str | None = None) -> RecordedBook:

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from contracts import BrokerName, RouteDecision
+from workers.domain.approvals import approval_rule
 from workers.domain.config import MbxConfig
 from workers.domain.quotes import PriceCheck
 from workers.router.plan import BROKERS
@@ -34,7 +35,11 @@ ASSUMPTIONS = (
     "the intent is rebuilt from its order row (symbol, asset class, side, order type, size) and the decision: "
     "a strategy's broker preference from the rule or reason; time in force, limit and stop prices and metadata "
     "were not recorded (defaults; a limit or stop order is priced at the recorded reference price)",
-    "only first attempts are replayed; intents rejected when recorded have no decision and are not replayed",
+    "only first attempts are replayed; intents rejected when recorded have no decision and are not replayed "
+    "(nor those denied, expired or still waiting for approval)",
+    "approval rules are checked at the recorded quote, as the router checks them before routing; an intent they "
+    "hold is shown with the decision it would get once approved; a child of a parent order is checked on its own "
+    "(the router checks the parent whole). Held when recorded: the first rule in the approvals audit",
 )
 _PRICES = {"limit": ("limit_price",), "stop": ("stop_price",), "stop_limit": ("limit_price", "stop_price")}
 _PREFERRED = re.compile(r"preferred (\w+) is not eligible")
@@ -57,9 +62,15 @@ class Replayed:
     new_fee: Decimal | None
     new_latency_ms: float | None
     new_reason: str
+    old_hold: str | None = None
+    """The approval rule that held the intent when it was recorded (None: routed at once)."""
+    new_hold: str | None = None
+    """The approval rule of the replayed config that would hold the intent for an operator's
+    approval before routing it (None: routed at once)."""
 
     @property
     def changed(self) -> bool:
+        """The broker or the rule that decides changes (a hold is counted apart: ``held``)."""
         return (self.old_broker, self.old_rule) != (self.new_broker, self.new_rule)
 
     @property
@@ -90,6 +101,22 @@ class WhatIf:
     @property
     def rejected(self) -> list[Replayed]:
         return [r for r in self.rows if r.rejected]
+
+    @property
+    def held(self) -> list[Replayed]:
+        """Intents the replayed config would hold for approval."""
+        return [r for r in self.rows if r.new_hold is not None]
+
+    @property
+    def held_before(self) -> list[Replayed]:
+        """Intents an approval rule held when they were recorded."""
+        return [r for r in self.rows if r.old_hold is not None]
+
+    def hold_effect(self) -> list[RuleEffect]:
+        """Intents each approval rule held when recorded and would hold now."""
+        before = Counter(r.old_hold for r in self.rows if r.old_hold is not None)
+        after = Counter(r.new_hold for r in self.rows if r.new_hold is not None)
+        return [RuleEffect(rule, before[rule], after[rule]) for rule in sorted(before.keys() | after.keys())]
 
     def fees(self) -> tuple[Decimal, Decimal]:
         """Estimated fees before and after, over the intents routed in both."""
@@ -193,15 +220,14 @@ def market_as_recorded(decision: RouteDecision) -> MarketView:
     )
 
 
-def replay_one(decision: RouteDecision, config: MbxConfig) -> Replayed:
-    """``decision``'s intent routed again under ``config`` in the recorded market."""
-    outcome = route(
-        decision.intent,
-        config,
-        attempt=decision.attempt,
-        market=market_as_recorded(decision),
-        failed=decision.failed_brokers,
-    )
+def replay_one(decision: RouteDecision, config: MbxConfig, held_before: str | None = None) -> Replayed:
+    """``decision``'s intent routed again under ``config`` in the recorded market, and the
+    approval rule that would hold it first; ``held_before`` names the rule that held it then."""
+    market = market_as_recorded(decision)
+    outcome = route(decision.intent, config, attempt=decision.attempt, market=market, failed=decision.failed_brokers)
+    # The router asks the approval rules before routing, at the quote's price (none when unusable).
+    price = market.price_check.price if market.price_check is not None else market.reference_price
+    hold = approval_rule(decision.intent, config, price)
     old = _chosen(decision)
     if isinstance(outcome, Rejection):
         new_broker, new_rule, new_fee, new_latency, why = (
@@ -228,12 +254,18 @@ def replay_one(decision: RouteDecision, config: MbxConfig) -> Replayed:
         new_fee=new_fee,
         new_latency_ms=new_latency,
         new_reason=why,
+        old_hold=held_before,
+        new_hold=hold.name if hold is not None else None,
     )
 
 
-def replay(decisions: Iterable[RouteDecision], config: MbxConfig) -> WhatIf:
-    """Every decision replayed under ``config``, with the broker mix before and after."""
-    rows = tuple(replay_one(d, config) for d in decisions)
+def replay(
+    decisions: Iterable[RouteDecision], config: MbxConfig, held_before: Mapping[str, str] | None = None
+) -> WhatIf:
+    """Every decision replayed under ``config``, with the broker mix before and after;
+    ``held_before`` maps an intent id to the approval rule that held it when recorded."""
+    held = held_before or {}
+    rows = tuple(replay_one(d, config, held.get(d.intent_id)) for d in decisions)
     before = Counter(str(r.old_broker) for r in rows)
     after = Counter(str(r.new_broker) if r.new_broker is not None else "rejected" for r in rows)
     return WhatIf(rows, mix_before=before, mix_after=after)
