@@ -14,8 +14,11 @@ brokers with their rate limits raised, JetStream's default fsync):
    the simulated broker is asked to place the order: a probe the benchmark adds to each worker
    from outside, ``bench.latency_hook``), to the acknowledged report on the bus (the first
    accepted or filled report a strategy's subscriber sees), and to the row in Postgres (the
-   aggregator's transaction that recorded the accepted report).
-4. Both again right after a burst (``BURST`` intents at once, default 5,000).
+   aggregator's transaction that recorded the accepted report). The floor and mbx run in
+   alternating slices (``ROUNDS``), so that both see the machine in the same state: on a
+   machine shared with other work, a floor measured a minute apart is not a floor.
+4. Both again right after a burst (``BURST`` intents at once through mbx, then as many through
+   the raw chain, default 5,000).
 
 Reported: p50/p90/p99/max of each, the ratio of each to its floor, CPU milliseconds per intent of
 each process (workers, nats-server, PostgreSQL) in the burst and at the offered rate, and the
@@ -34,6 +37,7 @@ import json
 import os
 import subprocess
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -43,12 +47,14 @@ from typing import Any
 
 import nats
 import psycopg
-from nats.js.api import KeyValueConfig, StreamConfig
 
 from bench.burst_bench import book, raised_config, wait_ended
 from bench.pipeline_bench import Stack, offer, percentile
+from bench.raw_chain import RawChain
 from bench.report import publish, sizes
 
+ROUNDS = 3
+"""Alternating slices of the floor and mbx in each latency measurement."""
 LOAD = 0.25
 """The share of the measured capacity offered while latency is measured."""
 CAPACITY_INTENTS = 1000
@@ -67,160 +73,42 @@ def _quantiles(name: str, values: list[float]) -> dict[str, float]:
     return out
 
 
-class RawChain:
-    """The floor: three durable hops, a KV write and a Postgres row, no work, in this process."""
+class Floor:
+    """The raw chain on an event loop of its own thread, so that its slices can alternate with
+    mbx's (which the benchmark drives with blocking waits)."""
 
-    def __init__(self, url: str, dsn: str) -> None:
-        self.url = url
-        self.dsn = dsn
-        self.sent: dict[str, float] = {}
-        self.request: dict[str, float] = {}
-        self.report: dict[str, float] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._conns: list[Any] = []
+    def __init__(self, url: str, dsn: str, root: Path) -> None:
+        self.chain = RawChain(url, dsn, root)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.call(self.chain.start())
 
-    async def start(self) -> None:
-        nc = await nats.connect(self.url)
-        self._conns.append(nc)
-        js = nc.jetstream()
-        for name in ("A", "B", "C"):
-            with contextlib.suppress(Exception):
-                await js.delete_stream(f"RAW{name}")
-            await js.add_stream(StreamConfig(name=f"RAW{name}", subjects=[f"raw{name.lower()}.>"]))
+    def call(self, work: Any, timeout: float = 900) -> Any:
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result(timeout)
+
+    def burst(self, run: str, count: int) -> None:
+        self.call(self.chain.offer(run, count, None))
+        self.call(self.chain.wait(run, count, 600))
+
+    def slice(self, run: str, count: int, rate: float) -> dict[str, list[float]]:
+        """``count`` messages at ``rate``: milliseconds to each leg's end."""
+        self.call(self.chain.offer(run, count, rate))
+        rows = self.call(self.chain.wait(run, count))
+        chain = self.chain
+        chain.read_requests()
+        ids = [i for i in chain.sent if i.startswith(f"{run}-")]
+        return {
+            "to_request": [(chain.request[i] - chain.sent[i]) * 1000 for i in ids],
+            "to_report": [(chain.report[i] - chain.sent[i]) * 1000 for i in ids],
+            "to_row": [(rows[i] - chain.sent[i]) * 1000 for i in ids],
+        }
+
+    def stop(self) -> None:
         with contextlib.suppress(Exception):
-            await js.delete_key_value("rawjournal")
-        await js.create_key_value(KeyValueConfig(bucket="rawjournal", history=1))
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute("DROP TABLE IF EXISTS raw_floor")
-            conn.execute("CREATE TABLE raw_floor (id text PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())")
-        self._tasks.append(asyncio.create_task(self._hop("A", self._journal_and_forward("b"))))
-        self._tasks.append(asyncio.create_task(self._hop("B", self._forward("c"))))
-        self._tasks.append(asyncio.create_task(self._hop("C", await self._row())))
-        watcher = await nats.connect(self.url)
-        self._conns.append(watcher)
-
-        async def on_report(msg: Any) -> None:
-            self.report.setdefault(msg.headers["Nats-Msg-Id"], time.time())
-
-        await watcher.subscribe("rawc.>", cb=on_report)
-
-    async def _hop(self, stream: str, work: Callable[[Any], Any]) -> None:
-        """A pull consumer of ``stream``, fetching as mbx's workers do (one at a time when idle)."""
-        nc = await nats.connect(self.url)
-        self._conns.append(nc)
-        sub = await nc.jetstream().pull_subscribe(f"raw{stream.lower()}.>", durable=f"raw{stream}")
-        while True:
-            try:
-                msgs = await sub.fetch(1, timeout=5)
-            except TimeoutError:
-                continue
-            await asyncio.gather(*(work(m) for m in msgs))
-
-    def _journal_and_forward(self, to: str) -> Callable[[Any], Any]:
-        buckets: dict[int, Any] = {}  # looked up once, as mbx's LazyBucket does
-
-        async def work(msg: Any) -> None:
-            js = msg._client.jetstream()
-            msg_id = msg.headers["Nats-Msg-Id"]
-            kv = buckets.get(id(msg._client))
-            if kv is None:
-                kv = buckets[id(msg._client)] = await js.key_value("rawjournal")
-            await kv.create(f"d.{msg_id}", msg.data)
-            await js.publish(f"raw{to}.x", msg.data, headers={"Nats-Msg-Id": msg_id})
-            await msg.ack()
-
-        return work
-
-    def _forward(self, to: str) -> Callable[[Any], Any]:
-        async def work(msg: Any) -> None:
-            msg_id = msg.headers["Nats-Msg-Id"]
-            self.request.setdefault(msg_id, time.time())
-            await msg._client.jetstream().publish(f"raw{to}.x", msg.data, headers={"Nats-Msg-Id": msg_id})
-            await msg.ack()
-
-        return work
-
-    async def _row(self) -> Callable[[Any], Any]:
-        conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
-        self._conns.append(conn)
-        lock = asyncio.Lock()
-
-        async def work(msg: Any) -> None:
-            async with lock:
-                await conn.execute(
-                    "INSERT INTO raw_floor (id) VALUES (%s) ON CONFLICT DO NOTHING", (msg.headers["Nats-Msg-Id"],)
-                )
-            await msg.ack()
-
-        return work
-
-    async def offer(self, run: str, count: int, rate: float | None) -> None:
-        nc = await nats.connect(self.url)
-        js = nc.jetstream()
-        payload = json.dumps(book(1, "raw")[0]).encode()
-        started = time.time()
-        pending: list[Any] = []
-        for k in range(count):
-            msg_id = f"{run}-{k}"
-            if rate:
-                delay = started + k / rate - time.time()
-                if delay > 0:
-                    await asyncio.gather(*pending)
-                    pending = []
-                    await asyncio.sleep(delay)
-            self.sent[msg_id] = time.time()
-            pending.append(js.publish("rawa.x", payload, headers={"Nats-Msg-Id": msg_id}))
-            if len(pending) >= 200:
-                await asyncio.gather(*pending)
-                pending = []
-        await asyncio.gather(*pending)
-        await nc.close()
-
-    def rows(self, run: str) -> dict[str, float]:
-        with psycopg.connect(self.dsn) as conn:
-            found = conn.execute("SELECT id, at FROM raw_floor WHERE id LIKE %s", (f"{run}-%",)).fetchall()
-        return {r[0]: r[1].timestamp() for r in found}
-
-    async def wait(self, run: str, count: int, timeout: float = 300) -> dict[str, float]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            rows = self.rows(run)
-            if len(rows) >= count and sum(1 for k in self.report if k.startswith(f"{run}-")) >= count:
-                return rows
-            await asyncio.sleep(0.5)
-        raise RuntimeError(f"the raw chain ended only {len(self.rows(run))} of {count} in {timeout:.0f}s")
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for conn in self._conns:
-            with contextlib.suppress(Exception):
-                await conn.close()
-
-
-async def floor(url: str, dsn: str, rate: float, count: int, burst: int, progress: Progress) -> dict[str, float]:
-    """The raw chain at ``rate``, then ``burst`` at once and at ``rate`` again right after."""
-    chain = RawChain(url, dsn)
-    await chain.start()
-    out: dict[str, float] = {}
-    try:
-        for label, before in (("quiet", 0), ("after_burst", burst)):
-            if before:
-                progress(f"[floor] {before} messages at once through the raw chain")
-                await chain.offer(f"rawburst-{label}", before, None)
-                await chain.wait(f"rawburst-{label}", before, 600)
-            run = f"raw-{label}"
-            progress(f"[floor] {count} messages at {rate:g}/s ({label})")
-            await chain.offer(run, count, rate)
-            rows = await chain.wait(run, count)
-            ids = [i for i in chain.sent if i.startswith(f"{run}-")]
-            out |= _quantiles(f"floor_{label}_to_request", [(chain.request[i] - chain.sent[i]) * 1000 for i in ids])
-            out |= _quantiles(f"floor_{label}_to_report", [(chain.report[i] - chain.sent[i]) * 1000 for i in ids])
-            out |= _quantiles(f"floor_{label}_to_row", [(rows[i] - chain.sent[i]) * 1000 for i in ids])
-    finally:
-        await chain.stop()
-    return out
+            self.call(self.chain.stop(), 30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
 
 
 def placed(probes: Path) -> dict[str, float]:
@@ -231,6 +119,42 @@ def placed(probes: Path) -> dict[str, float]:
             with contextlib.suppress(ValueError):
                 record = json.loads(line)
                 out.setdefault(record["intent"], record["t"])
+    return out
+
+
+SEGMENTS = (
+    ("publish_to_router", "sent", "router:deliver"),
+    ("router_until_journal_write", "router:deliver", "router:kv_write"),
+    ("journal_write_until_route_publish", "router:kv_write", "router:js_publish"),
+    ("route_publish_to_executor", "router:js_publish", "executor:deliver"),
+    ("executor_until_ledger_read", "executor:deliver", "executor:kv_read"),
+    ("ledger_read_until_request", "executor:kv_read", "request"),
+)
+"""The stretches of the path to the broker request, between the probes' timestamps."""
+
+
+def stages(stack: Stack, probes: Path) -> dict[str, dict[str, float]]:
+    """intent id -> '<router|executor>:<stage>' -> when it first happened (``bench.latency_hook``)."""
+    role = {proc.pid: "executor" if name.startswith("executor") else name for name, proc in stack.workers.items()}
+    out: dict[str, dict[str, float]] = {}
+    for path in probes.glob("stages-*.jsonl"):
+        who = role.get(int(path.stem.split("-")[1]), "?")
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                stage = record["stage"].split(":")[0] if record["stage"].startswith("deliver") else record["stage"]
+                out.setdefault(record["intent"], {}).setdefault(f"{who}:{stage}", record["t"])
+    return out
+
+
+def segments(marks: dict[str, dict[str, float]], label: str) -> dict[str, float]:
+    """p50 and p99 of each stretch of the path to the broker request, in milliseconds."""
+    out: dict[str, float] = {}
+    for name, start, end in SEGMENTS:
+        spans = [(m[end] - m[start]) * 1000 for m in marks.values() if start in m and end in m]
+        if spans:
+            out[f"stretch_{label}_{name}_p50_ms"] = round(percentile(spans, 0.5), 2)
+            out[f"stretch_{label}_{name}_p99_ms"] = round(percentile(spans, 0.99), 2)
     return out
 
 
@@ -304,13 +228,13 @@ def cpu_per_intent(before: dict[str, float], after: dict[str, float], n: int, pr
     return out
 
 
-def measure(stack: Stack, probes: Path, label: str, rate: float, count: int, progress: Progress) -> dict[str, float]:
-    """mbx at ``rate``: latencies to the broker request, the report and the row; CPU; trips."""
-    run = f"lat-{label}"
+def mbx_slice(
+    stack: Stack, probes: Path, run: str, rate: float, count: int, progress: Progress
+) -> tuple[dict[str, list[float]], dict[str, dict[str, float]]]:
+    """``count`` intents at ``rate``: milliseconds to the broker request, the report and the row."""
     payloads = book(count, run, EQUITIES)
     ids = {p["intent_id"] for p in payloads}
     reports: dict[str, float] = {}
-    cpu_before, trips_before = stack.cpu(), counts(stack, probes)
 
     async def go() -> dict[str, float]:
         nc = await watch_reports(stack.nats.url, ids, reports)
@@ -323,21 +247,72 @@ def measure(stack: Stack, probes: Path, label: str, rate: float, count: int, pro
                 await asyncio.sleep(0.2)
             await nc.close()
 
-    progress(f"[mbx] {count} intents at {rate:g}/s ({label})")
     sent = asyncio.run(go())
     wait_ended(stack.postgres.url(), run, count, 300, progress)
-    cpu_after, trips_after = stack.cpu(), counts(stack, probes)
     recorded = rows(stack.postgres.url(), run)
     requests = placed(probes)
     missing = [i for i in ids if i not in requests or i not in reports or i not in recorded]
     if missing:
         raise RuntimeError(f"{len(missing)} of {count} intents lack a broker request, report or row, e.g. {missing[0]}")
-    out = _quantiles(f"mbx_{label}_to_request", [(requests[i] - sent[i]) * 1000 for i in ids])
-    out |= _quantiles(f"mbx_{label}_to_report", [(reports[i] - sent[i]) * 1000 for i in ids])
-    out |= _quantiles(f"mbx_{label}_to_row", [(recorded[i] - sent[i]) * 1000 for i in ids])
-    out |= cpu_per_intent(cpu_before, cpu_after, count, f"mbx_{label}_at_rate")
-    out |= {f"{label}_{k}": v for k, v in round_trips(trips_before, trips_after, count).items()}
+    marks = stages(stack, probes)
+    for i in ids:
+        marks.setdefault(i, {}).update({"sent": sent[i], "request": requests[i]})
+    return {
+        "to_request": [(requests[i] - sent[i]) * 1000 for i in ids],
+        "to_report": [(reports[i] - sent[i]) * 1000 for i in ids],
+        "to_row": [(recorded[i] - sent[i]) * 1000 for i in ids],
+    }, {i: marks[i] for i in ids}
+
+
+def measure(
+    stack: Stack, probes: Path, floor: Floor, label: str, rate: float, count: int, progress: Progress
+) -> dict[str, float]:
+    """mbx and the floor at ``rate``, in ``ROUNDS`` alternating slices (so both see the machine
+    as it is then): latencies to the broker request, the report and the row; mbx's CPU and
+    round trips per intent, counted over its slices only."""
+    each = max(20, count // ROUNDS)
+    legs = ("to_request", "to_report", "to_row")
+    mbx: dict[str, list[float]] = {leg: [] for leg in legs}
+    raw: dict[str, list[float]] = {leg: [] for leg in legs}
+    cpu: Counter[str] = Counter()
+    trips_before: dict[str, Counter[str]] = {}
+    trips_after: dict[str, Counter[str]] = {}
+    marks: dict[str, dict[str, float]] = {}
+    for k in range(ROUNDS):
+        progress(f"[{label}] round {k + 1} of {ROUNDS}: {each} messages through the raw chain at {rate:g}/s")
+        for leg, values in floor.slice(f"raw-{label}{k}", each, rate).items():
+            raw[leg] += values
+        progress(f"[{label}] round {k + 1} of {ROUNDS}: {each} intents through mbx at {rate:g}/s")
+        before, counted = stack.cpu(), counts(stack, probes)
+        latencies, slice_marks = mbx_slice(stack, probes, f"lat-{label}{k}", rate, each, progress)
+        for leg, values in latencies.items():
+            mbx[leg] += values
+        marks |= slice_marks
+        after, counted_after = stack.cpu(), counts(stack, probes)
+        cpu.update({process: seconds - before[process] for process, seconds in after.items()})
+        for name, c in counted.items():
+            trips_before[name] = trips_before.get(name, Counter()) + c
+        for name, c in counted_after.items():
+            trips_after[name] = trips_after.get(name, Counter()) + c
+    out: dict[str, float] = {}
+    for leg in legs:
+        out |= _quantiles(f"floor_{label}_{leg}", raw[leg])
+        out |= _quantiles(f"mbx_{label}_{leg}", mbx[leg])
+    out |= cpu_per_intent(dict.fromkeys(cpu, 0.0), dict(cpu), each * ROUNDS, f"mbx_{label}_at_rate")
+    out |= {f"{label}_{k}": v for k, v in round_trips(trips_before, trips_after, each * ROUNDS).items()}
+    out |= segments(marks, label)
     return out
+
+
+def idle(stack: Stack, seconds: float, progress: Progress) -> dict[str, float]:
+    """CPU milliseconds a second each process spends with no intent in flight (timers,
+    heartbeats, pulls, watches): at a low rate, a large part of the CPU per intent."""
+    progress(f"[stack] {seconds:g} s idle")
+    before = stack.cpu()
+    time.sleep(seconds)
+    after = stack.cpu()
+    out = cpu_per_intent(before, after, int(seconds), "idle")
+    return {key.replace("_per_intent", "_per_s"): value for key, value in out.items()}
 
 
 def capacity(stack: Stack, probes: Path, label: str, n: int, progress: Progress) -> dict[str, float]:
@@ -381,15 +356,21 @@ def run(burst: int = 5000, seconds: float = 15.0, progress: Progress = print) ->
             progress("[mbx] warming up: 300 intents at once")
             asyncio.run(offer(stack.nats.url, book(300, "warmup", EQUITIES), None))
             wait_ended(dsn, "warmup", 300, 300, lambda _: None)
+            out |= idle(stack, 10.0, progress)
             out |= capacity(stack, probes, "capacity", CAPACITY_INTENTS, progress)
             rate = max(1.0, round(out["capacity_intents_per_s"] * LOAD, 1))
             count = max(50, int(rate * seconds))
             out["offered_rate_per_s"] = rate
             out["intents_at_rate"] = count
-            out |= asyncio.run(floor(stack.nats.url, dsn, rate, count, burst, progress))
-            out |= measure(stack, probes, "quiet", rate, count, progress)
-            out |= capacity(stack, probes, "burst", burst, progress)
-            out |= measure(stack, probes, "after_burst", rate, count, progress)
+            floor = Floor(stack.nats.url, dsn, Path(tmp) / "raw")
+            try:
+                out |= measure(stack, probes, floor, "quiet", rate, count, progress)
+                out |= capacity(stack, probes, "burst", burst, progress)
+                progress(f"[floor] {burst} messages at once through the raw chain")
+                floor.burst("rawburst", burst)
+                out |= measure(stack, probes, floor, "after_burst", rate, count, progress)
+            finally:
+                floor.stop()
         finally:
             stack.stop()
     out |= ratios(out)

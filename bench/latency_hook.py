@@ -3,6 +3,9 @@ probes added from outside (nothing in production code knows about them):
 
 - the moment the simulated broker is asked to place each order (``SimulatedVenue.place_order``
   entered), appended to ``<MBX_BENCH_PROBES>/placed-<pid>.jsonl`` with the intent id;
+- the stages before it, in ``<MBX_BENCH_PROBES>/stages-<pid>.jsonl``: when the worker's
+  delivery policy took each message up (``Worker.deliver`` entered) and when each request made
+  for an intent before its broker request began (a KV write, a publish), by kind;
 - every request (a round trip: a JetStream publish and its PubAck, a KV read or write, a
   JetStream API call) and every one-way publish (acks, pull requests) the process's NATS
   client makes, counted by kind. Those made while an intent is in hand (the handler bound its
@@ -29,6 +32,8 @@ from typing import Any
 import structlog
 from nats.aio.client import Client
 
+from contracts.subjects import INTENT_ID_HEADER
+from workers.platform.runtime import Worker
 from workers.venues.simulated.venue import SimulatedVenue
 
 PROBES = Path(os.environ.get("MBX_BENCH_PROBES", "."))
@@ -40,6 +45,11 @@ counts: Counter[str] = Counter()
 request), broker (the simulated broker's own), idle (no intent in hand)."""
 intents: set[str] = set()
 placed: set[str] = set()
+stages = (PROBES / f"stages-{os.getpid()}.jsonl").open("a", buffering=1)
+
+
+def _stage(intent: str, what: str) -> None:
+    stages.write(json.dumps({"intent": intent, "stage": what, "t": time.time()}) + "\n")
 
 
 def kind(subject: str, request: bool) -> str:
@@ -64,10 +74,13 @@ def _note(subject: str, request: bool) -> None:
         phase = "idle"
     else:
         phase = "placed" if intent in placed else "intent"
+    what = kind(subject, request)
     with _lock:
-        counts[f"{phase}:{kind(subject, request)}"] += 1
+        counts[f"{phase}:{what}"] += 1
         if intent is not None:
             intents.add(intent)
+    if phase == "intent" and request:
+        _stage(intent, what)
 
 
 def _install() -> None:
@@ -99,6 +112,16 @@ def _install() -> None:
         finally:
             _in_broker.reset(token)
 
+    deliver = Worker.deliver
+
+    async def staged_deliver(self: Worker, stage: Any, spec: Any, msg: Any, process: Any) -> str:
+        headers = msg.headers or {}
+        intent = headers.get(INTENT_ID_HEADER) or headers.get("Nats-Msg-Id")
+        if intent is not None and intent not in placed:
+            _stage(intent, f"deliver:{stage}")
+        return await deliver(self, stage, spec, msg, process)
+
+    Worker.deliver = staged_deliver  # type: ignore[method-assign]  # the benchmark's probe
     Client.request = counted_request  # type: ignore[method-assign]  # the benchmark's probe
     Client.publish = counted_publish  # type: ignore[method-assign]  # the benchmark's probe
     SimulatedVenue.place_order = probed_place  # type: ignore[method-assign]  # the benchmark's probe
