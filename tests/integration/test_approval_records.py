@@ -17,7 +17,8 @@ from tests.conftest import eventually, fetch_all
 from tests.integration.test_aggregator import consumer_done
 from workers.aggregator.app import build_aggregator
 from workers.domain.approvals import Hold
-from workers.domain.config import ApprovalRule
+from workers.domain.config import ApprovalRule, MbxConfig
+from workers.entry import build_worker
 from workers.platform.bus import ensure_streams, publish, read_stream, send
 from workers.platform.db.engine import make_engine
 from workers.platform.settings import Settings
@@ -98,6 +99,29 @@ async def test_each_step_is_stored_once_under_copies_duplicates_and_a_replay(
         await second.stop()
     assert await approval_rows(engine, intent_id) == first
     await engine.dispose()
+
+
+async def test_a_held_childs_pending_step_is_not_dead_lettered_by_the_parent_order_worker(
+    isolated: Settings, nc: NatsClient
+) -> None:
+    """A parent's child can be held (a rule added while its parent works): the parent-order worker,
+    which follows its children's reports on exec.>, passes over the child's pending step instead of
+    dead-lettering it as a malformed execution report."""
+    js = nc.jetstream()
+    subjects = isolated.subjects
+    await ensure_streams(js, subjects)
+    child = f"{new_intent_id('twap')}:2.0"
+    pending = four_eyes_hold(child).event(0)
+    strategy_copy = pending.model_copy(update={"message_id": f"{pending.message_id}-strategy"})
+    parents = build_worker("parents", isolated, MbxConfig())
+    await parents.start()
+    try:
+        await publish(js, subjects.pending_approval(STRATEGY), strategy_copy, intent_id=child, strategy_id=STRATEGY)
+        spec = isolated.topology.parents_progress_consumer()
+        await eventually(lambda: consumer_done(nc, spec.stream, spec.durable), timeout=30)
+    finally:
+        await parents.stop()
+    assert not await read_stream(js, subjects.stream_name("DLQ"), f"{subjects.prefix}.dlq.>")
 
 
 async def approval_rows(engine: Any, intent_id: str) -> list[dict[str, Any]]:

@@ -130,8 +130,8 @@ class ParentHandlers:
         subjects = self.worker.subjects
         if subjects.is_parent_report(msg.subject) or subjects.is_cancel_reject(msg.subject):
             return False
-        if subjects.is_refusal(msg.subject):
-            return False
+        if subjects.is_refusal(msg.subject) or subjects.is_pending_approval(msg.subject):
+            return False  # not an execution report (a held child's report comes once it is decided)
         return CHILD_ID.search((msg.headers or {}).get(INTENT_ID_HEADER, "")) is not None
 
     async def progress(self, msg: Msg) -> str:
