@@ -335,6 +335,8 @@ class RouterHandlers:
         send the intent away from a broker that is probably fine, or reject it. A broker that
         already ``failed`` this intent is not waited for."""
         registry = self.state.registry
+        if not registry.awaited():
+            return  # every broker has spoken: nothing to wait for (the usual case, at no cost)
         routing = self.state.config.routing
         capability = plan_for(self.state.config).shape(intent).capability
         capable = frozenset(b for b, out in zip(BROKERS, capability, strict=True) if out is None) - set(failed)
