@@ -108,7 +108,7 @@ class Hold(BaseModel):
         """This hold with ``operator``'s approval; raises ``ApprovalRefused`` saying why not."""
         who = self._decider(operator)
         self._still_open(now)
-        if any(a.operator == who for a in self.approvals):
+        if any(a.operator.casefold() == who.casefold() for a in self.approvals):  # "Carol" is carol
             raise ApprovalRefused(
                 f"{who} has already approved {self.intent.intent_id}: its second approval must come from "
                 "another operator"
@@ -169,7 +169,7 @@ class Hold(BaseModel):
             raise ApprovalRefused("say who decides (an operator's name): the audit trail keeps it")
         if len(who) > OPERATOR_MAX:
             raise ApprovalRefused(f"an operator's name has at most {OPERATOR_MAX} characters")
-        if who in (self.intent.strategy_id, f"strategy-{self.intent.strategy_id}"):
+        if who.casefold() in (self.intent.strategy_id.casefold(), f"strategy-{self.intent.strategy_id}".casefold()):
             raise ApprovalRefused(f"strategy {self.intent.strategy_id} cannot decide on its own order")
         return who
 

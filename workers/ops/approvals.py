@@ -33,7 +33,7 @@ class Decided:
 
 
 async def held(js: Any, subjects: Subjects, every: bool = False) -> list[Hold]:
-    """Holds waiting for a decision (``every``: also those decided, newest first), oldest first."""
+    """Holds waiting for a decision (``every``: those decided too), oldest first."""
     try:
         entries = await read_bucket(js, subjects.approvals_bucket)
     except (BucketNotFoundError, KeyNotFoundError):
