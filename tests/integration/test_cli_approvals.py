@@ -172,7 +172,8 @@ async def test_a_denied_order_ends_rejected_and_no_later_decision_is_taken(stack
     assert code == 0, out
     assert "denied by erin at" in out and ": over the desk limit" in out
 
-    code, out = await mbx("cancel", other, "--strategy", DESK, "--reason", "signal gone", env=stack)
+    # An operator's cancel without --strategy: sent as the held order's own strategy.
+    code, out = await mbx("cancel", other, "--reason", "signal gone", env=stack)
     assert code == 0, out
     await eventually(lambda: steps_stored(stack, other, 2), timeout=30)
     code, out = await mbx("explain", other, env=stack)

@@ -349,6 +349,7 @@ def cancel(
 
 
 async def _cancel(request: CancelRequest, url: str, subjects: Subjects, timeout: float, given: bool) -> int:
+    from workers.ops.approvals import strategy_of  # noqa: PLC0415
     from workers.ops.cancel import send_cancel  # noqa: PLC0415
     from workers.platform.order_ledger import OrderLedger  # noqa: PLC0415
     from workers.platform.topology import Topology  # noqa: PLC0415
@@ -359,8 +360,11 @@ async def _cancel(request: CancelRequest, url: str, subjects: Subjects, timeout:
             # An operator cancels for the strategy that sent the intent: the router refuses a
             # cancel from any other strategy.
             entry = await OrderLedger(nc.jetstream, Topology(subjects).order_ledger_bucket).get(request.intent_id)
-            if entry is not None and entry.decision is not None:
-                request = request.model_copy(update={"strategy_id": entry.decision.strategy_id})
+            owner = entry.decision.strategy_id if entry is not None and entry.decision is not None else None
+            # Not at a broker yet: it may be held for approval.
+            owner = owner or await strategy_of(nc.jetstream(), subjects, request.intent_id)
+            if owner is not None:
+                request = request.model_copy(update={"strategy_id": owner})
         answer = await send_cancel(nc, nc.jetstream(), subjects, request, timeout)
     finally:
         await nc.close()

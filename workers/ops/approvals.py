@@ -49,6 +49,16 @@ async def held(js: Any, subjects: Subjects, every: bool = False) -> list[Hold]:
     return sorted(holds, key=lambda h: h.held_at)
 
 
+async def strategy_of(js: Any, subjects: Subjects, intent_id: str) -> str | None:
+    """The strategy of a held intent (any state), or None when none is held under that id."""
+    try:
+        kv = await js.key_value(subjects.approvals_bucket)
+        entry = await kv.get(hold_key(intent_id))
+        return Hold.model_validate_json(entry.value or b"").intent.strategy_id
+    except (BucketNotFoundError, KeyNotFoundError, ValidationError):
+        return None
+
+
 async def approve(js: Any, subjects: Subjects, intent_id: str, operator: str, note: str = "") -> Decided:
     """Approve a held intent as ``operator``; the last approval needed releases it to routing."""
     hold = await _decide(js, subjects, intent_id, lambda h, now: h.approve(operator, note, now))
