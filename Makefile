@@ -66,13 +66,14 @@ schemas: install ## Regenerate contracts/schemas/ (JSON Schemas and AsyncAPI)
 	$(BIN)/mbx schemas
 
 .PHONY: bench
-bench: install ## Benchmarks: routing, aggregator, pipeline, a burst at the brokers' rate limits, dashboard queries, parent orders with market impact, latency against raw JetStream (results in bench/results/; ~20 min)
+bench: install ## Benchmarks: routing, aggregator, pipeline, a burst at the brokers' rate limits, dashboard queries, parent orders with market impact, mbx whatif on 100,000 recorded intents, latency against raw JetStream (results in bench/results/; ~23 min)
 	$(BIN)/python -m bench.route_bench
 	$(BIN)/python -m bench.aggregator_bench
 	$(BIN)/python -m bench.pipeline_bench
 	$(BIN)/python -m bench.burst_bench
 	$(BIN)/python -m bench.dashboard_bench
 	$(BIN)/python -m bench.parents
+	$(BIN)/python -m bench.whatif_bench
 	$(BIN)/python -m bench.latency_bench
 
 .PHONY: record-alpaca

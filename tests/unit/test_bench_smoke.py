@@ -59,3 +59,15 @@ def test_parent_orders_benchmark_runs_all_three_ways() -> None:
     assert results["split_cost_bps"] < results["single_cost_bps"]  # the impact model, not a timing
     assert results["twap_split_children"] >= 5
     assert "| twap+split |" in table(outcomes)
+
+
+def test_whatif_benchmark_records_replays_and_runs_the_command_alike() -> None:
+    """A few hundred recorded intents on its own PostgreSQL, replayed in process and by the
+    command (the benchmark stops if the two disagree); no timing is asserted."""
+    from bench.whatif_bench import run as run_whatif
+
+    results = run_whatif(400, progress=lambda _: None)
+    assert results["decisions_replayed"] == 400
+    assert 0 < results["decisions_changed"] < 400
+    assert results["would_be_held"] > 0 and results["held_when_recorded"] > 0
+    assert results["mbx_whatif_command_s"] > 0 and results["baseline_bare_route_s"] > 0
