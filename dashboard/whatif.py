@@ -47,17 +47,11 @@ def show_whatif(report: WhatIfReport) -> None:
     cells = st.columns(5)
     cells[0].metric("decisions that change", report.changed)
     cells[1].metric("would be rejected", report.rejected)
-    cells[4].metric(
-        "held for approval",
-        report.held,
-        delta=report.held - report.held_before,
-        delta_color="off",
-        help="Orders an approval rule would hold before routing; the change is against those held when recorded.",
-    )
+    fees_change = report.fees_after - report.fees_before
     cells[2].metric(
         "estimated fees (USD)",
         f"{report.fees_after:.4f}",
-        delta=f"{report.fees_after - report.fees_before:+.4f}",
+        delta=f"{fees_change:+.4f}" if fees_change else None,
         delta_color="inverse",
     )
     cells[3].metric(
@@ -65,6 +59,13 @@ def show_whatif(report: WhatIfReport) -> None:
         _ms(report.latency_after_ms),
         delta=_ms_delta(report.latency_before_ms, report.latency_after_ms),
         delta_color="inverse",
+    )
+    cells[4].metric(
+        "held for approval",
+        report.held,
+        delta=(report.held - report.held_before) or None,
+        delta_color="off",
+        help="Orders an approval rule would hold before routing; the change is against those held when recorded.",
     )
     unrouted = report.rejected_unrouted
     st.caption(
@@ -137,4 +138,7 @@ def _ms(value: float | None) -> str:
 
 
 def _ms_delta(before: float | None, after: float | None) -> str | None:
-    return f"{after - before:+.1f}" if before is not None and after is not None else None
+    """The change shown under the latency, none when it is not known or rounds to nothing."""
+    if before is None or after is None or round(after - before, 1) == 0:
+        return None
+    return f"{after - before:+.1f}"
