@@ -71,8 +71,11 @@ class OrderLedger:
             await kv.put(f"open.{entry.broker}.{token}", value)
         elif previous is not None and previous.working:
             await self._forget_open(previous.broker, token)
-        elif previous is None and entry.broker_order_id:
-            await self._forget_open(entry.broker, token)  # it may have been working: make sure
+        elif previous is None and entry.broker_order_id and revision != 0:
+            # It may have been working: make sure. Not after a create-only write (revision 0)
+            # that succeeded: the entry did not exist, and an open-order key is only written
+            # after its entry (a key left behind would be read, and purged, by the next listing).
+            await self._forget_open(entry.broker, token)
         return int(written)
 
     async def _forget_open(self, broker: BrokerName, token: str) -> None:
