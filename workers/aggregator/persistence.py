@@ -6,6 +6,14 @@ newest report per order wins (``report_seq``), and a stale report never overwrit
 parent orders' reports likewise (``parent_records``). An approval step is one row per
 (intent, step number), however many copies of it arrive (the pending step comes twice: for
 operators and for the strategy, under two message ids).
+
+What the best-execution report reads is kept on the order row (migration 0014): the route's
+quote, and the totals and last time of its fills and whether it failed over, which may be
+stored before or after the order. The order takes the fills and failovers already stored when
+it is inserted; each new fill or failover is added onto its order by the statement that inserts
+it (a duplicate inserts nothing, so adds nothing). Replicas apply batches concurrently: each
+batch first takes a transaction lock on each of its intents, so an order and a fill of the same
+intent are never written by two transactions that cannot see each other's rows.
 """
 
 from __future__ import annotations
@@ -37,7 +45,6 @@ from workers.domain.order_state import acknowledged_by_broker
 from workers.domain.parents import parent_of
 from workers.platform.db.models import (
     BrokerAccount,
-    FailoverRecord,
     MultiBrokerConnection,
     Position,
 )
@@ -83,6 +90,7 @@ class AuditStore:
         if not batch:
             return 0
         async with self.engine.begin() as conn:
+            await _lock_intents(conn, batch)
             fresh = await self._claim(conn, batch)
             if not fresh:
                 return 0
@@ -108,7 +116,7 @@ class AuditStore:
                 await store_parent_reports(conn, parents)
             if failovers:
                 rows = {(f.intent_id, f.attempt): _failover_row(f) for f in failovers}
-                await conn.execute(insert(FailoverRecord).on_conflict_do_nothing(), list(rows.values()))
+                await _INSERT_FAILOVER.run(conn, list(rows.values()))
             if approvals:
                 steps = {(a.intent_id, a.step_no): _approval_row(a) for a in approvals}
                 await _INSERT_APPROVAL.run(conn, list(steps.values()))
@@ -238,17 +246,51 @@ class AuditStore:
         await _INSERT_FILL.run(conn, list(rows.values()))
 
 
+_LOCK_INTENTS = text(
+    "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(i, 14) AS k "
+    "FROM unnest(CAST(:intents AS varchar[])) i ORDER BY k) AS keys"
+)
+
+
+async def _lock_intents(conn: AsyncConnection, batch: list[Envelope]) -> None:
+    """Lock each intent of the batch's orders, fills and failovers until the transaction ends,
+    in one order for every transaction (so two batches cannot deadlock on these locks)."""
+    intents = {
+        e.message.intent_id
+        for e in batch
+        if isinstance(e.message, RouteDecision | ExecutionReport | Fill | FailoverEvent)
+    }
+    if intents:
+        await conn.execute(_LOCK_INTENTS, {"intents": sorted(intents)})
+
+
 class _ArrayInsert:
     """``INSERT ... SELECT * FROM unnest(<one array per column>)``: one statement per table per
     batch whatever its size, so the statement text never changes (the driver prepares it and the
     server caches the plan) and the rows travel as arrays instead of one bind per row. The
     arrays go in PostgreSQL's binary format, on the transaction's own connection: the text format
-    escapes every element with a regular expression, which cost more than the insert."""
+    escapes every element with a regular expression, which cost more than the insert.
 
-    def __init__(self, table: str, columns: dict[str, str], tail: str) -> None:
+    ``derived``: more columns, each an expression over the row ``u`` and ``joined``'s relations.
+    ``then``: a statement run over the inserted rows (``inserted``, the insert's RETURNING)."""
+
+    def __init__(
+        self,
+        table: str,
+        columns: dict[str, str],
+        tail: str,
+        *,
+        derived: dict[str, str] | None = None,
+        joined: str = "",
+        then: str = "",
+    ) -> None:
         self.columns = columns
         arrays = ", ".join(f"CAST(%({c})b AS {t}[])" for c, t in columns.items())  # b: binary format
-        self.statement = f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays}) {tail}"  # noqa: S608  (names are constants of this module)
+        names = ", ".join([*columns, *(derived or {})])
+        rows = f"unnest({arrays}) AS u({', '.join(columns)}) {joined}"
+        values = ", ".join(["u.*", *(derived or {}).values()])
+        insert = f"INSERT INTO {table} ({names}) SELECT {values} FROM {rows} {tail}"  # noqa: S608  (names are constants of this module)
+        self.statement = f"WITH inserted AS ({insert}) {then}" if then else insert
 
     def params(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
         return {
@@ -325,10 +367,36 @@ _ORDER_COLUMNS = {
 # first from a report gets them when its route is stored (trigger, migration 0010). A child of a
 # parent order carries its parent's id; one stored first from a report gets it from the parent's
 # next report (``parent_records``).
+# A new order takes its intent's fills at its broker and its failover already stored (they may
+# come first); later ones are added by the statements that insert them (_INSERT_FILL,
+# _INSERT_FAILOVER). An order row already stored keeps its values (the upsert does not set them).
+_FILLS_AND_FAILOVER = {
+    "traded_quantity": "f.quantity",
+    "traded_value": "f.value",
+    "traded_fees": "f.fees",
+    "last_fill_at": "f.last_fill_at",
+    "failed_over": "EXISTS (SELECT 1 FROM failover_events e WHERE e.intent_id = u.intent_id "
+    "AND e.attempt = u.attempt AND e.failed_broker = u.broker_name)",
+}
+_FILLS_SO_FAR = (
+    "LEFT JOIN LATERAL (SELECT sum(t.quantity) AS quantity, sum(t.quantity * t.price) AS value, sum(t.fee) AS fees, "
+    "max(t.executed_at) AS last_fill_at FROM trade_logs t WHERE t.intent_id = u.intent_id "
+    "AND t.broker_name = u.broker_name) f ON true"
+)
 _INSERT_ORDER = _ArrayInsert(
     "orders",
-    _ORDER_COLUMNS | {"decided_at": "timestamptz", "reference_price": "numeric", "parent_intent_id": "varchar"},
+    _ORDER_COLUMNS
+    | {
+        "decided_at": "timestamptz",
+        "reference_price": "numeric",
+        "parent_intent_id": "varchar",
+        "quote_bid": "numeric",
+        "quote_ask": "numeric",
+        "quote_mid": "numeric",
+    },
     "ON CONFLICT (broker_name, client_order_id) DO NOTHING",
+    derived=_FILLS_AND_FAILOVER,
+    joined=_FILLS_SO_FAR,
 )
 _NEWER = "orders.report_seq < excluded.report_seq"
 _FROM_NEWER_REPORT = {
@@ -362,6 +430,8 @@ _UPSERT_REPORT = _ArrayInsert(
     "acknowledged_at = least(orders.acknowledged_at, excluded.acknowledged_at) "
     f"WHERE {_NEWER} OR excluded.acknowledged_at < coalesce(orders.acknowledged_at, 'infinity') "
     "OR excluded.first_fill_at < coalesce(orders.first_fill_at, 'infinity')",
+    derived=_FILLS_AND_FAILOVER,
+    joined=_FILLS_SO_FAR,
 )
 _INSERT_FILL = _ArrayInsert(
     "trade_logs",
@@ -378,7 +448,29 @@ _INSERT_FILL = _ArrayInsert(
         "fee": "numeric",
         "executed_at": "timestamptz",
     },
-    "ON CONFLICT (fill_id) DO NOTHING",
+    "ON CONFLICT (fill_id) DO NOTHING RETURNING intent_id, broker_name, quantity, price, fee, executed_at",
+    # Only the fills new to the store are added to their order: a duplicate returns no row.
+    then="UPDATE orders o SET traded_quantity = coalesce(o.traded_quantity, 0) + n.quantity, "
+    "traded_value = coalesce(o.traded_value, 0) + n.value, traded_fees = coalesce(o.traded_fees, 0) + n.fees, "
+    "last_fill_at = greatest(o.last_fill_at, n.last_fill_at), updated_at = now() "
+    "FROM (SELECT intent_id, broker_name, sum(quantity) AS quantity, sum(quantity * price) AS value, "
+    "sum(fee) AS fees, max(executed_at) AS last_fill_at FROM inserted GROUP BY intent_id, broker_name) n "
+    "WHERE o.intent_id = n.intent_id AND o.broker_name = n.broker_name",
+)
+_INSERT_FAILOVER = _ArrayInsert(
+    "failover_events",
+    {
+        "intent_id": "varchar",
+        "strategy_id": "varchar",
+        "failed_broker": "varchar",
+        "attempt": "integer",
+        "reason_code": "varchar",
+        "reason": "text",
+        "occurred_at": "timestamptz",
+    },
+    "ON CONFLICT (intent_id, attempt) DO NOTHING RETURNING intent_id, attempt, failed_broker",
+    then="UPDATE orders o SET failed_over = true, updated_at = now() FROM inserted n "
+    "WHERE o.intent_id = n.intent_id AND o.attempt = n.attempt AND o.broker_name = n.failed_broker",
 )
 _INSERT_APPROVAL = _ArrayInsert(
     "approvals",
@@ -458,6 +550,9 @@ def _order_row_from_route(r: RouteDecision) -> dict[str, Any]:
         "decided_at": r.created_at,
         "reference_price": r.reference_price,
         "parent_intent_id": parent_of(i),
+        "quote_bid": r.quote.bid if r.quote else None,
+        "quote_ask": r.quote.ask if r.quote else None,
+        "quote_mid": r.quote.mid if r.quote else None,
     }
 
 

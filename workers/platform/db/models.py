@@ -23,6 +23,7 @@ from sqlalchemy import (
     UniqueConstraint,
     column,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -143,6 +144,30 @@ class Order(Base):
     # When the broker acknowledged the order (migration 0012): the earliest report showing the
     # broker holds it, else NULL.
     acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # What the best-execution report reads (migration 0014), kept by the aggregator: the route's
+    # quote, and the totals and last time of the fills of the order's intent at its broker.
+    quote_bid: Mapped[Decimal | None] = mapped_column(Numeric)
+    quote_ask: Mapped[Decimal | None] = mapped_column(Numeric)
+    quote_mid: Mapped[Decimal | None] = mapped_column(Numeric)
+    traded_quantity: Mapped[Decimal | None] = mapped_column(Numeric)
+    traded_value: Mapped[Decimal | None] = mapped_column(Numeric)
+    traded_fees: Mapped[Decimal | None] = mapped_column(Numeric)
+    last_fill_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    failed_over: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+
+
+class ExecutionReportMonth(Base):
+    """A closed month's best-execution report as computed, with what it was computed from
+    (``workers/readmodel/execution_cache.py``)."""
+
+    __tablename__ = "execution_report_months"
+
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    orders: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    routes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    orders_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    report: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
 
 
 class ParentOrder(Base):
