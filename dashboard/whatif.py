@@ -14,13 +14,11 @@ from dashboard.backend import Backend
 from dashboard.widgets import frame
 from workers.domain.config import MbxConfig
 from workers.ops.errors import OperatorError
-from workers.ops.whatif import WhatIfReport
+from workers.ops.whatif import ROWS_KEPT, WhatIfReport
 
 PREVIEW_SINCE = "7d"
 PREVIEW_KEY = "whatif_preview"
 """Session state: the changes last previewed and their report, shown again while the form holds them."""
-PREVIEW_ROWS = 1000
-"""Rows of changed decisions (and of rejections) the page lists; the command's --csv has them all."""
 
 
 def preview_change(backend: Backend, config: MbxConfig, changes: dict[str, Any]) -> None:
@@ -82,33 +80,27 @@ def show_whatif(report: WhatIfReport) -> None:
     rule_cell.dataframe(
         frame([asdict(e) for e in report.rule_effect], ["rule", "before", "after"]), hide_index=True, key="whatif_rules"
     )
-    changed = report.changed_rows
-    st.markdown(f"**Decisions that change** ({len(changed)})")
+    st.markdown(f"**Decisions that change** ({report.changed})")
     st.dataframe(
         frame(
-            (
-                {**row, "before": _decision(row, "old"), "after": _decision(row, "new")}
-                for row in changed[:PREVIEW_ROWS]
-            ),
+            ({**row, "before": _decision(row, "old"), "after": _decision(row, "new")} for row in report.changed_rows),
             ["intent_id", "strategy_id", "symbol", "before", "after", "new_reason"],
         ),
         hide_index=True,
         key="whatif_changed",
     )
-    if len(changed) > PREVIEW_ROWS:
-        st.caption(f"the first {PREVIEW_ROWS} of {len(changed)}: `mbx whatif --csv` writes them all")
-    rejected = report.rejected_rows
-    if rejected:
-        st.markdown(f"**Would be rejected** ({len(rejected)})")
+    _first_of(report.changed, "changed decisions")
+    if report.rejected:
+        st.markdown(f"**Would be rejected** ({report.rejected})")
         st.dataframe(
-            frame(rejected[:PREVIEW_ROWS], ["intent_id", "strategy_id", "symbol", "new_rule", "new_reason"]),
+            frame(report.rejected_rows, ["intent_id", "strategy_id", "symbol", "new_rule", "new_reason"]),
             hide_index=True,
             key="whatif_rejected",
         )
-    held = report.held_rows
-    if held or report.held_before:
+        _first_of(report.rejected, "would-be rejections")
+    if report.held or report.held_before:
         st.markdown(
-            f"**Would be held for approval** ({len(held)}; {report.held_before} were held when recorded), "
+            f"**Would be held for approval** ({report.held}; {report.held_before} were held when recorded), "
             "each routed as shown once approved"
         )
         st.dataframe(
@@ -119,13 +111,19 @@ def show_whatif(report: WhatIfReport) -> None:
             key="whatif_hold_rules",
         )
         st.dataframe(
-            frame(held[:PREVIEW_ROWS], ["intent_id", "strategy_id", "symbol", "new_hold", "old_hold"]),
+            frame(report.held_rows, ["intent_id", "strategy_id", "symbol", "new_hold", "old_hold"]),
             hide_index=True,
             key="whatif_held",
         )
+        _first_of(report.held, "would-be holds")
     with st.expander("what the replay assumes"):
         for assumption in report.assumptions:
             st.markdown(f"- {assumption}")
+
+
+def _first_of(count: int, what: str) -> None:
+    if count > ROWS_KEPT:
+        st.caption(f"the first {ROWS_KEPT} of {count} {what}: `mbx whatif --csv` writes them all")
 
 
 def _decision(row: dict[str, Any], side: str) -> str:

@@ -11,6 +11,7 @@ from tests.builders import make_intent, make_route
 from workers.cli.common import console
 from workers.cli.whatif import SHOWN, print_whatif, report
 from workers.domain.config import MbxConfig, parse_config
+from workers.ops.whatif import ROWS_KEPT, WhatIfReport
 from workers.router.rules import MarketView, route
 from workers.router.whatif import market_as_recorded, recorded_decision, replay
 
@@ -108,6 +109,11 @@ def test_a_long_replay_prints_the_first_changes_and_the_report_keeps_every_one()
     assert written["fees_usd"] == {"before": str(fees_before), "after": str(fees_after)}
     assert [row["intent_id"] for row in written["detail"]] == [d.intent_id for d in decisions]
     assert all(row["changed"] and row["new_broker"] == "ibkr" for row in written["detail"])
+
+    # What the dashboard keeps of a big report: the counts, and the first ROWS_KEPT intents of each list.
+    big = WhatIfReport.from_json(written | {"detail": written["detail"] * 20})
+    assert (big.changed, len(big.changed_rows), big.rejected_rows, big.held_rows) == (many, ROWS_KEPT, (), ())
+    assert big.fees_after == fees_after and big.changed_rows[0] == written["detail"][0]
 
 
 def test_approval_rules_hold_intents_at_the_recorded_price_beside_those_held_when_recorded() -> None:

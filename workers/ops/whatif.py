@@ -17,14 +17,19 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from workers.domain.config import MbxConfig, config_to_json
 from workers.ops.errors import OperatorError
 
+ROWS_KEPT = 1000
+"""Intents kept per list (changed, rejected, held): a week's full detail is the command's --csv,
+not something a dashboard session should hold."""
 WHATIF_TIMEOUT_S = 180.0
 """How long a preview may take: a week of a busy desk is about 100,000 decisions (see
 bench/whatif_bench.py for what that costs here)."""
@@ -47,7 +52,8 @@ class RuleCount:
 
 @dataclass(frozen=True)
 class WhatIfReport:
-    """What `mbx whatif --json` writes: the summary it prints and the per-intent detail."""
+    """What `mbx whatif --json` writes: the summary it prints, and the first ``ROWS_KEPT``
+    intents of its detail that change, would be rejected and would be held."""
 
     replayed: int
     changed: int
@@ -71,11 +77,16 @@ class WhatIfReport:
     hold_effect: tuple[RuleCount, ...]
     """Per approval rule: intents it held when recorded, and would hold now."""
     assumptions: tuple[str, ...]
-    detail: tuple[dict[str, Any], ...]
-    """One row per replayed intent (the --csv columns)."""
+    changed_rows: tuple[dict[str, Any], ...]
+    """The first intents whose decision changes (the --csv columns), oldest first."""
+    rejected_rows: tuple[dict[str, Any], ...]
+    """The first intents the config would reject."""
+    held_rows: tuple[dict[str, Any], ...]
+    """The first intents the config would hold for approval."""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> WhatIfReport:
+        detail = data["detail"]
         return cls(
             replayed=int(data["replayed"]),
             changed=int(data["changed"]),
@@ -91,20 +102,14 @@ class WhatIfReport:
             held_before=int(data["held_before"]),
             hold_effect=_counts(data["hold_effect"]),
             assumptions=tuple(data["assumptions"]),
-            detail=tuple(data["detail"]),
+            changed_rows=_first(row for row in detail if row["changed"]),
+            rejected_rows=_first(row for row in detail if row["new_broker"] is None),
+            held_rows=_first(row for row in detail if row["new_hold"] is not None),
         )
 
-    @property
-    def changed_rows(self) -> list[dict[str, Any]]:
-        return [row for row in self.detail if row["changed"]]
 
-    @property
-    def rejected_rows(self) -> list[dict[str, Any]]:
-        return [row for row in self.detail if row["new_broker"] is None]
-
-    @property
-    def held_rows(self) -> list[dict[str, Any]]:
-        return [row for row in self.detail if row["new_hold"] is not None]
+def _first(rows: Iterable[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
+    return tuple(islice(rows, ROWS_KEPT))
 
 
 def _counts(rows: list[dict[str, Any]]) -> tuple[RuleCount, ...]:
