@@ -21,6 +21,8 @@ from tests.integration.test_cli import mbx
 from workers.cli.whatif import run_whatif
 from workers.domain.config import MbxConfig, config_to_json, parse_config
 from workers.ops import approvals
+from workers.ops.errors import OperatorError
+from workers.ops.whatif import whatif_report
 from workers.platform.bus import jetstream
 from workers.platform.db.engine import make_engine
 from workers.platform.live_config import write_live_config
@@ -177,7 +179,8 @@ async def test_the_command_prints_the_changes_writes_the_detail_and_refuses_bad_
     start_pipeline: Callable[..., Awaitable[Pipeline]], isolated: Settings, tmp_path: Path
 ) -> None:
     """`mbx whatif` prints the summary and writes JSON and CSV; a bad field, a bad --since and an
-    empty window each end in one clear line, never a traceback."""
+    empty window each end in one clear line, never a traceback; the dashboard's way in
+    (``workers.ops.whatif``) reads the same report and the same line."""
     await record_book(start_pipeline, isolated)
     other = tmp_path / "other.yaml"
     other.write_bytes(config_to_json(config(CHANGED)))  # JSON is YAML
@@ -213,6 +216,12 @@ async def test_the_command_prints_the_changes_writes_the_detail_and_refuses_bad_
     assert code == 2 and "--since 'yesterday'" in out and "Traceback" not in out, out
     code, out = await mbx("whatif", "--config", str(other), "--since", "1h", "--strategy", "nobody", env=env)
     assert code == 1 and "nothing to replay" in out and "Traceback" not in out, out
+
+    # The dashboard's way in (workers.ops.whatif): the same command, its report, its error line.
+    report = await whatif_report(config(CHANGED), isolated.database_url or "", since="1h")
+    assert (report.replayed, report.changed, report.rejected, report.held, report.held_before) == (6, 4, 1, 1, 1)
+    with pytest.raises(OperatorError, match=r"^no routing decision is recorded since .* for strategy 'nobody'"):
+        await whatif_report(config(CHANGED), isolated.database_url or "", since="1h", strategy="nobody")
 
 
 def test_defaults_are_a_valid_config() -> None:
