@@ -199,16 +199,34 @@ async def write_book(engine: AsyncEngine) -> None:
                     },
                 )
             first = min((o.at + ms(f[3]) for f in o.fills), default=None)
+            # What the aggregator keeps on the order row (migration 0014): the route's quote, the
+            # fills' totals and last time, and whether the attempt failed over (a4 at alpaca).
+            mid = D(o.mid) if o.broker is not None and o.mid else None
+            fills = [(D(q), D(p), D(fee), o.at + ms(after)) for q, p, fee, after in o.fills]
+            traded = {
+                "bid": None if mid is None else mid - D(o.spread),
+                "ask": None if mid is None else mid + D(o.spread),
+                "mid": mid,
+                "tq": sum((q for q, _, _, _ in fills), D(0)) if fills else None,
+                "tv": sum((q * p for q, p, _, _ in fills), D(0)) if fills else None,
+                "tf": sum((fee for _, _, fee, _ in fills), D(0)) if fills else None,
+                "last": max((at for _, _, _, at in fills), default=None),
+                "over": (o.intent, o.broker, o.attempt) == ("a4", "alpaca", 1),
+            }
             await conn.execute(
                 text(
                     "INSERT INTO orders (intent_id, strategy_id, broker_name, client_order_id, broker_order_id,"
                     " attempt,"
                     " symbol, asset_class, side, order_type, quantity, notional, filled_quantity, average_price,"
-                    " status, created_at, updated_at, decided_at, reference_price, first_fill_at, acknowledged_at)"
+                    " status, created_at, updated_at, decided_at, reference_price, first_fill_at, acknowledged_at,"
+                    " quote_bid, quote_ask, quote_mid, traded_quantity, traded_value, traded_fees, last_fill_at,"
+                    " failed_over)"
                     " VALUES (:i, 's1', :b, :i, :bo, :a, 'AAPL', 'equity', :side, :type, :q, :n, :filled, :avg,"
-                    " :status, :created, :created, :decided, :ref, :first, :ack)"
+                    " :status, :created, :created, :decided, :ref, :first, :ack, :bid, :ask, :mid, :tq, :tv, :tf,"
+                    " :last, :over)"
                 ),
                 key
+                | traded
                 | {
                     "bo": f"bo-{o.intent}-{o.attempt}",
                     "side": o.side,
@@ -408,3 +426,53 @@ async def test_the_cli_writes_each_format_and_says_when_a_month_is_empty(book: A
     result = await mbx("report", "execution", "--month", "2026-09")
     assert result.exit_code == 0, result.output
     assert "no orders or route decisions are recorded for 2026-09" in result.output
+
+
+async def kept_orders(engine: AsyncEngine, month: str) -> list[Any]:
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            text(
+                "SELECT orders, report -> 'rows' -> -1 ->> 'orders' AS total FROM execution_report_months"
+                " WHERE month = :m"
+            ),
+            {"m": month},
+        )
+        return [tuple(r) for r in found]
+
+
+async def mark_kept_total(engine: AsyncEngine, month: str, orders: int) -> None:
+    """Write another order count into the kept report's total line, to tell it apart."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE execution_report_months SET report = jsonb_set(report, ARRAY['rows', "
+                "(jsonb_array_length(report -> 'rows') - 1)::text, 'orders'], to_jsonb(CAST(:n AS int)))"
+                " WHERE month = :m"
+            ),
+            {"m": month, "n": orders},
+        )
+
+
+async def test_a_closed_month_is_kept_once_computed_and_computed_again_when_its_orders_change(book: Any) -> None:
+    """The current month is never kept; a closed month is computed once, then read from the kept
+    report with the same figures; an order of the month changed since is computed again, and so
+    is a report computed within SETTLE of its month's last change."""
+    engine, _ = book
+    open_month = await execution_report(engine, "2026-11", now=datetime(2026, 11, 20, tzinfo=UTC))
+    assert await kept_orders(engine, "2026-11") == []
+
+    computed = await execution_report(engine, "2026-11")
+    assert computed == open_month
+    assert await kept_orders(engine, "2026-11") == [(9, "9")]
+    assert await execution_report(engine, "2026-11") == computed  # read back to the cent and the float
+
+    await mark_kept_total(engine, "2026-11", 999)
+    assert line(await execution_report(engine, "2026-11"), None).orders == 999  # served from the table
+
+    async with engine.begin() as conn:  # a3's cancel turns out a fill: written as the aggregator does
+        await conn.execute(text("UPDATE orders SET status = 'filled', updated_at = now() WHERE intent_id = 'a3'"))
+    changed = await execution_report(engine, "2026-11")
+    assert (line(changed, None).orders, line(changed, None).filled, line(changed, None).cancelled) == (9, 6, 1)
+    await mark_kept_total(engine, "2026-11", 999)
+    again = await execution_report(engine, "2026-11")  # changed within SETTLE: not trusted yet
+    assert again == changed and line(again, None).orders == 9

@@ -6,7 +6,7 @@ An *order* is one row of ``orders``: one attempt at one broker (a failover makes
 the next broker). It belongs to the month its route was decided in (``decided_at``; an order the
 router rejected before choosing a broker has no decision time and counts by ``created_at``), and
 its fills, fees and failover count with it whenever they happened. docs/operations.md defines each
-figure.
+figure. A closed month's report is kept once computed (``execution_cache``).
 """
 
 from __future__ import annotations
@@ -30,37 +30,22 @@ WORK_MEM = "128MB"
 
 ORDERS_SQL = """
 WITH measured AS (
-    SELECT coalesce(o.broker_name, :router) AS venue, o.order_type, o.status, f.shares, f.value, f.fees,
-           coalesce(o.notional, o.quantity * o.reference_price) AS size_usd,
-           date_part('epoch', o.acknowledged_at - o.decided_at) * 1000 AS ack_ms,
-           date_part('epoch', o.first_fill_at - o.decided_at) * 1000 AS first_fill_ms,
-           CASE WHEN o.status = 'filled' THEN date_part('epoch', f.last_fill_at - o.decided_at) * 1000 END
+    -- One scan of the month's orders: the route's quote, the fills' totals and last time and the
+    -- failover are kept on the order row by the aggregator (migration 0014).
+    SELECT coalesce(broker_name, :router) AS venue, order_type, status, failed_over,
+           traded_quantity AS shares, traded_value AS value, traded_fees AS fees,
+           coalesce(notional, quantity * reference_price) AS size_usd,
+           date_part('epoch', acknowledged_at - decided_at) * 1000 AS ack_ms,
+           date_part('epoch', first_fill_at - decided_at) * 1000 AS first_fill_ms,
+           CASE WHEN status = 'filled' THEN date_part('epoch', last_fill_at - decided_at) * 1000 END
                AS complete_fill_ms,
-           CASE WHEN o.filled_quantity > 0 AND o.average_price IS NOT NULL AND r.mid > 0 THEN o.filled_quantity END
+           CASE WHEN filled_quantity > 0 AND average_price IS NOT NULL AND quote_mid > 0 THEN filled_quantity END
                AS quoted_shares,
-           CASE WHEN o.side = 'buy' THEN r.ask - o.average_price ELSE o.average_price - r.bid END AS improvement,
-           CASE WHEN o.side = 'buy' THEN 2 ELSE -2 END * (o.average_price - r.mid) AS effective_spread,
-           r.mid,
-           EXISTS (SELECT 1 FROM failover_events e WHERE e.intent_id = o.intent_id AND e.attempt = o.attempt
-                     AND e.failed_broker = o.broker_name) AS failed_over
-      FROM orders o
-      -- The quote of the order's route: decided at the same instant as the order, so within the
-      -- month; only the three prices leave the scan (OFFSET 0 keeps the decision out of the join).
-      LEFT JOIN (SELECT intent_id, attempt, broker_name, (decision -> 'quote' ->> 'bid')::numeric AS bid,
-                        (decision -> 'quote' ->> 'ask')::numeric AS ask,
-                        (decision -> 'quote' ->> 'mid')::numeric AS mid
-                   FROM multi_broker_routes
-                  WHERE decided_at >= :start AND decided_at < :end OFFSET 0) r
-        ON r.intent_id = o.intent_id AND r.attempt = o.attempt AND r.broker_name = o.broker_name
-      -- Every fill of the month's orders: none comes before its order's decision (a day of margin
-      -- for a broker's clock), later ones count whenever they came.
-      LEFT JOIN (SELECT intent_id, broker_name, sum(quantity) AS shares, sum(quantity * price) AS value,
-                        sum(fee) AS fees, max(executed_at) AS last_fill_at
-                   FROM trade_logs
-                  WHERE executed_at >= CAST(:start AS timestamptz) - interval '1 day'
-                  GROUP BY intent_id, broker_name) f
-        ON f.intent_id = o.intent_id AND f.broker_name = o.broker_name
-     WHERE coalesce(o.decided_at, o.created_at) >= :start AND coalesce(o.decided_at, o.created_at) < :end
+           CASE WHEN side = 'buy' THEN quote_ask - average_price ELSE average_price - quote_bid END AS improvement,
+           CASE WHEN side = 'buy' THEN 2 ELSE -2 END * (average_price - quote_mid) AS effective_spread,
+           quote_mid AS mid
+      FROM orders
+     WHERE coalesce(decided_at, created_at) >= :start AND coalesce(decided_at, created_at) < :end
 ), bucketed AS (
     SELECT *, CASE WHEN size_usd IS NULL THEN 'unknown' WHEN size_usd < 1000 THEN '<1k'
                    WHEN size_usd < 10000 THEN '1k-10k' WHEN size_usd < 100000 THEN '10k-100k'
@@ -210,8 +195,20 @@ def _sort_key(row: ExecutionRow) -> tuple[bool, str, bool, str, int]:
     return (row.broker is None, row.broker or "", row.order_type is None, row.order_type or "", bucket)
 
 
-async def execution_report(engine: AsyncEngine, month: str) -> ExecutionReport:
-    """The report for ``month`` (YYYY-MM, UTC); raises :class:`BadMonth` for anything else."""
+async def execution_report(engine: AsyncEngine, month: str, *, now: datetime | None = None) -> ExecutionReport:
+    """The report for ``month`` (YYYY-MM, UTC); raises :class:`BadMonth` for anything else. A
+    month that ended before ``now`` is read from its kept report while that still holds
+    (``execution_cache``); the current month is computed each time."""
+    _, end = month_window(month)
+    if end <= (now or datetime.now(UTC)):
+        from workers.readmodel.execution_cache import kept_report  # noqa: PLC0415  (it imports this module)
+
+        return await kept_report(engine, month, lambda: computed_report(engine, month))
+    return await computed_report(engine, month)
+
+
+async def computed_report(engine: AsyncEngine, month: str) -> ExecutionReport:
+    """The report for ``month`` computed from the audit store, never from a kept report."""
     start, end = month_window(month)
     window = {"start": start, "end": end}
     async with engine.connect() as conn:
