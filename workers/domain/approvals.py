@@ -18,7 +18,7 @@ from contracts import ApprovalEvent, ApprovalStep, OrderIntent
 from workers.domain.config import ApprovalRule, MbxConfig
 from workers.domain.fees import traded_value
 from workers.domain.keys import key_token
-from workers.domain.rule_match import range_check, static_check
+from workers.domain.rule_match import RangeCheck, StaticCheck, range_check, static_check
 
 OPERATOR_MAX = 100
 NOTE_MAX = 1000
@@ -40,11 +40,22 @@ def approval_rule(intent: OrderIntent, config: MbxConfig, price: Decimal | None)
     if not rules:
         return None
     quantity, notional = size_of(intent, price)
-    for rule in rules:
-        sized = range_check(rule.match, unknown_matches=True)
-        if static_check(rule.match)(intent) and (sized is None or sized(quantity, notional)):
+    for rule, shaped, sized in _compiled(rules):
+        if shaped(intent) and (sized is None or sized(quantity, notional)):
             return rule
     return None
+
+
+_last: tuple[list[ApprovalRule], tuple[tuple[ApprovalRule, StaticCheck, RangeCheck | None], ...]] | None = None
+
+
+def _compiled(rules: list[ApprovalRule]) -> tuple[tuple[ApprovalRule, StaticCheck, RangeCheck | None], ...]:
+    """Each rule with its match compiled, kept for the rules last asked about (the live config's):
+    compiling the globs on every intent cost a fifth of a what-if replay."""
+    global _last  # noqa: PLW0603  (one entry: the config in force)
+    if _last is None or _last[0] is not rules:
+        _last = (rules, tuple((r, static_check(r.match), range_check(r.match, unknown_matches=True)) for r in rules))
+    return _last[1]
 
 
 def size_of(intent: OrderIntent, price: Decimal | None) -> tuple[Decimal | None, Decimal | None]:
