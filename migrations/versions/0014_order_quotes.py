@@ -23,7 +23,8 @@ quote from the route's statement trigger of migration 0010, extended here (which
 moves ``updated_at``, as every write of these columns does, so a cached month sees the change).
 
 ``execution_report_months`` keeps a closed month's report (``workers/readmodel/execution_cache.py``
-says when it is served and when recomputed); ``mbx_dashboard`` may write it.
+says when it is served and when recomputed); ``mbx_dashboard`` may write it (granted by
+``mbx_grant_dashboard()``, redefined here, for a role an administrator creates later too).
 
 Safe on a populated database: the columns are nullable, or with a constant default (no table
 rewrite); existing rows are filled in batches of ``BATCH`` orders, each its own transaction
@@ -91,11 +92,26 @@ UPDATE orders o
  WHERE o.id >= :low AND o.id < :high
 """
 
+GRANT_FUNCTION = """
+CREATE OR REPLACE FUNCTION mbx_grant_dashboard() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('GRANT USAGE ON SCHEMA %I TO mbx_dashboard', current_schema());
+    EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO mbx_dashboard', current_schema());
+    GRANT INSERT ON config_changes, dlq_replays TO mbx_dashboard;
+    GRANT USAGE ON SEQUENCE config_changes_id_seq, dlq_replays_id_seq TO mbx_dashboard;
+    GRANT INSERT, UPDATE ON execution_report_months TO mbx_dashboard;
+    EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT SELECT ON TABLES TO mbx_dashboard', current_schema());
+END
+$$;
+"""
+GRANT_FUNCTION_0009 = GRANT_FUNCTION.replace(
+    "    GRANT INSERT, UPDATE ON execution_report_months TO mbx_dashboard;\n", ""
+)
 GRANT = """
 DO $$
 BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'mbx_dashboard') THEN
-        GRANT SELECT, INSERT, UPDATE ON execution_report_months TO mbx_dashboard;
+        PERFORM mbx_grant_dashboard();
     END IF;
 END
 $$;
@@ -113,6 +129,7 @@ def upgrade() -> None:
         sa.Column("report", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
         sa.PrimaryKeyConstraint("month", name=op.f("pk_execution_report_months")),
     )
+    op.execute(GRANT_FUNCTION)
     op.execute(GRANT)
     # Commits whatever earlier revisions of this run did, then works outside a transaction: each
     # batch of the backfill commits on its own.
@@ -137,6 +154,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute(GRANT_FUNCTION_0009)
     op.execute(ON_ROUTES_0010)
     for column in (
         "failed_over",
