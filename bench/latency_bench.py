@@ -17,8 +17,9 @@ brokers with their rate limits raised, JetStream's default fsync):
    aggregator's transaction that recorded the accepted report). The floor and mbx run in
    alternating slices (``ROUNDS``), so that both see the machine in the same state: on a
    machine shared with other work, a floor measured a minute apart is not a floor.
-4. Both again right after a burst (``BURST`` intents at once through mbx, then as many through
-   the raw chain, default 5,000).
+4. Both again after a burst (``BURST`` intents at once through the raw chain, then as many
+   through mbx, default 5,000): mbx's first slice starts as soon as every intent of its burst
+   has ended, the floor's right after that.
 
 Reported: p50/p90/p99/max of each, the ratio of each to its floor, CPU milliseconds per intent of
 each process (workers, nats-server, PostgreSQL) in the burst and at the offered rate, and the
@@ -265,7 +266,15 @@ def mbx_slice(
 
 
 def measure(
-    stack: Stack, probes: Path, floor: Floor, label: str, rate: float, count: int, progress: Progress
+    stack: Stack,
+    probes: Path,
+    floor: Floor,
+    label: str,
+    rate: float,
+    count: int,
+    progress: Progress,
+    *,
+    mbx_first: bool = False,
 ) -> dict[str, float]:
     """mbx and the floor at ``rate``, in ``ROUNDS`` alternating slices (so both see the machine
     as it is then): latencies to the broker request, the report and the row; mbx's CPU and
@@ -279,15 +288,20 @@ def measure(
     trips_after: dict[str, Counter[str]] = {}
     marks: dict[str, dict[str, float]] = {}
     for k in range(ROUNDS):
-        progress(f"[{label}] round {k + 1} of {ROUNDS}: {each} messages through the raw chain at {rate:g}/s")
-        for leg, values in floor.slice(f"raw-{label}{k}", each, rate).items():
-            raw[leg] += values
+        if k or not mbx_first:
+            progress(f"[{label}] round {k + 1} of {ROUNDS}: {each} messages through the raw chain at {rate:g}/s")
+            for leg, values in floor.slice(f"raw-{label}{k}", each, rate).items():
+                raw[leg] += values
         progress(f"[{label}] round {k + 1} of {ROUNDS}: {each} intents through mbx at {rate:g}/s")
         before, counted = stack.cpu(), counts(stack, probes)
         latencies, slice_marks = mbx_slice(stack, probes, f"lat-{label}{k}", rate, each, progress)
         for leg, values in latencies.items():
             mbx[leg] += values
         marks |= slice_marks
+        if mbx_first and not k:
+            progress(f"[{label}] round 1 of {ROUNDS}: {each} messages through the raw chain at {rate:g}/s")
+            for leg, values in floor.slice(f"raw-{label}{k}", each, rate).items():
+                raw[leg] += values
         after, counted_after = stack.cpu(), counts(stack, probes)
         cpu.update({process: seconds - before[process] for process, seconds in after.items()})
         for name, c in counted.items():
@@ -365,10 +379,11 @@ def run(burst: int = 5000, seconds: float = 15.0, progress: Progress = print) ->
             floor = Floor(stack.nats.url, dsn, Path(tmp) / "raw")
             try:
                 out |= measure(stack, probes, floor, "quiet", rate, count, progress)
-                out |= capacity(stack, probes, "burst", burst, progress)
                 progress(f"[floor] {burst} messages at once through the raw chain")
                 floor.burst("rawburst", burst)
-                out |= measure(stack, probes, floor, "after_burst", rate, count, progress)
+                out |= capacity(stack, probes, "burst", burst, progress)
+                # mbx's first slice right after its burst, the floor's right after it.
+                out |= measure(stack, probes, floor, "after_burst", rate, count, progress, mbx_first=True)
             finally:
                 floor.stop()
         finally:
