@@ -214,7 +214,7 @@ def rows(dsn: str, run: str) -> dict[str, float]:
     return {r[0][len("exec-") :].rsplit("-", 3)[0]: r[1].timestamp() for r in found}
 
 
-def cpu_per_intent(before: dict[str, float], after: dict[str, float], n: int, prefix: str) -> dict[str, float]:
+def cpu_per_intent(before: dict[str, float], after: dict[str, float], n: float, prefix: str) -> dict[str, float]:
     out: dict[str, float] = {}
     executors = 0.0
     for process, seconds in after.items():
@@ -325,7 +325,7 @@ def idle(stack: Stack, seconds: float, progress: Progress) -> dict[str, float]:
     before = stack.cpu()
     time.sleep(seconds)
     after = stack.cpu()
-    out = cpu_per_intent(before, after, int(seconds), "idle")
+    out = cpu_per_intent(before, after, seconds, "idle")
     return {key.replace("_per_intent", "_per_s"): value for key, value in out.items()}
 
 
@@ -351,7 +351,16 @@ def ratios(out: dict[str, float]) -> dict[str, float]:
     return ratio
 
 
-def run(burst: int = 5000, seconds: float = 15.0, progress: Progress = print) -> dict[str, float]:
+def run(
+    burst: int = 5000,
+    seconds: float = 15.0,
+    progress: Progress = print,
+    *,
+    capacity_intents: int = CAPACITY_INTENTS,
+    warmup: int = 300,
+    idle_s: float = 10.0,
+) -> dict[str, float]:
+    """The whole benchmark; the keyword sizes are smaller in the test that keeps it working."""
     out: dict[str, float] = {"burst_intents": burst, "seconds_at_rate": seconds, "load_share": LOAD}
     with tempfile.TemporaryDirectory(prefix="mbx-latency-") as tmp:
         probes = Path(tmp) / "probes"
@@ -367,11 +376,11 @@ def run(burst: int = 5000, seconds: float = 15.0, progress: Progress = print) ->
         stack.start()
         try:
             dsn = stack.postgres.url()
-            progress("[mbx] warming up: 300 intents at once")
-            asyncio.run(offer(stack.nats.url, book(300, "warmup", EQUITIES), None))
-            wait_ended(dsn, "warmup", 300, 300, lambda _: None)
-            out |= idle(stack, 10.0, progress)
-            out |= capacity(stack, probes, "capacity", CAPACITY_INTENTS, progress)
+            progress(f"[mbx] warming up: {warmup} intents at once")
+            asyncio.run(offer(stack.nats.url, book(warmup, "warmup", EQUITIES), None))
+            wait_ended(dsn, "warmup", warmup, 300, lambda _: None)
+            out |= idle(stack, idle_s, progress)
+            out |= capacity(stack, probes, "capacity", capacity_intents, progress)
             rate = max(1.0, round(out["capacity_intents_per_s"] * LOAD, 1))
             count = max(50, int(rate * seconds))
             out["offered_rate_per_s"] = rate

@@ -71,3 +71,26 @@ def test_whatif_benchmark_records_replays_and_runs_the_command_alike() -> None:
     assert 0 < results["decisions_changed"] < 400
     assert results["would_be_held"] > 0 and results["held_when_recorded"] > 0
     assert results["mbx_whatif_command_s"] > 0 and results["baseline_bare_route_s"] > 0
+
+
+def test_latency_benchmark_measures_mbx_beside_the_raw_chain_and_counts_the_round_trips() -> None:
+    """A few hundred intents and as many raw messages on its own stack, with the probes in every
+    worker; no timing is asserted, only that every figure is there and the round trips are counted."""
+    from bench.latency_bench import run as run_latency
+
+    results = run_latency(100, 1.0, lambda _: None, capacity_intents=100, warmup=20, idle_s=1.0)
+    for label in ("quiet", "after_burst"):
+        for leg in ("to_request", "to_report", "to_row"):
+            assert results[f"mbx_{label}_{leg}_p50_ms"] > 0
+            assert results[f"floor_{label}_{leg}_p50_ms"] > 0
+            assert results[f"ratio_{label}_{leg}_p99"] > 0
+        # The strategy's publish, the journal write, the route's publish and the ledger read at
+        # least (a broker without client order ids adds its own before placing).
+        assert results[f"{label}_trips_critical_to_request_per_intent"] >= 4
+        assert (
+            results[f"{label}_trips_critical_to_report_per_intent"]
+            > results[f"{label}_trips_critical_to_request_per_intent"]
+        )
+        assert results[f"stretch_{label}_router_until_journal_write_p50_ms"] > 0
+    assert results["capacity_all_processes_cpu_ms_per_intent"] > results["capacity_router_cpu_ms_per_intent"] > 0
+    assert results["idle_all_processes_cpu_ms_per_s"] > 0
