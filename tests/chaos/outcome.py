@@ -278,7 +278,7 @@ async def check_outcome(
             settings.topology.attributions_bucket,
             str(broker),
         )
-        for order in await kv_book.all():
+        for order in await answered(kv_book.all):
             owner = order.client_order_id or await guard.owner(order.broker_order_id) or f"unattributed {order}"
             at_brokers[owner] += 1
             row = by_intent.get(owner)
@@ -296,9 +296,8 @@ async def check_outcome(
 
     # The bus: exactly one final report per intent.
     finals: dict[str, int] = defaultdict(int)
-    for stored in await read_stream(
-        nc.jetstream(), settings.subjects.stream_name("EXECUTIONS"), f"{settings.subject_prefix}.exec.>"
-    ):
+    executions = settings.subjects.stream_name("EXECUTIONS")
+    for stored in await answered(lambda: read_stream(nc.jetstream(), executions, f"{settings.subject_prefix}.exec.>")):
         report = json.loads(stored.data)
         if report.get("final"):
             finals[report["intent_id"]] += 1
@@ -308,7 +307,7 @@ async def check_outcome(
     # and the kills did make executors look (redeliveries of work in hand).
     requests: list[Request] = []
     for kv_book in kv_books.values():
-        log = await kv_book.requests()
+        log = await answered(kv_book.requests)
         blind = repeated_without_lookup(log)
         assert blind == {}, f"placed again without a lookup that found nothing: {blind}; " + "; ".join(
             f"{cid}: {[(r.kind, r.found) for r in log if r.client_order_id == cid]}" for cid in list(blind)[:5]
@@ -319,3 +318,14 @@ async def check_outcome(
     assert kinds["lookup"] > 0 or not kills_in_flight, (
         "no executor ever had to look an order up: the kills missed the work in hand"
     )
+
+
+async def answered(read: Any, tries: int = 30) -> Any:
+    """``read()`` once the bus answers it: right after a cluster lost and got back nodes, a
+    bucket's stream may still be electing its leader (503, no responders) for a few seconds."""
+    for _ in range(tries - 1):
+        try:
+            return await read()
+        except BUS_UNAVAILABLE:
+            await asyncio.sleep(1.0)
+    return await read()
