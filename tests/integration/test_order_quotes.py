@@ -99,8 +99,8 @@ async def columns(store: AuditStore, intent_id: str) -> tuple[Any, ...] | None:
 
 async def test_every_arrival_order_leaves_the_quote_fills_and_failover_on_the_order(isolated: Settings) -> None:
     """Route, report, two fills and a failover, each in a transaction of its own, in all 120
-    orders: once the order is stored its columns show exactly what has arrived, and a fill
-    delivered again under another message id adds nothing."""
+    orders: once the order is stored its columns show exactly what has arrived (what came before
+    it waited for it), and a fill delivered again under another message id adds nothing."""
     store = AuditStore(make_engine(isolated.sqlalchemy_url(), pool_size=1))
     try:
         for k, arrival in enumerate(itertools.permutations(["route", "report", "fill 1", "fill 2", "failover"])):
@@ -119,6 +119,8 @@ async def test_every_arrival_order_leaves_the_quote_fills_and_failover_on_the_or
             final = await columns(store, intent_id)
             assert final == expected(envelopes, set(arrival))
             assert final is not None and final[3:6] == (D(10), D("1003.50"), D("0.10"))
+            awaiting = "SELECT 1 FROM fills_awaiting_order WHERE intent_id = :i"
+            assert await fetch_all(store.engine, awaiting, i=intent_id) == []  # taken by the order
     finally:
         await store.engine.dispose()
 

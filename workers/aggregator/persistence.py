@@ -9,11 +9,12 @@ operators and for the strategy, under two message ids).
 
 What the best-execution report reads is kept on the order row (migration 0014): the route's
 quote, and the totals and last time of its fills and whether it failed over, which may be
-stored before or after the order. The order takes the fills and failovers already stored when
-it is inserted; each new fill or failover is added onto its order by the statement that inserts
-it (a duplicate inserts nothing, so adds nothing). Replicas apply batches concurrently: each
-batch first takes a transaction lock on each of its intents, so an order and a fill of the same
-intent are never written by two transactions that cannot see each other's rows.
+stored before or after the order. Each new fill or failover is added onto its order by the
+statement that inserts it (a duplicate inserts nothing, so adds nothing), or, when the order is
+not stored yet, into ``fills_awaiting_order``, which the order's insert takes and empties.
+Replicas apply batches concurrently: each batch first takes a transaction lock on each of its
+intents, so an order and a fill of the same intent are never written by two transactions that
+cannot see each other's rows.
 """
 
 from __future__ import annotations
@@ -367,21 +368,21 @@ _ORDER_COLUMNS = {
 # first from a report gets them when its route is stored (trigger, migration 0010). A child of a
 # parent order carries its parent's id; one stored first from a report gets it from the parent's
 # next report (``parent_records``).
-# A new order takes its intent's fills at its broker and its failover already stored (they may
-# come first); later ones are added by the statements that insert them (_INSERT_FILL,
-# _INSERT_FAILOVER). An order row already stored keeps its values (the upsert does not set them).
+# A new order takes the fills and failovers of its intent at its broker stored before it (kept
+# in fills_awaiting_order by _INSERT_FILL and _INSERT_FAILOVER), and deletes them from there; an
+# order row already stored keeps its values (the upsert does not set them). Looking in trade_logs
+# and failover_events instead, for every order stored, halved the aggregator's throughput.
 _FILLS_AND_FAILOVER = {
-    "traded_quantity": "f.quantity",
-    "traded_value": "f.value",
-    "traded_fees": "f.fees",
-    "last_fill_at": "f.last_fill_at",
-    "failed_over": "EXISTS (SELECT 1 FROM failover_events e WHERE e.intent_id = u.intent_id "
-    "AND e.attempt = u.attempt AND e.failed_broker = u.broker_name)",
+    "traded_quantity": "a.traded_quantity",
+    "traded_value": "a.traded_value",
+    "traded_fees": "a.traded_fees",
+    "last_fill_at": "a.last_fill_at",
+    "failed_over": "coalesce(u.attempt = ANY(a.failed_attempts), false)",
 }
-_FILLS_SO_FAR = (
-    "LEFT JOIN LATERAL (SELECT sum(t.quantity) AS quantity, sum(t.quantity * t.price) AS value, sum(t.fee) AS fees, "
-    "max(t.executed_at) AS last_fill_at FROM trade_logs t WHERE t.intent_id = u.intent_id "
-    "AND t.broker_name = u.broker_name) f ON true"
+_AWAITING = "LEFT JOIN fills_awaiting_order a ON a.intent_id = u.intent_id AND a.broker_name = u.broker_name"
+_TAKEN = (
+    "DELETE FROM fills_awaiting_order a USING inserted i WHERE a.intent_id = i.intent_id "
+    "AND a.broker_name = i.broker_name"
 )
 _INSERT_ORDER = _ArrayInsert(
     "orders",
@@ -394,9 +395,10 @@ _INSERT_ORDER = _ArrayInsert(
         "quote_ask": "numeric",
         "quote_mid": "numeric",
     },
-    "ON CONFLICT (broker_name, client_order_id) DO NOTHING",
+    "ON CONFLICT (broker_name, client_order_id) DO NOTHING RETURNING intent_id, broker_name",
     derived=_FILLS_AND_FAILOVER,
-    joined=_FILLS_SO_FAR,
+    joined=_AWAITING,
+    then=_TAKEN,
 )
 _NEWER = "orders.report_seq < excluded.report_seq"
 _FROM_NEWER_REPORT = {
@@ -429,9 +431,10 @@ _UPSERT_REPORT = _ArrayInsert(
     + ", updated_at = now(), first_fill_at = least(orders.first_fill_at, excluded.first_fill_at), "
     "acknowledged_at = least(orders.acknowledged_at, excluded.acknowledged_at) "
     f"WHERE {_NEWER} OR excluded.acknowledged_at < coalesce(orders.acknowledged_at, 'infinity') "
-    "OR excluded.first_fill_at < coalesce(orders.first_fill_at, 'infinity')",
+    "OR excluded.first_fill_at < coalesce(orders.first_fill_at, 'infinity') RETURNING intent_id, broker_name",
     derived=_FILLS_AND_FAILOVER,
-    joined=_FILLS_SO_FAR,
+    joined=_AWAITING,
+    then=_TAKEN,
 )
 _INSERT_FILL = _ArrayInsert(
     "trade_logs",
@@ -449,13 +452,20 @@ _INSERT_FILL = _ArrayInsert(
         "executed_at": "timestamptz",
     },
     "ON CONFLICT (fill_id) DO NOTHING RETURNING intent_id, broker_name, quantity, price, fee, executed_at",
-    # Only the fills new to the store are added to their order: a duplicate returns no row.
-    then="UPDATE orders o SET traded_quantity = coalesce(o.traded_quantity, 0) + n.quantity, "
+    # Only the fills new to the store are added: to their order, else to fills_awaiting_order.
+    then=", new AS (SELECT intent_id, broker_name, sum(quantity) AS quantity, sum(quantity * price) AS value, "
+    "sum(fee) AS fees, max(executed_at) AS last_fill_at FROM inserted GROUP BY intent_id, broker_name), "
+    "added AS (UPDATE orders o SET traded_quantity = coalesce(o.traded_quantity, 0) + n.quantity, "
     "traded_value = coalesce(o.traded_value, 0) + n.value, traded_fees = coalesce(o.traded_fees, 0) + n.fees, "
-    "last_fill_at = greatest(o.last_fill_at, n.last_fill_at), updated_at = now() "
-    "FROM (SELECT intent_id, broker_name, sum(quantity) AS quantity, sum(quantity * price) AS value, "
-    "sum(fee) AS fees, max(executed_at) AS last_fill_at FROM inserted GROUP BY intent_id, broker_name) n "
-    "WHERE o.intent_id = n.intent_id AND o.broker_name = n.broker_name",
+    "last_fill_at = greatest(o.last_fill_at, n.last_fill_at), updated_at = now() FROM new n "
+    "WHERE o.intent_id = n.intent_id AND o.broker_name = n.broker_name RETURNING o.intent_id, o.broker_name) "
+    "INSERT INTO fills_awaiting_order AS a (intent_id, broker_name, traded_quantity, traded_value, traded_fees, "
+    "last_fill_at) SELECT * FROM new n WHERE NOT EXISTS (SELECT 1 FROM added d WHERE d.intent_id = n.intent_id "
+    "AND d.broker_name = n.broker_name) ON CONFLICT (intent_id, broker_name) DO UPDATE SET "
+    "traded_quantity = coalesce(a.traded_quantity, 0) + excluded.traded_quantity, "
+    "traded_value = coalesce(a.traded_value, 0) + excluded.traded_value, "
+    "traded_fees = coalesce(a.traded_fees, 0) + excluded.traded_fees, "
+    "last_fill_at = greatest(a.last_fill_at, excluded.last_fill_at)",
 )
 _INSERT_FAILOVER = _ArrayInsert(
     "failover_events",
@@ -469,8 +479,14 @@ _INSERT_FAILOVER = _ArrayInsert(
         "occurred_at": "timestamptz",
     },
     "ON CONFLICT (intent_id, attempt) DO NOTHING RETURNING intent_id, attempt, failed_broker",
-    then="UPDATE orders o SET failed_over = true, updated_at = now() FROM inserted n "
-    "WHERE o.intent_id = n.intent_id AND o.attempt = n.attempt AND o.broker_name = n.failed_broker",
+    then=", marked AS (UPDATE orders o SET failed_over = true, updated_at = now() FROM inserted n "
+    "WHERE o.intent_id = n.intent_id AND o.attempt = n.attempt AND o.broker_name = n.failed_broker "
+    "RETURNING o.intent_id, o.broker_name) "
+    "INSERT INTO fills_awaiting_order AS a (intent_id, broker_name, failed_attempts) "
+    "SELECT n.intent_id, n.failed_broker, array_agg(n.attempt) FROM inserted n WHERE NOT EXISTS "
+    "(SELECT 1 FROM marked m WHERE m.intent_id = n.intent_id AND m.broker_name = n.failed_broker) "
+    "GROUP BY n.intent_id, n.failed_broker ON CONFLICT (intent_id, broker_name) DO UPDATE SET "
+    "failed_attempts = a.failed_attempts || excluded.failed_attempts",
 )
 _INSERT_APPROVAL = _ArrayInsert(
     "approvals",

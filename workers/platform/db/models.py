@@ -25,7 +25,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -168,6 +168,21 @@ class ExecutionReportMonth(Base):
     orders_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     report: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+
+
+class FillsAwaitingOrder(Base):
+    """Fills and failovers stored before their order (migration 0014), per intent and broker:
+    the order takes them when it is stored, and the row is deleted."""
+
+    __tablename__ = "fills_awaiting_order"
+
+    intent_id: Mapped[str] = mapped_column(String(48), primary_key=True)
+    broker_name: Mapped[str] = mapped_column(BrokerCol, primary_key=True)
+    traded_quantity: Mapped[Decimal | None] = mapped_column(Numeric)
+    traded_value: Mapped[Decimal | None] = mapped_column(Numeric)
+    traded_fees: Mapped[Decimal | None] = mapped_column(Numeric)
+    last_fill_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    failed_attempts: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False, server_default="{}")
 
 
 class ParentOrder(Base):
