@@ -142,6 +142,22 @@ def test_a_buy_larger_than_the_one_short_held_covers_it_and_goes_long_there() ->
     assert isinstance(several, Rejection) and several.reason_code == "insufficient_position"
 
 
+def test_a_sell_right_after_its_buy_closes_what_the_buy_bought_before_any_snapshot_shows_it() -> None:
+    """A buy of 10 MSFT routed to IBKR, its fill in no snapshot yet: a sell of 4 closes it there
+    (it was refused as a short at a cash account), and a sell of 20 is refused with IBKR's 10."""
+    state = RouterState(MbxConfig())
+    state.snapshot = snapshot({})
+    bought = decide(state.risk_view(), symbol="MSFT", broker="ibkr")
+    assert isinstance(bought, RouteDecision) and bought.broker is IBKR
+    state.record(bought, Decimal(100))
+    sold = decide(state.risk_view(), symbol="MSFT", side="sell", quantity="4")
+    assert isinstance(sold, RouteDecision) and (sold.broker, sold.closes_position) == (IBKR, Decimal(10))
+    state.record(sold, Decimal(100))
+    too_many = decide(state.risk_view(), symbol="MSFT", side="sell", quantity="20")
+    assert isinstance(too_many, Rejection) and too_many.reason_code == "insufficient_position"
+    assert "ibkr holds 6" in too_many.reason
+
+
 def test_a_buy_against_a_short_that_buys_in_flight_cover_opens_a_long() -> None:
     """Alpaca's snapshot is short 10 AAPL and a buy of 10 is routed there: the next buy closes
     nothing (it was refused as closing a position that 'alpaca holds 0' of)."""

@@ -70,7 +70,10 @@ def position_plan(
     assert risk.snapshot is not None
     sign = 1 if intent.side is Side.SELL else -1
     reduces = [
-        (b, risk.held(b, symbol)) for b in brokers if risk.snapshot.holdings.get(b, {}).get(symbol, ZERO) * sign > 0
+        (b, held)
+        for b in brokers
+        for held in [risk.held(b, symbol)]
+        if risk.snapshot.holdings.get(b, {}).get(symbol, ZERO) * sign > 0 or held * sign > 0
     ]
     if intent.side is Side.BUY and not any(held for _, held in reduces):
         reduces = []  # every short is covered by buys in flight: this buy opens or adds to a long

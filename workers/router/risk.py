@@ -48,16 +48,20 @@ class RiskView:
         return self.snapshot is not None and (bool(self.snapshot.holdings) or not self.snapshot.positions)
 
     def held(self, broker: BrokerName, symbol: str) -> Decimal:
-        """The position ``broker`` holds in ``symbol`` (long > 0) that orders routed since the
-        snapshot leave to close: a long less the sells in flight, a short less the buys."""
+        """The position ``broker`` holds in ``symbol`` (long > 0) counting the orders routed there
+        since the snapshot: its buys add, its sells take away (a sell right after a buy's fill
+        closes what the buy bought, though no snapshot shows it yet). A position the snapshot
+        shows keeps its side: sells in flight close a long at most to 0, buys a short."""
         if self.snapshot is None:
             return ZERO
         held = self.snapshot.holdings.get(broker, {}).get(symbol, ZERO)
+        pending = self.pending_quantity
+        net = held + pending.get((broker, symbol, Side.BUY), ZERO) - pending.get((broker, symbol, Side.SELL), ZERO)
         if held > 0:
-            return max(held - self.pending_quantity.get((broker, symbol, Side.SELL), ZERO), ZERO)
+            return max(net, ZERO)
         if held < 0:
-            return min(held + self.pending_quantity.get((broker, symbol, Side.BUY), ZERO), ZERO)
-        return ZERO
+            return min(net, ZERO)
+        return net
 
     def buying_power(self, broker: BrokerName) -> Decimal | None:
         """The cash ``broker`` can still spend: its account's figure in the snapshot less what was

@@ -97,7 +97,11 @@ def _closing_holdings(request: SplitRequest, risk: RiskView) -> dict[BrokerName,
         return None
     sign = 1 if parent.side is Side.SELL else -1
     holdings = risk.snapshot.holdings
-    holders = [b for b in BROKERS if holdings.get(b, {}).get(parent.symbol, ZERO) * sign > 0]
+    holders = [
+        b
+        for b in BROKERS
+        if holdings.get(b, {}).get(parent.symbol, ZERO) * sign > 0 or risk.held(b, parent.symbol) * sign > 0
+    ]
     if not holders:
         return None
     return {b: max(abs(risk.held(b, parent.symbol)) - request.unconfirmed.get(b, ZERO), ZERO) for b in holders}
