@@ -4,10 +4,11 @@ stack (AppTest), its charts, and the HTML report to download."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
-from tests.conftest import fetch_all
+from tests.conftest import eventually, fetch_all
 from tests.dashboard.conftest import Flow, charts, open_app, run, table, texts
 from workers.readmodel.execution_format import milliseconds
 
@@ -20,12 +21,18 @@ ACK = "ack p50/p90/p99 ms"
 async def test_the_execution_tab_reports_the_month_per_broker_with_charts_and_a_download(flow: Flow) -> None:
     """This month's orders are counted per broker, each broker's time to acknowledgement is the
     one its order recorded, the charts draw every broker, and an empty month says so."""
-    orders = await fetch_all(
-        flow.db,
-        "SELECT broker_name, extract(epoch FROM acknowledged_at - decided_at) * 1000 AS ack_ms FROM orders"
-        " WHERE strategy_id = 'dash'",
-    )
-    assert orders and all(o["ack_ms"] is not None and o["ack_ms"] > 0 for o in orders)
+
+    async def acknowledged() -> list[Any] | None:
+        # The fills are on the bus; the aggregator may still be storing the last reports.
+        rows = await fetch_all(
+            flow.db,
+            "SELECT broker_name, extract(epoch FROM acknowledged_at - decided_at) * 1000 AS ack_ms FROM orders"
+            " WHERE strategy_id = 'dash'",
+        )
+        return rows if rows and all(o["ack_ms"] is not None for o in rows) else None
+
+    orders = await eventually(acknowledged, timeout=20)
+    assert all(o["ack_ms"] > 0 for o in orders)
     by_broker: dict[str, list[float]] = {}
     for o in orders:
         by_broker.setdefault(o["broker_name"], []).append(float(o["ack_ms"]))

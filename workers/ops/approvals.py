@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from pydantic import ValidationError
 
 from contracts import ApprovalStep, Subjects
@@ -36,7 +36,7 @@ async def held(js: Any, subjects: Subjects, every: bool = False) -> list[Hold]:
     """Holds waiting for a decision (``every``: those decided too), oldest first."""
     try:
         entries = await read_bucket(js, subjects.approvals_bucket)
-    except (BucketNotFoundError, KeyNotFoundError):
+    except (NotFoundError, KeyNotFoundError):  # no bucket (its stream) yet: nothing was ever held
         return []
     holds = []
     for _, value in entries:
