@@ -6,18 +6,15 @@ screenshot (``.artifacts/dashboard/approvals/``)."""
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import eventually
+from tests.dashboard.browser import ARTIFACTS, chromium, page_at, served
 from tests.dashboard.conftest import Flow
 from tests.dashboard.test_approvals import RULES, final_status, hold_rules, submit_held
-from tests.dashboard.test_browser import ARTIFACTS, chromium
 from tests.integration.test_cli import mbx
-from workers.devstack import dashboard
-from workers.devstack.processes import free_port, spawn, stop, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -26,31 +23,22 @@ SHOTS = ARTIFACTS / "approvals"
 
 def approve_in_browser(browser_path: str, url: str, intent_id: str, shot: Path) -> list[str]:
     """Open the Approvals tab, approve ``intent_id`` as carol with a note; returns the page errors seen."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1200})
-            page.set_default_timeout(30_000)
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(url)
-            tab = page.get_by_role("tab", name="Approvals", exact=True)
-            tab.click()
-            expect(tab).to_have_attribute("aria-selected", "true")
-            panel = page.locator("[data-testid=stTabPanel]:visible").first
-            form = panel.locator("[data-testid=stForm]").filter(has_text=intent_id)
-            expect(form).to_be_visible()
-            form.get_by_label("your name (for the audit trail)").fill("carol")
-            form.get_by_label("note").fill("checked in the browser")
-            page.screenshot(path=str(shot), full_page=True)
-            form.get_by_role("button", name="Approve").click()
-            expect(panel.get_by_text(f"{intent_id} approved by carol")).to_be_visible()
-            expect(panel.get_by_text("nothing is held for approval")).to_be_visible()
-            expect(page.locator("[data-testid=stException]")).to_have_count(0)
-        finally:
-            browser.close()
+    with page_at(browser_path, url, height=1200) as (page, errors):
+        tab = page.get_by_role("tab", name="Approvals", exact=True)
+        tab.click()
+        expect(tab).to_have_attribute("aria-selected", "true")
+        panel = page.locator("[data-testid=stTabPanel]:visible").first
+        form = panel.locator("[data-testid=stForm]").filter(has_text=intent_id)
+        expect(form).to_be_visible()
+        form.get_by_label("your name (for the audit trail)").fill("carol")
+        form.get_by_label("note").fill("checked in the browser")
+        page.screenshot(path=str(shot), full_page=True)
+        form.get_by_role("button", name="Approve").click()
+        expect(panel.get_by_text(f"{intent_id} approved by carol")).to_be_visible()
+        expect(panel.get_by_text("nothing is held for approval")).to_be_visible()
+        expect(page.locator("[data-testid=stException]")).to_have_count(0)
     return errors
 
 
@@ -59,20 +47,8 @@ async def test_an_order_held_for_approval_is_approved_in_the_browser_and_fills(f
     await hold_rules(flow, RULES[1:])
     held = await submit_held(flow, symbol="AAPL", quantity="120")
     assert held.rule == "dash-large"
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    log = SHOTS / "dashboard.log"
-    log.unlink(missing_ok=True)
-    port = free_port()
-    server = spawn(dashboard.command(port), log, env={**os.environ, **flow.env()})
-    try:
-        await asyncio.to_thread(
-            wait_until, lambda: dashboard.healthy(port), timeout=60, what="the dashboard", proc=server, log_file=log
-        )
-        errors = await asyncio.to_thread(
-            approve_in_browser, browser_path, f"http://127.0.0.1:{port}", held.intent_id, SHOTS / "approvals.png"
-        )
-    finally:
-        stop(server)
+    async with served(flow.env(), SHOTS / "dashboard.log") as url:
+        errors = await asyncio.to_thread(approve_in_browser, browser_path, url, held.intent_id, SHOTS / "approvals.png")
     assert errors == []
     assert await eventually(lambda: final_status(flow, held.intent_id), timeout=30) == ("filled", "")
 

@@ -8,7 +8,6 @@ pictures in ``.artifacts/dashboard/``)."""
 from __future__ import annotations
 
 import asyncio
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,11 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import fetch_all
+from tests.dashboard.browser import ARTIFACTS, chromium, page_at, served
 from tests.dashboard.conftest import Flow
-from tests.dashboard.test_browser import ARTIFACTS, chromium
 from workers.cli.main import app
-from workers.devstack import dashboard
-from workers.devstack.processes import free_port, spawn, stop, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -30,57 +27,39 @@ TABLES = ["Execution quality", "Routing by broker", "Routing by broker and rule"
 
 def read_report(browser_path: str, report: Path, shot: Path) -> tuple[list[str], list[list[str]], list[str]]:
     """Open the report from its file: its table titles, each table's first column, page errors."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1800, "height": 900})
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.on("console", lambda message: errors.extend([message.text] if message.type == "error" else []))
-            page.goto(report.as_uri())
-            expect(page.locator("h1")).to_contain_text("Best-execution report")
-            tables = page.locator("table")
-            expect(tables).to_have_count(len(TABLES))
-            titles = page.locator("h2").all_inner_texts()
-            first_columns = [t.locator("tbody tr td:first-child").all_inner_texts() for t in tables.all()]
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+    with page_at(browser_path, report.as_uri(), width=1800, height=900, console=True) as (page, errors):
+        expect(page.locator("h1")).to_contain_text("Best-execution report")
+        tables = page.locator("table")
+        expect(tables).to_have_count(len(TABLES))
+        titles = page.locator("h2").all_inner_texts()
+        first_columns = [t.locator("tbody tr td:first-child").all_inner_texts() for t in tables.all()]
+        page.screenshot(path=str(shot), full_page=True)
     return titles, first_columns, errors
 
 
 def click_execution_tab(browser_path: str, url: str, shot: Path, downloads: Path) -> tuple[str, list[str]]:
     """Open the Execution tab; returns the HTML report it hands out and the page errors seen."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 2200}, accept_downloads=True)
-            page.set_default_timeout(30_000)
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(url)
-            tab = page.get_by_role("tab", name="Execution", exact=True)
-            tab.click()
-            expect(tab).to_have_attribute("aria-selected", "true")
-            panel = page.locator("[data-testid=stTabPanel]:visible").first
-            expect(panel.locator("[data-testid=stDataFrame]")).to_have_count(len(TABLES))
-            expect(panel.locator("[data-testid=stVegaLiteChart]")).to_have_count(3)
-            for title in TABLES:
-                expect(panel.get_by_text(title, exact=True)).to_be_visible()
-            button = panel.get_by_role("button", name="Download the HTML report")
-            with page.expect_download() as download:
-                button.click()
-            saved = downloads / download.value.suggested_filename
-            download.value.save_as(saved)
-            page.wait_for_timeout(1500)  # charts finish drawing
-            expect(page.locator("[data-testid=stException]")).to_have_count(0)
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+    with page_at(browser_path, url, height=2200, accept_downloads=True) as (page, errors):
+        tab = page.get_by_role("tab", name="Execution", exact=True)
+        tab.click()
+        expect(tab).to_have_attribute("aria-selected", "true")
+        panel = page.locator("[data-testid=stTabPanel]:visible").first
+        expect(panel.locator("[data-testid=stDataFrame]")).to_have_count(len(TABLES))
+        expect(panel.locator("[data-testid=stVegaLiteChart]")).to_have_count(3)
+        for title in TABLES:
+            expect(panel.get_by_text(title, exact=True)).to_be_visible()
+        button = panel.get_by_role("button", name="Download the HTML report")
+        with page.expect_download() as download:
+            button.click()
+        saved = downloads / download.value.suggested_filename
+        download.value.save_as(saved)
+        page.wait_for_timeout(1500)  # charts finish drawing
+        expect(page.locator("[data-testid=stException]")).to_have_count(0)
+        page.screenshot(path=str(shot), full_page=True)
     return saved.read_text(encoding="utf-8"), errors
 
 
@@ -117,19 +96,10 @@ async def test_the_html_report_opens_in_a_browser_and_the_execution_tab_hands_it
     assert sorted(set(quality) - {"all"}) == brokers and quality[-1] == "all"
     assert by_broker == brokers and sorted(set(by_rule)) == brokers
 
-    port = free_port()
-    log = SHOTS / "dashboard.log"
-    log.unlink(missing_ok=True)
-    server = spawn(dashboard.command(port), log, env={**os.environ, **flow.env()})
-    try:
-        await asyncio.to_thread(
-            wait_until, lambda: dashboard.healthy(port), timeout=60, what="the dashboard", proc=server, log_file=log
-        )
+    async with served(flow.env(), SHOTS / "dashboard.log") as url:
         handed_out, errors = await asyncio.to_thread(
-            click_execution_tab, browser_path, f"http://127.0.0.1:{port}", SHOTS / "2-execution-tab.png", tmp_path
+            click_execution_tab, browser_path, url, SHOTS / "2-execution-tab.png", tmp_path
         )
-    finally:
-        stop(server)
     assert errors == []
     assert handed_out == report.read_text(encoding="utf-8")
     assert sorted(p.name for p in SHOTS.glob("*.png")) == ["1-html-report.png", "2-execution-tab.png"]

@@ -80,6 +80,22 @@ async def strategy_client(secured: tuple[EmbeddedNats, security.SecuritySetup], 
     return MbxClient.connect(server.url, **connect_options(as_role(setup, server, f"strategy-{strategy}")))
 
 
+async def router_and_alpaca(
+    secured: tuple[EmbeddedNats, security.SecuritySetup], operator: NatsClient, config: MbxConfig
+) -> tuple[list[Worker], Any]:
+    """``config`` live, and the router and Alpaca's executor started as their roles."""
+    server, setup = secured
+    await write_live_config(jetstream(operator), Subjects(), config)
+    venue = simulated_venue(BrokerName.ALPACA, config)
+    workers: list[Worker] = [
+        build_worker("router", as_role(setup, server, "router"), config),
+        build_executor_worker(as_role(setup, server, "executor-alpaca"), BrokerName.ALPACA, venue, config),
+    ]
+    for worker in workers:
+        await worker.start()
+    return workers, venue
+
+
 def test_every_password_file_is_private_and_the_config_is_valid(
     secured: tuple[EmbeddedNats, security.SecuritySetup],
 ) -> None:
@@ -195,16 +211,8 @@ async def test_beta_cannot_cancel_alphas_order_by_any_subject_or_body_under_secu
     """With the router and executor as their roles, s2 (beta) naming s1's (alpha's) working order
     is refused on its own results whatever its body says, NATS refuses it s1's cancel subject,
     and the order keeps working until s1 cancels it."""
-    server, setup = secured
     config = unthrottled(parse_config({"brokers": {"alpaca": {}}}))
-    await write_live_config(jetstream(operator), Subjects(), config)
-    venue = simulated_venue(BrokerName.ALPACA, config)
-    workers: list[Worker] = [
-        build_worker("router", as_role(setup, server, "router"), config),
-        build_executor_worker(as_role(setup, server, "executor-alpaca"), BrokerName.ALPACA, venue, config),
-    ]
-    for worker in workers:
-        await worker.start()
+    workers, venue = await router_and_alpaca(secured, operator, config)
     resting = OrderIntent.model_validate(
         intent_payload(strategy_id="s1", order_type="limit", limit_price="0.5", quantity="3")
     )
@@ -319,14 +327,7 @@ async def test_only_an_operator_may_approve_a_held_order_its_strategy_cannot_und
             {"brokers": {"alpaca": {}}, "approvals": {"rules": [{"name": "large", "match": {"min_notional": 5000}}]}}
         )
     )
-    await write_live_config(jetstream(operator), Subjects(), config)
-    venue = simulated_venue(BrokerName.ALPACA, config)
-    workers: list[Worker] = [
-        build_worker("router", as_role(setup, server, "router"), config),
-        build_executor_worker(as_role(setup, server, "executor-alpaca"), BrokerName.ALPACA, venue, config),
-    ]
-    for worker in workers:
-        await worker.start()
+    workers, _ = await router_and_alpaca(secured, operator, config)
     intent = OrderIntent.model_validate(intent_payload(strategy_id="s1", quantity="100"))
     refusals: list[str] = []
 
