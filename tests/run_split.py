@@ -1,12 +1,12 @@
-"""``make test``: the tests as five pytest sessions in three lanes at once.
+"""``make test``: the tests as four pytest sessions in three lanes at once.
 
 The chaos tests (tests/chaos) run workers as processes and spend most of their time waiting: on
 kills, restarts, ack waits and broker fakes; the bad-day runs (``-m bad_day``, a scripted day per
 real adapter, about a minute each) wait on their timelines; the operator's tools (the dashboard in
 a browser and through AppTest, the CLI as a command) wait on processes starting. Run one after
 another they would take about half an hour on two cores; in three lanes (the rest; the chaos
-tests, then the CLI's; the bad-day runs, then the dashboard's) two cores finish in about the time
-of the longest lane. Each session starts its own nats-server and PostgreSQL (free ports, its own
+tests; the bad-day runs, then the operator's tools) two cores finish in about the time of the
+longest lane. Each session starts its own nats-server and PostgreSQL (free ports, its own
 temporary directory). The rest prints as it runs; the other sessions' output follows it (and can
 be followed meanwhile in the files named at the start). Exits non-zero when any part fails.
 
@@ -24,12 +24,12 @@ from pathlib import Path
 CHAOS = "tests/chaos"
 ROOT = Path(__file__).resolve().parents[1]
 INTEGRATION = ROOT / "tests/integration"
-CLI = [str(p.relative_to(ROOT)) for p in sorted({*INTEGRATION.glob("test_cli.py"), *INTEGRATION.glob("test_cli_*.py")})]
-"""The CLI run as a command against a stack."""
-DASHBOARD = ["tests/dashboard"]
+CLI_TESTS = sorted({*INTEGRATION.glob("test_cli.py"), *INTEGRATION.glob("test_cli_*.py")})
+OPERATOR = ["tests/dashboard", *(str(p.relative_to(ROOT)) for p in CLI_TESTS)]
+"""The operator's tools: the dashboard and the CLI run as a command."""
 LANES = [
-    {"chaos": [CHAOS, "-m", "not bad_day"], "cli": CLI},
-    {"bad-day": [f"{CHAOS}/test_bad_day.py", "-m", "bad_day"], "dashboard": DASHBOARD},
+    {"chaos": [CHAOS, "-m", "not bad_day"]},
+    {"bad-day": [f"{CHAOS}/test_bad_day.py", "-m", "bad_day"], "operator": OPERATOR},
 ]
 """The lanes that run beside the rest, each its sessions one after another: name -> pytest arguments."""
 
@@ -62,7 +62,7 @@ def main() -> int:
     threads = [threading.Thread(target=run_lane, args=(k, lane)) for k, lane in enumerate(LANES)]
     for thread in threads:
         thread.start()
-    ignored = [f"--ignore={path}" for path in (CHAOS, *CLI, *DASHBOARD)]
+    ignored = [f"--ignore={path}" for path in (CHAOS, *OPERATOR)]
     try:
         rest = subprocess.call([sys.executable, "-m", "pytest", *ignored, f"--basetemp={base / 'rest'}", *sys.argv[1:]])
     except KeyboardInterrupt:
