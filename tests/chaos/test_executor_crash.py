@@ -197,7 +197,11 @@ async def crash_repeatedly(
     (each its own, or for Schwab one size for all)."""
     plan = SAME_SIZE_PLAN if run.same_size else PLAN
     rng = random.Random(20261121)
-    await start_pipeline(parse_config({"brokers": {run.broker: {}}}), executors=False, own_settings=run.settings)
+    # The one broker's executor is killed and restarted throughout: a restart slower than the
+    # default 5 s heartbeat timeout (a loaded machine) would make the broker down and the router
+    # reject the intents meanwhile, where this test is about each being placed once.
+    config = parse_config({"brokers": {run.broker: {}}, "routing": {"heartbeat_timeout_s": 60}})
+    await start_pipeline(config, executors=False, own_settings=run.settings)
     runs = 0
     executor = await start_executor(servers, run, plan[0])
     count = SAME_SIZE_INTENTS if run.same_size else INTENTS

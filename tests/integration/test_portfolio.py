@@ -10,9 +10,9 @@ from typing import Any
 import nats
 import pytest
 
-from contracts import AssetClass, BrokerName, ExposureSnapshot, FillQuality, Portfolio, SymbolExposure
+from contracts import AssetClass, BrokerName, ExposureSnapshot, FillQuality, Portfolio, Subjects, SymbolExposure
 from tests.builders import intent_payload, make_intent
-from tests.conftest import Pipeline, eventually, fetch_all
+from tests.conftest import Pipeline, eventually, exposure_where, fetch_all
 from workers.domain.config import parse_config
 from workers.platform.db.engine import make_engine
 from workers.platform.settings import Settings
@@ -62,6 +62,12 @@ async def test_unified_portfolio_over_three_brokers_matches_a_hand_computation(
             {"symbol": "PFA", "quantity": "4", "side": "sell", "broker": "alpaca"},
             {"symbol": "PFB", "quantity": "3", "broker": "robinhood"},
         ):
+            if fields.get("side") == "sell":
+                # The router knows the position once an exposure snapshot shows the buy's fill (a
+                # snapshot taken between the buy's route and its fill hides it: known limit).
+                await exposure_where(
+                    js, Subjects(prefix), lambda s: s.holdings.get(BrokerName.ALPACA, {}).get("PFA") == 10, timeout=20
+                )
             sent = await send(**fields)
             await eventually(lambda sent=sent: status(sent, "filled"))  # type: ignore[misc]
         resting = await send(symbol="PFA", quantity="5", broker="ibkr", order_type="limit", limit_price=str(limit))
