@@ -16,7 +16,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from contracts import ApprovalEvent, ApprovalStep, OrderIntent
 from workers.domain.config import ApprovalRule, MbxConfig
-from workers.domain.fees import traded_value
+from workers.domain.fees import order_size
 from workers.domain.keys import key_token
 from workers.domain.rule_match import RangeCheck, StaticCheck, range_check, static_check
 
@@ -39,7 +39,7 @@ def approval_rule(intent: OrderIntent, config: MbxConfig, price: Decimal | None)
     rules = config.approvals.rules
     if not rules:
         return None
-    quantity, notional = size_of(intent, price)
+    quantity, notional = order_size(intent, price)
     for rule, shaped, sized in _compiled(rules):
         if shaped(intent) and (sized is None or sized(quantity, notional)):
             return rule
@@ -56,13 +56,6 @@ def _compiled(rules: list[ApprovalRule]) -> tuple[tuple[ApprovalRule, StaticChec
     if _last is None or _last[0] is not rules:
         _last = (rules, tuple((r, static_check(r.match), range_check(r.match, unknown_matches=True)) for r in rules))
     return _last[1]
-
-
-def size_of(intent: OrderIntent, price: Decimal | None) -> tuple[Decimal | None, Decimal | None]:
-    """(quantity, notional in USD) as far as the price allows."""
-    if intent.quantity is not None:
-        return intent.quantity, traded_value(intent.asset_class, intent.quantity, price) if price else None
-    return (intent.notional / price if price and intent.notional is not None else None), intent.notional
 
 
 class Step(BaseModel):

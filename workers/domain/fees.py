@@ -13,7 +13,7 @@ from decimal import ROUND_CEILING, Decimal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts import AssetClass, BrokerName, Side
+from contracts import AssetClass, BrokerName, OrderIntent, Side
 
 CENT = Decimal("0.01")
 OPTION_MULTIPLIER = Decimal(100)
@@ -125,6 +125,15 @@ DEFAULT_FEES: dict[BrokerName, dict[AssetClass, FeeSchedule]] = {
 
 def traded_value(asset: AssetClass, quantity: Decimal, price: Decimal) -> Decimal:
     return quantity * price * (OPTION_MULTIPLIER if asset is AssetClass.OPTION else 1)
+
+
+def order_size(intent: OrderIntent, price: Decimal | None) -> tuple[Decimal | None, Decimal | None]:
+    """(quantity, notional in USD) as far as the price allows."""
+    if intent.quantity is not None:
+        value = traded_value(intent.asset_class, intent.quantity, price) if price else None
+        return intent.quantity, value
+    assert intent.notional is not None
+    return (intent.notional / price if price else None), intent.notional
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,8 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from contracts import ApprovalStep, CancelRequest, OrderIntent, OrderStatus
-from workers.domain.approvals import ApprovalRefused, Hold, approval_rule, hold_key, size_of
+from workers.domain.approvals import ApprovalRefused, Hold, approval_rule, hold_key
+from workers.domain.fees import order_size
 from workers.domain.parents import parent_of
 from workers.domain.quotes import PriceCheck
 from workers.platform.bus import open_bucket, publish
@@ -93,7 +94,7 @@ class ApprovalDesk:
         rule = approval_rule(intent, config, check.price)
         if rule is None:
             return None
-        _, notional = size_of(intent, check.price)
+        _, notional = order_size(intent, check.price)
         hold = Hold.new(intent, rule, datetime.now(UTC), notional)
         try:
             await kv.create(hold_key(intent.intent_id), hold.model_dump_json().encode())

@@ -34,7 +34,7 @@ from contracts import (
     RouteDecision,
 )
 from workers.domain.config import MbxConfig, RoutingRule
-from workers.domain.fees import FeeModel, RegulatoryFees, traded_value
+from workers.domain.fees import FeeModel, RegulatoryFees, order_size
 from workers.domain.quotes import PriceCheck
 from workers.router.accounts import PositionPlan, cash_exclusion, cash_needed, no_account_can_pay, position_plan
 from workers.router.backlog import UNMEASURED_S_PER_ORDER
@@ -49,7 +49,7 @@ WAIT_FOR_IT = frozenset({"rate_limited", "queue_wait"})
 FEE_STEP = Decimal("0.0001")
 NO_FEE = Decimal("0.0000")
 
-__all__ = ["MarketView", "Rejection", "estimate_fee", "order_size", "route", "route_batch", "smart_default"]
+__all__ = ["MarketView", "Rejection", "estimate_fee", "route", "route_batch", "smart_default"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,15 +84,6 @@ class MarketView:
     drain: Mapping[BrokerName, float] = field(default_factory=dict)
     """Seconds one order has lately taken each broker's executors while a queue waited, where
     measured (``backlog.py``); the wait counts it where it is slower than the rate limit."""
-
-
-def order_size(intent: OrderIntent, price: Decimal | None) -> tuple[Decimal | None, Decimal | None]:
-    """(quantity, notional in USD) as far as the price allows."""
-    if intent.quantity is not None:
-        value = traded_value(intent.asset_class, intent.quantity, price) if price else None
-        return intent.quantity, value
-    assert intent.notional is not None
-    return (intent.notional / price if price else None), intent.notional
 
 
 def estimate_fee(intent: OrderIntent, broker: BrokerName, config: MbxConfig, price: Decimal | None) -> Decimal:

@@ -20,12 +20,13 @@ from pydantic import ValidationError
 
 from contracts import BrokerName, ExposureSnapshot, FillQuality, RouteDecision, Side
 from workers.domain.config import ConfigError, MbxConfig, parse_config
+from workers.domain.fees import order_size
 from workers.domain.quotes import PriceCheck
 from workers.router.accounts import cash_needed
 from workers.router.backlog import Backlog
 from workers.router.registry import BrokerRegistry
 from workers.router.risk import RiskView, signed
-from workers.router.rules import MarketView, order_size
+from workers.router.rules import MarketView
 
 IN_FLIGHT_HORIZON = timedelta(minutes=10)
 """How long a routed order counts toward exposure when no exposure snapshot includes it."""
